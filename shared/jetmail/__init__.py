@@ -1,0 +1,1 @@
+"""jetmail: a self-hostable email platform."""

