@@ -1,0 +1,68 @@
+"""Email templates: model, static checks, per-recipient rendering, locale fallback, loading.
+
+Pure: nothing here does I/O except :func:`load_template_dir`; storage sits behind
+:class:`TemplateStore`.
+"""
+
+from jetmail.templating.errors import (
+    ReservedContextKeyError,
+    TemplateField,
+    TemplateLoadError,
+    TemplateNotFoundError,
+    TemplateProblem,
+    TemplateRenderError,
+    TemplateValidationError,
+)
+from jetmail.templating.library import (
+    EXAMPLE_TEMPLATES_DIR,
+    InMemoryTemplates,
+    TemplateStore,
+    load_template_dir,
+    resolve_template,
+)
+from jetmail.templating.locales import locale_chain, normalize_locale, pick_locale
+from jetmail.templating.model import (
+    STANDARD_NAMES,
+    Category,
+    Company,
+    Recipient,
+    RenderedEmail,
+    StandardContext,
+    TemplateContent,
+    TemplateVersion,
+)
+from jetmail.templating.plaintext import html_to_text
+from jetmail.templating.renderer import LinkRewriter, Renderer, rewrite_links
+from jetmail.templating.validation import template_variables, validate_template
+
+__all__ = [
+    "EXAMPLE_TEMPLATES_DIR",
+    "STANDARD_NAMES",
+    "Category",
+    "Company",
+    "InMemoryTemplates",
+    "LinkRewriter",
+    "Recipient",
+    "RenderedEmail",
+    "Renderer",
+    "ReservedContextKeyError",
+    "StandardContext",
+    "TemplateContent",
+    "TemplateField",
+    "TemplateLoadError",
+    "TemplateNotFoundError",
+    "TemplateProblem",
+    "TemplateRenderError",
+    "TemplateStore",
+    "TemplateValidationError",
+    "TemplateVersion",
+    "html_to_text",
+    "load_template_dir",
+    "locale_chain",
+    "normalize_locale",
+    "pick_locale",
+    "resolve_template",
+    "rewrite_links",
+    "template_variables",
+    "validate_template",
+]

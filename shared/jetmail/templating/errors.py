@@ -1,0 +1,60 @@
+"""Errors raised while checking, preparing and rendering templates."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Literal
+
+TemplateField = Literal["subject", "html", "text"]
+
+
+@dataclass(frozen=True)
+class TemplateProblem:
+    """One reason a template is refused; ``line`` counts from 1 in the field's source.
+
+    ``dataclasses.asdict(problem)`` is the shape API error responses use.
+    """
+
+    field: TemplateField
+    line: int | None
+    message: str
+
+    def __str__(self) -> str:
+        where = self.field if self.line is None else f"{self.field}:{self.line}"
+        return f"{where}: {self.message}"
+
+
+class TemplateValidationError(ValueError):
+    """The template is refused; ``problems`` lists every reason found, in source order."""
+
+    def __init__(self, problems: Iterable[TemplateProblem]) -> None:
+        self.problems: tuple[TemplateProblem, ...] = tuple(problems)
+        super().__init__("; ".join(str(p) for p in self.problems) or "invalid template")
+
+
+class TemplateRenderError(Exception):
+    """Rendering one stored version failed; retrying with the same context fails again."""
+
+    def __init__(self, message: str, *, template: str, field: TemplateField, line: int | None) -> None:
+        self.template = template
+        self.field: TemplateField = field
+        self.line = line
+        where = field if line is None else f"{field} line {line}"
+        super().__init__(f"template {template} ({where}): {message}")
+
+
+class ReservedContextKeyError(ValueError):
+    """The caller's context uses a name the platform fills in for every render."""
+
+    def __init__(self, keys: Iterable[str]) -> None:
+        self.keys = tuple(sorted(keys))
+        super().__init__(f"context keys reserved for the standard context: {', '.join(self.keys)}")
+
+
+class TemplateNotFoundError(LookupError):
+    """No version of the template exists in any acceptable locale."""
+
+
+class TemplateLoadError(ValueError):
+    """A template folder on disk is incomplete or malformed; the message names the path."""

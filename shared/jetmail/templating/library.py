@@ -1,0 +1,134 @@
+"""Where templates come from: a folder on disk, and the store the platform keeps them in."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Collection, Iterable
+from pathlib import Path
+from typing import Protocol
+
+from pydantic import ValidationError
+
+from jetmail.templating.errors import TemplateLoadError, TemplateNotFoundError
+from jetmail.templating.locales import pick_locale
+from jetmail.templating.model import TemplateContent, TemplateVersion
+
+#: The example templates shipped with the package (see the README.md inside).
+EXAMPLE_TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "example_templates"
+
+_META_KEYS = frozenset({"category", "description", "sample_context", "variables"})
+
+
+def load_template_dir(path: str | Path) -> list[TemplateContent]:
+    """Every translation under ``path``, sorted by name then locale.
+
+    Layout: ``<name>/meta.json`` (optional; shared by all translations) and
+    ``<name>/<locale>/subject.txt``, ``body.html`` and optionally ``body.txt``.
+    Raises :class:`TemplateLoadError` naming the file at fault.
+    """
+    root = Path(path)
+    if not root.is_dir():
+        raise TemplateLoadError(f"{root}: not a directory")
+    templates: list[TemplateContent] = []
+    for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith((".", "_"))):
+        meta = _read_meta(folder / "meta.json")
+        locales = sorted(p for p in folder.iterdir() if p.is_dir())
+        if not locales:
+            raise TemplateLoadError(f"{folder}: no locale folders")
+        for locale_dir in locales:
+            templates.append(_read_translation(folder.name, locale_dir, meta))
+    return templates
+
+
+def _read_meta(path: Path) -> dict[str, object]:
+    if not path.exists():
+        return {}
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise TemplateLoadError(f"{path}: {exc}") from None
+    if not isinstance(meta, dict) or not meta.keys() <= _META_KEYS:
+        raise TemplateLoadError(f"{path}: expected an object with keys among {sorted(_META_KEYS)}")
+    return meta
+
+
+def _read_translation(name: str, folder: Path, meta: dict[str, object]) -> TemplateContent:
+    subject_path, html_path, text_path = folder / "subject.txt", folder / "body.html", folder / "body.txt"
+    for required in (subject_path, html_path):
+        if not required.is_file():
+            raise TemplateLoadError(f"{required}: missing")
+    fields = {key: value for key, value in meta.items() if key != "variables"}
+    try:
+        return TemplateContent.model_validate(
+            {
+                **fields,
+                "name": name,
+                "locale": folder.name,
+                "subject": subject_path.read_text(encoding="utf-8").strip(),
+                "html": html_path.read_text(encoding="utf-8"),
+                "text": text_path.read_text(encoding="utf-8") if text_path.is_file() else None,
+            }
+        )
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise TemplateLoadError(f"{folder}: {problems}") from None
+
+
+class TemplateStore(Protocol):
+    """What template resolution needs from storage; versions count per name and locale."""
+
+    def locales(self, name: str) -> Collection[str]:
+        """Locales holding at least one version of ``name``."""
+        ...
+
+    def get(self, name: str, *, locale: str, version: int | None = None) -> TemplateVersion | None:
+        """One version (the latest when ``version`` is ``None``), or ``None``."""
+        ...
+
+
+def resolve_template(
+    store: TemplateStore,
+    name: str,
+    *,
+    locale: str | None,
+    default_locale: str,
+    version: int | None = None,
+) -> TemplateVersion:
+    """The translation of ``name`` best suited to ``locale``; see :func:`pick_locale`."""
+    chosen = pick_locale(store.locales(name), locale, default_locale)
+    found = store.get(name, locale=chosen, version=version) if chosen is not None else None
+    if found is None:
+        wanted = f"{name} v{version}" if version is not None else name
+        raise TemplateNotFoundError(f"no template {wanted} for locale {locale or default_locale}")
+    return found
+
+
+class InMemoryTemplates:
+    """A :class:`TemplateStore` in a dict: tests, previews and the bundled examples."""
+
+    def __init__(self, templates: Iterable[TemplateContent] = ()) -> None:
+        self._versions: dict[tuple[str, str], list[TemplateVersion]] = {}
+        for content in templates:
+            self.add(content)
+
+    def add(self, content: TemplateContent) -> TemplateVersion:
+        """Store ``content`` as the next version of its name and locale."""
+        versions = self._versions.setdefault((content.name, content.locale), [])
+        fields = content.model_dump(exclude={"version"})
+        stored = TemplateVersion(**fields, version=len(versions) + 1)
+        versions.append(stored)
+        return stored
+
+    def locales(self, name: str) -> list[str]:
+        return sorted(locale for (n, locale) in self._versions if n == name)
+
+    def get(self, name: str, *, locale: str, version: int | None = None) -> TemplateVersion | None:
+        versions = self._versions.get((name, locale))
+        if not versions:
+            return None
+        if version is None:
+            return versions[-1]
+        return versions[version - 1] if 1 <= version <= len(versions) else None
+
+    def names(self) -> list[str]:
+        return sorted({name for name, _ in self._versions})

@@ -1,0 +1,251 @@
+"""Per-recipient rendering of stored template versions, with per-version work done once."""
+
+from __future__ import annotations
+
+import html
+import re
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+from jinja2 import Template, TemplateSyntaxError
+
+from jetmail.templating.environment import new_environment
+from jetmail.templating.errors import (
+    ReservedContextKeyError,
+    TemplateField,
+    TemplateProblem,
+    TemplateRenderError,
+    TemplateValidationError,
+)
+from jetmail.templating.inlining import Inliner, default_inliner
+from jetmail.templating.markup import LineMap
+from jetmail.templating.model import STANDARD_NAMES, RenderedEmail, StandardContext, TemplateVersion
+from jetmail.templating.plaintext import tidy_text
+from jetmail.templating.validation import analyse_template
+
+#: ``(index, original_url) -> tracked_url``; index counts rewritten links in document order.
+LinkRewriter = Callable[[int, str], str]
+
+# An <a> start tag up to its href value; quoted attribute values may contain ">".
+_ANCHOR_HREF = re.compile(
+    r"""<a\b(?:[^>"']|"[^"]*"|'[^']*')*?\shref\s*=\s*(?:"([^"]*)"|'([^']*)'|([^\s"'>]+))""",
+    re.IGNORECASE,
+)
+_CONTROL_CHARS = dict.fromkeys([*range(32), 127])
+
+
+@dataclass(frozen=True, slots=True)
+class _Compiled:
+    version: TemplateVersion
+    subject: Template
+    html: Template
+    text: Template
+    text_derived: bool
+    line_maps: Mapping[TemplateField, LineMap]
+
+
+@dataclass(frozen=True, slots=True)
+class _Refused:
+    version: TemplateVersion
+    error: TemplateValidationError
+
+
+class Renderer:
+    """Renders template versions; make one per process and share it.
+
+    Per version, once: validation, CSS inlining, text derivation and compilation, kept in a
+    bounded LRU keyed by ``(name, version, locale)``. Versions are immutable; if different
+    content arrives under a cached key (an unsaved preview, say) it is prepared afresh.
+
+    Caller context keys may not reuse the standard names (``unsubscribe_url``, ``company``,
+    ``today``, ``now``, ``recipient``): that raises :class:`ReservedContextKeyError` rather
+    than letting request data override what the platform vouches for, such as the
+    unsubscribe link.
+    """
+
+    def __init__(self, *, cache_size: int = 256, inliner: Inliner | None = None) -> None:
+        self._env = new_environment()
+        self._inline = inliner or default_inliner()
+        # A version that fails the checks is cached as its error, so a campaign with a broken
+        # template does not re-run the checks for every recipient.
+        self._cache: OrderedDict[tuple[str, int, str], _Compiled | _Refused] = OrderedDict()
+        self._cache_size = cache_size
+        self._lock = threading.Lock()
+        #: Versions prepared so far (cache misses); a metric, and how tests see the cache work.
+        self.prepared_count = 0
+
+    def prepare(self, version: TemplateVersion) -> None:
+        """Validate and compile ``version`` now; raises :class:`TemplateValidationError`."""
+        self._compiled(version)
+
+    def _compiled(self, version: TemplateVersion) -> _Compiled:
+        key = version.key
+        with self._lock:
+            entry = self._cache.get(key)
+            if entry is None or entry.version != version:
+                try:
+                    entry = self._compile(version)
+                except TemplateValidationError as exc:
+                    entry = _Refused(version, exc)
+                self.prepared_count += 1
+                self._cache[key] = entry
+                while len(self._cache) > self._cache_size:
+                    self._cache.popitem(last=False)
+            self._cache.move_to_end(key)
+        if isinstance(entry, _Refused):
+            raise TemplateValidationError(entry.error.problems)
+        return entry
+
+    def _compile(self, version: TemplateVersion) -> _Compiled:
+        problems, sources = analyse_template(version, env=self._env, inline=self._inline)
+        if problems or sources is None:
+            raise TemplateValidationError(problems)
+        base = f"{version.name}@{version.version}/{version.locale}"
+        templates: dict[TemplateField, Template] = {}
+        fields: tuple[tuple[TemplateField, str, str], ...] = (
+            ("subject", "subject.txt", sources.subject),
+            ("html", "body.html", sources.html),
+            ("text", "body.txt", sources.text),
+        )
+        for field, filename, source in fields:
+            name = f"{base}/{filename}"
+            try:
+                code = self._env.compile(source, name=name, filename=name)
+            except TemplateSyntaxError as exc:
+                raise TemplateValidationError(
+                    [TemplateProblem(field, exc.lineno, exc.message or "")]
+                ) from None
+            templates[field] = self._env.template_class.from_code(
+                self._env, code, self._env.make_globals(None)
+            )
+        line_maps: dict[TemplateField, LineMap] = {"html": sources.html_lines}
+        if sources.text_lines is not None:
+            line_maps["text"] = sources.text_lines
+        return _Compiled(
+            version=version,
+            subject=templates["subject"],
+            html=templates["html"],
+            text=templates["text"],
+            text_derived=sources.text_derived,
+            line_maps=line_maps,
+        )
+
+    def render(
+        self,
+        version: TemplateVersion,
+        context: Mapping[str, Any],
+        *,
+        standard: StandardContext,
+        link_rewriter: LinkRewriter | None = None,
+    ) -> RenderedEmail:
+        """Subject, HTML and text for one recipient.
+
+        Raises :class:`ReservedContextKeyError` for a context key that shadows a standard name,
+        :class:`TemplateValidationError` for a version that fails the checks, and
+        :class:`TemplateRenderError` when rendering fails (a missing variable, a sandbox
+        violation): retrying with the same context fails the same way.
+        """
+        reserved = STANDARD_NAMES.intersection(context)
+        if reserved:
+            raise ReservedContextKeyError(reserved)
+        compiled = self._compiled(version)
+        marketing = version.category == "marketing"
+        if marketing and not standard.unsubscribe_url:
+            raise TemplateRenderError(
+                "marketing mail needs standard.unsubscribe_url",
+                template=_label(version),
+                field="html",
+                line=None,
+            )
+        variables = {**context, **standard.variables()}
+        subject = self._run(compiled, "subject", compiled.subject, variables)
+        body = self._run(compiled, "html", compiled.html, variables)
+        text = self._run(compiled, "text", compiled.text, variables)
+        if compiled.text_derived:
+            text = tidy_text(text)
+        links: tuple[str, ...] = ()
+        if link_rewriter is not None:
+            body, links = rewrite_links(body, link_rewriter, keep=standard.unsubscribe_url)
+        if marketing and standard.tracking_pixel_url:
+            body = _append_pixel(body, standard.tracking_pixel_url)
+        return RenderedEmail(subject=one_line(subject), html=body, text=text, links=links)
+
+    def _run(
+        self, compiled: _Compiled, field: TemplateField, template: Template, variables: dict[str, Any]
+    ) -> str:
+        try:
+            return template.render(variables)
+        except Exception as exc:
+            # Any failure inside a template (undefined name, sandbox refusal, a bad operand)
+            # is a property of this version and context, so it is reported as one error type.
+            line = _template_line(exc.__traceback__, template.filename)
+            line_map = compiled.line_maps.get(field)
+            if line_map is not None:
+                line = line_map.original(line)
+            message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+            raise TemplateRenderError(
+                message, template=_label(compiled.version), field=field, line=line
+            ) from exc
+
+    def cache_info(self) -> dict[str, int]:
+        with self._lock:
+            return {"size": len(self._cache), "max_size": self._cache_size, "prepared": self.prepared_count}
+
+
+def _label(version: TemplateVersion) -> str:
+    return f"{version.name} v{version.version} ({version.locale})"
+
+
+def _template_line(tb: TracebackType | None, filename: str | None) -> int | None:
+    """The line of the innermost frame in the template, from Jinja's rewritten traceback."""
+    line = None
+    while tb is not None:
+        if filename is not None and tb.tb_frame.f_code.co_filename == filename:
+            line = tb.tb_lineno
+        tb = tb.tb_next
+    return line
+
+
+def one_line(subject: str) -> str:
+    """A subject can never carry CR or LF: all whitespace runs collapse, control characters go."""
+    return " ".join(subject.split()).translate(_CONTROL_CHARS)
+
+
+def rewrite_links(
+    body: str, rewriter: LinkRewriter, *, keep: str | None = None
+) -> tuple[str, tuple[str, ...]]:
+    """Replace each http(s) ``<a href>`` (except ``keep``) by ``rewriter(index, url)``.
+
+    Returns the new HTML and the original URLs, position ``i`` holding link ``i``.
+    """
+    pieces: list[str] = []
+    links: list[str] = []
+    last = 0
+    for m in _ANCHOR_HREF.finditer(body):
+        group = 1 if m.start(1) >= 0 else 2 if m.start(2) >= 0 else 3
+        raw = m.group(group)
+        url = (html.unescape(raw) if "&" in raw else raw).strip()
+        scheme = url[:8].lower()
+        if not (scheme.startswith("https://") or scheme.startswith("http://")) or url == keep:
+            continue
+        replacement = html.escape(rewriter(len(links), url), quote=True)
+        links.append(url)
+        pieces.append(body[last : m.start(group)])
+        pieces.append(replacement if group != 3 else f'"{replacement}"')
+        last = m.end(group)
+    if not links:
+        return body, ()
+    pieces.append(body[last:])
+    return "".join(pieces), tuple(links)
+
+
+def _append_pixel(body: str, url: str) -> str:
+    pixel = f'<img src="{html.escape(url, quote=True)}" width="1" height="1" alt="">'
+    end = body.rfind("</body>")
+    if end < 0:
+        return body + pixel
+    return f"{body[:end]}{pixel}{body[end:]}"
