@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from jetmail.config import Settings
+from jetmail.storage.table import Table
 from jetmail.devstack.mailbox import Mailbox
 from jetmail.devstack.stack import LocalStack, StackState
 
@@ -67,3 +68,11 @@ def settings(stack: StackState) -> Settings:
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def table(settings: Settings) -> Table:
+
+    tbl = Table(settings)
+    tbl.create()
+    return tbl

@@ -1,0 +1,1 @@
+"""DynamoDB storage: one table, every access pattern documented in ``table.py``."""

@@ -1,0 +1,249 @@
+"""The single DynamoDB table and its low-level operations.
+
+Key design (``pk`` / ``sk``, one GSI ``gsi1`` on ``gsi1pk`` / ``gsi1sk``, TTL attribute ``expires_at``):
+
+===========================  ==========================  =================================  =====================
+item                         pk                          sk                                 gsi1pk / gsi1sk
+===========================  ==========================  =================================  =====================
+API key                      ``APIKEY#<key id>``         ``APIKEY``                         ``APIKEYS`` / created
+template head (latest)       ``TEMPLATE#<name>``         ``HEAD#<locale>``                  ``TEMPLATES`` / name#locale
+template version             ``TEMPLATE#<name>``         ``V#<locale>#<version:06d>``       -
+message                      ``MSG#<id>``                ``MSG``                            ``RCPT#<email>`` / created
+idempotency record           ``IDEM#<key id>#<key>``     ``IDEM``                           -
+sequence enrolment           ``SEQ#<sequence>#<email>``  ``ENROL``                          ``RCPT#<email>`` / created
+===========================  ==========================  =================================  =====================
+
+Access patterns: authenticate a key (GetItem), latest template for (name, locale) (GetItem on the
+head), template history (Query pk, ``begins_with(sk, 'V#<locale>#')``), list templates (Query gsi1),
+message status (GetItem), claim a message for sending (conditional UpdateItem), idempotent create
+(conditional PutItem), everything held about a recipient (Query gsi1 ``RCPT#<email>``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from decimal import Decimal
+from typing import Any
+
+from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
+from botocore.exceptions import ClientError
+
+from jetmail.aws import aws_client
+from jetmail.config import Settings
+
+_ser = TypeSerializer()
+_de = TypeDeserializer()
+
+BATCH_WRITE_MAX = 25
+
+
+class ConditionFailed(Exception):
+    """A conditional write found the item in another state."""
+
+
+def to_item(values: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: _ser.serialize(_plain(v)) for k, v in values.items() if v is not None}
+
+
+def from_item(item: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: _native(_de.deserialize(v)) for k, v in item.items()}
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, float):
+        return Decimal(str(value))
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _native(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    if isinstance(value, dict):
+        return {k: _native(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_native(v) for v in value]
+    if isinstance(value, set):
+        return {_native(v) for v in value}
+    return value
+
+
+def is_condition_failure(exc: ClientError) -> bool:
+    return exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException"
+
+
+class Table:
+    """Thin typed access to the table; every method is one DynamoDB request unless it says otherwise."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.name = settings.table_name
+        self.client = aws_client("dynamodb", settings)
+
+    # ---- schema
+    def create(self) -> bool:
+        """Create the table if it is missing (local stack and tests; SAM creates it in AWS)."""
+        try:
+            self.client.create_table(
+                TableName=self.name,
+                BillingMode="PAY_PER_REQUEST",
+                AttributeDefinitions=[
+                    {"AttributeName": n, "AttributeType": "S"} for n in ("pk", "sk", "gsi1pk", "gsi1sk")
+                ],
+                KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}],
+                GlobalSecondaryIndexes=[
+                    {
+                        "IndexName": "gsi1",
+                        "KeySchema": [
+                            {"AttributeName": "gsi1pk", "KeyType": "HASH"},
+                            {"AttributeName": "gsi1sk", "KeyType": "RANGE"},
+                        ],
+                        "Projection": {"ProjectionType": "ALL"},
+                    }
+                ],
+            )
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] == "ResourceInUseException":
+                return False
+            raise
+        self.client.get_waiter("table_exists").wait(TableName=self.name, WaiterConfig={"Delay": 1})
+        self.client.update_time_to_live(
+            TableName=self.name, TimeToLiveSpecification={"Enabled": True, "AttributeName": "expires_at"}
+        )
+        return True
+
+    # ---- items
+    def get(self, pk: str, sk: str, *, consistent: bool = False) -> dict[str, Any] | None:
+        resp = self.client.get_item(TableName=self.name, Key=to_item({"pk": pk, "sk": sk}), ConsistentRead=consistent)
+        item = resp.get("Item")
+        if item is None:
+            return None
+        out = from_item(item)
+        expires = out.get("expires_at")
+        # TTL deletion is lazy (and never happens in the emulator): expired means gone
+        if expires is not None and expires < time.time():
+            return None
+        return out
+
+    def put(self, values: Mapping[str, Any], *, condition: str | None = None,
+            names: Mapping[str, str] | None = None, params: Mapping[str, Any] | None = None) -> None:
+        kwargs: dict[str, Any] = {"TableName": self.name, "Item": to_item(values)}
+        if condition:
+            kwargs["ConditionExpression"] = condition
+        if names:
+            kwargs["ExpressionAttributeNames"] = dict(names)
+        if params:
+            kwargs["ExpressionAttributeValues"] = to_item(params)
+        try:
+            self.client.put_item(**kwargs)
+        except ClientError as exc:
+            if is_condition_failure(exc):
+                raise ConditionFailed(values.get("pk")) from None
+            raise
+
+    def update(self, pk: str, sk: str, *, expression: str, names: Mapping[str, str] | None = None,
+               params: Mapping[str, Any] | None = None, condition: str | None = None) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {
+            "TableName": self.name,
+            "Key": to_item({"pk": pk, "sk": sk}),
+            "UpdateExpression": expression,
+            "ReturnValues": "ALL_NEW",
+        }
+        if names:
+            kwargs["ExpressionAttributeNames"] = dict(names)
+        if params:
+            kwargs["ExpressionAttributeValues"] = to_item(params)
+        if condition:
+            kwargs["ConditionExpression"] = condition
+        try:
+            resp = self.client.update_item(**kwargs)
+        except ClientError as exc:
+            if is_condition_failure(exc):
+                raise ConditionFailed(pk) from None
+            raise
+        return from_item(resp.get("Attributes", {}))
+
+    def delete(self, pk: str, sk: str, *, condition: str | None = None) -> None:
+        kwargs: dict[str, Any] = {"TableName": self.name, "Key": to_item({"pk": pk, "sk": sk})}
+        if condition:
+            kwargs["ConditionExpression"] = condition
+        try:
+            self.client.delete_item(**kwargs)
+        except ClientError as exc:
+            if is_condition_failure(exc):
+                raise ConditionFailed(pk) from None
+            raise
+
+    def query(self, *, pk: str, sk_prefix: str | None = None, index: str | None = None, limit: int | None = None,
+              forward: bool = True, start: Mapping[str, Any] | None = None) -> tuple[list[dict[str, Any]], dict | None]:
+        """One page of a query; returns (items, last evaluated key for the next page)."""
+        hash_name, range_name = ("gsi1pk", "gsi1sk") if index == "gsi1" else ("pk", "sk")
+        expression = "#h = :h"
+        names = {"#h": hash_name}
+        values: dict[str, Any] = {":h": pk}
+        if sk_prefix is not None:
+            expression += " AND begins_with(#r, :r)"
+            names["#r"] = range_name
+            values[":r"] = sk_prefix
+        kwargs: dict[str, Any] = {
+            "TableName": self.name,
+            "KeyConditionExpression": expression,
+            "ExpressionAttributeNames": names,
+            "ExpressionAttributeValues": to_item(values),
+            "ScanIndexForward": forward,
+        }
+        if index:
+            kwargs["IndexName"] = index
+        if limit:
+            kwargs["Limit"] = limit
+        if start:
+            kwargs["ExclusiveStartKey"] = start
+        resp = self.client.query(**kwargs)
+        now = time.time()
+        items = [from_item(i) for i in resp.get("Items", [])]
+        items = [i for i in items if i.get("expires_at") is None or i["expires_at"] >= now]
+        return items, resp.get("LastEvaluatedKey")
+
+    def query_all(self, *, pk: str, sk_prefix: str | None = None, index: str | None = None,
+                  forward: bool = True) -> Iterator[dict[str, Any]]:
+        start: dict | None = None
+        while True:
+            items, start = self.query(pk=pk, sk_prefix=sk_prefix, index=index, forward=forward, start=start)
+            yield from items
+            if not start:
+                return
+
+    def batch_put(self, items: Sequence[Mapping[str, Any]]) -> int:
+        """Write items 25 per request, retrying unprocessed ones; returns the number of requests made."""
+        requests = 0
+        for offset in range(0, len(items), BATCH_WRITE_MAX):
+            pending = [{"PutRequest": {"Item": to_item(i)}} for i in items[offset : offset + BATCH_WRITE_MAX]]
+            delay = 0.05
+            while pending:
+                resp = self.client.batch_write_item(RequestItems={self.name: pending})
+                requests += 1
+                pending = resp.get("UnprocessedItems", {}).get(self.name, [])
+                if pending:
+                    time.sleep(delay)  # back off on throttling as the SDK guide asks
+                    delay = min(delay * 2, 2.0)
+        return requests
+
+    def batch_delete(self, keys: Sequence[tuple[str, str]]) -> None:
+        for offset in range(0, len(keys), BATCH_WRITE_MAX):
+            pending = [{"DeleteRequest": {"Key": to_item({"pk": pk, "sk": sk})}}
+                       for pk, sk in keys[offset : offset + BATCH_WRITE_MAX]]
+            while pending:
+                resp = self.client.batch_write_item(RequestItems={self.name: pending})
+                pending = resp.get("UnprocessedItems", {}).get(self.name, [])
+
+    def transact(self, operations: Sequence[dict[str, Any]]) -> None:
+        """TransactWriteItems with typed items; raises ConditionFailed when a condition fails."""
+        try:
+            self.client.transact_write_items(TransactItems=list(operations))
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] == "TransactionCanceledException":
+                raise ConditionFailed(str(exc.response.get("CancellationReasons"))) from None
+            raise

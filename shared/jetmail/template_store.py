@@ -1,0 +1,131 @@
+"""Templates in DynamoDB: immutable versions plus one head item per (name, locale).
+
+Saving writes the new version and moves the head in one transaction conditioned on the head's
+previous version, so two concurrent saves can never both become version N. Rendering reads only
+heads (one GetItem per locale tried); heads are cached briefly per process, versions forever
+(a version never changes).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from jetmail.storage.table import ConditionFailed, Table, to_item
+from jetmail.templating import TemplateContent, TemplateVersion, locale_chain, validate_template
+
+
+class TemplateNotFound(LookupError):
+    def __init__(self, name: str, locale: str | None = None) -> None:
+        self.name = name
+        self.locale = locale
+        super().__init__(f"template {name!r}" + (f" has no locale {locale!r}" if locale else " not found"))
+
+
+class TemplateConflict(RuntimeError):
+    """Another save moved the head first; the caller may retry."""
+
+
+def _version_from(item: dict[str, Any]) -> TemplateVersion:
+    fields = {k: item.get(k) for k in ("name", "locale", "subject", "html", "text", "category", "description",
+                                       "sample_context", "version")}
+    return TemplateVersion.model_validate({k: v for k, v in fields.items() if v is not None})
+
+
+class TemplateStore:
+    def __init__(self, table: Table, *, default_locale: str, head_ttl_s: float = 5.0) -> None:
+        self.table = table
+        self.default_locale = default_locale
+        self.head_ttl_s = head_ttl_s
+        self._heads: dict[tuple[str, str], tuple[float, TemplateVersion | None]] = {}
+        self._lock = threading.Lock()
+
+    def save(self, content: TemplateContent) -> TemplateVersion:
+        validate_template(content)
+        head = self.table.get(f"TEMPLATE#{content.name}", f"HEAD#{content.locale}", consistent=True)
+        previous = int(head["version"]) if head else 0
+        version = TemplateVersion(**content.model_dump(), version=previous + 1)
+        now = datetime.now(UTC).isoformat()
+        body = {**version.model_dump(), "updated_at": now}
+        pk = f"TEMPLATE#{content.name}"
+        head_condition = "attribute_not_exists(pk)" if previous == 0 else "version = :prev"
+        head_put: dict[str, Any] = {
+            "TableName": self.table.name,
+            "Item": to_item({"pk": pk, "sk": f"HEAD#{content.locale}", "gsi1pk": "TEMPLATES",
+                             "gsi1sk": f"{content.name}#{content.locale}", **body}),
+            "ConditionExpression": head_condition,
+        }
+        if previous:
+            head_put["ExpressionAttributeValues"] = to_item({":prev": previous})
+        try:
+            self.table.transact([
+                {"Put": {"TableName": self.table.name,
+                         "Item": to_item({"pk": pk, "sk": f"V#{content.locale}#{version.version:06d}", **body}),
+                         "ConditionExpression": "attribute_not_exists(pk)"}},
+                {"Put": head_put},
+            ])
+        except ConditionFailed:
+            raise TemplateConflict(f"template {content.name!r} ({content.locale}) changed concurrently") from None
+        with self._lock:
+            self._heads[(content.name, content.locale)] = (time.monotonic(), version)
+        return version
+
+    def head(self, name: str, locale: str, *, cached: bool = True) -> TemplateVersion | None:
+        key = (name, locale)
+        if cached:
+            with self._lock:
+                hit = self._heads.get(key)
+            if hit and time.monotonic() - hit[0] < self.head_ttl_s:
+                return hit[1]
+        item = self.table.get(f"TEMPLATE#{name}", f"HEAD#{locale}")
+        found = _version_from(item) if item else None
+        with self._lock:
+            self._heads[key] = (time.monotonic(), found)
+        return found
+
+    def resolve(self, name: str, locale: str | None) -> TemplateVersion:
+        """The latest version for the best locale: ``de-AT`` → ``de`` → the default locale."""
+        for candidate in locale_chain(locale, self.default_locale):
+            found = self.head(name, candidate)
+            if found is not None:
+                return found
+        raise TemplateNotFound(name)
+
+    def get(self, name: str, *, locale: str, version: int | None = None) -> TemplateVersion:
+        if version is None:
+            found = self.head(name, locale, cached=False)
+            if found is None:
+                raise TemplateNotFound(name, locale)
+            return found
+        item = self.table.get(f"TEMPLATE#{name}", f"V#{locale}#{version:06d}")
+        if item is None:
+            raise TemplateNotFound(name, locale)
+        return _version_from(item)
+
+    def versions(self, name: str, *, locale: str) -> list[TemplateVersion]:
+        return [_version_from(i) for i in self.table.query_all(pk=f"TEMPLATE#{name}", sk_prefix=f"V#{locale}#")]
+
+    def list(self) -> list[TemplateVersion]:
+        return [_version_from(i) for i in self.table.query_all(pk="TEMPLATES", index="gsi1")]
+
+    def locales(self, name: str) -> list[str]:
+        return [i["locale"] for i in self.table.query_all(pk=f"TEMPLATE#{name}", sk_prefix="HEAD#")]
+
+    def delete(self, name: str, *, locale: str | None = None) -> int:
+        keys = [
+            (i["pk"], i["sk"])
+            for i in self.table.query_all(pk=f"TEMPLATE#{name}")
+            if locale is None or i["sk"] == f"HEAD#{locale}" or i["sk"].startswith(f"V#{locale}#")
+        ]
+        if not keys:
+            raise TemplateNotFound(name, locale)
+        self.table.batch_delete(keys)
+        with self._lock:
+            for key in [k for k in self._heads if k[0] == name and (locale is None or k[1] == locale)]:
+                del self._heads[key]
+        return len(keys)
+
+
+__all__ = ["ConditionFailed", "TemplateConflict", "TemplateNotFound", "TemplateStore"]
