@@ -1,0 +1,339 @@
+"""The ``jetmail`` command line: set up the job streams, run workers, inspect dead letters and schedules.
+
+Settings are read once per command, inside the command, so ``jetmail --help`` works without any.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import json
+import logging
+import os
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from types import ModuleType
+from typing import Any, NoReturn, TypeVar
+
+import click
+
+from jetmail.config import ConfigError, get_settings
+from jetmail.devstack.cli import dev
+from jetmail.queue import (
+    DeadLetter,
+    Queue,
+    QueueConfig,
+    QueueError,
+    ScheduleInfo,
+    Worker,
+    ensure_streams,
+    registry,
+)
+from jetmail.queue.subjects import PRIORITIES, check_queue
+
+T = TypeVar("T")
+
+TASKS_MODULE = "jetmail.tasks"
+
+
+class CliError(click.ClickException):
+    """A one-line ``error: ...`` on stderr and exit code 1."""
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"error: {self.format_message()}", err=True)
+
+
+class SettingsError(CliError):
+    """Missing or invalid settings: exit code 2, like other usage errors."""
+
+    exit_code = 2
+
+
+class _Cli(click.Group):
+    """Turns every failure into one ``error:`` line: bad input is the user's to fix, not a stack trace."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except ConfigError as exc:
+            raise SettingsError(str(exc)) from None
+        except (QueueError, ValueError, TypeError, LookupError) as exc:
+            raise CliError(str(exc)) from None
+        except Exception as exc:
+            logging.getLogger("jetmail.cli").debug("command failed", exc_info=True)
+            raise CliError(f"{type(exc).__name__}: {exc}") from None
+
+    def main(self, args: Sequence[str] | None = None, prog_name: str | None = None,
+             complete_var: str | None = None, standalone_mode: bool = True, **extra: Any) -> Any:
+        try:
+            result = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.UsageError as exc:
+            hint = f" (see `{exc.ctx.command_path} --help`)" if exc.ctx is not None else ""
+            _fail(f"{exc.format_message()}{hint}", exc.exit_code)
+        except click.ClickException as exc:
+            _fail(exc.format_message(), exc.exit_code)
+        except click.Abort:
+            _fail("aborted", 1)
+        if not standalone_mode:
+            return result
+        sys.exit(result if isinstance(result, int) else 0)
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+@click.group(cls=_Cli)
+def main() -> None:
+    """jetmail: a self-hostable email platform."""
+
+
+main.add_command(dev)
+
+
+def _config() -> QueueConfig:
+    from jetmail.services import queue_config
+
+    return queue_config(get_settings())
+
+
+def _with_queue(operation: Callable[[Queue], Awaitable[T]]) -> T:
+    config = _config()
+
+    async def run() -> T:
+        async with Queue(config) as queue:
+            return await operation(queue)
+
+    return asyncio.run(run())
+
+
+def _import(name: str) -> ModuleType:
+    # like uvicorn and celery, find modules relative to where the command runs
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        return importlib.import_module(name)
+    except ImportError as exc:
+        raise CliError(f"cannot import {name}: {exc}") from None
+
+
+# ---- streams and workers
+@main.command()
+@click.option("--queue", "queues", multiple=True, metavar="QUEUE",
+              help="Another queue to create consumers for.")
+def init(queues: tuple[str, ...]) -> None:
+    """Create what jetmail needs (idempotent): the job streams, the schedules bucket, the consumers of the
+    standard queues and of each --queue, and locally the table."""
+    from jetmail.bootstrap import STANDARD_QUEUES, bootstrap
+
+    extra = [check_queue(name) for name in dict.fromkeys(queues) if name not in STANDARD_QUEUES]
+    settings = get_settings()
+    for line in bootstrap(settings):
+        click.echo(line)
+    if extra:
+        ensure_streams(_config(), extra)
+        click.echo(f"consumers for {', '.join(extra)}: ready")
+
+
+@main.command()
+@click.argument("queues", nargs=-1, required=True)
+@click.option("--concurrency", "-c", type=click.IntRange(1, 10_000), default=10, show_default=True,
+              help="Jobs run at the same time.")
+@click.option("--burst", is_flag=True, help="Exit once the queues are empty and nothing is running.")
+@click.option("--health-port", type=click.IntRange(0, 65_535), help="Serve GET /healthz on this port.")
+@click.option("--health-host", default="127.0.0.1", show_default=True,
+              help="Address for the health endpoint (0.0.0.0 to expose it outside a container).")
+@click.option("--grace-period", type=click.FloatRange(0), default=25.0, show_default=True,
+              help="Seconds running jobs get to finish after SIGTERM before they are handed back.")
+@click.option("--import", "imports", multiple=True, metavar="MODULE",
+              help=f"Extra module registering tasks (besides {TASKS_MODULE}).")
+@click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+              default="INFO", show_default=True)
+def worker(queues: tuple[str, ...], concurrency: int, burst: bool, health_port: int | None, health_host: str,
+           grace_period: float, imports: tuple[str, ...], log_level: str) -> None:
+    """Run the jobs of QUEUES until SIGTERM (or, with --burst, until they are empty)."""
+    for name in queues:
+        check_queue(name)
+    config = _config()
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    tasks_module = _import(TASKS_MODULE)
+    for name in imports:
+        _import(name)
+    runner = Worker(config, queues, registry=registry, concurrency=concurrency, burst=burst,
+                    on_startup=getattr(tasks_module, "startup", None),
+                    on_shutdown=getattr(tasks_module, "shutdown", None),
+                    health_port=health_port, health_host=health_host, grace_period=grace_period)
+    asyncio.run(runner.run())
+
+
+@main.command()
+@click.argument("task")
+@click.option("--queue", "-q", required=True)
+@click.option("--priority", type=click.Choice(PRIORITIES), default="normal", show_default=True)
+@click.option("--payload", "payload_json", default="{}", help="The payload as a JSON object.")
+@click.option("--job-id", help="De-duplicates: the same id inside the duplicate window runs once.")
+@click.option("--delay", type=click.FloatRange(0), help="Run after this many seconds.")
+@click.option("--max-retries", type=click.IntRange(0), default=3, show_default=True)
+def enqueue(task: str, queue: str, priority: str, payload_json: str, job_id: str | None, delay: float | None,
+            max_retries: int) -> None:
+    """Enqueue one job of TASK (validated against the task's model when jetmail.tasks registers it)."""
+    try:
+        payload = json.loads(payload_json)
+    except json.JSONDecodeError as exc:
+        raise CliError(f"--payload is not valid JSON: {exc}") from None
+    if not isinstance(payload, dict):
+        raise CliError("--payload must be a JSON object")
+    _import(TASKS_MODULE)
+    options: dict[str, Any] = {"queue": queue, "priority": priority, "job_id": job_id,
+                               "max_retries": max_retries, "payload": payload}
+    if delay is not None:
+        ref = _with_queue(lambda q: q.enqueue_in(delay, task, **options))
+    else:
+        ref = _with_queue(lambda q: q.enqueue(task, **options))
+    note = " (duplicate: already enqueued)" if ref.duplicate else ""
+    click.echo(f"{ref.job_id} seq={ref.seq}{note}")
+
+
+# ---- dead letters
+@main.group()
+def dlq() -> None:
+    """Inspect, replay and purge jobs that failed for good."""
+
+
+@dlq.command("list")
+@click.option("--limit", type=click.IntRange(1), default=50, show_default=True)
+@click.option("--queue", help="Only this queue's dead letters.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def dlq_list(limit: int, queue: str | None, as_json: bool) -> None:
+    """List dead letters, oldest first."""
+    letters = _with_queue(lambda q: q.dlq_list(limit, queue=queue))
+    if as_json:
+        click.echo(json.dumps([letter.model_dump(mode="json") for letter in letters], indent=2))
+        return
+    if not letters:
+        click.echo("no dead letters")
+        return
+    for letter in letters:
+        click.echo(_letter_line(letter))
+
+
+@dlq.command("show")
+@click.argument("seq", type=click.IntRange(1))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def dlq_show(seq: int, as_json: bool) -> None:
+    """Show one dead letter in full."""
+    letter = _with_queue(lambda q: q.dlq_show(seq))
+    if as_json:
+        click.echo(json.dumps(letter.model_dump(mode="json"), indent=2))
+        return
+    rows = [("seq", letter.seq), ("failed at", letter.failed_at.isoformat()), ("queue", letter.queue),
+            ("subject", letter.subject), ("task", letter.task), ("job id", letter.job_id),
+            ("attempts", letter.attempts), ("reason", letter.reason), ("error", letter.error),
+            ("where", letter.where)]
+    for label, value in rows:
+        if value is not None:
+            click.echo(f"{label + ':':<11} {value}")
+    if letter.envelope is not None:
+        click.echo("envelope:")
+        click.echo(json.dumps(letter.envelope, indent=2))
+    elif letter.raw is not None:
+        click.echo("raw message:")
+        click.echo(letter.raw)
+
+
+@dlq.command("replay")
+@click.argument("seq", type=click.IntRange(1), required=False)
+@click.option("--all", "replay_all", is_flag=True, help="Replay every dead letter that holds a job.")
+@click.option("--queue", help="With --all: only this queue's dead letters.")
+def dlq_replay(seq: int | None, replay_all: bool, queue: str | None) -> None:
+    """Put a dead job (SEQ, or --all) back on its queue as a fresh job, and remove the dead letter."""
+    if (seq is None) == (not replay_all):
+        raise CliError("give either a SEQ or --all")
+    if seq is not None:
+        ref = _with_queue(lambda q: q.dlq_replay(seq))
+        click.echo(f"replayed {seq}: job {ref.job_id} seq={ref.seq}")
+        return
+
+    async def replay(q: Queue) -> tuple[int, int]:
+        refs = await q.dlq_replay_all(queue=queue)
+        return len(refs), await q.dlq_count(queue=queue)
+
+    replayed, left = _with_queue(replay)
+    tail = f"; {left} left that hold no job and cannot be replayed" if left else ""
+    click.echo(f"replayed {replayed} dead letter(s){tail}")
+
+
+@dlq.command("purge")
+@click.option("--queue", help="Only this queue's dead letters.")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def dlq_purge(queue: str | None, yes: bool) -> None:
+    """Delete dead letters for good."""
+    if not yes:
+        scope = f"of queue {queue}" if queue else "of all queues"
+        click.confirm(f"Delete every dead letter {scope}?", abort=True)
+    purged = _with_queue(lambda q: q.dlq_purge(queue=queue))
+    click.echo(f"purged {purged} dead letter(s)")
+
+
+def _letter_line(letter: DeadLetter) -> str:
+    error = letter.error if len(letter.error) <= 100 else letter.error[:97] + "..."
+    return (f"{letter.seq:>6}  {letter.failed_at:%Y-%m-%d %H:%M:%S}  {letter.queue or '-'}  "
+            f"{letter.task or '?'}  {letter.job_id or '-'}  attempts={letter.attempts}  "
+            f"{letter.reason}: {error}")
+
+
+# ---- schedules
+@main.group()
+def schedules() -> None:
+    """List, pause, resume and cancel recurring schedules."""
+
+
+@schedules.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def schedules_list(as_json: bool) -> None:
+    """List recurring schedules."""
+    items = _with_queue(lambda q: q.list_schedules())
+    if as_json:
+        click.echo(json.dumps([item.model_dump(mode="json") for item in items], indent=2))
+        return
+    if not items:
+        click.echo("no schedules")
+        return
+    for item in items:
+        click.echo(_schedule_line(item))
+
+
+@schedules.command("pause")
+@click.argument("schedule_id")
+def schedules_pause(schedule_id: str) -> None:
+    """Stop a schedule firing, keeping it for resume."""
+    click.echo(_schedule_line(_with_queue(lambda q: q.pause_schedule(schedule_id))))
+
+
+@schedules.command("resume")
+@click.argument("schedule_id")
+def schedules_resume(schedule_id: str) -> None:
+    """Start a paused schedule firing again."""
+    click.echo(_schedule_line(_with_queue(lambda q: q.resume_schedule(schedule_id))))
+
+
+@schedules.command("cancel")
+@click.argument("schedule_id")
+def schedules_cancel(schedule_id: str) -> None:
+    """Stop a schedule and forget it."""
+    if not _with_queue(lambda q: q.cancel_schedule(schedule_id)):
+        raise CliError(f"no schedule {schedule_id!r}")
+    click.echo(f"cancelled {schedule_id}")
+
+
+def _schedule_line(item: ScheduleInfo) -> str:
+    zone = f" ({item.timezone})" if item.timezone else ""
+    state = "paused" if item.paused else "active"
+    return f"{item.schedule_id}  {state}  {item.task} -> {item.queue}/{item.priority}  {item.pattern}{zone}"
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,528 @@
+"""The consumer side: a long-running worker that pulls jobs by priority and runs them concurrently."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import itertools
+import logging
+import signal
+import threading
+import traceback
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import nats.errors
+from nats.aio.msg import Msg
+from pydantic import ValidationError
+
+from .client import Queue
+from .config import QueueConfig
+from .errors import PermanentFailure, QueueError, Retry
+from .models import DeadLetter, DeadLetterReason, JobEnvelope, utcnow
+from .pull import Puller, PullError
+from .registry import Registry, TaskDef, describe_validation
+from .registry import registry as default_registry
+from .subjects import (
+    HDR_DEAD_REASON,
+    HDR_JOB_ID,
+    HDR_MSG_ID,
+    HDR_SCHEDULE_NEXT,
+    HDR_SCHEDULER,
+    PRIORITIES,
+    check_queue,
+    consumer_name,
+    dlq_subject,
+)
+
+log = logging.getLogger("jetmail.queue.worker")
+
+Hook = Callable[[dict[str, Any]], Awaitable[None] | None]
+_RAW_LIMIT = 64 * 1024
+_ERROR_LIMIT = 2000
+
+
+@dataclass
+class JobContext:
+    """What a handler knows about the job it runs, plus the worker's shared ``resources``."""
+
+    job_id: str
+    task: str
+    attempt: int
+    max_retries: int
+    queue: str
+    priority: str
+    enqueued_at: datetime
+    schedule_id: str | None
+    resources: dict[str, Any]
+    _beat: Callable[[], Awaitable[None]] = field(repr=False)
+
+    async def heartbeat(self) -> None:
+        """Tell the server the job is still running (the worker also does this on its own for long jobs)."""
+        await self._beat()
+
+    @property
+    def is_last_attempt(self) -> bool:
+        return self.attempt > self.max_retries
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Outcomes: every way a job can end, decided in one place and settled in one place.
+
+
+class DeadOnArrival(Exception):
+    """A delivery that cannot run at all (unreadable, unknown task, invalid payload, delivered too often)."""
+
+    def __init__(self, reason: DeadLetterReason, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    kind: Literal["ack", "retry", "dead", "interrupted"]
+    delay: float = 0.0
+    reason: DeadLetterReason | None = None
+    error: str = ""
+    where: str | None = None
+
+    @property
+    def label(self) -> str:
+        return f"dead:{self.reason}" if self.kind == "dead" else self.kind
+
+
+def decide(exc: BaseException | None, *, attempt: int, envelope: JobEnvelope | None) -> Outcome:
+    """The single mapping from how a job ended to what happens to its message."""
+    if exc is None:
+        return Outcome("ack")
+    if isinstance(exc, asyncio.CancelledError):
+        # the worker is shutting down past its grace period: hand the job straight to another worker
+        return Outcome("interrupted", error="interrupted by shutdown")
+    error, where = describe_error(exc)
+    if isinstance(exc, DeadOnArrival):
+        return Outcome("dead", reason=exc.reason, error=str(exc), where=None)
+    if isinstance(exc, PermanentFailure):
+        return Outcome("dead", reason="permanent_failure", error=error, where=where)
+    assert envelope is not None  # every failure after parsing has an envelope
+    if attempt > envelope.max_retries:
+        return Outcome("dead", reason="retries_exhausted", error=error, where=where)
+    if isinstance(exc, Retry) and exc.delay is not None:
+        return Outcome("retry", delay=exc.delay, error=error, where=where)
+    return Outcome("retry", delay=envelope.backoff.delay(attempt), error=error, where=where)
+
+
+def describe_error(exc: BaseException) -> tuple[str, str | None]:
+    """Exception type and message plus the raising line; never locals or arguments (they may hold secrets)."""
+    text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = f"{Path(frames[-1].filename).name}:{frames[-1].lineno} in {frames[-1].name}" if frames else None
+    return text[:_ERROR_LIMIT], where
+
+
+@dataclass
+class _Running:
+    msg: Msg
+    started: float
+    last_beat: float
+
+
+class Worker:
+    """Runs the jobs of some queues until stopped (SIGTERM/SIGINT or ``stop()``), or, in burst mode, until
+    they are empty."""
+
+    def __init__(self, config: QueueConfig, queues: Iterable[str], *, registry: Registry | None = None,
+                 concurrency: int = 10, burst: bool = False, on_startup: Hook | None = None,
+                 on_shutdown: Hook | None = None, health_port: int | None = None,
+                 health_host: str = "127.0.0.1", heartbeat_interval: float | None = None,
+                 grace_period: float = 25.0, poll_interval: float = 0.1, handle_signals: bool = True) -> None:
+        self.config = config
+        self.queues = [check_queue(q) for q in dict.fromkeys(queues)]
+        if not self.queues:
+            raise ValueError("a worker needs at least one queue")
+        if concurrency < 1:
+            raise ValueError(f"concurrency must be at least 1, got {concurrency}")
+        if grace_period < 0:
+            raise ValueError("grace_period must not be negative")
+        if not 0 < poll_interval <= 5:
+            raise ValueError("poll_interval must be in (0, 5] seconds")
+        self.registry = registry if registry is not None else default_registry
+        self.concurrency = concurrency
+        self.burst = burst
+        self.on_startup = on_startup
+        self.on_shutdown = on_shutdown
+        self.health_port = health_port
+        self.health_host = health_host
+        self.heartbeat_interval = (heartbeat_interval if heartbeat_interval is not None
+                                   else config.ack_wait / 3)
+        if self.heartbeat_interval <= 0 or self.heartbeat_interval >= config.ack_wait:
+            raise ValueError("heartbeat_interval must be positive and shorter than ack_wait")
+        self.grace_period = grace_period
+        self.poll_interval = poll_interval
+        self.handle_signals = handle_signals
+        self.resources: dict[str, Any] = {}
+        self.stats: Counter[str] = Counter()
+        self._queue = Queue(config, registry=self.registry)
+        self._pullers: dict[tuple[str, str], Puller] = {}
+        self._inflight: dict[asyncio.Task[None], _Running] = {}
+        self._rotation = itertools.cycle(range(len(self.queues)))
+        self._stopping = asyncio.Event()
+        self._force = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._fetch_task: asyncio.Task[None] | None = None
+        self._health_server: asyncio.Server | None = None
+
+    # ---- lifecycle
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        await self._queue.connect()
+        installed: list[signal.Signals] = []
+        background: list[asyncio.Task[None]] = []
+        started = False
+        try:
+            await self._queue.ensure_streams(self.queues)
+            nc = self._queue.nc
+            self._pullers = {(q, p): Puller(nc, stream=self.config.stream, consumer=consumer_name(q, p))
+                             for q in self.queues for p in PRIORITIES}
+            await _call_hook(self.on_startup, self.resources)
+            started = True
+            if self.handle_signals and threading.current_thread() is threading.main_thread():
+                for sig in (signal.SIGTERM, signal.SIGINT):
+                    loop.add_signal_handler(sig, self._on_signal, sig)
+                    installed.append(sig)
+            if self.health_port is not None:
+                self._health_server = await asyncio.start_server(self._serve_health, self.health_host,
+                                                                 self.health_port)
+                self.health_port = self._health_server.sockets[0].getsockname()[1]
+            background.append(asyncio.create_task(self._heartbeats()))
+            log.info("worker started: queues=%s concurrency=%d burst=%s tasks=%s", ",".join(self.queues),
+                     self.concurrency, self.burst, ",".join(self.registry.names()))
+            self._fetch_task = asyncio.create_task(self._fetch_loop())
+            await self._fetch_task
+        finally:
+            self._stopping.set()
+            await self._finish_inflight()
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
+            if self._health_server is not None:
+                self._health_server.close()
+                await self._health_server.wait_closed()
+            for sig in installed:
+                loop.remove_signal_handler(sig)
+            try:
+                if started:
+                    await _call_hook(self.on_shutdown, self.resources)
+            finally:
+                for puller in self._pullers.values():
+                    await puller.close()
+                await self._queue.close()
+            log.info("worker stopped: %s", dict(self.stats) or "no jobs")
+
+    def stop(self) -> None:
+        """Stop fetching, let running jobs finish (up to the grace period), then return from ``run``."""
+        self._stopping.set()
+        self._wake.set()
+
+    @property
+    def healthy(self) -> bool:
+        nc = self._queue._nc
+        return (nc is not None and nc.is_connected and self._fetch_task is not None
+                and not self._fetch_task.done() and not self._stopping.is_set())
+
+    @property
+    def running(self) -> int:
+        return len(self._inflight)
+
+    def _on_signal(self, sig: signal.Signals) -> None:
+        if self._stopping.is_set():
+            log.warning("%s again: not waiting for running jobs", sig.name)
+            self._force.set()
+            return
+        log.info("%s: stopping; finishing %d running job(s)", sig.name, len(self._inflight))
+        self.stop()
+
+    async def _finish_inflight(self) -> None:
+        pending = set(self._inflight)
+        if not pending:
+            return
+        log.info("waiting up to %.0fs for %d running job(s)", self.grace_period, len(pending))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.grace_period
+        while pending and not self._force.is_set():
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            forced = asyncio.create_task(self._force.wait())
+            await asyncio.wait({*pending, forced}, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
+            forced.cancel()
+            pending = {task for task in pending if not task.done()}
+        if pending:
+            log.warning("%d job(s) still running; returning them to the queue", len(pending))
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    # ---- fetching
+    async def _fetch_loop(self) -> None:
+        while not self._stopping.is_set():
+            free = self.concurrency - len(self._inflight)
+            if free <= 0:
+                self._wake.clear()
+                if self.concurrency - len(self._inflight) <= 0 and not self._stopping.is_set():
+                    await self._wake.wait()
+                continue
+            try:
+                msgs = await self._take(free)
+                if not msgs:
+                    if self.burst and not self._inflight and await self._drained():
+                        log.info("burst: queues are empty")
+                        return
+                    msgs = await self._idle_wait(free)
+            except (PullError, QueueError, nats.errors.Error, TimeoutError) as exc:
+                log.warning("fetch failed: %s; retrying", exc or type(exc).__name__)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), timeout=1.0)
+                continue
+            for msg in msgs:
+                self._start(msg)
+
+    async def _take(self, free: int) -> list[Msg]:
+        """Fill free slots from high, then normal, then low: a level returning fewer than asked is empty."""
+        got: list[Msg] = []
+        order = self._queue_order()
+        try:
+            for priority in PRIORITIES:
+                for queue in order:
+                    want = free - len(got)
+                    if want <= 0:
+                        return got
+                    got.extend(await self._pullers[(queue, priority)].pull(want))
+        except BaseException:
+            for msg in got:
+                self._start(msg)  # delivered to us already: run them rather than strand them until ack_wait
+            raise
+        return got
+
+    async def _idle_wait(self, free: int) -> list[Msg]:
+        """Nothing anywhere: long-poll the high consumers briefly, so high work starts at once when it comes
+        and normal/low work waits at most one poll interval."""
+        order = self._queue_order()[:free]
+        results = await asyncio.gather(
+            *(self._pullers[(queue, "high")].pull(1, wait=self.poll_interval) for queue in order),
+            return_exceptions=True)
+        msgs: list[Msg] = []
+        error: BaseException | None = None
+        for result in results:
+            if isinstance(result, BaseException):
+                error = error or result
+            else:
+                msgs.extend(result)
+        for msg in msgs if error else ():
+            self._start(msg)  # keep what arrived before reporting the failure
+        if error:
+            raise error
+        return msgs
+
+    def _queue_order(self) -> list[str]:
+        # rotate the starting queue so one busy queue cannot starve the others at the same priority
+        start = next(self._rotation)
+        return self.queues[start:] + self.queues[:start]
+
+    async def _drained(self) -> bool:
+        js = self._queue.js
+        for queue in self.queues:
+            for priority in PRIORITIES:
+                info = await js.consumer_info(self.config.stream, consumer_name(queue, priority))
+                if (info.num_pending or 0) + (info.num_ack_pending or 0) > 0:
+                    return False
+        return True
+
+    # ---- running
+    def _start(self, msg: Msg) -> None:
+        now = asyncio.get_running_loop().time()
+        task = asyncio.create_task(self._run(msg))
+        self._inflight[task] = _Running(msg=msg, started=now, last_beat=now)
+        task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._inflight.pop(task, None)
+        self._wake.set()
+        if not task.cancelled() and task.exception() is not None:
+            log.error("job runner crashed", exc_info=task.exception())
+
+    async def _run(self, msg: Msg) -> None:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        meta = msg.metadata
+        attempt = meta.num_delivered
+        queue, priority = _queue_and_priority(msg.subject)
+        envelope: JobEnvelope | None = None
+        exc: BaseException | None = None
+        try:
+            envelope = self._envelope(msg)
+            definition = self._definition(envelope, attempt)
+            job = _parse(definition, envelope)
+            ctx = JobContext(job_id=envelope.job_id, task=envelope.task, attempt=attempt,
+                             max_retries=envelope.max_retries, queue=queue, priority=priority,
+                             enqueued_at=envelope.enqueued_at, schedule_id=envelope.schedule_id,
+                             resources=self.resources, _beat=lambda: self._beat(msg))
+            if definition.is_async:
+                await definition.handler(job, ctx)
+            else:
+                await asyncio.to_thread(definition.handler, job, ctx)
+        except (Exception, asyncio.CancelledError) as caught:
+            exc = caught
+        outcome = decide(exc, attempt=attempt, envelope=envelope)
+        await self._settle(msg, outcome, envelope=envelope, attempt=attempt, queue=queue)
+        self.stats[outcome.label] += 1
+        job_id = envelope.job_id if envelope else f"seq:{meta.sequence.stream}"
+        task_name = envelope.task if envelope else "?"
+        duration_ms = (loop.time() - started) * 1000
+        extra = {"job_id": job_id, "task": task_name, "attempt": attempt, "outcome": outcome.label,
+                 "duration_ms": round(duration_ms, 1), "queue": queue}
+        if outcome.kind == "ack":
+            log.info("job %s task=%s attempt=%d outcome=ok duration_ms=%.1f", job_id, task_name, attempt,
+                     duration_ms, extra=extra)
+        else:
+            level = logging.ERROR if outcome.kind == "dead" else logging.WARNING
+            retry = f" retry_in={outcome.delay:.2f}s" if outcome.kind == "retry" else ""
+            log.log(level, "job %s task=%s attempt=%d outcome=%s%s duration_ms=%.1f error=%s", job_id,
+                    task_name, attempt, outcome.label, retry, duration_ms, outcome.error, extra=extra)
+
+    def _envelope(self, msg: Msg) -> JobEnvelope:
+        try:
+            envelope = JobEnvelope.model_validate_json(msg.data)
+        except ValidationError as exc:
+            problems = describe_validation(exc)
+            raise DeadOnArrival("invalid_payload", f"invalid job envelope: {problems}") from None
+        headers = msg.headers or {}
+        if envelope.schedule_id and HDR_SCHEDULER in headers:
+            # each firing of a recurring schedule is its own job; the server names the firing by its next slot
+            slot = headers.get(HDR_SCHEDULE_NEXT)
+            suffix = slot if slot and slot != "purge" else str(msg.metadata.sequence.stream)
+            envelope = envelope.model_copy(update={"job_id": f"{envelope.schedule_id}@{suffix}",
+                                                   "enqueued_at": msg.metadata.timestamp})
+        return envelope
+
+    def _definition(self, envelope: JobEnvelope, attempt: int) -> TaskDef:
+        definition = self.registry.get(envelope.task)
+        if definition is None:
+            raise DeadOnArrival("unknown_task",
+                                f"no task named {envelope.task!r} is registered in this worker")
+        if attempt > envelope.max_retries + 1:
+            raise DeadOnArrival("delivery_limit", f"delivered {attempt} times without finishing "
+                                "(a worker crashed or the job outlived ack_wait without heartbeats)")
+        return definition
+
+    async def _settle(self, msg: Msg, outcome: Outcome, *, envelope: JobEnvelope | None, attempt: int,
+                      queue: str) -> None:
+        try:
+            if outcome.kind == "ack":
+                await msg.ack()
+            elif outcome.kind == "retry":
+                await msg.nak(delay=outcome.delay)
+            elif outcome.kind == "interrupted":
+                await msg.nak()
+            else:
+                try:
+                    await self._dead_letter(msg, outcome, envelope=envelope, attempt=attempt, queue=queue)
+                except QueueError as exc:
+                    # keep the job rather than lose it: it comes back and tries the dead-letter stream again
+                    log.error("cannot dead-letter stream seq %d: %s", msg.metadata.sequence.stream, exc)
+                    await msg.nak(delay=5.0)
+                    return
+                await msg.term()
+        except (nats.errors.Error, TimeoutError) as exc:
+            # the server redelivers after ack_wait; nothing else to do from here
+            log.warning("cannot settle stream seq %d (%s): %s", msg.metadata.sequence.stream, outcome.label,
+                        exc or type(exc).__name__)
+
+    async def _dead_letter(self, msg: Msg, outcome: Outcome, *, envelope: JobEnvelope | None, attempt: int,
+                           queue: str) -> None:
+        stream_seq = msg.metadata.sequence.stream
+        assert outcome.reason is not None
+        record = DeadLetter(
+            reason=outcome.reason, error=outcome.error, where=outcome.where, attempts=attempt, queue=queue,
+            subject=msg.subject, stream_seq=stream_seq,
+            job_id=envelope.job_id if envelope else None, task=envelope.task if envelope else None,
+            envelope=envelope.model_dump(mode="json") if envelope else None,
+            raw=None if envelope else msg.data[:_RAW_LIMIT].decode(errors="replace"),
+            failed_at=utcnow(),
+        )
+        headers = {
+            # a crash between this publish and term() redelivers the job; the id keeps the dead letter single
+            HDR_MSG_ID: f"dead:{self.config.stream}:{stream_seq}",
+            HDR_DEAD_REASON: outcome.reason,
+        }
+        if envelope:
+            headers[HDR_JOB_ID] = envelope.job_id
+        await self._queue._publish(dlq_subject(queue), record.model_dump_json().encode(), headers)
+
+    # ---- keeping long jobs alive
+    async def _beat(self, msg: Msg) -> None:
+        for running in self._inflight.values():
+            if running.msg is msg:
+                running.last_beat = asyncio.get_running_loop().time()
+        await msg.in_progress()
+
+    async def _heartbeats(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(self.heartbeat_interval / 2)
+            now = loop.time()
+            for running in list(self._inflight.values()):
+                if now - running.last_beat >= self.heartbeat_interval:
+                    running.last_beat = now
+                    try:
+                        await running.msg.in_progress()
+                    except nats.errors.Error as exc:
+                        log.warning("heartbeat failed: %s", exc)
+
+    # ---- health
+    async def _serve_health(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            request_line = await asyncio.wait_for(reader.readline(), timeout=5)
+            parts = request_line.decode("latin-1").split()
+            path = parts[1] if len(parts) >= 2 else ""
+            if path.split("?")[0] != "/healthz":
+                status, body = "404 Not Found", b"not found\n"
+            elif self.healthy:
+                status, body = "200 OK", b"ok\n"
+            else:
+                status, body = "503 Service Unavailable", b"unavailable\n"
+            writer.write(f"HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: {len(body)}\r\n"
+                         "Connection: close\r\n\r\n".encode() + body)
+            await writer.drain()
+        except (TimeoutError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+
+
+def _parse(definition: TaskDef, envelope: JobEnvelope) -> Any:
+    try:
+        return definition.parse(envelope.payload)
+    except ValidationError as exc:
+        problems = describe_validation(exc)
+        raise DeadOnArrival("invalid_payload",
+                            f"invalid payload for task {definition.name!r}: {problems}") from None
+
+
+def _queue_and_priority(subject: str) -> tuple[str, str]:
+    parts = subject.split(".")
+    return (parts[1], parts[2]) if len(parts) == 3 else (subject, "normal")
+
+
+async def _call_hook(hook: Hook | None, resources: dict[str, Any]) -> None:
+    if hook is None:
+        return
+    result = hook(resources)
+    if inspect.isawaitable(result):
+        await result
