@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from jetmail.config import Settings
-from jetmail.storage.table import Table
 from jetmail.devstack.mailbox import Mailbox
 from jetmail.devstack.stack import LocalStack, StackState
+from jetmail.storage.table import Table
+
+if TYPE_CHECKING:
+    from jetmail.services import Services
 
 # boto3 needs credentials even for the moto server; these never leave loopback.
 os.environ.setdefault("AWS_ACCESS_KEY_ID", "local")
@@ -76,3 +82,51 @@ def table(settings: Settings) -> Table:
     tbl = Table(settings)
     tbl.create()
     return tbl
+
+
+def stack_env(stack: StackState, **extra: str) -> dict[str, str]:
+    """Environment for jetmail subprocesses (workers, CLI) pointed at the test stack and test table."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JETMAIL_")}
+    env.update(stack.env())
+    env.update({"JETMAIL_TABLE_NAME": "jetmail-test", "PYTHONUNBUFFERED": "1", **extra})
+    return env
+
+
+@pytest.fixture(scope="session")
+def services(settings: Settings, table: Table) -> Iterator["Services"]:
+    """The core services on the test stack, with streams ready and the example templates loaded."""
+    from jetmail.bootstrap import bootstrap
+    from jetmail.services import Services
+    from jetmail.templating import EXAMPLE_TEMPLATES_DIR, load_template_dir
+
+    list(bootstrap(settings, create_table=False))
+    svc = Services(settings)
+    for content in load_template_dir(EXAMPLE_TEMPLATES_DIR):
+        svc.templates.save(content)
+    yield svc
+    svc.queue.close()
+
+
+@pytest.fixture(scope="session")
+def api_token(services: "Services") -> str:
+    _, token = services.api_keys.create("tests", scopes=["admin"])
+    return token
+
+
+@pytest.fixture(scope="session")
+def email_worker(stack: StackState, services: "Services", tmp_path_factory: pytest.TempPathFactory
+                 ) -> Iterator[subprocess.Popen[bytes]]:
+    """A real `jetmail worker` process for the email queues, as the local stack runs it."""
+    from jetmail.devstack.stack import free_port, http_ready, stop_process, wait_until
+
+    port = free_port()
+    log = tmp_path_factory.mktemp("worker") / "worker.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "jetmail.cli", "worker", "email_transactional", "email_campaign",
+             "email_ab_test", "email_maintenance", "--concurrency", "32", "--health-port", str(port)],
+            env=stack_env(stack), stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    wait_until(http_ready(f"http://127.0.0.1:{port}/healthz"), timeout=30, what="email worker", proc=proc, log=log)
+    yield proc
+    stop_process(proc.pid)

@@ -17,6 +17,8 @@ from typing import Any, NoReturn, TypeVar
 
 import click
 
+from jetmail.commands.keys import keys
+from jetmail.commands.templates import templates
 from jetmail.config import ConfigError, get_settings
 from jetmail.devstack.cli import dev
 from jetmail.queue import (
@@ -92,6 +94,8 @@ def main() -> None:
 
 
 main.add_command(dev)
+main.add_command(keys)
+main.add_command(templates)
 
 
 def _config() -> QueueConfig:

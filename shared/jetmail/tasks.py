@@ -7,12 +7,50 @@ clients shared by all jobs of the process are created and closed.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
-from jetmail.queue import JobContext, task
+from jetmail.queue import JobContext, Retry, task
 
 log = logging.getLogger("jetmail.tasks")
+
+
+async def startup(resources: dict[str, Any]) -> None:
+    """Make the process's clients once: settings, storage, renderer, provider."""
+    from jetmail.config import get_settings
+    from jetmail.delivery import Deliverer
+    from jetmail.providers import make_provider
+    from jetmail.services import Services
+
+    services = Services(get_settings())
+    resources["services"] = services
+    resources["provider"] = make_provider(services.settings)
+    resources["deliverer"] = Deliverer(messages=services.messages.messages, templates=services.templates,
+                                       composer=services.composer, provider=resources["provider"])
+
+
+async def shutdown(resources: dict[str, Any]) -> None:
+    provider = resources.get("provider")
+    if provider is not None:
+        await provider.close()
+
+
+class SendMessageJob(BaseModel):
+    message_id: str = Field(min_length=1, max_length=64)
+
+
+@task("send_message", model=SendMessageJob)
+async def send_message(job: SendMessageJob, ctx: JobContext) -> None:
+    """Deliver one transactional message (or sequence step); retried with backoff on temporary failures."""
+    from jetmail.providers import TemporaryDeliveryError
+
+    deliverer = ctx.resources["deliverer"]
+    try:
+        outcome = await deliverer.deliver(job.message_id, attempt=ctx.attempt, max_attempts=ctx.max_retries + 1)
+    except TemporaryDeliveryError as exc:
+        raise Retry(delay=exc.retry_after) from exc
+    log.info("message %s: %s", job.message_id, outcome)
 
 
 class DemoHello(BaseModel):

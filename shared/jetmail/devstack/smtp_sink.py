@@ -36,7 +36,7 @@ class SinkHandler:
         self._index = (maildir / "index.jsonl").open("a", encoding="utf-8", buffering=1)
         self._deferred: dict[str, int] = {}
 
-    async def handle_RCPT(  # noqa: N802 - aiosmtpd hook name
+    async def handle_RCPT(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, rcpt_options: list[str]
     ) -> str:
         local = address.split("@", 1)[0].lower()
@@ -53,7 +53,7 @@ class SinkHandler:
         envelope.rcpt_tos.append(address)
         return "250 OK"
 
-    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:  # noqa: N802
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         message_id = f"{time.time_ns()}-{uuid.uuid4().hex[:8]}"
         content = envelope.original_content or b""
         (self.maildir / f"{message_id}.eml").write_bytes(content)

@@ -70,7 +70,7 @@ class StackState:
             "JETMAIL_SIGNING_SECRET": self.signing_secret,
             "JETMAIL_PROVIDER": "smtp",
             "AWS_ACCESS_KEY_ID": "local",
-            "AWS_SECRET_ACCESS_KEY": "local",  # noqa: S105 - moto accepts any credentials
+            "AWS_SECRET_ACCESS_KEY": "local",
             "AWS_DEFAULT_REGION": "us-east-1",
         }
         if "nats" in self.services:
@@ -185,7 +185,8 @@ class LocalStack:
 
     def save(self, state: StackState) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
-        payload = {"services": {k: asdict(v) for k, v in state.services.items()}, "signing_secret": state.signing_secret}
+        payload = {"services": {k: asdict(v) for k, v in state.services.items()},
+                   "signing_secret": state.signing_secret}
         self.state_file.write_text(json.dumps(payload, indent=2))
         env_lines = [f"{key}={value}" for key, value in sorted(state.env().items())]
         env_file = self.root / "jetmail.env"

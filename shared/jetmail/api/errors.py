@@ -1,0 +1,76 @@
+"""One mapping from domain exceptions to HTTP answers; routes raise domain errors, never HTTPException
+for them, and no error is recognised by its message text."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from jetmail.api.limits import BodyTooLarge
+from jetmail.messages import IdempotencyConflict, InvalidAddress, MessageNotFound
+from jetmail.sequences import EnrolmentNotFound, SequenceNotFound, StepTimeError
+from jetmail.template_store import TemplateConflict, TemplateNotFound
+from jetmail.templating import ReservedContextKeyError, TemplateRenderError, TemplateValidationError
+
+logger = logging.getLogger("jetmail.api")
+
+STATUS_FOR: list[tuple[type[Exception], int]] = [
+    (BodyTooLarge, 413),
+    (TemplateNotFound, 404),
+    (MessageNotFound, 404),
+    (SequenceNotFound, 404),
+    (EnrolmentNotFound, 404),
+    (StepTimeError, 422),
+    (IdempotencyConflict, 409),
+    (TemplateConflict, 409),
+    (TemplateValidationError, 422),
+    (TemplateRenderError, 422),
+    (ReservedContextKeyError, 422),
+    (InvalidAddress, 422),
+]
+
+
+def _field(loc: tuple[Any, ...] | list[Any]) -> str:
+    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
+    return ".".join(parts) or "body"
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [{"field": _field(e.get("loc", ())), "message": e.get("msg", "invalid")} for e in exc.errors()]
+        return JSONResponse({"error": "validation_error", "detail": errors}, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse({"error": _code(exc.status_code), "detail": exc.detail}, status_code=exc.status_code,
+                            headers=getattr(exc, "headers", None))
+
+    for exc_type, status in STATUS_FOR:
+        app.add_exception_handler(exc_type, _domain_handler(status))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        logger.exception("unhandled error on %s %s", request.method, request.url.path)
+        return JSONResponse({"error": "internal_error", "detail": "internal error"}, status_code=500)
+
+
+def _domain_handler(status: int) -> Any:
+    async def handler(request: Request, exc: Exception) -> JSONResponse:
+        detail: Any = str(exc)
+        if isinstance(exc, TemplateValidationError):
+            detail = [p.model_dump() if hasattr(p, "model_dump") else dict(p.__dict__) for p in exc.problems]
+        return JSONResponse({"error": _code(status), "detail": detail}, status_code=status)
+
+    return handler
+
+
+def _code(status: int) -> str:
+    return {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
+            409: "conflict", 413: "payload_too_large", 422: "validation_error", 429: "rate_limited"}.get(
+                status, "error")

@@ -1,0 +1,73 @@
+"""boto3 clients, made once per process and shared.
+
+A boto3 ``Session`` is not safe to use from several threads at once, but the clients it makes are;
+so one session builds every client under a lock, and the clients are cached by (service, region,
+endpoint) for the life of the process (module scope in Lambda, worker start-up in ECS).
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import boto3
+from botocore.config import Config
+
+from jetmail.config import Settings
+
+_TIMEOUTS: dict[str, Any] = {
+    "connect_timeout": 3,
+    # Lambda functions run for seconds; botocore's default 60 s read timeout would outlive them.
+    "read_timeout": 10,
+    "tcp_keepalive": True,
+    # Sized for the SES provider's thread pool plus DynamoDB calls from the same process; below
+    # this, botocore logs "Connection pool is full" and drops connections under load.
+    "max_pool_connections": 50,
+}
+
+_DEFAULT_CONFIG = Config(retries={"mode": "standard", "max_attempts": 3}, **_TIMEOUTS)
+
+_SERVICE_CONFIG = {
+    # A send is not idempotent: an SDK retry after a lost response sends the mail twice, and a
+    # retried throttle hides the signal the worker uses to slow down. The job layer retries
+    # with backoff instead, where the attempt is recorded.
+    "sesv2": Config(retries={"mode": "standard", "max_attempts": 1}, **_TIMEOUTS),
+}
+
+_lock = threading.Lock()
+_session: boto3.session.Session | None = None
+_clients: dict[tuple[str, str, str | None], Any] = {}
+
+
+def aws_client(service: str, settings: Settings) -> Any:
+    """The process-wide low-level client for ``service``, at ``settings.aws_endpoint_url`` when set."""
+    key = (service, settings.aws_region, settings.aws_endpoint_url)
+    client = _clients.get(key)
+    if client is not None:
+        return client
+    with _lock:
+        client = _clients.get(key)
+        if client is None:
+            client = _get_session().client(
+                service,
+                region_name=settings.aws_region,
+                endpoint_url=settings.aws_endpoint_url,
+                config=_SERVICE_CONFIG.get(service, _DEFAULT_CONFIG),
+            )
+            _clients[key] = client
+    return client
+
+
+def reset_aws_clients() -> None:
+    """Forget every client and the session (after a fork, whose copied connections must not be shared)."""
+    global _session
+    with _lock:
+        _clients.clear()
+        _session = None
+
+
+def _get_session() -> boto3.session.Session:
+    global _session
+    if _session is None:
+        _session = boto3.session.Session()
+    return _session

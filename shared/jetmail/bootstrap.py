@@ -1,0 +1,39 @@
+"""Create what jetmail needs before it runs: the table (locally), streams and consumers, SES identity.
+
+Idempotent; ``jetmail init`` and ``jetmail dev up`` call it. In AWS the table comes from
+template.yaml and this only ensures the JetStream side.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from jetmail.config import Settings
+from jetmail.storage.table import Table
+
+STANDARD_QUEUES = ("email_transactional", "email_campaign", "email_ab_test", "email_maintenance")
+
+
+def bootstrap(settings: Settings, *, create_table: bool | None = None) -> Iterator[str]:
+    """Yield one line per step, for the CLI to print."""
+    if create_table is None:
+        create_table = settings.aws_endpoint_url is not None
+    if create_table:
+        created = Table(settings).create()
+        yield f"table {settings.table_name}: {'created' if created else 'exists'}"
+    from jetmail.queue import ensure_streams
+    from jetmail.services import queue_config
+
+    ensure_streams(queue_config(settings), list(STANDARD_QUEUES))
+    yield f"streams {settings.jobs_stream}/{settings.dlq_stream} and consumers for {', '.join(STANDARD_QUEUES)}: ready"
+    if settings.provider == "ses" and settings.aws_endpoint_url:
+        from jetmail.aws import aws_client
+        from jetmail.mime import parse_address
+
+        sender = parse_address(settings.default_from)[1]
+        client = aws_client("sesv2", settings)
+        try:
+            client.create_email_identity(EmailIdentity=sender.split("@", 1)[1])
+            yield f"SES identity {sender.split('@', 1)[1]}: verified (local)"
+        except client.exceptions.AlreadyExistsException:
+            yield "SES identity: exists"

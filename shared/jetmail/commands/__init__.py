@@ -1,0 +1,43 @@
+"""Management commands grouped under the root ``jetmail`` CLI."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import wraps
+from typing import Any, TypeVar
+
+import click
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def load_services() -> Any:
+    """Settings and services for a command; a missing setting becomes one error line, not a traceback."""
+    from jetmail.config import ConfigError, get_settings
+    from jetmail.services import Services
+
+    try:
+        return Services(get_settings())
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def domain_errors(fn: F) -> F:
+    """Turn expected domain errors into `error: ...` lines with exit code 1."""
+
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from jetmail.messages import IdempotencyConflict, InvalidAddress, MessageNotFound
+        from jetmail.template_store import TemplateConflict, TemplateNotFound
+        from jetmail.templating import TemplateValidationError
+
+        try:
+            return fn(*args, **kwargs)
+        except TemplateValidationError as exc:
+            lines = [f"{p.field}:{p.line or '-'}: {p.message}" for p in exc.problems]
+            raise click.ClickException("template rejected:\n  " + "\n  ".join(lines)) from None
+        except (TemplateNotFound, MessageNotFound, TemplateConflict, IdempotencyConflict, InvalidAddress,
+                ValueError) as exc:
+            raise click.ClickException(str(exc)) from None
+
+    return wrapper  # type: ignore[return-value]

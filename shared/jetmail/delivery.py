@@ -1,0 +1,107 @@
+"""The worker side of one message: claim, render, build, send, record.
+
+Claiming is a conditional write (``queued|scheduled|sending → sending``): a job redelivered after
+the message was sent, failed or cancelled finds it in a final state and does nothing, so a
+redelivered job never sends twice.
+
+If a worker dies after the provider accepted a message and before ``sent`` is written (one
+DynamoDB request), the message stays ``sending`` and its job is redelivered: jetmail then sends it
+again, with the same ``Message-ID`` header. It favours delivery over silence, and the window is
+that single write; a worker that dies anywhere earlier (rendering, the SMTP dialogue) loses
+nothing and duplicates nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any
+
+from jetmail.compose import Composer, Recipient
+from jetmail.messages import FINAL_BEFORE_SEND, MessageRepository, MessageStatus, now_iso
+from jetmail.providers import OutboundMessage, PermanentDeliveryError, Provider, TemporaryDeliveryError
+from jetmail.storage.table import ConditionFailed
+from jetmail.template_store import TemplateNotFound, TemplateStore
+from jetmail.templating import TemplateRenderError
+
+logger = logging.getLogger("jetmail.delivery")
+
+CLAIMABLE = {MessageStatus.QUEUED, MessageStatus.SCHEDULED, MessageStatus.SENDING}
+
+
+class DeliveryOutcome:
+    SKIPPED = "skipped"
+    SENT = "sent"
+    FAILED = "failed"
+    DEFERRED = "deferred"
+
+
+class Deliverer:
+    def __init__(self, *, messages: MessageRepository, templates: TemplateStore, composer: Composer,
+                 provider: Provider) -> None:
+        self.messages = messages
+        self.templates = templates
+        self.composer = composer
+        self.provider = provider
+
+    async def deliver(self, message_id: str, *, attempt: int, max_attempts: int) -> str:
+        """Send one transactional message; raises TemporaryDeliveryError when the job should retry."""
+        item = await asyncio.to_thread(self.messages.get, message_id)
+        if MessageStatus(item["status"]) in FINAL_BEFORE_SEND:
+            return DeliveryOutcome.SKIPPED
+        try:
+            item = await asyncio.to_thread(self.messages.transition, message_id, MessageStatus.SENDING,
+                                           allowed_from=CLAIMABLE, count_attempt=True,
+                                           detail=f"attempt {attempt}")
+        except ConditionFailed:
+            return DeliveryOutcome.SKIPPED  # cancelled or finished in between
+        recipient = Recipient(email=item["to"], name=item.get("to_name"), language=item.get("language"),
+                              timezone=item.get("timezone"))
+        try:
+            version = await asyncio.to_thread(self.templates.resolve, item["template"], item.get("language"))
+            rendered = self.composer.render(version, json.loads(item.get("context") or "{}"), recipient=recipient,
+                                            message_id=message_id)
+            built = self.composer.build(rendered, message_id=message_id, recipient=recipient,
+                                        from_addr=item.get("from_addr"), reply_to=item.get("reply_to"))
+        except (TemplateNotFound, TemplateRenderError, ValueError) as exc:
+            await self._fail(message_id, f"cannot render: {exc}")
+            return DeliveryOutcome.FAILED
+        outbound = OutboundMessage(
+            mail_from=_envelope_from(item.get("from_addr") or self.composer.settings.default_from),
+            recipients=[recipient.email],
+            raw=built.data,
+            smtputf8=built.smtputf8,
+            message_id=message_id,
+            tags={"message_id": message_id, "category": item.get("category") or "transactional"},
+        )
+        try:
+            result = await self.provider.send(outbound)
+        except PermanentDeliveryError as exc:
+            await self._fail(message_id, exc.reason)
+            return DeliveryOutcome.FAILED
+        except TemporaryDeliveryError as exc:
+            if attempt >= max_attempts:
+                await self._fail(message_id, f"gave up after {attempt} attempts: {exc.reason}")
+                return DeliveryOutcome.FAILED
+            await asyncio.to_thread(self.messages.transition, message_id, MessageStatus.QUEUED,
+                                    allowed_from={MessageStatus.SENDING}, detail=f"deferred: {exc.reason}",
+                                    fields={"error": exc.reason})
+            raise
+        fields: dict[str, Any] = {"provider": result.provider, "sent_at": now_iso()}
+        if result.provider_message_id:
+            fields["provider_message_id"] = result.provider_message_id
+        await asyncio.to_thread(self.messages.transition, message_id, MessageStatus.SENT,
+                                allowed_from={MessageStatus.SENDING}, fields=fields)
+        return DeliveryOutcome.SENT
+
+    async def _fail(self, message_id: str, reason: str) -> None:
+        logger.warning("message %s failed: %s", message_id, reason)
+        await asyncio.to_thread(self.messages.transition, message_id, MessageStatus.FAILED,
+                                allowed_from={MessageStatus.SENDING}, detail=reason, fields={"error": reason})
+
+
+def _envelope_from(from_header: str) -> str:
+    from jetmail.mime import parse_address
+
+    return parse_address(from_header)[1]

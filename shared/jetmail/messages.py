@@ -1,0 +1,306 @@
+"""Transactional messages: accept a send request, record it, and hand it to the job layer.
+
+A message record is written before its job is enqueued, and the job id *is* the message id, so
+an API retry (same ``Idempotency-Key``) or a second enqueue can never produce a second send: the
+job layer de-duplicates the id, and the worker's conditional claim refuses a finished message.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+import time
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from typing import Any, Protocol
+
+from email_validator import EmailNotValidError, validate_email
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from jetmail.storage.table import ConditionFailed, Table, to_item
+from jetmail.template_store import TemplateStore
+
+TRANSACTIONAL_QUEUE = "email_transactional"
+SEND_TASK = "send_message"
+IDEMPOTENCY_TTL = timedelta(hours=24)
+
+
+class MessageStatus(StrEnum):
+    QUEUED = "queued"
+    SCHEDULED = "scheduled"
+    SENDING = "sending"
+    SENT = "sent"
+    DELIVERED = "delivered"
+    BOUNCED = "bounced"
+    COMPLAINED = "complained"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    SUPPRESSED = "suppressed"
+
+
+# A message in one of these states is never sent again.
+FINAL_BEFORE_SEND = {
+    MessageStatus.SENT, MessageStatus.DELIVERED, MessageStatus.BOUNCED, MessageStatus.COMPLAINED,
+    MessageStatus.FAILED, MessageStatus.CANCELLED, MessageStatus.SUPPRESSED,
+}
+
+
+class JobQueue(Protocol):
+    """What the message domain needs from the job layer (implemented by ``jetmail.queue.SyncClient``)."""
+
+    def enqueue(self, task: str, *, queue: str, priority: str = ..., job_id: str | None = ...,
+                **kwargs: Any) -> Any: ...
+
+    def enqueue_at(self, when: datetime, task: str, *, queue: str, priority: str = ...,
+                   job_id: str | None = ..., **kwargs: Any) -> Any: ...
+
+    def cancel(self, job_id: str) -> bool: ...
+
+
+class InvalidAddress(ValueError):
+    pass
+
+
+class IdempotencyConflict(RuntimeError):
+    """The idempotency key was used before with a different request body."""
+
+
+class MessageNotFound(LookupError):
+    pass
+
+
+def normalise_email(address: str) -> str:
+    """Validated, with the domain lower-cased and IDNA-normalised; the local part is kept as given."""
+    try:
+        result = validate_email(address, check_deliverability=False, allow_smtputf8=True)
+    except EmailNotValidError as exc:
+        raise InvalidAddress(str(exc)) from None
+    return result.normalized
+
+
+def new_message_id() -> str:
+    # time-ordered prefix keeps ids sortable by creation; 64 random bits keep them unguessable
+    return f"msg_{int(time.time() * 1000):011x}{secrets.token_hex(8)}"
+
+
+class SendRequest(BaseModel):
+    """Body of ``POST /v1/messages``."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    template: str = Field(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9_-]*$")
+    to: str = Field(min_length=3, max_length=320, description="recipient address")
+    name: str | None = Field(default=None, max_length=200, description="recipient display name")
+    context: dict[str, Any] = Field(default_factory=dict, description="template variables")
+    language: str | None = Field(default=None, max_length=35, pattern=r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})*$")
+    timezone: str | None = Field(default=None, max_length=64)
+    send_at: datetime | None = Field(default=None, description="deliver at this time (RFC 3339) instead of now")
+    from_: str | None = Field(default=None, alias="from", max_length=320)
+    reply_to: str | None = Field(default=None, max_length=320)
+
+    @field_validator("to")
+    @classmethod
+    def _valid_to(cls, value: str) -> str:
+        try:
+            return normalise_email(value)
+        except InvalidAddress as exc:
+            raise ValueError(str(exc)) from None
+
+    @field_validator("timezone")
+    @classmethod
+    def _valid_tz(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r}") from None
+        return value
+
+    @field_validator("send_at")
+    @classmethod
+    def _aware(cls, value: datetime | None) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError("send_at needs a time zone offset, e.g. 2026-12-01T09:00:00Z")
+        return value
+
+    @field_validator("name", "from_", "reply_to")
+    @classmethod
+    def _no_line_breaks(cls, value: str | None) -> str | None:
+        if value is not None and any(c in value for c in "\r\n\x00"):
+            raise ValueError("must not contain line breaks")
+        return value
+
+
+class HistoryEntry(BaseModel):
+    status: MessageStatus
+    at: str
+    detail: str | None = None
+
+
+class MessagePublic(BaseModel):
+    id: str
+    status: MessageStatus
+    to: str
+    template: str | None = None
+    language: str | None = None
+    category: str = "transactional"
+    created_at: str
+    send_at: str | None = None
+    sent_at: str | None = None
+    provider: str | None = None
+    provider_message_id: str | None = None
+    error: str | None = None
+    attempts: int = 0
+    campaign_id: str | None = None
+    sequence_id: str | None = None
+    history: list[HistoryEntry] = Field(default_factory=list)
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+def request_hash(request: SendRequest) -> str:
+    canonical = json.dumps(request.model_dump(mode="json", by_alias=True), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+class MessageRepository:
+    """Message records: one item each, one GetItem to read, one conditional UpdateItem per transition."""
+
+    def __init__(self, table: Table, *, retention_days: int = 400) -> None:
+        self.table = table
+        self.retention = timedelta(days=retention_days)
+
+    def record(self, message_id: str, *, request: SendRequest, status: MessageStatus, category: str = "transactional",
+               extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        created = now_iso()
+        return {
+            "pk": f"MSG#{message_id}",
+            "sk": "MSG",
+            "gsi1pk": f"RCPT#{request.to.lower()}",
+            "gsi1sk": f"MSG#{created}",
+            "id": message_id,
+            "status": status.value,
+            "to": request.to,
+            "to_name": request.name,
+            "template": request.template,
+            "language": request.language,
+            "timezone": request.timezone,
+            "context": json.dumps(request.context),
+            "from_addr": request.from_,
+            "reply_to": request.reply_to,
+            "category": category,
+            "created_at": created,
+            "send_at": request.send_at.astimezone(UTC).isoformat() if request.send_at else None,
+            "attempts": 0,
+            "history": [{"status": status.value, "at": created}],
+            "expires_at": int(time.time() + self.retention.total_seconds()),
+            **(extra or {}),
+        }
+
+    def get(self, message_id: str) -> dict[str, Any]:
+        item = self.table.get(f"MSG#{message_id}", "MSG", consistent=True)
+        if item is None:
+            raise MessageNotFound(message_id)
+        return item
+
+    def transition(self, message_id: str, status: MessageStatus, *, allowed_from: set[MessageStatus],
+                   detail: str | None = None, fields: dict[str, Any] | None = None,
+                   count_attempt: bool = False) -> dict[str, Any]:
+        """Move a message to ``status`` if it is in one of ``allowed_from``; ConditionFailed otherwise."""
+        at = now_iso()
+        sets = ["#s = :s", "updated_at = :at", "history = list_append(history, :h)"]
+        params: dict[str, Any] = {":s": status.value, ":at": at,
+                                  ":h": [{"status": status.value, "at": at, "detail": detail}]}
+        names = {"#s": "status"}
+        for i, (key, value) in enumerate((fields or {}).items()):
+            names[f"#f{i}"] = key
+            params[f":f{i}"] = value
+            sets.append(f"#f{i} = :f{i}")
+        expression = "SET " + ", ".join(sets)
+        if count_attempt:
+            expression += " ADD attempts :one"
+            params[":one"] = 1
+        allowed = sorted(s.value for s in allowed_from)
+        placeholders = []
+        for i, value in enumerate(allowed):
+            params[f":a{i}"] = value
+            placeholders.append(f":a{i}")
+        return self.table.update(
+            f"MSG#{message_id}", "MSG", expression=expression, names=names, params=params,
+            condition=f"#s IN ({', '.join(placeholders)})",
+        )
+
+
+def public(item: dict[str, Any]) -> MessagePublic:
+    return MessagePublic.model_validate(
+        {**item, "history": [h for h in item.get("history", []) if isinstance(h, dict)]}
+    )
+
+
+class MessageService:
+    """The submit side of transactional mail (API, CLI, sequences)."""
+
+    def __init__(self, *, table: Table, templates: TemplateStore, queue: JobQueue,
+                 repository: MessageRepository | None = None) -> None:
+        self.table = table
+        self.templates = templates
+        self.queue = queue
+        self.messages = repository or MessageRepository(table)
+
+    def submit(self, request: SendRequest, *, api_key_id: str | None = None, idempotency_key: str | None = None,
+               extra: dict[str, Any] | None = None) -> tuple[MessagePublic, bool]:
+        """Record and enqueue one message; returns (message, created). Raises TemplateNotFound,
+        IdempotencyConflict."""
+        template = self.templates.resolve(request.template, request.language)
+        message_id = new_message_id()
+        due = request.send_at is not None and request.send_at > datetime.now(UTC) + timedelta(seconds=1)
+        status = MessageStatus.SCHEDULED if due else MessageStatus.QUEUED
+        record = self.messages.record(message_id, request=request, status=status, category=template.category or
+                                      "transactional", extra=extra)
+        if idempotency_key:
+            idem_pk = f"IDEM#{api_key_id or '-'}#{hashlib.sha256(idempotency_key.encode()).hexdigest()}"
+            body_hash = request_hash(request)
+            try:
+                self.table.transact([
+                    {"Put": {"TableName": self.table.name,
+                             "Item": to_item({"pk": idem_pk, "sk": "IDEM", "message_id": message_id,
+                                              "body_hash": body_hash,
+                                              "expires_at": int(time.time() + IDEMPOTENCY_TTL.total_seconds())}),
+                             "ConditionExpression": "attribute_not_exists(pk) OR expires_at < :now",
+                             "ExpressionAttributeValues": to_item({":now": int(time.time())})}},
+                    {"Put": {"TableName": self.table.name, "Item": to_item(record)}},
+                ])
+            except ConditionFailed:
+                existing = self.table.get(idem_pk, "IDEM", consistent=True)
+                if existing is None:  # expired between the two reads: treat as new
+                    return self.submit(request, api_key_id=api_key_id, idempotency_key=idempotency_key, extra=extra)
+                if existing["body_hash"] != body_hash:
+                    raise IdempotencyConflict(
+                        "this Idempotency-Key was used with a different request body"
+                    ) from None
+                item = self.messages.get(existing["message_id"])
+                if item["status"] in (MessageStatus.QUEUED, MessageStatus.SCHEDULED):
+                    # the first attempt may have died before enqueueing; the job id de-duplicates
+                    self._enqueue(item["id"], request)
+                return public(item), False
+        else:
+            self.table.put(record, condition="attribute_not_exists(pk)")
+        self._enqueue(message_id, request)
+        return public(record), True
+
+    def _enqueue(self, message_id: str, request: SendRequest) -> None:
+        if request.send_at is not None and request.send_at > datetime.now(UTC) + timedelta(seconds=1):
+            self.queue.enqueue_at(request.send_at, SEND_TASK, queue=TRANSACTIONAL_QUEUE, priority="high",
+                                  job_id=message_id, message_id=message_id, max_retries=5)
+        else:
+            self.queue.enqueue(SEND_TASK, queue=TRANSACTIONAL_QUEUE, priority="high", job_id=message_id,
+                               message_id=message_id, max_retries=5)
+
+    def get(self, message_id: str) -> MessagePublic:
+        return public(self.messages.get(message_id))
