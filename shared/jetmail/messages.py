@@ -259,7 +259,7 @@ class MessageService:
         IdempotencyConflict."""
         template = self.templates.resolve(request.template, request.language)
         message_id = new_message_id()
-        due = request.send_at is not None and request.send_at > datetime.now(UTC) + timedelta(seconds=1)
+        due = request.send_at is not None and request.send_at > datetime.now(UTC)
         status = MessageStatus.SCHEDULED if due else MessageStatus.QUEUED
         record = self.messages.record(message_id, request=request, status=status, category=template.category or
                                       "transactional", extra=extra)
@@ -295,7 +295,7 @@ class MessageService:
         return public(record), True
 
     def _enqueue(self, message_id: str, request: SendRequest) -> None:
-        if request.send_at is not None and request.send_at > datetime.now(UTC) + timedelta(seconds=1):
+        if request.send_at is not None and request.send_at > datetime.now(UTC):
             self.queue.enqueue_at(request.send_at, SEND_TASK, queue=TRANSACTIONAL_QUEUE, priority="high",
                                   job_id=message_id, message_id=message_id, max_retries=5)
         else:
