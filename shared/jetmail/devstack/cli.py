@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -11,7 +12,7 @@ import click
 from jetmail.devstack.mailbox import Mailbox
 from jetmail.devstack.stack import DEFAULT_ROOT, INFRA_SERVICES, LocalStack, StackError, StackState
 
-APP_SERVICES = ("api", "worker-transactional", "worker-bulk", "scheduler")
+APP_SERVICES = ("api", "worker-transactional", "worker-bulk")
 
 
 def _stack(root: str | None) -> LocalStack:
@@ -35,6 +36,22 @@ def _print_endpoints(state: StackState) -> None:
         click.echo(f"  {'process ' + name:<24} pid {svc['pid']}{'' if svc['alive'] else ' (not running)'}")
 
 
+def start(stack: LocalStack, *, infra_only: bool = False, echo: Callable[[str], None] = print) -> StackState:
+    """Start the infrastructure, create tables and streams, then jetmail's own processes."""
+    from jetmail.bootstrap import bootstrap
+    from jetmail.config import Settings
+
+    state = stack.up(INFRA_SERVICES)
+    # this is the edge: the stack's own settings win over the shell's
+    os.environ.update(state.env())
+    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    for line in bootstrap(settings):
+        echo(line)
+    if not infra_only:
+        state = stack.up(INFRA_SERVICES + APP_SERVICES)
+    return state
+
+
 @click.group()
 @click.option("--root", envvar="JETMAIL_DEV_ROOT", default=None, help="state folder (default .jetmail/dev)")
 @click.pass_context
@@ -49,17 +66,7 @@ def dev(ctx: click.Context, root: str | None) -> None:
 def up(stack: LocalStack, infra_only: bool) -> None:
     """Start (or keep) every local service; safe to run again."""
     try:
-        state = stack.up(INFRA_SERVICES)
-        from jetmail.bootstrap import bootstrap
-        from jetmail.config import Settings
-
-        # this command is the edge: the stack's own settings win over the shell's for bootstrapping
-        os.environ.update(state.env())
-        settings = Settings(_env_file=None)  # type: ignore[call-arg]
-        for line in bootstrap(settings):
-            click.echo(f"  {line}")
-        if not infra_only:
-            state = stack.up(INFRA_SERVICES + APP_SERVICES)
+        state = start(stack, infra_only=infra_only, echo=lambda line: click.echo(f"  {line}"))
     except StackError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo("jetmail local stack is up:")
