@@ -93,7 +93,13 @@ def stack_env(stack: StackState, **extra: str) -> dict[str, str]:
 
 
 @pytest.fixture(scope="session")
-def services(settings: Settings, table: Table) -> Iterator["Services"]:
+def app_env(stack: StackState) -> dict[str, str]:
+    """The environment a jetmail process (worker, CLI, Lambda) gets on the test stack."""
+    return stack_env(stack)
+
+
+@pytest.fixture(scope="session")
+def services(settings: Settings, table: Table) -> Iterator[Services]:
     """The core services on the test stack, with streams ready and the example templates loaded."""
     from jetmail.bootstrap import bootstrap
     from jetmail.services import Services
@@ -108,13 +114,13 @@ def services(settings: Settings, table: Table) -> Iterator["Services"]:
 
 
 @pytest.fixture(scope="session")
-def api_token(services: "Services") -> str:
+def api_token(services: Services) -> str:
     _, token = services.api_keys.create("tests", scopes=["admin"])
     return token
 
 
 @pytest.fixture(scope="session")
-def email_worker(stack: StackState, services: "Services", tmp_path_factory: pytest.TempPathFactory
+def email_worker(stack: StackState, services: Services, tmp_path_factory: pytest.TempPathFactory
                  ) -> Iterator[subprocess.Popen[bytes]]:
     """A real `jetmail worker` process for the email queues, as the local stack runs it."""
     from jetmail.devstack.stack import free_port, http_ready, stop_process, wait_until

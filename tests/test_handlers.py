@@ -12,10 +12,9 @@ from typing import Any
 
 import pytest
 
-from conftest import stack_env
 from jetmail.config import get_settings
 from jetmail.devstack.mailbox import Mailbox
-from jetmail.devstack.stack import StackState, wait_until
+from jetmail.devstack.stack import wait_until
 from jetmail.services import Services
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,8 +49,8 @@ def event(name: str, **replace: str) -> dict[str, Any]:
 
 
 @pytest.fixture
-def lambda_env(stack: StackState, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    for key, value in stack_env(stack).items():
+def lambda_env(app_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    for key, value in app_env.items():
         if key.startswith(("JETMAIL_", "AWS_")):
             monkeypatch.setenv(key, value)
     get_settings.cache_clear()
