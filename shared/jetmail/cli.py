@@ -17,6 +17,7 @@ from typing import Any, NoReturn, TypeVar
 
 import click
 
+from jetmail.commands.campaigns import campaign, scheduler
 from jetmail.commands.keys import keys
 from jetmail.commands.templates import templates
 from jetmail.config import ConfigError, get_settings
@@ -95,6 +96,8 @@ def main() -> None:
 
 main.add_command(dev)
 main.add_command(keys)
+main.add_command(campaign)
+main.add_command(scheduler)
 main.add_command(templates)
 
 

@@ -11,11 +11,14 @@ from functools import cached_property
 from typing import TYPE_CHECKING
 
 from jetmail.apikeys import ApiKeys
+from jetmail.campaigns.service import CampaignService
+from jetmail.campaigns.store import CampaignStore
 from jetmail.compose import Composer
 from jetmail.config import Settings
 from jetmail.messages import MessageRepository, MessageService
 from jetmail.sequences import SequenceService
 from jetmail.storage.table import Table
+from jetmail.suppressions import SuppressionStore
 from jetmail.template_store import TemplateStore
 from jetmail.tokens import Signer
 
@@ -70,6 +73,19 @@ class Services:
     @cached_property
     def composer(self) -> Composer:
         return Composer(self.settings, signer=self.signer)
+
+    @cached_property
+    def suppressions(self) -> SuppressionStore:
+        return SuppressionStore(self.table)
+
+    @cached_property
+    def campaign_store(self) -> CampaignStore:
+        return CampaignStore(self.table)
+
+    @cached_property
+    def campaigns(self) -> CampaignService:
+        return CampaignService(store=self.campaign_store, templates=self.templates, queue=self.queue,
+                               contacts=self.contacts, segments=self.segments)
 
     @cached_property
     def signer(self) -> Signer:

@@ -18,22 +18,37 @@ log = logging.getLogger("jetmail.tasks")
 
 async def startup(resources: dict[str, Any]) -> None:
     """Make the process's clients once: settings, storage, renderer, provider."""
+    from jetmail.campaigns.sender import BatchSender
+    from jetmail.campaigns.signals import Claims, StateBoard, ensure_buckets
     from jetmail.config import get_settings
     from jetmail.delivery import Deliverer
     from jetmail.providers import make_provider
-    from jetmail.services import Services
+    from jetmail.queue import Queue
+    from jetmail.services import Services, queue_config
 
     services = Services(get_settings())
     resources["services"] = services
     resources["provider"] = make_provider(services.settings)
     resources["deliverer"] = Deliverer(messages=services.messages.messages, templates=services.templates,
                                        composer=services.composer, provider=resources["provider"])
+    queue = Queue(queue_config(services.settings))
+    await queue.connect()
+    await ensure_buckets(queue.js, replicas=services.settings.stream_replicas)
+    resources["queue"] = queue
+    resources["batch_sender"] = BatchSender(
+        store=services.campaign_store, templates=services.templates, composer=services.composer,
+        provider=resources["provider"], board=StateBoard(queue.js), claims=Claims(queue.js),
+        suppressions=services.suppressions,
+    )
 
 
 async def shutdown(resources: dict[str, Any]) -> None:
     provider = resources.get("provider")
     if provider is not None:
         await provider.close()
+    queue = resources.get("queue")
+    if queue is not None:
+        await queue.close()
 
 
 class SendMessageJob(BaseModel):
@@ -71,3 +86,7 @@ async def demo_hello(job: DemoHello, ctx: JobContext) -> None:
 async def demo_fail(job: DemoFail, ctx: JobContext) -> None:
     """Fail every attempt, so the job ends in the dead-letter stream after its retries."""
     raise RuntimeError(job.reason)
+
+
+# the campaign tasks register themselves on import
+from jetmail.campaigns import jobs as _campaign_jobs  # noqa: E402, F401

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from jetmail.api import errors, messages, sequences, templates
+from jetmail.api import campaigns, errors, messages, sequences, templates
 from jetmail.api.limits import BodySizeLimit
 from jetmail.config import Settings, get_settings
 from jetmail.services import Services
@@ -30,4 +30,5 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
     app.include_router(messages.router)
     app.include_router(templates.router)
     app.include_router(sequences.router)
+    app.include_router(campaigns.router)
     return app

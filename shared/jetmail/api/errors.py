@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from jetmail.api.limits import BodyTooLarge
+from jetmail.campaigns.service import CampaignNotFound, InvalidTransition, UnknownAudience, VariantNotFound
 from jetmail.messages import IdempotencyConflict, InvalidAddress, MessageNotFound
 from jetmail.sequences import EnrolmentNotFound, SequenceNotFound, StepTimeError
 from jetmail.template_store import TemplateConflict, TemplateNotFound
@@ -22,6 +23,10 @@ logger = logging.getLogger("jetmail.api")
 STATUS_FOR: list[tuple[type[Exception], int]] = [
     (BodyTooLarge, 413),
     (TemplateNotFound, 404),
+    (CampaignNotFound, 404),
+    (UnknownAudience, 422),
+    (VariantNotFound, 422),
+    (InvalidTransition, 409),
     (MessageNotFound, 404),
     (SequenceNotFound, 404),
     (EnrolmentNotFound, 404),

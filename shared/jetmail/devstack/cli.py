@@ -12,7 +12,7 @@ import click
 from jetmail.devstack.mailbox import Mailbox
 from jetmail.devstack.stack import DEFAULT_ROOT, INFRA_SERVICES, LocalStack, StackError, StackState
 
-APP_SERVICES = ("api", "worker-transactional", "worker-bulk")
+APP_SERVICES = ("api", "worker-transactional", "worker-bulk", "scheduler")
 
 
 def _stack(root: str | None) -> LocalStack:

@@ -261,7 +261,7 @@ class LocalStack:
             url = f"http://127.0.0.1:{port}/healthz"
             ready = http_ready(url)
         elif name == "scheduler":
-            cmd = [sys.executable, "-m", "jetmail.cli", "scheduler"]
+            cmd = [sys.executable, "-m", "jetmail.cli", "scheduler", "--interval", "2"]
             url = ""
             ready = lambda: True  # noqa: E731 - the scheduler has no port; alive is ready
         else:

@@ -129,6 +129,11 @@ class SyncClient:
 
         return self._submit(run)
 
+    def run(self, operation: Callable[[Queue], Awaitable[T]]) -> T:
+        """Run ``operation(queue)`` on the client's loop and wait: for callers that need the connected
+        ``Queue`` itself (its ``js`` context), not just one of the methods below."""
+        return self._call(operation)
+
     # ---- the Queue API, blocking
     def ensure_streams(self, queues: Iterable[str] = ()) -> None:
         names = list(queues)

@@ -82,6 +82,8 @@ class Table:
     def __init__(self, settings: Settings) -> None:
         self.name = settings.table_name
         self.client = aws_client("dynamodb", settings)
+        # DynamoDB requests made through this object: what the cost benchmarks count
+        self.requests = 0
 
     # ---- schema
     def create(self) -> bool:
@@ -117,6 +119,7 @@ class Table:
 
     # ---- items
     def get(self, pk: str, sk: str, *, consistent: bool = False) -> dict[str, Any] | None:
+        self.requests += 1
         resp = self.client.get_item(TableName=self.name, Key=to_item({"pk": pk, "sk": sk}), ConsistentRead=consistent)
         item = resp.get("Item")
         if item is None:
@@ -138,6 +141,7 @@ class Table:
         if params:
             kwargs["ExpressionAttributeValues"] = to_item(params)
         try:
+            self.requests += 1
             self.client.put_item(**kwargs)
         except ClientError as exc:
             if is_condition_failure(exc):
@@ -159,6 +163,7 @@ class Table:
         if condition:
             kwargs["ConditionExpression"] = condition
         try:
+            self.requests += 1
             resp = self.client.update_item(**kwargs)
         except ClientError as exc:
             if is_condition_failure(exc):
@@ -171,6 +176,7 @@ class Table:
         if condition:
             kwargs["ConditionExpression"] = condition
         try:
+            self.requests += 1
             self.client.delete_item(**kwargs)
         except ClientError as exc:
             if is_condition_failure(exc):
@@ -178,7 +184,8 @@ class Table:
             raise
 
     def query(self, *, pk: str, sk_prefix: str | None = None, index: str | None = None, limit: int | None = None,
-              forward: bool = True, start: Mapping[str, Any] | None = None) -> tuple[list[dict[str, Any]], dict | None]:
+              forward: bool = True, start: Mapping[str, Any] | None = None, sk_after: str | None = None,
+              ) -> tuple[list[dict[str, Any]], dict | None]:
         """One page of a query; returns (items, last evaluated key for the next page)."""
         hash_name, range_name = ("gsi1pk", "gsi1sk") if index == "gsi1" else ("pk", "sk")
         expression = "#h = :h"
@@ -188,6 +195,10 @@ class Table:
             expression += " AND begins_with(#r, :r)"
             names["#r"] = range_name
             values[":r"] = sk_prefix
+        elif sk_after is not None:
+            expression += " AND #r > :r"
+            names["#r"] = range_name
+            values[":r"] = sk_after
         kwargs: dict[str, Any] = {
             "TableName": self.name,
             "KeyConditionExpression": expression,
@@ -201,6 +212,7 @@ class Table:
             kwargs["Limit"] = limit
         if start:
             kwargs["ExclusiveStartKey"] = start
+        self.requests += 1
         resp = self.client.query(**kwargs)
         now = time.time()
         items = [from_item(i) for i in resp.get("Items", [])]
@@ -208,10 +220,11 @@ class Table:
         return items, resp.get("LastEvaluatedKey")
 
     def query_all(self, *, pk: str, sk_prefix: str | None = None, index: str | None = None,
-                  forward: bool = True) -> Iterator[dict[str, Any]]:
+                  forward: bool = True, sk_after: str | None = None) -> Iterator[dict[str, Any]]:
         start: dict | None = None
         while True:
-            items, start = self.query(pk=pk, sk_prefix=sk_prefix, index=index, forward=forward, start=start)
+            items, start = self.query(pk=pk, sk_prefix=sk_prefix, index=index, forward=forward, start=start,
+                                      sk_after=sk_after)
             yield from items
             if not start:
                 return
@@ -225,6 +238,7 @@ class Table:
             while pending:
                 resp = self.client.batch_write_item(RequestItems={self.name: pending})
                 requests += 1
+                self.requests += 1
                 pending = resp.get("UnprocessedItems", {}).get(self.name, [])
                 if pending:
                     time.sleep(delay)  # back off on throttling as the SDK guide asks
@@ -237,11 +251,13 @@ class Table:
                        for pk, sk in keys[offset : offset + BATCH_WRITE_MAX]]
             while pending:
                 resp = self.client.batch_write_item(RequestItems={self.name: pending})
+                self.requests += 1
                 pending = resp.get("UnprocessedItems", {}).get(self.name, [])
 
     def transact(self, operations: Sequence[dict[str, Any]]) -> None:
         """TransactWriteItems with typed items; raises ConditionFailed when a condition fails."""
         try:
+            self.requests += 1
             self.client.transact_write_items(TransactItems=list(operations))
         except ClientError as exc:
             if exc.response["Error"]["Code"] == "TransactionCanceledException":

@@ -1,0 +1,16 @@
+"""EventBridge rate(1 minute) → the core scheduler tick."""
+
+from datetime import datetime
+from typing import Any
+
+from jetmail.config import get_settings
+from jetmail.scheduler import tick
+from jetmail.services import Services
+
+services = Services(get_settings())
+
+
+def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    when = event.get("time")
+    now = datetime.fromisoformat(when.replace("Z", "+00:00")) if isinstance(when, str) else None
+    return tick(services, now)

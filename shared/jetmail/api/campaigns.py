@@ -1,0 +1,75 @@
+"""Campaigns: create, inspect, send, schedule, pause, resume, cancel, and pick an A/B winner."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends
+
+from jetmail.api.auth import require, services
+from jetmail.apikeys import ApiKey
+from jetmail.campaigns.model import CampaignCreate, CampaignPublic, ScheduleRequest, WinnerPick
+from jetmail.services import Services
+
+router = APIRouter(prefix="/v1/campaigns", tags=["campaigns"])
+Admin = Annotated[ApiKey, Depends(require("admin"))]
+Svc = Annotated[Services, Depends(services)]
+CONFLICT = {409: {"description": "the campaign's state does not allow this"}, 404: {"description": "not found"}}
+
+
+@router.post("", status_code=201, response_model=CampaignPublic, response_model_by_alias=True)
+def create_campaign(body: CampaignCreate, key: Admin, svc: Svc) -> CampaignPublic:
+    """Create a draft: template, audience (lists and segments with priorities), exclusions, optional A/B test."""
+    return svc.campaigns.create(body)
+
+
+@router.get("", response_model=list[CampaignPublic], response_model_by_alias=True)
+def list_campaigns(key: Admin, svc: Svc) -> list[CampaignPublic]:
+    """Newest first, with state and progress."""
+    return svc.campaigns.list()
+
+
+@router.get("/{campaign_id}", response_model=CampaignPublic, response_model_by_alias=True, responses=CONFLICT)
+def get_campaign(campaign_id: str, key: Admin, svc: Svc) -> CampaignPublic:
+    """State and progress (total, queued, sent, failed, skipped), and the A/B test's standing."""
+    return svc.campaigns.get(campaign_id)
+
+
+@router.post("/{campaign_id}/send", response_model=CampaignPublic, response_model_by_alias=True, responses=CONFLICT)
+def send_campaign(campaign_id: str, key: Admin, svc: Svc) -> CampaignPublic:
+    """Start now."""
+    return svc.campaigns.send(campaign_id)
+
+
+@router.post("/{campaign_id}/schedule", response_model=CampaignPublic, response_model_by_alias=True,
+             responses=CONFLICT)
+def schedule_campaign(campaign_id: str, body: ScheduleRequest, key: Admin, svc: Svc) -> CampaignPublic:
+    """Start at a time (``at``, local to ``timezone`` when it has no offset) or on a 5-field ``cron``."""
+    return svc.campaigns.schedule(campaign_id, body)
+
+
+@router.post("/{campaign_id}/pause", response_model=CampaignPublic, response_model_by_alias=True, responses=CONFLICT)
+def pause_campaign(campaign_id: str, key: Admin, svc: Svc) -> CampaignPublic:
+    """Stop sending within a second; queued batches are parked."""
+    return svc.campaigns.pause(campaign_id)
+
+
+@router.post("/{campaign_id}/resume", response_model=CampaignPublic, response_model_by_alias=True,
+             responses=CONFLICT)
+def resume_campaign(campaign_id: str, key: Admin, svc: Svc) -> CampaignPublic:
+    """Continue where it stopped; nobody is mailed twice."""
+    return svc.campaigns.resume(campaign_id)
+
+
+@router.post("/{campaign_id}/cancel", response_model=CampaignPublic, response_model_by_alias=True,
+             responses=CONFLICT)
+def cancel_campaign(campaign_id: str, key: Admin, svc: Svc) -> CampaignPublic:
+    """Stop for good (also a scheduled or recurring campaign)."""
+    return svc.campaigns.cancel(campaign_id)
+
+
+@router.post("/{campaign_id}/ab/winner", response_model=CampaignPublic, response_model_by_alias=True,
+             responses=CONFLICT)
+def pick_winner(campaign_id: str, body: WinnerPick, key: Admin, svc: Svc) -> CampaignPublic:
+    """Pick the A/B winner by hand; it goes to the rest of the audience."""
+    return svc.campaigns.pick_winner(campaign_id, body.variant)

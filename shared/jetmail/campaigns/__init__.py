@@ -1,0 +1,1 @@
+"""Campaigns: audiences, plans, batches, scheduling, pause/resume/cancel and A/B tests."""

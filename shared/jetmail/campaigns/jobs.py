@@ -1,0 +1,115 @@
+"""The campaign tasks the workers run: plan, batch, start (scheduled) and fire (recurring)."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import re
+import secrets
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from jetmail.campaigns.model import CampaignState
+from jetmail.campaigns.planner import PlannedBatch, Planner
+from jetmail.campaigns.sender import BatchJob, Parked
+from jetmail.campaigns.service import AB_QUEUE, BATCH_TASK, CAMPAIGN_QUEUE, FIRE_TASK, PLAN_TASK, START_TASK
+from jetmail.providers import TemporaryDeliveryError
+from jetmail.queue import JobContext, Retry, task
+from jetmail.storage.table import ConditionFailed
+
+logger = logging.getLogger("jetmail.campaigns")
+PUBLISH_CHUNK = 50  # batches per enqueue_many: bounded memory whatever the audience size
+
+
+class PlanJob(BaseModel):
+    campaign_id: str = Field(min_length=1, max_length=80)
+    run: str = Field(pattern=r"^(main|test|winner)$")
+    winner: str | None = None
+
+
+class CampaignRef(BaseModel):
+    campaign_id: str = Field(min_length=1, max_length=80)
+
+
+@task(PLAN_TASK, model=PlanJob)
+async def campaign_plan(job: PlanJob, ctx: JobContext) -> None:
+    services = ctx.resources["services"]
+    queue = ctx.resources["queue"]
+    store = services.campaign_store
+    item = await asyncio.to_thread(store.get, job.campaign_id)
+    if item["state"] not in (CampaignState.SENDING, CampaignState.PAUSED) or job.run in item.get("runs_planned", []):
+        return
+    definition = store.definition(item)
+    planner = Planner(contacts=services.contacts, segments=services.segments, suppressions=services.suppressions)
+    batches = planner.batches(definition, run=job.run, winner=job.winner)
+    variants = {v.name: v for v in definition.ab_test.variants} if definition.ab_test else {}
+    target_queue = AB_QUEUE if job.run == "test" else CAMPAIGN_QUEUE
+    total = count = 0
+    while True:
+        chunk: list[PlannedBatch] = await asyncio.to_thread(lambda: list(itertools.islice(batches, PUBLISH_CHUNK)))
+        if not chunk:
+            break
+        for priority, group in itertools.groupby(chunk, key=lambda b: b.priority):
+            immediate: list[PlannedBatch] = []
+            for batch in group:
+                delay = variants[batch.variant].send_delay if batch.variant in variants else None
+                if delay:
+                    await queue.enqueue_in(delay, BATCH_TASK, queue=target_queue, priority=priority,
+                                           job_id=_batch_job_id(job, batch), payload=_payload(job, batch),
+                                           max_retries=5)
+                else:
+                    immediate.append(batch)
+            if immediate:
+                await queue.enqueue_many(BATCH_TASK, [_payload(job, b) for b in immediate], queue=target_queue,
+                                         priority=priority, job_ids=[_batch_job_id(job, b) for b in immediate],
+                                         max_retries=5)
+        total += sum(len(b.recipients) for b in chunk)
+        count += len(chunk)
+        await ctx.heartbeat()
+    try:
+        await asyncio.to_thread(store.plan_finished, job.campaign_id, run=job.run, total=total, batches=count)
+    except ConditionFailed:
+        pass  # a previous attempt recorded this run already
+    logger.info("campaign %s run %s planned: %d recipients in %d batches (%d suppressed)", job.campaign_id,
+                job.run, total, count, planner.excluded_suppressed)
+    await asyncio.to_thread(services.campaigns.finish_if_done, job.campaign_id)
+
+
+def _batch_job_id(job: PlanJob, batch: PlannedBatch) -> str:
+    return f"cmpb.{job.campaign_id}.{job.run}.{batch.number}"
+
+
+def _payload(job: PlanJob, batch: PlannedBatch) -> dict[str, Any]:
+    return {"campaign_id": job.campaign_id, "run": job.run, "batch": batch.number, "variant": batch.variant,
+            "recipients": batch.recipients}
+
+
+@task(BATCH_TASK, model=BatchJob)
+async def campaign_batch(job: BatchJob, ctx: JobContext) -> None:
+    services = ctx.resources["services"]
+    try:
+        await ctx.resources["batch_sender"].run(job, attempt=ctx.attempt, last_attempt=ctx.is_last_attempt)
+    except Parked:
+        store = services.campaign_store
+        await asyncio.to_thread(store.park, job.campaign_id, run=job.run, batch=job.batch,
+                                payload=job.model_dump(), park_id=secrets.token_hex(6))
+        # a resume between our pause check and the park above would miss this batch: look again
+        current = await asyncio.to_thread(store.get, job.campaign_id)
+        if current["state"] == CampaignState.SENDING:
+            await asyncio.to_thread(services.campaigns.requeue_parked, job.campaign_id)
+        return
+    except TemporaryDeliveryError as exc:
+        raise Retry(delay=exc.retry_after) from exc
+
+
+@task(START_TASK, model=CampaignRef)
+async def campaign_start(job: CampaignRef, ctx: JobContext) -> None:
+    await asyncio.to_thread(ctx.resources["services"].campaigns.start_due, job.campaign_id)
+
+
+@task(FIRE_TASK, model=CampaignRef)
+async def campaign_fire(job: CampaignRef, ctx: JobContext) -> None:
+    stamp = re.sub(r"[^0-9A-Za-z]", "", ctx.job_id.rpartition("@")[2])[:20] or ctx.job_id[-12:]
+    await asyncio.to_thread(ctx.resources["services"].campaigns.fire, job.campaign_id, stamp=stamp)

@@ -1,0 +1,177 @@
+"""Campaign models: what a marketer creates, and what the API shows back."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+SLUG = r"^[a-z0-9][a-z0-9_-]*$"
+
+
+class CampaignState(StrEnum):
+    DRAFT = "draft"
+    SCHEDULED = "scheduled"
+    SENDING = "sending"
+    PAUSED = "paused"
+    SENT = "sent"
+    CANCELLED = "cancelled"
+
+
+class AudienceSource(BaseModel):
+    """One list or one segment; ``priority`` orders the audience (high segments are mailed first)."""
+
+    model_config = ConfigDict(extra="forbid")
+    list_id: str | None = Field(default=None, max_length=64)
+    segment_id: str | None = Field(default=None, max_length=64)
+    priority: Literal["high", "normal", "low"] = "normal"
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> AudienceSource:
+        if (self.list_id is None) == (self.segment_id is None):
+            raise ValueError("give exactly one of list_id or segment_id")
+        return self
+
+    @property
+    def label(self) -> str:
+        return f"list:{self.list_id}" if self.list_id else f"segment:{self.segment_id}"
+
+
+class Variant(BaseModel):
+    """One arm of an A/B test; unset fields fall back to the campaign's."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, max_length=16, pattern=r"^[A-Za-z0-9_-]+$")
+    subject: str | None = Field(default=None, max_length=998)
+    template: str | None = Field(default=None, max_length=64, pattern=SLUG)
+    from_name: str | None = Field(default=None, max_length=200)
+    send_delay: timedelta = Field(default=timedelta(0), description="send this variant later (send-time tests)")
+
+    @field_validator("subject", "from_name")
+    @classmethod
+    def _one_line(cls, value: str | None) -> str | None:
+        if value is not None and any(c in value for c in "\r\n\x00"):
+            raise ValueError("must not contain line breaks")
+        return value
+
+
+class ABTest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    variants: list[Variant] = Field(min_length=2, max_length=5)
+    test_percentage: float = Field(gt=0, le=100, description="share of the audience in the test, split evenly")
+    metric: Literal["open_rate", "click_rate"] = "open_rate"
+    test_duration: timedelta = Field(default=timedelta(hours=4), description="ISO 8601 (PT4H) or seconds")
+    confidence: float = Field(default=0.95, gt=0.5, lt=1)
+    fallback: Literal["send_best", "send_a", "manual"] = "send_best"
+    seed: int = Field(default=0, description="the split is reproducible for a seed")
+
+    @field_validator("variants")
+    @classmethod
+    def _unique_names(cls, value: list[Variant]) -> list[Variant]:
+        names = [v.name for v in value]
+        if len(set(names)) != len(names):
+            raise ValueError("variant names must be unique")
+        return value
+
+
+class CampaignCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    name: str = Field(min_length=1, max_length=200)
+    template: str = Field(min_length=1, max_length=64, pattern=SLUG)
+    subject: str | None = Field(default=None, max_length=998, description="overrides the template's subject")
+    from_: str | None = Field(default=None, alias="from", max_length=320)
+    reply_to: str | None = Field(default=None, max_length=320)
+    context: dict[str, Any] = Field(default_factory=dict, description="variables shared by every recipient")
+    audience: list[AudienceSource] = Field(min_length=1, max_length=20)
+    exclusions: list[AudienceSource] = Field(default_factory=list, max_length=20)
+    ab_test: ABTest | None = None
+
+    @field_validator("subject", "from_", "reply_to")
+    @classmethod
+    def _one_line(cls, value: str | None) -> str | None:
+        if value is not None and any(c in value for c in "\r\n\x00"):
+            raise ValueError("must not contain line breaks")
+        return value
+
+
+class ScheduleRequest(BaseModel):
+    """``at`` (a local time in ``timezone`` when it has no offset) or a recurring ``cron``."""
+
+    model_config = ConfigDict(extra="forbid")
+    at: datetime | None = None
+    cron: str | None = Field(default=None, max_length=100)
+    timezone: str = Field(default="UTC", max_length=64)
+
+    @model_validator(mode="after")
+    def _one(self) -> ScheduleRequest:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        if (self.at is None) == (self.cron is None):
+            raise ValueError("give exactly one of 'at' or 'cron'")
+        try:
+            zone = ZoneInfo(self.timezone)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {self.timezone!r}") from None
+        if self.at is not None and self.at.tzinfo is None:
+            self.at = self.at.replace(tzinfo=zone)
+        if self.cron is not None:
+            from croniter import croniter
+
+            if not croniter.is_valid(self.cron) or len(self.cron.split()) != 5:
+                raise ValueError(f"invalid cron expression {self.cron!r} (5 fields: min hour day month weekday)")
+        return self
+
+
+class WinnerPick(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    variant: str = Field(min_length=1, max_length=16)
+
+
+class Progress(BaseModel):
+    total: int = 0
+    queued: int = 0
+    sent: int = 0
+    failed: int = 0
+    skipped: int = 0
+
+
+class VariantStats(BaseModel):
+    name: str
+    sent: int = 0
+    opened: int = 0
+    clicked: int = 0
+    rate: float = 0.0
+
+
+class ABResult(BaseModel):
+    state: Literal["testing", "waiting", "decided", "manual"] = "testing"
+    metric: str
+    winner: str | None = None
+    p_value: float | None = None
+    confidence: float | None = None
+    decided_by: Literal["test", "fallback", "manual"] | None = None
+    decide_at: str | None = None
+    variants: list[VariantStats] = Field(default_factory=list)
+
+
+class CampaignPublic(BaseModel):
+    id: str
+    name: str
+    state: CampaignState
+    template: str
+    subject: str | None = None
+    from_: str | None = Field(default=None, serialization_alias="from")
+    audience: list[AudienceSource]
+    exclusions: list[AudienceSource] = Field(default_factory=list)
+    created_at: str
+    started_at: str | None = None
+    finished_at: str | None = None
+    scheduled_at: str | None = None
+    cron: str | None = None
+    timezone: str | None = None
+    parent_id: str | None = None
+    progress: Progress
+    ab_test: ABTest | None = None
+    ab: ABResult | None = None

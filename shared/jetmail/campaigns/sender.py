@@ -1,0 +1,184 @@
+"""The batch job: send up to ~100 campaign messages, then record them in one DynamoDB transaction.
+
+Per batch: one BatchGetItem (suppression, in the plan), one TransactWriteItems (batch outcome and
+counters); per recipient only NATS KV traffic (claim, settle) and the provider. Before every send
+the campaign's state is checked on the KV state board, so pause and cancel take effect within a
+fraction of a second even for batches already queued: a paused batch is parked (its payload kept
+in DynamoDB) and re-enqueued on resume, where its claims skip whoever it had already mailed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from email.utils import formataddr
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from jetmail.campaigns.model import CampaignCreate, CampaignState, Variant
+from jetmail.campaigns.signals import Claims, StateBoard
+from jetmail.campaigns.store import CampaignStore, campaign_message_id
+from jetmail.compose import Composer, Recipient
+from jetmail.mime import parse_address
+from jetmail.providers import OutboundMessage, PermanentDeliveryError, Provider, TemporaryDeliveryError
+from jetmail.suppressions import SuppressionStore
+from jetmail.template_store import TemplateNotFound, TemplateStore
+from jetmail.templating import TemplateRenderError, TemplateVersion
+
+logger = logging.getLogger("jetmail.campaigns")
+
+
+class BatchJob(BaseModel):
+    campaign_id: str = Field(min_length=1, max_length=80)
+    run: str = Field(pattern=r"^[a-z0-9-]+$", max_length=40)
+    batch: int = Field(ge=1)
+    variant: str | None = None
+    recipients: list[dict[str, Any]] = Field(max_length=1000)
+
+
+@dataclass
+class BatchTally:
+    results: list[dict[str, Any]] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=lambda: {"sent": 0, "failed": 0, "skipped": 0})
+    temporary: list[int] = field(default_factory=list)
+
+    def add(self, pos: int, email: str, status: str, **extra: Any) -> None:
+        self.results.append({"p": pos, "e": email, "s": status, **extra})
+        self.counts["sent" if status == "sent" else "failed" if status == "failed" else "skipped"] += 1
+
+
+class Parked(Exception):
+    """The campaign was paused: the batch was parked and will be re-enqueued on resume."""
+
+
+class BatchSender:
+    def __init__(self, *, store: CampaignStore, templates: TemplateStore, composer: Composer, provider: Provider,
+                 board: StateBoard, claims: Claims, suppressions: SuppressionStore, concurrency: int = 8) -> None:
+        self.store = store
+        self.templates = templates
+        self.composer = composer
+        self.provider = provider
+        self.board = board
+        self.claims = claims
+        self.suppressions = suppressions
+        self.concurrency = concurrency
+        self._definitions: dict[str, CampaignCreate] = {}
+
+    async def _definition(self, campaign_id: str) -> CampaignCreate:
+        # a campaign's definition never changes once it sends: cache it for the life of the process
+        if campaign_id not in self._definitions:
+            item = await asyncio.to_thread(self.store.get, campaign_id, consistent=False)
+            self._definitions[campaign_id] = self.store.definition(item)
+        return self._definitions[campaign_id]
+
+    async def state(self, campaign_id: str) -> str | None:
+        state = await self.board.state(campaign_id)
+        if state is None:  # not mirrored yet (or the KV copy was lost): ask the source of truth
+            state = (await asyncio.to_thread(self.store.get, campaign_id))["state"]
+        return state
+
+    async def run(self, job: BatchJob, *, attempt: int, last_attempt: bool) -> dict[str, int]:
+        state = await self.state(job.campaign_id)
+        if state == CampaignState.PAUSED:
+            raise Parked
+        campaign = await self._definition(job.campaign_id)
+        variant = next((v for v in campaign.ab_test.variants if v.name == job.variant), None) \
+            if campaign.ab_test and job.variant else None
+        owner = f"{job.run}.{job.batch}"
+        tally = BatchTally()
+        recent = await asyncio.to_thread(self.suppressions.recently_suppressed)
+        semaphore = asyncio.Semaphore(self.concurrency)
+        stop = asyncio.Event()
+
+        async def one(pos: int, recipient: dict[str, Any]) -> None:
+            email = recipient["e"]
+            async with semaphore:
+                if stop.is_set():
+                    return
+                current = await self.state(job.campaign_id)
+                if current == CampaignState.PAUSED:
+                    stop.set()
+                    return
+                if current == CampaignState.CANCELLED:
+                    tally.add(pos, email, "skipped", r="cancelled")
+                    return
+                if email.lower() in recent:
+                    tally.add(pos, email, "skipped", r=f"suppressed: {recent[email.lower()]}")
+                    return
+                claim = await self.claims.take(job.campaign_id, job.run, email, owner=owner)
+                if claim.revision is None:
+                    existing = claim.existing or ""
+                    if existing.startswith(f"sent|{owner}|"):
+                        tally.add(pos, email, "sent", m=existing.split("|")[3] if existing.count("|") >= 3 else None)
+                    elif existing.startswith(f"failed|{owner}|"):
+                        tally.add(pos, email, "failed", r=existing.split("|", 3)[-1])
+                    else:
+                        tally.add(pos, email, "skipped", r="duplicate")
+                    return
+                message_id = campaign_message_id(job.campaign_id, job.run, job.batch, pos)
+                try:
+                    provider_id = await self._send(campaign, variant, recipient, message_id)
+                except PermanentDeliveryError as exc:
+                    await self.claims.settle(claim, f"failed|{owner}|{pos}|{exc.reason[:200]}")
+                    tally.add(pos, email, "failed", r=exc.reason[:300])
+                    return
+                except TemporaryDeliveryError as exc:
+                    if last_attempt:
+                        await self.claims.settle(claim, f"failed|{owner}|{pos}|{exc.reason[:200]}")
+                        tally.add(pos, email, "failed", r=f"gave up: {exc.reason[:300]}")
+                    else:
+                        tally.temporary.append(pos)  # claim stays ours: the retry takes it over
+                    return
+                except (TemplateNotFound, TemplateRenderError, ValueError) as exc:
+                    await self.claims.settle(claim, f"failed|{owner}|{pos}|render")
+                    tally.add(pos, email, "failed", r=f"cannot render: {exc}"[:300])
+                    return
+                await self.claims.settle(claim, f"sent|{owner}|{pos}|{provider_id or ''}")
+                tally.add(pos, email, "sent", m=provider_id)
+
+        await asyncio.gather(*(one(pos, r) for pos, r in enumerate(job.recipients)))
+        if stop.is_set():
+            raise Parked
+        if tally.temporary:
+            raise TemporaryDeliveryError(f"{len(tally.temporary)} recipient(s) deferred; retrying the batch")
+        variant_counts = {job.variant: {"sent": tally.counts["sent"], "failed": tally.counts["failed"]}} \
+            if job.variant else {}
+        tally.results.sort(key=lambda r: r["p"])
+        recorded = await asyncio.to_thread(self.store.finish_batch, job.campaign_id, run=job.run, batch=job.batch,
+                                           results=tally.results, counts=tally.counts, variant_counts=variant_counts)
+        if not recorded:
+            logger.info("batch %s/%s/%s was already recorded", job.campaign_id, job.run, job.batch)
+        return tally.counts
+
+    async def _send(self, campaign: CampaignCreate, variant: Variant | None, recipient: dict[str, Any],
+                    message_id: str) -> str | None:
+        template_name = (variant.template if variant and variant.template else None) or campaign.template
+        version = await asyncio.to_thread(self.templates.resolve, template_name, recipient.get("l"))
+        subject = (variant.subject if variant and variant.subject else None) or campaign.subject
+        if subject:
+            version = _with_subject(version, subject, variant.name if variant else "campaign")
+        to = Recipient(email=recipient["e"], name=recipient.get("n"), language=recipient.get("l"),
+                       timezone=recipient.get("t"))
+        list_id = recipient.get("s")
+        context = {**campaign.context, "attributes": recipient.get("a", {})}
+        rendered = self.composer.render(version, context, recipient=to, message_id=message_id, list_id=list_id,
+                                        track=True)
+        from_addr = campaign.from_ or self.composer.settings.default_from
+        if variant and variant.from_name:
+            from_addr = formataddr((variant.from_name, parse_address(from_addr)[1]))
+        built = self.composer.build(
+            rendered, message_id=message_id, recipient=to, from_addr=from_addr, reply_to=campaign.reply_to,
+            list_unsubscribe=self.composer.unsubscribe_url(message_id=message_id, email=to.email, list_id=list_id),
+        )
+        result = await self.provider.send(OutboundMessage(
+            mail_from=parse_address(from_addr)[1], recipients=[to.email], raw=built.data, smtputf8=built.smtputf8,
+            message_id=message_id, tags={"message_id": message_id, "category": "marketing"},
+        ))
+        return result.provider_message_id
+
+
+def _with_subject(version: TemplateVersion, subject: str, label: str) -> TemplateVersion:
+    # a distinct name keeps the renderer's compiled-template cache apart from the stored template's
+    return version.model_copy(update={"subject": subject, "name": f"{version.name}~{label}"})

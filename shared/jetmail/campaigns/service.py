@@ -1,0 +1,302 @@
+"""Campaign actions (API, CLI, scheduler tick): create, send, schedule, pause, resume, cancel, A/B.
+
+Every state change is a conditional write on the campaign item, so two callers racing (the
+EventBridge tick and a native schedule, a double click on "send") change it once; the new state is
+then mirrored to the KV state board the workers read before each send.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import secrets
+from datetime import UTC, datetime
+from typing import Any
+
+from jetmail.campaigns.model import (
+    ABResult,
+    AudienceSource,
+    CampaignCreate,
+    CampaignPublic,
+    CampaignState,
+    Progress,
+    ScheduleRequest,
+    VariantStats,
+)
+from jetmail.campaigns.signals import publish_state
+from jetmail.campaigns.store import CampaignNotFound, CampaignStore, InvalidTransition, now_iso
+from jetmail.messages import JobQueue
+from jetmail.storage.table import ConditionFailed
+from jetmail.template_store import TemplateStore
+
+logger = logging.getLogger("jetmail.campaigns")
+
+CAMPAIGN_QUEUE = "email_campaign"
+AB_QUEUE = "email_ab_test"
+PLAN_TASK = "campaign_plan"
+BATCH_TASK = "campaign_batch"
+START_TASK = "campaign_start"
+FIRE_TASK = "campaign_fire"
+
+S = CampaignState
+
+
+class UnknownAudience(LookupError):
+    pass
+
+
+class VariantNotFound(LookupError):
+    pass
+
+
+def z_test(x1: int, n1: int, x2: int, n2: int) -> float:
+    """Two-sided p-value of the two-proportion z-test (pooled); 1.0 when there is nothing to compare."""
+    if n1 == 0 or n2 == 0:
+        return 1.0
+    pooled = (x1 + x2) / (n1 + n2)
+    spread = math.sqrt(pooled * (1 - pooled) * (1 / n1 + 1 / n2))
+    if spread == 0:
+        return 1.0
+    z = (x1 / n1 - x2 / n2) / spread
+    return math.erfc(abs(z) / math.sqrt(2))
+
+
+class CampaignService:
+    def __init__(self, *, store: CampaignStore, templates: TemplateStore, queue: Any, contacts: Any = None,
+                 segments: Any = None) -> None:
+        self.store = store
+        self.templates = templates
+        self.queue: JobQueue = queue
+        self.contacts = contacts
+        self.segments = segments
+
+    # ---- create and read
+    def create(self, body: CampaignCreate, *, parent_id: str | None = None, campaign_id: str | None = None,
+               state: CampaignState = S.DRAFT) -> CampaignPublic:
+        self.templates.resolve(body.template, None)  # TemplateNotFound → 404
+        if body.ab_test:
+            for variant in body.ab_test.variants:
+                if variant.template:
+                    self.templates.resolve(variant.template, None)
+        for source in [*body.audience, *body.exclusions]:
+            self._check_source(source)
+        item = self.store.create(campaign_id or f"cmp_{secrets.token_hex(8)}", body, parent_id=parent_id,
+                                 state=state)
+        return self.public(item)
+
+    def _check_source(self, source: AudienceSource) -> None:
+        try:
+            if source.list_id is not None and self.contacts is not None:
+                self.contacts.get_list(source.list_id)
+            if source.segment_id is not None and self.segments is not None:
+                self.segments.get(source.segment_id)
+        except LookupError as exc:
+            raise UnknownAudience(f"{source.label}: {exc}") from None
+
+    def get(self, campaign_id: str) -> CampaignPublic:
+        return self.public(self.store.get(campaign_id))
+
+    def list(self) -> list[CampaignPublic]:
+        return [self.public(i) for i in self.store.list()]
+
+    def public(self, item: dict[str, Any]) -> CampaignPublic:
+        definition = self.store.definition(item)
+        total, sent, failed, skipped = (int(item.get(k, 0)) for k in ("total", "sent", "failed", "skipped"))
+        progress = Progress(total=total, sent=sent, failed=failed, skipped=skipped,
+                            queued=max(total - sent - failed - skipped, 0))
+        ab = ABResult.model_validate_json(item["ab"]) if item.get("ab") else None
+        if ab is not None:
+            ab.variants = self._variant_stats(item["id"], definition)
+        return CampaignPublic(
+            id=item["id"], name=item["name"], state=item["state"], template=definition.template,
+            subject=definition.subject, from_=definition.from_, audience=definition.audience,
+            exclusions=definition.exclusions, created_at=item["created_at"], started_at=item.get("started_at"),
+            finished_at=item.get("finished_at"), scheduled_at=item.get("scheduled_at"), cron=item.get("cron"),
+            timezone=item.get("timezone"), parent_id=item.get("parent_id"), progress=progress,
+            ab_test=definition.ab_test, ab=ab,
+        )
+
+    def _variant_stats(self, campaign_id: str, definition: CampaignCreate) -> list[VariantStats]:
+        assert definition.ab_test is not None
+        counters = self.store.variant_counters(campaign_id)
+        metric = "opened" if definition.ab_test.metric == "open_rate" else "clicked"
+        stats = []
+        for variant in definition.ab_test.variants:
+            c = counters.get(variant.name, {})
+            sent, opened, clicked = int(c.get("sent", 0)), int(c.get("opened", 0)), int(c.get("clicked", 0))
+            hits = opened if metric == "opened" else clicked
+            stats.append(VariantStats(name=variant.name, sent=sent, opened=opened, clicked=clicked,
+                                      rate=hits / sent if sent else 0.0))
+        return stats
+
+    # ---- actions
+    def send(self, campaign_id: str) -> CampaignPublic:
+        """Start now (from draft or scheduled)."""
+        item = self.store.transition(campaign_id, S.SENDING, allowed_from={S.DRAFT, S.SCHEDULED},
+                                     fields={"started_at": now_iso()})
+        self.store.clear_due(campaign_id)
+        self._mirror(campaign_id, S.SENDING)
+        definition = self.store.definition(item)
+        if definition.ab_test is not None:
+            decide_at = datetime.now(UTC) + definition.ab_test.test_duration
+            ab = ABResult(metric=definition.ab_test.metric, decide_at=decide_at.isoformat())
+            item = self.store.set_fields(campaign_id, ab=ab.model_dump_json())
+            self._enqueue_plan(campaign_id, "test")
+        else:
+            self._enqueue_plan(campaign_id, "main")
+        return self.public(item)
+
+    def _enqueue_plan(self, campaign_id: str, run: str, *, winner: str | None = None) -> None:
+        self.queue.enqueue(PLAN_TASK, queue=AB_QUEUE if run == "test" else CAMPAIGN_QUEUE, priority="high",
+                           job_id=f"plan.{campaign_id}.{run}", campaign_id=campaign_id, run=run, winner=winner)
+
+    def schedule(self, campaign_id: str, request: ScheduleRequest) -> CampaignPublic:
+        if request.at is not None:
+            at = request.at.astimezone(UTC)
+            item = self.store.transition(campaign_id, S.SCHEDULED, allowed_from={S.DRAFT, S.SCHEDULED},
+                                         fields={"scheduled_at": at.isoformat(), "timezone": request.timezone})
+            self.store.mark_due(campaign_id, at)
+            # the native schedule starts it on time; the scheduler tick is the safety net; the
+            # conditional state change makes whichever comes second a no-op
+            self.queue.enqueue_at(at, START_TASK, queue=CAMPAIGN_QUEUE, priority="high",
+                                  job_id=f"start.{campaign_id}.{int(at.timestamp())}", campaign_id=campaign_id)
+        else:
+            item = self.store.transition(campaign_id, S.SCHEDULED, allowed_from={S.DRAFT},
+                                         fields={"cron": request.cron, "timezone": request.timezone})
+            self.queue.schedule(FIRE_TASK, queue=CAMPAIGN_QUEUE, schedule_id=f"cmp-{campaign_id}",  # type: ignore[attr-defined]
+                                cron=request.cron, timezone=request.timezone, campaign_id=campaign_id)
+        self._mirror(campaign_id, S.SCHEDULED)
+        return self.public(item)
+
+    def fire(self, campaign_id: str, *, stamp: str) -> CampaignPublic | None:
+        """One firing of a recurring campaign: a child run with its own id, started at once."""
+        parent = self.store.get(campaign_id)
+        if parent["state"] != S.SCHEDULED or not parent.get("cron"):
+            return None
+        child_id = f"{campaign_id}-{stamp}"
+        try:
+            self.store.create(child_id, self.store.definition(parent), parent_id=campaign_id)
+        except ConditionFailed:  # the child exists: this firing was handled already
+            return self.get(child_id)
+        return self.send(child_id)
+
+    def start_due(self, campaign_id: str) -> CampaignPublic | None:
+        try:
+            return self.send(campaign_id)
+        except InvalidTransition:
+            self.store.clear_due(campaign_id)
+            return None
+
+    def pause(self, campaign_id: str) -> CampaignPublic:
+        item = self.store.transition(campaign_id, S.PAUSED, allowed_from={S.SENDING})
+        self._mirror(campaign_id, S.PAUSED)
+        return self.public(item)
+
+    def resume(self, campaign_id: str) -> CampaignPublic:
+        item = self.store.transition(campaign_id, S.SENDING, allowed_from={S.PAUSED})
+        self._mirror(campaign_id, S.SENDING)
+        self.requeue_parked(campaign_id)
+        return self.public(item)
+
+    def requeue_parked(self, campaign_id: str) -> int:
+        count = 0
+        for parked in self.store.parked(campaign_id):
+            payload = json.loads(parked["payload"])
+            self.queue.enqueue(BATCH_TASK, queue=CAMPAIGN_QUEUE, priority="normal",
+                               job_id=f"cmpb.{campaign_id}.{payload['run']}.{payload['batch']}.{parked['park_id']}",
+                               **payload)
+            self.store.unpark(campaign_id, parked["sk"])
+            count += 1
+        return count
+
+    def cancel(self, campaign_id: str) -> CampaignPublic:
+        item = self.store.transition(campaign_id, S.CANCELLED,
+                                     allowed_from={S.DRAFT, S.SCHEDULED, S.SENDING, S.PAUSED},
+                                     fields={"finished_at": now_iso()})
+        self._mirror(campaign_id, S.CANCELLED)
+        self.store.clear_due(campaign_id)
+        if item.get("cron"):
+            self.queue.cancel_schedule(f"cmp-{campaign_id}")  # type: ignore[attr-defined]
+        for parked in self.store.parked(campaign_id):
+            self.store.unpark(campaign_id, parked["sk"])
+        return self.public(item)
+
+    def pick_winner(self, campaign_id: str, variant: str, *, decided_by: str = "manual",
+                    p_value: float | None = None, confidence: float | None = None) -> CampaignPublic:
+        item = self.store.get(campaign_id)
+        definition = self.store.definition(item)
+        if definition.ab_test is None:
+            raise VariantNotFound(f"campaign {campaign_id} has no A/B test")
+        if variant not in {v.name for v in definition.ab_test.variants}:
+            raise VariantNotFound(f"campaign {campaign_id} has no variant {variant!r}")
+        ab = ABResult.model_validate_json(item["ab"]) if item.get("ab") else ABResult(metric=definition.ab_test.metric)
+        if ab.state == "decided":
+            raise InvalidTransition(f"the winner of {campaign_id} is already {ab.winner}")
+        if item["state"] not in (S.SENDING, S.PAUSED):
+            raise InvalidTransition(f"campaign {campaign_id} is {item['state']}")
+        ab = ab.model_copy(update={"state": "decided", "winner": variant, "decided_by": decided_by,
+                                   "p_value": p_value, "confidence": confidence, "variants": []})
+        try:
+            self.store.table.update(
+                f"CAMPAIGN#{campaign_id}", "META",
+                expression="SET ab = :ab, ab_winner = :v, runs_expected = list_append(runs_expected, :w)",
+                params={":ab": ab.model_dump_json(), ":v": variant, ":w": ["winner"]},
+                condition="attribute_not_exists(ab_winner)",
+            )
+        except ConditionFailed:
+            raise InvalidTransition(f"the winner of {campaign_id} was picked concurrently") from None
+        self._enqueue_plan(campaign_id, "winner", winner=variant)
+        return self.get(campaign_id)
+
+    def evaluate_ab(self, campaign_id: str, now: datetime) -> str | None:
+        """Decide an A/B test whose duration is over; returns what happened (for logs and tests)."""
+        item = self.store.get(campaign_id)
+        if not item.get("ab") or item["state"] != S.SENDING:
+            return None
+        ab = ABResult.model_validate_json(item["ab"])
+        if ab.state != "testing" or ab.decide_at is None or datetime.fromisoformat(ab.decide_at) > now:
+            return None
+        definition = self.store.definition(item)
+        assert definition.ab_test is not None
+        stats = sorted(self._variant_stats(campaign_id, definition), key=lambda v: v.rate, reverse=True)
+        best, runner_up = stats[0], stats[1]
+        hits = (lambda v: v.opened) if definition.ab_test.metric == "open_rate" else (lambda v: v.clicked)
+        p_value = z_test(hits(best), best.sent, hits(runner_up), runner_up.sent)
+        confidence = 1 - p_value
+        if best.rate > runner_up.rate and p_value < 1 - definition.ab_test.confidence:
+            self.pick_winner(campaign_id, best.name, decided_by="test", p_value=p_value, confidence=confidence)
+            return f"winner {best.name}"
+        fallback = definition.ab_test.fallback
+        if fallback == "manual":
+            waiting = ab.model_copy(update={"state": "waiting", "p_value": p_value, "confidence": confidence,
+                                            "variants": []})
+            self.store.set_fields(campaign_id, ab=waiting.model_dump_json())
+            return "waiting for a manual pick"
+        chosen = best.name if fallback == "send_best" else definition.ab_test.variants[0].name
+        self.pick_winner(campaign_id, chosen, decided_by="fallback", p_value=p_value, confidence=confidence)
+        return f"fallback {chosen}"
+
+    def finish_if_done(self, campaign_id: str) -> bool:
+        item = self.store.get(campaign_id)
+        if item["state"] != S.SENDING:
+            return False
+        expected = set(item.get("runs_expected", []))
+        if not expected or not expected.issubset(set(item.get("runs_planned", []))):
+            return False
+        if int(item.get("batches_done", 0)) < int(item.get("batches_planned", 0)):
+            return False
+        if item.get("ab") and ABResult.model_validate_json(item["ab"]).state != "decided":
+            return False
+        try:
+            self.store.transition(campaign_id, S.SENT, allowed_from={S.SENDING}, fields={"finished_at": now_iso()})
+        except InvalidTransition:
+            return False
+        self._mirror(campaign_id, S.SENT)
+        return True
+
+    def _mirror(self, campaign_id: str, state: CampaignState) -> None:
+        self.queue.run(lambda q: publish_state(q.js, campaign_id, state.value))  # type: ignore[attr-defined]
+
+
+__all__ = ["CampaignNotFound", "CampaignService", "InvalidTransition", "UnknownAudience", "VariantNotFound", "z_test"]

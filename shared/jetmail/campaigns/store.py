@@ -1,0 +1,197 @@
+"""Campaign rows in DynamoDB.
+
+=====================  =======================  ==============================  ====================
+item                   pk                       sk                              gsi1pk / gsi1sk
+=====================  =======================  ==============================  ====================
+campaign               ``CAMPAIGN#<id>``        ``META``                        ``CAMPAIGNS`` / created
+A/B variant counters   ``CAMPAIGN#<id>``        ``VARIANT#<name>``              -
+finished batch         ``CAMPAIGN#<id>``        ``BATCH#<run>#<n:06d>``         -
+parked batch           ``CAMPAIGN#<id>``        ``PARKED#<run>#<n:06d>``        -
+due start              ``CAMPAIGN#<id>``        ``DUE``                         ``DUE`` / at#id
+=====================  =======================  ==============================  ====================
+
+Per-recipient rows are not written for campaign mail: a finished batch item holds its up to 100
+recipients with their outcome, and a campaign message id (``cm.<campaign>.<run>.<batch>.<pos>``)
+names the batch item and the position in it, so a status lookup is one GetItem. Counters live on
+the campaign item and are added atomically in the same transaction that writes the batch item, and
+that transaction is conditioned on the batch item not existing: a redelivered batch can never
+count twice.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+from jetmail.campaigns.model import CampaignCreate, CampaignState
+from jetmail.storage.table import ConditionFailed, Table, to_item
+
+COUNTERS = ("total", "sent", "failed", "skipped")
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+class CampaignNotFound(LookupError):
+    pass
+
+
+class InvalidTransition(RuntimeError):
+    """The campaign is not in a state that allows the action."""
+
+
+def campaign_message_id(campaign_id: str, run: str, batch: int, pos: int) -> str:
+    return f"cm.{campaign_id}.{run}.{batch}.{pos}"
+
+
+def parse_campaign_message_id(message_id: str) -> tuple[str, str, int, int] | None:
+    parts = message_id.split(".")
+    if len(parts) != 5 or parts[0] != "cm" or not parts[3].isdigit() or not parts[4].isdigit():
+        return None
+    return parts[1], parts[2], int(parts[3]), int(parts[4])
+
+
+class CampaignStore:
+    def __init__(self, table: Table) -> None:
+        self.table = table
+
+    def create(self, campaign_id: str, body: CampaignCreate, *, parent_id: str | None = None,
+               state: CampaignState = CampaignState.DRAFT) -> dict[str, Any]:
+        created = now_iso()
+        item: dict[str, Any] = {
+            "pk": f"CAMPAIGN#{campaign_id}", "sk": "META", "gsi1pk": "CAMPAIGNS", "gsi1sk": f"{created}#{campaign_id}",
+            "id": campaign_id, "name": body.name, "state": state.value, "created_at": created,
+            "definition": body.model_dump_json(by_alias=True), "parent_id": parent_id,
+            "total": 0, "sent": 0, "failed": 0, "skipped": 0, "batches_done": 0, "batches_planned": 0,
+            "runs_planned": [], "runs_expected": ["main"] if body.ab_test is None else ["test"],
+        }
+        self.table.put(item, condition="attribute_not_exists(pk)")
+        return item
+
+    def get(self, campaign_id: str, *, consistent: bool = True) -> dict[str, Any]:
+        item = self.table.get(f"CAMPAIGN#{campaign_id}", "META", consistent=consistent)
+        if item is None:
+            raise CampaignNotFound(f"campaign {campaign_id!r} not found")
+        return item
+
+    def definition(self, item: dict[str, Any]) -> CampaignCreate:
+        return CampaignCreate.model_validate_json(item["definition"])
+
+    def list(self, *, limit: int = 100) -> list[dict[str, Any]]:
+        items, _ = self.table.query(pk="CAMPAIGNS", index="gsi1", forward=False, limit=limit)
+        return items
+
+    def transition(self, campaign_id: str, to: CampaignState, *, allowed_from: set[CampaignState],
+                   fields: dict[str, Any] | None = None, remove: tuple[str, ...] = ()) -> dict[str, Any]:
+        names = {"#s": "state"}
+        params: dict[str, Any] = {":to": to.value}
+        sets = ["#s = :to", "updated_at = :now"]
+        params[":now"] = now_iso()
+        for i, (key, value) in enumerate((fields or {}).items()):
+            names[f"#f{i}"] = key
+            params[f":f{i}"] = value
+            sets.append(f"#f{i} = :f{i}")
+        placeholders = []
+        for i, state in enumerate(sorted(s.value for s in allowed_from)):
+            params[f":a{i}"] = state
+            placeholders.append(f":a{i}")
+        expression = "SET " + ", ".join(sets)
+        if remove:
+            expression += " REMOVE " + ", ".join(remove)
+        try:
+            return self.table.update(f"CAMPAIGN#{campaign_id}", "META", expression=expression, names=names,
+                                     params=params,
+                                     condition=f"attribute_exists(pk) AND #s IN ({', '.join(placeholders)})")
+        except ConditionFailed:
+            current = self.table.get(f"CAMPAIGN#{campaign_id}", "META", consistent=True)
+            if current is None:
+                raise CampaignNotFound(f"campaign {campaign_id!r} not found") from None
+            raise InvalidTransition(
+                f"campaign {campaign_id} is {current['state']}; cannot become {to.value}"
+            ) from None
+
+    def set_fields(self, campaign_id: str, **fields: Any) -> dict[str, Any]:
+        names = {f"#f{i}": k for i, k in enumerate(fields)}
+        params = {f":f{i}": v for i, v in enumerate(fields.values())}
+        expression = "SET " + ", ".join(f"#f{i} = :f{i}" for i in range(len(fields)))
+        return self.table.update(f"CAMPAIGN#{campaign_id}", "META", expression=expression, names=names,
+                                 params=params)
+
+    def plan_finished(self, campaign_id: str, *, run: str, total: int, batches: int) -> dict[str, Any]:
+        """Record a run's plan: its size and how many batches will report back."""
+        return self.table.update(
+            f"CAMPAIGN#{campaign_id}", "META",
+            expression="ADD #t :total, batches_planned :b SET runs_planned = list_append(runs_planned, :run)",
+            names={"#t": "total"}, params={":total": total, ":b": batches, ":run": [run], ":r": run},
+            condition="NOT contains(runs_planned, :r)",
+        )
+
+    # ---- batches
+    def finish_batch(self, campaign_id: str, *, run: str, batch: int, results: list[dict[str, Any]],
+                     counts: dict[str, int], variant_counts: dict[str, dict[str, int]]) -> bool:
+        """Write a batch's outcome and add its counts, once. False when the batch was already recorded."""
+        table = self.table.name
+        ops: list[dict[str, Any]] = [
+            {"Put": {"TableName": table,
+                     "Item": to_item({"pk": f"CAMPAIGN#{campaign_id}", "sk": f"BATCH#{run}#{batch:06d}",
+                                      "results": json.dumps(results, separators=(",", ":")),
+                                      "finished_at": now_iso()}),
+                     "ConditionExpression": "attribute_not_exists(pk)"}},
+            {"Update": {"TableName": table, "Key": to_item({"pk": f"CAMPAIGN#{campaign_id}", "sk": "META"}),
+                        "UpdateExpression": "ADD sent :s, failed :f, skipped :k, batches_done :one",
+                        "ExpressionAttributeValues": to_item({
+                            ":s": counts.get("sent", 0), ":f": counts.get("failed", 0),
+                            ":k": counts.get("skipped", 0), ":one": 1})}},
+        ]
+        for name, vc in variant_counts.items():
+            ops.append({"Update": {"TableName": table,
+                                   "Key": to_item({"pk": f"CAMPAIGN#{campaign_id}", "sk": f"VARIANT#{name}"}),
+                                   "UpdateExpression": "ADD sent :s, failed :f",
+                                   "ExpressionAttributeValues": to_item({":s": vc.get("sent", 0),
+                                                                         ":f": vc.get("failed", 0)})}})
+        try:
+            self.table.transact(ops)
+        except ConditionFailed:
+            return False
+        return True
+
+    def batch(self, campaign_id: str, *, run: str, batch: int) -> dict[str, Any] | None:
+        return self.table.get(f"CAMPAIGN#{campaign_id}", f"BATCH#{run}#{batch:06d}")
+
+    def park(self, campaign_id: str, *, run: str, batch: int, payload: dict[str, Any], park_id: str) -> None:
+        self.table.put({"pk": f"CAMPAIGN#{campaign_id}", "sk": f"PARKED#{run}#{batch:06d}",
+                        "payload": json.dumps(payload), "park_id": park_id, "parked_at": now_iso()})
+
+    def parked(self, campaign_id: str) -> list[dict[str, Any]]:
+        return list(self.table.query_all(pk=f"CAMPAIGN#{campaign_id}", sk_prefix="PARKED#"))
+
+    def unpark(self, campaign_id: str, sk: str) -> None:
+        self.table.delete(f"CAMPAIGN#{campaign_id}", sk)
+
+    # ---- A/B variants
+    def variant_counters(self, campaign_id: str) -> dict[str, dict[str, Any]]:
+        return {i["sk"].removeprefix("VARIANT#"): i
+                for i in self.table.query_all(pk=f"CAMPAIGN#{campaign_id}", sk_prefix="VARIANT#")}
+
+    def add_variant_engagement(self, campaign_id: str, variant: str, *, opened: int = 0, clicked: int = 0) -> None:
+        self.table.update(f"CAMPAIGN#{campaign_id}", f"VARIANT#{variant}", expression="ADD opened :o, clicked :c",
+                          params={":o": opened, ":c": clicked})
+
+    # ---- scheduling
+    def mark_due(self, campaign_id: str, at: datetime) -> None:
+        stamp = at.astimezone(UTC).isoformat()
+        self.table.put({"pk": f"CAMPAIGN#{campaign_id}", "sk": "DUE", "gsi1pk": "DUE",
+                        "gsi1sk": f"{stamp}#{campaign_id}", "campaign_id": campaign_id, "at": stamp})
+
+    def clear_due(self, campaign_id: str) -> None:
+        self.table.delete(f"CAMPAIGN#{campaign_id}", "DUE")
+
+    def due(self, now: datetime) -> list[str]:
+        """Campaigns whose start time has come (one Query on the DUE index)."""
+        stamp = now.astimezone(UTC).isoformat()
+        return [i["campaign_id"] for i in self.table.query_all(pk="DUE", index="gsi1") if i["gsi1sk"] <= stamp]
+
+    def in_state(self, state: CampaignState) -> list[dict[str, Any]]:
+        return [i for i in self.table.query_all(pk="CAMPAIGNS", index="gsi1") if i.get("state") == state.value]

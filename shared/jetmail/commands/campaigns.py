@@ -1,0 +1,132 @@
+"""``jetmail campaign`` and ``jetmail scheduler``."""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import threading
+import time
+from typing import Any
+
+import click
+
+from jetmail.commands import domain_errors, load_services
+
+
+def _campaign_errors(fn: Any) -> Any:
+    from functools import wraps
+
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from jetmail.campaigns.service import CampaignNotFound, InvalidTransition, UnknownAudience, VariantNotFound
+
+        try:
+            return fn(*args, **kwargs)
+        except (CampaignNotFound, InvalidTransition, UnknownAudience, VariantNotFound) as exc:
+            raise click.ClickException(str(exc)) from None
+
+    return domain_errors(wrapper)
+
+
+@click.group()
+def campaign() -> None:
+    """Inspect and control campaigns."""
+
+
+def _line(c: Any) -> str:
+    p = c.progress
+    return (f"{c.id}  {c.state.value:<9} {c.name[:30]:<30} total {p.total:>7}  sent {p.sent:>7}  "
+            f"failed {p.failed:>5}  skipped {p.skipped:>5}  queued {p.queued:>7}")
+
+
+@campaign.command("list")
+@_campaign_errors
+def list_campaigns() -> None:
+    """Newest first."""
+    for c in load_services().campaigns.list():
+        click.echo(_line(c))
+
+
+@campaign.command("status")
+@click.argument("campaign_id")
+@click.option("--watch", is_flag=True, help="show a progress bar until the campaign finishes")
+@click.option("--json", "as_json", is_flag=True)
+@_campaign_errors
+def status(campaign_id: str, watch: bool, as_json: bool) -> None:
+    """State and progress of a campaign."""
+    svc = load_services()
+    current = svc.campaigns.get(campaign_id)
+    if as_json:
+        click.echo(current.model_dump_json(indent=2, by_alias=True))
+        return
+    if not watch:
+        click.echo(_line(current))
+        return
+    done_states = {"sent", "cancelled"}
+    with click.progressbar(length=max(current.progress.total, 1), label=f"{campaign_id} {current.state.value}",
+                           show_pos=True) as bar:
+        shown = 0
+        while True:
+            p = current.progress
+            finished = p.sent + p.failed + p.skipped
+            if p.total and bar.length != p.total:
+                bar.length = p.total
+            bar.update(finished - shown)
+            shown = finished
+            bar.label = f"{campaign_id} {current.state.value}"
+            if current.state.value in done_states:
+                break
+            time.sleep(1)
+            current = svc.campaigns.get(campaign_id)
+    click.echo(_line(current))
+
+
+def _action(name: str, doc: str) -> None:
+    @campaign.command(name, help=doc)
+    @click.argument("campaign_id")
+    @_campaign_errors
+    def command(campaign_id: str) -> None:
+        result = getattr(load_services().campaigns, name)(campaign_id)
+        click.echo(_line(result))
+
+
+for _name, _doc in (("send", "Start a campaign now."), ("pause", "Pause sending."),
+                    ("resume", "Resume a paused campaign."), ("cancel", "Cancel a campaign.")):
+    _action(_name, _doc)
+
+
+@campaign.command("create")
+@click.argument("definition", type=click.File("r"))
+@_campaign_errors
+def create(definition: Any) -> None:
+    """Create a draft from a JSON file (the body of POST /v1/campaigns)."""
+    from jetmail.campaigns.model import CampaignCreate
+
+    try:
+        body = CampaignCreate.model_validate(json.load(definition))
+    except (ValueError, json.JSONDecodeError) as exc:
+        raise click.ClickException(f"invalid campaign definition: {exc}") from None
+    click.echo(_line(load_services().campaigns.create(body)))
+
+
+@click.command()
+@click.option("--interval", type=click.FloatRange(0.5), default=10.0, show_default=True,
+              help="seconds between ticks (EventBridge runs it every minute in AWS)")
+@click.option("--once", is_flag=True, help="run one tick and exit")
+def scheduler(interval: float, once: bool) -> None:
+    """Run the scheduler tick: start due campaigns, decide A/B tests, finish campaigns."""
+    from jetmail.scheduler import tick
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    svc = load_services()
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    while True:
+        summary = tick(svc)
+        if once:
+            click.echo(json.dumps(summary))
+            return
+        if stop.wait(interval):
+            return

@@ -1,0 +1,35 @@
+"""The scheduler tick: what EventBridge runs every minute and `jetmail scheduler` runs locally.
+
+It starts campaigns whose time has come (native JetStream schedules normally start them first;
+this is the safety net, and the conditional state change makes the second start a no-op), decides
+A/B tests whose duration is over, and marks campaigns whose batches have all reported as sent.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from typing import Any
+
+from jetmail.campaigns.model import CampaignState
+from jetmail.services import Services
+
+logger = logging.getLogger("jetmail.scheduler")
+
+
+def tick(services: Services, now: datetime | None = None) -> dict[str, Any]:
+    now = now or datetime.now(UTC)
+    campaigns = services.campaigns
+    started = [cid for cid in services.campaign_store.due(now) if campaigns.start_due(cid) is not None]
+    decided: dict[str, str] = {}
+    finished: list[str] = []
+    for item in services.campaign_store.in_state(CampaignState.SENDING):
+        outcome = campaigns.evaluate_ab(item["id"], now)
+        if outcome:
+            decided[item["id"]] = outcome
+        if campaigns.finish_if_done(item["id"]):
+            finished.append(item["id"])
+    summary = {"at": now.isoformat(), "started": started, "ab_decided": decided, "finished": finished}
+    if started or decided or finished:
+        logger.info("tick: %s", summary)
+    return summary
