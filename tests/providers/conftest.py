@@ -107,13 +107,27 @@ def _authenticate(server: SMTP, session: Session, envelope: Envelope, mechanism:
     return AuthResult(success=ok, handled=False)
 
 
+class _TimesOutAfterOneMessage(SinkHandler):
+    """Answers a session's second MAIL with the 421 a relay sends when it has timed the session out."""
+
+    async def handle_MAIL(self, server: SMTP, session: Session, envelope: Envelope, address: str,
+                          mail_options: list[str]) -> str:
+        seen = getattr(session, "mails_seen", 0) + 1
+        session.mails_seen = seen  # type: ignore[attr-defined]
+        if seen > 1:
+            return "421 4.4.2 jetmail-test: idle timeout, closing connection"
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 OK"
+
+
 class LocalSink:
     """An aiosmtpd server in a thread, storing mail like the stack's sink, with TLS/AUTH/timeout options."""
 
     def __init__(self, maildir: Path, *, implicit_tls: bool = False, starttls: bool = False,
-                 auth: bool = False, idle_timeout_s: float = 300,
+                 auth: bool = False, idle_timeout_s: float = 300, one_message_per_session: bool = False,
                  tls_files: tuple[Path, Path] | None = None) -> None:
-        self.handler = SinkHandler(maildir)
+        self.handler = (_TimesOutAfterOneMessage if one_message_per_session else SinkHandler)(maildir)
         self.mailbox = Mailbox(maildir)
         self.port = free_port()
         server_tls = None

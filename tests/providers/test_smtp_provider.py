@@ -252,6 +252,26 @@ def test_idle_connection_closed_by_the_server_is_replaced(settings_with: Setting
     assert provider.connections_opened == 2
 
 
+def test_session_timed_out_by_the_server_is_retried_on_a_fresh_one(settings_with: SettingsWith, unique: str,
+                                                                   outbound: Outbound,
+                                                                   local_sink: Callable[..., Any]) -> None:
+    # GIVEN a server that answers 421 to the second MAIL of a session (as after its idle timeout)
+    sink = local_sink(one_message_per_session=True)
+    provider = SmtpProvider(settings_with(smtp_port=sink.port, smtp_pool_size=1))
+
+    async def scenario() -> None:
+        for i in range(3):
+            await provider.send(outbound(f"timedout{i}-{unique}@example.com"))
+        await provider.close()
+
+    # WHEN three messages go over the pool THEN each arrives once, each over its own session,
+    # and the 421 never reaches the caller (nothing had been accepted on the old session)
+    run(scenario())
+    for i in range(3):
+        arrived(sink.mailbox, f"timedout{i}-{unique}@example.com")
+    assert provider.connections_opened == 3
+
+
 # aiosmtpd does not see implicit TLS as TLS, so that server allows AUTH "without" it, and warns
 @pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS")
 @pytest.mark.parametrize("mode", ["starttls", "implicit_tls"])
@@ -287,8 +307,17 @@ def test_wrong_password_is_temporary_and_not_echoed(settings_with: SettingsWith,
     settings = settings_with(smtp_port=sink.port, smtp_starttls=True, smtp_username=smtp_credentials[0],
                              smtp_password="not-the-password")
     provider = SmtpProvider(settings, tls_context=client_tls)
+
+    async def scenario() -> None:
+        try:
+            await provider.send(outbound(f"auth-{unique}@example.com"))
+        finally:
+            await provider.close()
+            # the refused session's TLS shutdown finishes on the loop; let it before asyncio.run closes it
+            await asyncio.sleep(0.1)
+
     with pytest.raises(TemporaryDeliveryError) as caught:
-        run(provider.send(outbound(f"auth-{unique}@example.com")))
+        run(scenario())
     # a wrong credential is the operator's to fix, not a reason to fail the message for good
     assert caught.value.code == 535
     assert "not-the-password" not in caught.value.reason

@@ -101,7 +101,8 @@ class ScheduleRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     at: datetime | None = None
-    cron: str | None = Field(default=None, max_length=100)
+    cron: str | None = Field(default=None, max_length=100,
+                             description="5 fields (min hour day month weekday), or 6 with seconds first")
     timezone: str = Field(default="UTC", max_length=64)
 
     @model_validator(mode="after")
@@ -117,10 +118,9 @@ class ScheduleRequest(BaseModel):
         if self.at is not None and self.at.tzinfo is None:
             self.at = self.at.replace(tzinfo=zone)
         if self.cron is not None:
-            from croniter import croniter
+            from jetmail.queue.patterns import cron_pattern
 
-            if not croniter.is_valid(self.cron) or len(self.cron.split()) != 5:
-                raise ValueError(f"invalid cron expression {self.cron!r} (5 fields: min hour day month weekday)")
+            cron_pattern(self.cron)  # ValueError names what is wrong
         return self
 
 

@@ -221,7 +221,10 @@ class SmtpProvider:
             if reused and stage == "MAIL FROM" and exc.code == 421:
                 client.close()
                 raise _StaleConnection from None
-            await self._reset_or_discard(conn)
+            if 400 <= exc.code < 600:
+                await self._reset_or_discard(conn)
+            else:
+                client.close()  # a malformed reply (aiosmtplib's -1): the dialogue may be out of step
             raise _response_error(exc.code, exc.message, stage=stage) from None
         except aiosmtplib.SMTPServerDisconnected as exc:
             client.close()
