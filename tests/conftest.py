@@ -81,6 +81,7 @@ def table(settings: Settings) -> Table:
 
     tbl = Table(settings)
     tbl.create()
+    Table(settings, name=settings.stats_table).create()
     return tbl
 
 

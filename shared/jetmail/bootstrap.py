@@ -19,8 +19,9 @@ def bootstrap(settings: Settings, *, create_table: bool | None = None) -> Iterat
     if create_table is None:
         create_table = settings.aws_endpoint_url is not None
     if create_table:
-        created = Table(settings).create()
-        yield f"table {settings.table_name}: {'created' if created else 'exists'}"
+        for name in (settings.table_name, settings.stats_table):
+            created = Table(settings, name=name).create()
+            yield f"table {name}: {'created' if created else 'exists'}"
     from jetmail.queue import ensure_streams
     from jetmail.services import queue_config
 

@@ -18,7 +18,9 @@ from typing import Any, NoReturn, TypeVar
 import click
 
 from jetmail.commands.campaigns import campaign, scheduler
+from jetmail.commands.contacts import contacts, lists
 from jetmail.commands.keys import keys
+from jetmail.commands.suppressions import suppressions
 from jetmail.commands.templates import templates
 from jetmail.config import ConfigError, get_settings
 from jetmail.devstack.cli import dev
@@ -96,9 +98,12 @@ def main() -> None:
 
 main.add_command(dev)
 main.add_command(keys)
+main.add_command(suppressions)
 main.add_command(campaign)
 main.add_command(scheduler)
 main.add_command(templates)
+main.add_command(contacts)
+main.add_command(lists)
 
 
 def _config() -> QueueConfig:

@@ -7,11 +7,14 @@ reads ``os.environ``.
 
 from __future__ import annotations
 
+import json
+import re
+from datetime import date
 from functools import lru_cache
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEV_ENV_FILE = ".jetmail/dev/jetmail.env"
 
@@ -40,6 +43,8 @@ class Settings(BaseSettings):
     aws_region: str = "us-east-1"
     aws_endpoint_url: str | None = None
     table_name: str = Field(min_length=3)
+    # events and engagement counters; by default the main table's name + "-stats"
+    stats_table_name: str | None = Field(default=None, min_length=3)
 
     # --- delivery
     provider: Literal["smtp", "ses"] = "smtp"
@@ -53,6 +58,28 @@ class Settings(BaseSettings):
     smtp_pool_size: int = Field(default=4, ge=1, le=64)
     smtp_max_messages_per_connection: int = Field(default=100, ge=1)
     ses_configuration_set: str | None = None
+    # the local SES mailbox simulator (on in the local stack): see jetmail.simulator
+    ses_simulator: bool = False
+    simulator_domain: str | None = "simulator.jetmail.local"
+
+    # --- sending rate (jetmail.ratelimit); 0 means no limit for that window. The defaults are the
+    # quota SES gives an account out of the sandbox: set them to your provider's limits.
+    rate_per_second: float = Field(default=14.0, ge=0)
+    rate_per_minute: int = Field(default=0, ge=0)
+    rate_per_hour: int = Field(default=0, ge=0)
+    rate_per_day: int = Field(default=50000, ge=0)
+    # messages per minute per recipient domain: JSON object or "gmail.com=600,yahoo.com=300"
+    rate_domain_limits: Annotated[dict[str, int], NoDecode] = Field(
+        default_factory=lambda: {"gmail.com": 600, "yahoo.com": 300, "outlook.com": 300})
+    rate_transactional_share: float = Field(default=0.2, ge=0, lt=1)
+    rate_window_guard_s: float = Field(default=0.05, ge=0, le=0.5)
+    rate_throttle_factor: float = Field(default=0.5, gt=0, lt=1)
+    rate_throttle_floor: float = Field(default=1.0, gt=0)
+    rate_recovery_step: float = Field(default=0.05, gt=0, le=1)
+    rate_recovery_interval_s: float = Field(default=10.0, gt=0)
+    # daily marketing caps from rate_warmup_start (UTC days): JSON list or "200,500,1000"
+    rate_warmup_schedule: Annotated[list[int], NoDecode] = Field(default_factory=list)
+    rate_warmup_start: date | None = None
 
     # --- identity and links
     signing_secret: SecretStr = Field(min_length=16)
@@ -65,6 +92,70 @@ class Settings(BaseSettings):
 
     # --- API
     max_body_bytes: int = 256 * 1024
+    country_header: str = "cloudfront-viewer-country"
+
+    # --- SNS (SES events over an HTTPS subscription; POST /sns/ses)
+    # Topics whose messages the HTTPS route accepts and whose subscriptions it confirms; comma
+    # separated or a JSON list. Empty: the route refuses everything (SNS -> Lambda needs none).
+    sns_topic_arns: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    sns_cert_host_pattern: str = r"^sns\.[a-z0-9-]+\.amazonaws\.com(\.cn)?$"
+    # A folder of trusted signing certificates, ``<sha256 of the SigningCertURL>.pem``, used before
+    # fetching: for a network without egress, and for tests with a locally made certificate.
+    sns_cert_cache_dir: str | None = None
+    # SNS retries resend the original message and Timestamp: raise this if a custom delivery
+    # policy retries for longer than an hour.
+    sns_max_age_s: float = Field(default=3600.0, gt=0)
+
+    # --- deliverability policy and retention
+    soft_bounce_limit: int = Field(default=5, ge=1)
+    soft_bounce_window_days: int = Field(default=30, ge=1)
+    event_retention_days: int = Field(default=400, ge=1)
+    message_retention_days: int = Field(default=400, ge=1)
+
+    @field_validator("sns_topic_arns", mode="before")
+    @classmethod
+    def _arn_list(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [part.strip() for part in text.split(",") if part.strip()]
+        return value
+
+    @field_validator("sns_cert_host_pattern")
+    @classmethod
+    def _pattern(cls, value: str) -> str:
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"not a regular expression: {exc}") from None
+        return value
+
+    @field_validator("rate_domain_limits", mode="before")
+    @classmethod
+    def _domain_limits(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("{"):
+                return json.loads(text)
+            pairs = (part.split("=", 1) for part in text.split(",") if part.strip())
+            return {name.strip(): limit.strip() for name, limit in pairs}
+        return value
+
+    @field_validator("rate_warmup_schedule", mode="before")
+    @classmethod
+    def _warmup_schedule(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [part.strip() for part in text.split(",") if part.strip()]
+        return value
+
+
+    @property
+    def stats_table(self) -> str:
+        return self.stats_table_name or f"{self.table_name}-stats"
 
 
 @lru_cache(maxsize=1)

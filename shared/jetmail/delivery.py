@@ -21,7 +21,9 @@ from typing import Any
 from jetmail.compose import Composer, Recipient
 from jetmail.messages import FINAL_BEFORE_SEND, MessageRepository, MessageStatus, now_iso
 from jetmail.providers import OutboundMessage, PermanentDeliveryError, Provider, TemporaryDeliveryError
+from jetmail.simulator import Simulator
 from jetmail.storage.table import ConditionFailed
+from jetmail.suppressions import SuppressionStore, blocks
 from jetmail.template_store import TemplateNotFound, TemplateStore
 from jetmail.templating import TemplateRenderError
 
@@ -39,7 +41,9 @@ class DeliveryOutcome:
 
 class Deliverer:
     def __init__(self, *, messages: MessageRepository, templates: TemplateStore, composer: Composer,
-                 provider: Provider) -> None:
+                 provider: Provider, suppressions: SuppressionStore, simulator: Simulator | None = None) -> None:
+        self.suppressions = suppressions
+        self.simulator = simulator
         self.messages = messages
         self.templates = templates
         self.composer = composer
@@ -49,6 +53,15 @@ class Deliverer:
         """Send one transactional message; raises TemporaryDeliveryError when the job should retry."""
         item = await asyncio.to_thread(self.messages.get, message_id)
         if MessageStatus(item["status"]) in FINAL_BEFORE_SEND:
+            return DeliveryOutcome.SKIPPED
+        # checked at send time, not only at submit: the address may have bounced since
+        entry = await asyncio.to_thread(self.suppressions.get, item["to"])
+        if entry is not None and blocks(entry.reason, category=item.get("category") or "transactional"):
+            try:
+                await asyncio.to_thread(self.messages.transition, message_id, MessageStatus.SUPPRESSED,
+                                        allowed_from=CLAIMABLE, detail=f"suppressed: {entry.reason}")
+            except ConditionFailed:
+                pass
             return DeliveryOutcome.SKIPPED
         try:
             item = await asyncio.to_thread(self.messages.transition, message_id, MessageStatus.SENDING,
@@ -93,6 +106,10 @@ class Deliverer:
             fields["provider_message_id"] = result.provider_message_id
         await asyncio.to_thread(self.messages.transition, message_id, MessageStatus.SENT,
                                 allowed_from={MessageStatus.SENDING}, fields=fields)
+        if self.simulator is not None and self.simulator.enabled:
+            await asyncio.to_thread(self.simulator.after_send, recipient=recipient.email, source=outbound.mail_from,
+                                    message_id=message_id, provider_message_id=result.provider_message_id,
+                                    category=item.get("category") or "transactional")
         return DeliveryOutcome.SENT
 
     async def _fail(self, message_id: str, reason: str) -> None:

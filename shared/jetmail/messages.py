@@ -18,7 +18,7 @@ from typing import Any, Protocol
 from email_validator import EmailNotValidError, validate_email
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from jetmail.storage.table import ConditionFailed, Table, to_item
+from jetmail.storage.table import ConditionFailed, Table
 from jetmail.template_store import TemplateStore
 
 TRANSACTIONAL_QUEUE = "email_transactional"
@@ -264,18 +264,15 @@ class MessageService:
         record = self.messages.record(message_id, request=request, status=status, category=template.category or
                                       "transactional", extra=extra)
         if idempotency_key:
+            # two plain conditional writes, no transaction: the key is claimed first, and a retry that
+            # finds the key without its message (the first attempt died in between) completes it
             idem_pk = f"IDEM#{api_key_id or '-'}#{hashlib.sha256(idempotency_key.encode()).hexdigest()}"
             body_hash = request_hash(request)
             try:
-                self.table.transact([
-                    {"Put": {"TableName": self.table.name,
-                             "Item": to_item({"pk": idem_pk, "sk": "IDEM", "message_id": message_id,
-                                              "body_hash": body_hash,
-                                              "expires_at": int(time.time() + IDEMPOTENCY_TTL.total_seconds())}),
-                             "ConditionExpression": "attribute_not_exists(pk) OR expires_at < :now",
-                             "ExpressionAttributeValues": to_item({":now": int(time.time())})}},
-                    {"Put": {"TableName": self.table.name, "Item": to_item(record)}},
-                ])
+                self.table.put({"pk": idem_pk, "sk": "IDEM", "message_id": message_id, "body_hash": body_hash,
+                                "expires_at": int(time.time() + IDEMPOTENCY_TTL.total_seconds())},
+                               condition="attribute_not_exists(pk) OR expires_at < :now",
+                               params={":now": int(time.time())})
             except ConditionFailed:
                 existing = self.table.get(idem_pk, "IDEM", consistent=True)
                 if existing is None:  # expired between the two reads: treat as new
@@ -284,13 +281,20 @@ class MessageService:
                     raise IdempotencyConflict(
                         "this Idempotency-Key was used with a different request body"
                     ) from None
-                item = self.messages.get(existing["message_id"])
+                try:
+                    item = self.messages.get(existing["message_id"])
+                except MessageNotFound:
+                    record = {**record, "pk": f"MSG#{existing['message_id']}", "id": existing["message_id"]}
+                    try:
+                        self.table.put(record, condition="attribute_not_exists(pk)")
+                    except ConditionFailed:
+                        pass  # a concurrent retry completed it
+                    item = self.messages.get(existing["message_id"])
                 if item["status"] in (MessageStatus.QUEUED, MessageStatus.SCHEDULED):
                     # the first attempt may have died before enqueueing; the job id de-duplicates
                     self._enqueue(item["id"], request)
                 return public(item), False
-        else:
-            self.table.put(record, condition="attribute_not_exists(pk)")
+        self.table.put(record, condition="attribute_not_exists(pk)")
         self._enqueue(message_id, request)
         return public(record), True
 

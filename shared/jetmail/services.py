@@ -15,12 +15,19 @@ from jetmail.campaigns.service import CampaignService
 from jetmail.campaigns.store import CampaignStore
 from jetmail.compose import Composer
 from jetmail.config import Settings
+from jetmail.contacts import ContactStore
+from jetmail.feedback import FeedbackProcessor, Policy
 from jetmail.messages import MessageRepository, MessageService
+from jetmail.segments import SegmentStore
 from jetmail.sequences import SequenceService
+from jetmail.ses_events import SesEventIntake
+from jetmail.simulator import Simulator
+from jetmail.sns import SnsVerifier, confirm_subscription
 from jetmail.storage.table import Table
 from jetmail.suppressions import SuppressionStore
 from jetmail.template_store import TemplateStore
 from jetmail.tokens import Signer
+from jetmail.tracking import Tracker
 
 if TYPE_CHECKING:
     from jetmail.queue import QueueConfig, SyncClient
@@ -46,6 +53,11 @@ class Services:
     @cached_property
     def table(self) -> Table:
         return Table(self.settings)
+
+    @cached_property
+    def stats_table(self) -> Table:
+        """Events and engagement counters: kept apart so their transactions stay small."""
+        return Table(self.settings, name=self.settings.stats_table)
 
     @cached_property
     def api_keys(self) -> ApiKeys:
@@ -79,8 +91,33 @@ class Services:
         return SuppressionStore(self.table)
 
     @cached_property
+    def contacts(self) -> ContactStore:
+        return ContactStore(self.table)
+
+    @cached_property
+    def segments(self) -> SegmentStore:
+        return SegmentStore(self.table, contacts=self.contacts)
+
+    @cached_property
+    def feedback(self) -> FeedbackProcessor:
+        return FeedbackProcessor(table=self.table, stats=self.stats_table, messages=self.messages.messages,
+                                 suppressions=self.suppressions,
+                                 sequences=self.sequences, contacts=self.contacts, queue=self.queue,
+                                 policy=Policy(soft_bounce_limit=self.settings.soft_bounce_limit,
+                                               soft_bounce_window_days=self.settings.soft_bounce_window_days,
+                                               event_retention_days=self.settings.event_retention_days))
+
+    @cached_property
+    def simulator(self) -> Simulator:
+        return Simulator(self.settings, feedback=self.feedback)
+
+    @cached_property
+    def tracker(self) -> Tracker:
+        return Tracker(signer=self.signer, feedback=self.feedback)
+
+    @cached_property
     def campaign_store(self) -> CampaignStore:
-        return CampaignStore(self.table)
+        return CampaignStore(self.table, stats=self.stats_table)
 
     @cached_property
     def campaigns(self) -> CampaignService:
@@ -90,3 +127,13 @@ class Services:
     @cached_property
     def signer(self) -> Signer:
         return Signer(self.settings.signing_secret)
+
+    @cached_property
+    def sns_verifier(self) -> SnsVerifier:
+        return SnsVerifier.from_settings(self.settings)
+
+    @cached_property
+    def ses_events(self) -> SesEventIntake:
+        settings = self.settings
+        return SesEventIntake(feedback=self.feedback, verifier=self.sns_verifier,
+                              confirm=lambda message: confirm_subscription(settings, message))

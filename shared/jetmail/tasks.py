@@ -30,7 +30,8 @@ async def startup(resources: dict[str, Any]) -> None:
     resources["services"] = services
     resources["provider"] = make_provider(services.settings)
     resources["deliverer"] = Deliverer(messages=services.messages.messages, templates=services.templates,
-                                       composer=services.composer, provider=resources["provider"])
+                                       composer=services.composer, provider=resources["provider"],
+                                       suppressions=services.suppressions, simulator=services.simulator)
     queue = Queue(queue_config(services.settings))
     await queue.connect()
     await ensure_buckets(queue.js, replicas=services.settings.stream_replicas)
@@ -38,7 +39,7 @@ async def startup(resources: dict[str, Any]) -> None:
     resources["batch_sender"] = BatchSender(
         store=services.campaign_store, templates=services.templates, composer=services.composer,
         provider=resources["provider"], board=StateBoard(queue.js), claims=Claims(queue.js),
-        suppressions=services.suppressions,
+        suppressions=services.suppressions, simulator=services.simulator,
     )
 
 

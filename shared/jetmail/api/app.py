@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from jetmail.api import campaigns, errors, messages, sequences, templates
+from jetmail.api import campaigns, contacts, errors, messages, sequences, sns, suppressions, templates, tracking
 from jetmail.api.limits import BodySizeLimit
 from jetmail.config import Settings, get_settings
 from jetmail.services import Services
@@ -28,7 +28,11 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
         return {"status": "ok"}
 
     app.include_router(messages.router)
+    app.include_router(sns.router)
     app.include_router(templates.router)
     app.include_router(sequences.router)
     app.include_router(campaigns.router)
+    app.include_router(tracking.router)
+    app.include_router(suppressions.router)
+    app.include_router(contacts.router)
     return app

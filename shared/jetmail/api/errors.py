@@ -13,8 +13,20 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from jetmail.api.limits import BodyTooLarge
 from jetmail.campaigns.service import CampaignNotFound, InvalidTransition, UnknownAudience, VariantNotFound
+from jetmail.contacts import (
+    ContactConflict,
+    ContactNotFound,
+    InvalidContact,
+    InvalidCursor,
+    InvalidImport,
+    ListNotFound,
+    UnknownList,
+)
 from jetmail.messages import IdempotencyConflict, InvalidAddress, MessageNotFound
+from jetmail.segments import CriteriaError, SegmentNotFound
 from jetmail.sequences import EnrolmentNotFound, SequenceNotFound, StepTimeError
+from jetmail.ses_events import SesEventError
+from jetmail.sns import SnsCertificateUnavailable, SnsConfirmationFailed, SnsMessageInvalid, SnsVerificationError
 from jetmail.template_store import TemplateConflict, TemplateNotFound
 from jetmail.templating import ReservedContextKeyError, TemplateRenderError, TemplateValidationError
 
@@ -22,6 +34,11 @@ logger = logging.getLogger("jetmail.api")
 
 STATUS_FOR: list[tuple[type[Exception], int]] = [
     (BodyTooLarge, 413),
+    (SnsMessageInvalid, 400),
+    (SesEventError, 400),
+    (SnsVerificationError, 403),
+    (SnsConfirmationFailed, 502),
+    (SnsCertificateUnavailable, 503),
     (TemplateNotFound, 404),
     (CampaignNotFound, 404),
     (UnknownAudience, 422),
@@ -37,6 +54,15 @@ STATUS_FOR: list[tuple[type[Exception], int]] = [
     (TemplateRenderError, 422),
     (ReservedContextKeyError, 422),
     (InvalidAddress, 422),
+    (ListNotFound, 404),
+    (ContactNotFound, 404),
+    (SegmentNotFound, 404),
+    (UnknownList, 422),
+    (InvalidContact, 422),
+    (InvalidCursor, 422),
+    (InvalidImport, 422),
+    (CriteriaError, 422),
+    (ContactConflict, 409),
 ]
 
 
@@ -77,5 +103,6 @@ def _domain_handler(status: int) -> Any:
 
 def _code(status: int) -> str:
     return {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
-            409: "conflict", 413: "payload_too_large", 422: "validation_error", 429: "rate_limited"}.get(
+            409: "conflict", 413: "payload_too_large", 422: "validation_error", 429: "rate_limited",
+            502: "bad_gateway", 503: "unavailable"}.get(
                 status, "error")

@@ -51,6 +51,9 @@ async def campaign_plan(job: PlanJob, ctx: JobContext) -> None:
         chunk: list[PlannedBatch] = await asyncio.to_thread(lambda: list(itertools.islice(batches, PUBLISH_CHUNK)))
         if not chunk:
             break
+        # the batch items first: a message id must resolve to its recipient before the mail goes out
+        await asyncio.to_thread(store.record_batches, job.campaign_id, run=job.run, batches=[
+            (b.number, b.variant, [r["e"] for r in b.recipients]) for b in chunk])
         for priority, group in itertools.groupby(chunk, key=lambda b: b.priority):
             immediate: list[PlannedBatch] = []
             for batch in group:

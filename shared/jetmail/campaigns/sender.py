@@ -23,6 +23,7 @@ from jetmail.campaigns.store import CampaignStore, campaign_message_id
 from jetmail.compose import Composer, Recipient
 from jetmail.mime import parse_address
 from jetmail.providers import OutboundMessage, PermanentDeliveryError, Provider, TemporaryDeliveryError
+from jetmail.simulator import Simulator
 from jetmail.suppressions import SuppressionStore
 from jetmail.template_store import TemplateNotFound, TemplateStore
 from jetmail.templating import TemplateRenderError, TemplateVersion
@@ -55,7 +56,9 @@ class Parked(Exception):
 
 class BatchSender:
     def __init__(self, *, store: CampaignStore, templates: TemplateStore, composer: Composer, provider: Provider,
-                 board: StateBoard, claims: Claims, suppressions: SuppressionStore, concurrency: int = 8) -> None:
+                 board: StateBoard, claims: Claims, suppressions: SuppressionStore, simulator: Simulator | None = None,
+                 concurrency: int = 8) -> None:
+        self.simulator = simulator
         self.store = store
         self.templates = templates
         self.composer = composer
@@ -91,6 +94,7 @@ class BatchSender:
         recent = await asyncio.to_thread(self.suppressions.recently_suppressed)
         semaphore = asyncio.Semaphore(self.concurrency)
         stop = asyncio.Event()
+        simulated: list[tuple[Any, ...]] = []
 
         async def one(pos: int, recipient: dict[str, Any]) -> None:
             email = recipient["e"]
@@ -119,7 +123,8 @@ class BatchSender:
                     return
                 message_id = campaign_message_id(job.campaign_id, job.run, job.batch, pos)
                 try:
-                    provider_id = await self._send(campaign, variant, recipient, message_id)
+                    provider_id = await self._send(campaign, variant, recipient, message_id, job.campaign_id,
+                                                   simulated)
                 except PermanentDeliveryError as exc:
                     await self.claims.settle(claim, f"failed|{owner}|{pos}|{exc.reason[:200]}")
                     tally.add(pos, email, "failed", r=exc.reason[:300])
@@ -143,17 +148,23 @@ class BatchSender:
             raise Parked
         if tally.temporary:
             raise TemporaryDeliveryError(f"{len(tally.temporary)} recipient(s) deferred; retrying the batch")
-        variant_counts = {job.variant: {"sent": tally.counts["sent"], "failed": tally.counts["failed"]}} \
-            if job.variant else {}
-        tally.results.sort(key=lambda r: r["p"])
         recorded = await asyncio.to_thread(self.store.finish_batch, job.campaign_id, run=job.run, batch=job.batch,
-                                           results=tally.results, counts=tally.counts, variant_counts=variant_counts)
+                                           counts=tally.counts, variant=job.variant)
         if not recorded:
             logger.info("batch %s/%s/%s was already recorded", job.campaign_id, job.run, job.batch)
+        await self._simulate(simulated)
         return tally.counts
 
+    async def _simulate(self, pending: list[tuple[Any, ...]]) -> None:
+        # simulated SES notifications are fed back once the batch (and so the message) is recorded
+        for email, source, message_id, provider_id, campaign_id, variant in pending:
+            assert self.simulator is not None
+            await asyncio.to_thread(self.simulator.after_send, recipient=email, source=source, message_id=message_id,
+                                    provider_message_id=provider_id, category="marketing", campaign_id=campaign_id,
+                                    variant=variant)
+
     async def _send(self, campaign: CampaignCreate, variant: Variant | None, recipient: dict[str, Any],
-                    message_id: str) -> str | None:
+                    message_id: str, campaign_id: str, simulated: list[tuple[Any, ...]]) -> str | None:
         template_name = (variant.template if variant and variant.template else None) or campaign.template
         version = await asyncio.to_thread(self.templates.resolve, template_name, recipient.get("l"))
         subject = (variant.subject if variant and variant.subject else None) or campaign.subject
@@ -172,10 +183,17 @@ class BatchSender:
             rendered, message_id=message_id, recipient=to, from_addr=from_addr, reply_to=campaign.reply_to,
             list_unsubscribe=self.composer.unsubscribe_url(message_id=message_id, email=to.email, list_id=list_id),
         )
+        tags = {"message_id": message_id, "category": "marketing", "campaign_id": campaign_id}
+        if variant:
+            tags["variant"] = variant.name
         result = await self.provider.send(OutboundMessage(
             mail_from=parse_address(from_addr)[1], recipients=[to.email], raw=built.data, smtputf8=built.smtputf8,
-            message_id=message_id, tags={"message_id": message_id, "category": "marketing"},
+            message_id=message_id, tags=tags,
         ))
+        if self.simulator is not None and self.simulator.enabled:
+            # after the batch is recorded would be more faithful; SES reports seconds later anyway
+            simulated.append((to.email, parse_address(from_addr)[1], message_id, result.provider_message_id,
+                                    campaign_id, variant.name if variant else None))
         return result.provider_message_id
 
 

@@ -4,18 +4,20 @@
 item                   pk                       sk                              gsi1pk / gsi1sk
 =====================  =======================  ==============================  ====================
 campaign               ``CAMPAIGN#<id>``        ``META``                        ``CAMPAIGNS`` / created
-A/B variant counters   ``CAMPAIGN#<id>``        ``VARIANT#<name>``              -
-finished batch         ``CAMPAIGN#<id>``        ``BATCH#<run>#<n:06d>``         -
+planned batch          ``CAMPAIGN#<id>``        ``BATCH#<run>#<n:06d>``         -
 parked batch           ``CAMPAIGN#<id>``        ``PARKED#<run>#<n:06d>``        -
 due start              ``CAMPAIGN#<id>``        ``DUE``                         ``DUE`` / at#id
 =====================  =======================  ==============================  ====================
 
-Per-recipient rows are not written for campaign mail: a finished batch item holds its up to 100
-recipients with their outcome, and a campaign message id (``cm.<campaign>.<run>.<batch>.<pos>``)
-names the batch item and the position in it, so a status lookup is one GetItem. Counters live on
-the campaign item and are added atomically in the same transaction that writes the batch item, and
-that transaction is conditioned on the batch item not existing: a redelivered batch can never
-count twice.
+A/B variant counters and engagement counters live in the stats table (``jetmail.feedback``).
+
+Per-recipient rows are not written for campaign mail: the plan writes one item per batch of up to
+100 addresses (25 batches per BatchWriteItem), and a campaign message id
+(``cm.<campaign>.<run>.<batch>.<pos>``) names the batch item and the position in it, so finding
+the recipient of a message is one GetItem; its send outcome is its claim in NATS KV
+(``campaigns.signals``) and its later events are in the stats table. A finished batch adds its
+counts to the campaign item in one conditional UpdateItem that also adds the batch's mark to the
+``done_batches`` set, so a redelivered batch can never count twice.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from jetmail.campaigns.model import CampaignCreate, CampaignState
-from jetmail.storage.table import ConditionFailed, Table, to_item
+from jetmail.storage.table import ConditionFailed, Table
 
 COUNTERS = ("total", "sent", "failed", "skipped")
 
@@ -54,8 +56,9 @@ def parse_campaign_message_id(message_id: str) -> tuple[str, str, int, int] | No
 
 
 class CampaignStore:
-    def __init__(self, table: Table) -> None:
+    def __init__(self, table: Table, *, stats: Table) -> None:
         self.table = table
+        self.stats = stats
 
     def create(self, campaign_id: str, body: CampaignCreate, *, parent_id: str | None = None,
                state: CampaignState = CampaignState.DRAFT) -> dict[str, Any]:
@@ -129,32 +132,33 @@ class CampaignStore:
         )
 
     # ---- batches
-    def finish_batch(self, campaign_id: str, *, run: str, batch: int, results: list[dict[str, Any]],
-                     counts: dict[str, int], variant_counts: dict[str, dict[str, int]]) -> bool:
-        """Write a batch's outcome and add its counts, once. False when the batch was already recorded."""
-        table = self.table.name
-        ops: list[dict[str, Any]] = [
-            {"Put": {"TableName": table,
-                     "Item": to_item({"pk": f"CAMPAIGN#{campaign_id}", "sk": f"BATCH#{run}#{batch:06d}",
-                                      "results": json.dumps(results, separators=(",", ":")),
-                                      "finished_at": now_iso()}),
-                     "ConditionExpression": "attribute_not_exists(pk)"}},
-            {"Update": {"TableName": table, "Key": to_item({"pk": f"CAMPAIGN#{campaign_id}", "sk": "META"}),
-                        "UpdateExpression": "ADD sent :s, failed :f, skipped :k, batches_done :one",
-                        "ExpressionAttributeValues": to_item({
-                            ":s": counts.get("sent", 0), ":f": counts.get("failed", 0),
-                            ":k": counts.get("skipped", 0), ":one": 1})}},
-        ]
-        for name, vc in variant_counts.items():
-            ops.append({"Update": {"TableName": table,
-                                   "Key": to_item({"pk": f"CAMPAIGN#{campaign_id}", "sk": f"VARIANT#{name}"}),
-                                   "UpdateExpression": "ADD sent :s, failed :f",
-                                   "ExpressionAttributeValues": to_item({":s": vc.get("sent", 0),
-                                                                         ":f": vc.get("failed", 0)})}})
+    def record_batches(self, campaign_id: str, *, run: str, batches: list[tuple[int, str | None, list[str]]]) -> int:
+        """Write planned batches (number, variant, addresses) 25 per request; returns requests made."""
+        return self.table.batch_put([
+            {"pk": f"CAMPAIGN#{campaign_id}", "sk": f"BATCH#{run}#{number:06d}", "variant": variant,
+             "recipients": recipients}
+            for number, variant, recipients in batches
+        ])
+
+    def finish_batch(self, campaign_id: str, *, run: str, batch: int, counts: dict[str, int],
+                     variant: str | None = None) -> bool:
+        """Add a batch's counts to the campaign once: the batch's mark rides in the same conditional
+        update, so a redelivered batch can never count twice. False when it was counted before."""
+        mark = f"{run}#{batch}"
         try:
-            self.table.transact(ops)
+            self.table.update(
+                f"CAMPAIGN#{campaign_id}", "META",
+                expression="ADD sent :s, failed :f, skipped :k, batches_done :one, done_batches :mark",
+                params={":s": counts.get("sent", 0), ":f": counts.get("failed", 0), ":k": counts.get("skipped", 0),
+                        ":one": 1, ":mark": {mark}, ":m": mark},
+                condition="NOT contains(done_batches, :m)",
+            )
         except ConditionFailed:
             return False
+        if variant:
+            self.stats.update(f"CAMPAIGN#{campaign_id}", f"VARIANT#{variant}",
+                              expression="ADD sent :s, failed :f", params={":s": counts.get("sent", 0),
+                                                                           ":f": counts.get("failed", 0)})
         return True
 
     def batch(self, campaign_id: str, *, run: str, batch: int) -> dict[str, Any] | None:
@@ -173,10 +177,10 @@ class CampaignStore:
     # ---- A/B variants
     def variant_counters(self, campaign_id: str) -> dict[str, dict[str, Any]]:
         return {i["sk"].removeprefix("VARIANT#"): i
-                for i in self.table.query_all(pk=f"CAMPAIGN#{campaign_id}", sk_prefix="VARIANT#")}
+                for i in self.stats.query_all(pk=f"CAMPAIGN#{campaign_id}", sk_prefix="VARIANT#")}
 
     def add_variant_engagement(self, campaign_id: str, variant: str, *, opened: int = 0, clicked: int = 0) -> None:
-        self.table.update(f"CAMPAIGN#{campaign_id}", f"VARIANT#{variant}", expression="ADD opened :o, clicked :c",
+        self.stats.update(f"CAMPAIGN#{campaign_id}", f"VARIANT#{variant}", expression="ADD opened :o, clicked :c",
                           params={":o": opened, ":c": clicked})
 
     # ---- scheduling

@@ -69,6 +69,7 @@ class StackState:
             "JETMAIL_TABLE_NAME": "jetmail-local",
             "JETMAIL_SIGNING_SECRET": self.signing_secret,
             "JETMAIL_PROVIDER": "smtp",
+            "JETMAIL_SES_SIMULATOR": "true",
             "AWS_ACCESS_KEY_ID": "local",
             "AWS_SECRET_ACCESS_KEY": "local",
             "AWS_DEFAULT_REGION": "us-east-1",

@@ -2,21 +2,33 @@
 
 Key design (``pk`` / ``sk``, one GSI ``gsi1`` on ``gsi1pk`` / ``gsi1sk``, TTL attribute ``expires_at``):
 
-===========================  ==========================  =================================  =====================
+===========================  ==========================  =================================  ===========================
 item                         pk                          sk                                 gsi1pk / gsi1sk
-===========================  ==========================  =================================  =====================
+===========================  ==========================  =================================  ===========================
 API key                      ``APIKEY#<key id>``         ``APIKEY``                         ``APIKEYS`` / created
 template head (latest)       ``TEMPLATE#<name>``         ``HEAD#<locale>``                  ``TEMPLATES`` / name#locale
 template version             ``TEMPLATE#<name>``         ``V#<locale>#<version:06d>``       -
 message                      ``MSG#<id>``                ``MSG``                            ``RCPT#<email>`` / created
 idempotency record           ``IDEM#<key id>#<key>``     ``IDEM``                           -
 sequence enrolment           ``SEQ#<sequence>#<email>``  ``ENROL``                          ``RCPT#<email>`` / created
-===========================  ==========================  =================================  =====================
+contact                      ``CONTACT#<email>``         ``CONTACT``                        ``CONTACTS#<0-15>`` / email
+contact list                 ``LIST#<id>``               ``META``                           ``LISTS`` / created#id
+list membership + snapshot   ``LIST#<id>``               ``MEMBER#<email>``                 -
+segment                      ``SEGMENT#<id>``            ``META``                           ``SEGMENTS`` / created#id
+===========================  ==========================  =================================  ===========================
 
 Access patterns: authenticate a key (GetItem), latest template for (name, locale) (GetItem on the
 head), template history (Query pk, ``begins_with(sk, 'V#<locale>#')``), list templates (Query gsi1),
 message status (GetItem), claim a message for sending (conditional UpdateItem), idempotent create
 (conditional PutItem), everything held about a recipient (Query gsi1 ``RCPT#<email>``).
+
+Contacts (``jetmail.contacts``): ``<email>`` in keys is the lower-cased address. The contact's
+gsi1 partition is one of 16 shards (hash of the address), so paging through all contacts never
+reads one hot partition. The contact keeps a ``lists`` map {list id: status}; each membership holds
+the status and a snapshot of what sending needs (email, name, language, timezone, attributes),
+rewritten whenever the contact changes, so a list streams with one Query per ~1 MB page (filter on
+``status``) and no per-contact reads. Engagement (``last_opened_at`` / ``last_clicked_at``) lives
+on the contact only: one UpdateItem per event.
 """
 
 from __future__ import annotations
@@ -39,7 +51,13 @@ BATCH_WRITE_MAX = 25
 
 
 class ConditionFailed(Exception):
-    """A conditional write found the item in another state."""
+    """A conditional write found the item in another state.
+
+    For a transaction, ``failed`` holds the indexes of the operations whose condition failed."""
+
+    def __init__(self, detail: str = "", *, failed: tuple[int, ...] = ()) -> None:
+        super().__init__(detail)
+        self.failed = failed
 
 
 def to_item(values: Mapping[str, Any]) -> dict[str, Any]:
@@ -79,8 +97,8 @@ def is_condition_failure(exc: ClientError) -> bool:
 class Table:
     """Thin typed access to the table; every method is one DynamoDB request unless it says otherwise."""
 
-    def __init__(self, settings: Settings) -> None:
-        self.name = settings.table_name
+    def __init__(self, settings: Settings, *, name: str | None = None) -> None:
+        self.name = name or settings.table_name
         self.client = aws_client("dynamodb", settings)
         # DynamoDB requests made through this object: what the cost benchmarks count
         self.requests = 0
@@ -261,5 +279,18 @@ class Table:
             self.client.transact_write_items(TransactItems=list(operations))
         except ClientError as exc:
             if exc.response["Error"]["Code"] == "TransactionCanceledException":
-                raise ConditionFailed(str(exc.response.get("CancellationReasons"))) from None
+                reasons = exc.response.get("CancellationReasons") or _reasons_from_message(str(exc))
+                failed = tuple(i for i, r in enumerate(reasons) if r.get("Code") == "ConditionalCheckFailed")
+                if not failed and any(r.get("Code") not in (None, "None") for r in reasons):
+                    raise  # cancelled for another reason (conflict, throttling): not a condition
+                raise ConditionFailed(str(reasons), failed=failed) from None
             raise
+
+
+def _reasons_from_message(message: str) -> list[dict[str, str]]:
+    # botocore puts the reasons in the message when the response lacks the structured list:
+    # "... [None, ConditionalCheckFailed, None]"
+    start, end = message.rfind("["), message.rfind("]")
+    if start < 0 or end < start:
+        return []
+    return [{"Code": part.strip()} for part in message[start + 1:end].split(",")]

@@ -1,0 +1,158 @@
+"""Contacts, lists, list imports and segments (admin scope)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from typing import Annotated
+
+import anyio.from_thread
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
+from starlette.concurrency import run_in_threadpool
+
+from jetmail.api.auth import require, services
+from jetmail.apikeys import ApiKey
+from jetmail.contacts import (
+    Contact,
+    ContactUpsert,
+    ImportFormat,
+    ImportReport,
+    ListCreate,
+    MailingList,
+    MemberPage,
+    SubscriptionStatus,
+)
+from jetmail.segments import SegmentCreate, SegmentPreview, SegmentPublic
+from jetmail.services import Services
+
+router = APIRouter(prefix="/v1")
+Admin = Annotated[ApiKey, Depends(require("admin"))]
+Svc = Annotated[Services, Depends(services)]
+Email = Annotated[str, Path(max_length=320, description="the address; matched ignoring case")]
+NOT_FOUND = {404: {"description": "not found"}}
+
+
+# ---- lists
+@router.post("/lists", status_code=201, response_model=MailingList, tags=["lists"])
+def create_list(body: ListCreate, key: Admin, svc: Svc) -> MailingList:
+    return svc.contacts.create_list(body.name)
+
+
+@router.get("/lists", response_model=list[MailingList], tags=["lists"])
+def list_lists(key: Admin, svc: Svc) -> list[MailingList]:
+    """Oldest first."""
+    return svc.contacts.lists()
+
+
+@router.get("/lists/{list_id}", response_model=MailingList, responses=NOT_FOUND, tags=["lists"])
+def get_list(list_id: str, key: Admin, svc: Svc) -> MailingList:
+    return svc.contacts.get_list(list_id)
+
+
+@router.delete("/lists/{list_id}", status_code=204, response_class=Response, responses=NOT_FOUND, tags=["lists"])
+def delete_list(list_id: str, key: Admin, svc: Svc) -> Response:
+    """Delete the list and its memberships (contacts stay). Takes one request per 25 members; if a very
+    large list's delete is cut off, calling again finishes it."""
+    svc.contacts.delete_list(list_id)
+    return Response(status_code=204)
+
+
+@router.get("/lists/{list_id}/members", response_model=MemberPage, responses=NOT_FOUND, tags=["lists"])
+def list_members(list_id: str, key: Admin, svc: Svc, status: SubscriptionStatus | None = None,
+                 limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+                 cursor: Annotated[str | None, Query(max_length=2048)] = None) -> MemberPage:
+    """Members in address order, ``limit`` at a time; follow ``next_cursor`` until it is absent."""
+    return svc.contacts.list_members(list_id, status=status, limit=limit, cursor=cursor)
+
+
+@router.post("/lists/{list_id}/import", response_model=ImportReport, responses=NOT_FOUND, tags=["lists"],
+             openapi_extra={"requestBody": {"required": True, "content": {
+                 "text/csv": {"schema": {"type": "string"}},
+                 "application/x-ndjson": {"schema": {"type": "string"}}}}})
+async def import_members(list_id: str, request: Request, key: Admin, svc: Svc, format: ImportFormat = "csv",
+                         status: SubscriptionStatus = "subscribed") -> ImportReport:
+    """Import a CSV (header: email, name, language, timezone, attributes as JSON, any other column an
+    attribute) or JSONL body into the list. The body streams through line by line; it is bounded by
+    the API body limit (``JETMAIL_MAX_BODY_BYTES``): larger files go through
+    ``jetmail contacts import``. Bad rows are reported by line number and skip nothing else."""
+    chunks = request.stream()
+
+    async def next_chunk() -> bytes | None:
+        try:
+            return await anext(chunks)
+        except StopAsyncIteration:
+            return None
+
+    def body() -> Iterator[bytes]:
+        # the import runs in a worker thread and pulls the body from the event loop as it goes
+        while (chunk := anyio.from_thread.run(next_chunk)) is not None:
+            if chunk:
+                yield chunk
+
+    try:
+        return await run_in_threadpool(svc.contacts.import_members, body(), list_id=list_id, fmt=format,
+                                       status=status)
+    finally:
+        await _close(chunks)
+
+
+async def _close(chunks: AsyncIterator[bytes]) -> None:
+    aclose = getattr(chunks, "aclose", None)
+    if aclose is not None:
+        await aclose()
+
+
+# ---- contacts
+@router.put("/contacts/{email}", response_model=Contact, tags=["contacts"],
+            responses={201: {"model": Contact, "description": "created"}, 422: {"description": "invalid or "
+                                                                                 "unknown list"}})
+def upsert_contact(email: Email, body: ContactUpsert, key: Admin, svc: Svc, response: Response) -> Contact:
+    """Create or update a contact. Given fields replace stored ones (null clears), omitted ones are kept;
+    ``attributes`` merge key by key (null removes a key); ``lists`` sets the status in each named list.
+    Answers 201 when the contact is new."""
+    contact, created = svc.contacts.upsert(email, body)
+    response.status_code = 201 if created else 200
+    return contact
+
+
+@router.get("/contacts/{email}", response_model=Contact, responses=NOT_FOUND, tags=["contacts"])
+def get_contact(email: Email, key: Admin, svc: Svc) -> Contact:
+    return svc.contacts.get(email)
+
+
+@router.delete("/contacts/{email}", status_code=204, response_class=Response, responses=NOT_FOUND,
+               tags=["contacts"])
+def delete_contact(email: Email, key: Admin, svc: Svc) -> Response:
+    """The contact and its memberships."""
+    svc.contacts.delete(email)
+    return Response(status_code=204)
+
+
+# ---- segments
+@router.post("/segments", status_code=201, response_model=SegmentPublic, tags=["segments"])
+def create_segment(body: SegmentCreate, key: Admin, svc: Svc) -> SegmentPublic:
+    """Save criteria; an invalid condition answers 422 naming its path (``criteria.and[1].op``)."""
+    return svc.segments.create(body)
+
+
+@router.get("/segments", response_model=list[SegmentPublic], tags=["segments"])
+def list_segments(key: Admin, svc: Svc) -> list[SegmentPublic]:
+    return svc.segments.list()
+
+
+@router.get("/segments/{segment_id}", response_model=SegmentPublic, responses=NOT_FOUND, tags=["segments"])
+def get_segment(segment_id: str, key: Admin, svc: Svc) -> SegmentPublic:
+    return svc.segments.get(segment_id)
+
+
+@router.delete("/segments/{segment_id}", status_code=204, response_class=Response, responses=NOT_FOUND,
+               tags=["segments"])
+def delete_segment(segment_id: str, key: Admin, svc: Svc) -> Response:
+    svc.segments.delete(segment_id)
+    return Response(status_code=204)
+
+
+@router.post("/segments/{segment_id}/preview", response_model=SegmentPreview, responses=NOT_FOUND,
+             tags=["segments"])
+def preview_segment(segment_id: str, key: Admin, svc: Svc) -> SegmentPreview:
+    """How many members match now, and the first 10 (evaluates the whole segment)."""
+    return svc.segments.preview(segment_id)

@@ -1,0 +1,117 @@
+"""The suppression list: who is never mailed (or never mailed marketing), and why."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import io
+import json
+from collections.abc import Iterator
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Depends, HTTPException, Query, Response
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from jetmail.api.auth import require, services
+from jetmail.apikeys import ApiKey
+from jetmail.messages import InvalidAddress, normalise_email
+from jetmail.services import Services
+from jetmail.suppressions import Suppression
+
+router = APIRouter(prefix="/v1/suppressions", tags=["suppressions"])
+Admin = Annotated[ApiKey, Depends(require("admin"))]
+Svc = Annotated[Services, Depends(services)]
+
+
+class SuppressionCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    email: str = Field(min_length=3, max_length=320)
+    reason: Literal["manual", "unsubscribed", "hard_bounce", "spam_complaint"] = "manual"
+
+    @field_validator("email")
+    @classmethod
+    def _valid(cls, value: str) -> str:
+        try:
+            return normalise_email(value).lower()
+        except InvalidAddress as exc:
+            raise ValueError(str(exc)) from None
+
+
+class SuppressionPage(BaseModel):
+    items: list[Suppression]
+    cursor: str | None = None
+
+
+def _encode(key: dict | None) -> str | None:
+    return base64.urlsafe_b64encode(json.dumps(key).encode()).decode() if key else None
+
+
+def _decode(cursor: str | None) -> dict | None:
+    if not cursor:
+        return None
+    try:
+        key = json.loads(base64.urlsafe_b64decode(cursor.encode()))
+    except (ValueError, UnicodeDecodeError):
+        raise HTTPException(422, "invalid cursor") from None
+    if not isinstance(key, dict) or key.get("gsi1pk", {}).get("S") != "SUPPRESSIONS":
+        raise HTTPException(422, "invalid cursor")
+    return key
+
+
+@router.get("", response_model=SuppressionPage)
+def list_suppressions(key: Admin, svc: Svc, limit: Annotated[int, Query(ge=1, le=500)] = 100,
+                      cursor: Annotated[str | None, Query(max_length=2000)] = None,
+                      search: Annotated[str | None, Query(max_length=320)] = None) -> SuppressionPage:
+    """Newest first; ``search`` filters by a part of the address (within the page read)."""
+    items, last = svc.suppressions.list(limit=limit, start=_decode(cursor))
+    if search:
+        items = [i for i in items if search.lower() in i.email]
+    return SuppressionPage(items=items, cursor=_encode(last))
+
+
+@router.get("/export.csv", response_class=StreamingResponse)
+def export_csv(key: Admin, svc: Svc) -> StreamingResponse:
+    """Every suppression as CSV (email, reason, source, created_at), streamed page by page."""
+    def rows() -> Iterator[str]:
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        writer.writerow(["email", "reason", "source", "created_at"])
+        start = None
+        while True:
+            items, start = svc.suppressions.list(limit=500, start=start)
+            for item in items:
+                writer.writerow([item.email, item.reason, item.source, item.created_at])
+            yield buffer.getvalue()
+            buffer.seek(0)
+            buffer.truncate()
+            if not start:
+                return
+
+    return StreamingResponse(rows(), media_type="text/csv",
+                             headers={"Content-Disposition": "attachment; filename=suppressions.csv"})
+
+
+@router.get("/{email}", response_model=Suppression, responses={404: {"description": "not suppressed"}})
+def get_suppression(email: str, key: Admin, svc: Svc) -> Suppression:
+    entry = svc.suppressions.get(email)
+    if entry is None:
+        raise HTTPException(404, f"{email} is not suppressed")
+    return entry
+
+
+@router.post("", status_code=201, response_model=Suppression)
+def add_suppression(body: SuppressionCreate, key: Admin, svc: Svc) -> Suppression:
+    """Suppress an address. ``manual``, ``hard_bounce`` and ``spam_complaint`` block all mail;
+    ``unsubscribed`` blocks marketing only."""
+    entry = svc.suppressions.add(body.email, reason=body.reason, source=f"api:{key.key_id}")
+    if entry.blocks_transactional:
+        svc.feedback.cancel_pending(entry.email, reason=entry.reason)
+    return entry
+
+
+@router.delete("/{email}", status_code=204, response_class=Response)
+def remove_suppression(email: str, key: Admin, svc: Svc) -> Response:
+    if not svc.suppressions.remove(email):
+        raise HTTPException(404, f"{email} is not suppressed")
+    return Response(status_code=204)

@@ -1,0 +1,260 @@
+"""Learn from every event: message status, counters, suppression and engagement, exactly once.
+
+Events arrive at least once and in any order. Each event is recorded with a conditional Put
+(``EVT#<message>`` / ``<kind>#<event id>``) in the same transaction that adds its counters, so a
+repeated event changes nothing. Events and counters live in the stats table (campaign totals
+``CAMPAIGN#<id>``/``TOTALS``, hourly buckets ``HOUR#<yyyy-mm-ddThh>``, variants ``VARIANT#<name>``,
+links ``LINK#<index>``, account-wide days ``STATS``/``DAY#<date>``), apart from the main table, so
+those transactions touch only small items. "First open" and "first click" markers ride in the same
+transaction to count unique opens and clicks exactly once. Status changes only move forward by
+rank (sent < delivered < bounced < complained), so a Delivery that arrives after its Bounce is a
+no-op. Policy actions (suppression, cancelling pending mail) are idempotent by nature.
+
+Policy (settings): a permanent bounce suppresses the address (``hard_bounce``) and cancels every
+pending message and sequence step to it; transient and undetermined bounces are counted, and
+``soft_bounce_limit`` of them within ``soft_bounce_window_days`` suppress it; a complaint
+suppresses it (``spam_complaint``); ``OnAccountSuppressionList`` suppresses it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from jetmail.campaigns.store import parse_campaign_message_id
+from jetmail.events import DeliveryEvent, EventKind
+from jetmail.messages import MessageRepository, MessageStatus
+from jetmail.storage.table import ConditionFailed, Table, to_item
+from jetmail.suppressions import SuppressionStore
+
+logger = logging.getLogger("jetmail.feedback")
+
+RANK = {MessageStatus.SENDING: 0, MessageStatus.SENT: 1, MessageStatus.DELIVERED: 2, MessageStatus.BOUNCED: 3,
+        MessageStatus.COMPLAINED: 4}
+STATUS_FOR = {EventKind.DELIVERY: MessageStatus.DELIVERED, EventKind.BOUNCE: MessageStatus.BOUNCED,
+              EventKind.COMPLAINT: MessageStatus.COMPLAINED}
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    soft_bounce_limit: int = 5
+    soft_bounce_window_days: int = 30
+    event_retention_days: int = 400
+
+
+@dataclass(slots=True)
+class Attribution:
+    message_id: str | None
+    recipient: str
+    category: str = "transactional"
+    campaign_id: str | None = None
+    variant: str | None = None
+    sent_at: str | None = None
+    transactional_record: bool = False
+
+
+def counter_names(event: DeliveryEvent) -> list[str]:
+    """The always-counted counters of an event (unique ones are added by the markers)."""
+    kind = event.kind
+    if kind == EventKind.BOUNCE:
+        return ["bounced_hard" if event.bounce_type == "Permanent" else "bounced_soft"]
+    if kind in (EventKind.OPEN, EventKind.CLICK):
+        base = kind.value
+        return [f"{base}_total", f"{base}_{'machine' if event.machine else 'human'}_total"]
+    return {EventKind.DELIVERY: ["delivered"], EventKind.COMPLAINT: ["complained"],
+            EventKind.UNSUBSCRIBE: ["unsubscribed"], EventKind.REJECT: ["rejected"],
+            EventKind.DELIVERY_DELAY: ["delayed"], EventKind.RENDERING_FAILURE: ["rendering_failed"],
+            EventKind.SEND: ["provider_accepted"]}.get(kind, [])
+
+
+class FeedbackProcessor:
+    def __init__(self, *, table: Table, stats: Table, messages: MessageRepository, suppressions: SuppressionStore,
+                 sequences: Any, contacts: Any, queue: Any, policy: Policy | None = None) -> None:
+        self.table = table
+        self.stats = stats
+        self.messages = messages
+        self.suppressions = suppressions
+        self.sequences = sequences
+        self.contacts = contacts
+        self.queue = queue
+        self.policy = policy or Policy()
+
+    # ---- attribution
+    def attribute(self, event: DeliveryEvent) -> Attribution:
+        recipient = (event.recipient or "").lower()
+        if event.message_id:
+            parsed = parse_campaign_message_id(event.message_id)
+            if parsed is not None:
+                campaign_id, run, batch, pos = parsed
+                item = self.table.get(f"CAMPAIGN#{campaign_id}", f"BATCH#{run}#{batch:06d}")
+                if item is not None:
+                    addresses = item.get("recipients") or []
+                    if not recipient and 0 <= pos < len(addresses):
+                        recipient = addresses[pos].lower()
+                    return Attribution(message_id=event.message_id, recipient=recipient, category="marketing",
+                                       campaign_id=campaign_id, variant=item.get("variant") or event.variant)
+                return Attribution(message_id=event.message_id, recipient=recipient, category="marketing",
+                                   campaign_id=campaign_id, variant=event.variant)
+            record = self.table.get(f"MSG#{event.message_id}", "MSG")
+            if record is not None:
+                return Attribution(message_id=event.message_id, recipient=recipient or record["to"].lower(),
+                                   category=record.get("category") or "transactional",
+                                   campaign_id=record.get("campaign_id"), sent_at=record.get("sent_at"),
+                                   transactional_record=True)
+        return Attribution(message_id=event.message_id, recipient=recipient, campaign_id=event.campaign_id,
+                           variant=event.variant)
+
+    # ---- processing
+    def process(self, event: DeliveryEvent) -> str:
+        who = self.attribute(event)
+        if not who.recipient:
+            logger.warning("event %s %s names no recipient and no known message; ignored", event.kind, event.event_id)
+            return "unattributed"
+        recorded = self._record(event, who)
+        if not recorded:
+            return "duplicate"
+        self._apply_status(event, who)
+        self._apply_policy(event, who)
+        return "applied"
+
+    def _record(self, event: DeliveryEvent, who: Attribution) -> bool:
+        """The event row and its counters in one transaction (in the stats table); False when the event
+        was seen before."""
+        subject = who.message_id or f"rcpt:{who.recipient}"
+        expires = int(time.time() + self.policy.event_retention_days * 86400)
+        event_row = {"pk": f"EVT#{subject}", "sk": f"{event.kind.value}#{event.event_id}",
+                     "gsi1pk": f"RCPT#{who.recipient}", "gsi1sk": f"EVT#{event.occurred_at.isoformat()}",
+                     "kind": event.kind.value, "recipient": who.recipient, "message_id": who.message_id,
+                     "campaign_id": who.campaign_id, "variant": who.variant,
+                     "occurred_at": event.occurred_at.isoformat(), "bounce_type": event.bounce_type,
+                     "bounce_subtype": event.bounce_subtype, "diagnostic": event.diagnostic,
+                     "complaint_type": event.complaint_type, "link_url": event.link_url,
+                     "link_index": event.link_index, "user_agent": event.user_agent, "country": event.country,
+                     "machine": event.machine, "source": event.source, "expires_at": expires}
+        counters = counter_names(event)
+        markers: list[str] = []
+        if event.kind in (EventKind.OPEN, EventKind.CLICK) and who.message_id:
+            markers = [f"FIRST#{event.kind.value}"] + ([] if event.machine else [f"FIRST#{event.kind.value}_human"])
+        while True:
+            unique = [m.removeprefix("FIRST#") for m in markers]
+            names = counters + [f"{u.replace('_human', '')}_{'human_' if u.endswith('_human') else ''}unique"
+                                for u in unique]
+            ops = [{"Put": {"TableName": self.stats.name, "Item": to_item(event_row),
+                            "ConditionExpression": "attribute_not_exists(pk)"}}]
+            ops += [{"Put": {"TableName": self.stats.name,
+                             "Item": to_item({"pk": f"EVT#{subject}", "sk": marker, "expires_at": expires}),
+                             "ConditionExpression": "attribute_not_exists(pk)"}} for marker in markers]
+            ops += self._counter_updates(event, who, names)
+            try:
+                self.stats.transact(ops)
+                return True
+            except ConditionFailed as exc:
+                if 0 in exc.failed or not exc.failed:
+                    return False
+                # not the first open/click of this message: count it without the unique counter(s)
+                markers = [m for i, m in enumerate(markers, start=1) if i not in exc.failed]
+
+    def _counter_updates(self, event: DeliveryEvent, who: Attribution, names: list[str]) -> list[dict[str, Any]]:
+        if not names:
+            return []
+        expression = "ADD " + ", ".join(f"#c{i} :one" for i in range(len(names)))
+        attr_names = {f"#c{i}": n for i, n in enumerate(names)}
+        keys = [("STATS", f"DAY#{event.occurred_at.astimezone(UTC).date().isoformat()}")]
+        if who.campaign_id:
+            hour = event.occurred_at.astimezone(UTC).strftime("%Y-%m-%dT%H")
+            keys += [(f"CAMPAIGN#{who.campaign_id}", "TOTALS"), (f"CAMPAIGN#{who.campaign_id}", f"HOUR#{hour}")]
+            if who.variant:
+                keys.append((f"CAMPAIGN#{who.campaign_id}", f"VARIANT#{who.variant}"))
+        ops = []
+        for pk, sk in keys:
+            extra_names = dict(attr_names)
+            extra_expression = expression
+            if sk.startswith("VARIANT#"):
+                # the A/B metric counts unique human opens and clicks
+                ab = [n for n in names if n in ("open_human_unique", "click_human_unique")]
+                if not ab:
+                    continue
+                extra_names = {f"#c{i}": ("opened" if n.startswith("open") else "clicked") for i, n in enumerate(ab)}
+                extra_expression = "ADD " + ", ".join(f"#c{i} :one" for i in range(len(ab)))
+            ops.append({"Update": {"TableName": self.stats.name, "Key": to_item({"pk": pk, "sk": sk}),
+                                   "UpdateExpression": extra_expression, "ExpressionAttributeNames": extra_names,
+                                   "ExpressionAttributeValues": to_item({":one": 1})}})
+        if event.kind == EventKind.CLICK and event.link_index is not None and who.campaign_id:
+            ops.append({"Update": {"TableName": self.stats.name,
+                                   "Key": to_item({"pk": f"CAMPAIGN#{who.campaign_id}",
+                                                   "sk": f"LINK#{event.link_index:04d}"}),
+                                   "UpdateExpression": "ADD clicks :one SET #u = :u",
+                                   "ExpressionAttributeNames": {"#u": "url"},
+                                   "ExpressionAttributeValues": to_item({":one": 1, ":u": event.link_url or ""})}})
+        return ops
+
+    def _apply_status(self, event: DeliveryEvent, who: Attribution) -> None:
+        target = STATUS_FOR.get(event.kind)
+        if target is None or not who.transactional_record or who.message_id is None:
+            return
+        lower = {s for s, r in RANK.items() if r < RANK[target]}
+        detail = event.diagnostic or event.bounce_subtype or event.complaint_type
+        try:
+            self.messages.transition(who.message_id, target, allowed_from=lower, detail=detail)
+        except ConditionFailed:
+            pass  # already at or past this status: events are unordered
+
+    def _apply_policy(self, event: DeliveryEvent, who: Attribution) -> None:
+        email = who.recipient
+        if event.kind == EventKind.BOUNCE:
+            if event.bounce_subtype == "OnAccountSuppressionList":
+                self._suppress(email, "account_suppression_list", event)
+            elif event.bounce_type == "Permanent":
+                self._suppress(email, "hard_bounce", event)
+            else:
+                self._count_soft_bounce(email, event)
+        elif event.kind == EventKind.COMPLAINT:
+            self._suppress(email, "spam_complaint", event)
+        elif event.kind == EventKind.UNSUBSCRIBE:
+            if event.list_id and self.contacts is not None:
+                from jetmail.contacts import ContactUpsert
+
+                try:
+                    self.contacts.upsert(email, ContactUpsert(lists={event.list_id: "unsubscribed"}))
+                except (LookupError, ValueError):
+                    # the list is gone: honour the wish more broadly rather than not at all
+                    self.suppressions.add(email, reason="unsubscribed", source=event.source)
+            else:
+                self.suppressions.add(email, reason="unsubscribed", source=event.source)
+        elif event.kind in (EventKind.OPEN, EventKind.CLICK) and not event.machine and self.contacts is not None:
+            self.contacts.record_engagement(email, event.kind.value, event.occurred_at)
+
+    def _suppress(self, email: str, reason: str, event: DeliveryEvent) -> None:
+        self.suppressions.add(email, reason=reason, source=event.source)  # type: ignore[arg-type]
+        cancelled = self.cancel_pending(email, reason=reason)
+        logger.info("suppressed %s (%s); cancelled %d pending message(s)", email, reason, cancelled)
+
+    def cancel_pending(self, email: str, *, reason: str) -> int:
+        """Cancel every queued or scheduled message to ``email`` (sequence steps included)."""
+        cancelled = 0
+        for item in self.table.query_all(pk=f"RCPT#{email.lower()}", sk_prefix="MSG#", index="gsi1"):
+            if item.get("status") in (MessageStatus.QUEUED, MessageStatus.SCHEDULED):
+                try:
+                    self.messages.transition(item["id"], MessageStatus.CANCELLED,
+                                             allowed_from={MessageStatus.QUEUED, MessageStatus.SCHEDULED},
+                                             detail=f"suppressed: {reason}")
+                except ConditionFailed:
+                    continue
+                self.queue.cancel(item["id"])
+                cancelled += 1
+        if self.sequences is not None:
+            self.sequences.cancel_for_recipient(email, reason=f"suppressed: {reason}")
+        return cancelled
+
+    def _count_soft_bounce(self, email: str, event: DeliveryEvent) -> None:
+        window = timedelta(days=self.policy.soft_bounce_window_days)
+        at = event.occurred_at.astimezone(UTC)
+        item = self.table.update(f"SOFT#{email}", "SOFT",
+                                 expression="SET bounces = list_append(if_not_exists(bounces, :empty), :b)",
+                                 params={":empty": [], ":b": [at.isoformat()]})
+        recent = [b for b in item.get("bounces", []) if datetime.fromisoformat(b) > at - window]
+        if len(recent) >= self.policy.soft_bounce_limit:
+            self._suppress(email, "soft_bounce_limit", event)
