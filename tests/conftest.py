@@ -16,6 +16,7 @@ from jetmail.config import Settings
 from jetmail.devstack.mailbox import Mailbox
 from jetmail.devstack.stack import LocalStack, StackState
 from jetmail.storage.table import Table
+from stacktools import make_settings, stack_env
 
 if TYPE_CHECKING:
     from jetmail.services import Services
@@ -52,20 +53,6 @@ def unique() -> str:
     return uuid.uuid4().hex[:10]
 
 
-def make_settings(stack: StackState, **overrides: object) -> Settings:
-    env = stack.env()
-    values: dict[str, object] = {
-        "nats_url": env["JETMAIL_NATS_URL"],
-        "aws_endpoint_url": env["JETMAIL_AWS_ENDPOINT_URL"],
-        "table_name": "jetmail-test",
-        "signing_secret": env["JETMAIL_SIGNING_SECRET"],
-        "smtp_host": "127.0.0.1",
-        "smtp_port": int(env["JETMAIL_SMTP_PORT"]),
-    }
-    values.update(overrides)
-    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
-
-
 @pytest.fixture(scope="session")
 def settings(stack: StackState) -> Settings:
     return make_settings(stack)
@@ -83,14 +70,6 @@ def table(settings: Settings) -> Table:
     tbl.create()
     Table(settings, name=settings.stats_table).create()
     return tbl
-
-
-def stack_env(stack: StackState, **extra: str) -> dict[str, str]:
-    """Environment for jetmail subprocesses (workers, CLI) pointed at the test stack and test table."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("JETMAIL_")}
-    env.update(stack.env())
-    env.update({"JETMAIL_TABLE_NAME": "jetmail-test", "PYTHONUNBUFFERED": "1", **extra})
-    return env
 
 
 @pytest.fixture(scope="session")
@@ -137,3 +116,5 @@ def email_worker(stack: StackState, services: Services, tmp_path_factory: pytest
     wait_until(http_ready(f"http://127.0.0.1:{port}/healthz"), timeout=30, what="email worker", proc=proc, log=log)
     yield proc
     stop_process(proc.pid)
+
+

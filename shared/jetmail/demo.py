@@ -104,6 +104,21 @@ def run(root: Path = DEFAULT_ROOT) -> None:
         status = httpx.get(f"{api}/v1/messages/{message_id}", headers={"Authorization": f"Bearer {token}"}).json()
         print(f"  GET /v1/messages/{message_id} → status {status['status']}")
 
+        step("a hard bounce: the welcome series to SES's bounce simulator address")
+        headers = {"Authorization": f"Bearer {token}"}
+        bouncer = f"bounce+{run_id}@simulator.amazonses.com"
+        enrolment = httpx.post(f"{api}/v1/sequences", headers=headers, json={
+            "sequence": "welcome", "to": bouncer, "name": "Bounce Test", "context": {
+                "login_url": "https://app.example.com/login", "dashboard_url": "https://app.example.com/",
+                "docs_url": "https://docs.example.com/", "steps": [], "tips": [],
+                "blog_url": "https://example.com/blog"}}).json()
+        print(f"  POST /v1/sequences → enrolment {enrolment['id']} with {len(enrolment['steps'])} steps")
+        entry = wait_for(lambda: services.suppressions.get(bouncer), timeout=30, what="the bounce")
+        print(f"  the simulator reported a permanent bounce → suppressed {entry.email} (reason {entry.reason})")
+        steps = httpx.get(f"{api}/v1/sequences/{enrolment['id']}", headers=headers).json()["steps"]
+        for s in steps:
+            print(f"    step {s['index'] + 1} {s['template']:<16} due {s['send_at'][:19]}  → {s['status']}")
+
         step("what the workers did with the demo jobs")
         hellos = wait_for(lambda: (lines := log_lines(root, run_id)) and
                           sum("hello, " in line for line in lines) >= 2 and lines, timeout=20, what="demo jobs")

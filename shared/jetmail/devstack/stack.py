@@ -239,7 +239,7 @@ class LocalStack:
             url = f"nats://127.0.0.1:{port}"
             ready = http_ready(f"http://127.0.0.1:{monitor}/healthz?js-enabled-only=true")
         elif name == "moto":
-            cmd = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
+            cmd = [sys.executable, "-m", "jetmail.devstack.moto_server", "-H", "127.0.0.1", "-p", str(port)]
             url = f"http://127.0.0.1:{port}"
             ready = http_ready(f"{url}/moto-api/")
         elif name == "smtp":

@@ -1,0 +1,79 @@
+"""Helpers for tests that need a stack of their own or jetmail subprocesses (imported by conftest and tests)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from jetmail.config import Settings
+from jetmail.devstack.stack import LocalStack, StackState
+
+
+def make_settings(stack: StackState, **overrides: object) -> Settings:
+    env = stack.env()
+    values: dict[str, object] = {
+        "nats_url": env["JETMAIL_NATS_URL"],
+        "aws_endpoint_url": env["JETMAIL_AWS_ENDPOINT_URL"],
+        "table_name": "jetmail-test",
+        "signing_secret": env["JETMAIL_SIGNING_SECRET"],
+        "smtp_host": "127.0.0.1",
+        "smtp_port": int(env["JETMAIL_SMTP_PORT"]),
+    }
+    values.update(overrides)
+    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+
+def stack_env(stack: StackState, **extra: str) -> dict[str, str]:
+    """Environment for jetmail subprocesses (workers, CLI) pointed at the test stack and test table."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JETMAIL_")}
+    env.update(stack.env())
+    env.update({"JETMAIL_TABLE_NAME": "jetmail-test", "PYTHONUNBUFFERED": "1", **extra})
+    return env
+
+
+class Isolated:
+    """A stack of its own (nats-server and moto; the session's SMTP sink) with services, an admin key and
+    a worker process: for test modules whose data would slow the shared emulator for everyone else."""
+
+    def __init__(self, stack: StackState, root: Path) -> None:
+        self.local = LocalStack(root)
+        own = self.local.up(["nats", "moto"])
+        self.env = {**stack_env(stack), "JETMAIL_NATS_URL": own.services["nats"].url,
+                    "JETMAIL_AWS_ENDPOINT_URL": own.services["moto"].url}
+        self.settings = make_settings(stack, nats_url=own.services["nats"].url,
+                                      aws_endpoint_url=own.services["moto"].url)
+        from jetmail.bootstrap import bootstrap
+        from jetmail.services import Services
+        from jetmail.templating import EXAMPLE_TEMPLATES_DIR, load_template_dir
+
+        list(bootstrap(self.settings, create_table=True))
+        self.services = Services(self.settings)
+        for content in load_template_dir(EXAMPLE_TEMPLATES_DIR):
+            self.services.templates.save(content)
+        _, self.token = self.services.api_keys.create("isolated", scopes=["admin"])
+        self.worker: subprocess.Popen[bytes] | None = None
+        self.root = root
+
+    def start_worker(self, *extra: str) -> None:
+        from jetmail.devstack.stack import free_port, http_ready, wait_until
+
+        port = free_port()
+        log = self.root / "worker.log"
+        with log.open("wb") as out:
+            self.worker = subprocess.Popen(
+                [sys.executable, "-m", "jetmail.cli", "worker", "email_transactional", "email_campaign",
+                 "email_ab_test", "email_maintenance", "--concurrency", "32", "--health-port", str(port), *extra],
+                env=self.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            )
+        wait_until(http_ready(f"http://127.0.0.1:{port}/healthz"), timeout=30, what="worker", proc=self.worker,
+                   log=log)
+
+    def close(self) -> None:
+        from jetmail.devstack.stack import stop_process
+
+        if self.worker is not None:
+            stop_process(self.worker.pid)
+        self.services.queue.close()
+        self.local.down()
