@@ -13,7 +13,7 @@ A/B variant counters and engagement counters live in the stats table (``jetmail.
 
 Per-recipient rows are not written for campaign mail: the plan writes one item per batch of up to
 100 addresses (25 batches per BatchWriteItem), and a campaign message id
-(``cm.<campaign>.<run>.<batch>.<pos>``) names the batch item and the position in it, so finding
+(``cm_<campaign>_<run>_<batch>_<pos>``) names the batch item and the position in it, so finding
 the recipient of a message is one GetItem; its send outcome is its claim in NATS KV
 (``campaigns.signals``) and its later events are in the stats table. A finished batch adds its
 counts to the campaign item in one conditional UpdateItem that also adds the batch's mark to the
@@ -45,14 +45,17 @@ class InvalidTransition(RuntimeError):
 
 
 def campaign_message_id(campaign_id: str, run: str, batch: int, pos: int) -> str:
-    return f"cm.{campaign_id}.{run}.{batch}.{pos}"
+    # only [A-Za-z0-9_-]: the id travels as an SES message tag, which allows nothing else
+    return f"cm_{campaign_id}_{run}_{batch}_{pos}"
 
 
 def parse_campaign_message_id(message_id: str) -> tuple[str, str, int, int] | None:
-    parts = message_id.split(".")
-    if len(parts) != 5 or parts[0] != "cm" or not parts[3].isdigit() or not parts[4].isdigit():
+    if not message_id.startswith("cm_"):
         return None
-    return parts[1], parts[2], int(parts[3]), int(parts[4])
+    parts = message_id[3:].rsplit("_", 3)
+    if len(parts) != 4 or not parts[0] or not parts[2].isdigit() or not parts[3].isdigit():
+        return None
+    return parts[0], parts[1], int(parts[2]), int(parts[3])
 
 
 class CampaignStore:

@@ -1,0 +1,24 @@
+"""SES events: SNS → Lambda records, and ``POST /sns/ses`` from an SNS HTTPS subscription.
+
+Both event sources in template.yaml point at this one function. An SNS event carries ``Records``;
+anything else is an HTTP API request, answered by the same FastAPI app as the API function (only
+the /sns/ses route is routed here). Built once per container, reused warm.
+"""
+
+from typing import Any
+
+from mangum import Mangum
+
+from jetmail.api.app import create_app
+from jetmail.config import get_settings
+from jetmail.services import Services
+
+services = Services(get_settings())
+http = Mangum(create_app(services.settings, services=services), lifespan="off")
+
+
+def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    if "Records" in event:
+        return services.ses_events.lambda_event(event).model_dump()
+    answer: dict[str, Any] = http(event, context)
+    return answer
