@@ -20,6 +20,8 @@ def make_settings(stack: StackState, **overrides: object) -> Settings:
         "signing_secret": env["JETMAIL_SIGNING_SECRET"],
         "smtp_host": "127.0.0.1",
         "smtp_port": int(env["JETMAIL_SMTP_PORT"]),
+        "rate_per_second": 0,
+        "rate_per_day": 0,
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]

@@ -16,11 +16,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from contextlib import AbstractAsyncContextManager, nullcontext
 from typing import Any
 
 from jetmail.compose import Composer, Recipient
 from jetmail.messages import FINAL_BEFORE_SEND, MessageRepository, MessageStatus, now_iso
 from jetmail.providers import OutboundMessage, PermanentDeliveryError, Provider, TemporaryDeliveryError
+from jetmail.ratelimit import RateLimiter
 from jetmail.simulator import Simulator
 from jetmail.storage.table import ConditionFailed
 from jetmail.suppressions import SuppressionStore, blocks
@@ -41,8 +43,10 @@ class DeliveryOutcome:
 
 class Deliverer:
     def __init__(self, *, messages: MessageRepository, templates: TemplateStore, composer: Composer,
-                 provider: Provider, suppressions: SuppressionStore, simulator: Simulator | None = None) -> None:
+                 provider: Provider, suppressions: SuppressionStore, simulator: Simulator | None = None,
+                 limiter: RateLimiter | None = None) -> None:
         self.suppressions = suppressions
+        self.limiter = limiter
         self.simulator = simulator
         self.messages = messages
         self.templates = templates
@@ -89,7 +93,8 @@ class Deliverer:
             tags={"message_id": message_id, "category": item.get("category") or "transactional"},
         )
         try:
-            result = await self.provider.send(outbound)
+            async with sending_slot(self.limiter, category="transactional", email=recipient.email):
+                result = await self.provider.send(outbound)
         except PermanentDeliveryError as exc:
             await self._fail(message_id, exc.reason)
             return DeliveryOutcome.FAILED
@@ -116,6 +121,13 @@ class Deliverer:
         logger.warning("message %s failed: %s", message_id, reason)
         await asyncio.to_thread(self.messages.transition, message_id, MessageStatus.FAILED,
                                 allowed_from={MessageStatus.SENDING}, detail=reason, fields={"error": reason})
+
+
+def sending_slot(limiter: RateLimiter | None, *, category: str, email: str) -> AbstractAsyncContextManager[None]:
+    """The rate limiter's slot for one send (waits for a token; reports throttling), or no limit."""
+    if limiter is None:
+        return nullcontext()
+    return limiter.sending(category=category, domain=email.rpartition("@")[2])  # type: ignore[arg-type]
 
 
 def _envelope_from(from_header: str) -> str:

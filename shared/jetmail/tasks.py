@@ -7,6 +7,8 @@ clients shared by all jobs of the process are created and closed.
 from __future__ import annotations
 
 import logging
+import os
+import socket
 from typing import Any
 
 from pydantic import BaseModel, Field
@@ -24,6 +26,7 @@ async def startup(resources: dict[str, Any]) -> None:
     from jetmail.delivery import Deliverer
     from jetmail.providers import make_provider
     from jetmail.queue import Queue
+    from jetmail.ratelimit import RateConfig, RateLimiter
     from jetmail.services import Services, queue_config
 
     services = Services(get_settings())
@@ -36,10 +39,14 @@ async def startup(resources: dict[str, Any]) -> None:
     await queue.connect()
     await ensure_buckets(queue.js, replicas=services.settings.stream_replicas)
     resources["queue"] = queue
+    limiter = RateLimiter(queue.js, RateConfig.from_settings(services.settings),
+                          worker_id=f"{socket.gethostname()}-{os.getpid()}")
+    resources["limiter"] = limiter
+    resources["deliverer"].limiter = limiter
     resources["batch_sender"] = BatchSender(
         store=services.campaign_store, templates=services.templates, composer=services.composer,
         provider=resources["provider"], board=StateBoard(queue.js), claims=Claims(queue.js),
-        suppressions=services.suppressions, simulator=services.simulator,
+        suppressions=services.suppressions, simulator=services.simulator, limiter=limiter,
     )
 
 
@@ -47,6 +54,9 @@ async def shutdown(resources: dict[str, Any]) -> None:
     provider = resources.get("provider")
     if provider is not None:
         await provider.close()
+    limiter = resources.get("limiter")
+    if limiter is not None:
+        await limiter.close()  # gives unused reserved tokens back to the shared windows
     queue = resources.get("queue")
     if queue is not None:
         await queue.close()

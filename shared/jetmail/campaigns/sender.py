@@ -21,8 +21,10 @@ from jetmail.campaigns.model import CampaignCreate, CampaignState, Variant
 from jetmail.campaigns.signals import Claims, StateBoard
 from jetmail.campaigns.store import CampaignStore, campaign_message_id
 from jetmail.compose import Composer, Recipient
+from jetmail.delivery import sending_slot
 from jetmail.mime import parse_address
 from jetmail.providers import OutboundMessage, PermanentDeliveryError, Provider, TemporaryDeliveryError
+from jetmail.ratelimit import RateLimiter
 from jetmail.simulator import Simulator
 from jetmail.suppressions import SuppressionStore
 from jetmail.template_store import TemplateNotFound, TemplateStore
@@ -57,7 +59,8 @@ class Parked(Exception):
 class BatchSender:
     def __init__(self, *, store: CampaignStore, templates: TemplateStore, composer: Composer, provider: Provider,
                  board: StateBoard, claims: Claims, suppressions: SuppressionStore, simulator: Simulator | None = None,
-                 concurrency: int = 8) -> None:
+                 limiter: RateLimiter | None = None, concurrency: int = 8) -> None:
+        self.limiter = limiter
         self.simulator = simulator
         self.store = store
         self.templates = templates
@@ -186,10 +189,11 @@ class BatchSender:
         tags = {"message_id": message_id, "category": "marketing", "campaign_id": campaign_id}
         if variant:
             tags["variant"] = variant.name
-        result = await self.provider.send(OutboundMessage(
-            mail_from=parse_address(from_addr)[1], recipients=[to.email], raw=built.data, smtputf8=built.smtputf8,
-            message_id=message_id, tags=tags,
-        ))
+        async with sending_slot(self.limiter, category="marketing", email=to.email):
+            result = await self.provider.send(OutboundMessage(
+                mail_from=parse_address(from_addr)[1], recipients=[to.email], raw=built.data,
+                smtputf8=built.smtputf8, message_id=message_id, tags=tags,
+            ))
         if self.simulator is not None and self.simulator.enabled:
             # after the batch is recorded would be more faithful; SES reports seconds later anyway
             simulated.append((to.email, parse_address(from_addr)[1], message_id, result.provider_message_id,

@@ -70,6 +70,9 @@ class StackState:
             "JETMAIL_SIGNING_SECRET": self.signing_secret,
             "JETMAIL_PROVIDER": "smtp",
             "JETMAIL_SES_SIMULATOR": "true",
+            # no provider quota on the laptop (SES's defaults apply otherwise); set these to try limits
+            "JETMAIL_RATE_PER_SECOND": "0",
+            "JETMAIL_RATE_PER_DAY": "0",
             "AWS_ACCESS_KEY_ID": "local",
             "AWS_SECRET_ACCESS_KEY": "local",
             "AWS_DEFAULT_REGION": "us-east-1",

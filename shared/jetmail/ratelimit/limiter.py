@@ -6,7 +6,9 @@ takes a batch of tokens with one CAS per window and hands them to its own sends 
 NATS again. Tokens of a window are handed out only until ``guard`` seconds before the window ends:
 a message granted in second N has that long to reach the receiver inside second N. Tokens left at
 the end of a window are abandoned (their window is over); tokens of a longer window (minute, hour,
-day) that a worker still holds are returned by ``close()``.
+day) that a worker still holds are returned by ``close()``. Sends made inside ``sending()`` that are
+still in flight at the end of a second are charged to the next second as well (see
+``_charge_carries``), and the guard widens when the event loop runs late.
 
 Shared state besides the counters, each one key: ``<provider>.aimd`` (the effective per-second rate
 after throttling) and ``<provider>.workers`` (worker id -> last seen, to size batches).
@@ -19,7 +21,7 @@ import json
 import logging
 import math
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
@@ -33,7 +35,7 @@ from nats.js.api import KeyValueConfig, StorageType
 from nats.js.kv import KeyValue
 
 from jetmail.providers.base import TemporaryDeliveryError
-from jetmail.ratelimit.config import RateConfig, normalize_domain
+from jetmail.ratelimit.config import BUCKET, RateConfig, normalize_domain
 from jetmail.ratelimit.windows import CATEGORIES, Category, Window, plan
 
 log = logging.getLogger("jetmail.ratelimit")
@@ -91,7 +93,7 @@ class _Aimd:
     throttles: int = 0
 
 
-async def ensure_bucket(js: JetStreamContext, *, bucket: str = "jetmail_ratelimit", replicas: int = 1) -> KeyValue:
+async def ensure_bucket(js: JetStreamContext, *, bucket: str = BUCKET, replicas: int = 1) -> KeyValue:
     """The counters bucket, created when missing (creating it again with the same config is a no-op)."""
     try:
         return await js.key_value(bucket)
@@ -139,6 +141,8 @@ class RateLimiter:
         self._in_flight: Counter[int] = Counter()
         self._landed: Counter[int] = Counter()
         self._carried = 0
+        self._charger: asyncio.Task[None] | None = None
+        self._lags: deque[float] = deque(maxlen=10)
 
     # ---- taking tokens
     async def acquire(self, *, category: Category, domain: str = "") -> None:
@@ -163,6 +167,8 @@ class RateLimiter:
         await self.acquire(category=category, domain=domain)
         second = math.floor(self._clock())
         self._in_flight[second] += 1
+        if self._charger is None or self._charger.done():
+            self._charger = asyncio.create_task(self._charge_carries(), name="ratelimit-carry")
         try:
             yield
         except TemporaryDeliveryError as exc:
@@ -190,6 +196,47 @@ class RateLimiter:
     def _carry(self, second: int) -> int:
         """Sends granted before ``second`` that were still in flight when it began."""
         return sum(n for granted, n in self._in_flight.items() if granted < second) + self._landed[second]
+
+    async def _charge_carries(self) -> None:
+        """While sends are in flight: in the guard at the end of each second, when this worker grants
+        nothing, charge the sends still going to the next second before any worker can take its tokens.
+        A second that began before this ran (a starved event loop) is charged as soon as it runs; how
+        late it ran widens the guard, so the charge lands in time from then on."""
+        try:
+            while self._in_flight:
+                now = self._clock()
+                upcoming = math.floor(now) + 1
+                charge_at = upcoming - self._guard()
+                if now < charge_at:
+                    await asyncio.sleep(charge_at - now)
+                current = math.floor(self._clock())
+                if self._carried < current:
+                    await self._charge(current, self._carry(current))
+                if current < upcoming:
+                    await self._charge(upcoming, sum(self._in_flight.values()))
+                self._lags.append(max(0.0, self._clock() - charge_at))
+                await asyncio.sleep(max(0.0, upcoming - self._clock()) + _EPSILON)
+        except (nats.errors.Error, RateLimitError) as exc:
+            log.warning("rate limiter: could not charge sends in flight: %s", exc or type(exc).__name__)
+
+    async def _charge(self, second: int, count: int) -> None:
+        async with self._lock:
+            await self._charge_locked(second, count)
+
+    async def _charge_locked(self, second: int, count: int) -> None:
+        if self._carried >= second:
+            return
+        self._carried = second
+        if count <= 0:
+            return
+        window = next((w for w in plan(self.config, now=second, rate=self._rate(), domain=None)
+                       if w.name == "second"), None)
+        if window is not None:
+            await self._take(window, "transactional", count)
+
+    def _guard(self) -> float:
+        """The configured guard, widened to twice the recent lateness of the carry charge (at most 0.5 s)."""
+        return min(0.5, max(self.config.guard, 2 * max(self._lags, default=0.0)))
 
     async def try_acquire(self, *, category: Category, domain: str = "") -> float:
         """Take one token and return 0, or take nothing and return the seconds until one may be free."""
@@ -226,7 +273,7 @@ class RateLimiter:
     def _local(self, windows: list[Window], category: Category, now: float) -> float | None:
         """0 when a token was taken from what this worker holds, a wait when a window is known to be
         closed for now, None when the shared counters must be asked."""
-        guard = self.config.guard
+        guard = self._guard()
         for window in windows:
             if window.end - guard <= now < window.end:
                 return _until(window.end, now)
@@ -260,11 +307,8 @@ class RateLimiter:
         self._roll(now)
         batch = self._batch_size(windows, category)
         for window in windows:
-            if window.name == "second" and self._carried != window.start:
-                self._carried = window.start
-                carry = self._carry(window.start)
-                if carry:
-                    await self._take(window, "transactional", carry)
+            if window.name == "second" and self._carried < window.start:
+                await self._charge_locked(window.start, self._carry(window.start))
             holding = self._holdings.get(window.key)
             if holding is not None and holding.usable(category) > 0:
                 continue
@@ -439,16 +483,14 @@ class RateLimiter:
                 "throttles": state.throttles,
             }
         _, workers = await self._read_json(f"{config.provider}.workers")
-        windows = plan(config, now=now, rate=self._rate(), domain=None)
-        for domain in config.domains:
-            windows.extend(w for w in plan(config, now=now, rate=None, domain=domain) if w.name.startswith("domain"))
         used: dict[str, dict[str, Any]] = {}
-        for window in windows:
-            counter = await self._read(window.key)
-            used[window.name] = {
-                "start": _iso(window.start), "limit": window.limit, "marketing_limit": window.marketing_limit,
-                "used": counter.total, "marketing_used": counter.marketing,
-            }
+        for window in plan(config, now=now, rate=self._rate(), domain=None):
+            used[window.name] = await self._usage(window)
+        domains: dict[str, dict[str, Any]] = {}
+        for domain in config.domains:
+            for window in plan(config, now=now, rate=None, domain=domain):
+                if window.name.startswith("domain"):
+                    domains[domain] = await self._usage(window)
         warmup = config.warmup(now)
         day = used.get("day")
         out: dict[str, Any] = {
@@ -461,7 +503,9 @@ class RateLimiter:
                 "domains_per_minute": dict(config.domains), "transactional_share": config.transactional_share,
             },
             "throttling": throttling,
+            "guard_s": round(self._guard(), 3),
             "windows": used,
+            "domains": domains,
             "warmup": None if config.warmup_start is None else {
                 "start": config.warmup_start.isoformat(),
                 "day": warmup[0] if warmup else None,
@@ -474,9 +518,17 @@ class RateLimiter:
             out.update(extra)
         return out
 
+    async def _usage(self, window: Window) -> dict[str, Any]:
+        counter = await self._read(window.key)
+        return {"start": _iso(window.start), "limit": window.limit, "marketing_limit": window.marketing_limit,
+                "used": counter.total, "marketing_used": counter.marketing}
+
     async def close(self) -> None:
         """Give back the unused tokens of windows that still have more than a second to run, and leave the
         worker count. Tokens of a dead worker are simply lost for the rest of their window."""
+        if self._charger is not None:
+            self._charger.cancel()
+            self._charger = None
         async with self._lock:
             now = self._clock()
             holdings, self._holdings = self._holdings, {}
