@@ -27,6 +27,12 @@ def bootstrap(settings: Settings, *, create_table: bool | None = None) -> Iterat
 
     ensure_streams(queue_config(settings), list(STANDARD_QUEUES))
     yield f"streams {settings.jobs_stream}/{settings.dlq_stream} and consumers for {', '.join(STANDARD_QUEUES)}: ready"
+    from jetmail.campaigns.signals import ensure_buckets
+    from jetmail.queue import SyncClient
+
+    with SyncClient(queue_config(settings)) as client:
+        client.run(lambda q: ensure_buckets(q.js, replicas=settings.stream_replicas))
+    yield "KV buckets for campaign state and claims: ready"
     if settings.provider == "ses" and settings.aws_endpoint_url:
         from jetmail.aws import aws_client
         from jetmail.mime import parse_address

@@ -20,6 +20,7 @@ import click
 from jetmail.commands.campaigns import campaign, scheduler
 from jetmail.commands.contacts import contacts, lists
 from jetmail.commands.keys import keys
+from jetmail.commands.sending import sending
 from jetmail.commands.suppressions import suppressions
 from jetmail.commands.templates import templates
 from jetmail.config import ConfigError, get_settings
@@ -98,6 +99,7 @@ def main() -> None:
 
 main.add_command(dev)
 main.add_command(keys)
+main.add_command(sending)
 main.add_command(suppressions)
 main.add_command(campaign)
 main.add_command(scheduler)

@@ -106,6 +106,9 @@ class Settings(BaseSettings):
     # policy retries for longer than an hour.
     sns_max_age_s: float = Field(default=3600.0, gt=0)
 
+    # --- reputation alerts (an SNS topic; unset: the log only)
+    alerts_topic_arn: str | None = None
+
     # --- deliverability policy and retention
     soft_bounce_limit: int = Field(default=5, ge=1)
     soft_bounce_window_days: int = Field(default=30, ge=1)

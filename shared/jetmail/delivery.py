@@ -23,6 +23,7 @@ from jetmail.compose import Composer, Recipient
 from jetmail.messages import FINAL_BEFORE_SEND, MessageRepository, MessageStatus, now_iso
 from jetmail.providers import OutboundMessage, PermanentDeliveryError, Provider, TemporaryDeliveryError
 from jetmail.ratelimit import RateLimiter
+from jetmail.reputation import count_sent
 from jetmail.simulator import Simulator
 from jetmail.storage.table import ConditionFailed
 from jetmail.suppressions import SuppressionStore, blocks
@@ -44,9 +45,10 @@ class DeliveryOutcome:
 class Deliverer:
     def __init__(self, *, messages: MessageRepository, templates: TemplateStore, composer: Composer,
                  provider: Provider, suppressions: SuppressionStore, simulator: Simulator | None = None,
-                 limiter: RateLimiter | None = None) -> None:
+                 limiter: RateLimiter | None = None, js: Any = None) -> None:
         self.suppressions = suppressions
         self.limiter = limiter
+        self.js = js
         self.simulator = simulator
         self.messages = messages
         self.templates = templates
@@ -111,6 +113,8 @@ class Deliverer:
             fields["provider_message_id"] = result.provider_message_id
         await asyncio.to_thread(self.messages.transition, message_id, MessageStatus.SENT,
                                 allowed_from={MessageStatus.SENDING}, fields=fields)
+        if self.js is not None:
+            await count_sent(self.js, 1)
         if self.simulator is not None and self.simulator.enabled:
             await asyncio.to_thread(self.simulator.after_send, recipient=recipient.email, source=outbound.mail_from,
                                     message_id=message_id, provider_message_id=result.provider_message_id,

@@ -162,7 +162,8 @@ class FeedbackProcessor:
             return []
         expression = "ADD " + ", ".join(f"#c{i} :one" for i in range(len(names)))
         attr_names = {f"#c{i}": n for i, n in enumerate(names)}
-        keys = [("STATS", f"DAY#{event.occurred_at.astimezone(UTC).date().isoformat()}")]
+        keys = [("STATS", f"DAY#{event.occurred_at.astimezone(UTC).date().isoformat()}"),
+                ("STATS", f"HOUR#{event.occurred_at.astimezone(UTC).strftime('%Y-%m-%dT%H')}")]
         if who.campaign_id:
             hour = event.occurred_at.astimezone(UTC).strftime("%Y-%m-%dT%H")
             keys += [(f"CAMPAIGN#{who.campaign_id}", "TOTALS"), (f"CAMPAIGN#{who.campaign_id}", f"HOUR#{hour}")]

@@ -1,6 +1,7 @@
 """The scheduler tick: what EventBridge runs every minute and `jetmail scheduler` runs locally.
 
-It starts campaigns whose time has come (native JetStream schedules normally start them first;
+It runs the sender-reputation monitor (``jetmail.reputation``), starts campaigns whose time has
+come (native JetStream schedules normally start them first;
 this is the safety net, and the conditional state change makes the second start a no-op), decides
 A/B tests whose duration is over, and marks campaigns whose batches have all reported as sent.
 """
@@ -29,7 +30,12 @@ def tick(services: Services, now: datetime | None = None) -> dict[str, Any]:
             decided[item["id"]] = outcome
         if campaigns.finish_if_done(item["id"]):
             finished.append(item["id"])
-    summary = {"at": now.isoformat(), "started": started, "ab_decided": decided, "finished": finished}
-    if started or decided or finished:
+    from jetmail.reputation import ReputationMonitor
+
+    monitor = ReputationMonitor(services)
+    reputation = services.queue.run(lambda q: monitor.check(q.js, now))
+    summary = {"at": now.isoformat(), "started": started, "ab_decided": decided, "finished": finished,
+               "reputation_actions": reputation["actions"]}
+    if started or decided or finished or reputation["actions"]:
         logger.info("tick: %s", summary)
     return summary

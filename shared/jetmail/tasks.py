@@ -43,6 +43,7 @@ async def startup(resources: dict[str, Any]) -> None:
                           worker_id=f"{socket.gethostname()}-{os.getpid()}")
     resources["limiter"] = limiter
     resources["deliverer"].limiter = limiter
+    resources["deliverer"].js = queue.js
     resources["batch_sender"] = BatchSender(
         store=services.campaign_store, templates=services.templates, composer=services.composer,
         provider=resources["provider"], board=StateBoard(queue.js), claims=Claims(queue.js),
@@ -101,3 +102,18 @@ async def demo_fail(job: DemoFail, ctx: JobContext) -> None:
 
 # the campaign tasks register themselves on import
 from jetmail.campaigns import jobs as _campaign_jobs  # noqa: E402, F401
+
+
+class ListReview(BaseModel):
+    inactive_days: int = Field(default=180, ge=1)
+    soft_bounces: int = Field(default=2, ge=1)
+
+
+@task("list_review", model=ListReview)
+def list_review(job: ListReview, ctx: JobContext) -> None:
+    """Flag contacts with repeated soft bounces or no engagement for a while (attribute ``review``)."""
+    from jetmail.reputation import review_contacts
+
+    flagged = review_contacts(ctx.resources["services"], inactive_days=job.inactive_days,
+                              soft_bounces=job.soft_bounces)
+    log.info("list review flagged %d contact(s)", flagged)

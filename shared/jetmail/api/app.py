@@ -4,7 +4,18 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from jetmail.api import campaigns, contacts, errors, messages, sequences, sns, suppressions, templates, tracking
+from jetmail.api import (
+    campaigns,
+    contacts,
+    errors,
+    messages,
+    sending,
+    sequences,
+    sns,
+    suppressions,
+    templates,
+    tracking,
+)
 from jetmail.api.limits import BodySizeLimit
 from jetmail.config import Settings, get_settings
 from jetmail.services import Services
@@ -34,5 +45,6 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
     app.include_router(campaigns.router)
     app.include_router(tracking.router)
     app.include_router(suppressions.router)
+    app.include_router(sending.router)
     app.include_router(contacts.router)
     return app

@@ -25,6 +25,7 @@ from jetmail.delivery import sending_slot
 from jetmail.mime import parse_address
 from jetmail.providers import OutboundMessage, PermanentDeliveryError, Provider, TemporaryDeliveryError
 from jetmail.ratelimit import RateLimiter
+from jetmail.reputation import count_sent
 from jetmail.simulator import Simulator
 from jetmail.suppressions import SuppressionStore
 from jetmail.template_store import TemplateNotFound, TemplateStore
@@ -80,6 +81,8 @@ class BatchSender:
         return self._definitions[campaign_id]
 
     async def state(self, campaign_id: str) -> str | None:
+        if await self.board.marketing_stopped():
+            return CampaignState.PAUSED  # the reputation monitor stopped marketing: park like a pause
         state = await self.board.state(campaign_id)
         if state is None:  # not mirrored yet (or the KV copy was lost): ask the source of truth
             state = (await asyncio.to_thread(self.store.get, campaign_id))["state"]
@@ -155,6 +158,8 @@ class BatchSender:
                                            counts=tally.counts, variant=job.variant)
         if not recorded:
             logger.info("batch %s/%s/%s was already recorded", job.campaign_id, job.run, job.batch)
+        else:
+            await count_sent(self.board.js, tally.counts["sent"])
         await self._simulate(simulated)
         return tally.counts
 

@@ -50,6 +50,18 @@ class StateBoard:
         self._cache: dict[str, tuple[float, str | None]] = {}
         self._kv: Any = None
 
+    async def marketing_stopped(self) -> bool:
+        """Whether the reputation monitor has stopped all marketing (re-read at most every ``ttl``)."""
+        from jetmail.reputation import read_state
+
+        hit = self._cache.get("\x00reputation")
+        now = time.monotonic()
+        if hit and now - hit[0] < self.ttl:
+            return hit[1] == "stopped"
+        stopped = bool((await read_state(self.js)).get("marketing_stopped"))
+        self._cache["\x00reputation"] = (now, "stopped" if stopped else None)
+        return stopped
+
     async def state(self, campaign_id: str) -> str | None:
         hit = self._cache.get(campaign_id)
         now = time.monotonic()

@@ -1,0 +1,40 @@
+"""What the sending side looks like right now, and the operator's resume."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from jetmail.campaigns.model import CampaignState
+from jetmail.ratelimit import RateConfig, RateLimiter
+from jetmail.reputation import ReputationMonitor, read_state, resume_marketing, window_figures
+from jetmail.services import Services
+
+QUEUES = ("email_transactional", "email_campaign", "email_ab_test", "email_maintenance")
+
+
+def status(services: Services) -> dict[str, Any]:
+    """Limits, tokens used per window, throttling, warm-up, reputation figures and any stop."""
+    monitor = ReputationMonitor(services)
+
+    async def gather(q: Any) -> dict[str, Any]:
+        limiter = RateLimiter(q.js, RateConfig.from_settings(services.settings), worker_id="status")
+        try:
+            limits = await limiter.status()
+        finally:
+            await limiter.close()
+        figures = await window_figures(q.js, services.stats_table, datetime.now(UTC), monitor.thresholds)
+        return {"limiter": limits, "reputation": figures, "stops": await read_state(q.js)}
+
+    result = services.queue.run(gather)
+    result["queues"] = {name: services.queue.pending(name) for name in QUEUES}
+    result["marketing_stopped"] = bool(result["stops"].get("marketing_stopped"))
+    return result
+
+
+def resume(services: Services) -> dict[str, Any]:
+    """Clear the reputation stops and send the batches they parked."""
+    cleared = services.queue.run(lambda q: resume_marketing(q.js))
+    requeued = sum(services.campaigns.requeue_parked(item["id"])
+                   for item in services.campaign_store.in_state(CampaignState.SENDING))
+    return {"cleared": sorted(cleared), "requeued_batches": requeued}
