@@ -10,8 +10,10 @@ exactly-once counters and claims rely on.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import threading
+from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -20,11 +22,22 @@ from werkzeug.serving import run_simple
 
 
 class Serialized:
+    """Applies one request at a time, and counts DynamoDB requests by operation for the cost
+    benchmarks (``GET /_jetmail/requests``)."""
+
     def __init__(self, app: Callable[..., Iterable[bytes]]) -> None:
         self.app = app
         self.lock = threading.Lock()
+        self.counts: Counter[str] = Counter()
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        if environ.get("PATH_INFO") == "/_jetmail/requests":
+            body = json.dumps(dict(self.counts)).encode()
+            start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+            return [body]
+        target = environ.get("HTTP_X_AMZ_TARGET", "")
+        if target.startswith("DynamoDB_"):
+            self.counts[target.split(".", 1)[-1]] += 1
         with self.lock:
             return list(self.app(environ, start_response))
 

@@ -39,6 +39,7 @@ class Service:
     port: int
     url: str
     log: str
+    monitor_port: int = 0  # nats-server's monitoring endpoint (varz, healthz)
 
 
 @dataclass
@@ -274,7 +275,8 @@ class LocalStack:
             proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env,
                                     start_new_session=True, stdin=subprocess.DEVNULL)
         wait_until(ready, timeout=timeout, what=name, proc=proc, log=log)
-        return Service(name=name, pid=proc.pid, port=port, url=url, log=str(log))
+        return Service(name=name, pid=proc.pid, port=port, url=url, log=str(log),
+                       monitor_port=monitor if name == "nats" else 0)
 
 
 def stop_process(pid: int, *, timeout: float = 15.0) -> bool:
