@@ -31,7 +31,7 @@ lint: setup
 	$(BIN)/cfn-lint template.yaml
 
 bench: setup ## print throughput and latency figures (not a test)
-	for b in bench/bench_*.py; do $(BIN)/python $$b || exit 1; done
+	$(BIN)/python bench/run.py
 
 faults: setup ## fault injection: prints lost / duplicated counts
 	$(BIN)/pytest -q -m slow -s
