@@ -72,6 +72,7 @@ class BatchSender:
         self.suppressions = suppressions
         self.concurrency = concurrency
         self._definitions: dict[str, CampaignCreate] = {}
+        self._versions: dict[tuple[str, str, str | None], TemplateVersion] = {}
 
     async def _definition(self, campaign_id: str) -> CampaignCreate:
         # a campaign's definition never changes once it sends: cache it for the life of the process
@@ -79,6 +80,14 @@ class BatchSender:
             item = await asyncio.to_thread(self.store.get, campaign_id, consistent=False)
             self._definitions[campaign_id] = self.store.definition(item)
         return self._definitions[campaign_id]
+
+    async def _version(self, campaign_id: str, template: str, locale: str | None) -> TemplateVersion:
+        # a campaign sends the template version it first resolved, whatever is saved meanwhile: one
+        # read per (campaign, template, locale) per process, not one per recipient
+        key = (campaign_id, template, locale)
+        if key not in self._versions:
+            self._versions[key] = await asyncio.to_thread(self.templates.resolve, template, locale)
+        return self._versions[key]
 
     async def state(self, campaign_id: str) -> str | None:
         if await self.board.marketing_stopped():
@@ -174,7 +183,7 @@ class BatchSender:
     async def _send(self, campaign: CampaignCreate, variant: Variant | None, recipient: dict[str, Any],
                     message_id: str, campaign_id: str, simulated: list[tuple[Any, ...]]) -> str | None:
         template_name = (variant.template if variant and variant.template else None) or campaign.template
-        version = await asyncio.to_thread(self.templates.resolve, template_name, recipient.get("l"))
+        version = await self._version(campaign_id, template_name, recipient.get("l"))
         subject = (variant.subject if variant and variant.subject else None) or campaign.subject
         if subject:
             version = _with_subject(version, subject, variant.name if variant else "campaign")
