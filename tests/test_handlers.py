@@ -86,3 +86,25 @@ def test_api_handler_refuses_the_sample_event_without_a_real_key(lambda_env: Non
     handler = load_handler("api").handler
     resp = handler(event("api_send_message.json"), LambdaContext())
     assert resp["statusCode"] == 401
+
+
+def test_scheduler_handler_runs_the_tick_for_the_sample_event(lambda_env: None, services: Services) -> None:
+    # GIVEN a campaign due in the past that nothing has started yet
+    from datetime import UTC, datetime, timedelta
+
+    from jetmail.campaigns.model import AudienceSource, CampaignCreate, ScheduleRequest
+
+    lst = services.contacts.create_list("handler-tick")
+    campaign = services.campaigns.create(CampaignCreate(name="due", template="welcome",
+                                                        audience=[AudienceSource(list_id=lst.id)]))
+    services.campaigns.schedule(campaign.id, ScheduleRequest(at=datetime.now(UTC) + timedelta(hours=1)))
+    # WHEN EventBridge's tick arrives (its time two hours ahead), twice in a row on a warm container
+    handler = load_handler("scheduler").handler
+    later = (datetime.now(UTC) + timedelta(hours=2)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    tick_event = event("scheduler_tick.json")
+    tick_event["time"] = later
+    first = handler(tick_event, LambdaContext())
+    second = handler(tick_event, LambdaContext())
+    # THEN the campaign was started once
+    assert campaign.id in first["started"] and campaign.id not in second["started"]
+    assert services.campaigns.get(campaign.id).state == "sending"
