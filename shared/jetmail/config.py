@@ -106,6 +106,9 @@ class Settings(BaseSettings):
     # policy retries for longer than an hour.
     sns_max_age_s: float = Field(default=3600.0, gt=0)
 
+    # --- CloudWatch metrics from the scheduler tick (QueueLag drives the worker autoscaling)
+    metrics_enabled: bool = False
+
     # --- reputation alerts (an SNS topic; unset: the log only)
     alerts_topic_arn: str | None = None
 

@@ -34,8 +34,10 @@ def tick(services: Services, now: datetime | None = None) -> dict[str, Any]:
 
     monitor = ReputationMonitor(services)
     reputation = services.queue.run(lambda q: monitor.check(q.js, now))
+    from jetmail.metrics import publish_queue_lag
+
     summary = {"at": now.isoformat(), "started": started, "ab_decided": decided, "finished": finished,
-               "reputation_actions": reputation["actions"]}
+               "reputation_actions": reputation["actions"], "queue_lag_s": publish_queue_lag(services)}
     if started or decided or finished or reputation["actions"]:
         logger.info("tick: %s", summary)
     return summary
