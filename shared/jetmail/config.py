@@ -34,6 +34,8 @@ class Settings(BaseSettings):
     # --- NATS / job layer
     nats_url: str = "nats://127.0.0.1:4222"
     nats_creds_file: str | None = None
+    nats_user: str | None = None
+    nats_password: SecretStr | None = None
     stream_replicas: int = Field(default=1, ge=1, le=5)
     jobs_stream: str = "JOBS"
     dlq_stream: str = "JOBS_DLQ"
@@ -164,13 +166,55 @@ class Settings(BaseSettings):
         return self.stats_table_name or f"{self.table_name}-stats"
 
 
+# In Lambda, secrets arrive as Secrets Manager ARNs, never as values in the environment: each
+# ``JETMAIL_<NAME>_ARN`` is read once at cold start. A JSON secret fills several settings by key.
+SECRET_ARNS = {
+    "JETMAIL_SIGNING_SECRET_ARN": {None: "signing_secret"},
+    "JETMAIL_NATS_CREDENTIALS_SECRET_ARN": {"user": "nats_user", "password": "nats_password"},
+    "JETMAIL_SMTP_CREDENTIALS_SECRET_ARN": {"username": "smtp_username", "password": "smtp_password"},
+}
+
+
+def secrets_from_arns(environ: dict[str, str]) -> dict[str, str]:
+    import json
+
+    values: dict[str, str] = {}
+    wanted = {env: fields for env, fields in SECRET_ARNS.items() if environ.get(env)}
+    if not wanted:
+        return values
+    import boto3
+
+    client = boto3.client("secretsmanager", region_name=environ.get("JETMAIL_AWS_REGION")
+                          or environ.get("AWS_REGION") or "us-east-1")
+    for env, fields in wanted.items():
+        secret = client.get_secret_value(SecretId=environ[env])["SecretString"]
+        if None in fields:
+            values[fields[None]] = secret
+            continue
+        data = json.loads(secret)
+        for key, field_name in fields.items():
+            if key in data:
+                values[field_name] = str(data[key])
+    return values
+
+
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
     """The process-wide settings; a missing required value fails here with a clear message."""
+    import os
+
     try:
-        return Settings()  # type: ignore[call-arg]
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"JETMAIL_{'_'.join(str(p) for p in err['loc']).upper()}: {err['msg']}" for err in exc.errors()
-        )
-        raise ConfigError(f"invalid settings: {problems}") from None
+        overrides = {k: v for k, v in secrets_from_arns(dict(os.environ)).items()
+                     if not os.environ.get(f"JETMAIL_{k.upper()}")}
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except Exception as exc:
+        if isinstance(exc, ValidationError):
+            raise _invalid(exc) from None
+        raise ConfigError(f"cannot read a secret named by a JETMAIL_*_ARN setting: {exc}") from None
+
+
+def _invalid(exc: ValidationError) -> ConfigError:
+    problems = "; ".join(
+        f"JETMAIL_{'_'.join(str(p) for p in err['loc']).upper()}: {err['msg']}" for err in exc.errors()
+    )
+    return ConfigError(f"invalid settings: {problems}")

@@ -39,6 +39,8 @@ def queue_config(settings: Settings) -> QueueConfig:
     return QueueConfig(
         nats_url=settings.nats_url,
         creds_file=settings.nats_creds_file,
+        user=settings.nats_user,
+        password=settings.nats_password.get_secret_value() if settings.nats_password else None,
         stream=settings.jobs_stream,
         dlq_stream=settings.dlq_stream,
         replicas=settings.stream_replicas,

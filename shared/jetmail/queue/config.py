@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9_-]+$")
 
@@ -17,6 +17,8 @@ class QueueConfig:
 
     nats_url: str
     creds_file: str | None = None
+    user: str | None = None
+    password: str | None = field(default=None, repr=False)
     stream: str = "JOBS"
     dlq_stream: str = "JOBS_DLQ"
     replicas: int = 1

@@ -50,6 +50,9 @@ async def connect_nats(config: QueueConfig, *, name: str | None = None) -> NATS:
     }
     if config.creds_file:
         options["user_credentials"] = config.creds_file
+    elif config.user:
+        options["user"] = config.user
+        options["password"] = config.password or ""
     try:
         nc = await asyncio.wait_for(nats.connect(**options), timeout=config.connect_timeout + 1)
     except TimeoutError:
