@@ -39,7 +39,14 @@ async def startup(resources: dict[str, Any]) -> None:
     await queue.connect()
     await ensure_buckets(queue.js, replicas=services.settings.stream_replicas)
     resources["queue"] = queue
-    limiter = RateLimiter(queue.js, RateConfig.from_settings(services.settings),
+    limits = None
+    if services.settings.provider == "ses" and services.settings.aws_endpoint_url is None:
+        # on SES the account's own quota is the limit (moto has no GetAccount: settings apply locally)
+        from jetmail.aws import aws_client
+        from jetmail.ratelimit import limits_from_ses
+
+        limits = limits_from_ses(aws_client("sesv2", services.settings))
+    limiter = RateLimiter(queue.js, RateConfig.from_settings(services.settings, limits=limits),
                           worker_id=f"{socket.gethostname()}-{os.getpid()}")
     resources["limiter"] = limiter
     resources["deliverer"].limiter = limiter
