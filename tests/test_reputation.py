@@ -61,7 +61,7 @@ def test_each_threshold_acts_once_and_resume_clears(isolated: Isolated) -> None:
     # delivery under 95 % enqueues one list review
     add_events(isolated, bounced_hard=0)
     resumed = client.post("/v1/sending/resume").json()
-    assert resumed["cleared"] == ["campaigns_paused", "marketing_stopped", "rate_halved"]
+    assert {"campaigns_paused", "marketing_stopped", "rate_halved"} <= set(resumed["cleared"])
     assert client.get("/v1/sending/status").json()["marketing_stopped"] is False
 
 
@@ -75,3 +75,23 @@ def test_low_delivery_rate_enqueues_one_list_review(isolated: Isolated) -> None:
     assert "list_review" not in tick(services)["reputation_actions"]
     after = services.queue.pending("email_maintenance")
     assert sum(after.values()) == sum(before.values()) + 1
+
+
+def test_a_campaign_past_the_thresholds_is_paused_on_its_own(isolated: Isolated) -> None:
+    services = isolated.services
+    client = TestClient(create_app(isolated.settings, services=services),
+                        headers={"Authorization": f"Bearer {isolated.token}"})
+    list_id = client.post("/v1/lists", json={"name": "rep-campaign"}).json()["id"]
+    campaign = client.post("/v1/campaigns", json={
+        "name": "bouncy", "template": "getting_started", "audience": [{"list_id": list_id}],
+        "context": {"steps": [], "dashboard_url": "https://a.example.com/", "docs_url": "https://d.example.com/"},
+    }).json()["id"]
+    client.post(f"/v1/campaigns/{campaign}/send")
+    # GIVEN 600 of its sends recorded and 80 hard bounces (13 %) while the account looks healthy
+    services.campaign_store.finish_batch(campaign, run="main", batch=1, counts={"sent": 600})
+    services.stats_table.update(f"CAMPAIGN#{campaign}", "TOTALS", expression="ADD bounced_hard :n",
+                                params={":n": 80})
+    result = tick(services)
+    assert "campaign_paused" in result["reputation_actions"]
+    assert client.get(f"/v1/campaigns/{campaign}").json()["state"] == "paused"
+    assert "campaign_paused" not in tick(services)["reputation_actions"]

@@ -1,6 +1,7 @@
 """Sender-reputation monitor: stop ourselves before the provider has to.
 
-Runs on the scheduler tick over a rolling window (default the last 24 h, whole hours): permanent
+Runs on the scheduler tick, for the account and for each running campaign, over a rolling
+window (default the last 24 h, whole hours): permanent
 bounces / sent and complaints / sent, from the hourly account-wide counters (events in the stats
 table ``STATS``/``HOUR#…``, sends in NATS KV ``sent.<hour>`` — counted once per batch or message,
 so they cost no DynamoDB request). Each threshold action fires once per episode and is remembered
@@ -11,7 +12,9 @@ in KV until the rates are healthy again or an operator resumes:
 * bounce rate > 10 % or complaint rate > 0.5 %: stop all marketing sending until
   ``jetmail sending resume`` (batches park as for a pause);
 * delivery rate < 95 % (when delivery events are reported): enqueue a list review that flags
-  contacts with repeated soft bounces or no engagement in 180 days.
+  contacts with repeated soft bounces or no engagement in 180 days;
+* a running campaign whose own bounce rate > 10 % or complaint rate > 0.5 % (over its sends, at
+  least the minimum sample) is paused on its own.
 
 Alerts go to the alerts SNS topic (``JETMAIL_ALERTS_TOPIC_ARN``) and the log.
 """
@@ -164,10 +167,39 @@ class ReputationMonitor:
                 actions.append("list_review")
             if bounce <= t.bounce_slow and state.get("rate_halved"):
                 state.pop("rate_halved")  # healthy again: a later spike may halve once more
+        figures["campaigns"], paused_campaigns = await self._campaigns(state)
+        if paused_campaigns:
+            state.setdefault("campaign_pauses", []).extend(paused_campaigns)
+            actions.append("campaign_paused")
         if actions:
             await write_state(js, state)
             await asyncio.to_thread(self.alert, actions, figures)
         return {"figures": figures, "actions": actions, "state": state}
+
+    async def _campaigns(self, state: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+        """Per running campaign: its bounce and complaint rates; a campaign past the stop thresholds
+        is paused on its own (once), even when the account as a whole looks healthy."""
+        from jetmail.campaigns.model import CampaignState
+
+        t = self.thresholds
+        figures: dict[str, Any] = {}
+        paused: list[str] = []
+        running = await asyncio.to_thread(self.services.campaign_store.in_state, CampaignState.SENDING)
+        for item in running:
+            totals = await asyncio.to_thread(self.services.stats_table.get, f"CAMPAIGN#{item['id']}", "TOTALS") or {}
+            sent = int(item.get("sent", 0))
+            bounce = int(totals.get("bounced_hard", 0)) / sent if sent else 0.0
+            complaint = int(totals.get("complained", 0)) / sent if sent else 0.0
+            figures[item["id"]] = {"sent": sent, "bounce_rate": bounce, "complaint_rate": complaint}
+            if sent >= t.min_sample and (bounce > t.bounce_stop or complaint > t.complaint_stop) \
+                    and item["id"] not in state.get("campaign_pauses", []):
+                try:
+                    await asyncio.to_thread(self.services.campaigns.pause, item["id"])
+                except (LookupError, RuntimeError) as exc:
+                    logger.warning("could not pause %s: %s", item["id"], exc)
+                    continue
+                paused.append(item["id"])
+        return figures, paused
 
     def alert(self, actions: list[str], figures: dict[str, Any]) -> None:
         message = f"jetmail reputation: {', '.join(actions)} (bounce {figures['bounce_rate']:.2%}, " \
@@ -185,7 +217,8 @@ class ReputationMonitor:
 async def resume_marketing(js: Any) -> dict[str, Any]:
     """The operator's ``jetmail sending resume``: clear every stop so the next spike acts again."""
     state = await read_state(js)
-    cleared = {k: state.pop(k) for k in ("marketing_stopped", "campaigns_paused", "rate_halved") if k in state}
+    cleared = {k: state.pop(k) for k in ("marketing_stopped", "campaigns_paused", "rate_halved", "campaign_pauses")
+               if k in state}
     await write_state(js, state)
     return cleared
 
