@@ -107,4 +107,5 @@ def test_scheduler_handler_runs_the_tick_for_the_sample_event(lambda_env: None, 
     second = handler(tick_event, LambdaContext())
     # THEN the campaign was started once
     assert campaign.id in first["started"] and campaign.id not in second["started"]
-    assert services.campaigns.get(campaign.id).state == "sending"
+    # (an empty audience may already have finished by the time we look)
+    assert services.campaigns.get(campaign.id).state in ("sending", "sent")
