@@ -39,13 +39,13 @@ class Isolated:
     """A stack of its own (nats-server and moto; the session's SMTP sink) with services, an admin key and
     a worker process: for test modules whose data would slow the shared emulator for everyone else."""
 
-    def __init__(self, stack: StackState, root: Path) -> None:
+    def __init__(self, stack: StackState, root: Path, **overrides: object) -> None:
         self.local = LocalStack(root)
         own = self.local.up(["nats", "moto"])
         self.env = {**stack_env(stack), "JETMAIL_NATS_URL": own.services["nats"].url,
                     "JETMAIL_AWS_ENDPOINT_URL": own.services["moto"].url}
         self.settings = make_settings(stack, nats_url=own.services["nats"].url,
-                                      aws_endpoint_url=own.services["moto"].url)
+                                      aws_endpoint_url=own.services["moto"].url, **overrides)
         from jetmail.bootstrap import bootstrap
         from jetmail.services import Services
         from jetmail.templating import EXAMPLE_TEMPLATES_DIR, load_template_dir

@@ -9,18 +9,37 @@ import pytest
 from fastapi.testclient import TestClient
 
 from jetmail.api.app import create_app
+from jetmail.aws import aws_client
 from jetmail.devstack.stack import StackState
 from jetmail.reputation import count_sent
 from jetmail.scheduler import tick
 from stacktools import Isolated
 
+ALERTS_TOPIC = "arn:aws:sns:us-east-1:123456789012:jetmail-alerts"
+
 
 @pytest.fixture(scope="module")
 def isolated(stack: StackState, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Isolated]:
     # the monitor stops marketing for the whole account: it gets an account of its own
-    own = Isolated(stack, tmp_path_factory.mktemp("reputation"))
+    own = Isolated(stack, tmp_path_factory.mktemp("reputation"), alerts_topic_arn=ALERTS_TOPIC)
+    sns, sqs = aws_client("sns", own.settings), aws_client("sqs", own.settings)
+    assert sns.create_topic(Name="jetmail-alerts")["TopicArn"] == ALERTS_TOPIC
+    queue_url = sqs.create_queue(QueueName="alerts-inbox")["QueueUrl"]
+    queue_arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    sns.subscribe(TopicArn=ALERTS_TOPIC, Protocol="sqs", Endpoint=queue_arn,
+                  Attributes={"RawMessageDelivery": "true"})
+    own.alerts_inbox = queue_url  # type: ignore[attr-defined]
     yield own
     own.close()
+
+
+def alerts(own: Isolated) -> list[str]:
+    """What reached the alerts topic's subscriber since the last call."""
+    sqs = aws_client("sqs", own.settings)
+    got = sqs.receive_message(QueueUrl=own.alerts_inbox, MaxNumberOfMessages=10)  # type: ignore[attr-defined]
+    for message in got.get("Messages", []):
+        sqs.delete_message(QueueUrl=own.alerts_inbox, ReceiptHandle=message["ReceiptHandle"])  # type: ignore[attr-defined]
+    return [m["Body"] for m in got.get("Messages", [])]
 
 
 def add_events(own: Isolated, **counts: int) -> None:
@@ -46,7 +65,11 @@ def test_each_threshold_acts_once_and_resume_clears(isolated: Isolated) -> None:
     # GIVEN too few sends nothing happens; 1000 sends with 6 % hard bounces halve the rate, once
     add_events(isolated, bounced_hard=60, delivered=990)
     assert tick(services)["reputation_actions"] == ["rate_halved"]
+    # AND the operators hear of it once, through the alerts topic
+    first_alerts = alerts(isolated)
+    assert len(first_alerts) == 1 and "rate_halved" in first_alerts[0] and "bounce 6.00%" in first_alerts[0]
     assert tick(services)["reputation_actions"] == []
+    assert alerts(isolated) == []
     # complaints over 0.1 % pause running campaigns, once
     add_events(isolated, complained=2)
     assert tick(services)["reputation_actions"] == ["campaigns_paused"]
@@ -55,6 +78,7 @@ def test_each_threshold_acts_once_and_resume_clears(isolated: Isolated) -> None:
     # bounces over 10 % stop all marketing until an operator resumes
     add_events(isolated, bounced_hard=50)
     assert tick(services)["reputation_actions"] == ["marketing_stopped"]
+    assert any("marketing_stopped" in body for body in alerts(isolated))
     status = client.get("/v1/sending/status").json()
     assert status["marketing_stopped"] is True and status["reputation"]["sent"] == 1000
     assert abs(status["reputation"]["bounce_rate"] - 0.11) < 1e-9
