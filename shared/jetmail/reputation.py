@@ -33,6 +33,7 @@ from nats.js.errors import BucketNotFoundError, KeyNotFoundError, KeyWrongLastSe
 
 logger = logging.getLogger("jetmail.reputation")
 BUCKET = "jetmail_reputation"
+BUCKET_TTL_S = 3 * 86400
 STATE_KEY = "state"
 
 
@@ -55,7 +56,8 @@ async def _bucket(js: Any) -> Any:
     try:
         return await js.key_value(BUCKET)
     except (BucketNotFoundError, NotFoundError):
-        return await js.create_key_value(KeyValueConfig(bucket=BUCKET, history=1, ttl=3 * 86400,
+        # made with the stream replicas by bootstrap (ensure_buckets); this is the single-node fallback
+        return await js.create_key_value(KeyValueConfig(bucket=BUCKET, history=1, ttl=BUCKET_TTL_S,
                                                         storage=StorageType.FILE))
 
 

@@ -109,12 +109,13 @@ class BatchSender:
         recent = await asyncio.to_thread(self.suppressions.recently_suppressed)
         semaphore = asyncio.Semaphore(self.concurrency)
         stop = asyncio.Event()
+        errors: list[Exception] = []
         simulated: list[tuple[Any, ...]] = []
 
         async def one(pos: int, recipient: dict[str, Any]) -> None:
             email = recipient["e"]
             async with semaphore:
-                if stop.is_set():
+                if stop.is_set() or errors:
                     return
                 current = await self.state(job.campaign_id)
                 if current == CampaignState.PAUSED:
@@ -158,7 +159,18 @@ class BatchSender:
                 await self.claims.settle(claim, f"sent|{owner}|{pos}|{provider_id or ''}")
                 tally.add(pos, email, "sent", m=provider_id)
 
-        await asyncio.gather(*(one(pos, r) for pos, r in enumerate(job.recipients)))
+        async def guarded(pos: int, recipient: dict[str, Any]) -> None:
+            # one recipient's error (say NATS electing a leader) starts no further sends, but every send
+            # already under way finishes and settles its claim before the batch reports the error: a retry
+            # while they were still in flight would find their claims unsettled and mail them again
+            try:
+                await one(pos, recipient)
+            except Exception as exc:  # re-raised below once the batch has settled
+                errors.append(exc)
+
+        await asyncio.gather(*(guarded(pos, r) for pos, r in enumerate(job.recipients)))
+        if errors:
+            raise errors[0]
         if stop.is_set():
             raise Parked
         if tally.temporary:

@@ -14,21 +14,37 @@ another batch is left alone: that recipient is somebody else's.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import time
 from dataclasses import dataclass
 from typing import Any
 
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import KeyValueConfig, StorageType
-from nats.js.errors import BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
+from nats.js.errors import (
+    BucketNotFoundError,
+    KeyNotFoundError,
+    KeyWrongLastSequenceError,
+    NoStreamResponseError,
+    NotFoundError,
+    ServiceUnavailableError,
+)
 
 STATE_BUCKET = "jetmail_campaign_state"
 CLAIMS_BUCKET = "jetmail_campaign_claims"
 CLAIM_TTL_S = 30 * 24 * 3600
+# a cluster electing a new leader after losing a node answers none of these for some seconds
+CLUSTER_HICCUPS = (NatsTimeoutError, NoRespondersError, NoStreamResponseError, ServiceUnavailableError)
+SETTLE_PATIENCE_S = 60.0
 
 
 async def ensure_buckets(js: Any, *, replicas: int = 1) -> None:
-    for bucket, ttl in ((STATE_BUCKET, None), (CLAIMS_BUCKET, CLAIM_TTL_S)):
+    from jetmail.reputation import BUCKET as REPUTATION_BUCKET
+    from jetmail.reputation import BUCKET_TTL_S as REPUTATION_TTL_S
+
+    for bucket, ttl in ((STATE_BUCKET, None), (CLAIMS_BUCKET, CLAIM_TTL_S), (REPUTATION_BUCKET, REPUTATION_TTL_S)):
         try:
             await js.key_value(bucket)
         except (BucketNotFoundError, NotFoundError):
@@ -116,6 +132,18 @@ class Claims:
                     entry = await kv.get(key)
             return Claim(key=key, revision=None, existing=entry.value.decode() if entry.value else "")
 
-    async def settle(self, claim: Claim, outcome: str) -> None:
+    async def settle(self, claim: Claim, outcome: str, *, patience: float = SETTLE_PATIENCE_S) -> None:
+        """Record what became of a claimed recipient. The mail has already gone: giving up here would make
+        the batch's retry send it again, so a cluster in the middle of a leader election is waited out."""
         kv = await self._bucket()
-        await kv.put(claim.key, outcome.encode())
+        deadline = time.monotonic() + patience
+        delay = 0.1
+        while True:
+            try:
+                await kv.put(claim.key, outcome.encode())
+                return
+            except CLUSTER_HICCUPS:
+                if time.monotonic() + delay > deadline:
+                    raise
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
