@@ -20,12 +20,13 @@ from contextlib import AbstractAsyncContextManager, nullcontext
 from typing import Any
 
 from jetmail.compose import Composer, Recipient
+from jetmail.feedback import record_sends
 from jetmail.messages import FINAL_BEFORE_SEND, MessageRepository, MessageStatus, now_iso
 from jetmail.providers import OutboundMessage, PermanentDeliveryError, Provider, TemporaryDeliveryError
 from jetmail.ratelimit import RateLimiter
 from jetmail.reputation import count_sent
 from jetmail.simulator import Simulator
-from jetmail.storage.table import ConditionFailed
+from jetmail.storage.table import ConditionFailed, Table
 from jetmail.suppressions import SuppressionStore, blocks
 from jetmail.template_store import TemplateNotFound, TemplateStore
 from jetmail.templating import TemplateRenderError
@@ -45,7 +46,8 @@ class DeliveryOutcome:
 class Deliverer:
     def __init__(self, *, messages: MessageRepository, templates: TemplateStore, composer: Composer,
                  provider: Provider, suppressions: SuppressionStore, simulator: Simulator | None = None,
-                 limiter: RateLimiter | None = None, js: Any = None) -> None:
+                 limiter: RateLimiter | None = None, js: Any = None, stats: Table | None = None) -> None:
+        self.stats = stats
         self.suppressions = suppressions
         self.limiter = limiter
         self.js = js
@@ -81,8 +83,12 @@ class Deliverer:
             version = await asyncio.to_thread(self.templates.resolve, item["template"], item.get("language"))
             rendered = self.composer.render(version, json.loads(item.get("context") or "{}"), recipient=recipient,
                                             message_id=message_id)
+            # marketing mail carries RFC 8058 one-click List-Unsubscribe headers on every path
+            unsubscribe = (self.composer.unsubscribe_url(message_id=message_id, email=recipient.email)
+                           if version.category == "marketing" else None)
             built = self.composer.build(rendered, message_id=message_id, recipient=recipient,
-                                        from_addr=item.get("from_addr"), reply_to=item.get("reply_to"))
+                                        from_addr=item.get("from_addr"), reply_to=item.get("reply_to"),
+                                        list_unsubscribe=unsubscribe)
         except (TemplateNotFound, TemplateRenderError, ValueError) as exc:
             await self._fail(message_id, f"cannot render: {exc}")
             return DeliveryOutcome.FAILED
@@ -115,6 +121,7 @@ class Deliverer:
                                 allowed_from={MessageStatus.SENDING}, fields=fields)
         if self.js is not None:
             await count_sent(self.js, 1)
+        await self._count(item, sent=1)
         if self.simulator is not None and self.simulator.enabled:
             await asyncio.to_thread(self.simulator.after_send, recipient=recipient.email, source=outbound.mail_from,
                                     message_id=message_id, provider_message_id=result.provider_message_id,
@@ -123,8 +130,15 @@ class Deliverer:
 
     async def _fail(self, message_id: str, reason: str) -> None:
         logger.warning("message %s failed: %s", message_id, reason)
-        await asyncio.to_thread(self.messages.transition, message_id, MessageStatus.FAILED,
-                                allowed_from={MessageStatus.SENDING}, detail=reason, fields={"error": reason})
+        item = await asyncio.to_thread(self.messages.transition, message_id, MessageStatus.FAILED,
+                                       allowed_from={MessageStatus.SENDING}, detail=reason, fields={"error": reason})
+        await self._count(item, failed=1)
+
+    async def _count(self, item: dict[str, Any], *, sent: int = 0, failed: int = 0) -> None:
+        """Account-wide (and the attributed campaign's) send counters for reports, once per message."""
+        if self.stats is not None:
+            await asyncio.to_thread(record_sends, self.stats, f"msg:{item['id']}", sent=sent, failed=failed,
+                                    campaign_id=item.get("campaign_id"))
 
 
 def sending_slot(limiter: RateLimiter | None, *, category: str, email: str) -> AbstractAsyncContextManager[None]:

@@ -4,11 +4,13 @@ Events arrive at least once and in any order. Each event is recorded with a cond
 (``EVT#<message>`` / ``<kind>#<event id>``) in the same transaction that adds its counters, so a
 repeated event changes nothing. Events and counters live in the stats table (campaign totals
 ``CAMPAIGN#<id>``/``TOTALS``, hourly buckets ``HOUR#<yyyy-mm-ddThh>``, variants ``VARIANT#<name>``,
-links ``LINK#<index>``, account-wide days ``STATS``/``DAY#<date>``), apart from the main table, so
+links ``LINK#<index>``, the country and mail client of first opens and clicks ``COUNTRY#<cc>`` /
+``DEVICE#<family>``, account-wide days ``STATS``/``DAY#<date>``), apart from the main table, so
 those transactions touch only small items. "First open" and "first click" markers ride in the same
 transaction to count unique opens and clicks exactly once. Status changes only move forward by
 rank (sent < delivered < bounced < complained), so a Delivery that arrives after its Bounce is a
-no-op. Policy actions (suppression, cancelling pending mail) are idempotent by nature.
+no-op. Sends and send failures are added by ``record_sends`` (once per campaign batch or message).
+Policy actions (suppression, cancelling pending mail) are idempotent by nature.
 
 Policy (settings): a permanent bounce suppresses the address (``hard_bounce``) and cancels every
 pending message and sequence step to it; transient and undetermined bounces are counted, and
@@ -29,6 +31,7 @@ from jetmail.events import DeliveryEvent, EventKind
 from jetmail.messages import MessageRepository, MessageStatus
 from jetmail.storage.table import ConditionFailed, Table, to_item
 from jetmail.suppressions import SuppressionStore
+from jetmail.useragents import country_code, mail_client
 
 logger = logging.getLogger("jetmail.feedback")
 
@@ -68,6 +71,38 @@ def counter_names(event: DeliveryEvent) -> list[str]:
             EventKind.UNSUBSCRIBE: ["unsubscribed"], EventKind.REJECT: ["rejected"],
             EventKind.DELIVERY_DELAY: ["delayed"], EventKind.RENDERING_FAILURE: ["rendering_failed"],
             EventKind.SEND: ["provider_accepted"]}.get(kind, [])
+
+
+SEND_MARK_DAYS = 30
+
+
+def record_sends(stats: Table, key: str, *, sent: int, failed: int = 0, campaign_id: str | None = None,
+                 variant: str | None = None, at: datetime | None = None) -> bool:
+    """Add the sends and failures of one campaign batch or one message to the counters, once per
+    ``key``: a ``SENT#<key>`` mark rides in the same transaction. False when it was counted before.
+
+    Account-wide days and hours (``STATS``), and for a campaign its ``TOTALS``, its hour and its
+    variant, so a report's timeline shows sends per hour next to the events."""
+    if sent <= 0 and failed <= 0:
+        return False
+    at = (at or datetime.now(UTC)).astimezone(UTC)
+    hour = at.strftime("%Y-%m-%dT%H")
+    keys = [("STATS", f"DAY#{at.date().isoformat()}"), ("STATS", f"HOUR#{hour}")]
+    if campaign_id:
+        keys += [(f"CAMPAIGN#{campaign_id}", "TOTALS"), (f"CAMPAIGN#{campaign_id}", f"HOUR#{hour}")]
+        if variant:
+            keys.append((f"CAMPAIGN#{campaign_id}", f"VARIANT#{variant}"))
+    mark = {"pk": f"SENT#{key}", "sk": "SENT", "expires_at": int(at.timestamp()) + SEND_MARK_DAYS * 86400}
+    ops: list[dict[str, Any]] = [{"Put": {"TableName": stats.name, "Item": to_item(mark),
+                                          "ConditionExpression": "attribute_not_exists(pk)"}}]
+    ops += [{"Update": {"TableName": stats.name, "Key": to_item({"pk": pk, "sk": sk}),
+                        "UpdateExpression": "ADD sent :s, failed :f",
+                        "ExpressionAttributeValues": to_item({":s": sent, ":f": failed})}} for pk, sk in keys]
+    try:
+        stats.transact(ops)
+    except ConditionFailed:
+        return False
+    return True
 
 
 class FeedbackProcessor:
@@ -187,9 +222,20 @@ class FeedbackProcessor:
             ops.append({"Update": {"TableName": self.stats.name,
                                    "Key": to_item({"pk": f"CAMPAIGN#{who.campaign_id}",
                                                    "sk": f"LINK#{event.link_index:04d}"}),
-                                   "UpdateExpression": "ADD clicks :one SET #u = :u",
+                                   "UpdateExpression": "ADD clicks :one, human_clicks :h SET #u = :u",
                                    "ExpressionAttributeNames": {"#u": "url"},
-                                   "ExpressionAttributeValues": to_item({":one": 1, ":u": event.link_url or ""})}})
+                                   "ExpressionAttributeValues": to_item({":one": 1, ":h": 0 if event.machine else 1,
+                                                                         ":u": event.link_url or ""})}})
+        unique = [n for n in names if n.endswith("_unique")]
+        if unique and who.campaign_id:
+            # where and in what the message was first opened (clicked): counted with its unique counters
+            add = "ADD " + ", ".join(f"#c{i} :one" for i in range(len(unique)))
+            for sk in (f"COUNTRY#{country_code(event.country)}", f"DEVICE#{mail_client(event.user_agent, event.ip)}"):
+                ops.append({"Update": {"TableName": self.stats.name,
+                                       "Key": to_item({"pk": f"CAMPAIGN#{who.campaign_id}", "sk": sk}),
+                                       "UpdateExpression": add,
+                                       "ExpressionAttributeNames": {f"#c{i}": n for i, n in enumerate(unique)},
+                                       "ExpressionAttributeValues": to_item({":one": 1})}})
         return ops
 
     def _apply_status(self, event: DeliveryEvent, who: Attribution) -> None:

@@ -11,20 +11,23 @@ from functools import cached_property
 from typing import TYPE_CHECKING
 
 from jetmail.apikeys import ApiKeys
+from jetmail.audit import AuditedTemplateStore, AuditLog
 from jetmail.campaigns.service import CampaignService
 from jetmail.campaigns.store import CampaignStore
 from jetmail.compose import Composer
 from jetmail.config import Settings
 from jetmail.contacts import ContactStore
 from jetmail.feedback import FeedbackProcessor, Policy
+from jetmail.gdpr import PrivacyService
 from jetmail.messages import MessageRepository, MessageService
+from jetmail.reports import Reports
 from jetmail.segments import SegmentStore
 from jetmail.sequences import SequenceService
 from jetmail.ses_events import SesEventIntake
 from jetmail.simulator import Simulator
 from jetmail.sns import SnsVerifier, confirm_subscription
 from jetmail.storage.table import Table
-from jetmail.suppressions import SuppressionStore
+from jetmail.suppressions import Pseudonymizer, SuppressionStore
 from jetmail.template_store import TemplateStore
 from jetmail.tokens import Signer
 from jetmail.tracking import Tracker
@@ -67,7 +70,21 @@ class Services:
 
     @cached_property
     def templates(self) -> TemplateStore:
-        return TemplateStore(self.table, default_locale=self.settings.default_locale)
+        return AuditedTemplateStore(self.table, audit=self.audit, default_locale=self.settings.default_locale)
+
+    @cached_property
+    def audit(self) -> AuditLog:
+        return AuditLog(self.table, retention_days=self.settings.audit_retention_days)
+
+    @cached_property
+    def pseudonyms(self) -> Pseudonymizer:
+        secret = self.settings.erasure_secret or self.settings.signing_secret
+        return Pseudonymizer(secret.get_secret_value())
+
+    @cached_property
+    def privacy(self) -> PrivacyService:
+        return PrivacyService(table=self.table, stats=self.stats_table, contacts=self.contacts,
+                              suppressions=self.suppressions, feedback=self.feedback, audit=self.audit)
 
     @cached_property
     def queue(self) -> SyncClient:
@@ -78,7 +95,9 @@ class Services:
     @cached_property
     def messages(self) -> MessageService:
         return MessageService(table=self.table, templates=self.templates, queue=self.queue,
-                              repository=MessageRepository(self.table))
+                              repository=MessageRepository(self.table,
+                                                           retention_days=self.settings.message_retention_days),
+                              composer=self.composer)
 
     @cached_property
     def sequences(self) -> SequenceService:
@@ -90,7 +109,7 @@ class Services:
 
     @cached_property
     def suppressions(self) -> SuppressionStore:
-        return SuppressionStore(self.table)
+        return SuppressionStore(self.table, pseudonyms=self.pseudonyms, audit=self.audit)
 
     @cached_property
     def contacts(self) -> ContactStore:
@@ -124,7 +143,12 @@ class Services:
     @cached_property
     def campaigns(self) -> CampaignService:
         return CampaignService(store=self.campaign_store, templates=self.templates, queue=self.queue,
-                               contacts=self.contacts, segments=self.segments)
+                               contacts=self.contacts, segments=self.segments, composer=self.composer,
+                               audit=self.audit)
+
+    @cached_property
+    def reports(self) -> Reports:
+        return Reports(store=self.campaign_store, stats=self.stats_table)
 
     @cached_property
     def signer(self) -> Signer:

@@ -6,13 +6,16 @@ clients shared by all jobs of the process are created and closed.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import socket
+from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import BaseModel, Field
 
+from jetmail.observability import MeteredProvider, WorkerMetrics, stop_metrics
 from jetmail.queue import JobContext, Retry, task
 
 log = logging.getLogger("jetmail.tasks")
@@ -31,10 +34,16 @@ async def startup(resources: dict[str, Any]) -> None:
 
     services = Services(get_settings())
     resources["services"] = services
-    resources["provider"] = make_provider(services.settings)
+    metrics = WorkerMetrics() if services.settings.metrics_enabled else None
+    resources["metrics"] = metrics
+    if metrics is not None:
+        resources["metrics_task"] = asyncio.create_task(metrics.run())
+    # every send, transactional or campaign, goes through this one wrapper: latency, counts, a log line
+    resources["provider"] = MeteredProvider(make_provider(services.settings), metrics=metrics)
     resources["deliverer"] = Deliverer(messages=services.messages.messages, templates=services.templates,
                                        composer=services.composer, provider=resources["provider"],
-                                       suppressions=services.suppressions, simulator=services.simulator)
+                                       suppressions=services.suppressions, simulator=services.simulator,
+                                       stats=services.stats_table)
     queue = Queue(queue_config(services.settings))
     await queue.connect()
     await ensure_buckets(queue.js, replicas=services.settings.stream_replicas)
@@ -59,6 +68,7 @@ async def startup(resources: dict[str, Any]) -> None:
 
 
 async def shutdown(resources: dict[str, Any]) -> None:
+    await stop_metrics(resources.get("metrics_task"), resources.get("metrics"))
     provider = resources.get("provider")
     if provider is not None:
         await provider.close()
@@ -80,6 +90,9 @@ async def send_message(job: SendMessageJob, ctx: JobContext) -> None:
     from jetmail.providers import TemporaryDeliveryError
 
     deliverer = ctx.resources["deliverer"]
+    metrics = ctx.resources.get("metrics")
+    if metrics is not None and ctx.attempt == 1:
+        metrics.queue_wait((datetime.now(UTC) - ctx.enqueued_at).total_seconds())
     try:
         outcome = await deliverer.deliver(job.message_id, attempt=ctx.attempt, max_attempts=ctx.max_retries + 1)
     except TemporaryDeliveryError as exc:

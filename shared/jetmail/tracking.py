@@ -13,7 +13,6 @@ couple of seconds (a scanner following every link).
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -23,6 +22,7 @@ from jetmail.compose import CLICK_PURPOSE, OPEN_PURPOSE, UNSUBSCRIBE_PURPOSE
 from jetmail.events import DeliveryEvent, EventKind, event_id
 from jetmail.feedback import FeedbackProcessor
 from jetmail.tokens import Signer
+from jetmail.useragents import apple_proxy
 
 SCANNER_AGENTS = re.compile(
     r"barracuda|mimecast|proofpoint|symantec|messagelabs|trendmicro|trend micro|fireeye|forcepoint|sophos|"
@@ -31,27 +31,16 @@ SCANNER_AGENTS = re.compile(
     r"headlesschrome|phantomjs|linkpreview|slackbot|facebookexternalhit",
     re.IGNORECASE,
 )
-APPLE_PROXY_NET = ipaddress.ip_network("17.0.0.0/8")
 PREFETCH_WINDOW = timedelta(seconds=2)
 SCAN_CLICK_WINDOW = timedelta(seconds=10)
 LINK_BURST_WINDOW = timedelta(seconds=2)
-
-
-def _apple_proxy(ip: str | None, user_agent: str | None) -> bool:
-    if ip:
-        try:
-            if ipaddress.ip_address(ip) in APPLE_PROXY_NET:
-                return True
-        except ValueError:
-            pass
-    return (user_agent or "").strip() == "Mozilla/5.0"
 
 
 def is_machine(kind: Literal["open", "click"], *, user_agent: str | None, ip: str | None,
                since_send: timedelta | None) -> bool:
     if not user_agent or SCANNER_AGENTS.search(user_agent):
         return True
-    if kind == "open" and _apple_proxy(ip, user_agent):
+    if kind == "open" and apple_proxy(ip, user_agent):
         return True
     window = PREFETCH_WINDOW if kind == "open" else SCAN_CLICK_WINDOW
     return since_send is not None and timedelta(0) <= since_send < window

@@ -23,6 +23,7 @@ from jetmail.contacts import (
     UnknownList,
 )
 from jetmail.messages import IdempotencyConflict, InvalidAddress, MessageNotFound
+from jetmail.reports import InvalidRange
 from jetmail.segments import CriteriaError, SegmentNotFound
 from jetmail.sequences import EnrolmentNotFound, SequenceNotFound, StepTimeError
 from jetmail.ses_events import SesEventError
@@ -63,6 +64,7 @@ STATUS_FOR: list[tuple[type[Exception], int]] = [
     (InvalidImport, 422),
     (CriteriaError, 422),
     (ContactConflict, 409),
+    (InvalidRange, 422),
 ]
 
 

@@ -157,12 +157,16 @@ class CampaignStore:
                 condition="NOT contains(done_batches, :m)",
             )
         except ConditionFailed:
-            return False
-        if variant:
-            self.stats.update(f"CAMPAIGN#{campaign_id}", f"VARIANT#{variant}",
-                              expression="ADD sent :s, failed :f", params={":s": counts.get("sent", 0),
-                                                                           ":f": counts.get("failed", 0)})
-        return True
+            recorded = False
+        else:
+            recorded = True
+        # the hourly, account-wide and variant send counters keep their own mark, and are tried even
+        # when the campaign counted the batch before (a worker that died between the two writes)
+        from jetmail.feedback import record_sends
+
+        record_sends(self.stats, f"{campaign_id}#{mark}", sent=counts.get("sent", 0), failed=counts.get("failed", 0),
+                     campaign_id=campaign_id, variant=variant)
+        return recorded
 
     def batch(self, campaign_id: str, *, run: str, batch: int) -> dict[str, Any] | None:
         return self.table.get(f"CAMPAIGN#{campaign_id}", f"BATCH#{run}#{batch:06d}")

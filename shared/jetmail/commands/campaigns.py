@@ -96,6 +96,67 @@ for _name, _doc in (("send", "Start a campaign now."), ("pause", "Pause sending.
     _action(_name, _doc)
 
 
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1%}"
+
+
+def _report_text(r: Any) -> list[str]:
+    c, rates, p = r.counts, r.rates, r.progress
+    lines = [f"{r.id}  {r.name}  ({r.state.value})",
+             f"progress   total {p.total}  sent {p.sent}  failed {p.failed}  skipped {p.skipped}  queued {p.queued}",
+             "",
+             f"{'':<14}{'count':>9}   rate",
+             f"{'sent':<14}{c.sent:>9}",
+             f"{'failed':<14}{c.failed:>9}",
+             f"{'delivered':<14}{c.delivered:>9}   {_pct(rates.delivery):>6}  of sent",
+             f"{'bounced':<14}{c.bounced:>9}   {_pct(rates.bounce):>6}  of sent  (hard {c.bounced_hard}, "
+             f"soft {c.bounced_soft})",
+             f"{'complained':<14}{c.complained:>9}   {_pct(rates.complaint):>6}  of delivered",
+             f"{'unsubscribed':<14}{c.unsubscribed:>9}   {_pct(rates.unsubscribe):>6}  of delivered",
+             f"{'opened':<14}{c.opens.human_unique:>9}   {_pct(rates.open):>6}  of delivered  (unique human; "
+             f"{c.opens.unique} with machines, {c.opens.total} opens in all)",
+             f"{'clicked':<14}{c.clicks.human_unique:>9}   {_pct(rates.click):>6}  of delivered  (unique human; "
+             f"{c.clicks.unique} with machines, {c.clicks.total} clicks in all)",
+             f"{'click-to-open':<14}{'':>9}   {_pct(rates.click_to_open):>6}"]
+    if r.ab is not None:
+        ab = r.ab
+        lines += ["", f"A/B test ({ab.metric}, {ab.state}"
+                      + (f", winner {ab.winner}" if ab.winner else "")
+                      + (f", p={ab.p_value:.4f}" if ab.p_value is not None else "")
+                      + (", significant" if ab.significant else ", not significant") + ")",
+                  f"  {'variant':<16}{'sent':>7}{'opened':>8}{'clicked':>8}{'open':>8}{'click':>8}{'p':>8}"]
+        for v in ab.variants:
+            p_text = "-" if v.p_value is None else f"{v.p_value:.4f}"
+            lines.append(f"  {v.name + (' *' if v.leading else ''):<16}{v.sent:>7}{v.opened:>8}{v.clicked:>8}"
+                         f"{_pct(v.open_rate):>8}{_pct(v.click_rate):>8}{p_text:>8}")
+    if r.links:
+        lines += ["", "top links", f"  {'#':>3} {'clicks':>7} {'human':>6}  url"]
+        lines += [f"  {link.index:>3} {link.clicks:>7} {link.human_clicks:>6}  {link.url}" for link in r.links[:10]]
+    for title, rows in (("countries", r.countries), ("mail clients", r.devices)):
+        if rows:
+            lines += ["", f"{title} (unique opens / clicks)"]
+            lines += [f"  {row.key:<32} {row.opens:>6} {row.clicks:>6}" for row in rows[:10]]
+    return lines
+
+
+@campaign.command("report")
+@click.argument("campaign_id")
+@click.option("--json", "as_json", is_flag=True, help="the report as JSON (as GET /v1/campaigns/ID/report)")
+@click.option("--csv", "as_csv", is_flag=True, help="the report as CSV rows (section,key,metric,value)")
+@_campaign_errors
+def report(campaign_id: str, as_json: bool, as_csv: bool) -> None:
+    """Counts, rates, A/B variants, top links, countries and mail clients of a campaign."""
+    from jetmail.reports import report_csv
+
+    result = load_services().reports.campaign_report(campaign_id)
+    if as_json:
+        click.echo(result.model_dump_json(indent=2))
+    elif as_csv:
+        click.echo(report_csv(result), nl=False)
+    else:
+        click.echo("\n".join(_report_text(result)))
+
+
 @campaign.command("create")
 @click.argument("definition", type=click.File("r"))
 @_campaign_errors
