@@ -17,6 +17,7 @@ from typing import Any, NoReturn, TypeVar
 
 import click
 
+from jetmail.commands.audit import audit
 from jetmail.commands.campaigns import campaign, scheduler
 from jetmail.commands.contacts import contacts, lists
 from jetmail.commands.keys import keys
@@ -92,9 +93,18 @@ def _fail(message: str, code: int) -> NoReturn:
     sys.exit(code)
 
 
+# long-running processes act for themselves ("system" in the audit log), not for whoever started them
+_SERVICE_COMMANDS = frozenset({"worker", "scheduler", "dev"})
+
+
 @click.group(cls=_Cli)
-def main() -> None:
+@click.pass_context
+def main(ctx: click.Context) -> None:
     """jetmail: a self-hostable email platform."""
+    if ctx.invoked_subcommand not in _SERVICE_COMMANDS:
+        from jetmail.audit import bind_actor, cli_actor
+
+        bind_actor(cli_actor())
 
 
 main.add_command(dev)
@@ -106,6 +116,7 @@ main.add_command(scheduler)
 main.add_command(templates)
 main.add_command(contacts)
 main.add_command(lists)
+main.add_command(audit)
 
 
 def _config() -> QueueConfig:
@@ -172,7 +183,9 @@ def worker(queues: tuple[str, ...], concurrency: int, burst: bool, health_port: 
     for name in queues:
         check_queue(name)
     config = _config()
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from jetmail.observability import configure_worker_logging
+
+    configure_worker_logging(log_level)  # JSON lines, each carrying the running job's ids
     tasks_module = _import(TASKS_MODULE)
     for name in imports:
         _import(name)

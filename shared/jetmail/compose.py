@@ -7,19 +7,48 @@ tracking for marketing mail, the date in the recipient's time zone, company deta
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import html as html_escape
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from jetmail.config import Settings
+from jetmail.messages import InvalidAddress
 from jetmail.mime import BuiltMessage, build_message, parse_address
 from jetmail.templating import RenderedEmail, Renderer, StandardContext, TemplateVersion
+from jetmail.templating.errors import ReservedContextKeyError, TemplateRenderError, TemplateValidationError
 from jetmail.tokens import Signer
 
 UNSUBSCRIBE_PURPOSE = "unsubscribe"
 OPEN_PURPOSE = "open"
 CLICK_PURPOSE = "click"
+SAMPLE_RECIPIENT = "recipient@example.com"
+CHECK_MESSAGE_ID = "compliance-check"
+
+
+class SenderNotAllowed(InvalidAddress):
+    """A From address outside the verified identities (``JETMAIL_ALLOWED_FROM``)."""
+
+
+@dataclass
+class ComplianceProblem:
+    """What a marketing template lacks; ``field`` is ``<template>/<locale>``."""
+
+    field: str
+    message: str
+    template: str
+    locale: str
+    missing: list[str] = field(default_factory=list)
+    line: int | None = None
+
+    def __str__(self) -> str:
+        return f"{self.field}: {self.message}"
+
+
+class NotCompliant(TemplateValidationError):
+    """Marketing mail whose template does not render an unsubscribe link and the postal address."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +78,83 @@ class Composer:
         self.company = {"name": settings.company_name, "address": settings.company_address}
         _, from_address = parse_address(settings.default_from)
         self.message_id_domain = from_address.rsplit("@", 1)[-1]
+        allowed = [a.strip().lower().lstrip("@") for a in settings.allowed_from if a.strip()]
+        self.allowed_addresses = frozenset(a for a in allowed if "@" in a)
+        self.allowed_domains = frozenset(a for a in allowed if "@" not in a) or (
+            frozenset() if allowed else frozenset({self.message_id_domain.lower()}))
+        self._checked: dict[tuple[Any, ...], tuple[ComplianceProblem, ...]] = {}
+
+    # ---- sender identity
+    def check_from(self, from_header: str | None) -> None:
+        """Raise SenderNotAllowed unless the address (or its domain) is an allowed identity. Empty
+        ``JETMAIL_ALLOWED_FROM``: any address at the default From address's domain."""
+        if from_header is None:
+            return
+        try:
+            _, address = parse_address(from_header)
+        except ValueError as exc:
+            raise InvalidAddress(f"invalid From address: {exc}") from None
+        address = address.lower()
+        if address in self.allowed_addresses or address.rpartition("@")[2] in self.allowed_domains:
+            return
+        allowed = sorted(self.allowed_addresses | self.allowed_domains)
+        raise SenderNotAllowed(f"From address {address!r} is not a verified sender (allowed: {', '.join(allowed)}; "
+                               "set JETMAIL_ALLOWED_FROM)")
+
+    # ---- bulk-sender rules
+    def compliance_problems(self, version: TemplateVersion, context: dict[str, Any] | None = None
+                            ) -> tuple[ComplianceProblem, ...]:
+        """Render a marketing version for a sample recipient and report what the law and the mailbox
+        providers require but the output lacks: the unsubscribe link (``{{ unsubscribe_url }}``) and
+        the sender's postal address (``{{ company.address }}``). Transactional versions need neither.
+        With no ``context`` the result is cached per version."""
+        if (version.category or "transactional") != "marketing":
+            return ()
+        cache_key = (*version.key, version.category)
+        if context is None and cache_key in self._checked:
+            return self._checked[cache_key]
+        values: dict[str, Any] = {**version.sample_context, **(context or {})}
+        values.setdefault("attributes", {})
+        name = version.name.split("~", 1)[0]  # a campaign's copy of a version carries a suffix
+        label = f"{name}/{version.locale}"
+        problems: list[ComplianceProblem] = []
+        try:
+            rendered = self.render(version, values, recipient=Recipient(email=SAMPLE_RECIPIENT, name="Sample"),
+                                   message_id=CHECK_MESSAGE_ID, track=False)
+        except TemplateValidationError as exc:
+            lacks = "unsubscribe link ({{ unsubscribe_url }})" if "unsubscribe_url" in str(exc) else "valid template"
+            problems.append(ComplianceProblem(
+                field=label, template=name, locale=version.locale, missing=[lacks],
+                message=f"marketing template is invalid: {exc}"))
+        except (TemplateRenderError, ReservedContextKeyError) as exc:
+            problems.append(ComplianceProblem(
+                field=label, template=name, locale=version.locale, missing=["sample_context"],
+                message=f"cannot be checked: it does not render with its sample_context and the given "
+                        f"context ({exc})"))
+        else:
+            body = rendered.html + "\n" + (rendered.text or "")
+            missing = []
+            link = self.unsubscribe_url(message_id=CHECK_MESSAGE_ID, email=SAMPLE_RECIPIENT)
+            if link not in body:
+                missing.append("unsubscribe link ({{ unsubscribe_url }})")
+            address = self.settings.company_address.strip()
+            if not address or (address not in body and html_escape.escape(address) not in body):
+                missing.append("postal address ({{ company.address }})" if address else
+                               "postal address (JETMAIL_COMPANY_ADDRESS is empty)")
+            if missing:
+                problems.append(ComplianceProblem(
+                    field=label, template=name, locale=version.locale, missing=missing,
+                    message=f"marketing template lacks the {' and the '.join(missing)}"))
+        result = tuple(problems)
+        if context is None:
+            self._checked[cache_key] = result
+        return result
+
+    def require_compliant(self, versions: Iterable[TemplateVersion], context: dict[str, Any] | None = None) -> None:
+        """Raise NotCompliant listing every version (template and locale) that lacks something."""
+        problems = [p for version in versions for p in self.compliance_problems(version, context)]
+        if problems:
+            raise NotCompliant(problems)
 
     # ---- links
     def unsubscribe_url(self, *, message_id: str, email: str, list_id: str | None = None) -> str:

@@ -13,13 +13,16 @@ import secrets
 import time
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from email_validator import EmailNotValidError, validate_email
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from jetmail.storage.table import ConditionFailed, Table
 from jetmail.template_store import TemplateStore
+
+if TYPE_CHECKING:
+    from jetmail.compose import Composer
 
 TRANSACTIONAL_QUEUE = "email_transactional"
 SEND_TASK = "send_message"
@@ -247,17 +250,24 @@ class MessageService:
     """The submit side of transactional mail (API, CLI, sequences)."""
 
     def __init__(self, *, table: Table, templates: TemplateStore, queue: JobQueue,
-                 repository: MessageRepository | None = None) -> None:
+                 repository: MessageRepository | None = None, composer: Composer | None = None) -> None:
         self.table = table
         self.templates = templates
         self.queue = queue
         self.messages = repository or MessageRepository(table)
+        # checks the From address and, for marketing templates, the bulk-sender rules
+        self.composer = composer
 
     def submit(self, request: SendRequest, *, api_key_id: str | None = None, idempotency_key: str | None = None,
                extra: dict[str, Any] | None = None) -> tuple[MessagePublic, bool]:
         """Record and enqueue one message; returns (message, created). Raises TemplateNotFound,
-        IdempotencyConflict."""
+        IdempotencyConflict, SenderNotAllowed and NotCompliant (a marketing template without an
+        unsubscribe link or postal address)."""
         template = self.templates.resolve(request.template, request.language)
+        if self.composer is not None:
+            self.composer.check_from(request.from_)
+            # rendered with this request's context over the template's samples: what will be sent
+            self.composer.require_compliant([template], request.context or None)
         message_id = new_message_id()
         due = request.send_at is not None and request.send_at > datetime.now(UTC)
         status = MessageStatus.SCHEDULED if due else MessageStatus.QUEUED

@@ -37,4 +37,6 @@ def resume(services: Services) -> dict[str, Any]:
     cleared = services.queue.run(lambda q: resume_marketing(q.js))
     requeued = sum(services.campaigns.requeue_parked(item["id"])
                    for item in services.campaign_store.in_state(CampaignState.SENDING))
+    services.audit.record("sending.resumed", target="marketing",
+                          changes={"cleared": sorted(cleared), "requeued_batches": requeued})
     return {"cleared": sorted(cleared), "requeued_batches": requeued}

@@ -12,12 +12,16 @@ from __future__ import annotations
 import hashlib
 import secrets
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator, model_validator
 
 from jetmail.messages import MessageService, MessageStatus, SendRequest, now_iso
 from jetmail.storage.table import ConditionFailed, Table
+
+# ISO 8601 durations as pydantic writes them ("-P1D", "P3Y207D") or seconds: JSON Schema's "duration" format
+# is stricter than what the API reads and writes, so the schema says string or number
+Duration = Annotated[timedelta, WithJsonSchema({"anyOf": [{"type": "string"}, {"type": "number"}]})]
 
 
 class StepAt(BaseModel):
@@ -25,13 +29,13 @@ class StepAt(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     context_field: str = Field(min_length=1, max_length=64)
-    offset: timedelta = Field(default=timedelta(0), description="e.g. -P1D (ISO 8601) or seconds")
+    offset: Duration = Field(default=timedelta(0), description="e.g. -P1D (ISO 8601) or seconds")
 
 
 class Step(BaseModel):
     model_config = ConfigDict(extra="forbid")
     template: str = Field(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9_-]*$")
-    delay: timedelta = Field(default=timedelta(0), description="after enrolment: ISO 8601 (P1D) or seconds")
+    delay: Duration = Field(default=timedelta(0), description="after enrolment: ISO 8601 (P1D) or seconds")
     at: StepAt | None = None
 
     @field_validator("delay")

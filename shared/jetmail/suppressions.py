@@ -2,26 +2,38 @@
 
 Row: ``SUPP#<address>`` / ``SUPP`` with reason, source and time; gsi1 ``SUPPRESSIONS`` / time so
 "suppressed since T" is one Query (the send-time check that catches what changed after a plan).
+
+An erased address (``jetmail.gdpr``) is kept only as its keyed pseudonym: ``SUPP#ERASED`` /
+``<hmac>``, reason ``erased``. The address cannot be read back from it, yet every check below
+(a send, a campaign plan, a running batch) recognises the address and refuses it. All pseudonyms
+share one partition, so a planner loads them in one Query instead of one read per recipient.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Mapping
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel
 
-from jetmail.storage.table import Table, from_item, to_item
+from jetmail.contacts import batch_get
+from jetmail.storage.table import Table
+
+if TYPE_CHECKING:
+    from jetmail.audit import AuditLog
 
 Reason = Literal["hard_bounce", "soft_bounce_limit", "spam_complaint", "unsubscribed", "manual",
                  "account_suppression_list", "erased"]
 # These block every message, transactional included; the others block marketing only.
 BLOCKS_ALL: frozenset[str] = frozenset({"hard_bounce", "soft_bounce_limit", "spam_complaint",
                                         "account_suppression_list", "erased", "manual"})
-BATCH_GET_MAX = 100
+ERASED_PK = "SUPP#ERASED"
+PSEUDONYM_PREFIX = "hmac:"
 
 
 class Suppression(BaseModel):
@@ -39,29 +51,107 @@ def blocks(reason: str, *, category: str) -> bool:
     return category == "marketing" or reason in BLOCKS_ALL
 
 
+class Pseudonymizer:
+    """HMAC-SHA256 of a lower-cased address under a secret key: the same address always gives the
+    same pseudonym, and without the key a pseudonym cannot be tested against guessed addresses."""
+
+    def __init__(self, secret: str | bytes) -> None:
+        raw = secret.encode() if isinstance(secret, str) else secret
+        # a key of its own, so the pseudonyms never equal any signature made with the signing secret
+        self._key = hmac.new(raw, b"jetmail address pseudonym v1", hashlib.sha256).digest()
+
+    def digest(self, email: str) -> str:
+        return hmac.new(self._key, email.strip().lower().encode(), hashlib.sha256).hexdigest()
+
+    def pseudonym(self, email: str) -> str:
+        return PSEUDONYM_PREFIX + self.digest(email)
+
+
+class SuppressedAddresses(Mapping[str, str]):
+    """{address: reason} that also answers for erased addresses, which are held only as pseudonyms."""
+
+    def __init__(self, plain: dict[str, str], erased: frozenset[str], pseudonyms: Pseudonymizer | None) -> None:
+        self._plain = plain
+        self._erased = erased
+        self._pseudonyms = pseudonyms
+
+    def __getitem__(self, email: str) -> str:
+        key = email.lower()
+        if self._erased and self._pseudonyms is not None and self._pseudonyms.digest(key) in self._erased:
+            return "erased"
+        if key in self._plain:
+            return self._plain[key]
+        raise KeyError(email)
+
+    def __contains__(self, email: object) -> bool:
+        if not isinstance(email, str):
+            return False
+        try:
+            self[email]
+        except KeyError:
+            return False
+        return True
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._plain)
+
+    def __len__(self) -> int:
+        return len(self._plain)
+
+
 class SuppressionStore:
-    def __init__(self, table: Table, *, recent_ttl_s: float = 2.0) -> None:
+    def __init__(self, table: Table, *, recent_ttl_s: float = 2.0, pseudonyms: Pseudonymizer | None = None,
+                 audit: AuditLog | None = None) -> None:
         self.table = table
         self.recent_ttl_s = recent_ttl_s
+        self.pseudonyms = pseudonyms
+        self.audit = audit
         self._recent: dict[str, str] = {}
+        self._recent_erased: set[str] = set()
         self._recent_checked = 0.0
         self._recent_since = datetime.now(UTC).isoformat()
+        self._erased: frozenset[str] = frozenset()
+        self._erased_checked = -float("inf")
         self._lock = threading.Lock()
 
     def add(self, email: str, *, reason: Reason, source: str = "api") -> Suppression:
         entry = Suppression(email=email.lower(), reason=reason, source=source, created_at=datetime.now(UTC).isoformat())
         self.table.put({"pk": f"SUPP#{entry.email}", "sk": "SUPP", "gsi1pk": "SUPPRESSIONS",
                         "gsi1sk": f"{entry.created_at}#{entry.email}", **entry.model_dump()})
+        if self.audit is not None and _managed(source):
+            self.audit.record("suppression.added", target=self._target(entry.email),
+                              changes={"reason": reason, "source": source})
+        return entry
+
+    def add_erased(self, email: str, *, source: str = "erasure") -> Suppression:
+        """Keep only the address's pseudonym, suppressed for good, and drop its plain entry."""
+        if self.pseudonyms is None:
+            raise RuntimeError("erasure needs a SuppressionStore made with pseudonyms")
+        digest = self.pseudonyms.digest(email)
+        entry = Suppression(email=PSEUDONYM_PREFIX + digest, reason="erased", source=source,
+                            created_at=datetime.now(UTC).isoformat())
+        self.table.put({"pk": ERASED_PK, "sk": digest, "gsi1pk": "SUPPRESSIONS",
+                        "gsi1sk": f"{entry.created_at}#{entry.email}", **entry.model_dump()})
+        self.table.delete(f"SUPP#{email.lower()}", "SUPP")
         return entry
 
     def get(self, email: str) -> Suppression | None:
-        item = self.table.get(f"SUPP#{email.lower()}", "SUPP")
+        """The erased entry of the address's pseudonym (it blocks everything, whatever was added since),
+        else the address's own entry: one request either way."""
+        keys = [(f"SUPP#{email.lower()}", "SUPP")]
+        if self.pseudonyms is not None:
+            keys.append((ERASED_PK, self.pseudonyms.digest(email)))
+        items = {item["pk"]: item for item in batch_get(self.table, keys)}
+        item = items.get(ERASED_PK) or items.get(keys[0][0])
         return Suppression.model_validate(item) if item else None
 
     def remove(self, email: str) -> bool:
-        if self.get(email) is None:
+        """Lift the address's own entry; an erasure is never lifted (it is not the address's to lift)."""
+        if self.table.get(f"SUPP#{email.lower()}", "SUPP") is None:
             return False
         self.table.delete(f"SUPP#{email.lower()}", "SUPP")
+        if self.audit is not None:
+            self.audit.record("suppression.removed", target=self._target(email))
         return True
 
     def list(self, *, limit: int = 100, start: dict[str, Any] | None = None
@@ -70,32 +160,42 @@ class SuppressionStore:
         return [Suppression.model_validate(i) for i in items], last
 
     def suppressed_among(self, emails: Iterable[str]) -> dict[str, str]:
-        """{address: reason} for the suppressed ones among ``emails``: one BatchGetItem per 100."""
+        """{address: reason} for the suppressed ones among ``emails``: one BatchGetItem per 100, and the
+        erased pseudonyms (one Query, refreshed at most every ``recent_ttl_s``)."""
         wanted = sorted({e.lower() for e in emails})
-        found: dict[str, str] = {}
-        for offset in range(0, len(wanted), BATCH_GET_MAX):
-            keys = [to_item({"pk": f"SUPP#{e}", "sk": "SUPP"}) for e in wanted[offset:offset + BATCH_GET_MAX]]
-            request: dict[str, Any] = {self.table.name: {"Keys": keys, "ProjectionExpression": "email, reason"}}
-            delay = 0.05
-            while request:
-                resp = self.table.client.batch_get_item(RequestItems=request)
-                self.table.requests += 1
-                for raw in resp.get("Responses", {}).get(self.table.name, []):
-                    item = from_item(raw)
-                    found[item["email"]] = item["reason"]
-                request = resp.get("UnprocessedKeys") or {}
-                if request:
-                    time.sleep(delay)
-                    delay = min(delay * 2, 2.0)
+        keys = [(f"SUPP#{e}", "SUPP") for e in wanted]
+        found = {item["email"]: item["reason"] for item in batch_get(self.table, keys, projection="email, reason")}
+        erased = self.erased_digests()
+        if erased and self.pseudonyms is not None:
+            found.update({e: "erased" for e in wanted if self.pseudonyms.digest(e) in erased})
         return found
 
-    def recently_suppressed(self) -> dict[str, str]:
+    def erased_digests(self) -> frozenset[str]:
+        with self._lock:
+            if time.monotonic() - self._erased_checked >= self.recent_ttl_s:
+                self._erased = frozenset(i["sk"] for i in self.table.query_all(pk=ERASED_PK))
+                self._erased_checked = time.monotonic()
+            return self._erased
+
+    def recently_suppressed(self) -> Mapping[str, str]:
         """Suppressions added since this process started watching, refreshed at most every
-        ``recent_ttl_s``: one Query per refresh for the whole process, however many sends ask."""
+        ``recent_ttl_s``: one Query per refresh for the whole process, however many sends ask.
+        Erasures among them are recognised by address too."""
         with self._lock:
             if time.monotonic() - self._recent_checked >= self.recent_ttl_s:
                 for item in self.table.query_all(pk="SUPPRESSIONS", index="gsi1", sk_after=self._recent_since):
-                    self._recent[item["email"]] = item["reason"]
+                    if item["pk"] == ERASED_PK:
+                        self._recent_erased.add(item["sk"])
+                    else:
+                        self._recent[item["email"]] = item["reason"]
                     self._recent_since = max(self._recent_since, item["gsi1sk"])
                 self._recent_checked = time.monotonic()
-            return dict(self._recent)
+            return SuppressedAddresses(dict(self._recent), frozenset(self._recent_erased), self.pseudonyms)
+
+    def _target(self, email: str) -> str:
+        return self.pseudonyms.pseudonym(email) if self.pseudonyms is not None else "address"
+
+
+def _managed(source: str) -> bool:
+    """An operator's action (API key or CLI), not feedback from the provider or a recipient."""
+    return source == "cli" or source.startswith("api:")

@@ -21,6 +21,7 @@ from jetmail.contacts import (
     MemberPage,
     SubscriptionStatus,
 )
+from jetmail.gdpr import ErasureReport, PersonalData
 from jetmail.segments import SegmentCreate, SegmentPreview, SegmentPublic
 from jetmail.services import Services
 
@@ -119,12 +120,30 @@ def get_contact(email: Email, key: Admin, svc: Svc) -> Contact:
     return svc.contacts.get(email)
 
 
-@router.delete("/contacts/{email}", status_code=204, response_class=Response, responses=NOT_FOUND,
-               tags=["contacts"])
-def delete_contact(email: Email, key: Admin, svc: Svc) -> Response:
-    """The contact and its memberships."""
+@router.delete("/contacts/{email}", status_code=204, response_model=None, tags=["contacts"],
+               responses={**NOT_FOUND, 200: {"model": ErasureReport, "description": "erased (erase=true)"}})
+def delete_contact(email: Email, key: Admin, svc: Svc, response: Response,
+                   erase: Annotated[bool, Query(description="erase everything held about the address "
+                                                            "(GDPR art. 17), not only the contact")] = False,
+                   ) -> Response | ErasureReport:
+    """Without ``erase``: the contact and its memberships (404 when there is none). With
+    ``erase=true``: every record about the address (contact, memberships, messages' personal fields,
+    events, sequence enrolments; pending mail cancelled), leaving only a keyed hash in the suppression
+    list so the address is never mailed again; answers 200 with what was removed, also when nothing
+    was held (the address is suppressed all the same)."""
+    if erase:
+        response.status_code = 200
+        return svc.privacy.erase(email)
     svc.contacts.delete(email)
     return Response(status_code=204)
+
+
+@router.get("/contacts/{email}/export", response_model=PersonalData, tags=["contacts"],
+            responses={422: {"description": "invalid address"}})
+def export_contact(email: Email, key: Admin, svc: Svc) -> PersonalData:
+    """Everything held about the address (GDPR art. 15/20): contact, list memberships, messages
+    (with their context), delivery and engagement events, suppression entry, sequence enrolments."""
+    return svc.privacy.export(email)
 
 
 # ---- segments

@@ -16,7 +16,9 @@ router = APIRouter(prefix="/v1/messages", tags=["messages"])
 
 
 @router.post("", status_code=202, response_model=MessagePublic,
-             responses={404: {"description": "unknown template"}, 409: {"description": "idempotency conflict"}})
+             responses={404: {"description": "unknown template"}, 409: {"description": "idempotency conflict"},
+                        422: {"description": "invalid request, From not an allowed identity, or a marketing "
+                                             "template without unsubscribe link or postal address"}})
 def send_message(
     body: SendRequest,
     response: Response,

@@ -12,7 +12,7 @@ import logging
 import math
 import secrets
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from jetmail.campaigns.model import (
     ABResult,
@@ -26,9 +26,14 @@ from jetmail.campaigns.model import (
 )
 from jetmail.campaigns.signals import publish_state
 from jetmail.campaigns.store import CampaignNotFound, CampaignStore, InvalidTransition, now_iso
+from jetmail.compose import NotCompliant
 from jetmail.messages import JobQueue
 from jetmail.storage.table import ConditionFailed
 from jetmail.template_store import TemplateStore
+
+if TYPE_CHECKING:
+    from jetmail.audit import AuditLog
+    from jetmail.compose import Composer
 
 logger = logging.getLogger("jetmail.campaigns")
 
@@ -64,12 +69,15 @@ def z_test(x1: int, n1: int, x2: int, n2: int) -> float:
 
 class CampaignService:
     def __init__(self, *, store: CampaignStore, templates: TemplateStore, queue: Any, contacts: Any = None,
-                 segments: Any = None) -> None:
+                 segments: Any = None, composer: Composer | None = None, audit: AuditLog | None = None) -> None:
         self.store = store
         self.templates = templates
         self.queue: JobQueue = queue
         self.contacts = contacts
         self.segments = segments
+        # the bulk-sender rules (From identity, unsubscribe link, postal address) and the audit log
+        self.composer = composer
+        self.audit = audit
 
     # ---- create and read
     def create(self, body: CampaignCreate, *, parent_id: str | None = None, campaign_id: str | None = None,
@@ -81,6 +89,8 @@ class CampaignService:
                     self.templates.resolve(variant.template, None)
         for source in [*body.audience, *body.exclusions]:
             self._check_source(source)
+        if self.composer is not None:
+            self.composer.check_from(body.from_)
         item = self.store.create(campaign_id or f"cmp_{secrets.token_hex(8)}", body, parent_id=parent_id,
                                  state=state)
         return self.public(item)
@@ -130,9 +140,34 @@ class CampaignService:
                                       rate=hits / sent if sent else 0.0))
         return stats
 
+    # ---- bulk-sender rules
+    def check_compliance(self, definition: CampaignCreate) -> None:
+        """Every locale of every template the campaign may use (its own and each A/B variant's) must
+        render an unsubscribe link and the postal address, and the From address must be allowed.
+        Raises NotCompliant (naming each template/locale and what it lacks), SenderNotAllowed."""
+        if self.composer is None:
+            return
+        self.composer.check_from(definition.from_)
+        names = [definition.template]
+        if definition.ab_test:
+            names += [v.template for v in definition.ab_test.variants if v.template]
+        versions = []
+        for name in dict.fromkeys(names):
+            for locale in sorted(self.templates.locales(name)):
+                # a campaign is marketing mail whatever its template's category says (the renamed
+                # copy keeps the renderer's cache of the stored version apart)
+                version = self.templates.get(name, locale=locale)
+                versions.append(version.model_copy(update={"category": "marketing", "name": f"{name}~campaign"}))
+        self.composer.require_compliant(versions, definition.context)
+
+    def _record(self, action: str, campaign_id: str, **changes: Any) -> None:
+        if self.audit is not None:
+            self.audit.record(f"campaign.{action}", target=campaign_id, changes=changes)
+
     # ---- actions
     def send(self, campaign_id: str) -> CampaignPublic:
         """Start now (from draft or scheduled)."""
+        self.check_compliance(self.store.definition(self.store.get(campaign_id)))
         item = self.store.transition(campaign_id, S.SENDING, allowed_from={S.DRAFT, S.SCHEDULED},
                                      fields={"started_at": now_iso()})
         self.store.clear_due(campaign_id)
@@ -145,6 +180,8 @@ class CampaignService:
             self._enqueue_plan(campaign_id, "test")
         else:
             self._enqueue_plan(campaign_id, "main")
+        self._record("sent", campaign_id, state=S.SENDING.value, template=definition.template,
+                     ab_test=definition.ab_test is not None)
         return self.public(item)
 
     def _enqueue_plan(self, campaign_id: str, run: str, *, winner: str | None = None) -> None:
@@ -152,6 +189,7 @@ class CampaignService:
                            job_id=f"plan.{campaign_id}.{run}", campaign_id=campaign_id, run=run, winner=winner)
 
     def schedule(self, campaign_id: str, request: ScheduleRequest) -> CampaignPublic:
+        self.check_compliance(self.store.definition(self.store.get(campaign_id)))
         if request.at is not None:
             at = request.at.astimezone(UTC)
             item = self.store.transition(campaign_id, S.SCHEDULED, allowed_from={S.DRAFT, S.SCHEDULED},
@@ -167,6 +205,8 @@ class CampaignService:
             self.queue.schedule(FIRE_TASK, queue=CAMPAIGN_QUEUE, schedule_id=f"cmp-{campaign_id}",  # type: ignore[attr-defined]
                                 cron=request.cron, timezone=request.timezone, campaign_id=campaign_id)
         self._mirror(campaign_id, S.SCHEDULED)
+        self._record("scheduled", campaign_id, at=item.get("scheduled_at"), cron=request.cron,
+                     timezone=request.timezone)
         return self.public(item)
 
     def fire(self, campaign_id: str, *, stamp: str) -> CampaignPublic | None:
@@ -187,16 +227,23 @@ class CampaignService:
         except InvalidTransition:
             self.store.clear_due(campaign_id)
             return None
+        except NotCompliant as exc:
+            # its template changed since it was scheduled: it stays scheduled, unsent, until fixed
+            logger.warning("scheduled campaign %s not started: %s", campaign_id, exc)
+            self.store.clear_due(campaign_id)
+            return None
 
     def pause(self, campaign_id: str) -> CampaignPublic:
         item = self.store.transition(campaign_id, S.PAUSED, allowed_from={S.SENDING})
         self._mirror(campaign_id, S.PAUSED)
+        self._record("paused", campaign_id, state=S.PAUSED.value)
         return self.public(item)
 
     def resume(self, campaign_id: str) -> CampaignPublic:
         item = self.store.transition(campaign_id, S.SENDING, allowed_from={S.PAUSED})
         self._mirror(campaign_id, S.SENDING)
-        self.requeue_parked(campaign_id)
+        requeued = self.requeue_parked(campaign_id)
+        self._record("resumed", campaign_id, state=S.SENDING.value, requeued_batches=requeued)
         return self.public(item)
 
     def requeue_parked(self, campaign_id: str) -> int:
@@ -220,6 +267,7 @@ class CampaignService:
             self.queue.cancel_schedule(f"cmp-{campaign_id}")  # type: ignore[attr-defined]
         for parked in self.store.parked(campaign_id):
             self.store.unpark(campaign_id, parked["sk"])
+        self._record("cancelled", campaign_id, state=S.CANCELLED.value)
         return self.public(item)
 
     def pick_winner(self, campaign_id: str, variant: str, *, decided_by: str = "manual",

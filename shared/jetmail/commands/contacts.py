@@ -92,3 +92,29 @@ def list_lists() -> None:
     """Every list, oldest first."""
     for item in load_services().contacts.lists():
         click.echo(f"{item.id}  {item.created_at[:19]}  {item.name}")
+
+
+@contacts.command("export")
+@click.argument("email")
+@domain_errors
+def export_contact(email: str) -> None:
+    """Print everything held about EMAIL as JSON (contact, memberships, messages, events, suppression,
+    sequence enrolments)."""
+    data = load_services().privacy.export(email)
+    click.echo(json.dumps(data.model_dump(mode="json"), indent=2, ensure_ascii=False))
+
+
+@contacts.command("erase")
+@click.argument("email")
+@click.option("--yes", is_flag=True, help="confirm: erasure cannot be undone")
+@domain_errors
+def erase_contact(email: str, yes: bool) -> None:
+    """Erase everything held about EMAIL, keeping only a keyed hash in the suppression list so the address
+    is never mailed again."""
+    if not yes:
+        raise click.ClickException("erasure cannot be undone: pass --yes to confirm")
+    report = load_services().privacy.erase(email)
+    click.echo(f"erased {email}: contact {'deleted' if report.contact else 'none'}, "
+               f"{report.memberships} membership(s), {report.messages_scrubbed} message(s) scrubbed, "
+               f"{report.messages_cancelled} pending cancelled, {report.events} event(s), "
+               f"{report.sequence_enrolments} sequence enrolment(s); kept {report.pseudonym}")

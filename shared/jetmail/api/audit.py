@@ -1,0 +1,51 @@
+"""The audit log (admin scope), and the dependency that names the API key as the actor of a request."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
+
+from jetmail import audit
+from jetmail.api.auth import require, services
+from jetmail.apikeys import ApiKey
+from jetmail.audit import AuditPage, InvalidAuditQuery
+from jetmail.services import Services
+
+router = APIRouter(prefix="/v1/audit", tags=["audit"])
+Admin = Annotated[ApiKey, Depends(require("admin"))]
+Svc = Annotated[Services, Depends(services)]
+
+
+async def bind_actor(request: Request) -> None:
+    """Every action recorded while this request runs names its API key. Async, so the binding is
+    made in the request's own context, which the route's worker thread inherits; the key is read
+    when an action is recorded, after authentication."""
+
+    def actor() -> str | None:
+        key = getattr(request.state, "api_key", None)
+        return f"key:{key.key_id}" if key is not None else None
+
+    audit.bind_actor(actor)
+
+
+@router.get("", response_model=AuditPage, responses={422: {"description": "invalid time or cursor"}})
+def list_audit(key: Admin, svc: Svc, since: Annotated[str | None, Query(max_length=64)] = None,
+               until: Annotated[str | None, Query(max_length=64)] = None,
+               action: Annotated[str | None, Query(max_length=64, description="e.g. `campaign.sent`, or a "
+                                                                          "prefix ending in `.`")] = None,
+               actor: Annotated[str | None, Query(max_length=128, description="`key:<id>`, `cli:<user>`, "
+                                                                          "`system`")] = None,
+               target: Annotated[str | None, Query(max_length=320, description="a campaign id, "
+                                                   "`<template>/<locale>`, or an email address (matched "
+                                                   "by its pseudonym)")] = None,
+               limit: Annotated[int, Query(ge=1, le=500)] = 100,
+               cursor: Annotated[str | None, Query(max_length=512)] = None) -> AuditPage:
+    """Management actions, newest first; follow ``next_cursor`` for older ones."""
+    if target and "@" in target:
+        target = svc.pseudonyms.pseudonym(target)
+    try:
+        return svc.audit.query(since=since, until=until, action=action, actor=actor, target=target, limit=limit,
+                               cursor=cursor)
+    except InvalidAuditQuery as exc:
+        raise HTTPException(422, str(exc)) from None
