@@ -3,6 +3,10 @@
 A key reads ``jm_<key id>_<secret>``; the key id finds the record in one GetItem and the digest of
 the whole key is compared in constant time. The secret carries 256 bits of randomness, so a plain
 digest (not a slow password hash) is the right tool: there is nothing to brute-force.
+
+Rotation gives a key a new secret and keeps its id, name, scopes and rate limit; the previous secret's
+digest stays on the record with an expiry (the grace period) and is accepted until then. Revocation
+is one conditional write that every container sees on its next request: nothing caches a key.
 """
 
 from __future__ import annotations
@@ -11,10 +15,10 @@ import hashlib
 import hmac
 import re
 import secrets
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from jetmail.storage.table import ConditionFailed, Table
 
@@ -29,6 +33,9 @@ class ApiKey(BaseModel):
     scopes: list[Scope]
     created_at: str
     revoked_at: str | None = None
+    rotated_at: str | None = None
+    # requests per minute for this key; None: the API's default (settings.api_rate_per_minute)
+    rate_per_minute: int | None = Field(default=None, ge=1)
 
     @property
     def active(self) -> bool:
@@ -42,11 +49,23 @@ def _digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+def _new_token(key_id: str) -> str:
+    return f"jm_{key_id}_{secrets.token_urlsafe(32)}"
+
+
+class KeyNotFound(LookupError):
+    """No active key with that id (never created, or revoked)."""
+
+    def __init__(self, key_id: str) -> None:
+        super().__init__(f"no active key {key_id!r}")
+
+
 class ApiKeys:
     def __init__(self, table: Table) -> None:
         self.table = table
 
-    def create(self, name: str, *, scopes: list[Scope] | None = None) -> tuple[ApiKey, str]:
+    def create(self, name: str, *, scopes: list[Scope] | None = None,
+               rate_per_minute: int | None = None) -> tuple[ApiKey, str]:
         """Return the stored key and its plaintext (shown to the caller once, never stored)."""
         name = name.strip()
         if not name or len(name) > 100:
@@ -55,12 +74,14 @@ class ApiKeys:
         for scope in scopes:
             if scope not in SCOPES:
                 raise ValueError(f"unknown scope {scope!r} (expected one of {', '.join(SCOPES)})")
+        _check_rate(rate_per_minute)
         key_id = secrets.token_hex(6)
-        token = f"jm_{key_id}_{secrets.token_urlsafe(32)}"
-        key = ApiKey(key_id=key_id, name=name, scopes=scopes, created_at=datetime.now(UTC).isoformat())
+        token = _new_token(key_id)
+        key = ApiKey(key_id=key_id, name=name, scopes=scopes, created_at=datetime.now(UTC).isoformat(),
+                     rate_per_minute=rate_per_minute)
         self.table.put(
             {"pk": f"APIKEY#{key_id}", "sk": "APIKEY", "gsi1pk": "APIKEYS", "gsi1sk": key.created_at,
-             "digest": _digest(token), **key.model_dump()},
+             "digest": _digest(token), **key.model_dump(exclude_none=True)},
             condition="attribute_not_exists(pk)",
         )
         return key, token
@@ -70,10 +91,55 @@ class ApiKeys:
         if not match:
             return None
         item = self.table.get(f"APIKEY#{match.group(1)}", "APIKEY")
-        if item is None or not hmac.compare_digest(item["digest"], _digest(token)):
+        if item is None or item.get("revoked_at"):
             return None
-        key = ApiKey.model_validate(item)
-        return key if key.active else None
+        digest = _digest(token)
+        if not hmac.compare_digest(item["digest"], digest):
+            # the secret a rotation replaced, until its grace period ends
+            previous, until = item.get("previous_digest"), item.get("previous_expires_at")
+            if not (previous and until and datetime.now(UTC) < datetime.fromisoformat(until)
+                    and hmac.compare_digest(previous, digest)):
+                return None
+        return ApiKey.model_validate(item)
+
+    def rotate(self, key_id: str, *, grace: timedelta = timedelta(0)) -> tuple[ApiKey, str]:
+        """Give the key a new secret and return it with the plaintext (shown once). The previous secret
+        keeps working for ``grace`` (zero: it stops at once); a secret replaced earlier stops now."""
+        if grace < timedelta(0):
+            raise ValueError("the grace period must not be negative")
+        item = self.table.get(f"APIKEY#{key_id}", "APIKEY", consistent=True)
+        if item is None or item.get("revoked_at"):
+            raise KeyNotFound(key_id)
+        token = _new_token(key_id)
+        now = datetime.now(UTC)
+        params: dict[str, str] = {":new": _digest(token), ":old": item["digest"], ":now": now.isoformat()}
+        if grace > timedelta(0):
+            expression = ("SET digest = :new, previous_digest = :old, previous_expires_at = :until, "
+                          "rotated_at = :now")
+            params[":until"] = (now + grace).isoformat()
+        else:
+            expression = "SET digest = :new, rotated_at = :now REMOVE previous_digest, previous_expires_at"
+        try:
+            # the digest condition makes two rotations at once fail one of them rather than lose a secret
+            updated = self.table.update(f"APIKEY#{key_id}", "APIKEY", expression=expression, params=params,
+                                        condition="attribute_exists(pk) AND attribute_not_exists(revoked_at) "
+                                                  "AND digest = :old")
+        except ConditionFailed:
+            raise KeyNotFound(key_id) from None
+        return ApiKey.model_validate(updated), token
+
+    def set_rate_limit(self, key_id: str, rate_per_minute: int | None) -> None:
+        """Set this key's requests per minute; None returns it to the API's default."""
+        _check_rate(rate_per_minute)
+        if rate_per_minute is None:
+            expression, params = "REMOVE rate_per_minute", None
+        else:
+            expression, params = "SET rate_per_minute = :rate", {":rate": rate_per_minute}
+        try:
+            self.table.update(f"APIKEY#{key_id}", "APIKEY", expression=expression, params=params,
+                              condition="attribute_exists(pk) AND attribute_not_exists(revoked_at)")
+        except ConditionFailed:
+            raise KeyNotFound(key_id) from None
 
     def revoke(self, key_id: str) -> bool:
         try:
@@ -88,3 +154,8 @@ class ApiKeys:
 
     def list(self) -> list[ApiKey]:
         return [ApiKey.model_validate(i) for i in self.table.query_all(pk="APIKEYS", index="gsi1")]
+
+
+def _check_rate(rate_per_minute: int | None) -> None:
+    if rate_per_minute is not None and rate_per_minute < 1:
+        raise ValueError(f"rate_per_minute must be at least 1, got {rate_per_minute}")

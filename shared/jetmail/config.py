@@ -91,9 +91,16 @@ class Settings(BaseSettings):
     default_timezone: str = "UTC"
     company_name: str = "jetmail"
     company_address: str = "1 Example Street, 10115 Berlin, Germany"
+    # From addresses mail may be sent from: addresses (noreply@example.com) and whole domains
+    # (example.com), comma separated or a JSON list; empty: any address at default_from's domain
+    allowed_from: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
     # --- API
     max_body_bytes: int = 256 * 1024
+    # requests per minute per API key (0: no limit); a key's own limit (`jetmail keys limit`) replaces it
+    api_rate_per_minute: int = Field(default=600, ge=0)
+    # browser origins allowed to call the API (CORS), comma separated or a JSON list; empty: no CORS headers
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     country_header: str = "cloudfront-viewer-country"
 
     # --- SNS (SES events over an HTTPS subscription; POST /sns/ses)
@@ -119,8 +126,12 @@ class Settings(BaseSettings):
     soft_bounce_window_days: int = Field(default=30, ge=1)
     event_retention_days: int = Field(default=400, ge=1)
     message_retention_days: int = Field(default=400, ge=1)
+    audit_retention_days: int = Field(default=730, ge=1)
+    # key of the pseudonyms kept for erased addresses (jetmail.gdpr); unset: derived from
+    # signing_secret. Set it before rotating signing_secret, or erased addresses stop matching.
+    erasure_secret: SecretStr | None = Field(default=None, min_length=16)
 
-    @field_validator("sns_topic_arns", mode="before")
+    @field_validator("sns_topic_arns", "cors_origins", "allowed_from", mode="before")
     @classmethod
     def _arn_list(cls, value: Any) -> Any:
         if isinstance(value, str):
@@ -170,6 +181,7 @@ class Settings(BaseSettings):
 # ``JETMAIL_<NAME>_ARN`` is read once at cold start. A JSON secret fills several settings by key.
 SECRET_ARNS = {
     "JETMAIL_SIGNING_SECRET_ARN": {None: "signing_secret"},
+    "JETMAIL_ERASURE_SECRET_ARN": {None: "erasure_secret"},
     "JETMAIL_NATS_CREDENTIALS_SECRET_ARN": {"user": "nats_user", "password": "nats_password"},
     "JETMAIL_SMTP_CREDENTIALS_SECRET_ARN": {"username": "smtp_username", "password": "smtp_password"},
 }

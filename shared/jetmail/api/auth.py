@@ -1,4 +1,5 @@
-"""Bearer API-key authentication for every route; scopes decide what a key may do."""
+"""Bearer API-key authentication for every /v1 route, then the key's request limit; scopes decide what a
+key may do. Public routes (/health, tracking, unsubscribe, the SNS endpoint) take no key."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from collections.abc import Callable
 
 from fastapi import Depends, HTTPException, Request
 
+from jetmail.api.throttle import ApiThrottle
 from jetmail.apikeys import ApiKey, Scope
 from jetmail.services import Services
 
@@ -25,6 +27,11 @@ def authenticate(request: Request) -> ApiKey:
     if key is None:
         raise HTTPException(401, "invalid or revoked API key", headers={"WWW-Authenticate": "Bearer"})
     request.state.api_key = key
+    throttle: ApiThrottle = request.app.state.throttle
+    retry_after = throttle.check(key)
+    if retry_after:
+        raise HTTPException(429, f"rate limit of {throttle.limit_for(key)} requests per minute for this key "
+                                 f"reached; retry in {retry_after}s", headers={"Retry-After": str(retry_after)})
     return key
 
 

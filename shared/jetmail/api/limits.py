@@ -1,4 +1,11 @@
-"""Request body size limit as plain ASGI middleware (it must see chunked bodies too)."""
+"""Request body size limit as plain ASGI middleware (it must see chunked bodies too).
+
+A declared Content-Length over the limit is refused before anything is read. Otherwise the body is
+read here, at most ``max_bytes`` of it, and handed to the app in one piece: a chunked body without a
+Content-Length that grows past the limit is refused with the same 413, instead of failing inside the
+framework's body parsing (which would answer 400). Bodies are small (256 KiB by default, and API
+Gateway hands Lambda the whole body anyway), so holding one in memory costs nothing worth saving.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +16,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 
 class BodyTooLarge(Exception):
-    """Raised while the body streams in; the app's error mapping answers 413."""
+    """A body over the limit, for code that reads one itself; the app's error mapping answers 413."""
 
     def __init__(self, max_bytes: int) -> None:
         super().__init__(f"request body exceeds {max_bytes} bytes")
@@ -29,23 +36,42 @@ class BodySizeLimit:
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
             await self._reject(send)
             return
+        chunks: list[bytes] = []
         seen = 0
-
-        async def limited_receive() -> Message:
-            nonlocal seen
+        while True:
             message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
-                    raise BodyTooLarge(self.max_bytes)
-            return message
-
-        await self.app(scope, limited_receive, send)
+            if message["type"] != "http.request":
+                # the client went away before the body was complete: let the app see that
+                await self.app(scope, _replay([message], receive), send)
+                return
+            chunk = message.get("body", b"")
+            seen += len(chunk)
+            if seen > self.max_bytes:
+                await self._reject(send)
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body = {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+        await self.app(scope, _replay([body], receive), send)
 
     async def _reject(self, send: Send) -> None:
         body: dict[str, Any] = {"error": "payload_too_large",
                                 "detail": f"request body exceeds {self.max_bytes} bytes"}
         raw = json.dumps(body).encode()
         await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(raw)).encode())]})
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(raw)).encode()),
+                                (b"connection", b"close")]})
         await send({"type": "http.response.body", "body": raw})
+
+
+def _replay(messages: list[Message], receive: Receive) -> Receive:
+    """``receive`` that first gives ``messages``, then whatever the server sends next (a disconnect)."""
+    pending = list(messages)
+
+    async def replayed() -> Message:
+        if pending:
+            return pending.pop(0)
+        return await receive()
+
+    return replayed

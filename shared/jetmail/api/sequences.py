@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Header, Query, Response
+from fastapi import APIRouter, Depends, Header, Path, Query, Response
 from pydantic import BaseModel
 
 from jetmail.api.auth import require, services
@@ -22,7 +22,9 @@ class Cancelled(BaseModel):
     cancelled_messages: int
 
 
-@router.post("", status_code=202, response_model=EnrolmentPublic)
+@router.post("", status_code=202, response_model=EnrolmentPublic,
+             responses={404: {"description": "unknown sequence or template"},
+                        409: {"description": "idempotency conflict"}})
 def enrol(body: EnrolRequest, response: Response, key: Sender, svc: Svc,
           idempotency_key: Annotated[str | None, Header(max_length=255)] = None) -> EnrolmentPublic:
     """Start a sequence for one recipient: step messages are recorded now and sent at their times."""
@@ -46,7 +48,8 @@ def list_definitions(key: Sender, svc: Svc) -> list[SequenceDefinition]:
 
 
 @router.put("/definitions/{name}", response_model=SequenceDefinition)
-def define(name: str, body: SequenceDefinition, key: Admin, svc: Svc) -> SequenceDefinition:
+def define(name: Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9_-]*$")],
+           body: SequenceDefinition, key: Admin, svc: Svc) -> SequenceDefinition:
     """Create or replace a named sequence."""
     return svc.sequences.define(body.model_copy(update={"name": name}))
 

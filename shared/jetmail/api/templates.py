@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Response
+from fastapi import APIRouter, Depends, Path, Query, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from jetmail.api.auth import require, services
 from jetmail.apikeys import ApiKey
 from jetmail.services import Services
 from jetmail.templating import TemplateContent, TemplateVersion
+from jetmail.templating.model import Category
 
 router = APIRouter(prefix="/v1/templates", tags=["templates"])
 Admin = Annotated[ApiKey, Depends(require("admin"))]
@@ -26,7 +27,7 @@ class TemplateUpdate(BaseModel):
     subject: str = Field(min_length=1, max_length=998)
     html: str = Field(min_length=1, max_length=200_000)
     text: str | None = Field(default=None, max_length=200_000)
-    category: str = "transactional"
+    category: Category = "transactional"
 
 
 class PreviewRequest(BaseModel):
@@ -79,7 +80,8 @@ def template_versions(name: str, key: Admin, svc: Svc, locale: LocaleQuery = Non
 
 
 @router.put("/{name}", response_model=TemplateVersion)
-def update_template(name: str, body: TemplateUpdate, key: Admin, svc: Svc) -> TemplateVersion:
+def update_template(name: Annotated[str, Path(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")], body: TemplateUpdate,
+                    key: Admin, svc: Svc) -> TemplateVersion:
     """Store new content as the next version."""
     return svc.templates.save(TemplateContent(name=name, **body.model_dump()))
 

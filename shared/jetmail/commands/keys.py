@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import click
 
+from jetmail.audit import cli_actor
 from jetmail.commands import domain_errors, load_services
 
 
@@ -19,7 +22,10 @@ def keys() -> None:
 @domain_errors
 def create(name: str, scopes: tuple[str, ...]) -> None:
     """Create a key. The key is printed once, alone on the last line."""
-    key, token = load_services().api_keys.create(name, scopes=list(scopes))  # type: ignore[arg-type]
+    svc = load_services()
+    key, token = svc.api_keys.create(name, scopes=list(scopes))  # type: ignore[arg-type]
+    svc.audit.record("key.created", target=key.key_id, actor=cli_actor(),
+                     changes={"name": key.name, "scopes": list(key.scopes)})
     click.echo(f"created key {key.key_id} ({key.name}, scopes: {', '.join(key.scopes)}); store it now, "
                "it is not shown again:")
     click.echo(token)
@@ -37,6 +43,66 @@ def list_keys() -> None:
 @click.argument("key_id")
 def revoke(key_id: str) -> None:
     """Revoke a key at once."""
-    if not load_services().api_keys.revoke(key_id):
+    svc = load_services()
+    if not svc.api_keys.revoke(key_id):
         raise click.ClickException(f"no active key {key_id!r}")
+    svc.audit.record("key.revoked", target=key_id, actor=cli_actor())
     click.echo(f"revoked {key_id}")
+
+
+class Duration(click.ParamType):
+    """``0`` (none), seconds, or one number with a unit: ``90s``, ``30m``, ``24h``, ``7d``."""
+
+    name = "duration"
+    _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> timedelta:
+        if isinstance(value, timedelta):
+            return value
+        text = str(value).strip().lower()
+        unit = text[-1:] if text[-1:] in self._UNITS else "s"
+        number = text[:-1] if text[-1:] in self._UNITS else text
+        if not number.isdigit():
+            self.fail(f"{value!r} is not a duration like 0, 90s, 30m, 24h or 7d", param, ctx)
+        return timedelta(seconds=int(number) * self._UNITS[unit])
+
+
+@keys.command("rotate")
+@click.argument("key_id")
+@click.option("--grace", type=Duration(), default="0", show_default=True,
+              help="how long the old secret keeps working (e.g. 24h); 0: it stops at once")
+@domain_errors
+def rotate(key_id: str, grace: timedelta) -> None:
+    """Give a key a new secret (same id, name, scopes and limit). The new key is printed once, alone on the
+    last line."""
+    from jetmail.apikeys import KeyNotFound
+
+    svc = load_services()
+    try:
+        key, token = svc.api_keys.rotate(key_id, grace=grace)
+    except KeyNotFound as exc:
+        raise click.ClickException(str(exc)) from None
+    svc.audit.record("key.rotated", target=key.key_id, actor=cli_actor(),
+                     changes={"grace_s": int(grace.total_seconds())})
+    until = f"keeps working for {grace}" if grace else "stopped working now"
+    click.echo(f"rotated key {key.key_id} ({key.name}); the old secret {until}. Store the new one now, "
+               "it is not shown again:")
+    click.echo(token)
+
+
+@keys.command("limit")
+@click.argument("key_id")
+@click.option("--per-minute", type=click.IntRange(min=1), default=None,
+              help="requests per minute for this key; leave out to return to JETMAIL_API_RATE_PER_MINUTE")
+@domain_errors
+def limit(key_id: str, per_minute: int | None) -> None:
+    """Set a key's own request limit."""
+    from jetmail.apikeys import KeyNotFound
+
+    svc = load_services()
+    try:
+        svc.api_keys.set_rate_limit(key_id, per_minute)
+    except KeyNotFound as exc:
+        raise click.ClickException(str(exc)) from None
+    svc.audit.record("key.limit_set", target=key_id, actor=cli_actor(), changes={"per_minute": per_minute})
+    click.echo(f"{key_id}: {per_minute} requests per minute" if per_minute else f"{key_id}: the default limit")

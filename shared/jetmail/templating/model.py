@@ -20,7 +20,7 @@ STANDARD_NAMES = frozenset({"unsubscribe_url", "company", "today", "now", "recip
 class TemplateContent(BaseModel):
     """One translation of a template as authored: Jinja sources for subject, HTML and text."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
     name: TemplateName
     locale: LocaleTag
