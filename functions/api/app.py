@@ -1,7 +1,17 @@
 """API Gateway (HTTP API, payload v2) → the FastAPI app. Built once per container, reused warm."""
 
+from typing import Any
+
 from mangum import Mangum
 
 from jetmail.api.app import create_app
+from jetmail.observability import CORRELATION_API, count_api_response, observed
 
-handler = Mangum(create_app(), lifespan="off")
+app = Mangum(create_app(), lifespan="off")
+
+
+@observed(correlation_id_path=CORRELATION_API)
+def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    response: dict[str, Any] = app(event, context)
+    count_api_response(response)
+    return response

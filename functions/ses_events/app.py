@@ -11,14 +11,18 @@ from mangum import Mangum
 
 from jetmail.api.app import create_app
 from jetmail.config import get_settings
+from jetmail.observability import CORRELATION_SES_EVENTS, count_api_response, count_ses_events, observed
 from jetmail.services import Services
 
 services = Services(get_settings())
 http = Mangum(create_app(services.settings, services=services), lifespan="off")
 
 
+@observed(correlation_id_path=CORRELATION_SES_EVENTS)
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     if "Records" in event:
+        count_ses_events(event)
         return services.ses_events.lambda_event(event).model_dump()
     answer: dict[str, Any] = http(event, context)
+    count_api_response(answer)
     return answer

@@ -11,7 +11,8 @@ import signal
 import threading
 import traceback
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -41,6 +42,11 @@ from .subjects import (
 )
 
 log = logging.getLogger("jetmail.queue.worker")
+
+# The running job's fields for log records (a logging filter copies them onto each record): job_id, task,
+# queue, priority, attempt, and the scalar ``*_id`` fields of its payload (message_id, campaign_id...). Each
+# job runs in its own asyncio task, and threads it starts inherit the context, so jobs never see each other's.
+job_log_context: ContextVar[Mapping[str, object] | None] = ContextVar("job_log_context", default=None)
 
 Hook = Callable[[dict[str, Any]], Awaitable[None] | None]
 _RAW_LIMIT = 64 * 1024
@@ -365,6 +371,7 @@ class Worker:
         exc: BaseException | None = None
         try:
             envelope = self._envelope(msg)
+            job_log_context.set(_log_fields(envelope, queue=queue, priority=priority, attempt=attempt))
             definition = self._definition(envelope, attempt)
             job = _parse(definition, envelope)
             ctx = JobContext(job_id=envelope.job_id, task=envelope.task, attempt=attempt,
@@ -513,6 +520,15 @@ def _parse(definition: TaskDef, envelope: JobEnvelope) -> Any:
         problems = describe_validation(exc)
         raise DeadOnArrival("invalid_payload",
                             f"invalid payload for task {definition.name!r}: {problems}") from None
+
+
+def _log_fields(envelope: JobEnvelope, *, queue: str, priority: str, attempt: int) -> dict[str, object]:
+    fields: dict[str, object] = {"job_id": envelope.job_id, "task": envelope.task, "queue": queue,
+                                 "priority": priority, "attempt": attempt}
+    for key, value in envelope.payload.items():
+        if key.endswith("_id") and isinstance(value, str | int) and key not in fields:
+            fields[key] = value
+    return fields
 
 
 def _queue_and_priority(subject: str) -> tuple[str, str]:
