@@ -420,6 +420,10 @@ def test_sending_page_shows_a_marketing_stop_and_resumes_it(browser: TestClient,
     after = browser.get(resp.headers["location"])
     assert "Marketing sending resumed" in after.text and "Marketing sending is stopped" not in after.text
     assert "Resume marketing sending" not in after.text
+    # AND the audit log names the key behind the session as the one who resumed
+    key_id = api_token.split("_")[1]
+    resumed = services.audit.query(action="sending.resumed", actor=f"key:{key_id}", since=stopped_at).entries
+    assert len(resumed) == 1
 
 
 # ---- charts

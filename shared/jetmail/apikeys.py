@@ -152,6 +152,11 @@ class ApiKeys:
             return False
         return True
 
+    def get(self, key_id: str) -> ApiKey | None:
+        """One key by id (consistent: a revocation or rotation shows at once), never its secret."""
+        item = self.table.get(f"APIKEY#{key_id}", "APIKEY", consistent=True)
+        return ApiKey.model_validate(item) if item is not None else None
+
     def list(self) -> list[ApiKey]:
         return [ApiKey.model_validate(i) for i in self.table.query_all(pk="APIKEYS", index="gsi1")]
 

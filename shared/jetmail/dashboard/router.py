@@ -123,8 +123,10 @@ def _clear(response: Response, request: Request, name: str, *, path: str = "") -
 
 def current_session(request: Request) -> Session:
     session = _sessions(request).read(request.cookies.get(SESSION_COOKIE))
-    if session is None or session_key(_services(request).api_keys, session) is None:
+    key = session_key(_services(request).api_keys, session) if session is not None else None
+    if session is None or key is None:
         raise LoginRequired
+    request.state.api_key = key  # the audit log names the key behind the session as the actor
     return session
 
 

@@ -100,8 +100,8 @@ def same_origin(*, origin: str | None, fetch_site: str | None, host: str | None)
 
 def session_key(keys: ApiKeys, session: Session) -> ApiKey | None:
     """The key behind a session, if it is still active, may administer, and was not rotated since login."""
-    for key in keys.list():  # a handful of keys: one Query
-        if key.key_id == session.key_id:
-            fresh = (key.rotated_at or "") == session.rotated_at
-            return key if key.active and key.allows("admin") and fresh else None
-    return None
+    key = keys.get(session.key_id)
+    if key is None:
+        return None
+    fresh = (key.rotated_at or "") == session.rotated_at
+    return key if key.active and key.allows("admin") and fresh else None
