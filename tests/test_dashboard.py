@@ -26,16 +26,20 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from jetmail.api.app import create_app
+from jetmail.campaigns.model import AudienceSource, CampaignCreate
 from jetmail.dashboard.charts import Box, Series, bar_chart, funnel_chart, line_chart, nice_ceiling, x_of, y_of
 from jetmail.dashboard.session import SESSION_COOKIE, SESSION_TTL_S, Sessions, same_origin
 from jetmail.dashboard.views import hourly
 from jetmail.devstack.mailbox import Mailbox
-from jetmail.devstack.stack import free_port, http_ready, stop_process, wait_until
+from jetmail.devstack.stack import StackState, free_port, http_ready, stop_process, wait_until
 from jetmail.queue import NotFoundError
 from jetmail.reports import TimelinePoint
 from jetmail.reputation import read_state, write_state
 from jetmail.scheduler import tick
 from jetmail.services import Services
+from jetmail.storage.table import Table
+from jetmail.templating import EXAMPLE_TEMPLATES_DIR, load_template_dir
+from stacktools import make_settings
 
 SVG = "{http://www.w3.org/2000/svg}"
 HUMAN_UA = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126.0 Safari/537.36"
@@ -335,6 +339,33 @@ def test_campaign_list_and_report_show_the_campaign(browser: TestClient, api_tok
     for variant in report.ab.variants:
         assert re.search(rf'<th scope="row">{variant.name}( \(leading\))?</th><td class="num">{variant.sent}</td>',
                          page.text)
+
+
+def test_every_page_renders_for_an_empty_account(stack: StackState, services: Services, unique: str) -> None:
+    # GIVEN an account with nothing in it yet (tables of its own) but an admin key
+    settings = make_settings(stack, table_name=f"jetmail-empty-{unique}")
+    Table(settings).create()
+    Table(settings, name=settings.stats_table).create()
+    empty = Services(settings)
+    _, token = empty.api_keys.create("empty", scopes=["admin"])
+    for content in load_template_dir(EXAMPLE_TEMPLATES_DIR):
+        empty.templates.save(content)
+    with TestClient(create_app(settings, services=empty), base_url="https://testserver",
+                    follow_redirects=False) as client:
+        logged_in(client, token)
+        # WHEN every page is opened THEN each answers 200 and says there is nothing yet where it lists things
+        for path in PAGES:
+            resp = client.get(path, follow_redirects=True)
+            assert resp.status_code == 200, (path, resp.text)
+        assert "No campaigns yet" in client.get("/dashboard/campaigns").text
+        # AND a campaign that has not sent anything has a report page with empty charts
+        list_id = empty.contacts.create_list("nobody").id
+        campaign = empty.campaigns.create(CampaignCreate(name="quiet", template="getting_started",
+                                                         audience=[AudienceSource(list_id=list_id)]))
+        page = client.get(f"/dashboard/campaigns/{campaign.id}")
+        assert page.status_code == 200 and "quiet" in page.text
+        assert len(svgs_of(page.text)) == 2  # timeline and funnel: no A/B test, no variant bars
+    empty.queue.close()
 
 
 def test_unknown_campaign_report_is_a_404_page(browser: TestClient, api_token: str) -> None:
