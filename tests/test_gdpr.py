@@ -139,13 +139,14 @@ def test_erase_leaves_only_a_keyed_hash_and_the_address_is_never_mailed_again(
     # and the erasure is not lifted through the suppression API
     assert client.delete(f"/v1/suppressions/{to}").status_code == 404
 
-    # WHEN the address is imported again, unsubscribes from marketing only, and is sent a message
-    assert client.put(f"/v1/contacts/{to}", json={"name": "Again"}).status_code == 201
+    # WHEN the address is added as a contact again THEN it is refused
+    again_contact = client.put(f"/v1/contacts/{to}", json={"name": "Again"})
+    assert again_contact.status_code == 422 and "erased" in again_contact.json()["detail"]
+    # WHEN it unsubscribes from marketing only, and is sent a transactional message
     assert client.post("/v1/suppressions", json={"email": to, "reason": "unsubscribed"}).status_code == 201
     again = client.post("/v1/messages", json={"template": "password_reset", "to": to, "context": RESET})
     assert again.status_code == 202
-    # THEN the contact exists but the erasure still blocks all mail: the message is suppressed and
-    # nothing reaches the mailbox
+    # THEN the erasure still blocks all mail: the message is suppressed and nothing reaches the mailbox
     assert services.suppressions.get(to).reason == "erased"  # type: ignore[union-attr]
     wait_until(lambda: status(client, again.json()["id"]) == "suppressed", timeout=15, what="suppressed")
     assert len(mailbox.for_recipient(to)) == delivered
@@ -218,15 +219,20 @@ def test_messages_and_events_expire_after_their_retention(client: TestClient, se
         assert re.search(r"TimeToLiveSpecification:\s+AttributeName: expires_at\s+Enabled: true", section)
 
 
-def test_campaign_skips_an_erased_address_imported_again(client: TestClient, mailbox: Mailbox,
+def test_an_erased_address_cannot_be_added_again_nor_mailed_by_a_campaign(client: TestClient, mailbox: Mailbox,
                                                          unique: str) -> None:
-    # GIVEN an erased address that is then imported into a list again, next to another subscriber
+    # GIVEN an erased address
     erased, kept = f"gone-{unique}@example.com", f"kept-{unique}@example.com"
     assert client.delete(f"/v1/contacts/{erased}", params={"erase": "true"}).status_code == 200
     list_id = client.post("/v1/lists", json={"name": f"reimport-{unique}"}).json()["id"]
+    # WHEN it is added again, alone or in an import next to another subscriber THEN it is refused
+    upsert = client.put(f"/v1/contacts/{erased.upper()}", json={"lists": {list_id: "subscribed"}})
+    assert upsert.status_code == 422 and "erased" in upsert.json()["detail"], upsert.text
     imported = client.post(f"/v1/lists/{list_id}/import", content=f"email\n{erased}\n{kept}\n".encode(),
                            headers={"Content-Type": "text/csv"})
-    assert imported.json()["imported"] == 2
+    report = imported.json()
+    assert report["imported"] == 1 and report["failed"] == 1, report
+    assert "erased" in str(report["errors"][0]), report
     # WHEN a campaign is sent to the list
     body = {"name": "after-erasure", "template": "getting_started", "audience": [{"list_id": list_id}],
             "context": {"steps": [], "dashboard_url": "https://a.example.com/", "docs_url": "https://d.example.com/"}}

@@ -79,6 +79,13 @@ class InvalidCursor(ValueError):
     pass
 
 
+class ErasedAddress(ValueError):
+    """The address was erased at its owner's request; it cannot become a contact again."""
+
+    def __init__(self, address: str) -> None:
+        super().__init__(f"{address} was erased at its owner's request (GDPR) and cannot be added again")
+
+
 class InvalidImport(ValueError):
     """The file as a whole cannot be read (no header, not UTF-8, a line too long); rows read before
     the problem stay imported."""
@@ -560,8 +567,10 @@ def _csv_rows(lines: Iterator[str]) -> Iterator[tuple[int, ImportRow | str]]:
 class ContactStore:
     """Contacts, lists and memberships in the single table; method docstrings give request counts."""
 
-    def __init__(self, table: Table) -> None:
+    def __init__(self, table: Table, *, erased: Callable[[Iterable[str]], set[str]] | None = None) -> None:
         self.table = table
+        # which of some addresses were erased (jetmail.gdpr): those are refused, never stored again
+        self.erased = erased or (lambda emails: set())
 
     @property
     def requests(self) -> int:
@@ -654,6 +663,8 @@ class ContactStore:
         cost, and the emulator copies the whole table per transaction item.)
         Raises UnknownList, InvalidContact, InvalidAddress, ContactConflict."""
         address = _address(email)
+        if self.erased([address]):
+            raise ErasedAddress(address)
         key = contact_key(address)
         for _ in range(UPSERT_ATTEMPTS):
             current = self._stored(key)
@@ -837,6 +848,12 @@ class ContactStore:
 
     def _import_chunk(self, rows: list[tuple[int, ImportRow]], *, list_id: str, status: SubscriptionStatus,
                       known_lists: dict[str, bool], report: ImportReport) -> None:
+        erased = self.erased([row.email for _, row in rows])
+        if erased:
+            for row_no, row in rows:
+                if row.email.lower() in erased:
+                    report.fail(row_no, str(ErasedAddress(row.email)))
+            rows = [(row_no, row) for row_no, row in rows if row.email.lower() not in erased]
         keys = list(dict.fromkeys(contact_key(row.email) for _, row in rows))
         stored = {item["gsi1sk"]: item for item in
                   batch_get(self.table, [(contact_pk(k), "CONTACT") for k in keys], consistent=True)}

@@ -113,7 +113,7 @@ class Services:
 
     @cached_property
     def contacts(self) -> ContactStore:
-        return ContactStore(self.table)
+        return ContactStore(self.table, erased=self.suppressions.erased_among)
 
     @cached_property
     def segments(self) -> SegmentStore:

@@ -133,6 +133,8 @@ class SuppressionStore:
         self.table.put({"pk": ERASED_PK, "sk": digest, "gsi1pk": "SUPPRESSIONS",
                         "gsi1sk": f"{entry.created_at}#{entry.email}", **entry.model_dump()})
         self.table.delete(f"SUPP#{email.lower()}", "SUPP")
+        with self._lock:  # this process refuses the address at once, others within ``recent_ttl_s``
+            self._erased = self._erased | {digest}
         return entry
 
     def get(self, email: str) -> Suppression | None:
@@ -169,6 +171,13 @@ class SuppressionStore:
         if erased and self.pseudonyms is not None:
             found.update({e: "erased" for e in wanted if self.pseudonyms.digest(e) in erased})
         return found
+
+    def erased_among(self, emails: Iterable[str]) -> set[str]:
+        """The erased ones among ``emails`` (lower-cased): one Query at most every ``recent_ttl_s``."""
+        erased = self.erased_digests()
+        if not erased or self.pseudonyms is None:
+            return set()
+        return {e.lower() for e in emails if self.pseudonyms.digest(e) in erased}
 
     def erased_digests(self) -> frozenset[str]:
         with self._lock:

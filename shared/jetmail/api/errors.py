@@ -16,6 +16,7 @@ from jetmail.campaigns.service import CampaignNotFound, InvalidTransition, Unkno
 from jetmail.contacts import (
     ContactConflict,
     ContactNotFound,
+    ErasedAddress,
     InvalidContact,
     InvalidCursor,
     InvalidImport,
@@ -60,6 +61,7 @@ STATUS_FOR: list[tuple[type[Exception], int]] = [
     (SegmentNotFound, 404),
     (UnknownList, 422),
     (InvalidContact, 422),
+    (ErasedAddress, 422),
     (InvalidCursor, 422),
     (InvalidImport, 422),
     (CriteriaError, 422),
