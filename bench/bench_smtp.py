@@ -11,8 +11,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -20,13 +18,13 @@ from email.message import EmailMessage
 from email.utils import make_msgid
 from pathlib import Path
 
+from postfix_sink import find_smtp_sink, start_smtp_sink
 from pydantic import SecretStr
 
 from jetmail.config import Settings
-from jetmail.devstack.stack import LocalStack, free_port, tcp_ready, wait_until
+from jetmail.devstack.stack import LocalStack, stop_process
 from jetmail.providers import OutboundMessage, SmtpProvider
 
-SMTP_SINK = "/usr/sbin/smtp-sink"
 POOL_SIZES = (1, 4)
 
 
@@ -88,19 +86,15 @@ def main() -> None:
         finally:
             stack.down()
 
-    if not (os.path.exists(SMTP_SINK) or shutil.which("smtp-sink")):
-        print(f"postfix smtp-sink: skipped ({SMTP_SINK} not found; apt-get install postfix provides it)")
+    binary = find_smtp_sink()
+    if binary is None:
+        print("postfix smtp-sink: skipped (not found; apt-get install postfix provides it, bench/run.py installs it)")
         return
-    binary = SMTP_SINK if os.path.exists(SMTP_SINK) else str(shutil.which("smtp-sink"))
-    port = free_port()
-    proc = subprocess.Popen([binary, "-c", f"127.0.0.1:{port}", "1000"], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc, port = start_smtp_sink(binary)
     try:
-        wait_until(tcp_ready(port), timeout=10, what="smtp-sink", proc=proc)
         bench("postfix smtp-sink", port, count=args.messages, size=args.size)
     finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+        stop_process(proc.pid)
 
 
 if __name__ == "__main__":

@@ -1,16 +1,21 @@
 """``make bench``: jetmail's figures on this machine, printed as one table and saved as JSON.
 
-Starts a local stack of its own (nats-server, moto, an SMTP sink: Postfix's ``smtp-sink`` when it
-is installed, else jetmail's own Python sink, and says which), then measures:
+Starts a local stack of its own (nats-server, moto, an SMTP sink: Postfix's ``smtp-sink``, installed
+with apt-get when missing and possible, else jetmail's own Python sink, and says which), then measures:
 
 * raw loop ceiling: one template rendered + MIME built + sent over SMTP in one process, no queue,
-  no database;
-* campaign throughput: N recipients (default 20,000), 2 worker processes, from "send" to the last
-  SMTP accept, and its ratio to 2x the raw loop;
+  no database (to the chosen sink, and to the Python sink for reference);
+* campaign throughput: N recipients (default 20,000), 2 worker processes, from "send" until the
+  campaign's counters show every recipient done, and its ratio to 2x the raw loop;
 * cost: DynamoDB requests (counted by the local moto server) and NATS messages (nats-server's
   monitoring) per 100 campaign recipients;
-* worker peak RSS;
-* transactional latency: API accept → SMTP accept, p50/p95/p99 (default 300 sends);
+* worker peak RSS after the N-recipient campaign and after the busy campaign;
+* transactional latency: API accept → SMTP accept (the message's ``created_at`` → ``sent_at``,
+  both written by jetmail), p50/p95/p99 over 1,000 sends paced at 20/s, idle and while a
+  50,000-recipient campaign runs;
+* planner memory: peak RSS of the campaign plan path (planner + batch payloads, chunked as the plan
+  job publishes them) over a synthetic in-memory audience of 20,000 and 200,000, in a fresh
+  interpreter each (no DynamoDB, no sending: what the audience size adds to a worker);
 * cold start: import time of each Lambda handler module in a fresh interpreter (median of 5).
 
 Not a test: nothing here passes or fails. ``python bench/run.py --help`` for sizes.
@@ -20,17 +25,24 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
+import platform
+import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from postfix_sink import find_smtp_sink, install_smtp_sink, start_smtp_sink
 
 ROOT = Path(__file__).resolve().parents[1]
 CONTEXT = {"steps": [{"title": "One", "description": "First."}], "dashboard_url": "https://a.example.com/",
@@ -45,7 +57,9 @@ def fetch_json(url: str) -> Any:
 def settings_for(state: Any, extra: dict[str, str]) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("JETMAIL_")}
     env.update(state.env())
-    env.update({"JETMAIL_TABLE_NAME": "jetmail-bench", "PYTHONUNBUFFERED": "1", **extra})
+    # the bench is the API's only client: its per-key request limit would measure itself
+    env.update({"JETMAIL_TABLE_NAME": "jetmail-bench", "PYTHONUNBUFFERED": "1", "JETMAIL_API_RATE_PER_MINUTE": "0",
+                **extra})
     return env
 
 
@@ -96,6 +110,109 @@ def cold_starts(env: dict[str, str]) -> dict[str, float]:
     return out
 
 
+def machine() -> dict[str, Any]:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    mem_kb = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
+                  if line.startswith("MemTotal:"))
+    return {"cores": os.cpu_count(), "cpu": cpu, "ram_gib": round(mem_kb / 1024 / 1024, 1),
+            "python": sys.version.split()[0], "load_average_at_start": os.getloadavg()}
+
+
+@dataclass
+class SyntheticMember:
+    email: str
+    name: str | None
+    language: str | None = None
+    timezone: str | None = None
+    attributes: dict[str, Any] = field(default_factory=dict)
+
+
+class SyntheticAudience:
+    """``size`` list members generated on the fly: the planner's own memory, without DynamoDB's."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+    def iter_list_members(self, list_id: str, *, status: str = "subscribed") -> Iterator[SyntheticMember]:
+        for i in range(self.size):
+            yield SyntheticMember(email=f"c{i}@bench.example.com", name=f"C {i}", attributes={"plan": "pro"})
+
+    def iter_members(self, segment_id: str) -> Iterator[SyntheticMember]:
+        return iter(())
+
+    def suppressed_among(self, emails: list[str]) -> dict[str, str]:
+        return {}
+
+
+def planner_child(size: int) -> None:
+    """Run in a fresh interpreter: plan ``size`` recipients as the plan job does; print peak RSS before/after."""
+    from jetmail.campaigns.jobs import PUBLISH_CHUNK
+    from jetmail.campaigns.model import AudienceSource, CampaignCreate
+    from jetmail.campaigns.planner import Planner
+
+    audience = SyntheticAudience(size)
+    campaign = CampaignCreate(name="rss", template="getting_started",
+                              audience=[AudienceSource(list_id="lst_synthetic")])
+    before = rss_peak_mb(os.getpid())
+    batches = Planner(contacts=audience, segments=audience, suppressions=audience).batches(campaign, run="main")
+    planned = 0
+    while chunk := list(itertools.islice(batches, PUBLISH_CHUNK)):
+        payloads = [json.dumps({"campaign_id": "c", "run": "main", "batch": b.number, "variant": b.variant,
+                                "recipients": b.recipients}).encode() for b in chunk]
+        planned += sum(len(b.recipients) for b in chunk)
+        del payloads
+    print(json.dumps({"before_mb": before, "peak_mb": rss_peak_mb(os.getpid()), "planned": planned}))
+
+
+def planner_rss(size: int) -> dict[str, float]:
+    out = subprocess.run([sys.executable, __file__, "--planner-child", str(size)], capture_output=True, text=True,
+                         check=True, env={**os.environ, "PYTHONPATH": str(ROOT / "shared")})
+    result: dict[str, float] = json.loads(out.stdout.strip().splitlines()[-1])
+    return result
+
+
+def paced_sends(client: Any, *, count: int, rate: float, tag: str, errors: list[str]) -> list[tuple[str, float]]:
+    """POST ``count`` transactional messages at ``rate`` per second; returns (message id, wall time posted).
+    A refused request is noted in ``errors`` (status and body) and the run goes on."""
+    sent: list[tuple[str, float]] = []
+    start = time.monotonic()
+    for i in range(count):
+        pause = start + i / rate - time.monotonic()
+        if pause > 0:
+            time.sleep(pause)  # pacing the load generator, not waiting on a result
+        resp = client.post("/v1/messages", json={"template": "password_reset", "to": f"{tag}{i}@bench.example.com",
+                                                 "context": {"reset_url": "https://a.example.com/r",
+                                                             "expires_in_minutes": 5}})
+        if resp.status_code != 202:
+            errors.append(f"{resp.status_code} {resp.text[:200]}")
+            continue
+        sent.append((resp.json()["id"], time.time()))
+    return sent
+
+
+def latencies(services: Any, sent: list[tuple[str, float]], *, until: float | None = None) -> dict[str, float]:
+    """created_at → sent_at per message (waits for each to be sent); only those posted before ``until``."""
+    from jetmail.devstack.stack import wait_until
+
+    out = []
+    for message_id, posted in sent:
+        if until is not None and posted > until:
+            continue
+        view: dict[str, Any] = {}
+
+        def done(message_id: str = message_id, view: dict[str, Any] = view) -> bool:
+            view.update(services.messages.get(message_id).model_dump(mode="json"))
+            return view["status"] in ("sent", "failed")
+
+        wait_until(done, timeout=120, what=f"message {message_id}")
+        if view["status"] == "sent":
+            created = datetime.fromisoformat(view["created_at"])
+            out.append((datetime.fromisoformat(view["sent_at"]) - created).total_seconds() * 1000)
+    q = statistics.quantiles(out, n=100)
+    return {"p50": q[49], "p95": q[94], "p99": q[98], "count": len(out)}
+
+
 def rss_peak_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -103,53 +220,109 @@ def rss_peak_mb(pid: int) -> float:
     return 0.0
 
 
+def import_list(services: Any, name: str, size: int, prefix: str) -> tuple[str, float]:
+    lst = services.contacts.create_list(name)
+    rows = "".join(json.dumps({"email": f"{prefix}{i}@bench.example.com", "name": f"C {i}"}) + "\n"
+                   for i in range(size)).encode()
+    started = time.perf_counter()
+    services.contacts.import_members([rows], list_id=lst.id, fmt="jsonl")
+    return lst.id, size / (time.perf_counter() - started)
+
+
+def run_campaign(services: Any, list_id: str, size: int) -> tuple[str, float, float]:
+    """Send a campaign; returns (id, send time, time its counters showed every recipient done)."""
+    from jetmail.campaigns.model import AudienceSource, CampaignCreate
+
+    campaign = services.campaigns.create(CampaignCreate(name=f"bench-{size}", template="getting_started",
+                                                        context=CONTEXT, audience=[AudienceSource(list_id=list_id)]))
+    started = time.time()
+    services.campaigns.send(campaign.id)
+    return campaign.id, started, wait_done(services, campaign.id, size)
+
+
+def wait_done(services: Any, campaign_id: str, size: int) -> float:
+    from jetmail.devstack.stack import wait_until
+
+    def done() -> bool:
+        p = services.campaigns.get(campaign_id).progress
+        return bool(p.sent + p.failed + p.skipped >= size)
+
+    wait_until(done, timeout=7200, what=f"campaign of {size}")
+    return time.time()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--recipients", type=int, default=20_000)
     parser.add_argument("--raw", type=int, default=3_000)
-    parser.add_argument("--latency-sends", type=int, default=300)
+    parser.add_argument("--latency-sends", type=int, default=1_000)
+    parser.add_argument("--latency-rate", type=float, default=20.0, help="transactional sends per second")
+    parser.add_argument("--busy-recipients", type=int, default=50_000,
+                        help="campaign running while latency is measured again (0: skip)")
+    parser.add_argument("--planner-audiences", default="20000,200000")
+    parser.add_argument("--sink", choices=("auto", "postfix", "python"), default="auto")
+    parser.add_argument("--no-install", action="store_true", help="never apt-get install postfix")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "latest.json")
+    parser.add_argument("--planner-child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.planner_child:
+        planner_child(args.planner_child)
+        return
 
     from fastapi.testclient import TestClient
 
     from jetmail.api.app import create_app
     from jetmail.bootstrap import bootstrap
     from jetmail.config import Settings
-    from jetmail.devstack.mailbox import Mailbox
     from jetmail.devstack.stack import LocalStack, free_port, http_ready, stop_process, wait_until
     from jetmail.services import Services
     from jetmail.templating import EXAMPLE_TEMPLATES_DIR, load_template_dir
 
-    results: dict[str, Any] = {"machine": {"cores": os.cpu_count(), "python": sys.version.split()[0]},
-                               "at": datetime.now(UTC).isoformat()}
+    results: dict[str, Any] = {"machine": machine(), "at": datetime.now(UTC).isoformat(), "args": {
+        k: v for k, v in vars(args).items() if k not in ("out", "planner_child")}}
     root = Path(tempfile.mkdtemp(prefix="jetmail-bench-"))
     stack = LocalStack(root)
     state = stack.up(["nats", "moto", "smtp"])
-    results["sink"] = "jetmail's Python SMTP sink (Postfix smtp-sink is not installed)"
     workers: list[subprocess.Popen[bytes]] = []
+    postfix: subprocess.Popen[bytes] | None = None
+    services: Services | None = None
     try:
-        env = settings_for(state, {})
+        python_sink_port = state.services["smtp"].port
+        binary = find_smtp_sink() if args.sink != "python" else None
+        how = "found"
+        if binary is None and args.sink != "python" and not args.no_install:
+            print("installing postfix for smtp-sink ...", flush=True)
+            how = install_smtp_sink()
+            binary = find_smtp_sink()
+        if binary is not None:
+            postfix, smtp_port = start_smtp_sink(binary)
+            results["sink"] = f"Postfix smtp-sink ({binary}, {how})"
+        elif args.sink == "postfix":
+            raise SystemExit(f"Postfix smtp-sink unavailable: {how}")
+        else:
+            smtp_port = python_sink_port
+            results["sink"] = ("jetmail's Python SMTP sink" +
+                               ("" if args.sink == "python" else f" (Postfix smtp-sink {how})"))
+        print(f"sink: {results['sink']}", flush=True)
+
+        env = settings_for(state, {"JETMAIL_SMTP_PORT": str(smtp_port)})
         os.environ.update({k: v for k, v in env.items() if k.startswith(("JETMAIL_", "AWS_"))})
         settings = Settings(_env_file=None)  # type: ignore[call-arg]
         list(bootstrap(settings, create_table=True))
         services = Services(settings)
         for content in load_template_dir(EXAMPLE_TEMPLATES_DIR):
             services.templates.save(content)
-        mailbox = Mailbox(state.maildir)
-        smtp_port = state.services["smtp"].port
 
         print("raw loop ...", flush=True)
         results["raw_loop_per_s"] = raw_loop(smtp_port, args.raw)
+        if smtp_port != python_sink_port:
+            results["raw_loop_python_sink_per_s"] = raw_loop(python_sink_port, args.raw)
 
         print("cold starts ...", flush=True)
         results["cold_start_ms"] = cold_starts(env)
 
-        print(f"importing {args.recipients} contacts ...", flush=True)
-        lst = services.contacts.create_list("bench")
-        rows = "".join(json.dumps({"email": f"c{i}@bench.example.com", "name": f"C {i}"}) + "\n"
-                       for i in range(args.recipients)).encode()
-        services.contacts.import_members([rows], list_id=lst.id, fmt="jsonl")
+        print(f"importing {args.recipients:,} contacts ...", flush=True)
+        list_id, results["import_contacts_per_s"] = import_list(services, "bench", args.recipients, "c")
 
         for n in range(2):
             port = free_port()
@@ -160,70 +333,95 @@ def main() -> None:
             workers.append(proc)
             wait_until(http_ready(f"http://127.0.0.1:{port}/healthz"), timeout=30, what="worker")
 
-        from jetmail.campaigns.model import AudienceSource, CampaignCreate
-
-        campaign = services.campaigns.create(CampaignCreate(name="bench", template="getting_started",
-                                                            context=CONTEXT,
-                                                            audience=[AudienceSource(list_id=lst.id)]))
         moto = state.services["moto"].url
         before_ops = fetch_json(f"{moto}/_jetmail/requests")
-        before_ddb = sum(before_ops.values())
         nats_monitor = f"http://127.0.0.1:{state.services['nats'].monitor_port}"
         varz = fetch_json(f"{nats_monitor}/varz")
-        already = mailbox.count()
-        print("campaign ...", flush=True)
-        started = time.time()
-        services.campaigns.send(campaign.id)
-        wait_until(lambda: mailbox.count() >= already + args.recipients, timeout=3600, what="campaign")
-        last = max(e.received_at for e in mailbox.entries()[already:])
-        results["campaign_per_s"] = args.recipients / (last - started)
+        print(f"campaign of {args.recipients:,} ...", flush=True)
+        _, started, finished = run_campaign(services, list_id, args.recipients)
+        results["campaign_per_s"] = args.recipients / (finished - started)
         results["campaign_vs_2x_raw"] = results["campaign_per_s"] / (2 * results["raw_loop_per_s"])
         after_ops = fetch_json(f"{moto}/_jetmail/requests")
-        after_ddb = sum(after_ops.values())
         results["dynamodb_requests_by_operation"] = {
             op: n - before_ops.get(op, 0) for op, n in after_ops.items() if n - before_ops.get(op, 0)}
-        results["dynamodb_requests_per_100"] = (after_ddb - before_ddb) / args.recipients * 100
+        results["dynamodb_requests_per_100"] = (sum(after_ops.values()) - sum(before_ops.values())) \
+            / args.recipients * 100
         varz_after = fetch_json(f"{nats_monitor}/varz")
         results["nats_messages_per_100"] = (varz_after["in_msgs"] - varz["in_msgs"]) / args.recipients * 100
         results["worker_peak_rss_mb"] = max(rss_peak_mb(p.pid) for p in workers)
 
-        print("transactional latency ...", flush=True)
         _, token = services.api_keys.create("bench")
-        client = TestClient(create_app(settings, services=services), headers={"Authorization": f"Bearer {token}"})
-        latencies = []
-        for i in range(args.latency_sends):
-            to = f"t{i}-{int(started)}@bench.example.com"
-            accepted = time.time()
-            resp = client.post("/v1/messages", json={"template": "password_reset", "to": to, "context": {
-                "reset_url": "https://a.example.com/r", "expires_in_minutes": 5}})
-            resp.raise_for_status()
-            wait_until(lambda to=to: mailbox.for_recipient(to), timeout=30, what="transactional mail")
-            latencies.append((mailbox.for_recipient(to)[0].received_at - accepted) * 1000)
-        q = statistics.quantiles(latencies, n=100)
-        results["transactional_ms"] = {"p50": q[49], "p95": q[94], "p99": q[98]}
+        # a 500 is counted as a refused request, not raised: the latency run goes on
+        client = TestClient(create_app(settings, services=services), headers={"Authorization": f"Bearer {token}"},
+                            raise_server_exceptions=False)
+        print(f"transactional latency, idle ({args.latency_sends} sends) ...", flush=True)
+        results["transactional_api_errors"] = errors = []
+        sent = paced_sends(client, count=args.latency_sends, rate=args.latency_rate, tag="idle", errors=errors)
+        results["transactional_ms"] = latencies(services, sent)
+
+        if args.busy_recipients:
+            print(f"importing {args.busy_recipients:,} contacts ...", flush=True)
+            busy_list, _ = import_list(services, "busy", args.busy_recipients, "b")
+            from jetmail.campaigns.model import AudienceSource, CampaignCreate
+
+            busy = services.campaigns.create(CampaignCreate(name="busy", template="getting_started", context=CONTEXT,
+                                                            audience=[AudienceSource(list_id=busy_list)]))
+            print(f"transactional latency during a campaign of {args.busy_recipients:,} ...", flush=True)
+            busy_started = time.time()
+            services.campaigns.send(busy.id)
+            sent = paced_sends(client, count=args.latency_sends, rate=args.latency_rate, tag="busy", errors=errors)
+            busy_finished = wait_done(services, busy.id, args.busy_recipients)
+            results["busy_campaign_per_s"] = args.busy_recipients / (busy_finished - busy_started)
+            results["transactional_during_campaign_ms"] = latencies(services, sent, until=busy_finished)
+            results["worker_peak_rss_busy_mb"] = max(rss_peak_mb(p.pid) for p in workers)
     finally:
         for proc in workers:
             stop_process(proc.pid)
+        if services is not None:
+            services.queue.close()
+        if postfix is not None:
+            stop_process(postfix.pid)
         stack.down()
+        shutil.rmtree(root, ignore_errors=True)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(results, indent=2))  # what was measured so far, if a step failed
 
-    args.out.parent.mkdir(parents=True, exist_ok=True)
+    print("planner memory ...", flush=True)
+    results["planner_rss_mb"] = {size: planner_rss(int(size)) for size in args.planner_audiences.split(",") if size}
+
     args.out.write_text(json.dumps(results, indent=2))
+    pct = "{p50:.0f} / {p95:.0f} / {p99:.0f} ms ({count} sends)"
     rows = [
         ("raw loop ceiling (render+MIME+SMTP, 1 process)", f"{results['raw_loop_per_s']:,.0f} emails/s"),
+        *((("raw loop to the Python sink", f"{results['raw_loop_python_sink_per_s']:,.0f} emails/s"),)
+          if "raw_loop_python_sink_per_s" in results else ()),
+        ("contact import", f"{results['import_contacts_per_s']:,.0f} contacts/s"),
         (f"campaign, {args.recipients:,} recipients, 2 workers", f"{results['campaign_per_s']:,.0f} emails/s"),
         ("campaign / (2 x raw loop)", f"{results['campaign_vs_2x_raw']:.2f}"),
         ("DynamoDB requests per 100 recipients", f"{results['dynamodb_requests_per_100']:.2f}"),
-        ("NATS messages per 100 recipients", f"{results.get('nats_messages_per_100', float('nan')):.1f}"),
-        ("worker peak RSS", f"{results['worker_peak_rss_mb']:.0f} MB"),
-        ("transactional accept→SMTP p50/p95/p99",
-         "{p50:.0f} / {p95:.0f} / {p99:.0f} ms".format(**results["transactional_ms"])),
-        *((f"cold start: functions/{k}", f"{v:.0f} ms") for k, v in results["cold_start_ms"].items()),
+        ("NATS messages per 100 recipients", f"{results['nats_messages_per_100']:.1f}"),
+        (f"worker peak RSS after {args.recipients:,}", f"{results['worker_peak_rss_mb']:.0f} MB"),
+        ("transactional accept→SMTP p50/p95/p99, idle", pct.format(**results["transactional_ms"])),
     ]
+    if "transactional_during_campaign_ms" in results:
+        rows += [
+            (f"campaign, {args.busy_recipients:,} recipients (with latency probe)",
+             f"{results['busy_campaign_per_s']:,.0f} emails/s"),
+            (f"transactional p50/p95/p99 during {args.busy_recipients:,}",
+             pct.format(**results["transactional_during_campaign_ms"])),
+            (f"worker peak RSS after {args.busy_recipients:,}", f"{results['worker_peak_rss_busy_mb']:.0f} MB"),
+        ]
+    rows += [(f"plan path peak RSS, {int(size):,} audience (start)",
+              f"{r['peak_mb']:.0f} MB ({r['before_mb']:.0f} MB)") for size, r in results["planner_rss_mb"].items()]
+    rows += [(f"cold start: functions/{k}", f"{v:.0f} ms") for k, v in results["cold_start_ms"].items()]
+    rows.append(("transactional API requests refused", str(len(results["transactional_api_errors"]))))
     width = max(len(r[0]) for r in rows)
     print(f"\n{'measure':<{width}}  value\n{'-' * width}  -----")
     for name, value in rows:
         print(f"{name:<{width}}  {value}")
-    print(f"\nsink: {results['sink']}\nsaved: {args.out}")
+    m = results["machine"]
+    print(f"\nmachine: {m['cores']} cores, {m['cpu']}, {m['ram_gib']} GiB, load at start {m['load_average_at_start']}")
+    print(f"sink: {results['sink']}\nsaved: {args.out}")
 
 
 if __name__ == "__main__":

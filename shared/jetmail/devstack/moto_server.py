@@ -5,6 +5,16 @@ conditional updates of one item can interleave (a lost ADD, a condition checked 
 item, "dictionary changed size during iteration" in a transaction). DynamoDB applies each request
 atomically; serialising requests here gives the local stack the same guarantee, which jetmail's
 exactly-once counters and claims rely on.
+
+For the reliability suite, a share of DynamoDB requests can be made to fail:
+``POST /_jetmail/faults {"share": 0.05, "errors": ["ThrottlingException", "stall"], "seed": 1}``.
+Each failed request gets one of ``errors`` (chosen at random): a DynamoDB error name is answered
+with that error (HTTP 400, as DynamoDB does for throttling), ``stall`` holds the request for
+``stall_seconds`` (default 12, past the SDK's read timeout) and then drops it unapplied, and
+``lost_reply`` applies the request and then holds its reply that long (the SDK retries a write that
+already happened, as after a real timeout).
+``operations`` limits the faults to some operations (e.g. ``["UpdateItem"]``). ``GET /_jetmail/faults``
+shows the settings and what was injected; ``{"share": 0}`` turns injection off.
 """
 
 from __future__ import annotations
@@ -12,13 +22,67 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import threading
+import time
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Any
 
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
+from pydantic import BaseModel, Field, ValidationError
 from werkzeug.serving import run_simple
+
+STALL = "stall"
+LOST_REPLY = "lost_reply"
+
+
+class FaultSettings(BaseModel):
+    share: float = Field(default=0.0, ge=0, le=1)
+    errors: list[str] = Field(default_factory=lambda: ["ProvisionedThroughputExceededException"], min_length=1)
+    seed: int | None = None
+    stall_seconds: float = Field(default=12.0, ge=0, le=600)
+    operations: list[str] | None = None
+
+
+class Faults:
+    """Decides which DynamoDB request fails how, and counts what it injected."""
+
+    def __init__(self) -> None:
+        self.settings = FaultSettings()
+        self.rng = random.Random()
+        self.injected: Counter[str] = Counter()
+        self.lock = threading.Lock()
+
+    def configure(self, settings: FaultSettings) -> None:
+        with self.lock:
+            self.settings = settings
+            self.rng = random.Random(settings.seed)
+            self.injected = Counter()
+
+    def pick(self, operation: str) -> str | None:
+        with self.lock:
+            s = self.settings
+            if not s.share or (s.operations is not None and operation not in s.operations):
+                return None
+            if self.rng.random() >= s.share:
+                return None
+            fault = self.rng.choice(s.errors)
+            self.injected[fault] += 1
+            return fault
+
+    def report(self) -> dict[str, Any]:
+        with self.lock:
+            return {**self.settings.model_dump(), "injected": dict(self.injected)}
+
+
+def _json(start_response: Callable[..., Any], status: str, payload: Any,
+          content_type: str = "application/json") -> list[bytes]:
+    body = json.dumps(payload).encode()
+    start_response(status, [("Content-Type", content_type), ("Content-Length", str(len(body))),
+                            ("x-amzn-RequestId", uuid.uuid4().hex)])
+    return [body]
 
 
 class Serialized:
@@ -29,15 +93,40 @@ class Serialized:
         self.app = app
         self.lock = threading.Lock()
         self.counts: Counter[str] = Counter()
+        self.faults = Faults()
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
-        if environ.get("PATH_INFO") == "/_jetmail/requests":
-            body = json.dumps(dict(self.counts)).encode()
-            start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
-            return [body]
+        path = environ.get("PATH_INFO")
+        if path == "/_jetmail/requests":
+            return _json(start_response, "200 OK", dict(self.counts))
+        if path == "/_jetmail/faults":
+            if environ.get("REQUEST_METHOD") == "POST":
+                length = int(environ.get("CONTENT_LENGTH") or 0)
+                try:
+                    self.faults.configure(FaultSettings.model_validate_json(environ["wsgi.input"].read(length)))
+                except ValidationError as exc:
+                    return _json(start_response, "400 Bad Request", {"error": str(exc)})
+            return _json(start_response, "200 OK", self.faults.report())
         target = environ.get("HTTP_X_AMZ_TARGET", "")
         if target.startswith("DynamoDB_"):
-            self.counts[target.split(".", 1)[-1]] += 1
+            operation = target.split(".", 1)[-1]
+            self.counts[operation] += 1
+            fault = self.faults.pick(operation)
+            if fault == STALL:
+                # outside the lock: a stalled request holds up nobody else, and is never applied
+                time.sleep(self.faults.settings.stall_seconds)
+                return _json(start_response, "500 Internal Server Error",
+                             {"__type": "com.amazonaws.dynamodb.v20120810#InternalServerError",
+                              "message": "request stalled and dropped"}, "application/x-amz-json-1.0")
+            if fault == LOST_REPLY:
+                with self.lock:
+                    reply = list(self.app(environ, start_response))
+                time.sleep(self.faults.settings.stall_seconds)
+                return reply
+            if fault is not None:
+                return _json(start_response, "400 Bad Request",
+                             {"__type": f"com.amazonaws.dynamodb.v20120810#{fault}",
+                              "message": f"injected {fault}"}, "application/x-amz-json-1.0")
         with self.lock:
             return list(self.app(environ, start_response))
 

@@ -1,0 +1,52 @@
+"""Postfix's ``smtp-sink`` for the benchmarks: found, installed when possible, started on a free port.
+
+``smtp-sink`` answers every SMTP command at C speed and discards the mail, so it shows what jetmail's
+sending side can do; jetmail's own Python sink (``jetmail.devstack.smtp_sink``) writes every message
+to disk and is slower than the sender it measures.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+from jetmail.devstack.stack import free_port, tcp_ready, wait_until
+
+SMTP_SINK = Path("/usr/sbin/smtp-sink")
+
+
+def find_smtp_sink() -> str | None:
+    if SMTP_SINK.exists():
+        return str(SMTP_SINK)
+    return shutil.which("smtp-sink")
+
+
+def install_smtp_sink() -> str:
+    """Install Debian's postfix package (which ships smtp-sink) without prompts and without configuring or
+    starting a mail server; returns what happened, for the report."""
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        return "not installed: installing postfix needs root and apt-get"
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    # "No configuration": the package installs its binaries but no main.cf, so no daemon starts
+    subprocess.run(["debconf-set-selections"], input="postfix postfix/main_mailer_type select No configuration\n",
+                   text=True, env=env, check=False, capture_output=True)
+    command = ["apt-get", "install", "-y", "-q", "--no-install-recommends", "postfix"]
+    for attempt in range(2):
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, check=False)
+        if done.returncode == 0 and find_smtp_sink():
+            return "installed now with apt-get (package postfix)"
+        if attempt == 0:  # a stale package list is the usual cause
+            subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True, timeout=600, check=False)
+    return f"not installed: apt-get install postfix failed: {done.stderr.strip()[-300:]}"
+
+
+def start_smtp_sink(binary: str) -> tuple[subprocess.Popen[bytes], int]:
+    port = free_port()
+    # as root, smtp-sink insists on dropping privileges after binding (-u)
+    user = ["-u", "nobody"] if os.geteuid() == 0 else []
+    proc = subprocess.Popen([binary, *user, f"127.0.0.1:{port}", "1000"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    wait_until(tcp_ready(port), timeout=10, what="smtp-sink", proc=proc)
+    return proc, port
