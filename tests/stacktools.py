@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
+from typing import Any
 
 from jetmail.config import Settings
 from jetmail.devstack.stack import LocalStack, StackState
@@ -81,3 +84,11 @@ class Isolated:
             stop_process(self.worker.pid)
         self.services.queue.close()
         self.local.down()
+
+
+def moto_faults(url: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Set (with ``body``) or read the DynamoDB faults of the moto server at ``url`` (jetmail.devstack.moto_server)."""
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(f"{url}/_jetmail/faults", data=data)  # noqa: S310 - the moto we started
+    with urllib.request.urlopen(request, timeout=10) as resp:  # noqa: S310
+        return dict(json.loads(resp.read()))

@@ -17,31 +17,32 @@ from jetmail.config import Settings
 
 _TIMEOUTS: dict[str, Any] = {
     "connect_timeout": 3,
-    # Lambda functions run for seconds; botocore's default 60 s read timeout would outlive them.
-    "read_timeout": 10,
     "tcp_keepalive": True,
     # Sized for the SES provider's thread pool plus DynamoDB calls from the same process; below
     # this, botocore logs "Connection pool is full" and drops connections under load.
     "max_pool_connections": 50,
 }
 
-_DEFAULT_CONFIG = Config(retries={"mode": "standard", "max_attempts": 3}, **_TIMEOUTS)
+# A send is not idempotent: an SDK retry after a lost response sends the mail twice, and a retried
+# throttle hides the signal the worker uses to slow down. The job layer retries with backoff
+# instead, where the attempt is recorded.
+_ATTEMPTS = {"sesv2": 1}
 
-_SERVICE_CONFIG = {
-    # A send is not idempotent: an SDK retry after a lost response sends the mail twice, and a
-    # retried throttle hides the signal the worker uses to slow down. The job layer retries
-    # with backoff instead, where the attempt is recorded.
-    "sesv2": Config(retries={"mode": "standard", "max_attempts": 1}, **_TIMEOUTS),
-}
+
+def _config(service: str, settings: Settings) -> Config:
+    # Lambda functions run for seconds; botocore's default 60 s read timeout would outlive them
+    # (JETMAIL_AWS_READ_TIMEOUT_S, 10 s by default)
+    return Config(retries={"mode": "standard", "max_attempts": _ATTEMPTS.get(service, 3)},
+                  read_timeout=settings.aws_read_timeout_s, **_TIMEOUTS)
 
 _lock = threading.Lock()
 _session: boto3.session.Session | None = None
-_clients: dict[tuple[str, str, str | None], Any] = {}
+_clients: dict[tuple[str, str, str | None, float], Any] = {}
 
 
 def aws_client(service: str, settings: Settings) -> Any:
     """The process-wide low-level client for ``service``, at ``settings.aws_endpoint_url`` when set."""
-    key = (service, settings.aws_region, settings.aws_endpoint_url)
+    key = (service, settings.aws_region, settings.aws_endpoint_url, settings.aws_read_timeout_s)
     client = _clients.get(key)
     if client is not None:
         return client
@@ -52,7 +53,7 @@ def aws_client(service: str, settings: Settings) -> Any:
                 service,
                 region_name=settings.aws_region,
                 endpoint_url=settings.aws_endpoint_url,
-                config=_SERVICE_CONFIG.get(service, _DEFAULT_CONFIG),
+                config=_config(service, settings),
             )
             _clients[key] = client
     return client

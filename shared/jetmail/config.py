@@ -44,6 +44,8 @@ class Settings(BaseSettings):
     # --- AWS (endpoint set locally to the moto server; unset in AWS)
     aws_region: str = "us-east-1"
     aws_endpoint_url: str | None = None
+    # seconds an AWS call may wait for its reply before the SDK gives up (and, but for SES, retries)
+    aws_read_timeout_s: float = Field(default=10.0, gt=0, le=120)
     table_name: str = Field(min_length=3)
     # events and engagement counters; by default the main table's name + "-stats"
     stats_table_name: str | None = Field(default=None, min_length=3)

@@ -4,11 +4,12 @@ Claiming is a conditional write (``queued|scheduled|sending → sending``): a jo
 the message was sent, failed or cancelled finds it in a final state and does nothing, so a
 redelivered job never sends twice.
 
-If a worker dies after the provider accepted a message and before ``sent`` is written (one
+An SMTP server commits a message when it receives the final ``.`` of DATA, whether or not the
+sender lives to read its ``250``. If a worker dies between that moment and the ``sent`` write (one
 DynamoDB request), the message stays ``sending`` and its job is redelivered: jetmail then sends it
-again, with the same ``Message-ID`` header. It favours delivery over silence, and the window is
-that single write; a worker that dies anywhere earlier (rendering, the SMTP dialogue) loses
-nothing and duplicates nothing.
+again, with the same ``Message-ID`` header. It favours delivery over silence; a worker that dies
+anywhere earlier (rendering, the SMTP dialogue before the final ``.``) loses nothing and
+duplicates nothing.
 """
 
 from __future__ import annotations

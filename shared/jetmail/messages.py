@@ -287,6 +287,8 @@ class MessageService:
                 existing = self.table.get(idem_pk, "IDEM", consistent=True)
                 if existing is None:  # expired between the two reads: treat as new
                     return self.submit(request, api_key_id=api_key_id, idempotency_key=idempotency_key, extra=extra)
+                if existing["message_id"] == message_id:  # our own claim, repeated by the SDK after a lost reply
+                    return self._create(record, request), True
                 if existing["body_hash"] != body_hash:
                     raise IdempotencyConflict(
                         "this Idempotency-Key was used with a different request body"
@@ -304,9 +306,17 @@ class MessageService:
                     # the first attempt may have died before enqueueing; the job id de-duplicates
                     self._enqueue(item["id"], request)
                 return public(item), False
-        self.table.put(record, condition="attribute_not_exists(pk)")
-        self._enqueue(message_id, request)
-        return public(record), True
+        return self._create(record, request), True
+
+    def _create(self, record: dict[str, Any], request: SendRequest) -> MessagePublic:
+        try:
+            self.table.put(record, condition="attribute_not_exists(pk)")
+        except ConditionFailed:
+            # the id was made by this call, so the item can only be our own write: the SDK repeated a put
+            # whose reply was lost (a timeout after DynamoDB applied it)
+            pass
+        self._enqueue(record["id"], request)
+        return public(record)
 
     def _enqueue(self, message_id: str, request: SendRequest) -> None:
         if request.send_at is not None and request.send_at > datetime.now(UTC):

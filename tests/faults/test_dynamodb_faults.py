@@ -2,23 +2,15 @@
 
 from __future__ import annotations
 
-import json
-import urllib.request
 from collections.abc import Callable
-from typing import Any
 
 import pytest
 from faultkit import FaultStack, quiet, result_line, tally, wait_for
 
+from stacktools import moto_faults
+
 RECIPIENTS = 3_000
 ERRORS = ["ProvisionedThroughputExceededException", "ThrottlingException", "stall", "lost_reply"]
-
-
-def moto_faults(url: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(f"{url}/_jetmail/faults", data=data)  # noqa: S310 - the moto we started
-    with urllib.request.urlopen(request, timeout=10) as resp:  # noqa: S310
-        return dict(json.loads(resp.read()))
 
 
 @pytest.mark.slow

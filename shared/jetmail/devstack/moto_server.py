@@ -13,7 +13,8 @@ with that error (HTTP 400, as DynamoDB does for throttling), ``stall`` holds the
 ``stall_seconds`` (default 12, past the SDK's read timeout) and then drops it unapplied, and
 ``lost_reply`` applies the request and then holds its reply that long (the SDK retries a write that
 already happened, as after a real timeout).
-``operations`` limits the faults to some operations (e.g. ``["UpdateItem"]``). ``GET /_jetmail/faults``
+``operations`` limits the faults to some operations (e.g. ``["UpdateItem"]``) and ``limit`` to a number
+of faults in all (``{"share": 1, "limit": 1, ...}`` fails exactly the next request). ``GET /_jetmail/faults``
 shows the settings and what was injected; ``{"share": 0}`` turns injection off.
 """
 
@@ -44,6 +45,7 @@ class FaultSettings(BaseModel):
     seed: int | None = None
     stall_seconds: float = Field(default=12.0, ge=0, le=600)
     operations: list[str] | None = None
+    limit: int | None = Field(default=None, ge=0)  # inject at most this many faults, then none
 
 
 class Faults:
@@ -65,6 +67,8 @@ class Faults:
         with self.lock:
             s = self.settings
             if not s.share or (s.operations is not None and operation not in s.operations):
+                return None
+            if s.limit is not None and sum(self.injected.values()) >= s.limit:
                 return None
             if self.rng.random() >= s.share:
                 return None
