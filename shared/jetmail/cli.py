@@ -167,6 +167,10 @@ def init(queues: tuple[str, ...]) -> None:
 @click.argument("queues", nargs=-1, required=True)
 @click.option("--concurrency", "-c", type=click.IntRange(1, 10_000), default=10, show_default=True,
               help="Jobs run at the same time.")
+@click.option("--reserve-high", type=click.IntRange(0), metavar="N",
+              help="Slots only high-priority jobs (transactional mail, campaign starts) may take, so they start at "
+                   "once while campaign batches fill the rest. Default: a quarter of --concurrency (at least 1; 0 "
+                   "with --concurrency 1).")
 @click.option("--burst", is_flag=True, help="Exit once the queues are empty and nothing is running.")
 @click.option("--health-port", type=click.IntRange(0, 65_535), help="Serve GET /healthz on this port.")
 @click.option("--health-host", default="127.0.0.1", show_default=True,
@@ -177,11 +181,15 @@ def init(queues: tuple[str, ...]) -> None:
               help=f"Extra module registering tasks (besides {TASKS_MODULE}).")
 @click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
               default="INFO", show_default=True)
-def worker(queues: tuple[str, ...], concurrency: int, burst: bool, health_port: int | None, health_host: str,
-           grace_period: float, imports: tuple[str, ...], log_level: str) -> None:
+def worker(queues: tuple[str, ...], concurrency: int, reserve_high: int | None, burst: bool, health_port: int | None,
+           health_host: str, grace_period: float, imports: tuple[str, ...], log_level: str) -> None:
     """Run the jobs of QUEUES until SIGTERM (or, with --burst, until they are empty)."""
     for name in queues:
         check_queue(name)
+    if reserve_high is None:
+        reserve_high = max(1, concurrency // 4) if concurrency > 1 else 0
+    elif reserve_high >= concurrency:
+        raise CliError(f"--reserve-high must be below --concurrency ({concurrency}), got {reserve_high}")
     config = _config()
     from jetmail.observability import configure_worker_logging
 
@@ -189,7 +197,7 @@ def worker(queues: tuple[str, ...], concurrency: int, burst: bool, health_port: 
     tasks_module = _import(TASKS_MODULE)
     for name in imports:
         _import(name)
-    runner = Worker(config, queues, registry=registry, concurrency=concurrency, burst=burst,
+    runner = Worker(config, queues, registry=registry, concurrency=concurrency, reserve_high=reserve_high, burst=burst,
                     on_startup=getattr(tasks_module, "startup", None),
                     on_shutdown=getattr(tasks_module, "shutdown", None),
                     health_port=health_port, health_host=health_host, grace_period=grace_period)

@@ -84,6 +84,7 @@ def test_schedule_commands(cli: CliRunner, qconfig: QueueConfig, qname: str, uni
 @pytest.mark.parametrize(("args", "message"), [
     (["worker", "Bad-Queue"], "error: invalid queue name 'Bad-Queue'"),
     (["worker", "ok_queue", "--import", "no_such_module_xyz"], "error: cannot import no_such_module_xyz"),
+    (["worker", "ok_queue", "-c", "2", "--reserve-high", "2"], "error: --reserve-high must be below --concurrency"),
     (["enqueue", "demo_hello", "-q", "ok_queue", "--payload", "{nope"], "error: --payload is not valid JSON"),
     (["enqueue", "demo_hello", "-q", "ok_queue", "--payload", "{}"],
      "error: invalid payload for task 'demo_hello': name: Field required"),

@@ -7,6 +7,7 @@ import dataclasses
 import itertools
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import tasks_for_tests  # noqa: F401 - registers the test tasks in the default registry
@@ -194,6 +195,39 @@ async def test_high_priority_overtakes_waiting_normal_jobs(qconfig: QueueConfig,
             records = await wait_for(lambda: _len_at_least(done(joblog), 6), timeout=15, what="all jobs")
         # THEN it runs right after the job in progress, before the remaining normal ones
         assert [r["label"] for r in records] == ["n0", "high", "n1", "n2", "n3", "n4"]
+
+
+async def test_reserved_slots_start_a_high_job_while_normal_jobs_fill_the_rest(qconfig: QueueConfig, qname: str,
+                                                                                joblog: Path) -> None:
+    async with Queue(qconfig) as q:
+        await q.ensure_streams([qname])
+        # GIVEN a worker of concurrency 3 keeping 1 slot for high-priority jobs, and more long normal jobs than slots
+        await q.enqueue_many("test_record", [{"log": str(joblog), "label": f"n{i}", "sleep": 1.0}
+                                             for i in range(4)], queue=qname)
+        async with running_worker(qconfig, [qname], concurrency=3, reserve_high=1):
+            await wait_for(lambda: _len_at_least(_starts(joblog), 2), what="two normal jobs to start")
+            # WHEN a high-priority job arrives while both unreserved slots are busy
+            await q.enqueue("test_record", queue=qname, priority="high", log=str(joblog), label="high")
+            await wait_for(lambda: _len_at_least(done(joblog), 5), timeout=20, what="all jobs")
+        log = read_log(joblog)
+    # THEN it started before any normal job finished, and normal jobs never held more than 2 slots at once
+    started = {r["label"]: r["t"] for r in log if r["event"] == "start"}
+    first_done = min(r["t"] for r in log if r["event"] == "done" and r["label"] != "high")
+    assert started["high"] < first_done
+    running = max_running = 0
+    for r in sorted((r for r in log if r["label"] != "high"), key=lambda r: (r["t"], r["event"] == "start")):
+        running += 1 if r["event"] == "start" else -1
+        max_running = max(max_running, running)
+    assert max_running == 2
+
+
+def test_reserve_high_must_leave_a_slot_for_other_jobs(qconfig: QueueConfig, qname: str) -> None:
+    with pytest.raises(ValueError, match="reserve_high"):
+        Worker(qconfig, [qname], concurrency=2, reserve_high=2)
+
+
+def _starts(path: Path) -> list[dict[str, Any]]:
+    return [r for r in read_log(path) if r["event"] == "start"]
 
 
 def _len_at_least(items: list, n: int) -> list | None:  # type: ignore[type-arg]

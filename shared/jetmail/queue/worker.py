@@ -135,6 +135,7 @@ class _Running:
     msg: Msg
     started: float
     last_beat: float
+    high: bool
 
 
 class Worker:
@@ -145,7 +146,8 @@ class Worker:
                  concurrency: int = 10, burst: bool = False, on_startup: Hook | None = None,
                  on_shutdown: Hook | None = None, health_port: int | None = None,
                  health_host: str = "127.0.0.1", heartbeat_interval: float | None = None,
-                 grace_period: float = 25.0, poll_interval: float = 0.1, handle_signals: bool = True) -> None:
+                 grace_period: float = 25.0, poll_interval: float = 0.1, handle_signals: bool = True,
+                 reserve_high: int = 0) -> None:
         self.config = config
         self.queues = [check_queue(q) for q in dict.fromkeys(queues)]
         if not self.queues:
@@ -156,8 +158,13 @@ class Worker:
             raise ValueError("grace_period must not be negative")
         if not 0 < poll_interval <= 5:
             raise ValueError("poll_interval must be in (0, 5] seconds")
+        if not 0 <= reserve_high < concurrency:
+            raise ValueError(f"reserve_high must be in [0, concurrency={concurrency}), got {reserve_high}")
         self.registry = registry if registry is not None else default_registry
         self.concurrency = concurrency
+        # slots only high-priority jobs may take: a transactional message finds one free at once even while
+        # long campaign batches fill every other slot
+        self.reserve_high = reserve_high
         self.burst = burst
         self.on_startup = on_startup
         self.on_shutdown = on_shutdown
@@ -205,8 +212,9 @@ class Worker:
                                                                  self.health_port)
                 self.health_port = self._health_server.sockets[0].getsockname()[1]
             background.append(asyncio.create_task(self._heartbeats()))
-            log.info("worker started: queues=%s concurrency=%d burst=%s tasks=%s", ",".join(self.queues),
-                     self.concurrency, self.burst, ",".join(self.registry.names()))
+            log.info("worker started: queues=%s concurrency=%d reserve_high=%d burst=%s tasks=%s",
+                     ",".join(self.queues), self.concurrency, self.reserve_high, self.burst,
+                     ",".join(self.registry.names()))
             self._fetch_task = asyncio.create_task(self._fetch_loop())
             await self._fetch_task
         finally:
@@ -298,15 +306,18 @@ class Worker:
                 self._start(msg)
 
     async def _take(self, free: int) -> list[Msg]:
-        """Fill free slots from high, then normal, then low: a level returning fewer than asked is empty."""
+        """Fill free slots from high, then normal, then low: a level returning fewer than asked is empty.
+        Normal and low jobs never take the ``reserve_high`` slots."""
         got: list[Msg] = []
         order = self._queue_order()
         try:
             for priority in PRIORITIES:
                 for queue in order:
                     want = free - len(got)
+                    if priority != "high":
+                        want = min(want, self._free_for_others() - sum(1 for m in got if not _is_high(m)))
                     if want <= 0:
-                        return got
+                        break
                     got.extend(await self._pullers[(queue, priority)].pull(want))
         except BaseException:
             for msg in got:
@@ -334,6 +345,10 @@ class Worker:
             raise error
         return msgs
 
+    def _free_for_others(self) -> int:
+        others = sum(1 for running in self._inflight.values() if not running.high)
+        return self.concurrency - self.reserve_high - others
+
     def _queue_order(self) -> list[str]:
         # rotate the starting queue so one busy queue cannot starve the others at the same priority
         start = next(self._rotation)
@@ -352,7 +367,7 @@ class Worker:
     def _start(self, msg: Msg) -> None:
         now = asyncio.get_running_loop().time()
         task = asyncio.create_task(self._run(msg))
-        self._inflight[task] = _Running(msg=msg, started=now, last_beat=now)
+        self._inflight[task] = _Running(msg=msg, started=now, last_beat=now, high=_is_high(msg))
         task.add_done_callback(self._finished)
 
     def _finished(self, task: asyncio.Task[None]) -> None:
@@ -529,6 +544,10 @@ def _log_fields(envelope: JobEnvelope, *, queue: str, priority: str, attempt: in
         if key.endswith("_id") and isinstance(value, str | int) and key not in fields:
             fields[key] = value
     return fields
+
+
+def _is_high(msg: Msg) -> bool:
+    return _queue_and_priority(msg.subject)[1] == "high"
 
 
 def _queue_and_priority(subject: str) -> tuple[str, str]:
