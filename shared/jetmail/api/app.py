@@ -46,6 +46,8 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
     errors.install(app)
     # the last one added runs first: security headers go on every answer, 413s and CORS preflights included
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    # inside CORS and SecurityHeaders, so an unexpected error's 500 carries their headers like any answer
+    app.add_middleware(errors.UnexpectedErrors)
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_credentials=False,
                            allow_methods=["GET", "POST", "PUT", "DELETE"],

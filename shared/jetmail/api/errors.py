@@ -3,6 +3,7 @@ for them, and no error is recognised by its message text."""
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
@@ -10,6 +11,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from jetmail.api.limits import BodyTooLarge
 from jetmail.campaigns.service import CampaignNotFound, InvalidTransition, UnknownAudience, VariantNotFound
@@ -88,11 +90,42 @@ def install(app: FastAPI) -> None:
 
     for exc_type, status in STATUS_FOR:
         app.add_exception_handler(exc_type, _domain_handler(status))
+    # Anything else is answered by UnexpectedErrors, a middleware inside CORS and SecurityHeaders (app.py): a
+    # handler for Exception would run in Starlette's outermost middleware, whose answers skip all of ours.
 
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        logger.exception("unhandled error on %s %s", request.method, request.url.path)
-        return JSONResponse({"error": "internal_error", "detail": "internal error"}, status_code=500)
+
+class UnexpectedErrors:
+    """A 500 for an exception nothing else handled: a fixed JSON body, the stack trace and the exception's
+    text only in the log. The exception is not raised again, so the server in front (uvicorn, Mangum)
+    neither answers a second way nor logs it twice."""
+
+    BODY = json.dumps({"error": "internal", "detail": "internal error"}).encode()
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def watched(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watched)
+        except Exception:
+            logger.exception("unhandled error on %s %s", scope.get("method", ""), scope.get("path", ""))
+            if started:  # part of an answer is out: nothing valid can follow, let the server drop it
+                raise
+            await send({"type": "http.response.start", "status": 500,
+                        "headers": [(b"content-type", b"application/json"),
+                                    (b"content-length", str(len(self.BODY)).encode())]})
+            await send({"type": "http.response.body", "body": self.BODY})
 
 
 def _domain_handler(status: int) -> Any:
@@ -108,5 +141,5 @@ def _domain_handler(status: int) -> Any:
 def _code(status: int) -> str:
     return {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
             409: "conflict", 413: "payload_too_large", 422: "validation_error", 429: "rate_limited",
-            502: "bad_gateway", 503: "unavailable"}.get(
+            500: "internal", 502: "bad_gateway", 503: "unavailable"}.get(
                 status, "error")
