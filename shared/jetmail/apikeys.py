@@ -36,10 +36,19 @@ class ApiKey(BaseModel):
     rotated_at: str | None = None
     # requests per minute for this key; None: the API's default (settings.api_rate_per_minute)
     rate_per_minute: int | None = Field(default=None, ge=1)
+    # when the secret the last rotation replaced stops working (a rotation with a grace period)
+    previous_expires_at: str | None = None
 
     @property
     def active(self) -> bool:
         return self.revoked_at is None
+
+    def grace_ends_at(self, now: datetime | None = None) -> str | None:
+        """When the replaced secret stops working, if it still works now; None otherwise."""
+        if self.revoked_at or not self.previous_expires_at:
+            return None
+        ends = datetime.fromisoformat(self.previous_expires_at)
+        return self.previous_expires_at if ends > (now or datetime.now(UTC)) else None
 
     def allows(self, scope: Scope) -> bool:
         return "admin" in self.scopes or scope in self.scopes

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 
 import click
@@ -32,11 +33,33 @@ def create(name: str, scopes: tuple[str, ...]) -> None:
 
 
 @keys.command("list")
-def list_keys() -> None:
-    """List keys (never their secrets)."""
-    for key in load_services().api_keys.list():
-        state = "revoked " + key.revoked_at if key.revoked_at else "active"
-        click.echo(f"{key.key_id}  {key.name:<24} {','.join(key.scopes):<10} {key.created_at}  {state}")
+@click.option("--json", "as_json", is_flag=True, help="one JSON object per line")
+def list_keys(as_json: bool) -> None:
+    """List keys (never their secrets): scopes, state, request limit, and until when a rotated key's old
+    secret still works."""
+    svc = load_services()
+    default = svc.settings.api_rate_per_minute  # 0: no limit
+    rows = []
+    for key in svc.api_keys.list():
+        grace_ends_at = key.grace_ends_at()
+        if as_json:
+            click.echo(json.dumps({**key.model_dump(mode="json", exclude={"previous_expires_at"}),
+                                   "limit_per_minute": key.rate_per_minute or default or None,
+                                   "grace_ends_at": grace_ends_at}, ensure_ascii=False))
+            continue
+        limit = str(key.rate_per_minute) if key.rate_per_minute else f"{default or 'none'} (default)"
+        state = f"revoked {key.revoked_at[:19]}" if key.revoked_at else "active"
+        rows.append((key.key_id, key.name, ",".join(key.scopes), key.created_at[:19], state, limit,
+                     f"until {grace_ends_at[:19]}" if grace_ends_at else "-"))
+    if as_json:
+        return
+    if not rows:
+        click.echo("no keys")
+        return
+    header = ("ID", "NAME", "SCOPES", "CREATED (UTC)", "STATE", "LIMIT/MIN", "OLD SECRET")
+    widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
+    for row in (header, *rows):
+        click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
 
 
 @keys.command("revoke")
