@@ -11,8 +11,12 @@ share one partition, so a planner loads them in one Query instead of one read pe
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import hmac
+import json
+import re
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
@@ -21,8 +25,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel
 
-from jetmail.contacts import batch_get
-from jetmail.storage.table import Table
+from jetmail.contacts import InvalidCursor, batch_get
+from jetmail.storage.table import Table, to_item
 
 if TYPE_CHECKING:
     from jetmail.audit import AuditLog
@@ -49,6 +53,11 @@ class Suppression(BaseModel):
 
 def blocks(reason: str, *, category: str) -> bool:
     return category == "marketing" or reason in BLOCKS_ALL
+
+
+class SuppressionPage(BaseModel):
+    items: list[Suppression]
+    next_cursor: str | None = None  # None: no older suppression follows
 
 
 class Pseudonymizer:
@@ -161,6 +170,18 @@ class SuppressionStore:
         items, last = self.table.query(pk="SUPPRESSIONS", index="gsi1", forward=False, limit=limit, start=start)
         return [Suppression.model_validate(i) for i in items], last
 
+    def page(self, *, limit: int = 100, cursor: str | None = None) -> SuppressionPage:
+        """Up to ``limit`` suppressions, newest first, after ``cursor`` (a ``next_cursor`` of an earlier
+        page). One more is read than shown, so ``next_cursor`` is set only when an older one exists and
+        the last page never links to an empty one. Raises InvalidCursor for a cursor this did not return."""
+        if limit < 1:
+            raise ValueError(f"limit must be at least 1, got {limit}")
+        start = _decode_cursor(cursor) if cursor else None
+        items, _ = self.table.query(pk="SUPPRESSIONS", index="gsi1", forward=False, limit=limit + 1, start=start)
+        shown = items[:limit]
+        return SuppressionPage(items=[Suppression.model_validate(i) for i in shown],
+                               next_cursor=_encode_cursor(shown[-1]) if len(items) > limit else None)
+
     def suppressed_among(self, emails: Iterable[str]) -> dict[str, str]:
         """{address: reason} for the suppressed ones among ``emails``: one BatchGetItem per 100, and the
         erased pseudonyms (one Query, refreshed at most every ``recent_ttl_s``)."""
@@ -203,6 +224,42 @@ class SuppressionStore:
 
     def _target(self, email: str) -> str:
         return self.pseudonyms.pseudonym(email) if self.pseudonyms is not None else "address"
+
+
+# ---- cursors: the index key of the last entry shown, checked on the way back in
+_DIGEST = re.compile(r"[0-9a-f]{64}")
+
+
+def _encode_cursor(item: Mapping[str, Any]) -> str:
+    raw = json.dumps({"t": item["gsi1sk"], "k": item["pk"], "s": item["sk"]}, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> dict[str, Any]:
+    try:
+        value = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+    except (binascii.Error, ValueError):
+        raise InvalidCursor("cursor is not one this list returned") from None
+    if not isinstance(value, dict) or set(value) != {"t", "k", "s"} or not all(
+            isinstance(v, str) for v in value.values()):
+        raise InvalidCursor("cursor is not one this list returned")
+    at, pk, sk = value["t"], value["k"], value["s"]
+    # the entry's own key and its index key name the same entry (gsi1sk is ``<time>#<address or pseudonym>``)
+    if pk == ERASED_PK:
+        valid = bool(_DIGEST.fullmatch(sk)) and at.endswith(f"#{PSEUDONYM_PREFIX}{sk}")
+    else:
+        valid = pk.startswith("SUPP#") and len(pk) > 5 and sk == "SUPP" and at.endswith(f"#{pk[5:]}")
+    if not valid or not _timestamp(at.partition("#")[0]):
+        raise InvalidCursor("cursor is not one this list returned")
+    return to_item({"gsi1pk": "SUPPRESSIONS", "gsi1sk": at, "pk": pk, "sk": sk})
+
+
+def _timestamp(text: str) -> bool:
+    try:
+        datetime.fromisoformat(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _managed(source: str) -> bool:

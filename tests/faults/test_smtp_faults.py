@@ -71,7 +71,11 @@ def test_smtp_failures_are_retried_or_recorded_never_lost_or_doubled(fault_stack
     after_550 = [f for f in injected if f["attempt"] > refused_at.get(f["rcpt"], f["attempt"])]
     campaign_rejected = sorted(r for r in rejected if r.startswith("c"))
     claims = claim_values(faults.iso.settings.nats_url, campaign_id, campaign_rejected)
-    recorded = [r for r in campaign_rejected if claims[r].startswith("failed|") and "550" in claims[r]]
+    listed = client.get(f"/v1/campaigns/{campaign_id}/failures", params={"limit": 500}).json()
+    reasons = {f["email"]: f["reason"] for f in listed["failures"]}
+    # recorded twice over: in the recipient's claim and in the campaign's failures listing, with the 550
+    recorded = [r for r in campaign_rejected
+                if claims[r].startswith("failed|") and "550" in claims[r] and "550" in reasons.get(r, "")]
     messages = {to: client.get(f"/v1/messages/{mid}").json() for to, mid in transactional.items() if to in rejected}
     recorded += [to for to, m in messages.items() if m["status"] == "failed" and "550" in (m["error"] or "")]
     kinds = {k: sum(1 for f in injected if f["fault"] == k) for k in ("421", "451", "550", "drop", "stall")}
@@ -84,5 +88,6 @@ def test_smtp_failures_are_retried_or_recorded_never_lost_or_doubled(fault_stack
     assert result.unexpected == []
     assert after_550 == []
     assert len(recorded) == len(rejected)
+    assert listed["next_cursor"] is None and sorted(reasons) == campaign_rejected
     assert view["progress"]["failed"] == len(campaign_rejected)
     assert view["progress"]["sent"] == CAMPAIGN_RECIPIENTS - len(campaign_rejected)

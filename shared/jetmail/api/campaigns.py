@@ -4,11 +4,17 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Query
 
 from jetmail.api.auth import require, services
 from jetmail.apikeys import ApiKey
-from jetmail.campaigns.model import CampaignCreate, CampaignPublic, ScheduleRequest, WinnerPick
+from jetmail.campaigns.model import (
+    CampaignCreate,
+    CampaignFailurePage,
+    CampaignPublic,
+    ScheduleRequest,
+    WinnerPick,
+)
 from jetmail.services import Services
 
 router = APIRouter(prefix="/v1/campaigns", tags=["campaigns"])
@@ -33,6 +39,16 @@ def list_campaigns(key: Admin, svc: Svc) -> list[CampaignPublic]:
 def get_campaign(campaign_id: str, key: Admin, svc: Svc) -> CampaignPublic:
     """State and progress (total, queued, sent, failed, skipped), and the A/B test's standing."""
     return svc.campaigns.get(campaign_id)
+
+
+@router.get("/{campaign_id}/failures", response_model=CampaignFailurePage,
+            responses={404: {"description": "not found"}, 422: {"description": "invalid limit or cursor"}})
+def campaign_failures(campaign_id: str, key: Admin, svc: Svc,
+                      limit: Annotated[int, Query(ge=1, le=500)] = 100,
+                      cursor: Annotated[str | None, Query(max_length=1024)] = None) -> CampaignFailurePage:
+    """Recipients the campaign failed for good (a provider's 5xx, gave up after the last retry, cannot
+    render), with the reason, in batch order; follow ``next_cursor`` until it is null."""
+    return svc.campaigns.failures(campaign_id, limit=limit, cursor=cursor)
 
 
 @router.post("/{campaign_id}/send", response_model=CampaignPublic, response_model_by_alias=True, responses=CONFLICT)

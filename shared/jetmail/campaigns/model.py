@@ -175,3 +175,22 @@ class CampaignPublic(BaseModel):
     progress: Progress
     ab_test: ABTest | None = None
     ab: ABResult | None = None
+
+
+class CampaignFailure(BaseModel):
+    """One recipient the campaign gave up on for good, and why."""
+
+    email: str
+    reason: str = Field(description="the provider's answer (``550 5.1.1 ...``), ``gave up: ...`` after the last "
+                                    "retry, or ``cannot render: ...``")
+    run: str = Field(description="``main``, or ``test`` / ``winner`` for an A/B test")
+    batch: int
+    position: int = Field(description="the recipient's place in its batch")
+    message_id: str
+    at: str = Field(description="when the failure was recorded (its batch finished)")
+
+
+class CampaignFailurePage(BaseModel):
+    failures: list[CampaignFailure]
+    next_cursor: str | None = Field(default=None, description="pass as ?cursor= for the next page; "
+                                                              "null on the last page")

@@ -1,9 +1,10 @@
 """The batch job: send up to ~100 campaign messages, then record them in one DynamoDB transaction.
 
 Per batch: one BatchGetItem (suppression, in the plan), one TransactWriteItems (batch outcome and
-counters); per recipient only NATS KV traffic (claim, settle) and the provider. Before every send
-the campaign's state is checked on the KV state board, so pause and cancel take effect within a
-fraction of a second even for batches already queued: a paused batch is parked (its payload kept
+counters), and one UpdateItem keeping the reasons when some recipients failed for good; per recipient
+only NATS KV traffic (claim, settle) and the provider. Before every send the campaign's state is
+checked on the KV state board, so pause and cancel take effect within a fraction of a second even
+for batches already queued: a paused batch is parked (its payload kept
 in DynamoDB) and re-enqueued on resume, where its claims skip whoever it had already mailed.
 """
 
@@ -51,6 +52,11 @@ class BatchTally:
     def add(self, pos: int, email: str, status: str, **extra: Any) -> None:
         self.results.append({"p": pos, "e": email, "s": status, **extra})
         self.counts["sent" if status == "sent" else "failed" if status == "failed" else "skipped"] += 1
+
+    @property
+    def failures(self) -> dict[int, str]:
+        """Position -> reason of every recipient that failed for good."""
+        return {r["p"]: r.get("r") or "unknown" for r in self.results if r["s"] == "failed"}
 
 
 class Parked(Exception):
@@ -142,22 +148,21 @@ class BatchSender:
                     provider_id = await self._send(campaign, variant, recipient, message_id, job.campaign_id,
                                                    simulated)
                 except PermanentDeliveryError as exc:
-                    await self.claims.settle(claim, f"failed|{owner}|{pos}|{exc.reason[:200]}")
-                    tally.add(pos, email, "failed", r=exc.reason[:300])
-                    return
+                    reason = exc.reason
                 except TemporaryDeliveryError as exc:
-                    if last_attempt:
-                        await self.claims.settle(claim, f"failed|{owner}|{pos}|{exc.reason[:200]}")
-                        tally.add(pos, email, "failed", r=f"gave up: {exc.reason[:300]}")
-                    else:
+                    if not last_attempt:
                         tally.temporary.append(pos)  # claim stays ours: the retry takes it over
-                    return
+                        return
+                    reason = f"gave up: {exc.reason}"
                 except (TemplateNotFound, TemplateRenderError, ValueError) as exc:
-                    await self.claims.settle(claim, f"failed|{owner}|{pos}|render")
-                    tally.add(pos, email, "failed", r=f"cannot render: {exc}"[:300])
+                    reason = f"cannot render: {exc}"
+                else:
+                    await self.claims.settle(claim, f"sent|{owner}|{pos}|{provider_id or ''}")
+                    tally.add(pos, email, "sent", m=provider_id)
                     return
-                await self.claims.settle(claim, f"sent|{owner}|{pos}|{provider_id or ''}")
-                tally.add(pos, email, "sent", m=provider_id)
+                # the claim keeps the reason too: a retry of the batch reports this failure from it
+                await self.claims.settle(claim, f"failed|{owner}|{pos}|{reason[:200]}")
+                tally.add(pos, email, "failed", r=reason[:300])
 
         async def guarded(pos: int, recipient: dict[str, Any]) -> None:
             # one recipient's error (say NATS electing a leader) starts no further sends, but every send
@@ -176,7 +181,7 @@ class BatchSender:
         if tally.temporary:
             raise TemporaryDeliveryError(f"{len(tally.temporary)} recipient(s) deferred; retrying the batch")
         recorded = await asyncio.to_thread(self.store.finish_batch, job.campaign_id, run=job.run, batch=job.batch,
-                                           counts=tally.counts, variant=job.variant)
+                                           counts=tally.counts, variant=job.variant, failures=tally.failures)
         if not recorded:
             logger.info("batch %s/%s/%s was already recorded", job.campaign_id, job.run, job.batch)
         else:

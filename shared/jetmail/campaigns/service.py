@@ -18,6 +18,7 @@ from jetmail.campaigns.model import (
     ABResult,
     AudienceSource,
     CampaignCreate,
+    CampaignFailurePage,
     CampaignPublic,
     CampaignState,
     Progress,
@@ -109,6 +110,12 @@ class CampaignService:
 
     def list(self) -> list[CampaignPublic]:
         return [self.public(i) for i in self.store.list()]
+
+    def failures(self, campaign_id: str, *, limit: int = 100, cursor: str | None = None) -> CampaignFailurePage:
+        """The recipients the campaign failed for good, with reasons, ``limit`` at a time.
+        Raises CampaignNotFound, InvalidCursor."""
+        self.store.get(campaign_id, consistent=False)
+        return self.store.failures(campaign_id, limit=limit, cursor=cursor)
 
     def public(self, item: dict[str, Any]) -> CampaignPublic:
         definition = self.store.definition(item)

@@ -5,6 +5,7 @@ item                   pk                       sk                              
 =====================  =======================  ==============================  ====================
 campaign               ``CAMPAIGN#<id>``        ``META``                        ``CAMPAIGNS`` / created
 planned batch          ``CAMPAIGN#<id>``        ``BATCH#<run>#<n:06d>``         -
+batch failures         ``CAMPAIGN#<id>``        ``BATCH#<run>#<n:06d>``         - (its ``failures`` map)
 parked batch           ``CAMPAIGN#<id>``        ``PARKED#<run>#<n:06d>``        -
 due start              ``CAMPAIGN#<id>``        ``DUE``                         ``DUE`` / at#id
 =====================  =======================  ==============================  ====================
@@ -18,18 +19,29 @@ the recipient of a message is one GetItem; its send outcome is its claim in NATS
 (``campaigns.signals``) and its later events are in the stats table. A finished batch adds its
 counts to the campaign item in one conditional UpdateItem that also adds the batch's mark to the
 ``done_batches`` set, so a redelivered batch can never count twice.
+
+Permanent failures (a provider's 5xx, ``gave up: ...`` after the last retry, ``cannot render: ...``)
+are kept on their planned batch item as ``failures``: a map of position -> {reason, at}, written by
+one UpdateItem only for a batch that has any, so a campaign without failures pays nothing. The
+address is the batch's ``recipients[position]``. Listing them queries the ``BATCH#`` items with a
+filter on ``failures``: one Query per ~300 batch items read (1 MB), returning those with failures.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
+import re
 from datetime import UTC, datetime
 from typing import Any
 
-from jetmail.campaigns.model import CampaignCreate, CampaignState
-from jetmail.storage.table import ConditionFailed, Table
+from jetmail.campaigns.model import CampaignCreate, CampaignFailure, CampaignFailurePage, CampaignState
+from jetmail.contacts import InvalidCursor
+from jetmail.storage.table import ConditionFailed, Table, to_item
 
 COUNTERS = ("total", "sent", "failed", "skipped")
+_BATCH_SK = re.compile(r"BATCH#[a-z0-9-]+#[0-9]{6,}")
 
 
 def now_iso() -> str:
@@ -144,9 +156,14 @@ class CampaignStore:
         ])
 
     def finish_batch(self, campaign_id: str, *, run: str, batch: int, counts: dict[str, int],
-                     variant: str | None = None) -> bool:
+                     variant: str | None = None, failures: dict[int, str] | None = None) -> bool:
         """Add a batch's counts to the campaign once: the batch's mark rides in the same conditional
-        update, so a redelivered batch can never count twice. False when it was counted before."""
+        update, so a redelivered batch can never count twice. False when it was counted before.
+
+        ``failures`` (position -> reason) are kept on the batch item first, so a ``failed`` count on
+        the campaign always has its rows to show."""
+        if failures:
+            self.record_failures(campaign_id, run=run, batch=batch, failures=failures)
         mark = f"{run}#{batch}"
         try:
             self.table.update(
@@ -170,6 +187,57 @@ class CampaignStore:
 
     def batch(self, campaign_id: str, *, run: str, batch: int) -> dict[str, Any] | None:
         return self.table.get(f"CAMPAIGN#{campaign_id}", f"BATCH#{run}#{batch:06d}")
+
+    # ---- permanent failures
+    def record_failures(self, campaign_id: str, *, run: str, batch: int, failures: dict[int, str]) -> None:
+        """Keep a batch's failed recipients (position -> reason) on its item: one UpdateItem. A redelivered
+        batch writes nothing new: the first record stands, with the reasons and time it saw."""
+        at = now_iso()
+        self.table.update(
+            f"CAMPAIGN#{campaign_id}", f"BATCH#{run}#{batch:06d}",
+            expression="SET failures = if_not_exists(failures, :f)",
+            params={":f": {str(pos): {"reason": reason, "at": at} for pos, reason in failures.items()}},
+        )
+
+    def failures(self, campaign_id: str, *, limit: int = 100, cursor: str | None = None,
+                 max_queries: int = 10) -> CampaignFailurePage:
+        """Up to ``limit`` failed recipients after ``cursor``, in batch then position order.
+
+        One Query per ~300 batch items (the filter drops batches without failures), at most
+        ``max_queries`` per page, plus one GetItem to finish the batch a previous page stopped in.
+        The cursor names the last batch read and the last position returned in it (none when the
+        whole batch was), so no failure is skipped or repeated across pages. Does not check that the
+        campaign exists; raises InvalidCursor for a cursor this method did not return."""
+        pk = f"CAMPAIGN#{campaign_id}"
+        found: list[CampaignFailure] = []
+        start: dict[str, Any] | None = None
+        if cursor:
+            sk, after = _decode_failure_cursor(cursor, campaign_id=campaign_id)
+            if after is not None:
+                item = self.table.get(pk, sk)
+                found += _failure_rows(campaign_id, item, after=after) if item else []
+            start = to_item({"pk": pk, "sk": sk})
+        queries = 0
+        while len(found) <= limit:
+            if queries == max_queries and start:
+                # the query cap came first: the next page carries on after the last batch read
+                return CampaignFailurePage(failures=found, next_cursor=_encode_failure_cursor(
+                    campaign_id, str(start["sk"]["S"]), None))
+            items, start = self.table.query(pk=pk, sk_prefix="BATCH#", start=start,
+                                            filter="attribute_exists(#fl)", names={"#fl": "failures"})
+            queries += 1
+            for item in items:
+                found += _failure_rows(campaign_id, item)
+                if len(found) > limit:
+                    break
+            if not start:
+                break
+        if len(found) <= limit:
+            return CampaignFailurePage(failures=found)
+        page = found[:limit]
+        tail = page[-1]
+        return CampaignFailurePage(failures=page, next_cursor=_encode_failure_cursor(
+            campaign_id, f"BATCH#{tail.run}#{tail.batch:06d}", tail.position))
 
     def park(self, campaign_id: str, *, run: str, batch: int, payload: dict[str, Any], park_id: str) -> None:
         self.table.put({"pk": f"CAMPAIGN#{campaign_id}", "sk": f"PARKED#{run}#{batch:06d}",
@@ -206,3 +274,39 @@ class CampaignStore:
 
     def in_state(self, state: CampaignState) -> list[dict[str, Any]]:
         return [i for i in self.table.query_all(pk="CAMPAIGNS", index="gsi1") if i.get("state") == state.value]
+
+
+def _failure_rows(campaign_id: str, item: dict[str, Any], *, after: int = -1) -> list[CampaignFailure]:
+    _, run, number = item["sk"].split("#", 2)
+    recipients = item.get("recipients") or []
+    rows = []
+    for key, failure in sorted((item.get("failures") or {}).items(), key=lambda kv: int(kv[0])):
+        pos = int(key)
+        if pos <= after:
+            continue
+        rows.append(CampaignFailure(
+            email=recipients[pos] if pos < len(recipients) else "", reason=failure["reason"], run=run,
+            batch=int(number), position=pos, message_id=campaign_message_id(campaign_id, run, int(number), pos),
+            at=failure["at"]))
+    return rows
+
+
+def _encode_failure_cursor(campaign_id: str, sk: str, position: int | None) -> str:
+    raw = json.dumps({"c": campaign_id, "b": sk, "p": position}, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_failure_cursor(cursor: str, *, campaign_id: str) -> tuple[str, int | None]:
+    try:
+        value = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+    except (binascii.Error, ValueError):
+        raise InvalidCursor("cursor is not one this API returned") from None
+    if not isinstance(value, dict) or set(value) != {"c", "b", "p"}:
+        raise InvalidCursor("cursor is not one this API returned")
+    if value["c"] != campaign_id:
+        raise InvalidCursor("cursor does not belong to this campaign")
+    sk, position = value["b"], value["p"]
+    if (not isinstance(sk, str) or not _BATCH_SK.fullmatch(sk)
+            or not (position is None or (type(position) is int and position >= 0))):
+        raise InvalidCursor("cursor is not one this API returned")
+    return sk, position

@@ -157,6 +157,40 @@ def report(campaign_id: str, as_json: bool, as_csv: bool) -> None:
         click.echo("\n".join(_report_text(result)))
 
 
+FAILURE_FIELDS = ("email", "reason", "run", "batch", "position", "message_id", "at")
+
+
+@campaign.command("failures")
+@click.argument("campaign_id")
+@click.option("--limit", type=click.IntRange(1), default=None, help="show at most N failures (default: all)")
+@click.option("--csv", "as_csv", is_flag=True, help="CSV rows (" + ",".join(FAILURE_FIELDS) + ")")
+@_campaign_errors
+def failures(campaign_id: str, limit: int | None, as_csv: bool) -> None:
+    """Recipients a campaign failed for good, with the reason (as GET /v1/campaigns/ID/failures)."""
+    import csv
+    import sys
+
+    svc = load_services()
+    writer = csv.writer(sys.stdout, lineterminator="\n") if as_csv else None
+    if writer is not None:
+        writer.writerow(FAILURE_FIELDS)
+    shown, cursor = 0, None
+    while limit is None or shown < limit:
+        page = svc.campaigns.failures(campaign_id, limit=min(500, limit - shown) if limit else 500, cursor=cursor)
+        for f in page.failures:
+            if writer is not None:
+                writer.writerow([getattr(f, name) for name in FAILURE_FIELDS])
+            else:
+                # a multi-line SMTP reply stays on its recipient's line
+                click.echo(f"{f.email:<40} {f.run}/{f.batch}/{f.position:<4} {f.at[:19]}  {' '.join(f.reason.split())}")
+        shown += len(page.failures)
+        cursor = page.next_cursor
+        if cursor is None:
+            break
+    if writer is None and shown == 0:
+        click.echo(f"{campaign_id} has no permanent failures")
+
+
 @campaign.command("create")
 @click.argument("definition", type=click.File("r"))
 @_campaign_errors

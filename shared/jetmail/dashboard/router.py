@@ -1,6 +1,7 @@
 """The server-rendered dashboard under ``/dashboard``: log in with an admin API key, then read campaigns
-and their reports, the suppression list, dead letters (and replay them) and the sending status (and
-resume marketing after a reputation stop). Plain HTML forms; no JavaScript is needed to read or act."""
+and their reports (with their permanent failures), the suppression list, dead letters (and replay them)
+and the sending status (and resume marketing after a reputation stop). Plain HTML forms; no JavaScript
+is needed to read or act."""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ from collections.abc import Callable, Coroutine
 from functools import cache
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import urlencode
 
-from fastapi import APIRouter, Depends, Form, Request
+from fastapi import APIRouter, Depends, Form, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.routing import APIRoute
@@ -18,6 +20,7 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoes
 from jetmail import sending
 from jetmail.api.auth import services as _services
 from jetmail.campaigns.service import CampaignNotFound
+from jetmail.contacts import InvalidCursor
 from jetmail.dashboard.session import (
     COOKIE_PATH,
     LOGIN_COOKIE,
@@ -44,8 +47,10 @@ SECURITY_HEADERS = {
     "cache-control": "no-store",
 }
 DLQ_PAGE = 100
+FAILURE_PAGE = 50
 SUPPRESSION_PAGE = 100
 SEARCH_SCAN_CAP = 20_000
+MAX_CURSOR = 2048
 
 
 class LoginRequired(Exception):
@@ -205,12 +210,20 @@ def campaigns_page(request: Request, session: Auth, svc: Svc) -> Response:
 
 
 @router.get("/campaigns/{campaign_id}", response_class=HTMLResponse)
-def report_page(request: Request, campaign_id: str, session: Auth, svc: Svc) -> Response:
+def report_page(request: Request, campaign_id: str, session: Auth, svc: Svc,
+                failures: Annotated[str | None, Query(max_length=1024)] = None) -> Response:
+    """The report, and the campaign's permanent failures ``FAILURE_PAGE`` at a time (``failures`` is the
+    cursor of the next ones)."""
     try:
         report = svc.reports.campaign_report(campaign_id)
+        failed = svc.campaigns.failures(campaign_id, limit=FAILURE_PAGE, cursor=failures or None)
     except CampaignNotFound as exc:
         return render(request, "message.html", session=session, status=404, title="Not found", error=str(exc))
-    return render(request, "report.html", session=session, title=f"Report: {report.name}", view=report_view(report))
+    except InvalidCursor:
+        return render(request, "message.html", session=session, status=422, title="Bad request",
+                      error="That link to more failures is not valid; open the campaign again.")
+    return render(request, "report.html", session=session, title=f"Report: {report.name}", view=report_view(report),
+                  failures=failed, failures_from=failures)
 
 
 # ---- suppressions
@@ -234,15 +247,27 @@ def search_suppressions(store: SuppressionStore, text: str, *, limit: int = SUPP
 
 
 @router.get("/suppressions", response_class=HTMLResponse)
-def suppressions_page(request: Request, session: Auth, svc: Svc, q: str = "") -> Response:
+def suppressions_page(request: Request, session: Auth, svc: Svc, q: str = "", cursor: str = "",
+                      limit: Annotated[int, Query(ge=1, le=500)] = SUPPRESSION_PAGE) -> Response:
+    """The newest suppressions ``limit`` at a time (``cursor``: where the previous page ended), or the ones
+    whose address contains ``q``."""
     q = q.strip()[:320]
+    next_cursor = None
     if q:
-        items, capped = search_suppressions(svc.suppressions, q)
+        items, capped = search_suppressions(svc.suppressions, q, limit=limit)
     else:
-        items, _ = svc.suppressions.list(limit=SUPPRESSION_PAGE)
-        capped = False
+        try:
+            if len(cursor) > MAX_CURSOR:
+                raise InvalidCursor("cursor too long")
+            page = svc.suppressions.page(limit=limit, cursor=cursor or None)
+        except InvalidCursor:
+            return render(request, "message.html", session=session, status=400, title="Bad request",
+                          error="That link to more suppressions is not valid; open the suppression list again.")
+        items, next_cursor, capped = page.items, page.next_cursor, False
+    more = {"cursor": next_cursor, **({"limit": limit} if limit != SUPPRESSION_PAGE else {})}
     return render(request, "suppressions.html", session=session, title="Suppressions", items=items, q=q,
-                  capped=capped, scan_cap=SEARCH_SCAN_CAP, page=SUPPRESSION_PAGE)
+                  capped=capped, scan_cap=SEARCH_SCAN_CAP, page=limit, later=bool(cursor) and not q,
+                  next_link=f"{_base(request)}/suppressions?{urlencode(more)}" if next_cursor else None)
 
 
 # ---- dead letters

@@ -203,27 +203,32 @@ class Table:
 
     def query(self, *, pk: str, sk_prefix: str | None = None, index: str | None = None, limit: int | None = None,
               forward: bool = True, start: Mapping[str, Any] | None = None, sk_after: str | None = None,
-              ) -> tuple[list[dict[str, Any]], dict | None]:
-        """One page of a query; returns (items, last evaluated key for the next page)."""
+              filter: str | None = None, names: Mapping[str, str] | None = None,
+              params: Mapping[str, Any] | None = None) -> tuple[list[dict[str, Any]], dict | None]:
+        """One page of a query; returns (items, last evaluated key for the next page).
+
+        ``filter`` is a FilterExpression with its own ``names`` and ``params`` (not ``#h``/``#r``/``:h``/``:r``,
+        which the key condition uses). DynamoDB filters after reading: a page may hold no item and still
+        have a next one, and ``limit`` counts the items read, not the ones kept."""
         hash_name, range_name = ("gsi1pk", "gsi1sk") if index == "gsi1" else ("pk", "sk")
         expression = "#h = :h"
-        names = {"#h": hash_name}
+        key_names = {"#h": hash_name}
         values: dict[str, Any] = {":h": pk}
         if sk_prefix is not None:
             expression += " AND begins_with(#r, :r)"
-            names["#r"] = range_name
+            key_names["#r"] = range_name
             values[":r"] = sk_prefix
         elif sk_after is not None:
             expression += " AND #r > :r"
-            names["#r"] = range_name
+            key_names["#r"] = range_name
             values[":r"] = sk_after
-        kwargs: dict[str, Any] = {
-            "TableName": self.name,
-            "KeyConditionExpression": expression,
-            "ExpressionAttributeNames": names,
-            "ExpressionAttributeValues": to_item(values),
-            "ScanIndexForward": forward,
-        }
+        kwargs: dict[str, Any] = {"TableName": self.name, "ScanIndexForward": forward}
+        if filter:
+            kwargs["FilterExpression"] = filter
+            key_names.update(names or {})
+            values.update(params or {})
+        kwargs.update(KeyConditionExpression=expression, ExpressionAttributeNames=key_names,
+                      ExpressionAttributeValues=to_item(values))
         if index:
             kwargs["IndexName"] = index
         if limit:
