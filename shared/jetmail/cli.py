@@ -169,8 +169,8 @@ def init(queues: tuple[str, ...]) -> None:
               help="Jobs run at the same time.")
 @click.option("--reserve-high", type=click.IntRange(0), metavar="N",
               help="Slots only high-priority jobs (transactional mail, campaign starts) may take, so they start at "
-                   "once while campaign batches fill the rest. Default: a quarter of --concurrency (at least 1; 0 "
-                   "with --concurrency 1).")
+                   "once while campaign batches fill the rest. Default: a quarter of --concurrency (at least 1) "
+                   "when QUEUES include email_transactional and others, else 0.")
 @click.option("--burst", is_flag=True, help="Exit once the queues are empty and nothing is running.")
 @click.option("--health-port", type=click.IntRange(0, 65_535), help="Serve GET /healthz on this port.")
 @click.option("--health-host", default="127.0.0.1", show_default=True,
@@ -187,7 +187,10 @@ def worker(queues: tuple[str, ...], concurrency: int, reserve_high: int | None, 
     for name in queues:
         check_queue(name)
     if reserve_high is None:
-        reserve_high = max(1, concurrency // 4) if concurrency > 1 else 0
+        from jetmail.messages import TRANSACTIONAL_QUEUE
+
+        shared = TRANSACTIONAL_QUEUE in queues and len(set(queues)) > 1 and concurrency > 1
+        reserve_high = max(1, concurrency // 4) if shared else 0
     elif reserve_high >= concurrency:
         raise CliError(f"--reserve-high must be below --concurrency ({concurrency}), got {reserve_high}")
     config = _config()

@@ -59,6 +59,8 @@ class Settings(BaseSettings):
     smtp_starttls: bool = False
     smtp_use_tls: bool = False
     smtp_timeout_s: float = 10.0
+    # campaign sends in flight per worker process, across all its batches (8 per batch at most)
+    campaign_sends_per_worker: int = Field(default=32, ge=1, le=1000)
     smtp_pool_size: int = Field(default=4, ge=1, le=64)
     smtp_max_messages_per_connection: int = Field(default=100, ge=1)
     ses_configuration_set: str | None = None

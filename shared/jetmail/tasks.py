@@ -64,6 +64,7 @@ async def startup(resources: dict[str, Any]) -> None:
         store=services.campaign_store, templates=services.templates, composer=services.composer,
         provider=resources["provider"], board=StateBoard(queue.js), claims=Claims(queue.js),
         suppressions=services.suppressions, simulator=services.simulator, limiter=limiter,
+        process_concurrency=services.settings.campaign_sends_per_worker,
     )
 
 

@@ -66,7 +66,7 @@ class Parked(Exception):
 class BatchSender:
     def __init__(self, *, store: CampaignStore, templates: TemplateStore, composer: Composer, provider: Provider,
                  board: StateBoard, claims: Claims, suppressions: SuppressionStore, simulator: Simulator | None = None,
-                 limiter: RateLimiter | None = None, concurrency: int = 8) -> None:
+                 limiter: RateLimiter | None = None, concurrency: int = 8, process_concurrency: int = 32) -> None:
         self.limiter = limiter
         self.simulator = simulator
         self.store = store
@@ -77,6 +77,10 @@ class BatchSender:
         self.claims = claims
         self.suppressions = suppressions
         self.concurrency = concurrency
+        # sends in flight across every batch this process runs: rendering is CPU work on the event loop, and
+        # more concurrent sends than the provider needs only make every await (a transactional message's
+        # too) wait longer for its turn
+        self.process_slots = asyncio.Semaphore(process_concurrency)
         self._definitions: dict[str, CampaignCreate] = {}
         self._versions: dict[tuple[str, str, str | None], TemplateVersion] = {}
 
@@ -120,7 +124,7 @@ class BatchSender:
 
         async def one(pos: int, recipient: dict[str, Any]) -> None:
             email = recipient["e"]
-            async with semaphore:
+            async with semaphore, self.process_slots:
                 if stop.is_set() or errors:
                     return
                 current = await self.state(job.campaign_id)
