@@ -34,9 +34,11 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -192,10 +194,13 @@ def paced_sends(client: Any, *, count: int, rate: float, tag: str, errors: list[
 
 
 def latencies(services: Any, sent: list[tuple[str, float]], *, until: float | None = None) -> dict[str, float]:
-    """created_at → sent_at per message (waits for each to be sent); only those posted before ``until``."""
+    """created_at → sent_at per message (waits for each to be sent); only those posted before ``until``. Also
+    the part of it until a worker claimed the message (``claim_p50``...): the wait for a worker, apart from
+    the send itself."""
     from jetmail.devstack.stack import wait_until
 
     out = []
+    claimed = []
     for message_id, posted in sent:
         if until is not None and posted > until:
             continue
@@ -209,8 +214,37 @@ def latencies(services: Any, sent: list[tuple[str, float]], *, until: float | No
         if view["status"] == "sent":
             created = datetime.fromisoformat(view["created_at"])
             out.append((datetime.fromisoformat(view["sent_at"]) - created).total_seconds() * 1000)
+            claim = next(h["at"] for h in view["history"] if h["status"] == "sending")
+            claimed.append((datetime.fromisoformat(claim) - created).total_seconds() * 1000)
     q = statistics.quantiles(out, n=100)
-    return {"p50": q[49], "p95": q[94], "p99": q[98], "count": len(out)}
+    c = statistics.quantiles(claimed, n=100)
+    return {"p50": q[49], "p95": q[94], "p99": q[98], "count": len(out),
+            "claim_p50": c[49], "claim_p95": c[94], "claim_p99": c[98]}
+
+
+@contextmanager
+def dynamodb_probe(services: Any, every: float = 0.1) -> Iterator[dict[str, float]]:
+    """One GetItem every ``every`` s while the block runs; yields its p50/p95/p99 in ms once the block ends.
+    What one DynamoDB call costs meanwhile, on the local emulator that applies requests one at a time."""
+    stop = threading.Event()
+    timings: list[float] = []
+
+    def run() -> None:
+        while not stop.wait(every):
+            started = time.perf_counter()
+            services.table.get("BENCH#probe", "PROBE")
+            timings.append((time.perf_counter() - started) * 1000)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    figures: dict[str, float] = {}
+    try:
+        yield figures
+    finally:
+        stop.set()
+        thread.join()
+        q = statistics.quantiles(timings, n=100) if len(timings) > 1 else [0.0] * 99
+        figures.update({"p50": q[49], "p95": q[94], "p99": q[98], "count": len(timings)})
 
 
 def rss_peak_mb(pid: int) -> float:
@@ -262,9 +296,14 @@ def main() -> None:
     parser.add_argument("--planner-audiences", default="20000,200000")
     parser.add_argument("--sink", choices=("auto", "postfix", "python"), default="auto")
     parser.add_argument("--no-install", action="store_true", help="never apt-get install postfix")
+    parser.add_argument("--worker-env", action="append", default=[], metavar="NAME=VALUE",
+                        help="a setting for the worker processes only, e.g. JETMAIL_CAMPAIGN_SENDS_PER_WORKER=64")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "latest.json")
     parser.add_argument("--planner-child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    worker_env = dict(item.partition("=")[::2] for item in args.worker_env)
+    if not all(name.startswith("JETMAIL_") for name in worker_env):
+        parser.error("--worker-env takes JETMAIL_NAME=VALUE")
     if args.planner_child:
         planner_child(args.planner_child)
         return
@@ -329,7 +368,8 @@ def main() -> None:
             log = (root / f"worker{n}.log").open("wb")
             proc = subprocess.Popen([sys.executable, "-m", "jetmail.cli", "worker", "email_transactional",
                                      "email_campaign", "email_ab_test", "email_maintenance", "--concurrency", "16",
-                                     "--health-port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT)
+                                     "--health-port", str(port)], env={**env, **worker_env}, stdout=log,
+                                    stderr=subprocess.STDOUT, start_new_session=True)
             workers.append(proc)
             wait_until(http_ready(f"http://127.0.0.1:{port}/healthz"), timeout=30, what="worker")
 
@@ -356,7 +396,8 @@ def main() -> None:
                             raise_server_exceptions=False)
         print(f"transactional latency, idle ({args.latency_sends} sends) ...", flush=True)
         results["transactional_api_errors"] = errors = []
-        sent = paced_sends(client, count=args.latency_sends, rate=args.latency_rate, tag="idle", errors=errors)
+        with dynamodb_probe(services) as results["dynamodb_get_idle_ms"]:
+            sent = paced_sends(client, count=args.latency_sends, rate=args.latency_rate, tag="idle", errors=errors)
         results["transactional_ms"] = latencies(services, sent)
 
         if args.busy_recipients:
@@ -369,7 +410,9 @@ def main() -> None:
             print(f"transactional latency during a campaign of {args.busy_recipients:,} ...", flush=True)
             busy_started = time.time()
             services.campaigns.send(busy.id)
-            sent = paced_sends(client, count=args.latency_sends, rate=args.latency_rate, tag="busy", errors=errors)
+            with dynamodb_probe(services) as results["dynamodb_get_busy_ms"]:
+                sent = paced_sends(client, count=args.latency_sends, rate=args.latency_rate, tag="busy",
+                                   errors=errors)
             busy_finished = wait_done(services, busy.id, args.busy_recipients)
             results["busy_campaign_per_s"] = args.busy_recipients / (busy_finished - busy_started)
             results["transactional_during_campaign_ms"] = latencies(services, sent, until=busy_finished)
@@ -390,7 +433,9 @@ def main() -> None:
     results["planner_rss_mb"] = {size: planner_rss(int(size)) for size in args.planner_audiences.split(",") if size}
 
     args.out.write_text(json.dumps(results, indent=2))
-    pct = "{p50:.0f} / {p95:.0f} / {p99:.0f} ms ({count} sends)"
+    probe = "{p50:.0f} / {p95:.0f} / {p99:.0f} ms"
+    pct = "{p50:.0f} / {p95:.0f} / {p99:.0f} ms ({count} sends; claimed by a worker after {claim_p50:.0f} / " \
+          "{claim_p95:.0f} / {claim_p99:.0f})"
     rows = [
         ("raw loop ceiling (render+MIME+SMTP, 1 process)", f"{results['raw_loop_per_s']:,.0f} emails/s"),
         *((("raw loop to the Python sink", f"{results['raw_loop_python_sink_per_s']:,.0f} emails/s"),)
@@ -402,6 +447,7 @@ def main() -> None:
         ("NATS messages per 100 recipients", f"{results['nats_messages_per_100']:.1f}"),
         (f"worker peak RSS after {args.recipients:,}", f"{results['worker_peak_rss_mb']:.0f} MB"),
         ("transactional accept→SMTP p50/p95/p99, idle", pct.format(**results["transactional_ms"])),
+        ("one emulated DynamoDB GetItem p50/p95/p99, idle", probe.format(**results["dynamodb_get_idle_ms"])),
     ]
     if "transactional_during_campaign_ms" in results:
         rows += [
@@ -409,6 +455,8 @@ def main() -> None:
              f"{results['busy_campaign_per_s']:,.0f} emails/s"),
             (f"transactional p50/p95/p99 during {args.busy_recipients:,}",
              pct.format(**results["transactional_during_campaign_ms"])),
+            (f"one emulated DynamoDB GetItem p50/p95/p99 during {args.busy_recipients:,}",
+             probe.format(**results["dynamodb_get_busy_ms"])),
             (f"worker peak RSS after {args.busy_recipients:,}", f"{results['worker_peak_rss_busy_mb']:.0f} MB"),
         ]
     rows += [(f"plan path peak RSS, {int(size):,} audience (start)",
