@@ -13,6 +13,7 @@ import json
 import re
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -146,6 +147,16 @@ def test_only_batches_with_failures_hold_them_and_a_second_record_changes_nothin
     assert again is not None and again["failures"] == first["failures"]
 
 
+def test_batch_items_holding_addresses_expire_with_the_message_retention(
+        services: Services, failed_campaign: dict[str, Any]) -> None:
+    # the addresses (and failure reasons) on planned batches are kept no longer than message records
+    retention = services.settings.message_retention_days * 86_400
+    for n in (1, 2, 3):
+        item = services.campaign_store.batch(failed_campaign["id"], run="main", batch=n)
+        assert item is not None
+        assert abs(int(item["expires_at"]) - (time.time() + retention)) < 600
+
+
 def test_pages_of_one_walk_every_failure_once(client: TestClient, failed_campaign: dict[str, Any]) -> None:
     campaign_id = failed_campaign["id"]
     everything = client.get(f"/v1/campaigns/{campaign_id}/failures").json()["failures"]
@@ -275,3 +286,17 @@ def test_dashboard_shows_the_failures(app: FastAPI, api_token: str, client: Test
     clean = send_and_finish(client, services, "Clean", [{"list_id": clean_list}])
     assert "Permanent failures" not in browser.get(f"/dashboard/campaigns/{clean}").text
     assert client.get(f"/v1/campaigns/{clean}/failures").json() == {"failures": [], "next_cursor": None}
+
+
+def test_an_erased_address_is_not_shown_among_the_failures(client: TestClient, services: Services,
+                                                           failed_campaign: dict[str, Any]) -> None:
+    # (last in this module: it erases one of the shared campaign's rejected recipients)
+    # GIVEN one of the refused recipients asks to be erased
+    erased = failed_campaign["rejected"][0]
+    assert client.delete(f"/v1/contacts/{erased}", params={"erase": "true"}).status_code == 200
+    # THEN the failures listing keeps its row and reason but no longer shows the address
+    rows = client.get(f"/v1/campaigns/{failed_campaign['id']}/failures").json()["failures"]
+    assert len(rows) == len(failed_campaign["rejected"])
+    assert erased not in {r["email"] for r in rows}
+    assert [r["email"] for r in rows].count("(erased)") == 1
+    assert {r["email"] for r in rows} - {"(erased)"} == set(failed_campaign["rejected"][1:])

@@ -138,13 +138,13 @@ class Services:
 
     @cached_property
     def campaign_store(self) -> CampaignStore:
-        return CampaignStore(self.table, stats=self.stats_table)
+        return CampaignStore(self.table, stats=self.stats_table, retention_days=self.settings.message_retention_days)
 
     @cached_property
     def campaigns(self) -> CampaignService:
         return CampaignService(store=self.campaign_store, templates=self.templates, queue=self.queue,
                                contacts=self.contacts, segments=self.segments, composer=self.composer,
-                               audit=self.audit)
+                               audit=self.audit, suppressions=self.suppressions)
 
     @cached_property
     def reports(self) -> Reports:

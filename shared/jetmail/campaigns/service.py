@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger("jetmail.campaigns")
 
 CAMPAIGN_QUEUE = "email_campaign"
+ERASED = "(erased)"
 AB_QUEUE = "email_ab_test"
 PLAN_TASK = "campaign_plan"
 BATCH_TASK = "campaign_batch"
@@ -70,8 +71,10 @@ def z_test(x1: int, n1: int, x2: int, n2: int) -> float:
 
 class CampaignService:
     def __init__(self, *, store: CampaignStore, templates: TemplateStore, queue: Any, contacts: Any = None,
-                 segments: Any = None, composer: Composer | None = None, audit: AuditLog | None = None) -> None:
+                 segments: Any = None, composer: Composer | None = None, audit: AuditLog | None = None,
+                 suppressions: Any = None) -> None:
         self.store = store
+        self.suppressions = suppressions  # to keep erased addresses out of the failures listing
         self.templates = templates
         self.queue: JobQueue = queue
         self.contacts = contacts
@@ -115,7 +118,14 @@ class CampaignService:
         """The recipients the campaign failed for good, with reasons, ``limit`` at a time.
         Raises CampaignNotFound, InvalidCursor."""
         self.store.get(campaign_id, consistent=False)
-        return self.store.failures(campaign_id, limit=limit, cursor=cursor)
+        page = self.store.failures(campaign_id, limit=limit, cursor=cursor)
+        if self.suppressions is not None:
+            # an address erased at its owner's request stays on the batch item until it expires; not shown
+            erased = self.suppressions.erased_among(f.email for f in page.failures)
+            for failure in page.failures:
+                if failure.email.lower() in erased:
+                    failure.email = ERASED
+        return page
 
     def public(self, item: dict[str, Any]) -> CampaignPublic:
         definition = self.store.definition(item)

@@ -33,6 +33,7 @@ import base64
 import binascii
 import json
 import re
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -71,9 +72,11 @@ def parse_campaign_message_id(message_id: str) -> tuple[str, str, int, int] | No
 
 
 class CampaignStore:
-    def __init__(self, table: Table, *, stats: Table) -> None:
+    def __init__(self, table: Table, *, stats: Table, retention_days: int = 400) -> None:
         self.table = table
         self.stats = stats
+        # planned batches hold recipients' addresses (and their failures): they expire like message records
+        self.retention_s = retention_days * 86_400
 
     def create(self, campaign_id: str, body: CampaignCreate, *, parent_id: str | None = None,
                state: CampaignState = CampaignState.DRAFT) -> dict[str, Any]:
@@ -149,9 +152,10 @@ class CampaignStore:
     # ---- batches
     def record_batches(self, campaign_id: str, *, run: str, batches: list[tuple[int, str | None, list[str]]]) -> int:
         """Write planned batches (number, variant, addresses) 25 per request; returns requests made."""
+        expires_at = int(time.time()) + self.retention_s
         return self.table.batch_put([
             {"pk": f"CAMPAIGN#{campaign_id}", "sk": f"BATCH#{run}#{number:06d}", "variant": variant,
-             "recipients": recipients}
+             "recipients": recipients, "expires_at": expires_at}
             for number, variant, recipients in batches
         ])
 
