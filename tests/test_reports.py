@@ -25,6 +25,7 @@ from jetmail.campaigns.store import campaign_message_id
 from jetmail.devstack.mailbox import Mailbox
 from jetmail.devstack.stack import wait_until
 from jetmail.feedback import record_sends
+from jetmail.reports import Counts, Engagement, rates_from
 from jetmail.scheduler import tick
 from jetmail.services import Services
 from jetmail.useragents import APPLE_PRIVACY, country_code, mail_client
@@ -150,6 +151,7 @@ def test_campaign_report_has_the_exact_figures(client: TestClient, sent_campaign
             c["unsubscribed"]) == (5, 0, 4, 1, 0, 1, 0)
     assert c["opens"] == {"total": 5, "human_total": 4, "machine_total": 1, "unique": 3, "human_unique": 3}
     assert c["clicks"] == {"total": 3, "human_total": 3, "machine_total": 0, "unique": 2, "human_unique": 2}
+    assert report["rates"].pop("engagement_base") == "delivered"
     assert report["rates"] == pytest.approx({"delivery": 0.8, "open": 0.75, "click": 0.5, "click_to_open": 2 / 3,
                                              "bounce": 0.2, "complaint": 0.25, "unsubscribe": 0.0,
                                              "open_all": 0.75, "click_all": 0.5})
@@ -253,6 +255,23 @@ def test_sends_are_counted_once_per_key(services: Services) -> None:
     assert (day.sent, day.failed) >= (7, 2)
     hour = services.stats_table.get("STATS", "HOUR#2024-02-03T04")
     assert hour is not None and hour["sent"] % 7 == 0 and hour["sent"] == day.sent
+
+
+def test_rates_are_per_accepted_message_while_the_provider_reports_no_deliveries() -> None:
+    # GIVEN counts as the SMTP provider leaves them: sends, bounces and engagement, but no delivery events
+    smtp = Counts(sent=10, bounced_hard=2, complained=1, unsubscribed=1,
+                  opens=Engagement(total=9, unique=5, human_unique=4), clicks=Engagement(total=3, unique=2,
+                                                                                       human_unique=2))
+    # THEN opens, clicks, complaints and unsubscribes are over the 8 accepted messages, and say so
+    rates = rates_from(smtp)
+    assert rates.engagement_base == "accepted"
+    assert (rates.delivery, rates.open, rates.click, rates.complaint, rates.unsubscribe, rates.open_all) == \
+        (0.0, 0.5, 0.25, 0.125, 0.125, 0.625)
+    # AND once deliveries are reported, they are the base again
+    ses = rates_from(smtp.model_copy(update={"delivered": 5}))
+    assert ses.engagement_base == "delivered" and (ses.open, ses.click) == (0.8, 0.4)
+    # AND nothing sent is no rate at all
+    assert rates_from(Counts()).open is None
 
 
 def test_mail_clients_and_countries() -> None:

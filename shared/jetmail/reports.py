@@ -22,6 +22,11 @@ open_all       unique opens, machine opens included             delivered
 click_all      unique clicks, machine clicks included           delivered
 =============  ==============================================  =====================================
 
+Where a provider reports no deliveries (the SMTP provider: an SMTP server's ``250`` is all it
+says), ``delivered`` stays 0 and the rates over "delivered" would never show; they are then taken
+over the messages *accepted* instead (sent minus bounced), and ``engagement_base`` says which
+(``delivered`` or ``accepted``).
+
 "Unique" counts one per message (the first open or click of it); "human" leaves out opens and
 clicks made by privacy proxies, security scanners and prefetchers (``jetmail.tracking``). A
 message first opened by Apple's proxy and later by its reader counts once in ``unique`` and once
@@ -88,6 +93,10 @@ class Rates(BaseModel):
     unsubscribe: float | None = Field(default=None, description="unsubscribes / delivered")
     open_all: float | None = Field(default=None, description="unique opens (machines included) / delivered")
     click_all: float | None = Field(default=None, description="unique clicks (machines included) / delivered")
+    engagement_base: Literal["delivered", "accepted"] = Field(
+        default="delivered", description="what open, click, complaint and unsubscribe rates divide by: delivered "
+                                         "messages, or accepted ones (sent - bounced) when the provider reports no "
+                                         "deliveries (SMTP)")
 
 
 class PeriodCounts(BaseModel):
@@ -218,12 +227,14 @@ def counts_from(item: Mapping[str, Any]) -> Counts:
 
 
 def rates_from(c: Counts) -> Rates:
-    return Rates(delivery=_ratio(c.delivered, c.sent), open=_ratio(c.opens.human_unique, c.delivered),
-                 click=_ratio(c.clicks.human_unique, c.delivered),
+    base = c.delivered if c.delivered else max(c.sent - c.bounced, 0)
+    return Rates(delivery=_ratio(c.delivered, c.sent), open=_ratio(c.opens.human_unique, base),
+                 click=_ratio(c.clicks.human_unique, base),
                  click_to_open=_ratio(c.clicks.human_unique, c.opens.human_unique),
-                 bounce=_ratio(c.bounced, c.sent), complaint=_ratio(c.complained, c.delivered),
-                 unsubscribe=_ratio(c.unsubscribed, c.delivered), open_all=_ratio(c.opens.unique, c.delivered),
-                 click_all=_ratio(c.clicks.unique, c.delivered))
+                 bounce=_ratio(c.bounced, c.sent), complaint=_ratio(c.complained, base),
+                 unsubscribe=_ratio(c.unsubscribed, base), open_all=_ratio(c.opens.unique, base),
+                 click_all=_ratio(c.clicks.unique, base),
+                 engagement_base="delivered" if c.delivered else "accepted")
 
 
 def _period_counts(item: Mapping[str, Any]) -> dict[str, int]:

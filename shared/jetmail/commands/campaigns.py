@@ -102,6 +102,7 @@ def _pct(value: float | None) -> str:
 
 def _report_text(r: Any) -> list[str]:
     c, rates, p = r.counts, r.rates, r.progress
+    base = rates.engagement_base
     lines = [f"{r.id}  {r.name}  ({r.state.value})",
              f"progress   total {p.total}  sent {p.sent}  failed {p.failed}  skipped {p.skipped}  queued {p.queued}",
              "",
@@ -111,11 +112,11 @@ def _report_text(r: Any) -> list[str]:
              f"{'delivered':<14}{c.delivered:>9}   {_pct(rates.delivery):>6}  of sent",
              f"{'bounced':<14}{c.bounced:>9}   {_pct(rates.bounce):>6}  of sent  (hard {c.bounced_hard}, "
              f"soft {c.bounced_soft})",
-             f"{'complained':<14}{c.complained:>9}   {_pct(rates.complaint):>6}  of delivered",
-             f"{'unsubscribed':<14}{c.unsubscribed:>9}   {_pct(rates.unsubscribe):>6}  of delivered",
-             f"{'opened':<14}{c.opens.human_unique:>9}   {_pct(rates.open):>6}  of delivered  (unique human; "
+             f"{'complained':<14}{c.complained:>9}   {_pct(rates.complaint):>6}  of {base}",
+             f"{'unsubscribed':<14}{c.unsubscribed:>9}   {_pct(rates.unsubscribe):>6}  of {base}",
+             f"{'opened':<14}{c.opens.human_unique:>9}   {_pct(rates.open):>6}  of {base}  (unique human; "
              f"{c.opens.unique} with machines, {c.opens.total} opens in all)",
-             f"{'clicked':<14}{c.clicks.human_unique:>9}   {_pct(rates.click):>6}  of delivered  (unique human; "
+             f"{'clicked':<14}{c.clicks.human_unique:>9}   {_pct(rates.click):>6}  of {base}  (unique human; "
              f"{c.clicks.unique} with machines, {c.clicks.total} clicks in all)",
              f"{'click-to-open':<14}{'':>9}   {_pct(rates.click_to_open):>6}"]
     if r.ab is not None:
