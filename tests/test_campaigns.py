@@ -160,6 +160,11 @@ def test_pause_stops_within_seconds_and_resume_completes_without_duplicates(
     stopped = settle(count, quiet=1.0)
     assert time.monotonic() - paused_at < 5  # stopped (and stayed stopped) within seconds
     assert stopped < 4000
+    # the parked batches (their recipients' addresses) expire like message records if never resumed
+    wait_until(lambda: bool(services.campaign_store.parked(campaign_id)), timeout=30, what="parked batches")
+    retention = services.settings.message_retention_days * 86_400
+    assert all(abs(int(p["expires_at"]) - time.time() - retention) < 600
+               for p in services.campaign_store.parked(campaign_id))
     assert client.post(f"/v1/campaigns/{campaign_id}/resume").json()["state"] == "sending"
     wait_until(lambda: count() >= 4000, timeout=120, what="the rest after resume")
     received = {r: n for r, n in mailbox.by_recipient().items() if r.endswith(domain)}

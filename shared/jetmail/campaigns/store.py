@@ -75,7 +75,7 @@ class CampaignStore:
     def __init__(self, table: Table, *, stats: Table, retention_days: int = 400) -> None:
         self.table = table
         self.stats = stats
-        # planned batches hold recipients' addresses (and their failures): they expire like message records
+        # planned and parked batches hold recipients' addresses (and failures): they expire like message records
         self.retention_s = retention_days * 86_400
 
     def create(self, campaign_id: str, body: CampaignCreate, *, parent_id: str | None = None,
@@ -245,7 +245,8 @@ class CampaignStore:
 
     def park(self, campaign_id: str, *, run: str, batch: int, payload: dict[str, Any], park_id: str) -> None:
         self.table.put({"pk": f"CAMPAIGN#{campaign_id}", "sk": f"PARKED#{run}#{batch:06d}",
-                        "payload": json.dumps(payload), "park_id": park_id, "parked_at": now_iso()})
+                        "payload": json.dumps(payload), "park_id": park_id, "parked_at": now_iso(),
+                        "expires_at": int(time.time()) + self.retention_s})
 
     def parked(self, campaign_id: str) -> list[dict[str, Any]]:
         return list(self.table.query_all(pk=f"CAMPAIGN#{campaign_id}", sk_prefix="PARKED#"))
