@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import nats
+import nats.errors
 import pytest
 from fastapi.testclient import TestClient
 
@@ -134,3 +137,28 @@ def test_campaign_survives_a_killed_node_with_every_recipient_mailed_once(cluste
     finally:
         for proc in workers:
             stop_process(proc.pid)
+
+
+def test_passwords_that_look_like_numbers_dates_or_sizes_still_work(tmp_path: Path) -> None:
+    # GIVEN passwords nats-server would read as a date, a float, a size and a boolean if left unquoted
+    cluster = NatsCluster(tmp_path / "nats")
+    cluster.passwords = {"api": "12-yes", "worker": "7.5x", "admin": "64kb"}
+    try:
+        # WHEN the cluster starts with them
+        cluster.start()
+        # THEN each jetmail user connects with its password as written
+        async def connect(user: str) -> bool:
+            nc = await nats.connect(servers=cluster.url.split(","), user=user, password=cluster.passwords[user],
+                                    allow_reconnect=False, connect_timeout=5)
+            try:
+                return nc.is_connected
+            finally:
+                await nc.close()
+
+        assert asyncio.run(connect("api")) and asyncio.run(connect("worker"))
+        # AND a wrong one is refused
+        cluster.passwords["worker"] = "7.5y"
+        with pytest.raises(nats.errors.Error):
+            asyncio.run(connect("worker"))
+    finally:
+        cluster.stop()

@@ -120,6 +120,13 @@ def local_common_conf(common: str, *, node: ClusterNode, routes: dict[str, int])
     return _PRODUCTION_DNS.sub(lambda m: f'"nats-route://127.0.0.1:{routes[m.group(1)]}"', text)
 
 
+def nats_string(value: str) -> str:
+    """``value`` as a quoted string of the NATS configuration language. nats-server reads a ``$VARIABLE``'s
+    value as configuration, so an unquoted password such as ``12-ab`` (a date), ``7.5x`` (a float), ``64kb``
+    (a size) or ``true`` would not be read as the string it is, or stop the server."""
+    return json.dumps(value)
+
+
 class NatsCluster:
     """Three (or ``size``) nats-server processes forming the ``jetmail`` JetStream cluster on loopback."""
 
@@ -240,9 +247,13 @@ class NatsCluster:
         return placement.leader if placement else None
 
     # ---- internals
+    def server_env(self) -> dict[str, str]:
+        """The password variables the configuration refers to, for the nodes' environment."""
+        return {var: nats_string(self.passwords[user]) for user, var in PASSWORD_VARS.items()}
+
     def _spawn(self, name: str) -> None:
         node = self.nodes[name]
-        env = {**os.environ, **{var: self.passwords[user] for user, var in PASSWORD_VARS.items()}}
+        env = {**os.environ, **self.server_env()}
         with node.log.open("ab") as out:
             node.proc = subprocess.Popen([nats_server_binary(), "-c", str(node.config)], cwd=node.config.parent,
                                          env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
