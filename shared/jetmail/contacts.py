@@ -17,8 +17,6 @@ the items of one row always in the same request. Memory use does not depend on t
 
 from __future__ import annotations
 
-import base64
-import binascii
 import codecs
 import csv
 import hashlib
@@ -35,6 +33,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from jetmail.cursors import InvalidCursor, pack, unpack
 from jetmail.messages import InvalidAddress, normalise_email
 from jetmail.storage.table import BATCH_WRITE_MAX, ConditionFailed, Table, from_item, to_item
 
@@ -73,10 +72,6 @@ class UnknownList(ValueError):
 
 class InvalidContact(ValueError):
     """The contact would break a limit once merged with what is stored (attribute size, list count)."""
-
-
-class InvalidCursor(ValueError):
-    pass
 
 
 class ErasedAddress(ValueError):
@@ -353,16 +348,11 @@ def _list(item: Mapping[str, Any]) -> MailingList:
 # ---- cursors: the key of the last member returned, checked on the way back in
 def encode_cursor(key: Mapping[str, Any]) -> str:
     plain = {"pk": key["pk"], "sk": key["sk"]} if isinstance(key["pk"], str) else from_item(key)
-    raw = json.dumps({"pk": plain["pk"], "sk": plain["sk"]}, separators=(",", ":")).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    return pack({"pk": plain["pk"], "sk": plain["sk"]})
 
 
 def decode_cursor(cursor: str, *, list_id: str) -> dict[str, Any]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        value = json.loads(raw)
-    except (binascii.Error, ValueError):
-        raise InvalidCursor("cursor is not one this API returned") from None
+    value = unpack(cursor)
     if (not isinstance(value, dict) or set(value) != {"pk", "sk"} or value["pk"] != f"LIST#{list_id}"
             or not isinstance(value["sk"], str) or not value["sk"].startswith(MEMBER_PREFIX)):
         raise InvalidCursor("cursor does not belong to this list")

@@ -11,11 +11,8 @@ share one partition, so a planner loads them in one Query instead of one read pe
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import hmac
-import json
 import re
 import threading
 import time
@@ -25,7 +22,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel
 
-from jetmail.contacts import InvalidCursor, batch_get
+from jetmail.contacts import batch_get
+from jetmail.cursors import InvalidCursor, pack, unpack
 from jetmail.storage.table import Table, to_item
 
 if TYPE_CHECKING:
@@ -231,15 +229,11 @@ _DIGEST = re.compile(r"[0-9a-f]{64}")
 
 
 def _encode_cursor(item: Mapping[str, Any]) -> str:
-    raw = json.dumps({"t": item["gsi1sk"], "k": item["pk"], "s": item["sk"]}, separators=(",", ":")).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    return pack({"t": item["gsi1sk"], "k": item["pk"], "s": item["sk"]})
 
 
 def _decode_cursor(cursor: str) -> dict[str, Any]:
-    try:
-        value = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-    except (binascii.Error, ValueError):
-        raise InvalidCursor("cursor is not one this list returned") from None
+    value = unpack(cursor)
     if not isinstance(value, dict) or set(value) != {"t", "k", "s"} or not all(
             isinstance(v, str) for v in value.values()):
         raise InvalidCursor("cursor is not one this list returned")

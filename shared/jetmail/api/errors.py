@@ -20,11 +20,11 @@ from jetmail.contacts import (
     ContactNotFound,
     ErasedAddress,
     InvalidContact,
-    InvalidCursor,
     InvalidImport,
     ListNotFound,
     UnknownList,
 )
+from jetmail.cursors import InvalidCursor
 from jetmail.messages import IdempotencyConflict, InvalidAddress, MessageNotFound
 from jetmail.reports import InvalidRange
 from jetmail.segments import CriteriaError, SegmentNotFound

@@ -29,8 +29,6 @@ filter on ``failures``: one Query per ~300 batch items read (1 MB), returning th
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import re
 import time
@@ -38,7 +36,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from jetmail.campaigns.model import CampaignCreate, CampaignFailure, CampaignFailurePage, CampaignState
-from jetmail.contacts import InvalidCursor
+from jetmail.cursors import InvalidCursor, pack, unpack
 from jetmail.storage.table import ConditionFailed, Table, to_item
 
 COUNTERS = ("total", "sent", "failed", "skipped")
@@ -297,15 +295,11 @@ def _failure_rows(campaign_id: str, item: dict[str, Any], *, after: int = -1) ->
 
 
 def _encode_failure_cursor(campaign_id: str, sk: str, position: int | None) -> str:
-    raw = json.dumps({"c": campaign_id, "b": sk, "p": position}, separators=(",", ":")).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    return pack({"c": campaign_id, "b": sk, "p": position})
 
 
 def _decode_failure_cursor(cursor: str, *, campaign_id: str) -> tuple[str, int | None]:
-    try:
-        value = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-    except (binascii.Error, ValueError):
-        raise InvalidCursor("cursor is not one this API returned") from None
+    value = unpack(cursor)
     if not isinstance(value, dict) or set(value) != {"c", "b", "p"}:
         raise InvalidCursor("cursor is not one this API returned")
     if value["c"] != campaign_id:

@@ -20,7 +20,7 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoes
 from jetmail import sending
 from jetmail.api.auth import services as _services
 from jetmail.campaigns.service import CampaignNotFound
-from jetmail.contacts import InvalidCursor
+from jetmail.cursors import InvalidCursor
 from jetmail.dashboard.session import (
     COOKIE_PATH,
     LOGIN_COOKIE,
