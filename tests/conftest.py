@@ -21,10 +21,10 @@ from stacktools import make_settings, stack_env
 if TYPE_CHECKING:
     from jetmail.services import Services
 
-# boto3 needs credentials even for the moto server; these never leave loopback.
-os.environ.setdefault("AWS_ACCESS_KEY_ID", "local")
-os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "local")
-os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+# jetmail's clients get the local stack's credentials from its settings, as a user's shell does; AWS
+# variables of the machine running the tests must not hide a path that forgets them.
+for _name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+    os.environ.pop(_name, None)
 
 
 @pytest.fixture(scope="session")

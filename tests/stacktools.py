@@ -19,6 +19,8 @@ def make_settings(stack: StackState, **overrides: object) -> Settings:
     values: dict[str, object] = {
         "nats_url": env["JETMAIL_NATS_URL"],
         "aws_endpoint_url": env["JETMAIL_AWS_ENDPOINT_URL"],
+        "aws_access_key_id": env["JETMAIL_AWS_ACCESS_KEY_ID"],
+        "aws_secret_access_key": env["JETMAIL_AWS_SECRET_ACCESS_KEY"],
         "table_name": "jetmail-test",
         "signing_secret": env["JETMAIL_SIGNING_SECRET"],
         "smtp_host": "127.0.0.1",
@@ -34,7 +36,7 @@ def make_settings(stack: StackState, **overrides: object) -> Settings:
 
 def stack_env(stack: StackState, **extra: str) -> dict[str, str]:
     """Environment for jetmail subprocesses (workers, CLI) pointed at the test stack and test table."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("JETMAIL_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("JETMAIL_", "AWS_"))}
     env.update(stack.env())
     env.update({"JETMAIL_TABLE_NAME": "jetmail-test", "PYTHONUNBUFFERED": "1", **extra})
     return env

@@ -37,6 +37,9 @@ def test_secrets_come_from_secrets_manager_arns(clean_env: pytest.MonkeyPatch, s
     nats = client.create_secret(Name=f"nats-{unique}",
                                 SecretString=json.dumps({"user": "api", "password": "pw-123"}))["ARN"]
     clean_env.setenv("AWS_ENDPOINT_URL_SECRETS_MANAGER", stack.services["moto"].url)
+    # as in Lambda, where the function's role credentials are in the environment
+    clean_env.setenv("AWS_ACCESS_KEY_ID", "local")
+    clean_env.setenv("AWS_SECRET_ACCESS_KEY", "local")
     clean_env.setenv("JETMAIL_TABLE_NAME", "jetmail-test")
     clean_env.setenv("JETMAIL_SIGNING_SECRET_ARN", signing)
     clean_env.setenv("JETMAIL_NATS_CREDENTIALS_SECRET_ARN", nats)

@@ -37,12 +37,13 @@ def _config(service: str, settings: Settings) -> Config:
 
 _lock = threading.Lock()
 _session: boto3.session.Session | None = None
-_clients: dict[tuple[str, str, str | None, float], Any] = {}
+_clients: dict[tuple[str, str, str | None, float, str | None], Any] = {}
 
 
 def aws_client(service: str, settings: Settings) -> Any:
     """The process-wide low-level client for ``service``, at ``settings.aws_endpoint_url`` when set."""
-    key = (service, settings.aws_region, settings.aws_endpoint_url, settings.aws_read_timeout_s)
+    key = (service, settings.aws_region, settings.aws_endpoint_url, settings.aws_read_timeout_s,
+           settings.aws_access_key_id)
     client = _clients.get(key)
     if client is not None:
         return client
@@ -54,9 +55,18 @@ def aws_client(service: str, settings: Settings) -> Any:
                 region_name=settings.aws_region,
                 endpoint_url=settings.aws_endpoint_url,
                 config=_config(service, settings),
+                **_credentials(settings),
             )
             _clients[key] = client
     return client
+
+
+def _credentials(settings: Settings) -> dict[str, str]:
+    """Static credentials when the settings carry them (the local stack); otherwise the default chain."""
+    if not settings.aws_access_key_id or settings.aws_secret_access_key is None:
+        return {}
+    return {"aws_access_key_id": settings.aws_access_key_id,
+            "aws_secret_access_key": settings.aws_secret_access_key.get_secret_value()}
 
 
 def reset_aws_clients() -> None:

@@ -44,6 +44,11 @@ class Settings(BaseSettings):
     # --- AWS (endpoint set locally to the moto server; unset in AWS)
     aws_region: str = "us-east-1"
     aws_endpoint_url: str | None = None
+    # Static credentials for that endpoint. The local stack writes its own (its moto server accepts
+    # any) so that every `jetmail` command works in a shell without AWS variables; unset in AWS, where
+    # the function's or task's role supplies them through the SDK's default chain.
+    aws_access_key_id: str | None = None
+    aws_secret_access_key: SecretStr | None = None
     # seconds an AWS call may wait for its reply before the SDK gives up (and, but for SES, retries)
     aws_read_timeout_s: float = Field(default=10.0, gt=0, le=120)
     table_name: str = Field(min_length=3)

@@ -97,6 +97,20 @@ def status(stack: LocalStack, as_json: bool) -> None:
     _print_endpoints(state)
 
 
+URLS = {"api": "api_url", "nats": "nats_url", "aws": "aws_endpoint_url", "smtp": "smtp"}
+
+
+@dev.command()
+@click.argument("service", type=click.Choice(sorted(URLS)))
+@click.pass_obj
+def url(stack: LocalStack, service: str) -> None:
+    """Print one endpoint of the running stack (for scripts: API=$(jetmail dev url api))."""
+    value = stack.load().endpoints()[URLS[service]] if stack.load().services else None
+    if not value:
+        raise click.ClickException(f"{service} is not running (start the stack with `jetmail dev up`)")
+    click.echo(value)
+
+
 @dev.group()
 def mail() -> None:
     """Read what the local SMTP sink received."""

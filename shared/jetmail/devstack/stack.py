@@ -74,9 +74,10 @@ class StackState:
             # no provider quota on the laptop (SES's defaults apply otherwise); set these to try limits
             "JETMAIL_RATE_PER_SECOND": "0",
             "JETMAIL_RATE_PER_DAY": "0",
-            "AWS_ACCESS_KEY_ID": "local",
-            "AWS_SECRET_ACCESS_KEY": "local",
-            "AWS_DEFAULT_REGION": "us-east-1",
+            # moto accepts any credentials; jetmail's own clients read these, boto3 alone would not
+            "JETMAIL_AWS_ACCESS_KEY_ID": "local",
+            "JETMAIL_AWS_SECRET_ACCESS_KEY": "local",
+            "JETMAIL_AWS_REGION": "us-east-1",
         }
         if "nats" in self.services:
             out["JETMAIL_NATS_URL"] = self.services["nats"].url
