@@ -37,7 +37,8 @@ def list_campaigns(key: Admin, svc: Svc) -> list[CampaignPublic]:
 
 @router.get("/{campaign_id}", response_model=CampaignPublic, response_model_by_alias=True, responses=CONFLICT)
 def get_campaign(campaign_id: str, key: Admin, svc: Svc) -> CampaignPublic:
-    """State and progress (total, queued, sent, failed, skipped), and the A/B test's standing."""
+    """State and progress (total, queued, sent, failed, skipped), the A/B test's standing, and when a
+    scheduled or recurring campaign starts next (``next_run_at``)."""
     return svc.campaigns.get(campaign_id)
 
 
@@ -60,20 +61,21 @@ def send_campaign(campaign_id: str, key: Admin, svc: Svc) -> CampaignPublic:
 @router.post("/{campaign_id}/schedule", response_model=CampaignPublic, response_model_by_alias=True,
              responses=CONFLICT)
 def schedule_campaign(campaign_id: str, body: ScheduleRequest, key: Admin, svc: Svc) -> CampaignPublic:
-    """Start at a time (``at``, local to ``timezone`` when it has no offset) or on a 5-field ``cron``."""
+    """Start at a time (``at``, local to ``timezone`` when it has no offset) or on a 5-field ``cron``.
+    Scheduling again moves it: the earlier time (or cron and time zone) is replaced, not added to."""
     return svc.campaigns.schedule(campaign_id, body)
 
 
 @router.post("/{campaign_id}/pause", response_model=CampaignPublic, response_model_by_alias=True, responses=CONFLICT)
 def pause_campaign(campaign_id: str, key: Admin, svc: Svc) -> CampaignPublic:
-    """Stop sending within a second; queued batches are parked."""
+    """Stop sending within a second (queued batches are parked); a recurring campaign stops firing."""
     return svc.campaigns.pause(campaign_id)
 
 
 @router.post("/{campaign_id}/resume", response_model=CampaignPublic, response_model_by_alias=True,
              responses=CONFLICT)
 def resume_campaign(campaign_id: str, key: Admin, svc: Svc) -> CampaignPublic:
-    """Continue where it stopped; nobody is mailed twice."""
+    """Continue where it stopped (nobody is mailed twice); a recurring campaign fires on its cron again."""
     return svc.campaigns.resume(campaign_id)
 
 

@@ -172,6 +172,9 @@ class CampaignPublic(BaseModel):
     cron: str | None = None
     timezone: str | None = None
     parent_id: str | None = None
+    next_run_at: str | None = Field(default=None, description="when a scheduled campaign starts next: its "
+                                                               "``scheduled_at``, or its cron's next firing; "
+                                                               "null when paused or not scheduled")
     progress: Progress
     ab_test: ABTest | None = None
     ab: ABResult | None = None

@@ -69,6 +69,29 @@ def z_test(x1: int, n1: int, x2: int, n2: int) -> float:
     return math.erfc(abs(z) / math.sqrt(2))
 
 
+def next_run_at(item: dict[str, Any], *, now: datetime | None = None) -> str | None:
+    """When a scheduled campaign starts next: its time, or its cron's next firing in its time zone; None
+    when nothing is due (paused, sending, finished)."""
+    if item.get("state") != S.SCHEDULED:
+        return None
+    if not item.get("cron"):
+        return item.get("scheduled_at")
+    from zoneinfo import ZoneInfo
+
+    from croniter import croniter
+
+    from jetmail.queue.patterns import cron_pattern
+
+    zone = ZoneInfo(item.get("timezone") or "UTC")
+    start = (now or datetime.now(UTC)).astimezone(zone)
+    try:
+        fires = croniter(cron_pattern(item["cron"]), start, second_at_beginning=True).get_next(datetime)
+    except (ValueError, KeyError) as exc:  # a cron the server takes but croniter cannot step through
+        logger.warning("campaign %s: cannot compute the next firing of %r: %s", item.get("id"), item["cron"], exc)
+        return None
+    return fires.astimezone(UTC).isoformat()
+
+
 class CampaignService:
     def __init__(self, *, store: CampaignStore, templates: TemplateStore, queue: Any, contacts: Any = None,
                  segments: Any = None, composer: Composer | None = None, audit: AuditLog | None = None,
@@ -141,7 +164,7 @@ class CampaignService:
             exclusions=definition.exclusions, created_at=item["created_at"], started_at=item.get("started_at"),
             finished_at=item.get("finished_at"), scheduled_at=item.get("scheduled_at"), cron=item.get("cron"),
             timezone=item.get("timezone"), parent_id=item.get("parent_id"), progress=progress,
-            ab_test=definition.ab_test, ab=ab,
+            ab_test=definition.ab_test, ab=ab, next_run_at=next_run_at(item),
         )
 
     def _variant_stats(self, campaign_id: str, definition: CampaignCreate) -> list[VariantStats]:
@@ -206,25 +229,58 @@ class CampaignService:
                            job_id=f"plan.{campaign_id}.{run}", campaign_id=campaign_id, run=run, winner=winner)
 
     def schedule(self, campaign_id: str, request: ScheduleRequest) -> CampaignPublic:
-        self.check_compliance(self.store.definition(self.store.get(campaign_id)))
+        """Start at a time, or recur on a cron. Scheduling again moves the campaign: the earlier start (or
+        the earlier cron) is replaced, never kept beside the new one. A paused recurring campaign takes
+        the new cron or time zone and stays paused."""
+        current = self.store.get(campaign_id)
+        self.check_compliance(self.store.definition(current))
         if request.at is not None:
-            at = request.at.astimezone(UTC)
-            item = self.store.transition(campaign_id, S.SCHEDULED, allowed_from={S.DRAFT, S.SCHEDULED},
-                                         fields={"scheduled_at": at.isoformat(), "timezone": request.timezone})
-            self.store.mark_due(campaign_id, at)
-            # the native schedule starts it on time; the scheduler tick is the safety net; the
-            # conditional state change makes whichever comes second a no-op
-            self.queue.enqueue_at(at, START_TASK, queue=CAMPAIGN_QUEUE, priority="high",
-                                  job_id=f"start.{campaign_id}.{int(at.timestamp())}", campaign_id=campaign_id)
+            item = self._schedule_once(campaign_id, current, request)
         else:
-            item = self.store.transition(campaign_id, S.SCHEDULED, allowed_from={S.DRAFT},
-                                         fields={"cron": request.cron, "timezone": request.timezone})
-            self.queue.schedule(FIRE_TASK, queue=CAMPAIGN_QUEUE, schedule_id=f"cmp-{campaign_id}",  # type: ignore[attr-defined]
-                                cron=request.cron, timezone=request.timezone, campaign_id=campaign_id)
-        self._mirror(campaign_id, S.SCHEDULED)
+            item = self._schedule_cron(campaign_id, current, request)
         self._record("scheduled", campaign_id, at=item.get("scheduled_at"), cron=request.cron,
                      timezone=request.timezone)
         return self.public(item)
+
+    def _schedule_once(self, campaign_id: str, current: dict[str, Any], request: ScheduleRequest) -> dict[str, Any]:
+        assert request.at is not None
+        if current.get("cron"):
+            raise InvalidTransition(f"campaign {campaign_id} recurs on a cron: give it a new cron, pause it or "
+                                    "cancel it")
+        at = request.at.astimezone(UTC)
+        # a fresh job id per scheduling: an id used before (A -> B -> A) would be de-duplicated away
+        job_id = f"start.{campaign_id}.{int(at.timestamp())}.{secrets.token_hex(4)}"
+        item = self.store.transition(campaign_id, S.SCHEDULED, allowed_from={S.DRAFT, S.SCHEDULED},
+                                     fields={"scheduled_at": at.isoformat(), "timezone": request.timezone,
+                                             "start_job": job_id})
+        self.store.mark_due(campaign_id, at)  # replaces the earlier due time the tick would act on
+        # the native schedule starts it on time; the scheduler tick is the safety net; the
+        # conditional state change makes whichever comes second a no-op
+        self.queue.enqueue_at(at, START_TASK, queue=CAMPAIGN_QUEUE, priority="high", job_id=job_id,
+                              campaign_id=campaign_id, at=at.isoformat())
+        if current.get("start_job") and current["start_job"] != job_id:
+            # moved: the earlier start must not fire (and if it already has, start_due sees it is stale)
+            self.queue.cancel(current["start_job"])
+        self._mirror(campaign_id, S.SCHEDULED)
+        return item
+
+    def _schedule_cron(self, campaign_id: str, current: dict[str, Any], request: ScheduleRequest) -> dict[str, Any]:
+        assert request.cron is not None
+        recurring = bool(current.get("cron"))
+        # a paused recurring campaign keeps its pause: the new cron applies when it is resumed
+        target = S.PAUSED if recurring and current["state"] == S.PAUSED else S.SCHEDULED
+        allowed = {S.PAUSED} if target == S.PAUSED else ({S.SCHEDULED} if recurring else {S.DRAFT, S.SCHEDULED})
+        item = self.store.transition(campaign_id, target, allowed_from=allowed,
+                                     fields={"cron": request.cron, "timezone": request.timezone},
+                                     remove=("scheduled_at", "start_job"))
+        if current.get("start_job"):  # it was scheduled once: that start is replaced by the cron
+            self.queue.cancel(current["start_job"])
+            self.store.clear_due(campaign_id)
+        # publishing to the same schedule subject replaces the server's schedule; a paused one stays paused
+        self.queue.schedule(FIRE_TASK, queue=CAMPAIGN_QUEUE, schedule_id=f"cmp-{campaign_id}",  # type: ignore[attr-defined]
+                            cron=request.cron, timezone=request.timezone, campaign_id=campaign_id)
+        self._mirror(campaign_id, target)
+        return item
 
     def fire(self, campaign_id: str, *, stamp: str) -> CampaignPublic | None:
         """One firing of a recurring campaign: a child run with its own id, started at once."""
@@ -238,7 +294,15 @@ class CampaignService:
             return self.get(child_id)
         return self.send(child_id)
 
-    def start_due(self, campaign_id: str) -> CampaignPublic | None:
+    def start_due(self, campaign_id: str, *, at: str | None = None) -> CampaignPublic | None:
+        """Start a scheduled campaign whose time has come. ``at``: the time the start job was made for;
+        a job for a time the campaign was since moved from is stale and starts nothing."""
+        if at is not None:
+            item = self.store.get(campaign_id)
+            if item.get("scheduled_at") != at:
+                logger.info("campaign %s: start for %s ignored, it was moved to %s", campaign_id, at,
+                            item.get("scheduled_at"))
+                return None
         try:
             return self.send(campaign_id)
         except InvalidTransition:
@@ -251,12 +315,26 @@ class CampaignService:
             return None
 
     def pause(self, campaign_id: str) -> CampaignPublic:
-        item = self.store.transition(campaign_id, S.PAUSED, allowed_from={S.SENDING})
+        """Pause a sending campaign (its batches park), or a recurring one (it stops firing until resumed;
+        a run already started is a campaign of its own and is paused by its own id)."""
+        current = self.store.get(campaign_id)
+        if current.get("cron") and current["state"] == S.SCHEDULED:
+            item = self.store.transition(campaign_id, S.PAUSED, allowed_from={S.SCHEDULED})
+            self.queue.pause_schedule(f"cmp-{campaign_id}")  # type: ignore[attr-defined]
+        else:
+            item = self.store.transition(campaign_id, S.PAUSED, allowed_from={S.SENDING})
         self._mirror(campaign_id, S.PAUSED)
         self._record("paused", campaign_id, state=S.PAUSED.value)
         return self.public(item)
 
     def resume(self, campaign_id: str) -> CampaignPublic:
+        current = self.store.get(campaign_id)
+        if current.get("cron") and current["state"] == S.PAUSED:
+            item = self.store.transition(campaign_id, S.SCHEDULED, allowed_from={S.PAUSED})
+            self.queue.resume_schedule(f"cmp-{campaign_id}")  # type: ignore[attr-defined]
+            self._mirror(campaign_id, S.SCHEDULED)
+            self._record("resumed", campaign_id, state=S.SCHEDULED.value)
+            return self.public(item)
         item = self.store.transition(campaign_id, S.SENDING, allowed_from={S.PAUSED})
         self._mirror(campaign_id, S.SENDING)
         requeued = self.requeue_parked(campaign_id)
@@ -280,6 +358,8 @@ class CampaignService:
                                      fields={"finished_at": now_iso()})
         self._mirror(campaign_id, S.CANCELLED)
         self.store.clear_due(campaign_id)
+        if item.get("start_job"):
+            self.queue.cancel(item["start_job"])
         if item.get("cron"):
             self.queue.cancel_schedule(f"cmp-{campaign_id}")  # type: ignore[attr-defined]
         for parked in self.store.parked(campaign_id):
