@@ -49,8 +49,8 @@ async def startup(resources: dict[str, Any]) -> None:
     await ensure_buckets(queue.js, replicas=services.settings.stream_replicas)
     resources["queue"] = queue
     limits = None
-    if services.settings.provider == "ses" and services.settings.aws_endpoint_url is None:
-        # on SES the account's own quota is the limit (moto has no GetAccount: settings apply locally)
+    if services.settings.provider == "ses":
+        # on SES the account's own quota is the limit (the local stack's moto server answers it too)
         from jetmail.aws import aws_client
         from jetmail.ratelimit import limits_from_ses
 

@@ -13,6 +13,10 @@ with that error (HTTP 400, as DynamoDB does for throttling), ``stall`` holds the
 ``stall_seconds`` (default 12, past the SDK's read timeout) and then drops it unapplied, and
 ``lost_reply`` applies the request and then holds its reply that long (the SDK retries a write that
 already happened, as after a real timeout).
+SES v2 ``GetAccount`` (which moto lacks) answers with the account's sending quota, so workers on the
+SES provider read their limits locally as they do in AWS; ``POST /_jetmail/ses-quota
+{"max_send_rate": 200, "max_24_hour_send": 100000}`` sets it (default: SES's production quota).
+
 ``operations`` limits the faults to some operations (e.g. ``["UpdateItem"]``) and ``limit`` to a number
 of faults in all (``{"share": 1, "limit": 1, ...}`` fails exactly the next request). ``GET /_jetmail/faults``
 shows the settings and what was injected; ``{"share": 0}`` turns injection off.
@@ -46,6 +50,18 @@ class FaultSettings(BaseModel):
     stall_seconds: float = Field(default=12.0, ge=0, le=600)
     operations: list[str] | None = None
     limit: int | None = Field(default=None, ge=0)  # inject at most this many faults, then none
+
+
+class SesQuota(BaseModel):
+    max_send_rate: float = Field(default=14.0, gt=0)
+    max_24_hour_send: float = Field(default=50000.0)  # -1: unlimited, as SES says it
+
+    def account(self) -> dict[str, Any]:
+        """The SES v2 ``GetAccount`` answer for this quota."""
+        return {"SendQuota": {"Max24HourSend": self.max_24_hour_send, "MaxSendRate": self.max_send_rate,
+                              "SentLast24Hours": 0.0},
+                "SendingEnabled": True, "ProductionAccessEnabled": True, "EnforcementStatus": "HEALTHY",
+                "DedicatedIpAutoWarmupEnabled": False}
 
 
 class Faults:
@@ -98,6 +114,7 @@ class Serialized:
         self.lock = threading.Lock()
         self.counts: Counter[str] = Counter()
         self.faults = Faults()
+        self.ses_quota = SesQuota()
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
         path = environ.get("PATH_INFO")
@@ -111,6 +128,16 @@ class Serialized:
                 except ValidationError as exc:
                     return _json(start_response, "400 Bad Request", {"error": str(exc)})
             return _json(start_response, "200 OK", self.faults.report())
+        if path == "/_jetmail/ses-quota":
+            if environ.get("REQUEST_METHOD") == "POST":
+                length = int(environ.get("CONTENT_LENGTH") or 0)
+                try:
+                    self.ses_quota = SesQuota.model_validate_json(environ["wsgi.input"].read(length))
+                except ValidationError as exc:
+                    return _json(start_response, "400 Bad Request", {"error": str(exc)})
+            return _json(start_response, "200 OK", self.ses_quota.model_dump())
+        if path == "/v2/email/account" and environ.get("REQUEST_METHOD") == "GET":
+            return _json(start_response, "200 OK", self.ses_quota.account())
         target = environ.get("HTTP_X_AMZ_TARGET", "")
         if target.startswith("DynamoDB_"):
             operation = target.split(".", 1)[-1]
