@@ -15,7 +15,8 @@ Policy actions (suppression, cancelling pending mail) are idempotent by nature.
 Policy (settings): a permanent bounce suppresses the address (``hard_bounce``) and cancels every
 pending message and sequence step to it; transient and undetermined bounces are counted, and
 ``soft_bounce_limit`` of them within ``soft_bounce_window_days`` suppress it; a complaint
-suppresses it (``spam_complaint``); ``OnAccountSuppressionList`` suppresses it.
+suppresses it (``spam_complaint``); ``OnAccountSuppressionList`` suppresses it. An unsubscribe (from
+all mail or from one list) cancels the recipient's pending marketing sequence steps.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ logger = logging.getLogger("jetmail.feedback")
 
 RANK = {MessageStatus.SENDING: 0, MessageStatus.SENT: 1, MessageStatus.DELIVERED: 2, MessageStatus.BOUNCED: 3,
         MessageStatus.COMPLAINED: 4}
+MARKETING = frozenset({"marketing"})
 STATUS_FOR = {EventKind.DELIVERY: MessageStatus.DELIVERED, EventKind.BOUNCE: MessageStatus.BOUNCED,
               EventKind.COMPLAINT: MessageStatus.COMPLAINED}
 
@@ -271,6 +273,10 @@ class FeedbackProcessor:
                     self.suppressions.add(email, reason="unsubscribed", source=event.source)
             else:
                 self.suppressions.add(email, reason="unsubscribed", source=event.source)
+            if self.sequences is not None:
+                # whatever the scope: the series must not keep mailing someone who asked to stop; its
+                # transactional steps (a receipt, a shipping notice) still go
+                self.sequences.cancel_for_recipient(email, reason="unsubscribed", categories=MARKETING)
         elif event.kind in (EventKind.OPEN, EventKind.CLICK) and not event.machine and self.contacts is not None:
             self.contacts.record_engagement(email, event.kind.value, event.occurred_at)
 

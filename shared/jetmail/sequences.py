@@ -3,7 +3,10 @@
 Enrolling creates every step's message record at once and schedules each as a delayed job (a
 native JetStream schedule, no polling). Cancelling moves pending step messages to ``cancelled``
 and removes their schedules; a step that fires anyway finds its message cancelled and sends
-nothing. Every step re-checks at send time, through the normal delivery path, that the recipient
+nothing. The enrolment keeps why (``reason``): ``cancelled`` by hand, ``unsubscribed`` (only the
+pending marketing steps go; a transactional step such as a shipping notice still sends), or
+``suppressed: <reason>`` after a hard bounce or complaint. Every step re-checks at send time, through
+the normal delivery path, that the recipient
 may still be mailed.
 """
 
@@ -99,6 +102,8 @@ class EnrolmentPublic(BaseModel):
     sequence: str
     to: str
     status: str
+    reason: str | None = Field(default=None, description="why its pending steps were cancelled: ``cancelled``, "
+                                                         "``unsubscribed`` or ``suppressed: <reason>``")
     created_at: str
     steps: list[StepPublic]
 
@@ -198,24 +203,37 @@ class SequenceService:
             raise EnrolmentNotFound(f"sequence enrolment {enrolment_id!r} not found")
         return self._public(item, with_status=True)
 
-    def cancel(self, enrolment_id: str, *, reason: str = "cancelled") -> int:
-        """Cancel the enrolment's pending steps; returns how many messages were cancelled."""
+    def cancel(self, enrolment_id: str, *, reason: str = "cancelled", categories: frozenset[str] | None = None) -> int:
+        """Cancel the enrolment's pending steps (only those whose template is of one of ``categories``,
+        when given); returns how many messages were cancelled. The enrolment is ``cancelled`` once no
+        step is left pending, and records ``reason`` either way."""
         item = self.table.get(f"SEQ#{enrolment_id}", "ENROL", consistent=True)
         if item is None:
             raise EnrolmentNotFound(f"sequence enrolment {enrolment_id!r} not found")
         cancelled = 0
+        left = 0
         for step in item.get("steps", []):
+            if categories is not None:
+                record = self.messages.messages.get(step["message_id"])
+                if (record.get("category") or "transactional") not in categories:
+                    if record.get("status") in (MessageStatus.QUEUED, MessageStatus.SCHEDULED):
+                        left += 1
+                    continue
             if self.cancel_message(step["message_id"], reason=reason):
                 cancelled += 1
-        self.table.update(f"SEQ#{enrolment_id}", "ENROL", expression="SET #s = :c, cancelled_at = :at",
-                          names={"#s": "status"}, params={":c": "cancelled", ":at": now_iso()})
+        if cancelled == 0 and left:
+            return 0
+        self.table.update(f"SEQ#{enrolment_id}", "ENROL", expression="SET #s = :c, cancelled_at = :at, reason = :r",
+                          names={"#s": "status"},
+                          params={":c": "active" if left else "cancelled", ":at": now_iso(), ":r": reason})
         return cancelled
 
-    def cancel_for_recipient(self, email: str, *, sequence: str | None = None, reason: str = "cancelled") -> int:
+    def cancel_for_recipient(self, email: str, *, sequence: str | None = None, reason: str = "cancelled",
+                             categories: frozenset[str] | None = None) -> int:
         cancelled = 0
         for item in self.table.query_all(pk=f"RCPT#{email.lower()}", sk_prefix="SEQ#", index="gsi1"):
             if item.get("status") == "active" and (sequence is None or item.get("sequence") == sequence):
-                cancelled += self.cancel(item["id"], reason=reason)
+                cancelled += self.cancel(item["id"], reason=reason, categories=categories)
         return cancelled
 
     def cancel_message(self, message_id: str, *, reason: str) -> bool:
@@ -236,4 +254,4 @@ class SequenceService:
                 status = self.messages.messages.get(step["message_id"]).get("status")
             steps.append(StepPublic(**step, status=status))
         return EnrolmentPublic(id=item["id"], sequence=item["sequence"], to=item["to"], status=item["status"],
-                               created_at=item["created_at"], steps=steps)
+                               reason=item.get("reason"), created_at=item["created_at"], steps=steps)
