@@ -6,8 +6,7 @@ and removes their schedules; a step that fires anyway finds its message cancelle
 nothing. The enrolment keeps why (``reason``): ``cancelled`` by hand, ``unsubscribed`` (only the
 pending marketing steps go; a transactional step such as a shipping notice still sends), or
 ``suppressed: <reason>`` after a hard bounce or complaint. Every step re-checks at send time, through
-the normal delivery path, that the recipient
-may still be mailed.
+the normal delivery path, that the recipient may still be mailed.
 """
 
 from __future__ import annotations
