@@ -7,7 +7,10 @@ table ``STATS``/``HOUR#…``, sends in NATS KV ``sent.<hour>`` — counted once 
 so they cost no DynamoDB request). Each threshold action fires once per episode and is remembered
 in KV until the rates are healthy again or an operator resumes:
 
-* bounce rate > 5 %: halve the send rate (a throttle on the shared limiter) and alert;
+* bounce rate > 5 %: halve the send rate and alert. Every worker sends at half of its own provider
+  limit (its SES quota on AWS, not the settings default) for as long as the rate stays above 5 %: a
+  slow-down on the shared limiter that does not recover by itself, unlike a throttle; it is lifted
+  when the rate is back under 5 % (or the window no longer holds the minimum sample);
 * complaint rate > 0.1 %: pause every running campaign and alert;
 * bounce rate > 10 % or complaint rate > 0.5 %: stop all marketing sending until
   ``jetmail sending resume`` (batches park as for a pause);
@@ -46,6 +49,7 @@ class Thresholds:
     complaint_pause: float = 0.001
     complaint_stop: float = 0.005
     delivery_review: float = 0.95
+    slow_share: float = 0.5  # of the provider limit, while the bounce rate is over ``bounce_slow``
 
 
 def hour_key(at: datetime) -> str:
@@ -134,15 +138,10 @@ class ReputationMonitor:
         figures = await window_figures(js, self.services.stats_table, now, t)
         state = await read_state(js)
         actions: list[str] = []
+        bouncing = figures["enough_data"] and figures["bounce_rate"] > t.bounce_slow
+        await self._slow_down(js, bouncing, figures, state, now, actions)
         if figures["enough_data"]:
             bounce, complaint = figures["bounce_rate"], figures["complaint_rate"]
-            if bounce > t.bounce_slow and not state.get("rate_halved"):
-                from jetmail.ratelimit import RateConfig, RateLimiter
-
-                limiter = RateLimiter(js, RateConfig.from_settings(self.services.settings), worker_id="reputation")
-                await limiter.report_throttle()
-                state["rate_halved"] = now.isoformat()
-                actions.append("rate_halved")
             if complaint > t.complaint_pause and not state.get("campaigns_paused"):
                 from jetmail.campaigns.model import CampaignState
 
@@ -167,8 +166,6 @@ class ReputationMonitor:
                                         job_id=f"list-review-{now.strftime('%Y%m%d%H')}")
                 state["list_review"] = now.isoformat()
                 actions.append("list_review")
-            if bounce <= t.bounce_slow and state.get("rate_halved"):
-                state.pop("rate_halved")  # healthy again: a later spike may halve once more
         figures["campaigns"], paused_campaigns = await self._campaigns(state)
         if paused_campaigns:
             state.setdefault("campaign_pauses", []).extend(paused_campaigns)
@@ -177,6 +174,27 @@ class ReputationMonitor:
             await write_state(js, state)
             await asyncio.to_thread(self.alert, actions, figures)
         return {"figures": figures, "actions": actions, "state": state}
+
+    async def _slow_down(self, js: Any, bouncing: bool, figures: dict[str, Any], state: dict[str, Any],
+                         now: datetime, actions: list[str]) -> None:
+        """Hold the shared limiter at ``slow_share`` of the provider limit while ``bouncing``; lift it
+        once the bounce rate is healthy. The limiter's own key is the truth (an operator's resume
+        clears ``rate_halved`` here, not the slow-down), so it is set and lifted whenever it differs."""
+        from jetmail.ratelimit import RateConfig, RateLimiter
+
+        limiter = RateLimiter(js, RateConfig.from_settings(self.services.settings), worker_id="reputation")
+        active = await limiter.read_slowdown() < 1.0
+        if bouncing and (not active or not state.get("rate_halved")):
+            await limiter.set_slowdown(self.thresholds.slow_share,
+                                       reason=f"bounce rate {figures['bounce_rate']:.2%} over "
+                                              f"{self.thresholds.bounce_slow:.0%}")
+            if not state.get("rate_halved"):
+                state["rate_halved"] = now.isoformat()
+                actions.append("rate_halved")
+        elif not bouncing and (active or state.get("rate_halved")):
+            await limiter.set_slowdown(None)
+            state.pop("rate_halved", None)  # healthy again: a later spike halves once more
+            actions.append("rate_restored")
 
     async def _campaigns(self, state: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
         """Per running campaign: its bounce and complaint rates; a campaign past the stop thresholds

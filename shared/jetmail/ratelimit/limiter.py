@@ -11,7 +11,9 @@ still in flight at the end of a second are charged to the next second as well (s
 ``_charge_carries``), and the guard widens when the event loop runs late.
 
 Shared state besides the counters, each one key: ``<provider>.aimd`` (the effective per-second rate
-after throttling) and ``<provider>.workers`` (worker id -> last seen, to size batches).
+after throttling), ``<provider>.workers`` (worker id -> last seen, to size batches) and
+``<provider>.slowdown`` (a share of the provider limit set by the reputation monitor while the bounce
+rate is too high; unlike a throttle it does not recover by itself, only when the monitor lifts it).
 """
 
 from __future__ import annotations
@@ -129,6 +131,9 @@ class RateLimiter:
         configured = config.limits.per_second
         self._aimd = _Aimd(rate=configured) if configured is not None else None
         self._aimd_second: int | None = None
+        # the reputation slow-down: a share of *this* worker's provider limit (its SES quota on AWS), so
+        # every worker halves what it may really send, whatever the settings default says
+        self._slowdown = 1.0
         self._workers = 1
         self._beat_at = -math.inf
         self._demand = 0
@@ -367,13 +372,15 @@ class RateLimiter:
         configured = self.config.limits.per_second
         if configured is None or self._aimd is None:
             return None
-        return min(configured, max(self._aimd.rate, min(self.config.throttle_floor, configured)))
+        ceiling = configured * self._slowdown
+        return min(ceiling, max(self._aimd.rate, min(self.config.throttle_floor, ceiling)))
 
     async def _refresh(self, now: float) -> None:
         """Once per second: re-read the effective rate, forget finished windows; now and then: heartbeat."""
         second = math.floor(now)
         if self.config.limits.per_second is not None and self._aimd_second != second:
             self._aimd = (await self._read_aimd())[1]
+            self._slowdown = await self.read_slowdown()
             self._aimd_second = second
         if second != self._pruned_second:
             self._pruned_second = second
@@ -421,6 +428,30 @@ class RateLimiter:
             self._aimd = new
             return new
         raise RateLimitError(f"could not update {key}: {_MAX_CAS_ATTEMPTS} write conflicts in a row")
+
+    async def read_slowdown(self) -> float:
+        """The share of the provider limit the reputation monitor allows now (1.0: no slow-down)."""
+        _, data = await self._read_json(f"{self.config.provider}.slowdown")
+        try:
+            factor = float(data.get("factor", 1.0))
+        except (TypeError, ValueError):
+            return 1.0
+        return factor if 0 < factor <= 1 else 1.0
+
+    async def set_slowdown(self, factor: float | None, *, reason: str = "") -> None:
+        """Cap every worker's per-second rate at ``factor`` of its own provider limit until lifted
+        (``None``). Not a throttle: successful sends do not raise it again."""
+        kv = await self._bucket()
+        key = f"{self.config.provider}.slowdown"
+        if factor is None:
+            await kv.put(key, b"{}")
+            self._slowdown = 1.0
+            return
+        if not 0 < factor <= 1:
+            raise ValueError(f"slow-down factor must be in (0, 1], got {factor}")
+        # no TTL: it holds for as long as the reason does, however long that is
+        await kv.put(key, json.dumps({"factor": factor, "reason": reason, "since": self._clock()}).encode())
+        self._slowdown = factor
 
     # ---- adaptive rate
     async def report_throttle(self) -> None:
@@ -473,11 +504,13 @@ class RateLimiter:
         throttling: dict[str, Any] | None = None
         if configured is not None:
             _, self._aimd = await self._read_aimd()
+            self._slowdown = await self.read_slowdown()
             self._aimd_second = math.floor(now)
             state = self._aimd
             throttling = {
                 "configured_per_second": configured,
                 "effective_per_second": self._rate(),
+                "reputation_share": self._slowdown,
                 "throttled": state.rate < configured,
                 "last_throttle_at": _iso(state.throttled_at),
                 "throttles": state.throttles,
