@@ -51,6 +51,8 @@ class DeliveryEvent(BaseModel):
     ip: str | None = None
     country: str | None = None
     machine: bool = Field(default=False, description="an open or click by a proxy or scanner, not a person")
+    sent_at: datetime | None = Field(default=None, description="when the provider accepted the message, as it "
+                                                               "reports it (SES ``mail.timestamp``)")
     list_id: str | None = None
 
 

@@ -29,6 +29,7 @@ from typing import Any
 
 from jetmail.campaigns.store import parse_campaign_message_id
 from jetmail.events import DeliveryEvent, EventKind
+from jetmail.machines import is_machine, link_burst
 from jetmail.messages import MessageRepository, MessageStatus
 from jetmail.storage.table import ConditionFailed, Table, to_item
 from jetmail.suppressions import SuppressionStore
@@ -150,12 +151,28 @@ class FeedbackProcessor:
         if not who.recipient:
             logger.warning("event %s %s names no recipient and no known message; ignored", event.kind, event.event_id)
             return "unattributed"
+        if event.source == "ses" and event.kind in (EventKind.OPEN, EventKind.CLICK):
+            if who.category == "marketing":
+                # one tracker per message: jetmail's own pixel and links report marketing mail; SES's
+                # (if its open/click tracking was switched on) would count the same reader twice
+                return "ignored"
+            event = event.model_copy(update={"machine": self._machine(event, who)})
         recorded = self._record(event, who)
         if not recorded:
             return "duplicate"
         self._apply_status(event, who)
         self._apply_policy(event, who)
         return "applied"
+
+    def _machine(self, event: DeliveryEvent, who: Attribution) -> bool:
+        """An open or click reported by SES, judged by the rules jetmail's own tracking uses."""
+        sent = event.sent_at or (datetime.fromisoformat(who.sent_at) if who.sent_at else None)
+        kind = "open" if event.kind == EventKind.OPEN else "click"
+        if is_machine(kind, user_agent=event.user_agent, ip=event.ip,
+                      since_send=event.occurred_at - sent if sent else None):
+            return True
+        return kind == "click" and who.message_id is not None and \
+            link_burst(self.stats, who.message_id, link=event.link_url, now=event.occurred_at)
 
     def _record(self, event: DeliveryEvent, who: Attribution) -> bool:
         """The event row and its counters in one transaction (in the stats table); False when the event

@@ -318,14 +318,15 @@ def _open(n: SesNotification, who: _Attribution) -> list[DeliveryEvent]:
     # SES cannot tell which recipient opened; jetmail sends one recipient per message
     opened = _required(n.open, "open")
     return who.each_destination(n.mail, EventKind.OPEN, opened.timestamp,
-                                user_agent=_clip(opened.userAgent, _USER_AGENT_MAX), ip=opened.ipAddress)
+                                user_agent=_clip(opened.userAgent, _USER_AGENT_MAX), ip=opened.ipAddress,
+                                sent_at=n.mail.timestamp)
 
 
 def _click(n: SesNotification, who: _Attribution) -> list[DeliveryEvent]:
     click = _required(n.click, "click")
     return who.each_destination(n.mail, EventKind.CLICK, click.timestamp, extra_identity=(click.link,),
                                 link_url=click.link, user_agent=_clip(click.userAgent, _USER_AGENT_MAX),
-                                ip=click.ipAddress)
+                                ip=click.ipAddress, sent_at=n.mail.timestamp)
 
 
 def _rendering_failure(n: SesNotification, who: _Attribution) -> list[DeliveryEvent]:

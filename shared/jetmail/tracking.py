@@ -4,46 +4,20 @@ Tokens are HMAC-signed (``jetmail.tokens``) with a purpose each. A click token c
 message id, the link's index and the link itself, so the redirect can only lead where the email
 pointed: there is no parameter to tamper with, and a tampered token is a 404.
 
-Machine opens and scanner clicks are recorded apart from human ones (reports use human counts):
-known proxy and scanner user agents, Apple Mail Privacy Protection (its proxies fetch from Apple's
-17.0.0.0/8 with a bare ``Mozilla/5.0`` agent), opens and clicks within seconds of sending (a
-gateway fetched the message), and several different links of one message clicked within a
-couple of seconds (a scanner following every link).
+Machine opens and scanner clicks are recorded apart from human ones (reports use human counts), by
+the rules in ``jetmail.machines`` that SES-reported opens and clicks go through too.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from typing import Literal
+from datetime import UTC, datetime
 
 from jetmail.compose import CLICK_PURPOSE, OPEN_PURPOSE, UNSUBSCRIBE_PURPOSE
 from jetmail.events import DeliveryEvent, EventKind, event_id
 from jetmail.feedback import FeedbackProcessor
+from jetmail.machines import is_machine, link_burst
 from jetmail.tokens import Signer
-from jetmail.useragents import apple_proxy
-
-SCANNER_AGENTS = re.compile(
-    r"barracuda|mimecast|proofpoint|symantec|messagelabs|trendmicro|trend micro|fireeye|forcepoint|sophos|"
-    r"cisco|ironport|safelinks|microsoft office protection|avanan|checkpoint|zscaler|paloalto|"
-    r"bot\b|spider|crawler|python-requests|python-httpx|curl/|wget/|go-http-client|java/|libwww|okhttp|"
-    r"headlesschrome|phantomjs|linkpreview|slackbot|facebookexternalhit",
-    re.IGNORECASE,
-)
-PREFETCH_WINDOW = timedelta(seconds=2)
-SCAN_CLICK_WINDOW = timedelta(seconds=10)
-LINK_BURST_WINDOW = timedelta(seconds=2)
-
-
-def is_machine(kind: Literal["open", "click"], *, user_agent: str | None, ip: str | None,
-               since_send: timedelta | None) -> bool:
-    if not user_agent or SCANNER_AGENTS.search(user_agent):
-        return True
-    if kind == "open" and apple_proxy(ip, user_agent):
-        return True
-    window = PREFETCH_WINDOW if kind == "open" else SCAN_CLICK_WINDOW
-    return since_send is not None and timedelta(0) <= since_send < window
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,14 +74,7 @@ class Tracker:
         ))
 
     def _link_burst(self, message_id: str, link_index: int | None, now: datetime) -> bool:
-        """Other links of the same message clicked within the burst window: a scanner, not a reader."""
-        recent = {
-            item.get("link_index")
-            for item in self.feedback.stats.query_all(pk=f"EVT#{message_id}", sk_prefix="click#")
-            if now - datetime.fromisoformat(item["occurred_at"]) < LINK_BURST_WINDOW
-        }
-        recent.discard(link_index)
-        return len(recent) >= 1
+        return link_burst(self.feedback.stats, message_id, link=link_index, now=now)
 
     # ---- unsubscribe
     def unsubscribe_target(self, token: str) -> Unsubscribe | None:
