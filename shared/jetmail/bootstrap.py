@@ -29,10 +29,13 @@ def bootstrap(settings: Settings, *, create_table: bool | None = None) -> Iterat
     yield f"streams {settings.jobs_stream}/{settings.dlq_stream} and consumers for {', '.join(STANDARD_QUEUES)}: ready"
     from jetmail.campaigns.signals import ensure_buckets
     from jetmail.queue import SyncClient
+    from jetmail.stops import ensure_stream
 
     with SyncClient(queue_config(settings)) as client:
         client.run(lambda q: ensure_buckets(q.js, replicas=settings.stream_replicas))
+        client.run(lambda q: ensure_stream(q.js, settings.stops_stream, replicas=settings.stream_replicas))
     yield "KV buckets for campaign state and claims: ready"
+    yield f"stream {settings.stops_stream} (stop events that running campaigns follow): ready"
     if settings.provider == "ses" and settings.aws_endpoint_url:
         from jetmail.aws import aws_client
         from jetmail.mime import parse_address

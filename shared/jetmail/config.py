@@ -39,6 +39,8 @@ class Settings(BaseSettings):
     stream_replicas: int = Field(default=1, ge=1, le=5)
     jobs_stream: str = "JOBS"
     dlq_stream: str = "JOBS_DLQ"
+    # suppressions, unsubscribes and erasures as events (jetmail.stops): what running campaigns follow
+    stops_stream: str = "STOPS"
     duplicate_window_s: float = Field(default=3600.0, gt=0)
 
     # --- AWS (endpoint set locally to the moto server; unset in AWS)

@@ -35,6 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from jetmail.cursors import InvalidCursor, pack, unpack
 from jetmail.messages import InvalidAddress, normalise_email
+from jetmail.stops import StopChange, StopFeed
 from jetmail.storage.table import BATCH_WRITE_MAX, ConditionFailed, Table, from_item, to_item
 
 SubscriptionStatus = Literal["subscribed", "unsubscribed", "pending"]
@@ -557,10 +558,23 @@ def _csv_rows(lines: Iterator[str]) -> Iterator[tuple[int, ImportRow | str]]:
 class ContactStore:
     """Contacts, lists and memberships in the single table; method docstrings give request counts."""
 
-    def __init__(self, table: Table, *, erased: Callable[[Iterable[str]], set[str]] | None = None) -> None:
+    def __init__(self, table: Table, *, erased: Callable[[Iterable[str]], set[str]] | None = None,
+                 stops: StopFeed | None = None) -> None:
         self.table = table
         # which of some addresses were erased (jetmail.gdpr): those are refused, never stored again
         self.erased = erased or (lambda emails: set())
+        # list unsubscribes (and re-subscribes) are published before they are written: running campaigns
+        # follow them (jetmail.stops)
+        self.stops = stops
+
+    def _publish_changes(self, address: str, before: Mapping[str, str], after: Mapping[str, str]) -> list[StopChange]:
+        return [StopChange(address, list_id, stop=status == "unsubscribed", reason="unsubscribed")
+                for list_id, status in after.items()
+                if (status == "unsubscribed") != (before.get(list_id) == "unsubscribed")]
+
+    def _publish(self, changes: list[StopChange]) -> None:
+        if self.stops is not None and changes:
+            self.stops.publish(changes)
 
     @property
     def requests(self) -> int:
@@ -672,6 +686,7 @@ class ContactStore:
             resync = _snapshot(current) != _snapshot(state)
             changed = [_member_item(list_id, state, status, now) for list_id, status in state["lists"].items()
                        if resync or before.get(list_id) != status]
+            self._publish(self._publish_changes(address, before, state["lists"]))
             if changed:
                 self.table.batch_put(changed)
             try:
@@ -871,15 +886,18 @@ class ContactStore:
             imported += 1
             kept += keep
         groups = []
+        stops: list[StopChange] = []
         for key, state in states.items():
             current = stored.get(key)
             state["version"] = int((current or {}).get("version", 0)) + 1
             resync = _snapshot(current) != _snapshot(state)
             before = (current or {}).get("lists") or {}
+            stops += self._publish_changes(state["email"], before, {list_id: state["lists"].get(list_id, "")})
             items = [_contact_item(state)]
             items += [_member_item(lid, state, st, now) for lid, st in state["lists"].items()
                       if resync or lid == list_id or before.get(lid) != st]
             groups.append(items)
+        self._publish(stops)
         for request in _pack(groups):
             self.table.batch_put(request)
         report.imported += imported

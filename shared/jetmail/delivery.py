@@ -17,18 +17,15 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from contextlib import AbstractAsyncContextManager, nullcontext
 from typing import Any
 
-from jetmail.compose import Composer, Recipient
+from jetmail.compose import Recipient
 from jetmail.feedback import record_sends
 from jetmail.messages import FINAL_BEFORE_SEND, MessageRepository, MessageStatus, now_iso
-from jetmail.providers import OutboundMessage, PermanentDeliveryError, Provider, TemporaryDeliveryError
-from jetmail.ratelimit import RateLimiter
-from jetmail.reputation import count_sent
-from jetmail.simulator import Simulator
+from jetmail.pipeline import Draft, SendPipeline
+from jetmail.policy import SuppressionPolicy
+from jetmail.providers import PermanentDeliveryError, TemporaryDeliveryError
 from jetmail.storage.table import ConditionFailed, Table
-from jetmail.suppressions import SuppressionStore, blocks
 from jetmail.template_store import TemplateNotFound, TemplateStore
 from jetmail.templating import TemplateRenderError
 
@@ -45,30 +42,28 @@ class DeliveryOutcome:
 
 
 class Deliverer:
-    def __init__(self, *, messages: MessageRepository, templates: TemplateStore, composer: Composer,
-                 provider: Provider, suppressions: SuppressionStore, simulator: Simulator | None = None,
-                 limiter: RateLimiter | None = None, js: Any = None, stats: Table | None = None) -> None:
+    """The transactional wrapper around the send pipeline: the message record's claim and status."""
+
+    def __init__(self, *, messages: MessageRepository, templates: TemplateStore, pipeline: SendPipeline,
+                 policy: SuppressionPolicy, stats: Table | None = None) -> None:
         self.stats = stats
-        self.suppressions = suppressions
-        self.limiter = limiter
-        self.js = js
-        self.simulator = simulator
         self.messages = messages
         self.templates = templates
-        self.composer = composer
-        self.provider = provider
+        self.pipeline = pipeline
+        self.policy = policy
 
     async def deliver(self, message_id: str, *, attempt: int, max_attempts: int) -> str:
         """Send one transactional message; raises TemporaryDeliveryError when the job should retry."""
         item = await asyncio.to_thread(self.messages.get, message_id)
         if MessageStatus(item["status"]) in FINAL_BEFORE_SEND:
             return DeliveryOutcome.SKIPPED
+        category = item.get("category") or "transactional"
         # checked at send time, not only at submit: the address may have bounced since
-        entry = await asyncio.to_thread(self.suppressions.get, item["to"])
-        if entry is not None and blocks(entry.reason, category=item.get("category") or "transactional"):
+        refused = await self.policy.at_send(item["to"], category=category)
+        if refused is not None:
             try:
                 await asyncio.to_thread(self.messages.transition, message_id, MessageStatus.SUPPRESSED,
-                                        allowed_from=CLAIMABLE, detail=f"suppressed: {entry.reason}")
+                                        allowed_from=CLAIMABLE, detail=refused)
             except ConditionFailed:
                 pass
             return DeliveryOutcome.SKIPPED
@@ -82,28 +77,14 @@ class Deliverer:
                               timezone=item.get("timezone"))
         try:
             version = await asyncio.to_thread(self.templates.resolve, item["template"], item.get("language"))
-            rendered = self.composer.render(version, json.loads(item.get("context") or "{}"), recipient=recipient,
-                                            message_id=message_id)
-            # marketing mail carries RFC 8058 one-click List-Unsubscribe headers on every path
-            unsubscribe = (self.composer.unsubscribe_url(message_id=message_id, email=recipient.email)
-                           if version.category == "marketing" else None)
-            built = self.composer.build(rendered, message_id=message_id, recipient=recipient,
-                                        from_addr=item.get("from_addr"), reply_to=item.get("reply_to"),
-                                        list_unsubscribe=unsubscribe)
+            draft = Draft(message_id=message_id, recipient=recipient, version=version,
+                          context=json.loads(item.get("context") or "{}"), category=category,
+                          from_addr=item.get("from_addr") or self.pipeline.composer.settings.default_from,
+                          reply_to=item.get("reply_to"))
+            sent = await self.pipeline.send(draft)
         except (TemplateNotFound, TemplateRenderError, ValueError) as exc:
             await self._fail(message_id, f"cannot render: {exc}")
             return DeliveryOutcome.FAILED
-        outbound = OutboundMessage(
-            mail_from=_envelope_from(item.get("from_addr") or self.composer.settings.default_from),
-            recipients=[recipient.email],
-            raw=built.data,
-            smtputf8=built.smtputf8,
-            message_id=message_id,
-            tags={"message_id": message_id, "category": item.get("category") or "transactional"},
-        )
-        try:
-            async with sending_slot(self.limiter, category="transactional", email=recipient.email):
-                result = await self.provider.send(outbound)
         except PermanentDeliveryError as exc:
             await self._fail(message_id, exc.reason)
             return DeliveryOutcome.FAILED
@@ -115,18 +96,13 @@ class Deliverer:
                                     allowed_from={MessageStatus.SENDING}, detail=f"deferred: {exc.reason}",
                                     fields={"error": exc.reason})
             raise
-        fields: dict[str, Any] = {"provider": result.provider, "sent_at": now_iso()}
-        if result.provider_message_id:
-            fields["provider_message_id"] = result.provider_message_id
+        fields: dict[str, Any] = {"provider": sent.result.provider, "sent_at": now_iso()}
+        if sent.result.provider_message_id:
+            fields["provider_message_id"] = sent.result.provider_message_id
         await asyncio.to_thread(self.messages.transition, message_id, MessageStatus.SENT,
                                 allowed_from={MessageStatus.SENDING}, fields=fields)
-        if self.js is not None:
-            await count_sent(self.js, 1)
         await self._count(item, sent=1)
-        if self.simulator is not None and self.simulator.enabled:
-            await asyncio.to_thread(self.simulator.after_send, recipient=recipient.email, source=outbound.mail_from,
-                                    message_id=message_id, provider_message_id=result.provider_message_id,
-                                    category=item.get("category") or "transactional")
+        await self.pipeline.sent([sent])
         return DeliveryOutcome.SENT
 
     async def _fail(self, message_id: str, reason: str) -> None:
@@ -140,16 +116,3 @@ class Deliverer:
         if self.stats is not None:
             await asyncio.to_thread(record_sends, self.stats, f"msg:{item['id']}", sent=sent, failed=failed,
                                     campaign_id=item.get("campaign_id"))
-
-
-def sending_slot(limiter: RateLimiter | None, *, category: str, email: str) -> AbstractAsyncContextManager[None]:
-    """The rate limiter's slot for one send (waits for a token; reports throttling), or no limit."""
-    if limiter is None:
-        return nullcontext()
-    return limiter.sending(category=category, domain=email.rpartition("@")[2])  # type: ignore[arg-type]
-
-
-def _envelope_from(from_header: str) -> str:
-    from jetmail.mime import parse_address
-
-    return parse_address(from_header)[1]

@@ -26,6 +26,7 @@ from jetmail.sequences import SequenceService
 from jetmail.ses_events import SesEventIntake
 from jetmail.simulator import Simulator
 from jetmail.sns import SnsVerifier, confirm_subscription
+from jetmail.stops import StopFeed
 from jetmail.storage.table import Table
 from jetmail.suppressions import Pseudonymizer, SuppressionStore
 from jetmail.template_store import TemplateStore
@@ -109,11 +110,16 @@ class Services:
 
     @cached_property
     def suppressions(self) -> SuppressionStore:
-        return SuppressionStore(self.table, pseudonyms=self.pseudonyms, audit=self.audit)
+        return SuppressionStore(self.table, pseudonyms=self.pseudonyms, audit=self.audit, stops=self.stop_feed)
+
+    @cached_property
+    def stop_feed(self) -> StopFeed:
+        """Publishes every suppression, list unsubscribe and erasure for running campaigns (jetmail.stops)."""
+        return StopFeed(self.queue, pseudonyms=self.pseudonyms)
 
     @cached_property
     def contacts(self) -> ContactStore:
-        return ContactStore(self.table, erased=self.suppressions.erased_among)
+        return ContactStore(self.table, erased=self.suppressions.erased_among, stops=self.stop_feed)
 
     @cached_property
     def segments(self) -> SegmentStore:

@@ -1,7 +1,8 @@
 """The global suppression list: addresses jetmail never mails (or never mails marketing to).
 
-Row: ``SUPP#<address>`` / ``SUPP`` with reason, source and time; gsi1 ``SUPPRESSIONS`` / time so
-"suppressed since T" is one Query (the send-time check that catches what changed after a plan).
+Row: ``SUPP#<address>`` / ``SUPP`` with reason, source and time; gsi1 ``SUPPRESSIONS`` / time (newest
+first listings). Every change is also published as a stop event (``jetmail.stops``) before it is written:
+running campaigns follow those events instead of reading this list per recipient.
 
 An erased address (``jetmail.gdpr``) is kept only as its keyed pseudonym: ``SUPP#ERASED`` /
 ``<hmac>``, reason ``erased``. The address cannot be read back from it, yet every check below
@@ -16,7 +17,7 @@ import hmac
 import re
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -24,6 +25,7 @@ from pydantic import BaseModel
 
 from jetmail.contacts import batch_get
 from jetmail.cursors import InvalidCursor, pack, unpack
+from jetmail.stops import SCOPE_ALL, SCOPE_ERASED, StopChange, StopFeed
 from jetmail.storage.table import Table, to_item
 
 if TYPE_CHECKING:
@@ -74,55 +76,21 @@ class Pseudonymizer:
         return PSEUDONYM_PREFIX + self.digest(email)
 
 
-class SuppressedAddresses(Mapping[str, str]):
-    """{address: reason} that also answers for erased addresses, which are held only as pseudonyms."""
-
-    def __init__(self, plain: dict[str, str], erased: frozenset[str], pseudonyms: Pseudonymizer | None) -> None:
-        self._plain = plain
-        self._erased = erased
-        self._pseudonyms = pseudonyms
-
-    def __getitem__(self, email: str) -> str:
-        key = email.lower()
-        if self._erased and self._pseudonyms is not None and self._pseudonyms.digest(key) in self._erased:
-            return "erased"
-        if key in self._plain:
-            return self._plain[key]
-        raise KeyError(email)
-
-    def __contains__(self, email: object) -> bool:
-        if not isinstance(email, str):
-            return False
-        try:
-            self[email]
-        except KeyError:
-            return False
-        return True
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._plain)
-
-    def __len__(self) -> int:
-        return len(self._plain)
-
-
 class SuppressionStore:
     def __init__(self, table: Table, *, recent_ttl_s: float = 2.0, pseudonyms: Pseudonymizer | None = None,
-                 audit: AuditLog | None = None) -> None:
+                 audit: AuditLog | None = None, stops: StopFeed | None = None) -> None:
         self.table = table
         self.recent_ttl_s = recent_ttl_s
         self.pseudonyms = pseudonyms
         self.audit = audit
-        self._recent: dict[str, str] = {}
-        self._recent_erased: set[str] = set()
-        self._recent_checked = 0.0
-        self._recent_since = datetime.now(UTC).isoformat()
+        self.stops = stops
         self._erased: frozenset[str] = frozenset()
         self._erased_checked = -float("inf")
         self._lock = threading.Lock()
 
     def add(self, email: str, *, reason: Reason, source: str = "api") -> Suppression:
         entry = Suppression(email=email.lower(), reason=reason, source=source, created_at=datetime.now(UTC).isoformat())
+        self._publish(StopChange(entry.email, SCOPE_ALL, reason=reason))
         self.table.put({"pk": f"SUPP#{entry.email}", "sk": "SUPP", "gsi1pk": "SUPPRESSIONS",
                         "gsi1sk": f"{entry.created_at}#{entry.email}", **entry.model_dump()})
         if self.audit is not None and _managed(source):
@@ -135,6 +103,7 @@ class SuppressionStore:
         if self.pseudonyms is None:
             raise RuntimeError("erasure needs a SuppressionStore made with pseudonyms")
         digest = self.pseudonyms.digest(email)
+        self._publish(StopChange(email, SCOPE_ERASED, reason="erased"))
         entry = Suppression(email=PSEUDONYM_PREFIX + digest, reason="erased", source=source,
                             created_at=datetime.now(UTC).isoformat())
         self.table.put({"pk": ERASED_PK, "sk": digest, "gsi1pk": "SUPPRESSIONS",
@@ -158,6 +127,7 @@ class SuppressionStore:
         """Lift the address's own entry; an erasure is never lifted (it is not the address's to lift)."""
         if self.table.get(f"SUPP#{email.lower()}", "SUPP") is None:
             return False
+        self._publish(StopChange(email.lower(), SCOPE_ALL, stop=False))
         self.table.delete(f"SUPP#{email.lower()}", "SUPP")
         if self.audit is not None:
             self.audit.record("suppression.removed", target=self._target(email))
@@ -205,20 +175,9 @@ class SuppressionStore:
                 self._erased_checked = time.monotonic()
             return self._erased
 
-    def recently_suppressed(self) -> Mapping[str, str]:
-        """Suppressions added since this process started watching, refreshed at most every
-        ``recent_ttl_s``: one Query per refresh for the whole process, however many sends ask.
-        Erasures among them are recognised by address too."""
-        with self._lock:
-            if time.monotonic() - self._recent_checked >= self.recent_ttl_s:
-                for item in self.table.query_all(pk="SUPPRESSIONS", index="gsi1", sk_after=self._recent_since):
-                    if item["pk"] == ERASED_PK:
-                        self._recent_erased.add(item["sk"])
-                    else:
-                        self._recent[item["email"]] = item["reason"]
-                    self._recent_since = max(self._recent_since, item["gsi1sk"])
-                self._recent_checked = time.monotonic()
-            return SuppressedAddresses(dict(self._recent), frozenset(self._recent_erased), self.pseudonyms)
+    def _publish(self, change: StopChange) -> None:
+        if self.stops is not None:
+            self.stops.publish([change])
 
     def _target(self, email: str) -> str:
         return self.pseudonyms.pseudonym(email) if self.pseudonyms is not None else "address"

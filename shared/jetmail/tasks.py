@@ -27,10 +27,13 @@ async def startup(resources: dict[str, Any]) -> None:
     from jetmail.campaigns.signals import Claims, StateBoard, ensure_buckets
     from jetmail.config import get_settings
     from jetmail.delivery import Deliverer
+    from jetmail.pipeline import SendPipeline
+    from jetmail.policy import SuppressionPolicy
     from jetmail.providers import make_provider
     from jetmail.queue import Queue
     from jetmail.ratelimit import RateConfig, RateLimiter
     from jetmail.services import Services, queue_config
+    from jetmail.stops import LiveStops, ensure_stream
 
     services = Services(get_settings())
     resources["services"] = services
@@ -40,13 +43,12 @@ async def startup(resources: dict[str, Any]) -> None:
         resources["metrics_task"] = asyncio.create_task(metrics.run())
     # every send, transactional or campaign, goes through this one wrapper: latency, counts, a log line
     resources["provider"] = MeteredProvider(make_provider(services.settings), metrics=metrics)
-    resources["deliverer"] = Deliverer(messages=services.messages.messages, templates=services.templates,
-                                       composer=services.composer, provider=resources["provider"],
-                                       suppressions=services.suppressions, simulator=services.simulator,
-                                       stats=services.stats_table)
     queue = Queue(queue_config(services.settings))
     await queue.connect()
     await ensure_buckets(queue.js, replicas=services.settings.stream_replicas)
+    await ensure_stream(queue.js, services.settings.stops_stream, replicas=services.settings.stream_replicas)
+    resources["stops"] = LiveStops(queue.js, stream=services.settings.stops_stream, pseudonyms=services.pseudonyms)
+    policy = SuppressionPolicy(store=services.suppressions, live=resources["stops"])
     resources["queue"] = queue
     limits = None
     if services.settings.provider == "ses":
@@ -58,12 +60,14 @@ async def startup(resources: dict[str, Any]) -> None:
     limiter = RateLimiter(queue.js, RateConfig.from_settings(services.settings, limits=limits),
                           worker_id=f"{socket.gethostname()}-{os.getpid()}")
     resources["limiter"] = limiter
-    resources["deliverer"].limiter = limiter
-    resources["deliverer"].js = queue.js
+    # the one send pipeline; transactional mail and campaign batches only wrap it
+    pipeline = SendPipeline(composer=services.composer, provider=resources["provider"], limiter=limiter,
+                            simulator=services.simulator, js=queue.js)
+    resources["deliverer"] = Deliverer(messages=services.messages.messages, templates=services.templates,
+                                       pipeline=pipeline, policy=policy, stats=services.stats_table)
     resources["batch_sender"] = BatchSender(
-        store=services.campaign_store, templates=services.templates, composer=services.composer,
-        provider=resources["provider"], board=StateBoard(queue.js), claims=Claims(queue.js),
-        suppressions=services.suppressions, simulator=services.simulator, limiter=limiter,
+        store=services.campaign_store, templates=services.templates, pipeline=pipeline, policy=policy,
+        board=StateBoard(queue.js), claims=Claims(queue.js),
         process_concurrency=services.settings.campaign_sends_per_worker,
     )
 
@@ -73,6 +77,9 @@ async def shutdown(resources: dict[str, Any]) -> None:
     provider = resources.get("provider")
     if provider is not None:
         await provider.close()
+    stops = resources.get("stops")
+    if stops is not None:
+        await stops.close()
     limiter = resources.get("limiter")
     if limiter is not None:
         await limiter.close()  # gives unused reserved tokens back to the shared windows

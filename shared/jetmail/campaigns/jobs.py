@@ -17,6 +17,7 @@ from jetmail.campaigns.sender import BatchJob, Parked
 from jetmail.campaigns.service import AB_QUEUE, BATCH_TASK, CAMPAIGN_QUEUE, FIRE_TASK, PLAN_TASK, START_TASK
 from jetmail.providers import TemporaryDeliveryError
 from jetmail.queue import JobContext, Retry, task
+from jetmail.stops import plan_start
 from jetmail.storage.table import ConditionFailed
 
 logger = logging.getLogger("jetmail.campaigns")
@@ -44,6 +45,8 @@ async def campaign_plan(job: PlanJob, ctx: JobContext) -> None:
     if item["state"] not in (CampaignState.SENDING, CampaignState.PAUSED) or job.run in item.get("runs_planned", []):
         return
     definition = store.definition(item)
+    # before the planner reads the suppression list: its batches replay every stop event from here on
+    stops_from = plan_start()
     planner = Planner(contacts=services.contacts, segments=services.segments, suppressions=services.suppressions)
     batches = planner.batches(definition, run=job.run, winner=job.winner)
     variants = {v.name: v for v in definition.ab_test.variants} if definition.ab_test else {}
@@ -62,12 +65,13 @@ async def campaign_plan(job: PlanJob, ctx: JobContext) -> None:
                 delay = variants[batch.variant].send_delay if batch.variant in variants else None
                 if delay:
                     await queue.enqueue_in(delay, BATCH_TASK, queue=target_queue, priority=priority,
-                                           job_id=_batch_job_id(job, batch), payload=_payload(job, batch),
+                                           job_id=_batch_job_id(job, batch), payload=_payload(job, batch, stops_from),
                                            max_retries=5)
                 else:
                     immediate.append(batch)
             if immediate:
-                await queue.enqueue_many(BATCH_TASK, [_payload(job, b) for b in immediate], queue=target_queue,
+                payloads = [_payload(job, b, stops_from) for b in immediate]
+                await queue.enqueue_many(BATCH_TASK, payloads, queue=target_queue,
                                          priority=priority, job_ids=[_batch_job_id(job, b) for b in immediate],
                                          max_retries=5)
         total += sum(len(b.recipients) for b in chunk)
@@ -86,9 +90,9 @@ def _batch_job_id(job: PlanJob, batch: PlannedBatch) -> str:
     return f"cmpb.{job.campaign_id}.{job.run}.{batch.number}"
 
 
-def _payload(job: PlanJob, batch: PlannedBatch) -> dict[str, Any]:
+def _payload(job: PlanJob, batch: PlannedBatch, stops_from: str) -> dict[str, Any]:
     return {"campaign_id": job.campaign_id, "run": job.run, "batch": batch.number, "variant": batch.variant,
-            "recipients": batch.recipients}
+            "recipients": batch.recipients, "stops_from": stops_from}
 
 
 @task(BATCH_TASK, model=BatchJob)

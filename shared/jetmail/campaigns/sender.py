@@ -1,11 +1,15 @@
 """The batch job: send up to ~100 campaign messages, then record them in one DynamoDB transaction.
 
-Per batch: one BatchGetItem (suppression, in the plan), one TransactWriteItems (batch outcome and
-counters), and one UpdateItem keeping the reasons when some recipients failed for good; per recipient
-only NATS KV traffic (claim, settle) and the provider. Before every send the campaign's state is
-checked on the KV state board, so pause and cancel take effect within a fraction of a second even
-for batches already queued: a paused batch is parked (its payload kept
-in DynamoDB) and re-enqueued on resume, where its claims skip whoever it had already mailed.
+The campaign wrapper around the one send pipeline (``jetmail.pipeline``): claims, tally and batch
+bookkeeping. Per batch: one TransactWriteItems (batch outcome and counters), one UpdateItem keeping the
+reasons when some recipients failed for good, and one stream-info request to catch up on stop events;
+per recipient only NATS KV traffic (claim, settle) and the provider. Before every send the campaign's
+state is checked on the KV state board, so pause and cancel take effect within a fraction of a second
+even for batches already queued: a paused batch is parked (its payload kept in DynamoDB) and re-enqueued
+on resume, where its claims skip whoever it had already mailed. Before every claim the suppression
+policy answers from the stop events the worker follows (``jetmail.stops``): every suppression, list
+unsubscribe and erasure since the campaign's plan began, however long ago and whenever this worker
+started.
 """
 
 from __future__ import annotations
@@ -21,14 +25,11 @@ from pydantic import BaseModel, Field
 from jetmail.campaigns.model import CampaignCreate, CampaignState, Variant
 from jetmail.campaigns.signals import Claims, StateBoard
 from jetmail.campaigns.store import CampaignStore, campaign_message_id
-from jetmail.compose import Composer, Recipient
-from jetmail.delivery import sending_slot
+from jetmail.compose import Recipient
 from jetmail.mime import parse_address
-from jetmail.providers import OutboundMessage, PermanentDeliveryError, Provider, TemporaryDeliveryError
-from jetmail.ratelimit import RateLimiter
-from jetmail.reputation import count_sent
-from jetmail.simulator import Simulator
-from jetmail.suppressions import SuppressionStore
+from jetmail.pipeline import Draft, SendPipeline, Sent
+from jetmail.policy import SuppressionPolicy
+from jetmail.providers import PermanentDeliveryError, TemporaryDeliveryError
 from jetmail.template_store import TemplateNotFound, TemplateStore
 from jetmail.templating import TemplateRenderError, TemplateVersion
 
@@ -41,6 +42,8 @@ class BatchJob(BaseModel):
     batch: int = Field(ge=1)
     variant: str | None = None
     recipients: list[dict[str, Any]] = Field(max_length=1000)
+    # where the batch's replay of stop events starts (jetmail.stops.plan_start): None replays them all
+    stops_from: str | None = Field(default=None, max_length=40)
 
 
 @dataclass
@@ -64,18 +67,15 @@ class Parked(Exception):
 
 
 class BatchSender:
-    def __init__(self, *, store: CampaignStore, templates: TemplateStore, composer: Composer, provider: Provider,
-                 board: StateBoard, claims: Claims, suppressions: SuppressionStore, simulator: Simulator | None = None,
-                 limiter: RateLimiter | None = None, concurrency: int = 8, process_concurrency: int = 32) -> None:
-        self.limiter = limiter
-        self.simulator = simulator
+    def __init__(self, *, store: CampaignStore, templates: TemplateStore, pipeline: SendPipeline,
+                 policy: SuppressionPolicy, board: StateBoard, claims: Claims, concurrency: int = 8,
+                 process_concurrency: int = 32) -> None:
         self.store = store
         self.templates = templates
-        self.composer = composer
-        self.provider = provider
+        self.pipeline = pipeline
+        self.policy = policy
         self.board = board
         self.claims = claims
-        self.suppressions = suppressions
         self.concurrency = concurrency
         # sends in flight across every batch this process runs: rendering is CPU work on the event loop, and
         # more concurrent sends than the provider needs only make every await (a transactional message's
@@ -116,11 +116,14 @@ class BatchSender:
             if campaign.ab_test and job.variant else None
         owner = f"{job.run}.{job.batch}"
         tally = BatchTally()
-        recent = await asyncio.to_thread(self.suppressions.recently_suppressed)
+        try:
+            await self.policy.ready(job.stops_from)
+        except TimeoutError as exc:
+            raise TemporaryDeliveryError(f"stop events not caught up: {exc}") from exc
         semaphore = asyncio.Semaphore(self.concurrency)
         stop = asyncio.Event()
         errors: list[Exception] = []
-        simulated: list[tuple[Any, ...]] = []
+        sent: list[Sent] = []
 
         async def one(pos: int, recipient: dict[str, Any]) -> None:
             email = recipient["e"]
@@ -134,9 +137,6 @@ class BatchSender:
                 if current == CampaignState.CANCELLED:
                     tally.add(pos, email, "skipped", r="cancelled")
                     return
-                if email.lower() in recent:
-                    tally.add(pos, email, "skipped", r=f"suppressed: {recent[email.lower()]}")
-                    return
                 claim = await self.claims.take(job.campaign_id, job.run, email, owner=owner)
                 if claim.revision is None:
                     existing = claim.existing or ""
@@ -144,13 +144,20 @@ class BatchSender:
                         tally.add(pos, email, "sent", m=existing.split("|")[3] if existing.count("|") >= 3 else None)
                     elif existing.startswith(f"failed|{owner}|"):
                         tally.add(pos, email, "failed", r=existing.split("|", 3)[-1])
+                    elif existing.startswith(f"skipped|{owner}|"):
+                        tally.add(pos, email, "skipped", r=existing.split("|", 3)[-1])
                     else:
                         tally.add(pos, email, "skipped", r="duplicate")
                     return
+                # asked after the claim, so a retry still reports whom an earlier attempt mailed as sent
+                refused = self.policy.now(email, category="marketing", list_id=recipient.get("s"))
+                if refused is not None:
+                    await self.claims.settle(claim, f"skipped|{owner}|{pos}|{refused}")
+                    tally.add(pos, email, "skipped", r=refused)
+                    return
                 message_id = campaign_message_id(job.campaign_id, job.run, job.batch, pos)
                 try:
-                    provider_id = await self._send(campaign, variant, recipient, message_id, job.campaign_id,
-                                                   simulated)
+                    provider_id = await self._send(campaign, variant, recipient, message_id, job.campaign_id, sent)
                 except PermanentDeliveryError as exc:
                     reason = exc.reason
                 except TemporaryDeliveryError as exc:
@@ -188,21 +195,13 @@ class BatchSender:
                                            counts=tally.counts, variant=job.variant, failures=tally.failures)
         if not recorded:
             logger.info("batch %s/%s/%s was already recorded", job.campaign_id, job.run, job.batch)
-        else:
-            await count_sent(self.board.js, tally.counts["sent"])
-        await self._simulate(simulated)
+        # outcome hooks once the batch (and so each message) is recorded; a batch recorded before counts
+        # nothing again towards reputation
+        await self.pipeline.sent(sent, count=recorded)
         return tally.counts
 
-    async def _simulate(self, pending: list[tuple[Any, ...]]) -> None:
-        # simulated SES notifications are fed back once the batch (and so the message) is recorded
-        for email, source, message_id, provider_id, campaign_id, variant in pending:
-            assert self.simulator is not None
-            await asyncio.to_thread(self.simulator.after_send, recipient=email, source=source, message_id=message_id,
-                                    provider_message_id=provider_id, category="marketing", campaign_id=campaign_id,
-                                    variant=variant)
-
     async def _send(self, campaign: CampaignCreate, variant: Variant | None, recipient: dict[str, Any],
-                    message_id: str, campaign_id: str, simulated: list[tuple[Any, ...]]) -> str | None:
+                    message_id: str, campaign_id: str, sent: list[Sent]) -> str | None:
         template_name = (variant.template if variant and variant.template else None) or campaign.template
         version = await self._version(campaign_id, template_name, recipient.get("l"))
         subject = (variant.subject if variant and variant.subject else None) or campaign.subject
@@ -210,30 +209,19 @@ class BatchSender:
             version = _with_subject(version, subject, variant.name if variant else "campaign")
         to = Recipient(email=recipient["e"], name=recipient.get("n"), language=recipient.get("l"),
                        timezone=recipient.get("t"))
-        list_id = recipient.get("s")
-        context = {**campaign.context, "attributes": recipient.get("a", {})}
-        rendered = self.composer.render(version, context, recipient=to, message_id=message_id, list_id=list_id,
-                                        track=True)
-        from_addr = campaign.from_ or self.composer.settings.default_from
+        from_addr = campaign.from_ or self.pipeline.composer.settings.default_from
         if variant and variant.from_name:
             from_addr = formataddr((variant.from_name, parse_address(from_addr)[1]))
-        built = self.composer.build(
-            rendered, message_id=message_id, recipient=to, from_addr=from_addr, reply_to=campaign.reply_to,
-            list_unsubscribe=self.composer.unsubscribe_url(message_id=message_id, email=to.email, list_id=list_id),
-        )
-        tags = {"message_id": message_id, "category": "marketing", "campaign_id": campaign_id}
+        tags = {"campaign_id": campaign_id}
         if variant:
             tags["variant"] = variant.name
-        async with sending_slot(self.limiter, category="marketing", email=to.email):
-            result = await self.provider.send(OutboundMessage(
-                mail_from=parse_address(from_addr)[1], recipients=[to.email], raw=built.data,
-                smtputf8=built.smtputf8, message_id=message_id, tags=tags,
-            ))
-        if self.simulator is not None and self.simulator.enabled:
-            # after the batch is recorded would be more faithful; SES reports seconds later anyway
-            simulated.append((to.email, parse_address(from_addr)[1], message_id, result.provider_message_id,
-                                    campaign_id, variant.name if variant else None))
-        return result.provider_message_id
+        draft = Draft(message_id=message_id, recipient=to, version=version,
+                      context={**campaign.context, "attributes": recipient.get("a", {})}, from_addr=from_addr,
+                      category="marketing", reply_to=campaign.reply_to, list_id=recipient.get("s"), track=True,
+                      tags=tags, lane="marketing")
+        outcome = await self.pipeline.send(draft)
+        sent.append(outcome)
+        return outcome.result.provider_message_id
 
 
 def _with_subject(version: TemplateVersion, subject: str, label: str) -> TemplateVersion:

@@ -1,0 +1,106 @@
+"""The one send pipeline: render → MIME → rate slot → provider → outcome hooks.
+
+Transactional mail, sequence steps and campaign batches all send through ``SendPipeline``; what differs
+per kind wraps it: the message claim and status record for transactional mail (``jetmail.delivery``),
+claims, tally and batch bookkeeping for a campaign (``jetmail.campaigns.sender``). Whether the address
+may be mailed at all is ``jetmail.policy``'s answer, asked by the wrapper before it claims.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping, Sequence
+from contextlib import AbstractAsyncContextManager, nullcontext
+from dataclasses import dataclass, field
+from typing import Any
+
+from jetmail.compose import Composer, Recipient
+from jetmail.mime import parse_address
+from jetmail.providers import OutboundMessage, Provider, SendResult
+from jetmail.ratelimit import RateLimiter
+from jetmail.reputation import count_sent
+from jetmail.simulator import Simulator
+from jetmail.templating import TemplateVersion
+
+
+@dataclass(frozen=True, slots=True)
+class Draft:
+    """One message to one recipient, before rendering."""
+
+    message_id: str
+    recipient: Recipient
+    version: TemplateVersion
+    context: Mapping[str, Any]
+    from_addr: str
+    category: str = "transactional"
+    reply_to: str | None = None
+    list_id: str | None = None  # the list a campaign reached them through: its one-click unsubscribe
+    track: bool | None = None  # None: marketing mail is tracked, transactional is not
+    tags: Mapping[str, str] = field(default_factory=dict)  # provider tags beyond message id and category
+    # whose share of the send rate it takes: a campaign's, or the transactional lane's (any message sent
+    # through the messages API, marketing-category or not, so a campaign never delays it)
+    lane: str = "transactional"
+
+    @property
+    def envelope_from(self) -> str:
+        return parse_address(self.from_addr)[1]
+
+
+@dataclass(frozen=True, slots=True)
+class Sent:
+    draft: Draft
+    result: SendResult
+
+
+class SendPipeline:
+    def __init__(self, *, composer: Composer, provider: Provider, limiter: RateLimiter | None = None,
+                 simulator: Simulator | None = None, js: Any = None) -> None:
+        self.composer = composer
+        self.provider = provider
+        self.limiter = limiter
+        self.simulator = simulator
+        self.js = js
+
+    def build(self, draft: Draft) -> OutboundMessage:
+        """Render and build the MIME message. Raises TemplateRenderError or ValueError when it cannot be."""
+        to = draft.recipient
+        rendered = self.composer.render(draft.version, dict(draft.context), recipient=to,
+                                        message_id=draft.message_id, list_id=draft.list_id, track=draft.track)
+        # marketing mail carries RFC 8058 one-click List-Unsubscribe headers on every path
+        unsubscribe = (self.composer.unsubscribe_url(message_id=draft.message_id, email=to.email,
+                                                     list_id=draft.list_id)
+                       if draft.category == "marketing" else None)
+        built = self.composer.build(rendered, message_id=draft.message_id, recipient=to, from_addr=draft.from_addr,
+                                    reply_to=draft.reply_to, list_unsubscribe=unsubscribe)
+        return OutboundMessage(mail_from=draft.envelope_from, recipients=[to.email], raw=built.data,
+                               smtputf8=built.smtputf8, message_id=draft.message_id,
+                               tags={"message_id": draft.message_id, "category": draft.category, **draft.tags})
+
+    async def send(self, draft: Draft) -> Sent:
+        """Build, wait for a rate slot, hand to the provider. Raises what ``build`` and the provider raise
+        (PermanentDeliveryError, TemporaryDeliveryError)."""
+        outbound = self.build(draft)
+        async with sending_slot(self.limiter, category=draft.lane, email=draft.recipient.email):
+            result = await self.provider.send(outbound)
+        return Sent(draft=draft, result=result)
+
+    async def sent(self, outcomes: Sequence[Sent], *, count: bool = True) -> None:
+        """Outcome hooks once the wrapper has recorded the sends: the reputation counter (``count``: False
+        for sends recorded before, so a redelivered batch is counted once) and the local SES simulator."""
+        if count and self.js is not None:
+            await count_sent(self.js, len(outcomes))
+        if self.simulator is None or not self.simulator.enabled:
+            return
+        for sent in outcomes:
+            draft = sent.draft
+            await asyncio.to_thread(self.simulator.after_send, recipient=draft.recipient.email,
+                                    source=draft.envelope_from, message_id=draft.message_id,
+                                    provider_message_id=sent.result.provider_message_id, category=draft.category,
+                                    campaign_id=draft.tags.get("campaign_id"), variant=draft.tags.get("variant"))
+
+
+def sending_slot(limiter: RateLimiter | None, *, category: str, email: str) -> AbstractAsyncContextManager[None]:
+    """The rate limiter's slot for one send (waits for a token; reports throttling), or no limit."""
+    if limiter is None:
+        return nullcontext()
+    return limiter.sending(category=category, domain=email.rpartition("@")[2])  # type: ignore[arg-type]
