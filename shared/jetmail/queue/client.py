@@ -94,7 +94,12 @@ class Queue:
         except (nats.errors.Error, TimeoutError) as exc:
             log.warning("nats: flush before close failed: %s", exc or type(exc).__name__)
         finally:
-            await nc.close()
+            try:
+                # without a server nats-py's close writes what it buffered to the dead socket and raises
+                # ConnectionResetError; the connection is closed for our purposes either way
+                await asyncio.wait_for(nc.close(), timeout=max(1.0, self.config.request_timeout))
+            except (OSError, nats.errors.Error, TimeoutError) as exc:
+                log.warning("nats: close failed: %s", exc or type(exc).__name__)
 
     async def __aenter__(self) -> Queue:
         return await self.connect()
@@ -102,6 +107,11 @@ class Queue:
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                         tb: TracebackType | None) -> None:
         await self.close()
+
+    @property
+    def is_connected(self) -> bool:
+        """Connected right now (False while nats-py reconnects, and before connect or after close)."""
+        return self._nc is not None and self._nc.is_connected
 
     @property
     def nc(self) -> NATS:

@@ -7,6 +7,7 @@ import contextlib
 import inspect
 import itertools
 import logging
+import os
 import signal
 import threading
 import traceback
@@ -51,6 +52,13 @@ job_log_context: ContextVar[Mapping[str, object] | None] = ContextVar("job_log_c
 Hook = Callable[[dict[str, Any]], Awaitable[None] | None]
 _RAW_LIMIT = 64 * 1024
 _ERROR_LIMIT = 2000
+# how long the on_shutdown hook, and then closing the connection, may each take: with NATS gone, a hook's
+# requests would each wait out their own timeout and a stop would take as long as they add up to
+_CLOSE_TIMEOUT = 3.0
+# past the grace period and both closing steps, a stop that has not ended is stuck: the process exits anyway
+_EXIT_MARGIN = 5.0
+# how often a worker whose connection is down looks again (pulls would only wait out their deadlines)
+_DISCONNECTED_POLL = 0.25
 
 
 @dataclass
@@ -230,12 +238,15 @@ class Worker:
                 loop.remove_signal_handler(sig)
             try:
                 if started:
-                    await _call_hook(self.on_shutdown, self.resources)
+                    await _bounded(_call_hook(self.on_shutdown, self.resources), "the on_shutdown hook")
             finally:
-                for puller in self._pullers.values():
-                    await puller.close()
-                await self._queue.close()
-            log.info("worker stopped: %s", dict(self.stats) or "no jobs")
+                await _bounded(self._close_connection(), "closing the NATS connection")
+                log.info("worker stopped: %s", dict(self.stats) or "no jobs")
+
+    async def _close_connection(self) -> None:
+        for puller in self._pullers.values():
+            await puller.close()
+        await self._queue.close()
 
     def stop(self) -> None:
         """Stop fetching, let running jobs finish (up to the grace period), then return from ``run``."""
@@ -259,6 +270,12 @@ class Worker:
             return
         log.info("%s: stopping; finishing %d running job(s)", sig.name, len(self._inflight))
         self.stop()
+        # the last resort for a stop stuck where the loop cannot end it (a thread in a blocking call, a
+        # client that ignores cancellation): past every bound below, the process ends anyway
+        limit = self.grace_period + 2 * _CLOSE_TIMEOUT + _EXIT_MARGIN
+        watchdog = threading.Timer(limit, _exit_stuck, args=(limit,))
+        watchdog.daemon = True
+        watchdog.start()
 
     async def _finish_inflight(self) -> None:
         pending = set(self._inflight)
@@ -290,20 +307,46 @@ class Worker:
                 if self.concurrency - len(self._inflight) <= 0 and not self._stopping.is_set():
                     await self._wake.wait()
                 continue
+            if not self._queue.is_connected:
+                # a pull now only waits out its deadline (seconds per consumer): wait for the reconnect instead
+                await self._wait_stopping(_DISCONNECTED_POLL)
+                continue
+            step = asyncio.create_task(self._fetch(free))
+            stopped = asyncio.create_task(self._stopping.wait())
             try:
-                msgs = await self._take(free)
-                if not msgs:
-                    if self.burst and not self._inflight and await self._drained():
-                        log.info("burst: queues are empty")
-                        return
-                    msgs = await self._idle_wait(free)
+                await asyncio.wait({step, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                stopped.cancel()
+                if not step.done():
+                    # a stop ends the pulls under way at once; what they already took is started and finished
+                    step.cancel()
+                    await asyncio.gather(step, return_exceptions=True)
+            if step.cancelled():
+                return
+            try:
+                msgs = step.result()
             except (PullError, QueueError, nats.errors.Error, TimeoutError) as exc:
                 log.warning("fetch failed: %s; retrying", exc or type(exc).__name__)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stopping.wait(), timeout=1.0)
+                await self._wait_stopping(1.0)
                 continue
+            if msgs is None:
+                log.info("burst: queues are empty")
+                return
             for msg in msgs:
                 self._start(msg)
+
+    async def _fetch(self, free: int) -> list[Msg] | None:
+        """One round of pulls for ``free`` slots; None when a burst worker has nothing left to do."""
+        msgs = await self._take(free)
+        if msgs:
+            return msgs
+        if self.burst and not self._inflight and await self._drained():
+            return None
+        return await self._idle_wait(free)
+
+    async def _wait_stopping(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), timeout=seconds)
 
     async def _take(self, free: int) -> list[Msg]:
         """Fill free slots from high, then normal, then low: a level returning fewer than asked is empty.
@@ -526,6 +569,21 @@ class Worker:
             writer.close()
             with contextlib.suppress(ConnectionError):
                 await writer.wait_closed()
+
+
+async def _bounded(step: Awaitable[None], what: str) -> None:
+    """Run one closing step for at most ``_CLOSE_TIMEOUT``; a failure is logged, never keeps the worker up."""
+    try:
+        await asyncio.wait_for(step, timeout=_CLOSE_TIMEOUT)
+    except TimeoutError:
+        log.warning("%s took longer than %.0fs; going on without it", what, _CLOSE_TIMEOUT)
+    except Exception as exc:
+        log.warning("%s failed: %s", what, describe_error(exc)[0])
+
+
+def _exit_stuck(limit: float) -> None:
+    log.error("worker stopped: still not done %.0fs after the stop signal; exiting now", limit)
+    os._exit(1)
 
 
 def _parse(definition: TaskDef, envelope: JobEnvelope) -> Any:
