@@ -120,7 +120,7 @@ class ScheduleRequest(BaseModel):
         if self.cron is not None:
             from jetmail.queue.patterns import cron_pattern
 
-            cron_pattern(self.cron)  # ValueError names what is wrong
+            cron_pattern(self.cron, timezone=self.timezone)  # what nats-server refuses; ValueError says why
         return self
 
 

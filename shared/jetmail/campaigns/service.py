@@ -76,20 +76,14 @@ def next_run_at(item: dict[str, Any], *, now: datetime | None = None) -> str | N
         return None
     if not item.get("cron"):
         return item.get("scheduled_at")
-    from zoneinfo import ZoneInfo
+    from jetmail.queue.patterns import cron_next
 
-    from croniter import croniter
-
-    from jetmail.queue.patterns import cron_pattern
-
-    zone = ZoneInfo(item.get("timezone") or "UTC")
-    start = (now or datetime.now(UTC)).astimezone(zone)
-    try:
-        fires = croniter(cron_pattern(item["cron"]), start, second_at_beginning=True).get_next(datetime)
-    except (ValueError, KeyError) as exc:  # a cron the server takes but croniter cannot step through
+    try:  # by the server's own cron rules, so what it fires and what we show agree
+        fires = cron_next(item["cron"], now or datetime.now(UTC), timezone=item.get("timezone") or "UTC")
+    except ValueError as exc:  # a cron stored before validation followed the server's grammar
         logger.warning("campaign %s: cannot compute the next firing of %r: %s", item.get("id"), item["cron"], exc)
         return None
-    return fires.astimezone(UTC).isoformat()
+    return fires.isoformat() if fires else None
 
 
 class CampaignService:

@@ -378,9 +378,9 @@ class Queue:
             raise ValueError("pass exactly one of cron= or every=")
         if timezone is not None and cron is None:
             raise ValueError("timezone applies to cron schedules only")
-        cron_spec = cron_pattern(cron) if cron is not None else None
-        every_spec = every_pattern(every) if every is not None else None
         zone = check_timezone(timezone) if timezone is not None else None
+        cron_spec = cron_pattern(cron, timezone=zone) if cron is not None else None
+        every_spec = every_pattern(every) if every is not None else None
         envelope = self.envelope(task, queue=queue, priority=priority, job_id=schedule_id,
                                  max_retries=max_retries, backoff=backoff, payload=payload, kwargs=kwargs,
                                  schedule_id=schedule_id)
