@@ -395,7 +395,9 @@ def test_untrusted_notifications_are_refused_and_record_nothing(case: str, clien
     assert after.status_code == 200 and after.json()["outcomes"] == {"applied": 1}, after.text
 
 
-@pytest.mark.parametrize("body", [b"{not json", b"[]", b"", json.dumps({"Type": "Notification"}).encode()])
+@pytest.mark.parametrize("body", [b"{not json", b"[]", b"", json.dumps({"Type": "Notification"}).encode(),
+                                  # nested 10,000 deep: refused by depth, never a RecursionError (500)
+                                  b"[" * 10_000 + b"]" * 10_000, b'{"a":' * 10_000 + b"1" + b"}" * 10_000])
 def test_malformed_bodies_are_400(body: bytes, client: TestClient) -> None:
     answer = post(client, body)
     assert answer.status_code == 400, answer.text

@@ -24,7 +24,6 @@ the SNS signature alone, see ``jetmail.sns``).
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from collections import Counter
@@ -34,6 +33,7 @@ from email.utils import parseaddr
 from typing import Any, Literal, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic_core import from_json
 
 from jetmail.events import DeliveryEvent, EventKind, event_id
 from jetmail.sns import SnsMessage, SnsVerificationError, SnsVerifier
@@ -202,8 +202,8 @@ def _json_object(message: str | bytes | Mapping[str, Any]) -> dict[str, Any]:
     if isinstance(message, Mapping):
         return dict(message)
     try:
-        data = json.loads(message)
-    except (ValueError, UnicodeDecodeError):
+        data = from_json(message)  # bounded nesting (a ValueError), unlike json.loads (RecursionError)
+    except ValueError:
         raise SesEventError("SES message is not JSON") from None
     if not isinstance(data, dict):
         raise SesEventError("SES message is not a JSON object")

@@ -24,7 +24,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import json
 import logging
 import re
 import threading
@@ -39,6 +38,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_core import from_json
 
 from jetmail.config import Settings
 
@@ -123,9 +123,11 @@ def parse_timestamp(text: str) -> datetime:
 def parse_sns_message(body: bytes | str) -> SnsMessage:
     """The SNS message in an HTTPS request body; SnsMessageInvalid when it is none."""
     try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        raise SnsMessageInvalid("body is not JSON") from None
+        # pydantic-core's parser stops at a fixed nesting depth with a ValueError; json.loads recurses until
+        # RecursionError, which a public, unauthenticated route must never reach
+        data = from_json(body)
+    except ValueError as exc:
+        raise SnsMessageInvalid(f"body is not JSON: {exc}") from None
     if not isinstance(data, dict):
         raise SnsMessageInvalid("body is not a JSON object")
     try:
