@@ -126,8 +126,10 @@ class LocalSink:
 
     def __init__(self, maildir: Path, *, implicit_tls: bool = False, starttls: bool = False,
                  auth: bool = False, idle_timeout_s: float = 300, one_message_per_session: bool = False,
-                 tls_files: tuple[Path, Path] | None = None) -> None:
-        self.handler = (_TimesOutAfterOneMessage if one_message_per_session else SinkHandler)(maildir)
+                 tls_files: tuple[Path, Path] | None = None, pipelining: bool = True,
+                 handler: type[SinkHandler] | None = None) -> None:
+        kind = handler or (_TimesOutAfterOneMessage if one_message_per_session else SinkHandler)
+        self.handler = kind(maildir, pipelining=pipelining)
         self.mailbox = Mailbox(maildir)
         self.port = free_port()
         server_tls = None

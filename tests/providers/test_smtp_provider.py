@@ -9,10 +9,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import aiosmtplib
 import pytest
+from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from jetmail.config import ConfigError, Settings
 from jetmail.devstack.mailbox import Mailbox
+from jetmail.devstack.smtp_sink import SinkHandler
 from jetmail.devstack.stack import free_port, wait_until
 from jetmail.providers import (
     OutboundMessage,
@@ -327,3 +330,246 @@ def test_wrong_password_is_temporary_and_not_echoed(settings_with: SettingsWith,
 def test_username_without_password_fails_at_start(settings_with: SettingsWith) -> None:
     with pytest.raises(ConfigError, match="JETMAIL_SMTP_PASSWORD"):
         SmtpProvider(settings_with(smtp_username="someone"))
+
+
+# ---- RFC 2920 pipelining
+
+class _Refuses(SinkHandler):
+    """The sink, answering a message's end of data with 451 or 554 for ``data451-`` / ``data554-`` recipients."""
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        local = envelope.rcpt_tos[0].split("@")[0]
+        if local.startswith("data451-"):
+            return "451 4.3.0 queue full, try later"
+        if local.startswith("data554-"):
+            return "554 5.6.0 content rejected"
+        return await super().handle_DATA(server, session, envelope)
+
+
+class _ScriptedServer(asyncio.Protocol):
+    """A bare SMTP server for one scenario. With ``pipelining`` it offers PIPELINING and answers the
+    commands of a transaction only once DATA is in: a client that waits for each reply stalls. Without,
+    it answers 503 to a command that arrived together with another (a server that does not pipeline)."""
+
+    def __init__(self, *, pipelining: bool, data_reply: bytes = b"354 go ahead") -> None:
+        self.pipelining = pipelining
+        self.data_reply = data_reply
+        self.buffer = b""
+        self.held: list[bytes] = []
+        self.in_data = False
+        self.messages: list[bytes] = []
+        self.batched_commands = 0
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        transport.write(b"220 scripted ESMTP\r\n")
+
+    def data_received(self, data: bytes) -> None:
+        assert self.transport is not None
+        self.buffer += data
+        if self.in_data:
+            if b"\r\n.\r\n" not in self.buffer:
+                return
+            body, _, self.buffer = self.buffer.partition(b"\r\n.\r\n")
+            self.messages.append(body + b"\r\n")
+            self.in_data = False
+            self.transport.write(b"250 2.0.0 Ok: queued as SCRIPTED1\r\n")
+        lines = self.buffer.split(b"\r\n")
+        self.buffer = lines.pop()
+        if len(lines) > 1:
+            self.batched_commands += 1
+        for index, line in enumerate(lines):
+            verb = line[:4].upper()
+            if not self.pipelining and len(lines) > 1:
+                self.transport.write(b"503 5.5.0 commands sent before their replies\r\n")
+            elif verb == b"EHLO":
+                extra = b"250-PIPELINING\r\n" if self.pipelining else b""
+                self.transport.write(b"250-scripted\r\n" + extra + b"250 8BITMIME\r\n")
+            elif verb in (b"MAIL", b"RCPT"):
+                self.held.append(b"250 2.1.0 Ok\r\n")
+                if not self.pipelining:
+                    self.transport.write(self.held.pop())
+            elif verb == b"DATA":
+                self.transport.write(b"".join(self.held) + self.data_reply + b"\r\n")
+                self.held = []
+                self.in_data = self.data_reply.startswith(b"354")
+            elif verb in (b"RSET", b"NOOP"):
+                self.transport.write(b"250 2.0.0 Ok\r\n")
+            elif verb == b"QUIT":
+                self.transport.write(b"221 2.0.0 Bye\r\n")
+                self.transport.close()
+            if self.in_data:
+                self.buffer = b"\r\n".join([*lines[index + 1:], self.buffer])
+                if self.buffer:
+                    self.data_received(b"")
+                return
+
+
+async def _serve(server: _ScriptedServer) -> tuple[asyncio.Server, int]:
+    listener = await asyncio.get_running_loop().create_server(lambda: server, "127.0.0.1", 0)
+    return listener, listener.sockets[0].getsockname()[1]
+
+
+def test_pipelined_group_is_one_write_and_the_body_arrives_intact(settings_with: SettingsWith, unique: str,
+                                                                  outbound: Outbound) -> None:
+    # GIVEN a server that offers PIPELINING and replies to MAIL and RCPT only once DATA has come too
+    server = _ScriptedServer(pipelining=True)
+    body = "first line\n.a line that starts with a period\n..two\nlast\n"
+
+    async def scenario() -> list[SendResult]:
+        listener, port = await _serve(server)
+        provider = SmtpProvider(settings_with(smtp_port=port, smtp_pool_size=1, smtp_timeout_s=2))
+        try:
+            return [await provider.send(outbound(f"pipe{i}-{unique}@example.com", body=body)) for i in range(3)]
+        finally:
+            await provider.close()
+            listener.close()
+
+    # WHEN three messages are sent (a client waiting for each reply would time out here)
+    results = run(scenario())
+    # THEN each went out as one MAIL+RCPT+DATA write, over one session, with its body unchanged
+    assert [r.provider_message_id for r in results] == ["SCRIPTED1"] * 3
+    assert server.batched_commands >= 3
+    assert len(server.messages) == 3
+    stuffed = server.messages[0].replace(b"\r\n..", b"\r\n.")
+    assert b"\r\n.a line that starts with a period\r\n..two\r\n" in stuffed
+    assert stuffed.endswith(b"last\r\n")
+
+
+def test_pipelining_is_not_used_when_the_server_does_not_offer_it(settings_with: SettingsWith, unique: str,
+                                                                   outbound: Outbound) -> None:
+    # GIVEN a server without PIPELINING that refuses commands sent ahead of their replies
+    server = _ScriptedServer(pipelining=False)
+
+    async def scenario() -> None:
+        listener, port = await _serve(server)
+        provider = SmtpProvider(settings_with(smtp_port=port, smtp_pool_size=1, smtp_timeout_s=2))
+        try:
+            for i in range(2):
+                await provider.send(outbound(f"lockstep{i}-{unique}@example.com"))
+        finally:
+            await provider.close()
+            listener.close()
+
+    # WHEN messages are sent THEN they go one command per round trip, and arrive
+    run(scenario())
+    assert server.batched_commands == 0
+    assert len(server.messages) == 2
+
+
+def test_pipelining_off_in_settings_sends_one_command_at_a_time(settings_with: SettingsWith, unique: str,
+                                                                outbound: Outbound) -> None:
+    # GIVEN a server that offers PIPELINING, and a provider told not to use it
+    server = _ScriptedServer(pipelining=True)
+
+    async def scenario() -> None:
+        listener, port = await _serve(server)
+        provider = SmtpProvider(settings_with(smtp_port=port, smtp_pipelining=False, smtp_timeout_s=0.5))
+        try:
+            await provider.send(outbound(f"nopipe-{unique}@example.com"))
+        finally:
+            await provider.close()
+            listener.close()
+
+    # WHEN a message is sent THEN the client waits for MAIL's reply, which this server holds: a timeout
+    with pytest.raises(TemporaryDeliveryError):
+        run(scenario())
+    assert server.batched_commands == 0
+
+
+@pytest.mark.parametrize(("reply", "error", "code"), [
+    (b"451 4.3.0 try again later", TemporaryDeliveryError, 451),
+    (b"554 5.5.1 no valid recipients", PermanentDeliveryError, 554),
+])
+def test_pipelined_data_command_refused(reply: bytes, error: type[Exception], code: int,
+                                        settings_with: SettingsWith, unique: str, outbound: Outbound) -> None:
+    # GIVEN a pipelining server that accepts MAIL and RCPT, then refuses the DATA command itself
+    server = _ScriptedServer(pipelining=True, data_reply=reply)
+
+    async def scenario() -> SmtpProvider:
+        listener, port = await _serve(server)
+        provider = SmtpProvider(settings_with(smtp_port=port, smtp_pool_size=1, smtp_timeout_s=2))
+        try:
+            for i in range(2):
+                with pytest.raises(error) as caught:
+                    await provider.send(outbound(f"refused{i}-{unique}@example.com"))
+                assert caught.value.code == code  # type: ignore[attr-defined]
+                assert "DATA refused" in str(caught.value)
+        finally:
+            await provider.close()
+            listener.close()
+        return provider
+
+    # WHEN two messages are sent THEN each fails with the DATA reply, no body is sent, the session is reused
+    provider = run(scenario())
+    assert server.messages == []
+    assert provider.connections_opened == 1
+
+
+@pytest.mark.parametrize(("prefix", "error", "code"), [
+    ("data451", TemporaryDeliveryError, 451),
+    ("data554", PermanentDeliveryError, 554),
+])
+def test_pipelined_end_of_data_refused(prefix: str, error: type[Exception], code: int, settings_with: SettingsWith,
+                                       unique: str, outbound: Outbound, local_sink: Callable[..., Any]) -> None:
+    # GIVEN the sink (which pipelines), refusing some messages once their data is in
+    sink = local_sink(handler=_Refuses)
+    provider = SmtpProvider(settings_with(smtp_port=sink.port, smtp_pool_size=1))
+
+    async def scenario() -> Exception:
+        with pytest.raises(error) as caught:
+            await provider.send(outbound(f"{prefix}-{unique}@example.com"))
+        await provider.send(outbound(f"after-{prefix}-{unique}@example.com"))
+        await provider.close()
+        return caught.value
+
+    # WHEN a refused message is followed by a good one
+    failure = run(scenario())
+    # THEN the first fails with the server's code, nothing of it is stored, the next one arrives on the same session
+    assert failure.code == code  # type: ignore[attr-defined]
+    assert "DATA refused" in str(failure)
+    arrived(sink.mailbox, f"after-{prefix}-{unique}@example.com")
+    assert sink.mailbox.for_recipient(f"{prefix}-{unique}@example.com") == []
+    assert provider.connections_opened == 1
+
+
+def test_pipelined_refused_recipient_among_several(settings_with: SettingsWith, unique: str,
+                                                   local_sink: Callable[..., Any], outbound: Outbound) -> None:
+    # GIVEN the sink (which pipelines) and a message to three recipients, the second of which it refuses
+    sink = local_sink()
+    provider = SmtpProvider(settings_with(smtp_port=sink.port, smtp_pool_size=1))
+    recipients = [f"one-{unique}@example.com", f"reject-{unique}@example.com", f"three-{unique}@example.com"]
+    template = outbound(recipients[0])
+    message = OutboundMessage(mail_from=template.mail_from, recipients=recipients, raw=template.raw,
+                              message_id=template.message_id)
+
+    async def scenario() -> PermanentDeliveryError:
+        with pytest.raises(PermanentDeliveryError) as caught:
+            await provider.send(message)
+        await provider.send(outbound(f"next-{unique}@example.com"))
+        await provider.close()
+        return caught.value
+
+    # WHEN it is sent, then another message
+    error = run(scenario())
+    # THEN it fails for good with the refusal, nobody gets it, and the session carries the next message
+    assert error.code == 550 and "RCPT TO refused" in error.reason
+    arrived(sink.mailbox, f"next-{unique}@example.com")
+    for address in recipients:
+        assert sink.mailbox.for_recipient(address) == []
+    assert provider.connections_opened == 1
+
+
+def test_sink_offers_pipelining(settings: Settings) -> None:
+    # GIVEN the stack's sink WHEN a client says EHLO THEN PIPELINING is among its extensions
+    async def scenario() -> bool:
+        client = aiosmtplib.SMTP(hostname=settings.smtp_host, port=settings.smtp_port, local_hostname="test.local")
+        await client.connect()
+        try:
+            return client.supports_extension("pipelining")
+        finally:
+            await client.quit()
+
+    assert run(scenario())

@@ -2,7 +2,9 @@
 
 Each accepted message is written to ``<maildir>/<id>.eml`` and one JSON line is appended to
 ``<maildir>/index.jsonl`` (id, envelope sender and recipients, arrival time), so tests and the CLI
-can count deliveries by recipient without parsing every file.
+can count deliveries by recipient without parsing every file. It offers PIPELINING (RFC 2920), as
+Postfix does: aiosmtpd reads commands in order from a buffered stream, so a client may send MAIL,
+RCPT and DATA in one write.
 
 Recipients with these local-part prefixes exercise failure handling (the dev sink's test hooks):
 
@@ -79,8 +81,10 @@ class FaultPlan:
 
 
 class SinkHandler:
-    def __init__(self, maildir: Path, *, faults: FaultPlan | None = None, stall_seconds: float = 30.0) -> None:
+    def __init__(self, maildir: Path, *, faults: FaultPlan | None = None, stall_seconds: float = 30.0,
+                 pipelining: bool = True) -> None:
         self.maildir = maildir
+        self.pipelining = pipelining
         self.maildir.mkdir(parents=True, exist_ok=True)
         self._index = (maildir / "index.jsonl").open("a", encoding="utf-8", buffering=1)
         self._deferred: dict[str, int] = {}
@@ -99,6 +103,14 @@ class SinkHandler:
             self._fault_log.write(json.dumps({"rcpt": key, "fault": kind, "attempt": attempt,
                                               "at": time.time()}) + "\n")
         return kind
+
+    async def handle_EHLO(self, server: SMTP, session: Session, envelope: Envelope, hostname: str,
+                          responses: list[str]) -> list[str]:
+        session.host_name = hostname
+        if not self.pipelining:
+            return responses
+        # the last line of a multi-line reply has a space after the code: insert before it
+        return [*responses[:-1], "250-PIPELINING", responses[-1]] if len(responses) > 1 else responses
 
     async def handle_RCPT(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, rcpt_options: list[str]

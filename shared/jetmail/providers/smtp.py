@@ -7,6 +7,12 @@ transaction on an open connection costs MAIL, RCPT and DATA. The pool keeps up t
 load by connection). A connection whose state is unknown (timeout, disconnect, cancellation) is
 closed, never reused; after a refused transaction it is reset with RSET and reused.
 
+When the server offers PIPELINING (RFC 2920; Postfix, Exim and jetmail's sink do), MAIL FROM, RCPT TO
+and DATA go out in one write and their replies are read together (``jetmail.providers.pipelining``):
+one round trip before the message body instead of three. A message with several recipients
+pipelines MAIL and RCPT only and sends DATA after reading them, so a refused recipient never leaves
+the server waiting for a body it will not get. ``smtp_pipelining=false`` turns it off.
+
 The pool belongs to the event loop that first uses it; many tasks on that loop may send at once.
 """
 
@@ -22,6 +28,7 @@ from dataclasses import dataclass
 import aiosmtplib
 
 from jetmail.config import ConfigError, Settings
+from jetmail.providers import pipelining
 from jetmail.providers.base import (
     DeliveryError,
     OutboundMessage,
@@ -79,6 +86,7 @@ class SmtpProvider:
         self._password = settings.smtp_password  # SecretStr: revealed only to the client at connect
         self._tls_context = tls_context
         self._max_transactions = settings.smtp_max_messages_per_connection
+        self._pipelining = settings.smtp_pipelining
         # Servers drop idle sessions (Postfix after 300 s, some relays after 10 s); reusing one
         # that old risks a "421 timeout" reply read as if it were about this message.
         self._max_idle_s = max_idle_s
@@ -199,6 +207,11 @@ class SmtpProvider:
         try:
             options = self._mail_options(client, message)
             encoding = "utf-8" if message.smtputf8 else "ascii"
+            if self._pipelining and client.supports_extension("pipelining"):
+                response = await self._pipelined(client, message, options=options, encoding=encoding,
+                                                 reused=reused)
+                await self._release(conn)
+                return self._result(message, response)
             await client.mail(message.mail_from, options=options, encoding=encoding)
             stage = "RCPT TO"
             refused: aiosmtplib.SMTPRecipientRefused | None = None
@@ -218,6 +231,7 @@ class SmtpProvider:
             await self._release(conn)
             raise
         except aiosmtplib.SMTPResponseException as exc:
+            stage = getattr(exc, "stage", stage)
             if reused and stage == "MAIL FROM" and exc.code == 421:
                 client.close()
                 raise _StaleConnection from None
@@ -228,6 +242,7 @@ class SmtpProvider:
             raise _response_error(exc.code, exc.message, stage=stage) from None
         except aiosmtplib.SMTPServerDisconnected as exc:
             client.close()
+            stage = getattr(exc, "stage", stage)
             if reused and stage == "MAIL FROM":
                 raise _StaleConnection from None
             raise TemporaryDeliveryError(f"SMTP connection lost at {stage}: {exc}") from None
@@ -243,11 +258,78 @@ class SmtpProvider:
             client.close()  # cancelled mid-dialogue: the server's state is unknown
             raise
         await self._release(conn)
+        return self._result(message, response)
+
+    def _result(self, message: OutboundMessage, response: aiosmtplib.SMTPResponse) -> SendResult:
         return SendResult(
             provider=self.name,
             provider_message_id=_queue_id(response.message) or _header_message_id(message.raw),
             accepted=tuple(message.recipients),
         )
+
+    async def _pipelined(self, client: aiosmtplib.SMTP, message: OutboundMessage, *, options: list[str],
+                         encoding: str, reused: bool) -> aiosmtplib.SMTPResponse:
+        """MAIL, RCPT... (and DATA for one recipient) in one write, then the body. Raises what the
+        unpipelined dialogue raises, with the failed step in the exception's ``stage``."""
+        from aiosmtplib.email import quote_address
+
+        with_data = len(message.recipients) == 1
+        group = pipelining.command(b"MAIL", b"FROM:" + quote_address(message.mail_from).encode(encoding),
+                                   *(o.encode("ascii") for o in options))
+        for recipient in message.recipients:
+            group += pipelining.command(b"RCPT", b"TO:" + quote_address(recipient).encode(encoding))
+        if with_data:
+            group += b"DATA\r\n"
+        count = 1 + len(message.recipients) + with_data
+        lost: pipelining.Interrupted | None = None
+        try:
+            replies = await pipelining.exchange(client, group, replies=count, reply_timeout=self._timeout)
+        except pipelining.Interrupted as exc:
+            # no body was sent, so nothing was accepted; a refusal that came first is the better reason
+            exc.stage = "MAIL FROM"  # type: ignore[attr-defined]
+            lost, replies = exc, exc.replies
+        if any(reply.code == 421 for reply in replies):
+            client.close()  # the server is closing the session (aiosmtplib closes on 421 too)
+        mail, rcpts, data = replies[:1], replies[1:1 + len(message.recipients)], replies[1 + len(message.recipients):]
+        failure: aiosmtplib.SMTPResponseException | None = None
+        if not mail:
+            assert lost is not None
+            raise lost
+        if mail[0].code != 250:
+            mail_reply = mail[0]
+            failure = aiosmtplib.SMTPResponseException(mail_reply.code, mail_reply.message)
+            failure.stage = "MAIL FROM"  # type: ignore[attr-defined]
+        else:
+            for recipient, reply in zip(message.recipients, rcpts, strict=False):
+                if reply.code not in (250, 251):
+                    # one recipient per message: any refusal is the message's outcome
+                    failure = aiosmtplib.SMTPRecipientRefused(reply.code, reply.message, recipient)
+                    failure.stage = "RCPT TO"  # type: ignore[attr-defined]
+                    break
+        if failure is None and data and data[0].code != 354:
+            failure = aiosmtplib.SMTPResponseException(data[0].code, data[0].message)
+            failure.stage = "DATA"  # type: ignore[attr-defined]
+        if failure is None and lost is not None:
+            raise lost
+        if failure is not None:
+            if data and data[0].code == 354:
+                # the server waits for a body we will not send: only closing ends that transaction
+                client.close()
+            raise failure
+        try:
+            if not with_data:
+                return await client.data(message.raw)
+            (response,) = await pipelining.exchange(client, pipelining.dot_stuffed(message.raw), replies=1,
+                                                    reply_timeout=self._timeout)
+        except aiosmtplib.SMTPException as exc:
+            # the body may have reached the server: never the "nothing accepted" stage of a stale session
+            exc.stage = "DATA"  # type: ignore[attr-defined]
+            raise
+        if response.code != 250:
+            failure = aiosmtplib.SMTPResponseException(response.code, response.message)
+            failure.stage = "DATA"  # type: ignore[attr-defined]
+            raise failure
+        return response
 
     @staticmethod
     def _mail_options(client: aiosmtplib.SMTP, message: OutboundMessage) -> list[str]:
