@@ -73,6 +73,9 @@ class Settings(BaseSettings):
     ses_configuration_set: str | None = None
     # the local SES mailbox simulator (on in the local stack): see jetmail.simulator
     ses_simulator: bool = False
+    # RFC 2920: MAIL, RCPT and DATA in one write when the server offers PIPELINING (off: one command
+    # per round trip, for a relay that advertises it but mishandles it)
+    smtp_pipelining: bool = True
     simulator_domain: str | None = "simulator.jetmail.local"
 
     # --- sending rate (jetmail.ratelimit); 0 means no limit for that window. The defaults are the
