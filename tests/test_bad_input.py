@@ -10,6 +10,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from jetmail.api.app import create_app
+from jetmail.devstack.mailbox import Mailbox
+from jetmail.devstack.stack import wait_until
 from jetmail.queue import NotFoundError
 from jetmail.services import Services
 
@@ -56,3 +58,42 @@ def test_a_cron_the_server_refuses_is_a_422_and_changes_nothing(client: TestClie
     again = client.post(f"/v1/campaigns/{campaign_id}/schedule", json={"cron": "0 0 1 1 *"})
     assert again.status_code == 200, again.text
     assert client.post(f"/v1/campaigns/{campaign_id}/cancel").json()["state"] == "cancelled"
+
+
+# ---------------------------------------------------------------- transactional messages
+
+RESET = {"reset_url": "https://example.com/r", "expires_in_minutes": 30}
+
+
+@pytest.mark.parametrize(("change", "field"), [
+    ({"reply_to": "a@example.com, b@example.com"}, "reply_to"),
+    ({"context": {**RESET, "note": "\ud800"}}, "context"),
+    ({"context": {**RESET, "unsubscribe_url": "https://evil.example/u"}}, "context"),
+])
+def test_what_the_worker_would_refuse_is_a_422_naming_the_field(client: TestClient, unique: str,
+                                                                 change: dict[str, Any], field: str) -> None:
+    # WHEN a message carries something the send pipeline cannot send
+    body = {"template": "password_reset", "to": f"bad-{unique}@example.com", "context": RESET, **change}
+    resp = client.post("/v1/messages", content=json.dumps(body).encode(),
+                       headers={"Content-Type": "application/json"})
+    # THEN the API refuses it, naming the field, instead of a 202 that fails in the worker
+    assert resp.status_code == 422, resp.text
+    assert field in _detail(resp)
+
+
+def test_an_ascii_local_part_at_an_idn_domain_is_sent_with_a_punycode_domain(
+        client: TestClient, mailbox: Mailbox, email_worker: Any, unique: str) -> None:
+    # GIVEN an address whose local part is ASCII and whose domain is not
+    to = f"jose{unique}@exämple.com"
+    # WHEN it is sent
+    resp = client.post("/v1/messages", json={"template": "password_reset", "to": to, "context": RESET})
+    assert resp.status_code == 202, resp.text
+    # THEN it reaches the sink at the punycode domain and the message ends sent
+    ascii_to = f"jose{unique}@xn--exmple-cua.com"
+    wait_until(lambda: status_of(client, resp.json()["id"]) in ("sent", "failed"), timeout=20, what="an outcome")
+    assert status_of(client, resp.json()["id"]) == "sent", client.get(f"/v1/messages/{resp.json()['id']}").text
+    assert len(mailbox.for_recipient(ascii_to)) == 1
+
+
+def status_of(client: TestClient, message_id: str) -> str:
+    return str(client.get(f"/v1/messages/{message_id}").json()["status"])

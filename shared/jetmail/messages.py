@@ -137,6 +137,53 @@ class SendRequest(BaseModel):
             raise ValueError("must not contain line breaks")
         return value
 
+    @field_validator("reply_to")
+    @classmethod
+    def _one_reply_to(cls, value: str | None) -> str | None:
+        # the worker builds the Reply-To header from exactly one mailbox; refuse here what it would refuse
+        if value is None:
+            return None
+        from jetmail.mime import parse_address
+
+        try:
+            parse_address(value)
+        except ValueError as exc:
+            raise ValueError(f"must be one address (\"Name <addr>\" or addr): {exc}") from None
+        return value
+
+    @field_validator("context")
+    @classmethod
+    def _sendable_context(cls, value: dict[str, Any]) -> dict[str, Any]:
+        check_context(value)
+        return value
+
+
+def check_context(context: dict[str, Any]) -> None:
+    """Raise ValueError for a template context the renderer would refuse at send time: a key that shadows a
+    standard name (``unsubscribe_url``...), or text that is not valid Unicode (a lone surrogate such as
+    ``\\ud800``, which JSON can carry but UTF-8 cannot)."""
+    from jetmail.templating import STANDARD_NAMES
+
+    reserved = sorted(STANDARD_NAMES.intersection(context))
+    if reserved:
+        raise ValueError(f"{', '.join(reserved)}: reserved for jetmail's own values; use another key")
+    _check_text(context, "context")
+
+
+def _check_text(value: Any, where: str) -> None:
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError(f"{where} holds text that is not valid Unicode (a lone surrogate)") from None
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_text(key, where)
+            _check_text(item, f"{where}.{key}" if isinstance(key, str) and key.isprintable() else where)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            _check_text(item, where)
+
 
 class HistoryEntry(BaseModel):
     status: MessageStatus

@@ -72,7 +72,9 @@ class SendPipeline:
                        if draft.category == "marketing" else None)
         built = self.composer.build(rendered, message_id=draft.message_id, recipient=to, from_addr=draft.from_addr,
                                     reply_to=draft.reply_to, list_unsubscribe=unsubscribe)
-        return OutboundMessage(mail_from=draft.envelope_from, recipients=[to.email], raw=built.data,
+        # the envelope takes the built recipient: its domain in ASCII (punycode) form, which an ASCII local
+        # part at an IDN domain needs to go without SMTPUTF8
+        return OutboundMessage(mail_from=draft.envelope_from, recipients=list(built.recipients), raw=built.data,
                                smtputf8=built.smtputf8, message_id=draft.message_id,
                                tags={"message_id": draft.message_id, "category": draft.category, **draft.tags})
 
