@@ -28,7 +28,7 @@ from pydantic import BaseModel, Field
 
 from jetmail.storage.table import Table, from_item, to_item
 from jetmail.template_store import TemplateStore
-from jetmail.templating import TemplateContent, TemplateVersion
+from jetmail.templating import RenderLimits, TemplateContent, TemplateVersion
 
 AUDIT_PK = "AUDIT"
 MAX_VALUE_CHARS = 200
@@ -188,8 +188,9 @@ def _decode(cursor: str) -> str:
 class AuditedTemplateStore(TemplateStore):
     """The template store, recording each save and delete (whoever calls it: API, CLI, bootstrap)."""
 
-    def __init__(self, table: Table, *, audit: AuditLog, default_locale: str, head_ttl_s: float = 5.0) -> None:
-        super().__init__(table, default_locale=default_locale, head_ttl_s=head_ttl_s)
+    def __init__(self, table: Table, *, audit: AuditLog, default_locale: str, head_ttl_s: float = 5.0,
+                 limits: RenderLimits | None = None) -> None:
+        super().__init__(table, default_locale=default_locale, head_ttl_s=head_ttl_s, limits=limits)
         self.audit = audit
 
     def save(self, content: TemplateContent) -> TemplateVersion:

@@ -72,7 +72,7 @@ def _zone(name: str | None, default: str) -> ZoneInfo:
 class Composer:
     def __init__(self, settings: Settings, *, renderer: Renderer | None = None, signer: Signer | None = None) -> None:
         self.settings = settings
-        self.renderer = renderer or Renderer()
+        self.renderer = renderer or Renderer(limits=settings.render_limits)
         self.signer = signer or Signer(settings.signing_secret)
         self.base_url = settings.public_base_url.rstrip("/")
         self.company = {"name": settings.company_name, "address": settings.company_address}

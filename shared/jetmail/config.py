@@ -11,10 +11,13 @@ import json
 import re
 from datetime import date
 from functools import lru_cache
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+if TYPE_CHECKING:
+    from jetmail.templating.limits import RenderLimits
 
 DEV_ENV_FILE = ".jetmail/dev/jetmail.env"
 
@@ -117,6 +120,17 @@ class Settings(BaseSettings):
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     country_header: str = "cloudfront-viewer-country"
 
+    # --- template rendering limits (jetmail.templating.limits), per render of one message; saving a
+    # template test-renders its sample_context under the same limits
+    # characters per part (subject, HTML, text) and per value a template builds on the way
+    render_max_output_chars: int = Field(default=2_000_000, ge=1000)
+    # seconds for all parts of one render
+    render_timeout_s: float = Field(default=2.0, gt=0, le=60)
+    # loop iterations, calls and filters in one render
+    render_max_iterations: int = Field(default=1_000_000, ge=1000)
+    # nested blocks in a template source, and nested macro calls while rendering
+    render_max_depth: int = Field(default=32, ge=4, le=200)
+
     # --- SNS (SES events over an HTTPS subscription; POST /sns/ses)
     # Topics whose messages the HTTPS route accepts and whose subscriptions it confirms; comma
     # separated or a JSON list. Empty: the route refuses everything (SNS -> Lambda needs none).
@@ -189,6 +203,13 @@ class Settings(BaseSettings):
     @property
     def stats_table(self) -> str:
         return self.stats_table_name or f"{self.table_name}-stats"
+
+    @property
+    def render_limits(self) -> RenderLimits:
+        from jetmail.templating.limits import RenderLimits  # the templating package is heavy to import
+
+        return RenderLimits(max_output=self.render_max_output_chars, timeout_s=self.render_timeout_s,
+                            max_iterations=self.render_max_iterations, max_depth=self.render_max_depth)
 
 
 # In Lambda, secrets arrive as Secrets Manager ARNs, never as values in the environment: each

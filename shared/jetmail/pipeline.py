@@ -81,7 +81,9 @@ class SendPipeline:
     async def send(self, draft: Draft) -> Sent:
         """Build, wait for a rate slot, hand to the provider. Raises what ``build`` and the provider raise
         (PermanentDeliveryError, TemporaryDeliveryError)."""
-        outbound = self.build(draft)
+        # in a thread: a render may run up to its time limit (JETMAIL_RENDER_TIMEOUT_S), and the other
+        # jobs of this worker share its event loop
+        outbound = await asyncio.to_thread(self.build, draft)
         async with sending_slot(self.limiter, category=draft.lane, email=draft.recipient.email):
             result = await self.provider.send(outbound)
         return Sent(draft=draft, result=result)

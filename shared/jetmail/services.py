@@ -71,7 +71,8 @@ class Services:
 
     @cached_property
     def templates(self) -> TemplateStore:
-        return AuditedTemplateStore(self.table, audit=self.audit, default_locale=self.settings.default_locale)
+        return AuditedTemplateStore(self.table, audit=self.audit, default_locale=self.settings.default_locale,
+                                    limits=self.settings.render_limits)
 
     @cached_property
     def audit(self) -> AuditLog:

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from jetmail.storage.table import ConditionFailed, Table, to_item
-from jetmail.templating import TemplateContent, TemplateVersion, locale_chain, validate_template
+from jetmail.templating import RenderLimits, TemplateContent, TemplateVersion, check_template, locale_chain
 
 
 class TemplateNotFound(LookupError):
@@ -35,15 +35,18 @@ def _version_from(item: dict[str, Any]) -> TemplateVersion:
 
 
 class TemplateStore:
-    def __init__(self, table: Table, *, default_locale: str, head_ttl_s: float = 5.0) -> None:
+    def __init__(self, table: Table, *, default_locale: str, head_ttl_s: float = 5.0,
+                 limits: RenderLimits | None = None) -> None:
         self.table = table
+        # the limits sending renders with: saving test-renders the sample context under them
+        self.limits = limits or RenderLimits()
         self.default_locale = default_locale
         self.head_ttl_s = head_ttl_s
         self._heads: dict[tuple[str, str], tuple[float, TemplateVersion | None]] = {}
         self._lock = threading.Lock()
 
     def save(self, content: TemplateContent) -> TemplateVersion:
-        validate_template(content)
+        check_template(content, limits=self.limits)
         head = self.table.get(f"TEMPLATE#{content.name}", f"HEAD#{content.locale}", consistent=True)
         previous = int(head["version"]) if head else 0
         version = TemplateVersion(**content.model_dump(), version=previous + 1)

@@ -7,11 +7,13 @@ Pure: nothing here does I/O except :func:`load_template_dir`; storage sits behin
 from jetmail.templating.errors import (
     ReservedContextKeyError,
     TemplateField,
+    TemplateLimitError,
     TemplateLoadError,
     TemplateNotFoundError,
     TemplateProblem,
     TemplateRenderError,
     TemplateValidationError,
+    UnsafeHtmlError,
 )
 from jetmail.templating.library import (
     EXAMPLE_TEMPLATES_DIR,
@@ -20,6 +22,7 @@ from jetmail.templating.library import (
     load_template_dir,
     resolve_template,
 )
+from jetmail.templating.limits import RenderLimits
 from jetmail.templating.locales import locale_chain, normalize_locale, pick_locale
 from jetmail.templating.model import (
     STANDARD_NAMES,
@@ -32,7 +35,7 @@ from jetmail.templating.model import (
     TemplateVersion,
 )
 from jetmail.templating.plaintext import html_to_text
-from jetmail.templating.renderer import LinkRewriter, Renderer, rewrite_links
+from jetmail.templating.renderer import LinkRewriter, Renderer, check_template, rewrite_links
 from jetmail.templating.validation import template_variables, validate_template
 
 __all__ = [
@@ -43,12 +46,14 @@ __all__ = [
     "InMemoryTemplates",
     "LinkRewriter",
     "Recipient",
+    "RenderLimits",
     "RenderedEmail",
     "Renderer",
     "ReservedContextKeyError",
     "StandardContext",
     "TemplateContent",
     "TemplateField",
+    "TemplateLimitError",
     "TemplateLoadError",
     "TemplateNotFoundError",
     "TemplateProblem",
@@ -56,6 +61,8 @@ __all__ = [
     "TemplateStore",
     "TemplateValidationError",
     "TemplateVersion",
+    "UnsafeHtmlError",
+    "check_template",
     "html_to_text",
     "load_template_dir",
     "locale_chain",

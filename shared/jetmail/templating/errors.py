@@ -40,8 +40,18 @@ class TemplateRenderError(Exception):
         self.template = template
         self.field: TemplateField = field
         self.line = line
+        #: what went wrong, without the template and place
+        self.reason = message
         where = field if line is None else f"{field} line {line}"
         super().__init__(f"template {template} ({where}): {message}")
+
+
+class TemplateLimitError(TemplateRenderError):
+    """The render would exceed a :class:`~jetmail.templating.limits.RenderLimits` bound."""
+
+
+class UnsafeHtmlError(TemplateRenderError):
+    """The rendered HTML holds script, an event handler or a URL scheme that is not allowed."""
 
 
 class ReservedContextKeyError(ValueError):

@@ -8,24 +8,38 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import lru_cache
 from types import TracebackType
 from typing import Any
 
-from jinja2 import Template, TemplateSyntaxError
+from jinja2 import ChainableUndefined, Template, TemplateSyntaxError
 
 from jetmail.templating.environment import new_environment
 from jetmail.templating.errors import (
     ReservedContextKeyError,
     TemplateField,
+    TemplateLimitError,
     TemplateProblem,
     TemplateRenderError,
     TemplateValidationError,
+    UnsafeHtmlError,
 )
 from jetmail.templating.inlining import Inliner, default_inliner
+from jetmail.templating.limits import RenderLimitExceeded, RenderLimits, bounded_output, render_budget
 from jetmail.templating.markup import LineMap
-from jetmail.templating.model import STANDARD_NAMES, RenderedEmail, StandardContext, TemplateVersion
+from jetmail.templating.model import (
+    STANDARD_NAMES,
+    Company,
+    Recipient,
+    RenderedEmail,
+    StandardContext,
+    TemplateContent,
+    TemplateVersion,
+)
 from jetmail.templating.plaintext import tidy_text
-from jetmail.templating.validation import analyse_template
+from jetmail.templating.safety import html_problems
+from jetmail.templating.validation import analyse_template, template_variables, validate_template
 
 #: ``(index, original_url) -> tracked_url``; index counts rewritten links in document order.
 LinkRewriter = Callable[[int, str], str]
@@ -67,8 +81,11 @@ class Renderer:
     unsubscribe link.
     """
 
-    def __init__(self, *, cache_size: int = 256, inliner: Inliner | None = None) -> None:
-        self._env = new_environment()
+    def __init__(
+        self, *, cache_size: int = 256, inliner: Inliner | None = None, limits: RenderLimits | None = None
+    ) -> None:
+        self.limits = limits or RenderLimits()
+        self._env = new_environment(self.limits)
         self._inline = inliner or default_inliner()
         # A version that fails the checks is cached as its error, so a campaign with a broken
         # template does not re-run the checks for every recipient.
@@ -147,7 +164,8 @@ class Renderer:
         Raises :class:`ReservedContextKeyError` for a context key that shadows a standard name,
         :class:`TemplateValidationError` for a version that fails the checks, and
         :class:`TemplateRenderError` when rendering fails (a missing variable, a sandbox
-        violation): retrying with the same context fails the same way.
+        violation, :class:`TemplateLimitError` past a render limit, :class:`UnsafeHtmlError` for
+        HTML a mail client would run script from): retrying with the same context fails the same way.
         """
         reserved = STANDARD_NAMES.intersection(context)
         if reserved:
@@ -162,9 +180,15 @@ class Renderer:
                 line=None,
             )
         variables = {**context, **standard.variables()}
-        subject = self._run(compiled, "subject", compiled.subject, variables)
-        body = self._run(compiled, "html", compiled.html, variables)
-        text = self._run(compiled, "text", compiled.text, variables)
+        with render_budget(self.limits):
+            subject = self._run(compiled, "subject", compiled.subject, variables)
+            body = self._run(compiled, "html", compiled.html, variables)
+            text = self._run(compiled, "text", compiled.text, variables)
+        unsafe = html_problems(body)
+        if unsafe:
+            raise UnsafeHtmlError(
+                "; ".join(unsafe), template=_label(version), field="html", line=None
+            )
         if compiled.text_derived:
             text = tidy_text(text)
         links: tuple[str, ...] = ()
@@ -178,7 +202,7 @@ class Renderer:
         self, compiled: _Compiled, field: TemplateField, template: Template, variables: dict[str, Any]
     ) -> str:
         try:
-            return template.render(variables)
+            return bounded_output(template.generate(variables), self.limits)
         except Exception as exc:
             # Any failure inside a template (undefined name, sandbox refusal, a bad operand)
             # is a property of this version and context, so it is reported as one error type.
@@ -187,13 +211,65 @@ class Renderer:
             if line_map is not None:
                 line = line_map.original(line)
             message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
-            raise TemplateRenderError(
-                message, template=_label(compiled.version), field=field, line=line
-            ) from exc
+            error = TemplateLimitError if isinstance(exc, RenderLimitExceeded) else TemplateRenderError
+            raise error(message, template=_label(compiled.version), field=field, line=line) from exc
+
+    def sample_problems(self, content: TemplateContent) -> list[TemplateProblem]:
+        """What a test render with the template's ``sample_context`` finds: limits and unsafe HTML.
+
+        Names the sample leaves out render as empty values, so a template saved without a
+        complete sample is still tried. Other render failures (a value of the wrong type in the
+        sample) are left to preview and sending, as before. Call after :func:`validate_template`.
+        """
+        version = TemplateVersion(**content.model_dump(exclude={"version"}), version=1)
+        compiled = self._compile(version)  # not cached: this content may never be saved
+        context: dict[str, Any] = {
+            name: ChainableUndefined(name=name) for name in template_variables(content)
+        }
+        context.update((k, v) for k, v in content.sample_context.items() if k not in STANDARD_NAMES)
+        variables = {**context, **_SAMPLE_STANDARD.variables()}
+        problems: list[TemplateProblem] = []
+        with render_budget(self.limits):
+            for field, template in (("subject", compiled.subject), ("html", compiled.html), ("text", compiled.text)):
+                try:
+                    out = self._run(compiled, field, template, variables)
+                except TemplateLimitError as exc:
+                    problems.append(TemplateProblem(exc.field, exc.line, f"exceeds a render limit: {exc.reason}"))
+                    break
+                except TemplateRenderError:
+                    continue
+                if field == "html":
+                    problems.extend(
+                        TemplateProblem("html", None, f"rendered with its sample_context: {p}")
+                        for p in html_problems(out)
+                    )
+        return problems
 
     def cache_info(self) -> dict[str, int]:
         with self._lock:
             return {"size": len(self._cache), "max_size": self._cache_size, "prepared": self.prepared_count}
+
+
+@lru_cache(maxsize=4)
+def _checking_renderer(limits: RenderLimits) -> Renderer:
+    return Renderer(cache_size=1, limits=limits)
+
+
+def check_template(content: TemplateContent, *, limits: RenderLimits | None = None) -> None:
+    """The checks run on save: :func:`validate_template`, then a test render with the template's
+    ``sample_context`` under the limits sending uses. Raises :class:`TemplateValidationError`."""
+    validate_template(content)
+    problems = _checking_renderer(limits or RenderLimits()).sample_problems(content)
+    if problems:
+        raise TemplateValidationError(problems)
+
+
+_SAMPLE_STANDARD = StandardContext(
+    now=datetime(2025, 1, 1, tzinfo=UTC),
+    company=Company(name="Example", address="1 Example Street"),
+    recipient=Recipient(email="recipient@example.com", name="Sample"),
+    unsubscribe_url="https://example.com/unsubscribe",
+)
 
 
 def _label(version: TemplateVersion) -> str:

@@ -23,6 +23,7 @@ from jinja2.sandbox import (
 from jetmail.templating.environment import SAFE_GLOBALS, new_environment
 from jetmail.templating.errors import TemplateField, TemplateProblem, TemplateValidationError
 from jetmail.templating.inlining import Inliner, default_inliner, inline_template
+from jetmail.templating.limits import RenderLimits, nesting_depth
 from jetmail.templating.markup import DYNAMIC, LineMap, Scan, Segment, TokenLostError, scan, split_segments
 from jetmail.templating.model import STANDARD_NAMES, TemplateContent
 from jetmail.templating.plaintext import derive_text_template
@@ -196,8 +197,15 @@ def analyse_template(
         except TemplateSyntaxError as exc:
             problems.append(TemplateProblem(field, exc.lineno, f"syntax error: {exc.message}"))
             continue
+        except RecursionError:
+            problems.append(TemplateProblem(field, None, "expressions or blocks are nested too deeply"))
+            continue
         trees[field] = tree
         problems.extend(_tree_problems(field, tree))
+        limit = getattr(env, "limits", RenderLimits()).max_depth
+        depth, line = nesting_depth(tree)
+        if depth > limit:
+            problems.append(TemplateProblem(field, line, f"blocks are nested {depth} deep; at most {limit} allowed"))
     html_tree = trees.get("html")
     if html_tree is not None:
         if content.category == "marketing" and not _references(html_tree, "unsubscribe_url"):

@@ -1,0 +1,107 @@
+"""Checks of the HTML a render produced, parsed the way a mail client parses it.
+
+Checking the template source is not enough: ``{{ 'javas' }}cript:`` only becomes a script URL once
+rendered, a context value can carry one, and the HTML5 tree builder treats ``<style>`` inside
+``<svg>`` as markup and ``<noscript>`` as raw text when scripting is on, so a scanner that does not
+build the tree is fooled. html5lib implements the WHATWG parsing algorithm, foreign content (SVG,
+MathML) included; the checks walk the tree it builds from the exact bytes that will be sent.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from xml.etree import ElementTree
+
+import html5lib
+
+#: The schemes a URL-bearing attribute may use; values without a scheme (``#top``, relative paths)
+#: carry no script and are accepted.
+ALLOWED_SCHEMES = frozenset({"http", "https", "mailto", "tel", "cid"})
+URL_ATTRIBUTES = frozenset(
+    (
+        "href src action formaction background poster cite data lowsrc dynsrc longdesc usemap srcset "
+        "ping codebase manifest icon"
+    ).split()
+)
+#: Elements that run or embed code, or whose parsing depends on whether scripting is on.
+FORBIDDEN_ELEMENTS = frozenset(
+    "script iframe frame frameset object embed applet noscript noembed noframes base portal".split()
+)
+#: SVG elements that can set an attribute (``href`` included) to any value after parsing.
+SVG_ANIMATION = frozenset("set animate animatemotion animatetransform animatecolor handler listener discard".split())
+_SVG = "http://www.w3.org/2000/svg"
+# Browsers ignore control characters and whitespace around and inside a URL scheme.
+_URL_NOISE = re.compile(r"[\x00-\x20\x7f-\x9f\xa0\u1680\u2000-\u200f\u2028\u2029\u202f\u205f\u3000\ufeff]")
+_SCHEME = re.compile(r"([a-z][a-z0-9+.\-]*):", re.IGNORECASE)
+_SCRIPT_CSS = re.compile(r"javascript:|vbscript:|expression\(|-moz-binding|behavior:|@import")
+_CONDITIONAL = re.compile(r"^\[if[^\]]*\]>(.*?)(?:<!\[endif\])?$", re.DOTALL | re.IGNORECASE)
+
+
+def url_scheme(value: str) -> str | None:
+    """The scheme a browser would see in an (already entity-decoded) attribute value, lower case."""
+    m = _SCHEME.match(_URL_NOISE.sub("", value))
+    return m.group(1).lower() if m else None
+
+
+def _shown(value: str, limit: int = 60) -> str:
+    return value if len(value) <= limit else value[: limit - 1] + "…"
+
+
+def _split(name: str) -> tuple[str, str]:
+    if name.startswith("{"):
+        namespace, _, local = name[1:].partition("}")
+        return namespace, local
+    return "", name
+
+
+def _urls(name: str, value: str) -> list[str]:
+    if name != "srcset":
+        return [value]
+    return [candidate.split()[0] for candidate in value.split(",") if candidate.split()]
+
+
+def _script_css(css: str) -> bool:
+    return _SCRIPT_CSS.search(_URL_NOISE.sub("", css).lower()) is not None
+
+
+def _element_problems(element: ElementTree.Element) -> Iterator[str]:
+    namespace, tag = _split(str(element.tag))
+    tag = tag.lower()
+    if tag in FORBIDDEN_ELEMENTS:
+        yield f"<{tag}> is not allowed"
+    elif namespace == _SVG and tag in SVG_ANIMATION:
+        yield f"SVG <{tag}> is not allowed (it can change attributes after the checks)"
+    elif tag == "meta" and (element.get("http-equiv") or "").strip().lower() == "refresh":
+        yield "<meta http-equiv=refresh> is not allowed"
+    elif tag == "style" and _script_css("".join(element.itertext())):
+        yield "script in a <style> block is not allowed"
+    for raw_name, value in element.attrib.items():
+        _, name = _split(str(raw_name))
+        name = name.lower()
+        if name.startswith("on"):
+            yield f'<{tag}> event handler attribute "{name}" is not allowed'
+        elif name in URL_ATTRIBUTES:
+            for url in _urls(name, value):
+                scheme = url_scheme(url)
+                if scheme is not None and scheme not in ALLOWED_SCHEMES:
+                    yield (f'<{tag}> {name}="{_shown(url)}": only http, https, mailto, tel and cid URLs '
+                           "and # anchors are allowed")
+        elif name == "style" and _script_css(value):
+            yield f"<{tag}> script in a style attribute is not allowed"
+
+
+def html_problems(document: str, *, fragment: bool = False) -> list[str]:
+    """Every reason the HTML is unsafe to send, in document order; empty when it is fine."""
+    parser = html5lib.HTMLParser(tree=html5lib.getTreeBuilder("etree", fullTree=True))
+    root = parser.parseFragment(document) if fragment else parser.parse(document)
+    problems: list[str] = []
+    for element in root.iter():
+        if callable(element.tag):  # ElementTree's Comment factory marks comments
+            # Outlook renders the inside of <!--[if mso]>...<![endif]--> as HTML
+            m = _CONDITIONAL.match(element.text or "")
+            if m:
+                problems.extend(html_problems(m.group(1), fragment=True))
+        elif isinstance(element.tag, str):
+            problems.extend(_element_problems(element))
+    return list(dict.fromkeys(problems))
