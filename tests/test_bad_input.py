@@ -97,3 +97,27 @@ def test_an_ascii_local_part_at_an_idn_domain_is_sent_with_a_punycode_domain(
 
 def status_of(client: TestClient, message_id: str) -> str:
     return str(client.get(f"/v1/messages/{message_id}").json()["status"])
+
+
+@pytest.mark.parametrize("steps", [
+    [{"template": "welcome", "delay": "P99999Y"}],
+    [{"template": "welcome", "delay": "P99999999D"}],
+    [{"template": "welcome", "delay": "P11Y"}],
+    [{"template": "shipping_notification", "at": {"context_field": "eta", "offset": "P99999Y"}}],
+])
+def test_sequence_delays_past_the_horizon_are_a_422_when_enrolled_and_when_defined(
+        client: TestClient, unique: str, steps: list[dict[str, Any]]) -> None:
+    to = f"seq-far-{unique}@example.com"
+    enrol = client.post("/v1/sequences", json={"steps": steps, "to": to, "context": {"eta": "2030-01-01"}})
+    assert enrol.status_code == 422, enrol.text
+    defined = client.put(f"/v1/sequences/definitions/far-{unique}", json={"name": f"far-{unique}", "steps": steps})
+    assert defined.status_code == 422, defined.text
+    # and nothing was stored under that name
+    assert f"far-{unique}" not in {d["name"] for d in client.get("/v1/sequences/definitions").json()}
+
+
+def test_a_context_date_at_the_calendars_end_plus_an_offset_is_a_422(client: TestClient, unique: str) -> None:
+    steps = [{"template": "shipping_notification", "at": {"context_field": "eta", "offset": "P1D"}}]
+    resp = client.post("/v1/sequences", json={"steps": steps, "to": f"seq-end-{unique}@example.com",
+                                              "context": {"eta": "9999-12-31T00:00:00Z"}})
+    assert resp.status_code == 422 and "eta" in resp.text, resp.text

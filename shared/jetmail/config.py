@@ -154,6 +154,8 @@ class Settings(BaseSettings):
     soft_bounce_window_days: int = Field(default=30, ge=1)
     event_retention_days: int = Field(default=400, ge=1)
     message_retention_days: int = Field(default=400, ge=1)
+    # how far ahead a sequence step may be scheduled (delays, offsets, dates from the context)
+    sequence_max_days: int = Field(default=3653, ge=1, le=36500)
     audit_retention_days: int = Field(default=730, ge=1)
     # key of the pseudonyms kept for erased addresses (jetmail.gdpr); unset: derived from
     # signing_secret. Set it before rotating signing_secret, or erased addresses stop matching.

@@ -130,13 +130,25 @@ def _parse_time(value: Any, field: str) -> datetime:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
+def check_horizon(steps: list[Step], horizon: timedelta) -> None:
+    """Refuse a step whose delay or offset reaches past ``horizon`` (a definition is checked when saved)."""
+    for index, step in enumerate(steps):
+        if step.delay > horizon:
+            raise StepTimeError(f"steps[{index}].delay is more than {horizon.days} days")
+        if step.at is not None and abs(step.at.offset) > horizon:
+            raise StepTimeError(f"steps[{index}].at.offset is more than {horizon.days} days either way")
+
+
 class SequenceService:
-    def __init__(self, *, table: Table, messages: MessageService) -> None:
+    def __init__(self, *, table: Table, messages: MessageService, horizon: timedelta = timedelta(days=3653)) -> None:
         self.table = table
         self.messages = messages
+        # how far ahead a step may be sent: bounds delays, offsets and context dates (JETMAIL_SEQUENCE_MAX_DAYS)
+        self.horizon = horizon
 
     # ---- definitions
     def define(self, definition: SequenceDefinition) -> SequenceDefinition:
+        check_horizon(definition.steps, self.horizon)
         self.table.put({"pk": f"SEQDEF#{definition.name}", "sk": "DEF", "gsi1pk": "SEQDEFS",
                         "gsi1sk": definition.name, "definition": definition.model_dump_json()})
         return definition
@@ -168,13 +180,22 @@ class SequenceService:
                 return self._public(existing), False
         else:
             enrolment_id = f"seq_{secrets.token_hex(10)}"
+        check_horizon(steps, self.horizon)
         planned: list[tuple[Step, datetime]] = []
         for step in steps:
             when = now + step.delay
             if step.at is not None:
                 if step.at.context_field not in request.context:
                     raise StepTimeError(f"step {step.template!r} needs context.{step.at.context_field}")
-                when = _parse_time(request.context[step.at.context_field], step.at.context_field) + step.at.offset
+                base = _parse_time(request.context[step.at.context_field], step.at.context_field)
+                try:
+                    when = base + step.at.offset
+                except OverflowError:
+                    raise StepTimeError(f"context.{step.at.context_field} shifted by the step's offset is past "
+                                        "the calendar's end") from None
+            if when - now > self.horizon:
+                raise StepTimeError(f"step {step.template!r} would be sent on {when:%Y-%m-%d}, more than "
+                                    f"{self.horizon.days} days ahead")
             planned.append((step, max(when, now)))
         records = []
         for index, (step, when) in enumerate(planned):

@@ -7,6 +7,7 @@ actually touches.
 
 from __future__ import annotations
 
+from datetime import timedelta
 from functools import cached_property
 from typing import TYPE_CHECKING
 
@@ -103,7 +104,10 @@ class Services:
 
     @cached_property
     def sequences(self) -> SequenceService:
-        return SequenceService(table=self.table, messages=self.messages)
+        from jetmail.sequences import SequenceService
+
+        return SequenceService(table=self.table, messages=self.messages,
+                               horizon=timedelta(days=self.settings.sequence_max_days))
 
     @cached_property
     def composer(self) -> Composer:
