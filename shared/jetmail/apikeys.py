@@ -6,7 +6,13 @@ digest (not a slow password hash) is the right tool: there is nothing to brute-f
 
 Rotation gives a key a new secret and keeps its id, name, scopes and rate limit; the previous secret's
 digest stays on the record with an expiry (the grace period) and is accepted until then. Revocation
-is one conditional write that every container sees on its next request: nothing caches a key.
+is one conditional write.
+
+The API authenticates with ``cached=True``: a token's verdict (the key, or a refusal) is kept in the
+process for ``cache_s`` seconds (``JETMAIL_API_KEY_CACHE_S``), keyed by the token's digest, so a busy
+client costs one GetItem per container every few seconds rather than one per request. A revocation,
+rotation or limit change made elsewhere therefore reaches a warm API container within ``cache_s``;
+made through this object (the same process), it drops the key's cached verdicts at once.
 """
 
 from __future__ import annotations
@@ -15,6 +21,8 @@ import hashlib
 import hmac
 import re
 import secrets
+import threading
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Literal
 
@@ -25,6 +33,8 @@ from jetmail.storage.table import ConditionFailed, Table
 Scope = Literal["admin", "send"]
 SCOPES: tuple[Scope, ...] = ("admin", "send")
 _KEY_RE = re.compile(r"^jm_([a-z0-9]{12})_([A-Za-z0-9_-]{43})$")
+# verdicts kept at most: a flood of made-up tokens cannot grow the cache without bound
+_CACHE_MAX = 10_000
 
 
 class ApiKey(BaseModel):
@@ -70,8 +80,12 @@ class KeyNotFound(LookupError):
 
 
 class ApiKeys:
-    def __init__(self, table: Table) -> None:
+    def __init__(self, table: Table, *, cache_s: float = 0.0) -> None:
         self.table = table
+        self.cache_s = cache_s
+        # token digest -> (monotonic expiry, key id, the key or None for a refusal)
+        self._cache: dict[str, tuple[float, str, ApiKey | None]] = {}
+        self._lock = threading.Lock()
 
     def create(self, name: str, *, scopes: list[Scope] | None = None,
                rate_per_minute: int | None = None) -> tuple[ApiKey, str]:
@@ -95,14 +109,27 @@ class ApiKeys:
         )
         return key, token
 
-    def authenticate(self, token: str) -> ApiKey | None:
+    def authenticate(self, token: str, *, cached: bool = False) -> ApiKey | None:
+        """The active key this token is, or None. ``cached``: answer from this process's verdicts of
+        the last ``cache_s`` seconds when there is one (the API's per-request check)."""
         match = _KEY_RE.match(token or "")
         if not match:
             return None
-        item = self.table.get(f"APIKEY#{match.group(1)}", "APIKEY")
+        digest = _digest(token)
+        if cached and self.cache_s > 0:
+            with self._lock:
+                hit = self._cache.get(digest)
+            if hit is not None and hit[0] > time.monotonic():
+                return hit[2]
+        key = self._verify(match.group(1), digest)
+        if self.cache_s > 0:
+            self._remember(digest, match.group(1), key)
+        return key
+
+    def _verify(self, key_id: str, digest: str) -> ApiKey | None:
+        item = self.table.get(f"APIKEY#{key_id}", "APIKEY")
         if item is None or item.get("revoked_at"):
             return None
-        digest = _digest(token)
         if not hmac.compare_digest(item["digest"], digest):
             # the secret a rotation replaced, until its grace period ends
             previous, until = item.get("previous_digest"), item.get("previous_expires_at")
@@ -110,6 +137,25 @@ class ApiKeys:
                     and hmac.compare_digest(previous, digest)):
                 return None
         return ApiKey.model_validate(item)
+
+    def _remember(self, digest: str, key_id: str, key: ApiKey | None) -> None:
+        now = time.monotonic()
+        expires = now + self.cache_s
+        if key is not None and key.previous_expires_at and key.grace_ends_at() is not None:
+            # a secret in its grace period is not kept past the period's end
+            left = (datetime.fromisoformat(key.previous_expires_at) - datetime.now(UTC)).total_seconds()
+            expires = min(expires, now + max(left, 0.0))
+        with self._lock:
+            if len(self._cache) >= _CACHE_MAX:
+                self._cache = {d: v for d, v in self._cache.items() if v[0] > now}
+                if len(self._cache) >= _CACHE_MAX:
+                    self._cache.clear()
+            self._cache[digest] = (expires, key_id, key)
+
+    def _forget(self, key_id: str) -> None:
+        """Drop this process's verdicts on a key: its change shows here on the next request."""
+        with self._lock:
+            self._cache = {d: v for d, v in self._cache.items() if v[1] != key_id}
 
     def rotate(self, key_id: str, *, grace: timedelta = timedelta(0)) -> tuple[ApiKey, str]:
         """Give the key a new secret and return it with the plaintext (shown once). The previous secret
@@ -135,6 +181,7 @@ class ApiKeys:
                                                   "AND digest = :old")
         except ConditionFailed:
             raise KeyNotFound(key_id) from None
+        self._forget(key_id)
         return ApiKey.model_validate(updated), token
 
     def set_rate_limit(self, key_id: str, rate_per_minute: int | None) -> None:
@@ -149,6 +196,7 @@ class ApiKeys:
                               condition="attribute_exists(pk) AND attribute_not_exists(revoked_at)")
         except ConditionFailed:
             raise KeyNotFound(key_id) from None
+        self._forget(key_id)
 
     def revoke(self, key_id: str) -> bool:
         try:
@@ -159,6 +207,7 @@ class ApiKeys:
             )
         except ConditionFailed:
             return False
+        self._forget(key_id)
         return True
 
     def get(self, key_id: str) -> ApiKey | None:

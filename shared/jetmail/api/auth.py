@@ -23,7 +23,8 @@ def authenticate(request: Request) -> ApiKey:
     if scheme.lower() != "bearer" or not token.strip():
         raise HTTPException(401, "missing API key: send 'Authorization: Bearer <key>'",
                             headers={"WWW-Authenticate": "Bearer"})
-    key = services(request).api_keys.authenticate(token.strip())
+    # cached for a few seconds per process (JETMAIL_API_KEY_CACHE_S): no DynamoDB read per request
+    key = services(request).api_keys.authenticate(token.strip(), cached=True)
     if key is None:
         raise HTTPException(401, "invalid or revoked API key", headers={"WWW-Authenticate": "Bearer"})
     request.state.api_key = key
