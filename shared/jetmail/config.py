@@ -116,6 +116,9 @@ class Settings(BaseSettings):
     max_body_bytes: int = 256 * 1024
     # requests per minute per API key (0: no limit); a key's own limit (`jetmail keys limit`) replaces it
     api_rate_per_minute: int = Field(default=600, ge=0)
+    # seconds an API process keeps a token's verdict (the key, or a refusal): revocation, rotation and
+    # limit changes made elsewhere reach a warm API container within this; 0 reads the key every request
+    api_key_cache_s: float = Field(default=5.0, ge=0, le=60)
     # browser origins allowed to call the API (CORS), comma separated or a JSON list; empty: no CORS headers
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     country_header: str = "cloudfront-viewer-country"

@@ -68,7 +68,9 @@ class Services:
 
     @cached_property
     def api_keys(self) -> ApiKeys:
-        return ApiKeys(self.table)
+        from jetmail.apikeys import ApiKeys
+
+        return ApiKeys(self.table, cache_s=self.settings.api_key_cache_s)
 
     @cached_property
     def templates(self) -> TemplateStore:
