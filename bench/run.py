@@ -44,6 +44,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import bench_imports
 from postfix_sink import find_smtp_sink, install_smtp_sink, start_smtp_sink
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -99,17 +100,10 @@ def raw_loop(smtp_port: int, count: int) -> float:
     return asyncio.run(run())
 
 
-def cold_starts(env: dict[str, str]) -> dict[str, float]:
-    out = {}
-    for function in ("api", "ses_events", "scheduler"):
-        path = ROOT / "functions" / function / "app.py"
-        code = ("import time, importlib.util as u; t=time.perf_counter(); "
-                f"s=u.spec_from_file_location('h', {str(path)!r}); m=u.module_from_spec(s); s.loader.exec_module(m); "
-                "print(time.perf_counter()-t)")
-        runs = [float(subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                                     check=True).stdout.strip()) for _ in range(5)]
-        out[function] = statistics.median(runs) * 1000
-    return out
+def cold_starts() -> dict[str, float]:
+    """Median wall time of loading each handler module in 5 fresh processes (bench/bench_imports.py)."""
+    return {handler: bench_imports.measure(handler, 5, bench_imports.lambda_env())["wall_ms"]
+            for handler in bench_imports.HANDLERS}
 
 
 def machine() -> dict[str, Any]:
@@ -358,7 +352,7 @@ def main() -> None:
             results["raw_loop_python_sink_per_s"] = raw_loop(python_sink_port, args.raw)
 
         print("cold starts ...", flush=True)
-        results["cold_start_ms"] = cold_starts(env)
+        results["cold_start_ms"] = cold_starts()
 
         print(f"importing {args.recipients:,} contacts ...", flush=True)
         list_id, results["import_contacts_per_s"] = import_list(services, "bench", args.recipients, "c")

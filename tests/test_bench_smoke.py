@@ -50,6 +50,7 @@ def test_run_prints_every_figure_and_saves_them(repo_root: Path, tmp_path: Path)
      rf"jetmail sink \(aiosmtpd\)\s+pool=\d+\s+50 msgs of 4096 B\s+{FIGURE} msg/s"),
     ("bench_ratelimit.py", ("--rate", "20", "--workers", "2", "--seconds", "2", "--concurrency", "4"),
      r"achieved/configured \d\.\d{3}"),
-], ids=["mime", "queue", "smtp", "ratelimit"])
+    ("bench_imports.py", ("--runs", "1", "--top", "3"), rf"\nscheduler\s+{FIGURE}\s+{FIGURE}\s+{FIGURE}"),
+], ids=["mime", "queue", "smtp", "ratelimit", "imports"])
 def test_each_script_prints_its_figures(repo_root: Path, script: str, args: tuple[str, ...], line: str) -> None:
     assert re.search(line, run(repo_root, script, *args))

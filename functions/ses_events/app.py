@@ -1,8 +1,9 @@
 """SES events: SNS → Lambda records, and ``POST /sns/ses`` from an SNS HTTPS subscription.
 
 Both event sources in template.yaml point at this one function. An SNS event carries ``Records``;
-anything else is an HTTP API request, answered by the same FastAPI app as the API function (only
-the /sns/ses route is routed here). Built once per container, reused warm.
+anything else is an HTTP API request, answered by the API's FastAPI app built with its SNS route alone
+(the only route routed here), so a cold start loads none of the other routes. Built once per container,
+reused warm.
 """
 
 from typing import Any
@@ -15,7 +16,7 @@ from jetmail.observability import CORRELATION_SES_EVENTS, count_api_response, co
 from jetmail.services import Services
 
 services = Services(get_settings())
-http = Mangum(create_app(services.settings, services=services), lifespan="off")
+http = Mangum(create_app(services.settings, services=services, routers=("sns",), dashboard=False), lifespan="off")
 
 
 @observed(correlation_id_path=CORRELATION_SES_EVENTS)

@@ -8,8 +8,10 @@
   them through the Powertools ``Metrics`` decorator at the end of each invocation; the worker, when
   ``settings.metrics_enabled``, every few seconds (CloudWatch Logs turns the records into metrics on Lambda
   and on Fargate alike, no PutMetricData call or permission needed).
-- **Traces**: the Powertools ``Tracer`` on every handler (X-Ray; it switches itself off outside Lambda, and
-  ``POWERTOOLS_TRACE_DISABLED=true`` turns it off explicitly).
+- **Traces**: Lambda's own X-Ray segment (``Tracing: Active``) always; the Powertools ``Tracer`` and the X-Ray
+  SDK (subsegments for every AWS call) only when ``POWERTOOLS_TRACE_DISABLED`` is not true (template.yaml
+  parameter ``XRaySdkTracing``): the SDK and its patching add ~100-300 ms to every cold start, so they are not
+  even imported otherwise. Outside Lambda the Tracer switches itself off.
 """
 
 from __future__ import annotations
@@ -18,13 +20,14 @@ import asyncio
 import contextlib
 import functools
 import logging
+import os
 import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.logging.formatter import LambdaPowertoolsFormatter
 from aws_lambda_powertools.metrics import MetricUnit
 
@@ -65,15 +68,24 @@ def lambda_metrics() -> Metrics:
     return Metrics(namespace=NAMESPACE, service=SERVICE)
 
 
+def sdk_tracing_enabled() -> bool:
+    """Whether the X-Ray SDK traces the functions: Powertools' own switch, read the way Powertools reads it."""
+    return os.environ.get("POWERTOOLS_TRACE_DISABLED", "false").strip().lower() not in ("1", "true", "yes", "on")
+
+
 def observed(*, correlation_id_path: str) -> Callable[[Handler], Handler]:
     """Wrap a Lambda handler with the Powertools Logger (Lambda context, correlation id), Metrics (flushed as
-    EMF after each invocation, plus a ColdStart metric) and Tracer."""
+    EMF after each invocation, plus a ColdStart metric) and, when SDK tracing is on, Tracer."""
     logger = lambda_logger()
     metrics = lambda_metrics()
-    tracer = Tracer(service=SERVICE)
+    tracer = None
+    if sdk_tracing_enabled():
+        from aws_lambda_powertools import Tracer
+
+        tracer = Tracer(service=SERVICE)
 
     def decorate(handler: Handler) -> Handler:
-        traced = tracer.capture_lambda_handler(handler)
+        traced = tracer.capture_lambda_handler(handler) if tracer is not None else handler
         measured = metrics.log_metrics(traced, capture_cold_start_metric=True)
         logged: Handler = logger.inject_lambda_context(measured, correlation_id_path=correlation_id_path,
                                                        clear_state=True)

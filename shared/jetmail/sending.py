@@ -5,16 +5,19 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from jetmail.campaigns.model import CampaignState
-from jetmail.ratelimit import RateConfig, RateLimiter
-from jetmail.reputation import ReputationMonitor, read_state, resume_marketing, window_figures
 from jetmail.services import Services
+
+# The rate limiter and the reputation monitor (and through them the providers, boto3 and aiosmtplib) are
+# imported by the calls that need them: the API and the dashboard import this module at every cold start.
 
 QUEUES = ("email_transactional", "email_campaign", "email_ab_test", "email_maintenance")
 
 
 def status(services: Services) -> dict[str, Any]:
     """Limits, tokens used per window, throttling, warm-up, reputation figures and any stop."""
+    from jetmail.ratelimit import RateConfig, RateLimiter
+    from jetmail.reputation import ReputationMonitor, read_state, window_figures
+
     monitor = ReputationMonitor(services)
 
     async def gather(q: Any) -> dict[str, Any]:
@@ -34,6 +37,9 @@ def status(services: Services) -> dict[str, Any]:
 
 def resume(services: Services) -> dict[str, Any]:
     """Clear the reputation stops and send the batches they parked."""
+    from jetmail.campaigns.model import CampaignState
+    from jetmail.reputation import resume_marketing
+
     cleared = services.queue.run(lambda q: resume_marketing(q.js))
     requeued = sum(services.campaigns.requeue_parked(item["id"])
                    for item in services.campaign_store.in_state(CampaignState.SENDING))

@@ -11,31 +11,33 @@ from datetime import timedelta
 from functools import cached_property
 from typing import TYPE_CHECKING
 
-from jetmail.apikeys import ApiKeys
-from jetmail.audit import AuditedTemplateStore, AuditLog
-from jetmail.campaigns.service import CampaignService
-from jetmail.campaigns.store import CampaignStore
-from jetmail.compose import Composer
 from jetmail.config import Settings
-from jetmail.contacts import ContactStore
-from jetmail.feedback import FeedbackProcessor, Policy
-from jetmail.gdpr import PrivacyService
-from jetmail.messages import MessageRepository, MessageService
-from jetmail.reports import Reports
-from jetmail.segments import SegmentStore
-from jetmail.sequences import SequenceService
-from jetmail.ses_events import SesEventIntake
-from jetmail.simulator import Simulator
-from jetmail.sns import SnsVerifier, confirm_subscription
-from jetmail.stops import StopFeed
-from jetmail.storage.table import Table
-from jetmail.suppressions import Pseudonymizer, SuppressionStore
-from jetmail.template_store import TemplateStore
-from jetmail.tokens import Signer
-from jetmail.tracking import Tracker
 
+# Each service's module is imported when the service is first used, so a handler's cold start pays only
+# for what its requests touch (docs/PERFORMANCE.md, cold starts).
 if TYPE_CHECKING:
+    from jetmail.apikeys import ApiKeys
+    from jetmail.audit import AuditLog
+    from jetmail.campaigns.service import CampaignService
+    from jetmail.campaigns.store import CampaignStore
+    from jetmail.compose import Composer
+    from jetmail.contacts import ContactStore
+    from jetmail.feedback import FeedbackProcessor
+    from jetmail.gdpr import PrivacyService
+    from jetmail.messages import MessageService
     from jetmail.queue import QueueConfig, SyncClient
+    from jetmail.reports import Reports
+    from jetmail.segments import SegmentStore
+    from jetmail.sequences import SequenceService
+    from jetmail.ses_events import SesEventIntake
+    from jetmail.simulator import Simulator
+    from jetmail.sns import SnsVerifier
+    from jetmail.stops import StopFeed
+    from jetmail.storage.table import Table
+    from jetmail.suppressions import Pseudonymizer, SuppressionStore
+    from jetmail.template_store import TemplateStore
+    from jetmail.tokens import Signer
+    from jetmail.tracking import Tracker
 
 
 def queue_config(settings: Settings) -> QueueConfig:
@@ -59,11 +61,15 @@ class Services:
 
     @cached_property
     def table(self) -> Table:
+        from jetmail.storage.table import Table
+
         return Table(self.settings)
 
     @cached_property
     def stats_table(self) -> Table:
         """Events and engagement counters: kept apart so their transactions stay small."""
+        from jetmail.storage.table import Table
+
         return Table(self.settings, name=self.settings.stats_table)
 
     @cached_property
@@ -74,20 +80,28 @@ class Services:
 
     @cached_property
     def templates(self) -> TemplateStore:
+        from jetmail.audit import AuditedTemplateStore
+
         return AuditedTemplateStore(self.table, audit=self.audit, default_locale=self.settings.default_locale,
                                     limits=self.settings.render_limits)
 
     @cached_property
     def audit(self) -> AuditLog:
+        from jetmail.audit import AuditLog
+
         return AuditLog(self.table, retention_days=self.settings.audit_retention_days)
 
     @cached_property
     def pseudonyms(self) -> Pseudonymizer:
+        from jetmail.suppressions import Pseudonymizer
+
         secret = self.settings.erasure_secret or self.settings.signing_secret
         return Pseudonymizer(secret.get_secret_value())
 
     @cached_property
     def privacy(self) -> PrivacyService:
+        from jetmail.gdpr import PrivacyService
+
         return PrivacyService(table=self.table, stats=self.stats_table, contacts=self.contacts,
                               suppressions=self.suppressions, feedback=self.feedback, audit=self.audit)
 
@@ -99,6 +113,8 @@ class Services:
 
     @cached_property
     def messages(self) -> MessageService:
+        from jetmail.messages import MessageRepository, MessageService
+
         return MessageService(table=self.table, templates=self.templates, queue=self.queue,
                               repository=MessageRepository(self.table,
                                                            retention_days=self.settings.message_retention_days),
@@ -113,27 +129,39 @@ class Services:
 
     @cached_property
     def composer(self) -> Composer:
+        from jetmail.compose import Composer
+
         return Composer(self.settings, signer=self.signer)
 
     @cached_property
     def suppressions(self) -> SuppressionStore:
+        from jetmail.suppressions import SuppressionStore
+
         return SuppressionStore(self.table, pseudonyms=self.pseudonyms, audit=self.audit, stops=self.stop_feed)
 
     @cached_property
     def stop_feed(self) -> StopFeed:
         """Publishes every suppression, list unsubscribe and erasure for running campaigns (jetmail.stops)."""
+        from jetmail.stops import StopFeed
+
         return StopFeed(self.queue, pseudonyms=self.pseudonyms)
 
     @cached_property
     def contacts(self) -> ContactStore:
+        from jetmail.contacts import ContactStore
+
         return ContactStore(self.table, erased=self.suppressions.erased_among, stops=self.stop_feed)
 
     @cached_property
     def segments(self) -> SegmentStore:
+        from jetmail.segments import SegmentStore
+
         return SegmentStore(self.table, contacts=self.contacts)
 
     @cached_property
     def feedback(self) -> FeedbackProcessor:
+        from jetmail.feedback import FeedbackProcessor, Policy
+
         return FeedbackProcessor(table=self.table, stats=self.stats_table, messages=self.messages.messages,
                                  suppressions=self.suppressions,
                                  sequences=self.sequences, contacts=self.contacts, queue=self.queue,
@@ -143,36 +171,53 @@ class Services:
 
     @cached_property
     def simulator(self) -> Simulator:
+        from jetmail.simulator import Simulator
+
         return Simulator(self.settings, feedback=self.feedback)
 
     @cached_property
     def tracker(self) -> Tracker:
+        from jetmail.tracking import Tracker
+
         return Tracker(signer=self.signer, feedback=self.feedback)
 
     @cached_property
     def campaign_store(self) -> CampaignStore:
+        from jetmail.campaigns.store import CampaignStore
+
         return CampaignStore(self.table, stats=self.stats_table, retention_days=self.settings.message_retention_days)
 
     @cached_property
     def campaigns(self) -> CampaignService:
+        from jetmail.campaigns.service import CampaignService
+
         return CampaignService(store=self.campaign_store, templates=self.templates, queue=self.queue,
                                contacts=self.contacts, segments=self.segments, composer=self.composer,
                                audit=self.audit, suppressions=self.suppressions)
 
     @cached_property
     def reports(self) -> Reports:
+        from jetmail.reports import Reports
+
         return Reports(store=self.campaign_store, stats=self.stats_table)
 
     @cached_property
     def signer(self) -> Signer:
+        from jetmail.tokens import Signer
+
         return Signer(self.settings.signing_secret)
 
     @cached_property
     def sns_verifier(self) -> SnsVerifier:
+        from jetmail.sns import SnsVerifier
+
         return SnsVerifier.from_settings(self.settings)
 
     @cached_property
     def ses_events(self) -> SesEventIntake:
+        from jetmail.ses_events import SesEventIntake
+        from jetmail.sns import confirm_subscription
+
         settings = self.settings
         return SesEventIntake(feedback=self.feedback, verifier=self.sns_verifier,
                               confirm=lambda message: confirm_subscription(settings, message))

@@ -30,24 +30,33 @@ import threading
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
-from cryptography import x509
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_core import from_json
 
 from jetmail.config import Settings
+
+if TYPE_CHECKING:
+    # cryptography costs ~40 ms of every cold start that imports this module; only a verification needs it
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import rsa
 
 logger = logging.getLogger("jetmail.sns")
 
 MESSAGE_TYPES = ("Notification", "SubscriptionConfirmation", "UnsubscribeConfirmation")
 _NOTIFICATION_KEYS = ("Message", "MessageId", "Subject", "Timestamp", "TopicArn", "Type")
 _CONFIRMATION_KEYS = ("Message", "MessageId", "SubscribeURL", "Timestamp", "Token", "TopicArn", "Type")
-_HASHES: dict[str, Callable[[], hashes.HashAlgorithm]] = {"1": hashes.SHA1, "2": hashes.SHA256}
+_HASH_NAMES = {"1": "SHA1", "2": "SHA256"}
+
+
+def _hash(signature_version: str) -> hashes.HashAlgorithm | None:
+    from cryptography.hazmat.primitives import hashes
+
+    name = _HASH_NAMES.get(signature_version)
+    return getattr(hashes, name)() if name else None
 _MAX_FUTURE_SKEW = timedelta(minutes=5)
 _MAX_CERT_BYTES = 64 * 1024
 
@@ -214,8 +223,8 @@ class SnsVerifier:
         if message.TopicArn not in self.topic_arns:
             raise SnsVerificationError("topic", f"topic {message.TopicArn} is not in sns_topic_arns")
         self._check_time(message.sent_at)
-        hash_factory = _HASHES.get(message.SignatureVersion)
-        if hash_factory is None:
+        algorithm = _hash(message.SignatureVersion)
+        if algorithm is None:
             raise SnsVerificationError("signature_version",
                                        f"unsupported SignatureVersion {message.SignatureVersion!r}")
         if message.Type not in MESSAGE_TYPES:
@@ -226,8 +235,11 @@ class SnsVerifier:
             signature = base64.b64decode(message.Signature, validate=True)
         except (binascii.Error, ValueError):
             raise SnsVerificationError("signature", "Signature is not base64") from None
+        from cryptography.exceptions import InvalidSignature
+        from cryptography.hazmat.primitives.asymmetric import padding
+
         try:
-            key.verify(signature, string_to_sign(message), padding.PKCS1v15(), hash_factory())
+            key.verify(signature, string_to_sign(message), padding.PKCS1v15(), algorithm)
         except InvalidSignature:
             raise SnsVerificationError("signature", f"signature of message {message.MessageId} does not match") \
                 from None
@@ -255,6 +267,8 @@ class SnsVerifier:
             raise SnsVerificationError("timestamp", f"message from {sent_at.isoformat()} is in the future")
 
     def _public_key(self, url: str) -> rsa.RSAPublicKey:
+        from cryptography.hazmat.primitives.asymmetric import rsa
+
         cert = self._certs.get(url)
         if cert is None:
             cert = self._load(url)
@@ -269,6 +283,8 @@ class SnsVerifier:
         return key
 
     def _load(self, url: str) -> x509.Certificate:
+        from cryptography import x509
+
         pem: bytes | None = None
         if self._cache_dir is not None:
             path = self._cache_dir / cert_cache_name(url)

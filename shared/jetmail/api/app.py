@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import importlib
+import threading
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from fastapi import Depends, FastAPI
@@ -10,28 +12,21 @@ from starlette.datastructures import MutableHeaders
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from jetmail import dashboard
-from jetmail.api import (
-    audit,
-    campaigns,
-    contacts,
-    errors,
-    messages,
-    reports,
-    sending,
-    sequences,
-    sns,
-    suppressions,
-    templates,
-    tracking,
-)
+from jetmail.api import audit, errors
 from jetmail.api.limits import BodySizeLimit
 from jetmail.api.throttle import ApiThrottle
 from jetmail.config import Settings, get_settings
 from jetmail.services import Services
 
+# Route modules (jetmail.api.<name>) in the order their routes are matched.
+ROUTERS = ("messages", "sns", "templates", "sequences", "campaigns", "tracking", "suppressions", "sending",
+           "contacts", "reports", "audit")
 
-def create_app(settings: Settings | None = None, *, services: Services | None = None) -> FastAPI:
+
+def create_app(settings: Settings | None = None, *, services: Services | None = None,
+               routers: Sequence[str] = ROUTERS, dashboard: bool = True) -> FastAPI:
+    """The API with the route modules ``routers`` names (every one by default) and the dashboard. The SES
+    events function serves only ``("sns",)`` without the dashboard: a cold start that imports only its routes."""
     settings = settings or get_settings()
     app = FastAPI(
         title="jetmail",
@@ -54,26 +49,53 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
                            allow_headers=["Authorization", "Content-Type", "Idempotency-Key"],
                            expose_headers=["Retry-After"], max_age=600)
     app.add_middleware(SecurityHeaders)
+    if dashboard:
+        # HTML pages, left out of the OpenAPI schema; Jinja, the page code and what it reads load on first use
+        app.add_middleware(LazyRouters, target=app, routers={DASHBOARD_PATH: "jetmail.dashboard:router"})
 
     @app.get("/health", tags=["health"])
     def health() -> dict[str, str]:
         """Liveness: answers without touching any dependency."""
         return {"status": "ok"}
 
-    app.include_router(messages.router)
-    app.include_router(sns.router)
-    app.include_router(templates.router)
-    app.include_router(sequences.router)
-    app.include_router(campaigns.router)
-    app.include_router(tracking.router)
-    app.include_router(suppressions.router)
-    app.include_router(sending.router)
-    app.include_router(contacts.router)
-    app.include_router(reports.router)
-    app.include_router(audit.router)
-    app.include_router(dashboard.router)  # HTML pages, left out of the OpenAPI schema
+    for name in routers:
+        app.include_router(importlib.import_module(f"jetmail.api.{name}").router)
     app.openapi = _with_error_responses(app)  # type: ignore[method-assign]
     return app
+
+
+DASHBOARD_PATH = "/dashboard"
+
+
+class LazyRouters:
+    """Includes a router into ``target`` on the first request under its path prefix.
+
+    The dashboard's pages pull in Jinja, css-inline and most of the domain modules; an API cold start that
+    serves ``/v1/messages`` should not pay for them. Starlette matches routes at request time, so a router
+    included here serves this very request and every later one (the prefix is checked once per request).
+    ``routers`` maps a path prefix to ``"module:attribute"``.
+    """
+
+    def __init__(self, app: ASGIApp, *, target: FastAPI, routers: dict[str, str]) -> None:
+        self.app = app
+        self.target = target
+        self.pending = dict(routers)
+        self._lock = threading.Lock()
+
+    def include(self, prefix: str) -> None:
+        with self._lock:
+            where = self.pending.pop(prefix, None)
+            if where is not None:
+                module, _, attribute = where.partition(":")
+                self.target.include_router(getattr(importlib.import_module(module), attribute))
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.pending and scope["type"] == "http":
+            path: str = scope.get("path", "")
+            for prefix in list(self.pending):
+                if path == prefix or path.startswith(prefix + "/"):
+                    self.include(prefix)
+        await self.app(scope, receive, send)
 
 
 ERROR_BODY: dict[str, Any] = {

@@ -1,0 +1,141 @@
+"""Cold start of the Lambda handlers: how long each functions/*/app.py takes to load in a fresh interpreter.
+
+Each run is a new ``python -X importtime`` process that loads the handler module by file, the way the Lambda
+runtime does (its module-level code included: settings, clients, the FastAPI app), with the environment
+template.yaml gives the functions and ``AWS_LAMBDA_FUNCTION_NAME`` set, so Powertools behaves as in Lambda.
+Nothing is contacted while a module loads, so no local stack is needed.
+
+Per handler it prints the median over the runs of: the wall time of loading the module (the figure the
+< 300 ms target is about), the process's CPU time (less disturbed by other load on a shared machine), and the
+sum of ``-X importtime``'s top-level imports; then the top-level packages that cost the most (self time
+summed per package, median run).
+
+    .venv/bin/python bench/bench_imports.py            # 7 runs per handler
+    .venv/bin/python bench/bench_imports.py --runs 3 --top 5 --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+HANDLERS = ("api", "ses_events", "scheduler")
+
+# What the functions' environment holds in Lambda (template.yaml Globals), with placeholder values: loading a
+# handler reads settings but contacts nothing.
+LAMBDA_ENV = {
+    "AWS_LAMBDA_FUNCTION_NAME": "jetmail-bench",
+    "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "512",
+    "AWS_REGION": "us-east-1",
+    "AWS_DEFAULT_REGION": "us-east-1",
+    "AWS_ACCESS_KEY_ID": "bench",
+    "AWS_SECRET_ACCESS_KEY": "bench",
+    "JETMAIL_TABLE_NAME": "jetmail-bench",
+    "JETMAIL_STATS_TABLE_NAME": "jetmail-bench-stats",
+    "JETMAIL_AWS_REGION": "us-east-1",
+    "JETMAIL_NATS_URL": "nats://127.0.0.1:4222",
+    "JETMAIL_PROVIDER": "ses",
+    "JETMAIL_SIGNING_SECRET": "bench-signing-secret-0123456789abcdef",
+    "JETMAIL_PUBLIC_BASE_URL": "https://mail.example.com",
+    "JETMAIL_DEFAULT_FROM": "Bench <bench@example.com>",
+    "JETMAIL_COMPANY_NAME": "Bench",
+    "JETMAIL_COMPANY_ADDRESS": "1 Bench Road",
+    "POWERTOOLS_SERVICE_NAME": "jetmail",
+    "POWERTOOLS_METRICS_NAMESPACE": "jetmail",
+    # template.yaml's default (XRaySdkTracing=false); --env POWERTOOLS_TRACE_DISABLED=false measures the SDK's cost
+    "POWERTOOLS_TRACE_DISABLED": "true",
+}
+
+# Loads the handler by file (as the Lambda runtime does) and prints the wall and CPU time of that alone.
+LOADER = """
+import importlib.util, sys, time
+cpu, wall = time.process_time(), time.perf_counter()
+spec = importlib.util.spec_from_file_location("handler", sys.argv[1])
+module = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module)
+print(f"{(time.perf_counter() - wall) * 1000:.3f} {(time.process_time() - cpu) * 1000:.3f}")
+"""
+
+LINE = re.compile(r"^import time:\s+(\d+) \|\s+(\d+) \|( *)(\S+)$")
+
+
+def run_once(handler: str, env: dict[str, str]) -> dict[str, Any]:
+    path = ROOT / "functions" / handler / "app.py"
+    done = subprocess.run([sys.executable, "-X", "importtime", "-c", LOADER, str(path)], env=env, cwd=ROOT,
+                          capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"functions/{handler}/app.py failed to load:\n{done.stderr[-3000:]}")
+    wall, cpu = (float(x) for x in done.stdout.split())
+    imports_us = 0
+    packages: Counter[str] = Counter()
+    for line in done.stderr.splitlines():
+        match = LINE.match(line)
+        if not match:
+            continue
+        self_us, cumulative_us, indent, name = int(match[1]), int(match[2]), match[3], match[4]
+        packages[name.split(".")[0]] += self_us
+        # importtime indents nested imports by two spaces after the one space every line has
+        if len(indent) == 1:
+            imports_us += cumulative_us
+    return {"wall_ms": wall, "cpu_ms": cpu, "imports_ms": imports_us / 1000,
+            "packages_ms": {k: v / 1000 for k, v in packages.items()}}
+
+
+def lambda_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """Only what a Lambda function would have: none of the calling shell's JETMAIL_*, AWS_* or POWERTOOLS_*."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("JETMAIL_", "AWS_", "POWERTOOLS_"))}
+    return {**env, **LAMBDA_ENV, **(extra or {})}
+
+
+def measure(handler: str, runs: int, env: dict[str, str]) -> dict[str, Any]:
+    samples = [run_once(handler, env) for _ in range(runs)]
+    median_run = sorted(samples, key=lambda s: s["wall_ms"])[len(samples) // 2]
+    return {
+        "wall_ms": statistics.median(s["wall_ms"] for s in samples),
+        "wall_min_ms": min(s["wall_ms"] for s in samples),
+        "cpu_ms": statistics.median(s["cpu_ms"] for s in samples),
+        "imports_ms": statistics.median(s["imports_ms"] for s in samples),
+        "runs": runs,
+        "packages_ms": dict(Counter(median_run["packages_ms"]).most_common()),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=7, help="fresh processes per handler (median reported)")
+    parser.add_argument("--top", type=int, default=8, help="packages listed per handler")
+    parser.add_argument("--handler", action="append", choices=HANDLERS, help="only this handler (repeatable)")
+    parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
+                        help="a variable for the handlers' environment, e.g. POWERTOOLS_TRACE_DISABLED=false")
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    args = parser.parse_args()
+    env = lambda_env(dict(item.partition("=")[::2] for item in args.env))
+    results = {handler: measure(handler, args.runs, env) for handler in args.handler or HANDLERS}
+
+    print(f"handler module load, median of {args.runs} fresh processes (python -X importtime)")
+    print(f"{'handler':<12} {'wall ms':>8} {'min ms':>8} {'cpu ms':>8} {'imports ms':>10}")
+    for handler, r in results.items():
+        print(f"{handler:<12} {r['wall_ms']:>8.0f} {r['wall_min_ms']:>8.0f} {r['cpu_ms']:>8.0f} "
+              f"{r['imports_ms']:>10.0f}")
+    for handler, r in results.items():
+        top = list(r["packages_ms"].items())[:args.top]
+        print(f"\n{handler}: top packages by import self time (ms)")
+        print("  " + ", ".join(f"{name} {ms:.0f}" for name, ms in top))
+    load = os.getloadavg()
+    print(f"\nload average {load[0]:.2f}, {os.cpu_count()} cores, Python {sys.version.split()[0]}")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
