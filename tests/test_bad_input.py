@@ -121,3 +121,23 @@ def test_a_context_date_at_the_calendars_end_plus_an_offset_is_a_422(client: Tes
     resp = client.post("/v1/sequences", json={"steps": steps, "to": f"seq-end-{unique}@example.com",
                                               "context": {"eta": "9999-12-31T00:00:00Z"}})
     assert resp.status_code == 422 and "eta" in resp.text, resp.text
+
+
+def test_a_cron_schedule_that_cannot_be_published_leaves_the_campaign_as_it_was(
+        stack: Any, services: Services, unique: str) -> None:
+    from jetmail.campaigns.model import AudienceSource, CampaignCreate, ScheduleRequest
+    from jetmail.devstack.stack import free_port
+    from jetmail.services import Services as Built
+    from stacktools import make_settings
+
+    # GIVEN a draft and a services container whose NATS is unreachable
+    offline = Built(make_settings(stack, nats_url=f"nats://127.0.0.1:{free_port()}"))
+    lst = services.contacts.create_list(f"offline-{unique}")
+    draft = services.campaigns.create(CampaignCreate(name="offline", template="getting_started", context=CONTEXT,
+                                                     audience=[AudienceSource(list_id=lst.id)]))
+    # WHEN it is given a cron that cannot reach the server
+    with pytest.raises(Exception):  # noqa: B017 - whatever the client raises; the state is what matters
+        offline.campaigns.schedule(draft.id, ScheduleRequest(cron="0 9 * * 1", timezone="UTC"))
+    # THEN it is still a draft without a cron
+    after = services.campaigns.get(draft.id)
+    assert after.state == "draft" and not getattr(after, "cron", None)

@@ -271,8 +271,16 @@ class CampaignService:
             self.queue.cancel(current["start_job"])
             self.store.clear_due(campaign_id)
         # publishing to the same schedule subject replaces the server's schedule; a paused one stays paused
-        self.queue.schedule(FIRE_TASK, queue=CAMPAIGN_QUEUE, schedule_id=f"cmp-{campaign_id}",  # type: ignore[attr-defined]
-                            cron=request.cron, timezone=request.timezone, campaign_id=campaign_id)
+        try:
+            self.queue.schedule(FIRE_TASK, queue=CAMPAIGN_QUEUE, schedule_id=f"cmp-{campaign_id}",  # type: ignore[attr-defined]
+                                cron=request.cron, timezone=request.timezone, campaign_id=campaign_id)
+        except Exception:
+            # not published (NATS unreachable): put the campaign back as it was rather than leave it half-changed
+            kept = ("cron", "timezone", "scheduled_at", "start_job")
+            self.store.transition(campaign_id, S(current["state"]), allowed_from={target},
+                                  fields={k: current[k] for k in kept if k in current},
+                                  remove=tuple(k for k in kept if k not in current))
+            raise
         self._mirror(campaign_id, target)
         return item
 

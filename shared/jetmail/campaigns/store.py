@@ -118,7 +118,8 @@ class CampaignStore:
             placeholders.append(f":a{i}")
         expression = "SET " + ", ".join(sets)
         if remove:
-            expression += " REMOVE " + ", ".join(remove)
+            names.update({f"#r{i}": key for i, key in enumerate(remove)})  # e.g. timezone is a reserved word
+            expression += " REMOVE " + ", ".join(f"#r{i}" for i in range(len(remove)))
         try:
             return self.table.update(f"CAMPAIGN#{campaign_id}", "META", expression=expression, names=names,
                                      params=params,
