@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 
 export SAM_CLI_TELEMETRY := 0
 
-.PHONY: setup browser demo test audit lint bench faults up down clean
+.PHONY: setup browser demo test audit audit-lock lock lint bench faults up down clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,16 @@ test: setup browser audit ## lint the SAM template and run the test suite agains
 # vulnerability service unreachable" and passes where no advisory service answers
 audit: setup
 	$(BIN)/python infra/audit.py
+
+# the same against what uv.lock pins for the Lambda layer and the worker image, installing nothing; runs
+# wherever an advisory service answers (a deployer's CI: `pip install pip-audit && python infra/audit.py --lock`)
+audit-lock: setup
+	$(BIN)/python infra/audit.py --lock
+
+# after changing dependencies in pyproject.toml: re-lock (uv.lock) and export shared/requirements.txt (the
+# Lambda layer) and infra/worker-requirements.txt (the worker image); `make test` fails until this ran
+lock: setup
+	$(BIN)/python infra/lock.py --write
 
 lint: setup
 	$(BIN)/ruff check shared functions tests bench

@@ -1,5 +1,11 @@
 """`make audit`: known vulnerabilities in the installed environment (.venv), by pip-audit.
 
+`make audit-lock` (``--lock``): the same check against what uv.lock pins for production, the Lambda layer
+(shared/requirements.txt) and the worker image (infra/worker-requirements.txt), without installing
+anything: pip-audit reads the pinned versions and asks the advisory service about each. It needs only
+Python, pip-audit and a reachable advisory service, so a deployer's CI can run it on every change:
+``pip install pip-audit && python infra/audit.py --lock``.
+
 Fails when a dependency has a known vulnerability that a newer release fixes; one without a fix is
 printed and does not fail. Ignoring one needs an entry in IGNORED with the reason.
 
@@ -11,6 +17,7 @@ unreachable" with what each service said, and does not fail, rather than reporti
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
@@ -22,14 +29,23 @@ from typing import Any
 IGNORED: dict[str, str] = {}
 
 PIP_AUDIT = Path(sys.executable).with_name("pip-audit")
+ROOT = Path(__file__).resolve().parents[1]
+# exported from uv.lock by infra/lock.py: what production installs
+LOCKED = ("shared/requirements.txt", "infra/worker-requirements.txt")
 TIMEOUT_S = 300
 
 
-def run(service: str) -> tuple[list[dict[str, Any]] | None, str]:
-    """The audited dependencies as pip-audit reports them, or None and why nothing was audited."""
+def run(service: str, *, lock: bool = False) -> tuple[list[dict[str, Any]] | None, str]:
+    """The audited dependencies as pip-audit reports them, or None and why nothing was audited. ``lock``:
+    the pinned, hashed requirements exported from uv.lock instead of the installed environment."""
     with tempfile.TemporaryDirectory() as folder:
         out = Path(folder) / "audit.json"
-        cmd = [str(PIP_AUDIT), "--local", "--skip-editable", "--progress-spinner", "off", "--vulnerability-service",
+        source = ["--local", "--skip-editable"]
+        if lock:
+            source = ["--disable-pip", "--no-deps", "--require-hashes"]
+            for path in LOCKED:
+                source += ["-r", str(ROOT / path)]
+        cmd = [str(PIP_AUDIT), *source, "--progress-spinner", "off", "--vulnerability-service",
                service, "--format", "json", "--output", str(out)]
         for vuln in IGNORED:
             cmd += ["--ignore-vuln", vuln]
@@ -49,9 +65,12 @@ def run(service: str) -> tuple[list[dict[str, Any]] | None, str]:
 
 
 def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--lock", action="store_true", help="audit what uv.lock pins for production")
+    args = parser.parse_args()
     said: list[str] = []
     for service in ("pypi", "osv"):
-        deps, why = run(service)
+        deps, why = run(service, lock=args.lock)
         if deps is not None:
             break
         said.append(f"{service}: {why}")

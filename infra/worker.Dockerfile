@@ -13,12 +13,15 @@ RUN groupadd --system --gid 10001 jetmail \
     && useradd --system --uid 10001 --gid jetmail --no-create-home --home-dir /nonexistent \
        --shell /usr/sbin/nologin jetmail
 
-# The package and its pinned-range dependencies; the sources are removed after
-# the install so only site-packages and the `jetmail` command remain.
+# The dependencies exactly as uv.lock pins them (infra/worker-requirements.txt is exported from it by
+# `make lock`), each checked against its hash; then the package itself without resolving anything again.
+# The sources are removed after the install so only site-packages and the `jetmail` command remain.
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY infra/worker-requirements.txt ./
+RUN pip install --no-cache-dir --require-hashes --no-deps -r worker-requirements.txt
+COPY pyproject.toml README.md LICENSE ./
 COPY shared/ shared/
-RUN pip install --no-cache-dir . \
+RUN pip install --no-cache-dir --no-deps . \
     && rm -rf /src
 
 WORKDIR /app
