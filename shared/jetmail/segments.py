@@ -476,11 +476,14 @@ class SegmentStore:
         except ConditionFailed:
             raise SegmentNotFound(f"segment {segment_id!r} not found") from None
 
-    def iter_members(self, segment_id: str, *, page_size: int | None = None) -> Iterator[AudienceMember]:
+    def iter_members(self, segment_id: str, *, page_size: int | None = None,
+                     first_page: int | None = None) -> Iterator[AudienceMember]:
         """The segment's members, lazily: one GetItem now (SegmentNotFound), the rest page by page as
-        the iterator is consumed (see the module docstring for the cost)."""
+        the iterator is consumed (see the module docstring for the cost). ``first_page`` caps the first
+        Query of each list (``ContactStore.member_pages``)."""
         segment = self.get(segment_id)
-        return self.matching(parse_criteria(segment.criteria), segment.list_ids, page_size=page_size)
+        return self.matching(parse_criteria(segment.criteria), segment.list_ids, page_size=page_size,
+                             first_page=first_page)
 
     def preview(self, segment_id: str, *, sample_size: int = 10) -> SegmentPreview:
         """Count every member (a full evaluation) and keep the first ``sample_size``."""
@@ -493,7 +496,7 @@ class SegmentStore:
         return SegmentPreview(count=count, sample=sample)
 
     def matching(self, criteria: Criteria, list_ids: Sequence[str], *,
-                 page_size: int | None = None) -> Iterator[AudienceMember]:
+                 page_size: int | None = None, first_page: int | None = None) -> Iterator[AudienceMember]:
         now = datetime.now(UTC)
         if not list_ids:
             for contact in self.contacts.iter_contacts():
@@ -505,7 +508,8 @@ class SegmentStore:
         # snapshots of one contact are the same in every list, so one verdict per address is enough
         seen: set[int] | None = set() if len(list_ids) > 1 else None
         for list_id in list_ids:
-            for page in self.contacts.member_pages(list_id, status="subscribed", page_size=page_size):
+            for page in self.contacts.member_pages(list_id, status="subscribed", page_size=page_size,
+                                                   first_page=first_page):
                 undecided: list[AudienceMember] = []
                 for item in page:
                     member = audience_member(item)

@@ -22,6 +22,9 @@ from jetmail.storage.table import ConditionFailed
 
 logger = logging.getLogger("jetmail.campaigns")
 PUBLISH_CHUNK = 50  # batches per enqueue_many: bounded memory whatever the audience size
+# the first chunk is one batch, published as soon as its recipients are known; chunks then double up
+# to PUBLISH_CHUNK, so the first mail leaves after one small read and large plans still write in bulk
+FIRST_CHUNK = 1
 
 
 class PlanJob(BaseModel):
@@ -52,10 +55,12 @@ async def campaign_plan(job: PlanJob, ctx: JobContext) -> None:
     variants = {v.name: v for v in definition.ab_test.variants} if definition.ab_test else {}
     target_queue = AB_QUEUE if job.run == "test" else CAMPAIGN_QUEUE
     total = count = 0
+    size = FIRST_CHUNK
     while True:
-        chunk: list[PlannedBatch] = await asyncio.to_thread(lambda: list(itertools.islice(batches, PUBLISH_CHUNK)))
+        chunk: list[PlannedBatch] = await asyncio.to_thread(lambda n=size: list(itertools.islice(batches, n)))
         if not chunk:
             break
+        size = min(size * 2, PUBLISH_CHUNK)
         # the batch items first: a message id must resolve to its recipient before the mail goes out
         await asyncio.to_thread(store.record_batches, job.campaign_id, run=job.run, batches=[
             (b.number, b.variant, [r["e"] for r in b.recipients]) for b in chunk])
