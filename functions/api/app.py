@@ -6,8 +6,14 @@ from mangum import Mangum
 
 from jetmail.api.app import create_app
 from jetmail.observability import CORRELATION_API, count_api_response, observed
+from jetmail.snapstart import install as install_snapstart
 
-app = Mangum(create_app(), lifespan="off")
+asgi = create_app()
+app = Mangum(asgi, lifespan="off")
+# SnapStart: no NATS connection in the snapshot; what requests load on first use is loaded before it
+install_snapstart(asgi.state.services, properties=("api_keys", "messages", "sequences", "campaigns", "contacts",
+                                                   "segments", "reports", "tracker", "privacy"),
+                  modules=("jetmail.dashboard",))
 
 
 @observed(correlation_id_path=CORRELATION_API)

@@ -7,8 +7,10 @@ from jetmail.config import get_settings
 from jetmail.observability import CORRELATION_SCHEDULER, count_tick, observed
 from jetmail.scheduler import tick
 from jetmail.services import Services
+from jetmail.snapstart import install as install_snapstart
 
 services = Services(get_settings())
+install_snapstart(services, properties=("campaigns", "sequences"), modules=("jetmail.metrics",))
 
 
 @observed(correlation_id_path=CORRELATION_SCHEDULER)

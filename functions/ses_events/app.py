@@ -14,9 +14,11 @@ from jetmail.api.app import create_app
 from jetmail.config import get_settings
 from jetmail.observability import CORRELATION_SES_EVENTS, count_api_response, count_ses_events, observed
 from jetmail.services import Services
+from jetmail.snapstart import install as install_snapstart
 
 services = Services(get_settings())
 http = Mangum(create_app(services.settings, services=services, routers=("sns",), dashboard=False), lifespan="off")
+install_snapstart(services, properties=("ses_events",))
 
 
 @observed(correlation_id_path=CORRELATION_SES_EVENTS)
