@@ -47,10 +47,11 @@ def test_run_prints_every_figure_and_saves_them(repo_root: Path, tmp_path: Path)
     ("bench_queue.py", ("--jobs", "300", "--single", "100", "--samples", "3"),
      rf"worker, no-op task:\s+{FIGURE} jobs/s"),
     ("bench_smtp.py", ("--messages", "50"),
-     rf"jetmail sink \(aiosmtpd\)\s+pool=\d+\s+50 msgs of 4096 B\s+{FIGURE} msg/s"),
+     rf"jetmail sink \(aiosmtpd\)\s+pool=\d+ pipelined\s+50 msgs of 4096 B\s+{FIGURE} msg/s"),
     ("bench_ratelimit.py", ("--rate", "20", "--workers", "2", "--seconds", "2", "--concurrency", "4"),
      r"achieved/configured \d\.\d{3}"),
     ("bench_imports.py", ("--runs", "1", "--top", "3"), rf"\nscheduler\s+{FIGURE}\s+{FIGURE}\s+{FIGURE}"),
-], ids=["mime", "queue", "smtp", "ratelimit", "imports"])
+    ("bench_plan.py", ("--sizes", "150,300"), r"\n\s+300\s+452\s+\d+ms\s+\d+ms\s+\d+ms\s+\d+ms\s+1\s+\d+ms"),
+], ids=["mime", "queue", "smtp", "ratelimit", "imports", "plan"])
 def test_each_script_prints_its_figures(repo_root: Path, script: str, args: tuple[str, ...], line: str) -> None:
     assert re.search(line, run(repo_root, script, *args))
