@@ -3,7 +3,8 @@
     .venv/bin/python bench/bench_smtp.py [--messages 2000] [--size 4096]
 
 The local sink is Python (aiosmtpd) and writes every message to disk, so it is usually the
-bottleneck; Postfix's ``smtp-sink`` discards mail and shows what the client side can do.
+bottleneck; Postfix's ``smtp-sink`` discards mail and shows what the client side can do. Each pool
+size runs twice: one command per round trip (``lockstep``) and with RFC 2920 PIPELINING.
 """
 
 from __future__ import annotations
@@ -61,14 +62,17 @@ async def run_once(settings: Settings, messages: list[OutboundMessage], *,
 def bench(label: str, port: int, *, count: int, size: int) -> None:
     messages = [build(i, size) for i in range(count)]
     for pool in POOL_SIZES:
-        settings = Settings(  # type: ignore[call-arg]
-            _env_file=None, table_name="bench", signing_secret=SecretStr("bench-signing-secret-0123456789"),
-            smtp_host="127.0.0.1", smtp_port=port, smtp_pool_size=pool, smtp_max_messages_per_connection=100,
-        )
-        # as many sending tasks as a worker would run: more than the pool, so no slot sits idle
-        elapsed, opened = asyncio.run(run_once(settings, messages, concurrency=pool * 4))
-        print(f"{label:<24} pool={pool}  {count} msgs of {size} B  {count / elapsed:8.0f} msg/s"
-              f"  ({elapsed:.2f} s, {opened} connections)")
+        for pipelining in (False, True):
+            settings = Settings(  # type: ignore[call-arg]
+                _env_file=None, table_name="bench", signing_secret=SecretStr("bench-signing-secret-0123456789"),
+                smtp_host="127.0.0.1", smtp_port=port, smtp_pool_size=pool, smtp_max_messages_per_connection=100,
+                smtp_pipelining=pipelining,
+            )
+            # as many sending tasks as a worker would run: more than the pool, so no slot sits idle
+            elapsed, opened = asyncio.run(run_once(settings, messages, concurrency=pool * 4))
+            mode = "pipelined" if pipelining else "lockstep "
+            print(f"{label:<24} pool={pool} {mode} {count} msgs of {size} B  {count / elapsed:8.0f} msg/s"
+                  f"  ({elapsed:.2f} s, {opened} connections)")
 
 
 def main() -> None:
