@@ -204,7 +204,7 @@ def test_worker_role_allows_start_up_on_ses_a_transactional_send_and_a_campaign_
         status = services.messages.get(message.id).status
         return progress.total == 3 and progress.sent + progress.failed == 3 and status not in ("queued", "sending")
 
-    wait_until(done, timeout=60, what="the SES worker's sends", log=log)
+    wait_until(done, timeout=150, what="the SES worker's sends", log=log)
     assert services.messages.get(message.id).status == "sent", log.read_text()[-3000:]
     assert services.campaigns.get(campaign.id).progress.sent == 3
     made = recorded(path)
