@@ -25,10 +25,9 @@ from fastapi.testclient import TestClient
 from iamcheck import Call, TemplateRoles, record, recorded
 from jetmail.aws import aws_client, reset_aws_clients
 from jetmail.config import Settings, get_settings
-from jetmail.devstack.mailbox import Mailbox
 from jetmail.devstack.stack import StackState, free_port, http_ready, wait_until
 from jetmail.services import Services
-from stacktools import stack_env
+from stacktools import Isolated
 from test_handlers import LambdaContext, event, load_handler
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -157,15 +156,17 @@ def test_api_role_allows_every_route_family(lambda_env: None, services: Services
 
 
 @pytest.fixture
-def ses_worker(stack: StackState, services: Services, tmp_path: Path) -> Iterator[tuple[Path, Path]]:
-    """A `jetmail worker` process on the SES provider, as template.yaml runs it, recording its AWS calls."""
-    aws_client("sesv2", services.settings).create_email_identity(EmailIdentity="example.com")
+def ses_worker(stack: StackState, tmp_path: Path) -> Iterator[tuple[Path, Path, Services]]:
+    """A `jetmail worker` process on the SES provider, as template.yaml runs it, recording its AWS calls, on a
+    NATS and moto of its own: the session's SMTP worker must not take these jobs."""
+    own = Isolated(stack, tmp_path / "stack")
+    aws_client("sesv2", own.settings).create_email_identity(EmailIdentity="example.com")
     path = tmp_path / "worker-calls.jsonl"
     port = free_port()
     log = tmp_path / "worker.log"
-    env = stack_env(stack, JETMAIL_PROVIDER="ses", JETMAIL_SES_CONFIGURATION_SET=CONFIGURATION_SET,
-                    JETMAIL_METRICS_ENABLED="true",
-                    PYTHONPATH=os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")]))
+    env = {**own.env, "JETMAIL_PROVIDER": "ses", "JETMAIL_SES_CONFIGURATION_SET": CONFIGURATION_SET,
+           "JETMAIL_METRICS_ENABLED": "true",
+           "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")])}
     program = (f"import iamcheck; iamcheck.record({str(path)!r}); from jetmail.cli import main; "
                f"main(['worker', 'email_transactional', 'email_campaign', '--health-port', '{port}'])")
     with log.open("wb") as out:
@@ -174,20 +175,20 @@ def ses_worker(stack: StackState, services: Services, tmp_path: Path) -> Iterato
     try:
         wait_until(http_ready(f"http://127.0.0.1:{port}/healthz"), timeout=30, what="SES worker", proc=proc,
                    log=log)
-        yield path, log
+        yield path, log, own.services
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
+        own.close()
 
 
 def test_worker_role_allows_start_up_on_ses_a_transactional_send_and_a_campaign_batch(
-        ses_worker: tuple[Path, Path], services: Services, roles: TemplateRoles, unique: str,
-        mailbox: Mailbox) -> None:
+        ses_worker: tuple[Path, Path, Services], roles: TemplateRoles, unique: str) -> None:
     from jetmail.campaigns.model import AudienceSource, CampaignCreate
     from jetmail.contacts import ContactUpsert
     from jetmail.messages import SendRequest
 
-    path, log = ses_worker
+    path, log, services = ses_worker
     message, *_ = services.messages.submit(SendRequest.model_validate(
         {"template": "password_reset", "to": f"iam-reset-{unique}@example.com",
          "context": {"reset_url": "https://example.com/r", "expires_in_minutes": 5}}))
