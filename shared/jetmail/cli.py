@@ -94,7 +94,7 @@ def _fail(message: str, code: int) -> NoReturn:
 
 
 # long-running processes act for themselves ("system" in the audit log), not for whoever started them
-_SERVICE_COMMANDS = frozenset({"worker", "scheduler", "dev"})
+_SERVICE_COMMANDS = frozenset({"worker", "scheduler", "dev", "smtp-server"})
 
 
 @click.group(cls=_Cli)
@@ -205,6 +205,42 @@ def worker(queues: tuple[str, ...], concurrency: int, reserve_high: int | None, 
                     on_shutdown=getattr(tasks_module, "shutdown", None),
                     health_port=health_port, health_host=health_host, grace_period=grace_period)
     asyncio.run(runner.run())
+
+
+@main.command("smtp-server")
+@click.option("--host", help="Address to listen on (default: JETMAIL_SUBMISSION_HOST).")
+@click.option("--port", type=click.IntRange(0, 65_535),
+              help="STARTTLS submission port, 0 for none (default: JETMAIL_SUBMISSION_PORT, 587).")
+@click.option("--tls-port", type=click.IntRange(0, 65_535),
+              help="Implicit-TLS submission port, 0 for none (default: JETMAIL_SUBMISSION_TLS_PORT, 465).")
+@click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+              default="INFO", show_default=True)
+def smtp_server(host: str | None, port: int | None, tls_port: int | None, log_level: str) -> None:
+    """Accept mail over SMTP (AUTH with an API key) into the transactional pipeline, until SIGTERM."""
+    import signal
+
+    from jetmail.services import Services
+    from jetmail.smtp_server import serve
+
+    overrides = {k: v for k, v in {"submission_host": host, "submission_port": port,
+                                   "submission_tls_port": tls_port}.items() if v is not None}
+    settings = get_settings().model_copy(update=overrides)
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd's per-command lines
+    services = Services(settings)
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await serve(services, stop=stop,
+                    ready=lambda ports: click.echo(f"SMTP submission on {', '.join(map(str, ports))}", err=True))
+
+    try:
+        asyncio.run(run())
+    finally:
+        services.queue.close()
 
 
 @main.command()

@@ -123,6 +123,24 @@ class Settings(BaseSettings):
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     country_header: str = "cloudfront-viewer-country"
 
+    # --- SMTP submission server (`jetmail smtp-server`, jetmail.submission): applications send with an API key
+    submission_host: str = "0.0.0.0"  # noqa: S104 - a server for other machines; the NLB fronts it in AWS
+    # STARTTLS (required before AUTH) and implicit TLS; 0 turns a port off
+    submission_port: int = Field(default=587, ge=0, le=65535)
+    submission_tls_port: int = Field(default=465, ge=0, le=65535)
+    # PEM certificate chain and key; unset: `jetmail smtp-server` refuses to start (the local stack makes its own)
+    submission_cert_file: str | None = None
+    submission_key_file: str | None = None
+    submission_hostname: str = "localhost"  # named in the greeting and the EHLO reply
+    # bytes of one message as sent (552 above it); bodies wait for the worker in a JetStream object store
+    submission_max_bytes: int = Field(default=10 * 1024 * 1024, ge=1024, le=64 * 1024 * 1024)
+    submission_max_recipients: int = Field(default=50, ge=1, le=1000)
+    # seconds a client may stay silent between commands, and the whole of one DATA (421 after it)
+    submission_timeout_s: float = Field(default=60.0, gt=0, le=3600)
+    submission_max_connections_per_ip: int = Field(default=20, ge=1)
+    # hours an accepted body is kept for the worker, retries included (the object store bucket's TTL)
+    submission_retention_hours: int = Field(default=72, ge=1, le=24 * 30)
+
     # --- template rendering limits (jetmail.templating.limits), per render of one message; saving a
     # template test-renders its sample_context under the same limits
     # characters per part (subject, HTML, text) and per value a template builds on the way

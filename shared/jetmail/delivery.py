@@ -17,12 +17,12 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from typing import Any
+from typing import Any, Protocol
 
 from jetmail.compose import Recipient
 from jetmail.feedback import record_sends
 from jetmail.messages import FINAL_BEFORE_SEND, MessageRepository, MessageStatus, now_iso
-from jetmail.pipeline import Draft, SendPipeline
+from jetmail.pipeline import Draft, SendPipeline, Sent
 from jetmail.policy import SuppressionPolicy
 from jetmail.providers import PermanentDeliveryError, TemporaryDeliveryError
 from jetmail.storage.table import ConditionFailed, Table
@@ -32,6 +32,12 @@ from jetmail.templating import TemplateRenderError
 logger = logging.getLogger("jetmail.delivery")
 
 CLAIMABLE = {MessageStatus.QUEUED, MessageStatus.SCHEDULED, MessageStatus.SENDING}
+
+
+class RawBodies(Protocol):
+    """Where messages submitted over SMTP keep their MIME until sent (``jetmail.submission.RawStore``)."""
+
+    async def get(self, ref: str) -> bytes | None: ...
 
 
 class DeliveryOutcome:
@@ -45,8 +51,9 @@ class Deliverer:
     """The transactional wrapper around the send pipeline: the message record's claim and status."""
 
     def __init__(self, *, messages: MessageRepository, templates: TemplateStore, pipeline: SendPipeline,
-                 policy: SuppressionPolicy, stats: Table | None = None) -> None:
+                 policy: SuppressionPolicy, stats: Table | None = None, raw_store: RawBodies | None = None) -> None:
         self.stats = stats
+        self.raw_store = raw_store
         self.messages = messages
         self.templates = templates
         self.pipeline = pipeline
@@ -76,11 +83,14 @@ class Deliverer:
         recipient = Recipient(email=item["to"], name=item.get("to_name"), language=item.get("language"),
                               timezone=item.get("timezone"))
         try:
-            version = await asyncio.to_thread(self.templates.resolve, item["template"], item.get("language"))
-            draft = Draft(message_id=message_id, recipient=recipient, version=version,
-                          context=json.loads(item.get("context") or "{}"), category=category,
-                          from_addr=item.get("from_addr") or self.pipeline.composer.settings.default_from,
-                          reply_to=item.get("reply_to"))
+            if item.get("kind") == "raw":
+                draft = await self._raw_draft(item, recipient, category)
+            else:
+                version = await asyncio.to_thread(self.templates.resolve, item["template"], item.get("language"))
+                draft = Draft(message_id=message_id, recipient=recipient, version=version,
+                              context=json.loads(item.get("context") or "{}"), category=category,
+                              from_addr=item.get("from_addr") or self.pipeline.composer.settings.default_from,
+                              reply_to=item.get("reply_to"))
             sent = await self.pipeline.send(draft)
         except (TemplateNotFound, TemplateRenderError, ValueError) as exc:
             await self._fail(message_id, f"cannot render: {exc}")
@@ -96,6 +106,19 @@ class Deliverer:
                                     allowed_from={MessageStatus.SENDING}, detail=f"deferred: {exc.reason}",
                                     fields={"error": exc.reason})
             raise
+        return await self._sent(item, sent)
+
+    async def _raw_draft(self, item: dict[str, Any], recipient: Recipient, category: str) -> Draft:
+        """A message submitted over SMTP: its MIME from the raw store, sent without a render."""
+        body = await self.raw_store.get(item["raw_ref"]) if self.raw_store is not None else None
+        if body is None:
+            raise PermanentDeliveryError("its submitted body is no longer stored "
+                                         "(JETMAIL_SUBMISSION_RETENTION_HOURS passed)")
+        return Draft(message_id=item["id"], recipient=recipient, version=None, context={}, category=category,
+                     from_addr=item["from_addr"], raw=body)
+
+    async def _sent(self, item: dict[str, Any], sent: Sent) -> str:
+        message_id = item["id"]
         fields: dict[str, Any] = {"provider": sent.result.provider, "sent_at": now_iso()}
         if sent.result.provider_message_id:
             fields["provider_message_id"] = sent.result.provider_message_id

@@ -11,6 +11,7 @@ import hashlib
 import json
 import secrets
 import time
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Protocol
@@ -57,6 +58,9 @@ class JobQueue(Protocol):
 
     def enqueue_at(self, when: datetime, task: str, *, queue: str, priority: str = ...,
                    job_id: str | None = ..., **kwargs: Any) -> Any: ...
+
+    def enqueue_many(self, task: str, payloads: Any, *, queue: str, priority: str = ...,
+                     job_ids: Any = ..., max_retries: int = ...) -> Any: ...
 
     def cancel(self, job_id: str) -> bool: ...
 
@@ -207,6 +211,10 @@ class MessagePublic(BaseModel):
     attempts: int = 0
     campaign_id: str | None = None
     sequence_id: str | None = None
+    # "raw": complete MIME from the SMTP submission server (no template); None: rendered from a template
+    kind: str | None = None
+    tags: list[str] | None = None
+    metadata: dict[str, str] | None = None
     history: list[HistoryEntry] = Field(default_factory=list)
 
 
@@ -251,6 +259,19 @@ class MessageRepository:
             "history": [{"status": status.value, "at": created}],
             "expires_at": int(time.time() + self.retention.total_seconds()),
             **(extra or {}),
+        }
+
+    def raw_record(self, message_id: str, *, to: str, submission: RawSubmission) -> dict[str, Any]:
+        """A message of complete MIME (``kind: raw``): the body waits in the raw store under ``raw_ref``."""
+        created = now_iso()
+        return {
+            "pk": f"MSG#{message_id}", "sk": "MSG", "gsi1pk": f"RCPT#{to.lower()}", "gsi1sk": f"MSG#{created}",
+            "id": message_id, "status": MessageStatus.QUEUED.value, "kind": "raw", "to": to,
+            "raw_ref": submission.raw_ref, "from_addr": submission.mail_from, "category": submission.category,
+            "track": submission.track, "tags": submission.tags or None, "metadata": submission.metadata or None,
+            "api_key_id": submission.api_key_id, "created_at": created, "attempts": 0,
+            "history": [{"status": MessageStatus.QUEUED.value, "at": created, "detail": "submitted over SMTP"}],
+            "expires_at": int(time.time() + self.retention.total_seconds()),
         }
 
     def get(self, message_id: str) -> dict[str, Any]:
@@ -373,5 +394,30 @@ class MessageService:
             self.queue.enqueue(SEND_TASK, queue=TRANSACTIONAL_QUEUE, priority="high", job_id=message_id,
                                message_id=message_id, max_retries=5)
 
+    def submit_raw(self, submission: RawSubmission) -> list[str]:
+        """Record and enqueue one message per envelope recipient of a complete MIME message (the SMTP
+        submission server); returns their ids, in recipient order. One batch write, one batched publish."""
+        records = [self.messages.raw_record(message_id, to=to, submission=submission)
+                   for message_id, to in zip(submission.message_ids, submission.recipients, strict=True)]
+        self.table.batch_put(records)
+        self.queue.enqueue_many(SEND_TASK, [{"message_id": r["id"]} for r in records], queue=TRANSACTIONAL_QUEUE,
+                                priority="high", job_ids=[r["id"] for r in records], max_retries=5)
+        return [r["id"] for r in records]
+
     def get(self, message_id: str) -> MessagePublic:
         return public(self.messages.get(message_id))
+
+
+@dataclass(frozen=True, slots=True)
+class RawSubmission:
+    """A complete MIME message accepted for ``recipients`` (one message id each), its body in the raw store."""
+
+    message_ids: list[str]
+    recipients: list[str]
+    mail_from: str
+    raw_ref: str
+    category: str = "transactional"
+    track: bool = False
+    tags: list[str] = field(default_factory=list)
+    metadata: dict[str, str] = field(default_factory=dict)
+    api_key_id: str | None = None

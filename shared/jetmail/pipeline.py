@@ -29,7 +29,7 @@ class Draft:
 
     message_id: str
     recipient: Recipient
-    version: TemplateVersion
+    version: TemplateVersion | None  # None with ``raw``
     context: Mapping[str, Any]
     from_addr: str
     category: str = "transactional"
@@ -40,6 +40,8 @@ class Draft:
     # whose share of the send rate it takes: a campaign's, or the transactional lane's (any message sent
     # through the messages API, marketing-category or not, so a campaign never delays it)
     lane: str = "transactional"
+    # complete MIME submitted over SMTP (jetmail.submission): sent as is, no render; from_addr is the envelope
+    raw: bytes | None = None
 
     @property
     def envelope_from(self) -> str:
@@ -64,6 +66,10 @@ class SendPipeline:
     def build(self, draft: Draft) -> OutboundMessage:
         """Render and build the MIME message. Raises TemplateRenderError or ValueError when it cannot be."""
         to = draft.recipient
+        if draft.raw is not None:
+            return self._build_raw(draft)
+        if draft.version is None:
+            raise ValueError("a draft needs a template version or raw MIME")
         rendered = self.composer.render(draft.version, dict(draft.context), recipient=to,
                                         message_id=draft.message_id, list_id=draft.list_id, track=draft.track)
         # marketing mail carries RFC 8058 one-click List-Unsubscribe headers on every path
@@ -76,6 +82,23 @@ class SendPipeline:
         # part at an IDN domain needs to go without SMTPUTF8
         return OutboundMessage(mail_from=draft.envelope_from, recipients=list(built.recipients), raw=built.data,
                                smtputf8=built.smtputf8, message_id=draft.message_id,
+                               tags={"message_id": draft.message_id, "category": draft.category, **draft.tags})
+
+    def _build_raw(self, draft: Draft) -> OutboundMessage:
+        """Submitted MIME as sent, with jetmail's own headers in front: the message id and, for marketing
+        mail, the RFC 8058 one-click unsubscribe pair (the submitter's own List-Unsubscribe was stripped)."""
+        assert draft.raw is not None
+        to = parse_address(draft.recipient.email)
+        lines = [f"X-Jetmail-Message-Id: {draft.message_id}"]
+        if draft.category == "marketing":
+            link = self.composer.unsubscribe_url(message_id=draft.message_id, email=draft.recipient.email,
+                                                 list_id=draft.list_id)
+            lines += [f"List-Unsubscribe: <{link}>", "List-Unsubscribe-Post: List-Unsubscribe=One-Click"]
+        raw = "".join(f"{line}\r\n" for line in lines).encode("ascii") + draft.raw
+        header_block = draft.raw.split(b"\r\n\r\n", 1)[0]
+        return OutboundMessage(mail_from=draft.envelope_from, recipients=[to.addr_spec], raw=raw,
+                               smtputf8=to.smtputf8 or not draft.envelope_from.isascii() or not header_block.isascii(),
+                               message_id=draft.message_id,
                                tags={"message_id": draft.message_id, "category": draft.category, **draft.tags})
 
     async def send(self, draft: Draft) -> Sent:

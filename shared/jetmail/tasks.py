@@ -63,8 +63,13 @@ async def startup(resources: dict[str, Any]) -> None:
     # the one send pipeline; transactional mail and campaign batches only wrap it
     pipeline = SendPipeline(composer=services.composer, provider=resources["provider"], limiter=limiter,
                             simulator=services.simulator, js=queue.js)
+    from jetmail.submission import RawStore
+
+    raw_store = RawStore(queue.js, ttl_s=services.settings.submission_retention_hours * 3600,
+                         replicas=services.settings.stream_replicas)
     resources["deliverer"] = Deliverer(messages=services.messages.messages, templates=services.templates,
-                                       pipeline=pipeline, policy=policy, stats=services.stats_table)
+                                       pipeline=pipeline, policy=policy, stats=services.stats_table,
+                                       raw_store=raw_store)
     resources["batch_sender"] = BatchSender(
         store=services.campaign_store, templates=services.templates, pipeline=pipeline, policy=policy,
         board=StateBoard(queue.js), claims=Claims(queue.js),
