@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 
 export SAM_CLI_TELEMETRY := 0
 
-.PHONY: setup browser demo test audit audit-lock lock lint bench faults up down clean
+.PHONY: setup browser swaks demo test audit audit-lock lock lint bench faults up down clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,10 +26,17 @@ browser:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
 	  echo "note: install Debian's chromium package to run the dashboard's browser test"
 
+# swaks, the command-line SMTP client the submission server's test sends with: installed the same way
+swaks:
+	@command -v swaks >/dev/null 2>&1 || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq swaks >/dev/null; } || \
+	  echo "note: install Debian's swaks package to run the SMTP submission server's swaks test"
+
 demo: setup ## start the local stack, send mail through it, show what arrived, stop
 	$(BIN)/python -m jetmail.demo
 
-test: setup browser audit ## lint the SAM template and run the test suite against a real local stack
+test: setup browser swaks audit ## lint the SAM template and run the test suite against a real local stack
 	$(BIN)/cfn-lint template.yaml
 	$(BIN)/ruff check shared functions tests bench
 	$(BIN)/pytest -q -m "not slow"
