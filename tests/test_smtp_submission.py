@@ -3,6 +3,7 @@ records and jobs → the worker process → the real SMTP sink; and every refusa
 
 from __future__ import annotations
 
+import json
 import shutil
 import smtplib
 import socket
@@ -336,3 +337,26 @@ def test_missing_from_header(server: Server, send_key: str, tmp_path: Path) -> N
         client.rcpt("nf@example.com")
         code, text = client.data(b"Subject: no from\r\n\r\nbody\r\n")
     assert (code, text) == (554, b"5.6.0 The message needs exactly one From header field, it has 0")
+
+
+def test_dev_up_starts_it_with_a_self_signed_certificate(tmp_path: Path) -> None:
+    from jetmail.devstack.stack import LocalStack
+
+    local = LocalStack(tmp_path / "dev")
+    try:
+        # WHEN the local stack starts the submission server
+        local.up(["nats", "moto", "submission"])
+        status = subprocess.run([sys.executable, "-m", "jetmail.cli", "dev", "--root", str(tmp_path / "dev"),
+                                 "status", "--json"], capture_output=True, text=True, timeout=60, check=True)
+        # THEN `dev status --json` reports its ports and certificate
+        submission = json.loads(status.stdout)["submission"]
+        assert submission["port"] > 0 and submission["tls_port"] > 0
+        server = Server(port=submission["port"], tls_port=submission["tls_port"], cert=submission["cert_file"])
+        # AND a client that trusts that certificate gets STARTTLS and AUTH PLAIN/LOGIN, and TLS on the other port
+        with starttls(server) as client:
+            client.ehlo()
+            assert set(client.esmtp_features["auth"].split()) >= {"PLAIN", "LOGIN"}
+        with smtplib.SMTP_SSL("127.0.0.1", server.tls_port, context=context(server), timeout=10) as client:
+            assert client.ehlo()[0] == 250
+    finally:
+        local.down()

@@ -12,7 +12,7 @@ import click
 from jetmail.devstack.mailbox import Mailbox
 from jetmail.devstack.stack import DEFAULT_ROOT, INFRA_SERVICES, LocalStack, StackError, StackState
 
-APP_SERVICES = ("api", "worker-transactional", "worker-bulk", "scheduler")
+APP_SERVICES = ("api", "worker-transactional", "worker-bulk", "scheduler", "submission")
 
 
 def _stack(root: str | None) -> LocalStack:
@@ -26,6 +26,8 @@ def _print_endpoints(state: StackState) -> None:
         ("DynamoDB/SES/SNS (moto)", ep["aws_endpoint_url"]),
         ("SMTP sink", ep["smtp"]),
         ("API", ep["api_url"]),
+        ("SMTP submission", ep["submission"] and "127.0.0.1:{port} (STARTTLS), :{tls_port} (TLS)".format(
+            **ep["submission"])),
         ("received mail", ep["maildir"]),
         ("settings file", ep["env_file"]),
     ]

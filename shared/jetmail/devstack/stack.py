@@ -25,7 +25,7 @@ from typing import Any
 
 DEFAULT_ROOT = Path(".jetmail/dev")
 INFRA_SERVICES = ("nats", "moto", "smtp")
-DEFAULT_PORTS = {"nats": 4222, "moto": 5055, "smtp": 2525, "api": 8000, "nats_monitor": 8222}
+DEFAULT_PORTS = {"nats": 4222, "moto": 5055, "smtp": 2525, "api": 8000, "nats_monitor": 8222, "submission": 0}
 
 
 class StackError(RuntimeError):
@@ -40,6 +40,7 @@ class Service:
     url: str
     log: str
     monitor_port: int = 0  # nats-server's monitoring endpoint (varz, healthz)
+    tls_port: int = 0  # the SMTP submission server's implicit-TLS port (its STARTTLS port is ``port``)
 
 
 @dataclass
@@ -59,6 +60,10 @@ class StackState:
             "aws_endpoint_url": svc["moto"].url if "moto" in svc else None,
             "smtp": f"127.0.0.1:{svc['smtp'].port}" if "smtp" in svc else None,
             "api_url": svc["api"].url if "api" in svc else None,
+            # `jetmail smtp-server`: STARTTLS on port, TLS on tls_port, a self-signed certificate made by `up`
+            "submission": {"host": "127.0.0.1", "port": svc["submission"].port, "tls_port": svc["submission"].tls_port,
+                           "cert_file": str((Path(self.root) / "tls" / "submission-cert.pem").resolve())}
+            if "submission" in svc else None,
             "maildir": str(self.maildir.resolve()),
             "env_file": str((Path(self.root) / "jetmail.env").resolve()),
             "services": {name: {"pid": s.pid, "port": s.port, "alive": pid_alive(s.pid)} for name, s in svc.items()},
@@ -266,6 +271,16 @@ class LocalStack:
             cmd = [sys.executable, "-m", "jetmail.cli", "worker", *queues, "--health-port", str(port)]
             url = f"http://127.0.0.1:{port}/healthz"
             ready = http_ready(url)
+        elif name == "submission":
+            from jetmail.smtp_server import self_signed
+
+            cert, key = self_signed(str((self.root / "tls").resolve()))
+            tls_port = free_port()
+            cmd = [sys.executable, "-m", "jetmail.cli", "smtp-server", "--host", "127.0.0.1", "--port", str(port),
+                   "--tls-port", str(tls_port)]
+            env.update(JETMAIL_SUBMISSION_CERT_FILE=cert, JETMAIL_SUBMISSION_KEY_FILE=key)
+            url = f"smtp://127.0.0.1:{port}"
+            ready = lambda: tcp_ready(port)() and tcp_ready(tls_port)()  # noqa: E731
         elif name == "scheduler":
             cmd = [sys.executable, "-m", "jetmail.cli", "scheduler", "--interval", "2"]
             url = ""
@@ -277,7 +292,8 @@ class LocalStack:
                                     start_new_session=True, stdin=subprocess.DEVNULL)
         wait_until(ready, timeout=timeout, what=name, proc=proc, log=log)
         return Service(name=name, pid=proc.pid, port=port, url=url, log=str(log),
-                       monitor_port=monitor if name == "nats" else 0)
+                       monitor_port=monitor if name == "nats" else 0,
+                       tls_port=tls_port if name == "submission" else 0)
 
 
 def stop_process(pid: int, *, timeout: float = 15.0) -> bool:
