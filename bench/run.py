@@ -16,7 +16,8 @@ with apt-get when missing and possible, else jetmail's own Python sink, and says
 * planner memory: peak RSS of the campaign plan path (planner + batch payloads, chunked as the plan
   job publishes them) over a synthetic in-memory audience of 20,000 and 200,000, in a fresh
   interpreter each (no DynamoDB, no sending: what the audience size adds to a worker);
-* cold start: import time of each Lambda handler module in a fresh interpreter (median of 5).
+* cold start: import time of each Lambda handler module in a fresh interpreter (median of 5);
+* SMTP submission: messages/s ``jetmail smtp-server`` accepts from 4 concurrent STARTTLS+AUTH clients.
 
 Not a test: nothing here passes or fails. ``python bench/run.py --help`` for sizes.
 """
@@ -288,6 +289,8 @@ def main() -> None:
     parser.add_argument("--latency-rate", type=float, default=20.0, help="transactional sends per second")
     parser.add_argument("--busy-recipients", type=int, default=50_000,
                         help="campaign running while latency is measured again (0: skip)")
+    parser.add_argument("--submission-messages", type=int, default=2_000,
+                        help="messages sent through `jetmail smtp-server` by 4 concurrent clients (0: skip)")
     parser.add_argument("--planner-audiences", default="20000,200000")
     parser.add_argument("--sink", choices=("auto", "postfix", "python"), default="auto")
     parser.add_argument("--no-install", action="store_true", help="never apt-get install postfix")
@@ -412,6 +415,13 @@ def main() -> None:
             results["busy_campaign_per_s"] = args.busy_recipients / (busy_finished - busy_started)
             results["transactional_during_campaign_ms"] = latencies(services, sent, until=busy_finished)
             results["worker_peak_rss_busy_mb"] = max(rss_peak_mb(p.pid) for p in workers)
+
+        if args.submission_messages:
+            from bench_submission import submission_throughput
+
+            print(f"SMTP submission, {args.submission_messages:,} messages from 4 clients ...", flush=True)
+            _, sub_token = services.api_keys.create("bench-smtp", scopes=["send"])
+            results["submission"] = submission_throughput(env, sub_token, root, messages=args.submission_messages)
     finally:
         for proc in workers:
             stop_process(proc.pid)
@@ -454,6 +464,10 @@ def main() -> None:
              probe.format(**results["dynamodb_get_busy_ms"])),
             (f"worker peak RSS after {args.busy_recipients:,}", f"{results['worker_peak_rss_busy_mb']:.0f} MB"),
         ]
+    if "submission" in results:
+        sub = results["submission"]
+        rows.append((f"SMTP submission accepted, {sub['clients']} clients (STARTTLS+AUTH)",
+                     f"{sub['per_s']:,.0f} messages/s ({sub['refused']} refused)"))
     rows += [(f"plan path peak RSS, {int(size):,} audience (start)",
               f"{r['peak_mb']:.0f} MB ({r['before_mb']:.0f} MB)") for size, r in results["planner_rss_mb"].items()]
     rows += [(f"cold start: functions/{k}", f"{v:.0f} ms") for k, v in results["cold_start_ms"].items()]

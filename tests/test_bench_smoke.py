@@ -28,6 +28,7 @@ def test_run_prints_every_figure_and_saves_them(repo_root: Path, tmp_path: Path)
     out = tmp_path / "latest.json"
     stdout = run(repo_root, "run.py", "--recipients", "200", "--raw", "50", "--latency-sends", "20",
                  "--latency-rate", "40", "--busy-recipients", "200", "--planner-audiences", "1000", "--no-install",
+                 "--submission-messages", "40",
                  "--out", str(out))
     results = json.loads(out.read_text())
     assert results["raw_loop_per_s"] > 0 and results["campaign_per_s"] > 0
@@ -38,6 +39,7 @@ def test_run_prints_every_figure_and_saves_them(repo_root: Path, tmp_path: Path)
     assert results["dynamodb_get_idle_ms"]["count"] > 0
     assert set(results["cold_start_ms"]) == {"api", "ses_events", "scheduler"}
     assert results["planner_rss_mb"]["1000"]["planned"] == 1000
+    assert results["submission"]["accepted"] == 40 and results["submission"]["per_s"] > 0
     assert re.search(rf"campaign, 200 recipients, 2 workers\s+{FIGURE} emails/s", stdout)
     assert re.search(r"transactional accept→SMTP p50/p95/p99, idle\s+\d+ / \d+ / \d+ ms", stdout)
 
