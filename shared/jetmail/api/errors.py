@@ -13,63 +13,55 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from jetmail.api.limits import BodyTooLarge
-from jetmail.campaigns.service import CampaignNotFound, InvalidTransition, UnknownAudience, VariantNotFound
-from jetmail.contacts import (
-    ContactConflict,
-    ContactNotFound,
-    ErasedAddress,
-    InvalidContact,
-    InvalidImport,
-    ListNotFound,
-    UnknownList,
-)
-from jetmail.cursors import InvalidCursor
-from jetmail.messages import IdempotencyConflict, InvalidAddress, MessageNotFound
-from jetmail.reports import InvalidRange
-from jetmail.segments import CriteriaError, SegmentNotFound
-from jetmail.sequences import EnrolmentNotFound, SequenceNotFound, StepTimeError
-from jetmail.ses_events import SesEventError
-from jetmail.sns import SnsCertificateUnavailable, SnsConfirmationFailed, SnsMessageInvalid, SnsVerificationError
-from jetmail.template_store import TemplateConflict, TemplateNotFound
-from jetmail.templating import ReservedContextKeyError, TemplateRenderError, TemplateValidationError
-
 logger = logging.getLogger("jetmail.api")
 
-STATUS_FOR: list[tuple[type[Exception], int]] = [
-    (BodyTooLarge, 413),
-    (SnsMessageInvalid, 400),
-    (SesEventError, 400),
-    (SnsVerificationError, 403),
-    (SnsConfirmationFailed, 502),
-    (SnsCertificateUnavailable, 503),
-    (TemplateNotFound, 404),
-    (CampaignNotFound, 404),
-    (UnknownAudience, 422),
-    (VariantNotFound, 422),
-    (InvalidTransition, 409),
-    (MessageNotFound, 404),
-    (SequenceNotFound, 404),
-    (EnrolmentNotFound, 404),
-    (StepTimeError, 422),
-    (IdempotencyConflict, 409),
-    (TemplateConflict, 409),
-    (TemplateValidationError, 422),
-    (TemplateRenderError, 422),
-    (ReservedContextKeyError, 422),
-    (InvalidAddress, 422),
-    (ListNotFound, 404),
-    (ContactNotFound, 404),
-    (SegmentNotFound, 404),
-    (UnknownList, 422),
-    (InvalidContact, 422),
-    (ErasedAddress, 422),
-    (InvalidCursor, 422),
-    (InvalidImport, 422),
-    (CriteriaError, 422),
-    (ContactConflict, 409),
-    (InvalidRange, 422),
-]
+# Domain exceptions by class path ("module.Class"), each with its status. Named, not imported: importing them
+# would load every domain module (templating with Jinja, campaigns, contacts, ...) into each API cold start,
+# and an error is matched against this table only when one is raised (an exception's classes are all loaded
+# by then). tests/test_api_errors.py checks that every path names an exception class.
+STATUS_FOR: dict[str, int] = {
+    "jetmail.api.limits.BodyTooLarge": 413,
+    "jetmail.sns.SnsMessageInvalid": 400,
+    "jetmail.ses_events.SesEventError": 400,
+    "jetmail.sns.SnsVerificationError": 403,
+    "jetmail.sns.SnsConfirmationFailed": 502,
+    "jetmail.sns.SnsCertificateUnavailable": 503,
+    "jetmail.template_store.TemplateNotFound": 404,
+    "jetmail.campaigns.store.CampaignNotFound": 404,
+    "jetmail.campaigns.service.UnknownAudience": 422,
+    "jetmail.campaigns.service.VariantNotFound": 422,
+    "jetmail.campaigns.store.InvalidTransition": 409,
+    "jetmail.messages.MessageNotFound": 404,
+    "jetmail.sequences.SequenceNotFound": 404,
+    "jetmail.sequences.EnrolmentNotFound": 404,
+    "jetmail.sequences.StepTimeError": 422,
+    "jetmail.messages.IdempotencyConflict": 409,
+    "jetmail.template_store.TemplateConflict": 409,
+    "jetmail.templating.errors.TemplateValidationError": 422,
+    "jetmail.templating.errors.TemplateRenderError": 422,
+    "jetmail.templating.errors.ReservedContextKeyError": 422,
+    "jetmail.messages.InvalidAddress": 422,
+    "jetmail.contacts.ListNotFound": 404,
+    "jetmail.contacts.ContactNotFound": 404,
+    "jetmail.segments.SegmentNotFound": 404,
+    "jetmail.contacts.UnknownList": 422,
+    "jetmail.contacts.InvalidContact": 422,
+    "jetmail.contacts.ErasedAddress": 422,
+    "jetmail.cursors.InvalidCursor": 422,
+    "jetmail.contacts.InvalidImport": 422,
+    "jetmail.segments.CriteriaError": 422,
+    "jetmail.contacts.ContactConflict": 409,
+    "jetmail.reports.InvalidRange": 422,
+}
+
+
+def status_for(exc: BaseException) -> int | None:
+    """The status of a domain exception: its own class's, else its nearest mapped base class's."""
+    for cls in type(exc).__mro__:
+        status = STATUS_FOR.get(f"{cls.__module__}.{cls.__qualname__}")
+        if status is not None:
+            return status
+    return None
 
 
 def _field(loc: tuple[Any, ...] | list[Any]) -> str:
@@ -88,16 +80,16 @@ def install(app: FastAPI) -> None:
         return JSONResponse({"error": _code(exc.status_code), "detail": exc.detail}, status_code=exc.status_code,
                             headers=getattr(exc, "headers", None))
 
-    for exc_type, status in STATUS_FOR:
-        app.add_exception_handler(exc_type, _domain_handler(status))
-    # Anything else is answered by UnexpectedErrors, a middleware inside CORS and SecurityHeaders (app.py): a
-    # handler for Exception would run in Starlette's outermost middleware, whose answers skip all of ours.
+    # Domain exceptions (STATUS_FOR) and anything else are answered by UnexpectedErrors, a middleware inside
+    # CORS and SecurityHeaders (app.py): Starlette matches handlers by class object, which would mean importing
+    # every domain module here, and a handler for Exception would run in Starlette's outermost middleware,
+    # whose answers skip all of ours.
 
 
 class UnexpectedErrors:
-    """A 500 for an exception nothing else handled: a fixed JSON body, the stack trace and the exception's
-    text only in the log. The exception is not raised again, so the server in front (uvicorn, Mangum)
-    neither answers a second way nor logs it twice."""
+    """The answer to an exception no handler took: a domain exception's status (STATUS_FOR) with its text, else
+    a 500 with a fixed JSON body, the stack trace and the exception's text only in the log. The exception is not
+    raised again, so the server in front (uvicorn, Mangum) neither answers a second way nor logs it twice."""
 
     BODY = json.dumps({"error": "internal", "detail": "internal error"}).encode()
 
@@ -118,24 +110,29 @@ class UnexpectedErrors:
 
         try:
             await self.app(scope, receive, watched)
-        except Exception:
+        except Exception as exc:
+            status = None if started else status_for(exc)
+            if status is not None:
+                await self._answer(send, status, {"error": _code(status), "detail": _detail(exc)})
+                return
             logger.exception("unhandled error on %s %s", scope.get("method", ""), scope.get("path", ""))
             if started:  # part of an answer is out: nothing valid can follow, let the server drop it
                 raise
-            await send({"type": "http.response.start", "status": 500,
-                        "headers": [(b"content-type", b"application/json"),
-                                    (b"content-length", str(len(self.BODY)).encode())]})
-            await send({"type": "http.response.body", "body": self.BODY})
+            await self._answer(send, 500, None)
+
+    async def _answer(self, send: Send, status: int, body: dict[str, Any] | None) -> None:
+        raw = self.BODY if body is None else json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"content-type", b"application/json"),
+                                (b"content-length", str(len(raw)).encode())]})
+        await send({"type": "http.response.body", "body": raw})
 
 
-def _domain_handler(status: int) -> Any:
-    async def handler(request: Request, exc: Exception) -> JSONResponse:
-        detail: Any = str(exc)
-        if isinstance(exc, TemplateValidationError):
-            detail = [p.model_dump() if hasattr(p, "model_dump") else dict(p.__dict__) for p in exc.problems]
-        return JSONResponse({"error": _code(status), "detail": detail}, status_code=status)
-
-    return handler
+def _detail(exc: Exception) -> Any:
+    problems = getattr(exc, "problems", None)  # TemplateValidationError: one {field, message} per problem
+    if problems is not None:
+        return [p.model_dump() if hasattr(p, "model_dump") else dict(p.__dict__) for p in problems]
+    return str(exc)
 
 
 def _code(status: int) -> str:
