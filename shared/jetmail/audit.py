@@ -22,13 +22,14 @@ import time
 from collections.abc import Callable
 from contextvars import ContextVar
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field
 
-from jetmail.storage.table import Table, from_item, to_item
-from jetmail.template_store import TemplateStore
-from jetmail.templating import RenderLimits, TemplateContent, TemplateVersion
+# The API's audit dependency imports this module on every cold start: the table adapter (boto3) loads with the
+# first query, and the audited template store lives with the templates (jetmail.template_store).
+if TYPE_CHECKING:
+    from jetmail.storage.table import Table
 
 AUDIT_PK = "AUDIT"
 MAX_VALUE_CHARS = 200
@@ -137,6 +138,8 @@ class AuditLog:
         if low and high != "9999" and low > high:
             raise InvalidAuditQuery("since is after until")
         # sort keys are "<time>#<id>": "~" sorts after "#" so an entry at exactly `until` is included
+        from jetmail.storage.table import from_item, to_item
+
         upper = _decode(cursor) if cursor else high + "~"
         found: list[AuditEntry] = []
         start: dict[str, Any] | None = None
@@ -183,25 +186,3 @@ def _decode(cursor: str) -> str:
     if "#aud_" not in value:
         raise InvalidAuditQuery("invalid cursor")
     return value
-
-
-class AuditedTemplateStore(TemplateStore):
-    """The template store, recording each save and delete (whoever calls it: API, CLI, bootstrap)."""
-
-    def __init__(self, table: Table, *, audit: AuditLog, default_locale: str, head_ttl_s: float = 5.0,
-                 limits: RenderLimits | None = None) -> None:
-        super().__init__(table, default_locale=default_locale, head_ttl_s=head_ttl_s, limits=limits)
-        self.audit = audit
-
-    def save(self, content: TemplateContent) -> TemplateVersion:
-        version = super().save(content)
-        self.audit.record("template.saved", target=f"{content.name}/{content.locale}",
-                          changes={"version": version.version, "category": content.category,
-                                   "subject": content.subject})
-        return version
-
-    def delete(self, name: str, *, locale: str | None = None) -> int:
-        removed = super().delete(name, locale=locale)
-        self.audit.record("template.deleted", target=f"{name}/{locale}" if locale else name,
-                          changes={"items": removed})
-        return removed

@@ -32,7 +32,6 @@ from aws_lambda_powertools.logging.formatter import LambdaPowertoolsFormatter
 from aws_lambda_powertools.metrics import MetricUnit
 
 from jetmail.providers.base import DeliveryError, OutboundMessage, PermanentDeliveryError, Provider, SendResult
-from jetmail.queue.worker import job_log_context
 
 SERVICE = "jetmail"
 NAMESPACE = "jetmail"
@@ -145,6 +144,9 @@ class JobContextFilter(logging.Filter):
     record."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        # imported here: the functions import this module too, and the job layer (nats) is worker code
+        from jetmail.queue.worker import job_log_context
+
         if not hasattr(record, "logger"):
             record.logger = record.name  # which part spoke: jetmail.queue.worker, nats, botocore...
         fields = job_log_context.get()

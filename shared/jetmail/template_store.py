@@ -11,10 +11,13 @@ from __future__ import annotations
 import threading
 import time
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from jetmail.storage.table import ConditionFailed, Table, to_item
 from jetmail.templating import RenderLimits, TemplateContent, TemplateVersion, check_template, locale_chain
+
+if TYPE_CHECKING:
+    from jetmail.audit import AuditLog
 
 
 class TemplateNotFound(LookupError):
@@ -131,4 +134,26 @@ class TemplateStore:
         return len(keys)
 
 
-__all__ = ["ConditionFailed", "TemplateConflict", "TemplateNotFound", "TemplateStore"]
+class AuditedTemplateStore(TemplateStore):
+    """The template store, recording each save and delete (whoever calls it: API, CLI, bootstrap)."""
+
+    def __init__(self, table: Table, *, audit: AuditLog, default_locale: str, head_ttl_s: float = 5.0,
+                 limits: RenderLimits | None = None) -> None:
+        super().__init__(table, default_locale=default_locale, head_ttl_s=head_ttl_s, limits=limits)
+        self.audit = audit
+
+    def save(self, content: TemplateContent) -> TemplateVersion:
+        version = super().save(content)
+        self.audit.record("template.saved", target=f"{content.name}/{content.locale}",
+                          changes={"version": version.version, "category": content.category,
+                                   "subject": content.subject})
+        return version
+
+    def delete(self, name: str, *, locale: str | None = None) -> int:
+        removed = super().delete(name, locale=locale)
+        self.audit.record("template.deleted", target=f"{name}/{locale}" if locale else name,
+                          changes={"items": removed})
+        return removed
+
+
+__all__ = ["AuditedTemplateStore", "ConditionFailed", "TemplateConflict", "TemplateNotFound", "TemplateStore"]
