@@ -80,7 +80,7 @@ class Services:
 
     @cached_property
     def templates(self) -> TemplateStore:
-        from jetmail.audit import AuditedTemplateStore
+        from jetmail.template_store import AuditedTemplateStore
 
         return AuditedTemplateStore(self.table, audit=self.audit, default_locale=self.settings.default_locale,
                                     limits=self.settings.render_limits)
