@@ -39,6 +39,10 @@ class Settings(BaseSettings):
     nats_creds_file: str | None = None
     nats_user: str | None = None
     nats_password: SecretStr | None = None
+    # TLS to nats-server with a private CA (NATS TLS CA): a PEM file path, or the PEM itself, which Lambda reads
+    # from Secrets Manager through JETMAIL_NATS_TLS_CA_SECRET_ARN
+    nats_tls_ca_file: str | None = None
+    nats_tls_ca_pem: str | None = None
     stream_replicas: int = Field(default=1, ge=1, le=5)
     jobs_stream: str = "JOBS"
     dlq_stream: str = "JOBS_DLQ"
@@ -241,6 +245,7 @@ SECRET_ARNS = {
     "JETMAIL_SIGNING_SECRET_ARN": {None: "signing_secret"},
     "JETMAIL_ERASURE_SECRET_ARN": {None: "erasure_secret"},
     "JETMAIL_NATS_CREDENTIALS_SECRET_ARN": {"user": "nats_user", "password": "nats_password"},
+    "JETMAIL_NATS_TLS_CA_SECRET_ARN": {None: "nats_tls_ca_pem"},  # NATS TLS CA
     "JETMAIL_SMTP_CREDENTIALS_SECRET_ARN": {"username": "smtp_username", "password": "smtp_password"},
 }
 

@@ -48,6 +48,8 @@ def queue_config(settings: Settings) -> QueueConfig:
         creds_file=settings.nats_creds_file,
         user=settings.nats_user,
         password=settings.nats_password.get_secret_value() if settings.nats_password else None,
+        tls_ca_file=settings.nats_tls_ca_file,
+        tls_ca_pem=settings.nats_tls_ca_pem,
         stream=settings.jobs_stream,
         dlq_stream=settings.dlq_stream,
         replicas=settings.stream_replicas,

@@ -19,6 +19,10 @@ class QueueConfig:
     creds_file: str | None = None
     user: str | None = None
     password: str | None = field(default=None, repr=False)
+    # TLS to nats-server with a private CA: a PEM file, or the PEM text itself (from Secrets Manager); with
+    # either, the server's certificate must chain to that CA and name the host in the URL
+    tls_ca_file: str | None = None
+    tls_ca_pem: str | None = field(default=None, repr=False)
     stream: str = "JOBS"
     dlq_stream: str = "JOBS_DLQ"
     replicas: int = 1
