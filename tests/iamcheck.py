@@ -156,6 +156,11 @@ class TemplateRoles:
         props = self.resources[role]["Properties"]
         out = []
         for policy in props.get("Policies", []):
+            if "Fn::If" in policy:  # a policy only some parameter values add (NatsTlsCaSecretArn)
+                condition, chosen, other = policy["Fn::If"]
+                policy = chosen if self._condition(condition) else other
+                if policy == {"Ref": "AWS::NoValue"}:
+                    continue
             for st in self._resolve(policy["PolicyDocument"])["Statement"]:
                 if st.get("Effect") != "Allow":
                     continue
@@ -169,6 +174,24 @@ class TemplateRoles:
         return sorted({c for c in calls if not any(s.allows(c) for s in statements)}, key=lambda c: c.action)
 
     # -- intrinsic functions
+
+    def _condition(self, name: str) -> bool:
+        def evaluate(node: Any) -> Any:
+            if isinstance(node, dict) and len(node) == 1:
+                (fn, arg), = node.items()
+                if fn == "Condition":
+                    return self._condition(arg)
+                if fn == "Fn::Equals":
+                    return evaluate(arg[0]) == evaluate(arg[1])
+                if fn == "Fn::Not":
+                    return not evaluate(arg[0])
+                if fn == "Fn::And":
+                    return all(evaluate(a) for a in arg)
+                if fn == "Fn::Or":
+                    return any(evaluate(a) for a in arg)
+            return self._resolve(node)
+
+        return bool(evaluate(self.doc["Conditions"][name]))
 
     def _name(self, logical: str) -> str:
         return self.physical.get(logical, logical)

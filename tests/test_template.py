@@ -161,3 +161,27 @@ def test_the_samconfig_example_deploys_with_parameters_the_template_declares() -
     named = {item.split("=", 1)[0] for item in overrides}
     assert named <= declared, named - declared
     assert config["default"]["build"]["parameters"]["cached"] is True
+
+
+CA_ARN = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:nats-ca-AbCdEf"
+
+
+@pytest.mark.parametrize("ca_arn", ["", CA_ARN], ids=["nats-ca=system", "nats-ca=private"])
+def test_a_private_nats_ca_reaches_functions_and_workers_only_when_given(rendered: dict[str, Any],
+                                                                         ca_arn: str) -> None:
+    # GIVEN the NATS CA secret parameter empty or set  WHEN the template is rendered
+    stack = Stack(rendered, {"NatsTlsCaSecretArn": ca_arn})
+    for function in FUNCTIONS:
+        variables = stack.properties(function)["Environment"]["Variables"]
+        # THEN each function is told the secret's ARN and may read that secret, only when it is given
+        assert variables.get("JETMAIL_NATS_TLS_CA_SECRET_ARN") == (ca_arn or None)
+        role = stack.properties(stack.properties(function)["Role"]["Fn::GetAtt"][0])
+        readable = [s.get("Resource") for p in role.get("Policies", []) for s in p["PolicyDocument"]["Statement"]
+                    if "secretsmanager:GetSecretValue" in str(s.get("Action"))]
+        assert (CA_ARN in str(readable)) is bool(ca_arn)
+    # AND the worker gets the PEM injected by ECS, which its execution role may read
+    container = stack.properties("WorkerTaskDefinition")["ContainerDefinitions"][0]
+    injected = {s["Name"]: s["ValueFrom"] for s in container["Secrets"]}
+    assert injected.get("JETMAIL_NATS_TLS_CA_PEM") == (ca_arn or None)
+    execution = stack.properties(stack.properties("WorkerTaskDefinition")["ExecutionRoleArn"]["Fn::GetAtt"][0])
+    assert (CA_ARN in str(execution["Policies"])) is bool(ca_arn)
