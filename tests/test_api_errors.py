@@ -98,3 +98,17 @@ def test_a_500_to_an_allowed_origin_carries_the_cors_headers(settings: Settings,
         assert resp.headers["x-content-type-options"] == "nosniff"
     assert ours.headers["access-control-allow-origin"] == "https://app.example.com"
     assert "access-control-allow-origin" not in theirs.headers
+
+
+def test_every_mapped_exception_path_names_an_exception_class() -> None:
+    # GIVEN the status table, keyed by class path so that building the app imports no domain module
+    import importlib
+
+    from jetmail.api.errors import STATUS_FOR, status_for
+
+    for path, status in STATUS_FOR.items():
+        module, _, name = path.rpartition(".")
+        # THEN each path names an exception class where it says, and an instance of it gets its status
+        cls = getattr(importlib.import_module(module), name)
+        assert issubclass(cls, Exception), path
+        assert status_for(cls.__new__(cls)) == status, path
