@@ -136,7 +136,7 @@ def test_keys_cli_records_who_created_and_revoked_a_key_never_the_key(client: Te
                                                  {"name": "audited-key", "scopes": ["send"]}]
     dumped = json.dumps(found)
     for secret in (token, rotated.stdout.strip().splitlines()[-1]):
-        assert secret not in dumped and secret.split("_")[2] not in dumped
+        assert secret not in dumped and secret.split("_", 2)[2] not in dumped
     # and `jetmail audit` lists the same, newest first; a bad time is one error line
     listed = jetmail("audit", "--target", key_id, "--json")
     assert listed.returncode == 0, listed.stderr
