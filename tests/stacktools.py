@@ -6,7 +6,9 @@ import json
 import os
 import subprocess
 import sys
+import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +88,21 @@ class Isolated:
             stop_process(self.worker.pid)
         self.services.queue.close()
         self.local.down()
+
+
+def settle(count: Callable[[], int], *, quiet: float = 1.0, timeout: float = 20.0) -> int:
+    """Wait until ``count()`` has not changed for ``quiet`` seconds; returns the final value (for checking that
+    something stopped: mail after a pause, a campaign after a stop event)."""
+    deadline = time.monotonic() + timeout
+    last, since = count(), time.monotonic()
+    while time.monotonic() < deadline:
+        time.sleep(0.1)
+        now = count()
+        if now != last:
+            last, since = now, time.monotonic()
+        elif time.monotonic() - since >= quiet:
+            return int(now)
+    raise AssertionError("count kept changing")
 
 
 def moto_faults(url: str, body: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -18,6 +17,7 @@ from jetmail.devstack.mailbox import Mailbox
 from jetmail.devstack.stack import wait_until
 from jetmail.scheduler import tick
 from jetmail.services import Services
+from stacktools import settle
 
 CONTEXT = {"steps": [{"title": "One", "description": "First."}], "dashboard_url": "https://app.example.com/",
            "docs_url": "https://docs.example.com/"}
@@ -40,18 +40,6 @@ def new_campaign(client: TestClient, name: str, emails: list[str]) -> str:
     return str(resp.json()["id"])
 
 
-def steady(count: Callable[[], int], *, quiet: float, timeout: float = 30.0) -> int:
-    """Wait until ``count()`` has not changed for ``quiet`` seconds; returns it."""
-    deadline = time.monotonic() + timeout
-    last, since = count(), time.monotonic()
-    while time.monotonic() < deadline:
-        time.sleep(0.1)
-        now = count()
-        if now != last:
-            last, since = now, time.monotonic()
-        elif time.monotonic() - since >= quiet:
-            return now
-    raise AssertionError("count kept changing")
 
 
 def test_a_moved_campaign_starts_once_at_its_new_time(client: TestClient, services: Services, mailbox: Mailbox,
@@ -73,7 +61,7 @@ def test_a_moved_campaign_starts_once_at_its_new_time(client: TestClient, servic
     # THEN nothing leaves at the old time: the first mail arrives at the new time, each contact gets one
     wait_until(lambda: len(arrivals()) >= 5, timeout=30, what="the moved campaign")
     assert min(arrivals()) >= new_at.timestamp() - 0.05
-    assert steady(lambda: len(arrivals()), quiet=1.0) == 5
+    assert settle(lambda: len(arrivals()), quiet=1.0, timeout=30) == 5
     assert set(mailbox.by_recipient()[f"m{i}@{domain}"] for i in range(5)) == {1}
     # AND the scheduler's safety net does not start it a second time
     assert campaign_id not in tick(services)["started"]
@@ -100,7 +88,7 @@ def test_a_recurring_campaign_pauses_resumes_and_takes_a_new_cron(client: TestCl
     assert paused.status_code == 200, paused.text
     assert paused.json()["state"] == "paused" and paused.json()["next_run_at"] is None
     assert services.queue.get_schedule(f"cmp-{campaign_id}").paused is True
-    while_paused = steady(runs, quiet=4.5)
+    while_paused = settle(runs, quiet=4.5, timeout=30)
     # WHEN it is resumed, it fires again
     resumed = client.post(f"/v1/campaigns/{campaign_id}/resume")
     assert resumed.status_code == 200 and resumed.json()["state"] == "scheduled"
@@ -117,7 +105,7 @@ def test_a_recurring_campaign_pauses_resumes_and_takes_a_new_cron(client: TestCl
     schedule = services.queue.get_schedule(f"cmp-{campaign_id}")
     assert schedule.cron == "0 30 9 1 * *" and schedule.timezone == "Europe/Berlin" and not schedule.paused
     # THEN the every-two-seconds firing is gone
-    steady(runs, quiet=4.5)
+    settle(runs, quiet=4.5, timeout=30)
     # AND a paused recurring campaign takes a new cron but stays paused until resumed
     assert client.post(f"/v1/campaigns/{campaign_id}/pause").json()["state"] == "paused"
     still = client.post(f"/v1/campaigns/{campaign_id}/schedule", json={"cron": "0 8 * * 1"})

@@ -20,7 +20,7 @@ from jetmail.devstack.stack import StackState, wait_until
 from jetmail.queue import NotFoundError
 from jetmail.scheduler import tick
 from jetmail.services import Services
-from stacktools import Isolated
+from stacktools import Isolated, settle
 
 CONTEXT = {"steps": [{"title": "One", "description": "First."}], "dashboard_url": "https://app.example.com/",
            "docs_url": "https://docs.example.com/"}
@@ -67,18 +67,6 @@ def campaign(client: TestClient, campaign_id: str) -> dict[str, Any]:
     return dict(client.get(f"/v1/campaigns/{campaign_id}").json())
 
 
-def settle(count: Any, *, quiet: float = 1.0, timeout: float = 15.0) -> int:
-    """Wait until ``count()`` stops changing for ``quiet`` seconds; returns the final value."""
-    deadline = time.monotonic() + timeout
-    last, since = count(), time.monotonic()
-    while time.monotonic() < deadline:
-        time.sleep(0.1)
-        now = count()
-        if now != last:
-            last, since = now, time.monotonic()
-        elif time.monotonic() - since >= quiet:
-            return int(now)
-    raise AssertionError("count kept changing")
 
 
 def finish(services: Services, client: TestClient, campaign_id: str, *, timeout: float = 120) -> dict[str, Any]:

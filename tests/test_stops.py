@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -20,7 +19,7 @@ from jetmail.devstack.stack import StackState, stop_process, wait_until
 from jetmail.events import DeliveryEvent, EventKind
 from jetmail.scheduler import tick
 from jetmail.services import Services
-from stacktools import Isolated
+from stacktools import Isolated, settle
 
 CONTEXT = {"steps": [{"title": "One", "description": "First."}], "dashboard_url": "https://app.example.com/",
            "docs_url": "https://docs.example.com/"}
@@ -60,17 +59,6 @@ def mailed(mailbox: Mailbox, domain: str) -> dict[str, int]:
     return {r: n for r, n in mailbox.by_recipient().items() if r.endswith(domain)}
 
 
-def settle(count: Any, *, quiet: float = 1.0, timeout: float = 20.0) -> int:
-    deadline = time.monotonic() + timeout
-    last, since = count(), time.monotonic()
-    while time.monotonic() < deadline:
-        time.sleep(0.1)
-        now = count()
-        if now != last:
-            last, since = now, time.monotonic()
-        elif time.monotonic() - since >= quiet:
-            return int(now)
-    raise AssertionError("count kept changing")
 
 
 def finish(services: Services, client: TestClient, campaign_id: str) -> dict[str, Any]:
