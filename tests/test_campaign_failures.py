@@ -139,10 +139,16 @@ def test_only_batches_with_failures_hold_them_and_a_second_record_changes_nothin
     # THEN the batch without failures paid no write for them, the others hold one entry per failure
     assert "failures" not in middle
     assert len(first["failures"]) == 2 and len(last["failures"]) == 1
-    # WHEN a redelivered batch records its failures again (with other words)
+    # WHEN a redelivered batch records its outcome again (with other words for its failures)
+    before = store.get(campaign_id, consistent=True)
     positions = {int(p): "later words" for p in first["failures"]}
-    store.record_failures(campaign_id, run="main", batch=1, failures=positions)
-    # THEN the first record stands
+    recorded = store.finish_batch(campaign_id, run="main", batch=1, counts={"sent": 98, "failed": 2},
+                                  failures=positions)
+    # THEN nothing is counted again and the first record of the failures stands
+    assert recorded is False
+    after = store.get(campaign_id, consistent=True)
+    assert (after["sent"], after["failed"], after["batches_done"]) == (
+        before["sent"], before["failed"], before["batches_done"])
     again = store.batch(campaign_id, run="main", batch=1)
     assert again is not None and again["failures"] == first["failures"]
 

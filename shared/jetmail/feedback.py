@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -80,14 +81,23 @@ SEND_MARK_DAYS = 30
 
 
 def record_sends(stats: Table, key: str, *, sent: int, failed: int = 0, campaign_id: str | None = None,
-                 variant: str | None = None, at: datetime | None = None) -> bool:
+                 variant: str | None = None, at: datetime | None = None,
+                 with_ops: Sequence[dict[str, Any]] = ()) -> bool:
     """Add the sends and failures of one campaign batch or one message to the counters, once per
     ``key``: a ``SENT#<key>`` mark rides in the same transaction. False when it was counted before.
 
     Account-wide days and hours (``STATS``), and for a campaign its ``TOTALS``, its hour and its
-    variant, so a report's timeline shows sends per hour next to the events."""
+    variant, so a report's timeline shows sends per hour next to the events. ``with_ops`` (typed
+    TransactWriteItems operations, on any table) ride in the same transaction: the caller's own record
+    of the outcome, so outcome and counters are written together or not at all, in one request."""
     if sent <= 0 and failed <= 0:
-        return False
+        if not with_ops:
+            return False
+        try:
+            stats.transact(list(with_ops))
+        except ConditionFailed:
+            return False
+        return True
     at = (at or datetime.now(UTC)).astimezone(UTC)
     hour = at.strftime("%Y-%m-%dT%H")
     keys = [("STATS", f"DAY#{at.date().isoformat()}"), ("STATS", f"HOUR#{hour}")]
@@ -101,6 +111,7 @@ def record_sends(stats: Table, key: str, *, sent: int, failed: int = 0, campaign
     ops += [{"Update": {"TableName": stats.name, "Key": to_item({"pk": pk, "sk": sk}),
                         "UpdateExpression": "ADD sent :s, failed :f",
                         "ExpressionAttributeValues": to_item({":s": sent, ":f": failed})}} for pk, sk in keys]
+    ops += with_ops
     try:
         stats.transact(ops)
     except ConditionFailed:

@@ -160,43 +160,36 @@ class CampaignStore:
 
     def finish_batch(self, campaign_id: str, *, run: str, batch: int, counts: dict[str, int],
                      variant: str | None = None, failures: dict[int, str] | None = None) -> bool:
-        """Add a batch's counts to the campaign once: the batch's mark rides in the same conditional
-        update, so a redelivered batch can never count twice. False when it was counted before.
+        """Add a batch's counts to the campaign and the send counters once, in one TransactWriteItems:
+        the batch's mark on the campaign and its ``SENT#`` mark in the stats table ride in it, so a
+        redelivered batch can never count twice. False when it was counted before.
 
-        ``failures`` (position -> reason) are kept on the batch item first, so a ``failed`` count on
-        the campaign always has its rows to show."""
-        if failures:
-            self.record_failures(campaign_id, run=run, batch=batch, failures=failures)
-        mark = f"{run}#{batch}"
-        try:
-            self.table.update(
-                f"CAMPAIGN#{campaign_id}", "META",
-                expression="ADD sent :s, failed :f, skipped :k, batches_done :one, done_batches :mark",
-                params={":s": counts.get("sent", 0), ":f": counts.get("failed", 0), ":k": counts.get("skipped", 0),
-                        ":one": 1, ":mark": {mark}, ":m": mark},
-                condition="NOT contains(done_batches, :m)",
-            )
-        except ConditionFailed:
-            recorded = False
-        else:
-            recorded = True
-        # the hourly, account-wide and variant send counters keep their own mark, and are tried even
-        # when the campaign counted the batch before (a worker that died between the two writes)
+        ``failures`` (position -> reason) are kept on the batch item in the same transaction, so a
+        ``failed`` count on the campaign always has its rows to show."""
         from jetmail.feedback import record_sends
 
-        record_sends(self.stats, f"{campaign_id}#{mark}", sent=counts.get("sent", 0), failed=counts.get("failed", 0),
-                     campaign_id=campaign_id, variant=variant)
-        return recorded
+        mark = f"{run}#{batch}"
+        ops = [self.table.update_op(
+            f"CAMPAIGN#{campaign_id}", "META",
+            expression="ADD sent :s, failed :f, skipped :k, batches_done :one, done_batches :mark",
+            params={":s": counts.get("sent", 0), ":f": counts.get("failed", 0), ":k": counts.get("skipped", 0),
+                    ":one": 1, ":mark": {mark}, ":m": mark},
+            condition="NOT contains(done_batches, :m)",
+        )]
+        if failures:
+            ops.append(self._failures_op(campaign_id, run=run, batch=batch, failures=failures))
+        return record_sends(self.stats, f"{campaign_id}#{mark}", sent=counts.get("sent", 0),
+                            failed=counts.get("failed", 0), campaign_id=campaign_id, variant=variant, with_ops=ops)
 
     def batch(self, campaign_id: str, *, run: str, batch: int) -> dict[str, Any] | None:
         return self.table.get(f"CAMPAIGN#{campaign_id}", f"BATCH#{run}#{batch:06d}")
 
     # ---- permanent failures
-    def record_failures(self, campaign_id: str, *, run: str, batch: int, failures: dict[int, str]) -> None:
-        """Keep a batch's failed recipients (position -> reason) on its item: one UpdateItem. A redelivered
-        batch writes nothing new: the first record stands, with the reasons and time it saw."""
+    def _failures_op(self, campaign_id: str, *, run: str, batch: int, failures: dict[int, str]) -> dict[str, Any]:
+        """Keep a batch's failed recipients (position -> reason) on its item. A redelivered batch writes
+        nothing new: the first record stands, with the reasons and time it saw."""
         at = now_iso()
-        self.table.update(
+        return self.table.update_op(
             f"CAMPAIGN#{campaign_id}", f"BATCH#{run}#{batch:06d}",
             expression="SET failures = if_not_exists(failures, :f)",
             params={":f": {str(pos): {"reason": reason, "at": at} for pos, reason in failures.items()}},

@@ -189,6 +189,19 @@ class Table:
             raise
         return from_item(resp.get("Attributes", {}))
 
+    def update_op(self, pk: str, sk: str, *, expression: str, names: Mapping[str, str] | None = None,
+                  params: Mapping[str, Any] | None = None, condition: str | None = None) -> dict[str, Any]:
+        """The ``update`` as one TransactWriteItems operation, for ``transact`` on this or another table."""
+        op: dict[str, Any] = {"TableName": self.name, "Key": to_item({"pk": pk, "sk": sk}),
+                              "UpdateExpression": expression}
+        if names:
+            op["ExpressionAttributeNames"] = dict(names)
+        if params:
+            op["ExpressionAttributeValues"] = to_item(params)
+        if condition:
+            op["ConditionExpression"] = condition
+        return {"Update": op}
+
     def delete(self, pk: str, sk: str, *, condition: str | None = None) -> None:
         kwargs: dict[str, Any] = {"TableName": self.name, "Key": to_item({"pk": pk, "sk": sk})}
         if condition:
