@@ -123,6 +123,9 @@ class Settings(BaseSettings):
     # seconds an API process keeps a token's verdict (the key, or a refusal): revocation, rotation and
     # limit changes made elsewhere reach a warm API container within this; 0 reads the key every request
     api_key_cache_s: float = Field(default=5.0, ge=0, le=60)
+    # seconds a process (API, worker) keeps a template's head (its latest version per locale): a template
+    # saved elsewhere is used for new sends within this; 0 reads the head for every message
+    template_cache_s: float = Field(default=5.0, ge=0, le=300)
     # browser origins allowed to call the API (CORS), comma separated or a JSON list; empty: no CORS headers
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     country_header: str = "cloudfront-viewer-country"

@@ -85,7 +85,7 @@ class Services:
         from jetmail.template_store import AuditedTemplateStore
 
         return AuditedTemplateStore(self.table, audit=self.audit, default_locale=self.settings.default_locale,
-                                    limits=self.settings.render_limits)
+                                    head_ttl_s=self.settings.template_cache_s, limits=self.settings.render_limits)
 
     @cached_property
     def audit(self) -> AuditLog:

@@ -2,8 +2,11 @@
 
 Saving writes the new version and moves the head in one transaction conditioned on the head's
 previous version, so two concurrent saves can never both become version N. Rendering reads only
-heads (one GetItem per locale tried); heads are cached briefly per process, versions forever
-(a version never changes).
+heads (one GetItem per locale tried), and each process keeps what it read, a missing head included,
+for ``head_ttl_s`` (``JETMAIL_TEMPLATE_CACHE_S``, 0: no cache): the API's submit and the worker's
+render resolve a template without a request, and a template saved elsewhere takes effect within
+that time (at once in the process that saved it). A head carries its whole version, and a version
+never changes, so only the head's age matters.
 """
 
 from __future__ import annotations
