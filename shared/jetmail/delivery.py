@@ -1,8 +1,12 @@
-"""The worker side of one message: claim, render, build, send, record.
+"""The worker side of one message: claim, check, render, build, send, record.
 
-Claiming is a conditional write (``queued|scheduled|sending → sending``): a job redelivered after
-the message was sent, failed or cancelled finds it in a final state and does nothing, so a
-redelivered job never sends twice.
+Two DynamoDB requests per message sent. Claiming is one conditional write
+(``queued|scheduled|sending → sending``, counting the attempt) that returns the message, so nothing
+reads it first: a job redelivered after the message was sent, failed, cancelled or suppressed finds it
+in a final state and does nothing, so a redelivered job never sends twice. The suppression check reads
+the stop events the worker follows, in memory (``jetmail.policy``), the template head comes from the
+store's short cache, and the outcome (``sent`` or ``failed``) rides with the send counters in one
+TransactWriteItems.
 
 An SMTP server commits a message when it receives the final ``.`` of DATA, whether or not the
 sender lives to read its ``250``. If a worker dies between that moment and the ``sent`` write (one
@@ -21,7 +25,7 @@ from typing import Any, Protocol
 
 from jetmail.compose import Recipient
 from jetmail.feedback import record_sends
-from jetmail.messages import FINAL_BEFORE_SEND, MessageRepository, MessageStatus, now_iso
+from jetmail.messages import MessageRepository, MessageStatus, now_iso
 from jetmail.pipeline import Draft, SendPipeline, Sent
 from jetmail.policy import SuppressionPolicy
 from jetmail.providers import PermanentDeliveryError, TemporaryDeliveryError
@@ -61,25 +65,25 @@ class Deliverer:
 
     async def deliver(self, message_id: str, *, attempt: int, max_attempts: int) -> str:
         """Send one transactional message; raises TemporaryDeliveryError when the job should retry."""
-        item = await asyncio.to_thread(self.messages.get, message_id)
-        if MessageStatus(item["status"]) in FINAL_BEFORE_SEND:
+        try:
+            # the claim returns the message, so nothing reads it first
+            item = await asyncio.to_thread(self.messages.transition, message_id, MessageStatus.SENDING,
+                                           allowed_from=CLAIMABLE, count_attempt=True, detail=f"attempt {attempt}")
+        except ConditionFailed:
+            # cancelled, suppressed at submit, already final (a redelivered job) or no longer stored
+            logger.info("message %s is not to be sent (not queued, scheduled or sending)", message_id)
             return DeliveryOutcome.SKIPPED
         category = item.get("category") or "transactional"
-        # checked at send time, not only at submit: the address may have bounced since
-        refused = await self.policy.at_send(item["to"], category=category)
+        # checked again at send time, from the stop events this worker follows: the address may have
+        # bounced or been suppressed since the message was accepted
+        refused = await self.policy.at_send(item["to"], category=category, accepted_at=item.get("created_at"))
         if refused is not None:
             try:
                 await asyncio.to_thread(self.messages.transition, message_id, MessageStatus.SUPPRESSED,
-                                        allowed_from=CLAIMABLE, detail=refused)
+                                        allowed_from={MessageStatus.SENDING}, detail=refused)
             except ConditionFailed:
                 pass
             return DeliveryOutcome.SKIPPED
-        try:
-            item = await asyncio.to_thread(self.messages.transition, message_id, MessageStatus.SENDING,
-                                           allowed_from=CLAIMABLE, count_attempt=True,
-                                           detail=f"attempt {attempt}")
-        except ConditionFailed:
-            return DeliveryOutcome.SKIPPED  # cancelled or finished in between
         recipient = Recipient(email=item["to"], name=item.get("to_name"), language=item.get("language"),
                               timezone=item.get("timezone"))
         try:
@@ -93,14 +97,14 @@ class Deliverer:
                               reply_to=item.get("reply_to"))
             sent = await self.pipeline.send(draft)
         except (TemplateNotFound, TemplateRenderError, ValueError) as exc:
-            await self._fail(message_id, f"cannot render: {exc}")
+            await self._fail(item, f"cannot render: {exc}")
             return DeliveryOutcome.FAILED
         except PermanentDeliveryError as exc:
-            await self._fail(message_id, exc.reason)
+            await self._fail(item, exc.reason)
             return DeliveryOutcome.FAILED
         except TemporaryDeliveryError as exc:
             if attempt >= max_attempts:
-                await self._fail(message_id, f"gave up after {attempt} attempts: {exc.reason}")
+                await self._fail(item, f"gave up after {attempt} attempts: {exc.reason}")
                 return DeliveryOutcome.FAILED
             await asyncio.to_thread(self.messages.transition, message_id, MessageStatus.QUEUED,
                                     allowed_from={MessageStatus.SENDING}, detail=f"deferred: {exc.reason}",
@@ -118,24 +122,33 @@ class Deliverer:
                      from_addr=item["from_addr"], raw=body)
 
     async def _sent(self, item: dict[str, Any], sent: Sent) -> str:
-        message_id = item["id"]
         fields: dict[str, Any] = {"provider": sent.result.provider, "sent_at": now_iso()}
         if sent.result.provider_message_id:
             fields["provider_message_id"] = sent.result.provider_message_id
-        await asyncio.to_thread(self.messages.transition, message_id, MessageStatus.SENT,
-                                allowed_from={MessageStatus.SENDING}, fields=fields)
-        await self._count(item, sent=1)
+        await self._settle(item, MessageStatus.SENT, fields=fields, sent=1)
         await self.pipeline.sent([sent])
         return DeliveryOutcome.SENT
 
-    async def _fail(self, message_id: str, reason: str) -> None:
-        logger.warning("message %s failed: %s", message_id, reason)
-        item = await asyncio.to_thread(self.messages.transition, message_id, MessageStatus.FAILED,
-                                       allowed_from={MessageStatus.SENDING}, detail=reason, fields={"error": reason})
-        await self._count(item, failed=1)
+    async def _fail(self, item: dict[str, Any], reason: str) -> None:
+        logger.warning("message %s failed: %s", item["id"], reason)
+        await self._settle(item, MessageStatus.FAILED, detail=reason, fields={"error": reason}, failed=1)
 
-    async def _count(self, item: dict[str, Any], *, sent: int = 0, failed: int = 0) -> None:
-        """Account-wide (and the attributed campaign's) send counters for reports, once per message."""
-        if self.stats is not None:
-            await asyncio.to_thread(record_sends, self.stats, f"msg:{item['id']}", sent=sent, failed=failed,
-                                    campaign_id=item.get("campaign_id"))
+    async def _settle(self, item: dict[str, Any], status: MessageStatus, *, fields: dict[str, Any],
+                      detail: str | None = None, sent: int = 0, failed: int = 0) -> None:
+        """The outcome (``sending`` → ``status``) and the account-wide (and attributed campaign's) send
+        counters in one TransactWriteItems: written together or not at all, counted once per message."""
+        message_id = item["id"]
+        outcome = self.messages.transition_op(message_id, status, allowed_from={MessageStatus.SENDING},
+                                              detail=detail, fields=fields)
+        if self.stats is None:
+            await asyncio.to_thread(self.messages.table.transact, [outcome])
+            return
+        key = f"msg:{message_id}"
+        campaign_id = item.get("campaign_id")
+        if await asyncio.to_thread(record_sends, self.stats, key, sent=sent, failed=failed, campaign_id=campaign_id,
+                                   with_ops=[outcome]):
+            return
+        # rare: the message left ``sending`` meanwhile (a provider event about it came first) or was counted
+        # before; the counters alone, still once (their mark)
+        logger.info("message %s was no longer sending when its outcome (%s) was written", message_id, status.value)
+        await asyncio.to_thread(record_sends, self.stats, key, sent=sent, failed=failed, campaign_id=campaign_id)

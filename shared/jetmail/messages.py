@@ -3,6 +3,10 @@
 A message record is written before its job is enqueued, and the job id *is* the message id, so
 an API retry (same ``Idempotency-Key``) or a second enqueue can never produce a second send: the
 job layer de-duplicates the id, and the worker's conditional claim refuses a finished message.
+
+A message to a suppressed recipient is refused when it is accepted: recorded ``suppressed`` (with
+why, in its history) and never enqueued. The worker checks again at send time, from the stop events
+it follows (``jetmail.policy``), so a stop made in between is honoured too.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import hashlib
 import json
 import secrets
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -48,6 +53,15 @@ FINAL_BEFORE_SEND = {
     MessageStatus.SENT, MessageStatus.DELIVERED, MessageStatus.BOUNCED, MessageStatus.COMPLAINED,
     MessageStatus.FAILED, MessageStatus.CANCELLED, MessageStatus.SUPPRESSED,
 }
+
+
+class SubmitCheck(Protocol):
+    """The suppression policy at submit time (``jetmail.policy.SuppressionPolicy``): why an address may not
+    get this category of mail (``suppressed: <reason>``), or None."""
+
+    def at_submit(self, email: str, *, category: str) -> str | None: ...
+
+    def at_submit_all(self, emails: Iterable[str], *, category: str) -> dict[str, str]: ...
 
 
 class JobQueue(Protocol):
@@ -235,7 +249,7 @@ class MessageRepository:
         self.retention = timedelta(days=retention_days)
 
     def record(self, message_id: str, *, request: SendRequest, status: MessageStatus, category: str = "transactional",
-               extra: dict[str, Any] | None = None) -> dict[str, Any]:
+               extra: dict[str, Any] | None = None, detail: str | None = None) -> dict[str, Any]:
         created = now_iso()
         return {
             "pk": f"MSG#{message_id}",
@@ -256,21 +270,24 @@ class MessageRepository:
             "created_at": created,
             "send_at": request.send_at.astimezone(UTC).isoformat() if request.send_at else None,
             "attempts": 0,
-            "history": [{"status": status.value, "at": created}],
+            "history": [{"status": status.value, "at": created, **({"detail": detail} if detail else {})}],
             "expires_at": int(time.time() + self.retention.total_seconds()),
             **(extra or {}),
         }
 
-    def raw_record(self, message_id: str, *, to: str, submission: RawSubmission) -> dict[str, Any]:
-        """A message of complete MIME (``kind: raw``): the body waits in the raw store under ``raw_ref``."""
+    def raw_record(self, message_id: str, *, to: str, submission: RawSubmission,
+                   refused: str | None = None) -> dict[str, Any]:
+        """A message of complete MIME (``kind: raw``): the body waits in the raw store under ``raw_ref``.
+        ``refused``: the recipient is suppressed, and the message is recorded ``suppressed`` with why."""
         created = now_iso()
+        status = MessageStatus.SUPPRESSED if refused else MessageStatus.QUEUED
         return {
             "pk": f"MSG#{message_id}", "sk": "MSG", "gsi1pk": f"RCPT#{to.lower()}", "gsi1sk": f"MSG#{created}",
-            "id": message_id, "status": MessageStatus.QUEUED.value, "kind": "raw", "to": to,
+            "id": message_id, "status": status.value, "kind": "raw", "to": to,
             "raw_ref": submission.raw_ref, "from_addr": submission.mail_from, "category": submission.category,
             "track": submission.track, "tags": submission.tags or None, "metadata": submission.metadata or None,
             "api_key_id": submission.api_key_id, "created_at": created, "attempts": 0,
-            "history": [{"status": MessageStatus.QUEUED.value, "at": created, "detail": "submitted over SMTP"}],
+            "history": [{"status": status.value, "at": created, "detail": refused or "submitted over SMTP"}],
             "expires_at": int(time.time() + self.retention.total_seconds()),
         }
 
@@ -283,29 +300,42 @@ class MessageRepository:
     def transition(self, message_id: str, status: MessageStatus, *, allowed_from: set[MessageStatus],
                    detail: str | None = None, fields: dict[str, Any] | None = None,
                    count_attempt: bool = False) -> dict[str, Any]:
-        """Move a message to ``status`` if it is in one of ``allowed_from``; ConditionFailed otherwise."""
-        at = now_iso()
-        sets = ["#s = :s", "updated_at = :at", "history = list_append(history, :h)"]
-        params: dict[str, Any] = {":s": status.value, ":at": at,
-                                  ":h": [{"status": status.value, "at": at, "detail": detail}]}
-        names = {"#s": "status"}
-        for i, (key, value) in enumerate((fields or {}).items()):
-            names[f"#f{i}"] = key
-            params[f":f{i}"] = value
-            sets.append(f"#f{i} = :f{i}")
-        expression = "SET " + ", ".join(sets)
-        if count_attempt:
-            expression += " ADD attempts :one"
-            params[":one"] = 1
-        allowed = sorted(s.value for s in allowed_from)
-        placeholders = []
-        for i, value in enumerate(allowed):
-            params[f":a{i}"] = value
-            placeholders.append(f":a{i}")
-        return self.table.update(
-            f"MSG#{message_id}", "MSG", expression=expression, names=names, params=params,
-            condition=f"#s IN ({', '.join(placeholders)})",
-        )
+        """Move a message to ``status`` if it is in one of ``allowed_from``, returning the item as it is now;
+        ConditionFailed otherwise (the message is in another state, or missing)."""
+        return self.table.update(f"MSG#{message_id}", "MSG", **_transition(status, allowed_from=allowed_from,
+                                                                           detail=detail, fields=fields,
+                                                                           count_attempt=count_attempt))
+
+    def transition_op(self, message_id: str, status: MessageStatus, *, allowed_from: set[MessageStatus],
+                      detail: str | None = None, fields: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The same transition as one TransactWriteItems operation, to ride with other writes (the send
+        counters) in one request; the transaction fails as a whole when the message is not in ``allowed_from``."""
+        return self.table.update_op(f"MSG#{message_id}", "MSG", **_transition(status, allowed_from=allowed_from,
+                                                                              detail=detail, fields=fields))
+
+
+def _transition(status: MessageStatus, *, allowed_from: set[MessageStatus], detail: str | None,
+                fields: dict[str, Any] | None, count_attempt: bool = False) -> dict[str, Any]:
+    """The conditional update of a transition: status, a history entry, ``fields``, the attempt counted."""
+    at = now_iso()
+    sets = ["#s = :s", "updated_at = :at", "history = list_append(history, :h)"]
+    params: dict[str, Any] = {":s": status.value, ":at": at,
+                              ":h": [{"status": status.value, "at": at, "detail": detail}]}
+    names = {"#s": "status"}
+    for i, (key, value) in enumerate((fields or {}).items()):
+        names[f"#f{i}"] = key
+        params[f":f{i}"] = value
+        sets.append(f"#f{i} = :f{i}")
+    expression = "SET " + ", ".join(sets)
+    if count_attempt:
+        expression += " ADD attempts :one"
+        params[":one"] = 1
+    placeholders = []
+    for i, value in enumerate(sorted(s.value for s in allowed_from)):
+        params[f":a{i}"] = value
+        placeholders.append(f":a{i}")
+    return {"expression": expression, "names": names, "params": params,
+            "condition": f"#s IN ({', '.join(placeholders)})"}
 
 
 def public(item: dict[str, Any]) -> MessagePublic:
@@ -318,29 +348,35 @@ class MessageService:
     """The submit side of transactional mail (API, CLI, sequences)."""
 
     def __init__(self, *, table: Table, templates: TemplateStore, queue: JobQueue,
-                 repository: MessageRepository | None = None, composer: Composer | None = None) -> None:
+                 repository: MessageRepository | None = None, composer: Composer | None = None,
+                 policy: SubmitCheck | None = None) -> None:
         self.table = table
         self.templates = templates
         self.queue = queue
         self.messages = repository or MessageRepository(table)
         # checks the From address and, for marketing templates, the bulk-sender rules
         self.composer = composer
+        # refuses suppressed recipients when a message is accepted; None: the worker alone decides
+        self.policy = policy
 
     def submit(self, request: SendRequest, *, api_key_id: str | None = None, idempotency_key: str | None = None,
                extra: dict[str, Any] | None = None) -> tuple[MessagePublic, bool]:
         """Record and enqueue one message; returns (message, created). Raises TemplateNotFound,
         IdempotencyConflict, SenderNotAllowed and NotCompliant (a marketing template without an
-        unsubscribe link or postal address)."""
+        unsubscribe link or postal address). A suppressed recipient's message is recorded ``suppressed``
+        and not enqueued."""
         template = self.templates.resolve(request.template, request.language)
         if self.composer is not None:
             self.composer.check_from(request.from_)
             # rendered with this request's context over the template's samples: what will be sent
             self.composer.require_compliant([template], request.context or None)
+        category = template.category or "transactional"
+        refused = self.policy.at_submit(request.to, category=category) if self.policy is not None else None
         message_id = new_message_id()
         due = request.send_at is not None and request.send_at > datetime.now(UTC)
-        status = MessageStatus.SCHEDULED if due else MessageStatus.QUEUED
-        record = self.messages.record(message_id, request=request, status=status, category=template.category or
-                                      "transactional", extra=extra)
+        status = MessageStatus.SUPPRESSED if refused else MessageStatus.SCHEDULED if due else MessageStatus.QUEUED
+        record = self.messages.record(message_id, request=request, status=status, category=category, extra=extra,
+                                      detail=refused)
         if idempotency_key:
             # two plain conditional writes, no transaction: the key is claimed first, and a retry that
             # finds the key without its message (the first attempt died in between) completes it
@@ -383,7 +419,8 @@ class MessageService:
             # the id was made by this call, so the item can only be our own write: the SDK repeated a put
             # whose reply was lost (a timeout after DynamoDB applied it)
             pass
-        self._enqueue(record["id"], request)
+        if record["status"] != MessageStatus.SUPPRESSED:
+            self._enqueue(record["id"], request)
         return public(record)
 
     def _enqueue(self, message_id: str, request: SendRequest) -> None:
@@ -396,12 +433,17 @@ class MessageService:
 
     def submit_raw(self, submission: RawSubmission) -> list[str]:
         """Record and enqueue one message per envelope recipient of a complete MIME message (the SMTP
-        submission server); returns their ids, in recipient order. One batch write, one batched publish."""
-        records = [self.messages.raw_record(message_id, to=to, submission=submission)
+        submission server); returns their ids, in recipient order. One suppression check, one batch write,
+        one batched publish; a suppressed recipient's message is recorded ``suppressed`` and not enqueued."""
+        refused = (self.policy.at_submit_all(submission.recipients, category=submission.category)
+                   if self.policy is not None else {})
+        records = [self.messages.raw_record(message_id, to=to, submission=submission, refused=refused.get(to))
                    for message_id, to in zip(submission.message_ids, submission.recipients, strict=True)]
         self.table.batch_put(records)
-        self.queue.enqueue_many(SEND_TASK, [{"message_id": r["id"]} for r in records], queue=TRANSACTIONAL_QUEUE,
-                                priority="high", job_ids=[r["id"] for r in records], max_retries=5)
+        due = [r["id"] for r in records if r["status"] == MessageStatus.QUEUED]
+        if due:
+            self.queue.enqueue_many(SEND_TASK, [{"message_id": i} for i in due], queue=TRANSACTIONAL_QUEUE,
+                                    priority="high", job_ids=due, max_retries=5)
         return [r["id"] for r in records]
 
     def get(self, message_id: str) -> MessagePublic:

@@ -116,11 +116,13 @@ class Services:
     @cached_property
     def messages(self) -> MessageService:
         from jetmail.messages import MessageRepository, MessageService
+        from jetmail.policy import SuppressionPolicy
 
+        # suppressed recipients are refused when a message is accepted; the worker checks the stop events since
         return MessageService(table=self.table, templates=self.templates, queue=self.queue,
                               repository=MessageRepository(self.table,
                                                            retention_days=self.settings.message_retention_days),
-                              composer=self.composer)
+                              composer=self.composer, policy=SuppressionPolicy(store=self.suppressions))
 
     @cached_property
     def sequences(self) -> SequenceService:
