@@ -27,7 +27,8 @@ def send_message(
     idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
 ) -> MessagePublic:
     """Queue one transactional message (high priority). Same Idempotency-Key + same body → same message,
-    no second send; same key + different body → 409."""
+    no second send; same key + different body → 409. A suppressed recipient's message is answered with
+    status ``suppressed`` (why in its history) and never queued."""
     message, created = svc.messages.submit(body, api_key_id=key.key_id, idempotency_key=idempotency_key)
     if not created:
         response.headers["Idempotent-Replayed"] = "true"
