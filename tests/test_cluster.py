@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 
 from jetmail.api.app import create_app
 from jetmail.bootstrap import bootstrap
-from jetmail.campaigns.signals import CLAIMS_BUCKET
+from jetmail.campaigns.signals import JOURNAL_STREAM
 from jetmail.config import Settings
 from jetmail.devstack.cluster import NatsCluster, start_worker
 from jetmail.devstack.mailbox import Mailbox
@@ -68,11 +68,11 @@ def clustered(stack: StackState, tmp_path_factory: pytest.TempPathFactory) -> It
 
 
 def choose_victim(clustered: ClusterStack) -> tuple[str, dict[str, int]]:
-    """The node leading the campaign claims bucket (the records that say who was mailed), and the streams
+    """The node leading the campaign journal stream (the records that say who was mailed), and the streams
     that have fewer replicas than the cluster has nodes."""
     streams = clustered.cluster.streams()
     unreplicated = {s.name: s.replicas for s in streams.values() if s.replicas < len(clustered.cluster.nodes)}
-    leader = streams[f"KV_{CLAIMS_BUCKET}"].leader
+    leader = streams[JOURNAL_STREAM].leader
     assert leader is not None, streams
     return leader, unreplicated
 
@@ -103,7 +103,7 @@ def test_campaign_survives_a_killed_node_with_every_recipient_mailed_once(cluste
             def mailed() -> int:
                 return sum(n for r, n in mailbox.by_recipient().items() if r.endswith(domain))
 
-            # WHEN the campaign is sent and the node leading the claims bucket is SIGKILLed mid-send
+            # WHEN the campaign is sent and the node leading the journal stream is SIGKILLed mid-send
             assert client.post(f"/v1/campaigns/{campaign_id}/send").json()["state"] == "sending"
             wait_until(lambda: mailed() >= RECIPIENTS // 10, timeout=120, what="sending under way")
             victim, unreplicated = choose_victim(clustered)

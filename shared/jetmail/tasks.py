@@ -24,7 +24,7 @@ log = logging.getLogger("jetmail.tasks")
 async def startup(resources: dict[str, Any]) -> None:
     """Make the process's clients once: settings, storage, renderer, provider."""
     from jetmail.campaigns.sender import BatchSender
-    from jetmail.campaigns.signals import Claims, StateBoard, ensure_buckets
+    from jetmail.campaigns.signals import Journal, Leases, StateBoard, ensure_buckets
     from jetmail.config import get_settings
     from jetmail.delivery import Deliverer
     from jetmail.pipeline import SendPipeline
@@ -72,7 +72,8 @@ async def startup(resources: dict[str, Any]) -> None:
                                        raw_store=raw_store)
     resources["batch_sender"] = BatchSender(
         store=services.campaign_store, templates=services.templates, pipeline=pipeline, policy=policy,
-        board=StateBoard(queue.js), claims=Claims(queue.js),
+        board=StateBoard(queue.js), leases=Leases(queue.js, ttl=queue.config.ack_wait), journal=Journal(queue.js),
+        holder=f"{socket.gethostname()}-{os.getpid()}",
         process_concurrency=services.settings.campaign_sends_per_worker,
     )
 
@@ -85,6 +86,9 @@ async def shutdown(resources: dict[str, Any]) -> None:
     stops = resources.get("stops")
     if stops is not None:
         await stops.close()
+    sender = resources.get("batch_sender")
+    if sender is not None:
+        await sender.board.close()
     limiter = resources.get("limiter")
     if limiter is not None:
         await limiter.close()  # gives unused reserved tokens back to the shared windows

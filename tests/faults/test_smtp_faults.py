@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 from faultkit import FaultStack, quiet, result_line, tally, wait_for
 
 from jetmail.api.app import create_app
-from jetmail.campaigns.signals import CLAIMS_BUCKET, claim_key
+from jetmail.campaigns.signals import JOURNAL_STREAM, Journal, journal_subject
 from jetmail.devstack.stack import wait_until
 
 FAULTS = "421=0.05,451=0.05,550=0.02,drop=0.02,stall=0.01"
@@ -19,12 +19,19 @@ CAMPAIGN_RECIPIENTS = 2_000
 TRANSACTIONAL = 200
 
 
-def claim_values(nats_url: str, campaign_id: str, emails: list[str]) -> dict[str, str]:
+def journal_values(nats_url: str, campaign_id: str, emails: list[str]) -> dict[str, str]:
+    """Each address's journaled outcome (``failed|<reason>``...), read from every batch's journal."""
     async def read() -> dict[str, str]:
         nc = await nats.connect(nats_url)
         try:
-            kv = await nc.jetstream().key_value(CLAIMS_BUCKET)
-            return {e: (await kv.get(claim_key(campaign_id, "main", e))).value.decode() for e in emails}
+            js = nc.jetstream()
+            every = journal_subject(campaign_id, "main", 0)[:-1] + ">"
+            info = await js.stream_info(JOURNAL_STREAM, subjects_filter=every)
+            found: dict[str, str] = {}
+            for batch in sorted({int(subject.rsplit(".", 2)[1]) for subject in info.state.subjects or {}}):
+                for entry in (await Journal(js).read(campaign_id, "main", batch)).values():
+                    found[entry["e"]] = f"{entry['s']}|{entry.get('r') or entry.get('m') or ''}"
+            return {e: found.get(e, "") for e in emails}
         finally:
             await nc.close()
 
@@ -70,12 +77,12 @@ def test_smtp_failures_are_retried_or_recorded_never_lost_or_doubled(fault_stack
     refused_at = {f["rcpt"]: f["attempt"] for f in reversed(injected) if f["fault"] == "550"}
     after_550 = [f for f in injected if f["attempt"] > refused_at.get(f["rcpt"], f["attempt"])]
     campaign_rejected = sorted(r for r in rejected if r.startswith("c"))
-    claims = claim_values(faults.iso.settings.nats_url, campaign_id, campaign_rejected)
+    journaled = journal_values(faults.iso.settings.nats_url, campaign_id, campaign_rejected)
     listed = client.get(f"/v1/campaigns/{campaign_id}/failures", params={"limit": 500}).json()
     reasons = {f["email"]: f["reason"] for f in listed["failures"]}
-    # recorded twice over: in the recipient's claim and in the campaign's failures listing, with the 550
+    # recorded twice over: in the batch's journal and in the campaign's failures listing, with the 550
     recorded = [r for r in campaign_rejected
-                if claims[r].startswith("failed|") and "550" in claims[r] and "550" in reasons.get(r, "")]
+                if journaled[r].startswith("failed|") and "550" in journaled[r] and "550" in reasons.get(r, "")]
     messages = {to: client.get(f"/v1/messages/{mid}").json() for to, mid in transactional.items() if to in rejected}
     recorded += [to for to, m in messages.items() if m["status"] == "failed" and "550" in (m["error"] or "")]
     kinds = {k: sum(1 for f in injected if f["fault"] == k) for k in ("421", "451", "550", "drop", "stall")}

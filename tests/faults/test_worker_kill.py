@@ -1,10 +1,11 @@
 """Fault: SIGKILL one of two workers at random moments of a 10,000-recipient campaign, 10 rounds.
 
-A worker killed after the SMTP server took a message and before the recipient's claim was settled
-leaves the claim ``sending``: the redelivered batch sends that message again, with the same
-Message-ID (at-least-once in that window; see docs/RELIABILITY.md). The window opens when the final
-``.`` of DATA leaves the worker (the server commits on it even if the worker is dead by then) and
-closes when the claim is settled, so each kill may resend the few messages in it. This test counts
+A worker killed after the SMTP server took a message and before its outcome reached the batch's
+journal leaves that recipient unjournaled: the redelivered batch (once the dead worker's batch lease
+has expired) sends that message again, with the same Message-ID (at-least-once in that window; see
+docs/RELIABILITY.md). The window opens when the final ``.`` of DATA leaves the worker (the server
+commits on it even if the worker is dead by then) and closes when the journal publish is stored, so
+each kill may resend the few messages in it. This test counts
 those resends and requires each to be one: the same Message-ID as the first copy, whose first copy
 arrived around a kill. Any other second email to a recipient fails it.
 """

@@ -15,6 +15,8 @@ from jetmail.campaigns.model import CampaignState
 from jetmail.campaigns.planner import PlannedBatch, Planner
 from jetmail.campaigns.sender import BatchJob, Parked
 from jetmail.campaigns.service import AB_QUEUE, BATCH_TASK, CAMPAIGN_QUEUE, FIRE_TASK, PLAN_TASK, START_TASK
+from jetmail.campaigns.signals import Lease, LeaseHeld, lease_key
+from jetmail.campaigns.store import BatchRecord
 from jetmail.providers import TemporaryDeliveryError
 from jetmail.queue import JobContext, Retry, task
 from jetmail.stops import plan_start
@@ -41,6 +43,25 @@ class CampaignRef(BaseModel):
 
 @task(PLAN_TASK, model=PlanJob)
 async def campaign_plan(job: PlanJob, ctx: JobContext) -> None:
+    # one execution of a run's plan at a time: a second one (a duplicate trigger) would number batches
+    # against a half-recorded first; a live holder is alive, and its own redelivery finishes its work
+    leases = ctx.resources["batch_sender"].leases
+    try:
+        lease = await leases.take(lease_key(job.campaign_id, job.run, "plan"),
+                                  holder=f"plan|{ctx.job_id}|{ctx.attempt}")
+    except LeaseHeld as exc:
+        logger.info("campaign %s run %s: %s; leaving the plan to it", job.campaign_id, job.run, exc)
+        return
+    keeper = asyncio.create_task(leases.keep(lease, beat=ctx.heartbeat))
+    try:
+        await _plan(job, ctx, lease=lease)
+    finally:
+        keeper.cancel()
+        await asyncio.gather(keeper, return_exceptions=True)
+        await leases.release(lease)
+
+
+async def _plan(job: PlanJob, ctx: JobContext, *, lease: Lease) -> None:
     services = ctx.resources["services"]
     queue = ctx.resources["queue"]
     store = services.campaign_store
@@ -51,34 +72,32 @@ async def campaign_plan(job: PlanJob, ctx: JobContext) -> None:
     # before the planner reads the suppression list: its batches replay every stop event from here on
     stops_from = plan_start()
     planner = Planner(contacts=services.contacts, segments=services.segments, suppressions=services.suppressions)
-    batches = planner.batches(definition, run=job.run, winner=job.winner)
     variants = {v.name: v for v in definition.ab_test.variants} if definition.ab_test else {}
     target_queue = AB_QUEUE if job.run == "test" else CAMPAIGN_QUEUE
     total = count = 0
+    # an execution after a crash: the batches an earlier one recorded go out again as they were (their job
+    # ids de-duplicate; lease and journal make a later repeat harmless) and nobody in them is planned again
+    recorded = store.recorded_batches(job.campaign_id, run=job.run)
+    while (page := await asyncio.to_thread(next, recorded, None)) is not None:
+        planner.already_planned((r["e"] for b in page for r in b.recipients), last_batch=max(b.number for b in page))
+        await _enqueue(queue, job, page, variants=variants, target_queue=target_queue)
+        total += sum(len(b.recipients) for b in page)
+        count += len(page)
+        await ctx.heartbeat()
+    batches = planner.batches(definition, run=job.run, winner=job.winner)
     size = FIRST_CHUNK
     while True:
         chunk: list[PlannedBatch] = await asyncio.to_thread(lambda n=size: list(itertools.islice(batches, n)))
         if not chunk:
             break
         size = min(size * 2, PUBLISH_CHUNK)
+        records = [BatchRecord(number=b.number, variant=b.variant, recipients=b.recipients, priority=b.priority,
+                               stops_from=stops_from) for b in chunk]
+        if not lease.valid:
+            raise Retry(delay=float(lease.ttl))  # another execution may take over: record nothing more
         # the batch items first: a message id must resolve to its recipient before the mail goes out
-        await asyncio.to_thread(store.record_batches, job.campaign_id, run=job.run, batches=[
-            (b.number, b.variant, [r["e"] for r in b.recipients]) for b in chunk])
-        for priority, group in itertools.groupby(chunk, key=lambda b: b.priority):
-            immediate: list[PlannedBatch] = []
-            for batch in group:
-                delay = variants[batch.variant].send_delay if batch.variant in variants else None
-                if delay:
-                    await queue.enqueue_in(delay, BATCH_TASK, queue=target_queue, priority=priority,
-                                           job_id=_batch_job_id(job, batch), payload=_payload(job, batch, stops_from),
-                                           max_retries=5)
-                else:
-                    immediate.append(batch)
-            if immediate:
-                payloads = [_payload(job, b, stops_from) for b in immediate]
-                await queue.enqueue_many(BATCH_TASK, payloads, queue=target_queue,
-                                         priority=priority, job_ids=[_batch_job_id(job, b) for b in immediate],
-                                         max_retries=5)
+        await asyncio.to_thread(store.record_batches, job.campaign_id, run=job.run, batches=records)
+        await _enqueue(queue, job, records, variants=variants, target_queue=target_queue)
         total += sum(len(b.recipients) for b in chunk)
         count += len(chunk)
         await ctx.heartbeat()
@@ -91,20 +110,38 @@ async def campaign_plan(job: PlanJob, ctx: JobContext) -> None:
     await asyncio.to_thread(services.campaigns.finish_if_done, job.campaign_id)
 
 
-def _batch_job_id(job: PlanJob, batch: PlannedBatch) -> str:
+async def _enqueue(queue: Any, job: PlanJob, batches: list[BatchRecord], *, variants: dict[str, Any],
+                   target_queue: str) -> None:
+    for priority, group in itertools.groupby(batches, key=lambda b: b.priority):
+        immediate: list[BatchRecord] = []
+        for batch in group:
+            delay = variants[batch.variant].send_delay if batch.variant in variants else None
+            if delay:
+                await queue.enqueue_in(delay, BATCH_TASK, queue=target_queue, priority=priority,
+                                       job_id=_batch_job_id(job, batch), payload=_payload(job, batch), max_retries=5)
+            else:
+                immediate.append(batch)
+        if immediate:
+            await queue.enqueue_many(BATCH_TASK, [_payload(job, b) for b in immediate], queue=target_queue,
+                                     priority=priority, job_ids=[_batch_job_id(job, b) for b in immediate],
+                                     max_retries=5)
+
+
+def _batch_job_id(job: PlanJob, batch: BatchRecord) -> str:
     return f"cmpb.{job.campaign_id}.{job.run}.{batch.number}"
 
 
-def _payload(job: PlanJob, batch: PlannedBatch, stops_from: str) -> dict[str, Any]:
+def _payload(job: PlanJob, batch: BatchRecord) -> dict[str, Any]:
     return {"campaign_id": job.campaign_id, "run": job.run, "batch": batch.number, "variant": batch.variant,
-            "recipients": batch.recipients, "stops_from": stops_from}
+            "recipients": batch.recipients, "stops_from": batch.stops_from}
 
 
 @task(BATCH_TASK, model=BatchJob)
 async def campaign_batch(job: BatchJob, ctx: JobContext) -> None:
     services = ctx.resources["services"]
     try:
-        await ctx.resources["batch_sender"].run(job, attempt=ctx.attempt, last_attempt=ctx.is_last_attempt)
+        await ctx.resources["batch_sender"].run(job, attempt=ctx.attempt, last_attempt=ctx.is_last_attempt,
+                                                heartbeat=ctx.heartbeat)
     except Parked:
         store = services.campaign_store
         await asyncio.to_thread(store.park, job.campaign_id, run=job.run, batch=job.batch,

@@ -3,9 +3,15 @@
 The audience is never loaded whole: members are read lazily from list memberships or segment
 evaluation, filtered (exclusions, duplicates across sources, the suppression list — one
 BatchGetItem per 100), cut into batches and published as jobs with deterministic ids
-``cmpb.<campaign>.<run>.<n>``. A second run of the same plan (a crash, a redelivery) produces the same
-batches with the same ids: JetStream drops them as duplicates, and the per-recipient claims stop
-anything that gets through after the duplicate window.
+``cmpb.<campaign>.<run>.<n>``. Each batch is recorded in DynamoDB (addresses and job payload) before it
+is enqueued. A second execution of the same plan (a crash, a redelivery) first reads the batches recorded
+before (``already_planned``): they are enqueued again unchanged (JetStream drops the ones it has seen as
+duplicates; the batch's lease and journal make a repeat after the duplicate window harmless), nobody in
+them is planned again, and new batches are numbered after the highest recorded one. So a recipient is in
+one batch of a run even when list membership changed between the two executions.
+
+A batch holds at most 100 recipients and at most ``BATCH_BYTES`` of recipient data (attributes can be
+8 KiB each), so its DynamoDB item stays far under the 400 KB item limit.
 
 The first batch goes out as soon as its recipients are known: each source's first Query asks for one
 batch's worth of members (``first_page``), later Queries read ~1 MB pages, and the plan job publishes
@@ -16,13 +22,15 @@ members) costs seconds, mostly serialising the response, so the first batch woul
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+import json
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from jetmail.campaigns.model import ABTest, AudienceSource, CampaignCreate
 
 BATCH_SIZE = 100
+BATCH_BYTES = 256_000  # of recipients as JSON: the batch item (addresses, details, failures) stays < 400 KB
 PRIORITY_ORDER = {"high": 0, "normal": 1, "low": 2}
 
 
@@ -85,6 +93,14 @@ class Planner:
         self.batch_size = batch_size
         self.excluded_suppressed = 0
         self._count = 0
+        self._planned: set[int] = set()
+        self._last = 0
+
+    def already_planned(self, emails: Iterable[str], *, last_batch: int) -> None:
+        """Recipients of batches an earlier execution of this plan recorded: nobody among them is planned
+        again, and new batches are numbered after ``last_batch``."""
+        self._planned.update(_digest(e) for e in emails)
+        self._last = max(self._last, last_batch)
 
     def _members(self, source: AudienceSource, *, first_page: int | None = None) -> Iterator[Member]:
         if source.list_id is not None:
@@ -95,14 +111,15 @@ class Planner:
     def batches(self, campaign: CampaignCreate, *, run: str, winner: str | None = None) -> Iterator[PlannedBatch]:
         """Batches for one run, numbered from 1: ``main`` (everyone), ``test`` (the A/B test share, by
         variant) or ``winner`` (everyone not in the test, with the ``winner`` variant)."""
-        self._count = 0
+        self._count = self._last
         excluded: set[int] = set()
         for source in campaign.exclusions:
             excluded.update(_digest(m.email) for m in self._members(source))
-        seen: set[int] = set()
+        seen = self._planned
         for source in sorted(campaign.audience, key=lambda s: PRIORITY_ORDER[s.priority]):
             # batches never mix sources (their priority differs) nor variants (their content differs)
             pending: dict[str | None, list[dict[str, Any]]] = {}
+            sizes: dict[str | None, int] = {}
             chunk: list[tuple[Member, str | None]] = []
             # a first read of one batch's worth: the first batch leaves before a 1 MB page is read
             for member in self._members(source, first_page=self.batch_size):
@@ -119,10 +136,10 @@ class Planner:
                         variant = winner
                 chunk.append((member, variant))
                 if len(chunk) >= self.batch_size:
-                    yield from self._flush(chunk, pending, source)
+                    yield from self._flush(chunk, pending, sizes, source)
                     chunk = []
             if chunk:
-                yield from self._flush(chunk, pending, source)
+                yield from self._flush(chunk, pending, sizes, source)
             for variant, recipients in pending.items():
                 if recipients:
                     yield PlannedBatch(number=self._next(), priority=source.priority, recipients=recipients,
@@ -133,7 +150,7 @@ class Planner:
         return self._count
 
     def _flush(self, chunk: list[tuple[Member, str | None]], pending: dict[str | None, list[dict[str, Any]]],
-               source: AudienceSource) -> Iterator[PlannedBatch]:
+               sizes: dict[str | None, int], source: AudienceSource) -> Iterator[PlannedBatch]:
         suppressed = self.suppressions.suppressed_among([m.email for m, _ in chunk])
         self.excluded_suppressed += len(suppressed)
         for member, variant in chunk:
@@ -151,7 +168,15 @@ class Planner:
             if source.list_id:
                 recipient["s"] = source.list_id
             bucket = pending.setdefault(variant, [])
+            # the attributes are what can be large; the other fields are bounded by this margin
+            size = 400 + (len(json.dumps(member.attributes, separators=(",", ":"))) if member.attributes else 0)
+            if bucket and sizes.get(variant, 0) + size > BATCH_BYTES:
+                yield PlannedBatch(number=self._next(), priority=source.priority, recipients=bucket, variant=variant)
+                bucket = pending[variant] = []
+                sizes[variant] = 0
             bucket.append(recipient)
+            sizes[variant] = sizes.get(variant, 0) + size
             if len(bucket) >= self.batch_size:
                 yield PlannedBatch(number=self._next(), priority=source.priority, recipients=bucket, variant=variant)
                 pending[variant] = []
+                sizes[variant] = 0

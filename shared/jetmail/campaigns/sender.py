@@ -1,21 +1,25 @@
 """The batch job: send up to ~100 campaign messages, then record them in one DynamoDB transaction.
 
-The campaign wrapper around the one send pipeline (``jetmail.pipeline``): claims, tally and batch
-bookkeeping. Per batch: one TransactWriteItems (batch outcome and counters), one UpdateItem keeping the
-reasons when some recipients failed for good, and one stream-info request to catch up on stop events;
-per recipient only NATS KV traffic (claim, settle) and the provider. Before every send the campaign's
-state is checked on the KV state board, so pause and cancel take effect within a fraction of a second
-even for batches already queued: a paused batch is parked (its payload kept in DynamoDB) and re-enqueued
-on resume, where its claims skip whoever it had already mailed. Before every claim the suppression
-policy answers from the stop events the worker follows (``jetmail.stops``): every suppression, list
-unsubscribe and erasure since the campaign's plan began, however long ago and whenever this worker
-started.
+The campaign wrapper around the one send pipeline (``jetmail.pipeline``): lease, journal, tally and
+batch bookkeeping. Per batch: one KV create for the batch's lease (refreshed with the job's heartbeat,
+deleted at the end), one stream-info request to read the batch's journal (and one consumer read when an
+earlier attempt wrote to it), one TransactWriteItems (batch outcome and counters), one UpdateItem keeping
+the reasons when some recipients failed for good, and one stream-info request to catch up on stop
+events. Per recipient: one pipelined journal publish (its ack awaited with the others before the batch
+records its result) and the provider. Before every send the campaign's state is looked up on the state
+board, which watches the KV state bucket, so pause and cancel take effect within milliseconds even for
+batches already queued: a paused batch is parked (its payload kept in DynamoDB) and re-enqueued on
+resume, where its journal skips whoever it had already mailed. Before every send the suppression policy
+answers from the stop events the worker follows (``jetmail.stops``): every suppression, list unsubscribe
+and erasure since the campaign's plan began, however long ago and whenever this worker started.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from email.utils import formataddr
 from typing import Any
@@ -23,7 +27,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from jetmail.campaigns.model import CampaignCreate, CampaignState, Variant
-from jetmail.campaigns.signals import Claims, StateBoard
+from jetmail.campaigns.signals import Journal, Lease, LeaseHeld, Leases, StateBoard, lease_key
 from jetmail.campaigns.store import CampaignStore, campaign_message_id
 from jetmail.compose import Recipient
 from jetmail.mime import parse_address
@@ -68,14 +72,16 @@ class Parked(Exception):
 
 class BatchSender:
     def __init__(self, *, store: CampaignStore, templates: TemplateStore, pipeline: SendPipeline,
-                 policy: SuppressionPolicy, board: StateBoard, claims: Claims, concurrency: int = 8,
-                 process_concurrency: int = 32) -> None:
+                 policy: SuppressionPolicy, board: StateBoard, leases: Leases, journal: Journal, holder: str,
+                 concurrency: int = 8, process_concurrency: int = 32) -> None:
         self.store = store
         self.templates = templates
         self.pipeline = pipeline
         self.policy = policy
         self.board = board
-        self.claims = claims
+        self.leases = leases
+        self.journal = journal
+        self.holder = holder  # names this process in the leases it takes
         self.concurrency = concurrency
         # sends in flight across every batch this process runs: rendering is CPU work on the event loop, and
         # more concurrent sends than the provider needs only make every await (a transactional message's
@@ -107,28 +113,55 @@ class BatchSender:
             state = (await asyncio.to_thread(self.store.get, campaign_id))["state"]
         return state
 
-    async def run(self, job: BatchJob, *, attempt: int, last_attempt: bool) -> dict[str, int]:
+    async def run(self, job: BatchJob, *, attempt: int, last_attempt: bool,
+                  heartbeat: Callable[[], Awaitable[None]] | None = None) -> dict[str, int]:
         state = await self.state(job.campaign_id)
         if state == CampaignState.PAUSED:
             raise Parked
         campaign = await self._definition(job.campaign_id)
         variant = next((v for v in campaign.ab_test.variants if v.name == job.variant), None) \
             if campaign.ab_test and job.variant else None
-        owner = f"{job.run}.{job.batch}"
-        tally = BatchTally()
         try:
             await self.policy.ready(job.stops_from)
         except TimeoutError as exc:
             raise TemporaryDeliveryError(f"stop events not caught up: {exc}") from exc
+        try:
+            lease = await self.leases.take(lease_key(job.campaign_id, job.run, job.batch),
+                                           holder=f"{self.holder}|{attempt}|{secrets.token_hex(4)}")
+        except LeaseHeld as exc:
+            raise TemporaryDeliveryError(str(exc), retry_after=exc.retry_after) from exc
+        keeper = asyncio.create_task(self.leases.keep(lease, beat=heartbeat))
+        try:
+            return await self._run_leased(job, lease, campaign, variant, last_attempt=last_attempt)
+        finally:
+            keeper.cancel()
+            await asyncio.gather(keeper, return_exceptions=True)
+            await self.leases.release(lease)
+
+    async def _run_leased(self, job: BatchJob, lease: Lease, campaign: CampaignCreate, variant: Variant | None,
+                          *, last_attempt: bool) -> dict[str, int]:
+        # what earlier attempts of this batch did: reported as they journaled it, never sent again
+        journaled = await self.journal.read(job.campaign_id, job.run, job.batch)
+        writer = self.journal.writer(job.campaign_id, job.run, job.batch)
+        tally = BatchTally()
         semaphore = asyncio.Semaphore(self.concurrency)
         stop = asyncio.Event()
+        lapsed = asyncio.Event()
         errors: list[Exception] = []
         sent: list[Sent] = []
 
         async def one(pos: int, recipient: dict[str, Any]) -> None:
             email = recipient["e"]
+            done = journaled.get(pos)
+            if done is not None and str(done.get("e", "")).lower() == email.lower():
+                tally.add(pos, email, done["s"], **{k: done[k] for k in ("m", "r") if k in done})
+                return
             async with semaphore, self.process_slots:
-                if stop.is_set() or errors:
+                if stop.is_set() or lapsed.is_set() or errors:
+                    return
+                if not lease.valid:
+                    # refreshes failing (or the batch taken over): start nothing the lease may not cover
+                    lapsed.set()
                     return
                 current = await self.state(job.campaign_id)
                 if current == CampaignState.PAUSED:
@@ -137,22 +170,9 @@ class BatchSender:
                 if current == CampaignState.CANCELLED:
                     tally.add(pos, email, "skipped", r="cancelled")
                     return
-                claim = await self.claims.take(job.campaign_id, job.run, email, owner=owner)
-                if claim.revision is None:
-                    existing = claim.existing or ""
-                    if existing.startswith(f"sent|{owner}|"):
-                        tally.add(pos, email, "sent", m=existing.split("|")[3] if existing.count("|") >= 3 else None)
-                    elif existing.startswith(f"failed|{owner}|"):
-                        tally.add(pos, email, "failed", r=existing.split("|", 3)[-1])
-                    elif existing.startswith(f"skipped|{owner}|"):
-                        tally.add(pos, email, "skipped", r=existing.split("|", 3)[-1])
-                    else:
-                        tally.add(pos, email, "skipped", r="duplicate")
-                    return
-                # asked after the claim, so a retry still reports whom an earlier attempt mailed as sent
                 refused = self.policy.now(email, category="marketing", list_id=recipient.get("s"))
                 if refused is not None:
-                    await self.claims.settle(claim, f"skipped|{owner}|{pos}|{refused}")
+                    await writer.append({"p": pos, "e": email, "s": "skipped", "r": refused})
                     tally.add(pos, email, "skipped", r=refused)
                     return
                 message_id = campaign_message_id(job.campaign_id, job.run, job.batch, pos)
@@ -162,33 +182,38 @@ class BatchSender:
                     reason = exc.reason
                 except TemporaryDeliveryError as exc:
                     if not last_attempt:
-                        tally.temporary.append(pos)  # claim stays ours: the retry takes it over
+                        tally.temporary.append(pos)  # not journaled: the retry sends it
                         return
                     reason = f"gave up: {exc.reason}"
                 except (TemplateNotFound, TemplateRenderError, ValueError) as exc:
                     reason = f"cannot render: {exc}"
                 else:
-                    await self.claims.settle(claim, f"sent|{owner}|{pos}|{provider_id or ''}")
+                    await writer.append({"p": pos, "e": email, "s": "sent", "m": provider_id})
                     tally.add(pos, email, "sent", m=provider_id)
                     return
-                # the claim keeps the reason too: a retry of the batch reports this failure from it
-                await self.claims.settle(claim, f"failed|{owner}|{pos}|{reason[:200]}")
+                # the journal keeps the reason too: a retry of the batch reports this failure from it
+                await writer.append({"p": pos, "e": email, "s": "failed", "r": reason[:300]})
                 tally.add(pos, email, "failed", r=reason[:300])
 
         async def guarded(pos: int, recipient: dict[str, Any]) -> None:
             # one recipient's error (say NATS electing a leader) starts no further sends, but every send
-            # already under way finishes and settles its claim before the batch reports the error: a retry
-            # while they were still in flight would find their claims unsettled and mail them again
+            # already under way finishes and is journaled before the batch reports the error: a retry
+            # while they were still in flight would not find them in the journal and mail them again
             try:
                 await one(pos, recipient)
             except Exception as exc:  # re-raised below once the batch has settled
                 errors.append(exc)
 
         await asyncio.gather(*(guarded(pos, r) for pos, r in enumerate(job.recipients)))
+        # every outcome acked by the journal before anything else is decided or recorded
+        await writer.flush()
         if errors:
             raise errors[0]
         if stop.is_set():
             raise Parked
+        if lapsed.is_set():
+            raise TemporaryDeliveryError(f"lease on batch {lease.key} lapsed; retrying the batch",
+                                         retry_after=float(lease.ttl))
         if tally.temporary:
             raise TemporaryDeliveryError(f"{len(tally.temporary)} recipient(s) deferred; retrying the batch")
         recorded = await asyncio.to_thread(self.store.finish_batch, job.campaign_id, run=job.run, batch=job.batch,

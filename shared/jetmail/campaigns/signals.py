@@ -1,29 +1,53 @@
-"""Campaign signals on NATS KV: the state every worker checks before each send, and one claim per
-recipient per run.
+"""Campaign signals on NATS: the state every worker follows, one lease per batch, and a journal of outcomes.
 
-DynamoDB stays the source of truth for a campaign's state; the KV copy is what makes pause and
-cancel take effect within a second on batches already queued, without a DynamoDB read per batch.
+DynamoDB stays the source of truth for a campaign's state; the KV copy (``STATE_BUCKET``) is what makes
+pause and cancel take effect within milliseconds on batches already queued: each worker process watches
+the bucket (``StateBoard``), so checking the state before a send is a dictionary lookup.
 
-A claim (``create`` on ``<campaign>.<run>.<hash of the address>``) is taken before a recipient is
-sent to and settled to ``sent|<batch>|<pos>`` (or ``failed|…``) after. ``create`` fails when the key
-exists, so a recipient planned twice (two segments, a plan run twice, a batch redelivered) is sent
-to once. A claim still ``sending`` by the same batch when that batch is redelivered means its worker died
-mid-send: it is sent again (the same rule as transactional mail), never dropped. A claim held by
-another batch is left alone: that recipient is somebody else's.
+A batch attempt first takes the batch's lease (``LEASES_BUCKET``, key ``<campaign>.<run>.<batch>``): one
+KV ``create`` with a per-key TTL of the job's ack wait, refreshed by the holder with the job's heartbeat.
+A second attempt of the same batch (a redelivery, a duplicate job) finds the lease live and retries later;
+a lease whose holder died expires on the server and the next attempt takes it. The holder stops starting
+sends once its last confirmed refresh is half a TTL old, so its lease never lapses while it could still
+start one: two workers never send the same batch at the same time.
+
+What became of each recipient (sent with the provider's id, failed with the reason, skipped with the
+reason) is appended to the batch's journal with pipelined JetStream publishes, whose acks are all awaited
+before the batch records its result. The journal is the stream of a KV bucket (``JOURNAL_BUCKET``, file
+storage, the stream replicas, kept as long as the leases): a batch's entries are the subjects
+``$KV.jetmail_campaign_journal.<campaign>.<run>.<batch>.<position>``, read back with one consumer on
+``<...batch>.*``. (A bucket rather than a stream of its own because the workers' NATS permissions,
+``infra/nats/common.conf``, allow them JetStream and KV subjects only.) A later attempt of the batch reads
+the journal first and skips, and reports, everyone in it. A recipient not journaled is sent again: a
+worker that died between the SMTP server's 250 and the journal publish mails that recipient twice, with
+the same Message-ID (the same rule as transactional mail), never zero times.
+
+A recipient planned twice across batches (a plan re-executed after a crash) is the planner's business:
+a re-executed plan excludes everyone its recorded batches hold (``campaigns.jobs.campaign_plan``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
+import contextlib
+import json
+import logging
+import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
-from nats.js.api import KeyValueConfig, StorageType
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    KeyValueConfig,
+    StorageType,
+)
 from nats.js.errors import (
+    APIError,
     BucketNotFoundError,
     KeyNotFoundError,
     KeyWrongLastSequenceError,
@@ -32,24 +56,43 @@ from nats.js.errors import (
     ServiceUnavailableError,
 )
 
+logger = logging.getLogger("jetmail.campaigns")
+
 STATE_BUCKET = "jetmail_campaign_state"
-CLAIMS_BUCKET = "jetmail_campaign_claims"
+# the batch leases (the bucket kept the name of the per-recipient claims it once held)
+LEASES_BUCKET = CLAIMS_BUCKET = "jetmail_campaign_claims"
 CLAIM_TTL_S = 30 * 24 * 3600
+# the journal is a KV bucket used as a stream: one key per (batch, position), a batch's entries under the
+# key prefix ``<campaign>.<run>.<batch>.``; the workers' NATS permissions allow JetStream and KV subjects only
+JOURNAL_BUCKET = "jetmail_campaign_journal"
+JOURNAL_STREAM = f"KV_{JOURNAL_BUCKET}"
+JOURNAL_PREFIX = f"$KV.{JOURNAL_BUCKET}"
+# a batch is retried for far less than this; its journal outlives every attempt
+JOURNAL_MAX_AGE_S = CLAIM_TTL_S
 # a cluster electing a new leader after losing a node answers none of these for some seconds
 CLUSTER_HICCUPS = (NatsTimeoutError, NoRespondersError, NoStreamResponseError, ServiceUnavailableError)
 SETTLE_PATIENCE_S = 60.0
+_WRONG_LAST_SEQUENCE = (10071, 10164)
 
 
 async def ensure_buckets(js: Any, *, replicas: int = 1) -> None:
+    """The campaign state, lease and journal buckets and the reputation bucket (idempotent):
+    ``jetmail init``, the local stack and every worker call it."""
     from jetmail.reputation import BUCKET as REPUTATION_BUCKET
     from jetmail.reputation import BUCKET_TTL_S as REPUTATION_TTL_S
 
-    for bucket, ttl in ((STATE_BUCKET, None), (CLAIMS_BUCKET, CLAIM_TTL_S), (REPUTATION_BUCKET, REPUTATION_TTL_S)):
+    for bucket, ttl in ((STATE_BUCKET, None), (LEASES_BUCKET, CLAIM_TTL_S), (JOURNAL_BUCKET, JOURNAL_MAX_AGE_S),
+                        (REPUTATION_BUCKET, REPUTATION_TTL_S)):
         try:
             await js.key_value(bucket)
         except (BucketNotFoundError, NotFoundError):
             await js.create_key_value(KeyValueConfig(bucket=bucket, ttl=ttl, history=1, replicas=replicas,
                                                      storage=StorageType.FILE))
+    # leases expire by per-key TTL: a bucket made before leases existed may not allow it yet
+    info = await js.stream_info(f"KV_{LEASES_BUCKET}")
+    if not info.config.allow_msg_ttl:
+        info.config.allow_msg_ttl = True
+        await js.update_stream(info.config)
 
 
 async def publish_state(js: Any, campaign_id: str, state: str) -> None:
@@ -58,13 +101,51 @@ async def publish_state(js: Any, campaign_id: str, state: str) -> None:
 
 
 class StateBoard:
-    """Per worker process: a campaign's state, re-read from KV at most every ``ttl`` seconds."""
+    """Per worker process: every campaign's state, followed with one KV watch on the state bucket.
+
+    Until the watch has delivered a campaign's value (it is starting, or reconnecting), ``state`` reads the
+    key itself, at most every ``ttl`` seconds per campaign."""
 
     def __init__(self, js: Any, *, ttl: float = 0.25) -> None:
         self.js = js
         self.ttl = ttl
         self._cache: dict[str, tuple[float, str | None]] = {}
+        self._watched: dict[str, str | None] = {}
         self._kv: Any = None
+        self._watch_task: asyncio.Task[None] | None = None
+
+    async def _bucket(self) -> Any:
+        if self._kv is None:
+            self._kv = await self.js.key_value(STATE_BUCKET)
+        return self._kv
+
+    def _ensure_watch(self) -> None:
+        if self._watch_task is None or self._watch_task.done():
+            self._watch_task = asyncio.create_task(self._watch())
+
+    async def _watch(self) -> None:
+        watcher = None
+        try:
+            watcher = await (await self._bucket()).watchall()
+            async for entry in watcher:
+                if entry is None:
+                    continue  # the end of the initial values
+                deleted = entry.operation in ("DEL", "PURGE")
+                self._watched[entry.key] = None if deleted else (entry.value or b"").decode() or None
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the next state() starts it again; meanwhile it reads the keys
+            logger.warning("campaign state watch ended: %s", exc or type(exc).__name__)
+        finally:
+            self._watched.clear()
+            if watcher is not None:
+                with contextlib.suppress(Exception):
+                    await watcher.stop()
+
+    async def close(self) -> None:
+        if self._watch_task is not None:
+            self._watch_task.cancel()
+            await asyncio.gather(self._watch_task, return_exceptions=True)
 
     async def marketing_stopped(self) -> bool:
         """Whether the reputation monitor has stopped all marketing (re-read at most every ``ttl``)."""
@@ -79,14 +160,15 @@ class StateBoard:
         return stopped
 
     async def state(self, campaign_id: str) -> str | None:
+        self._ensure_watch()
+        if campaign_id in self._watched:
+            return self._watched[campaign_id]
         hit = self._cache.get(campaign_id)
         now = time.monotonic()
         if hit and now - hit[0] < self.ttl:
             return hit[1]
-        if self._kv is None:
-            self._kv = await self.js.key_value(STATE_BUCKET)
         try:
-            entry = await self._kv.get(campaign_id)
+            entry = await (await self._bucket()).get(campaign_id)
             value = entry.value.decode() if entry.value else None
         except KeyNotFoundError:
             value = None
@@ -94,56 +176,199 @@ class StateBoard:
         return value
 
 
-@dataclass(frozen=True, slots=True)
-class Claim:
+# ---- batch leases
+
+class LeaseHeld(Exception):
+    """Another attempt holds the batch's lease and is alive: try again once it could have expired."""
+
+    def __init__(self, key: str, holder: str, *, retry_after: float) -> None:
+        super().__init__(f"batch {key} is being sent by {holder or 'another attempt'}")
+        self.retry_after = retry_after
+
+
+@dataclass
+class Lease:
     key: str
-    revision: int | None  # None: held by someone else (see ``existing``)
-    existing: str | None = None
+    holder: str
+    revision: int
+    ttl: int
+    # when the request behind the last confirmed write left: the server's expiry is later than this + ttl
+    confirmed: float = field(default_factory=time.monotonic)
+    lost: bool = False
+
+    @property
+    def valid(self) -> bool:
+        """Whether the holder may still start a send: a lease half its TTL past its last confirmation
+        (refreshes failing) is not, so it stops well before the server lets anyone else take the batch."""
+        return not self.lost and time.monotonic() - self.confirmed < self.ttl / 2
 
 
-def claim_key(campaign_id: str, run: str, email: str) -> str:
-    return f"{campaign_id}.{run}.{hashlib.sha256(email.lower().encode()).hexdigest()[:32]}"
+def lease_key(campaign_id: str, run: str, batch: int | str) -> str:
+    """``<campaign>.<run>.<batch>`` for a batch; ``<campaign>.<run>.plan`` serialises a run's plan."""
+    return f"{campaign_id}.{run}.{batch}"
 
 
-class Claims:
-    def __init__(self, js: Any) -> None:
+class Leases:
+    def __init__(self, js: Any, *, ttl: float) -> None:
         self.js = js
+        self.ttl = max(1, math.ceil(ttl))  # per-key TTLs are whole seconds
         self._kv: Any = None
 
     async def _bucket(self) -> Any:
         if self._kv is None:
-            self._kv = await self.js.key_value(CLAIMS_BUCKET)
+            self._kv = await self.js.key_value(LEASES_BUCKET)
         return self._kv
 
-    async def take(self, campaign_id: str, run: str, email: str, *, owner: str) -> Claim:
-        """Claim ``email`` for the batch ``owner``; a claim held by an earlier attempt of the same batch
-        that never settled (its worker died) is taken over, any other existing claim is returned."""
-        kv = await self._bucket()
-        key = claim_key(campaign_id, run, email)
-        mine = f"sending|{owner}".encode()
-        try:
-            return Claim(key=key, revision=await kv.create(key, mine))
-        except KeyWrongLastSequenceError:
-            entry = await kv.get(key)
-            if entry.value == mine:
-                try:
-                    return Claim(key=key, revision=await kv.update(key, mine, last=entry.revision))
-                except KeyWrongLastSequenceError:
-                    entry = await kv.get(key)
-            return Claim(key=key, revision=None, existing=entry.value.decode() if entry.value else "")
+    async def take(self, key: str, *, holder: str, patience: float = 2.0) -> Lease:
+        """One KV create; raises LeaseHeld when a live lease exists (a dead holder's has expired).
 
-    async def settle(self, claim: Claim, outcome: str, *, patience: float = SETTLE_PATIENCE_S) -> None:
-        """Record what became of a claimed recipient. The mail has already gone: giving up here would make
-        the batch's retry send it again, so a cluster in the middle of a leader election is waited out."""
+        A job redelivered because its worker died arrives an ack wait after that worker's last heartbeat,
+        which it sent right after its last refresh: the lease expires about then, so a held lease is asked
+        again for ``patience`` seconds before the attempt is given up (a retry costs one of the job's)."""
         kv = await self._bucket()
+        deadline = time.monotonic() + patience
+        while True:
+            started = time.monotonic()
+            try:
+                revision = await kv.create(key, holder.encode(), msg_ttl=self.ttl)
+            except KeyWrongLastSequenceError:
+                if time.monotonic() < deadline:
+                    await asyncio.sleep(0.25)
+                    continue
+                current = ""
+                with contextlib.suppress(KeyNotFoundError):
+                    current = ((await kv.get(key)).value or b"").decode()
+                raise LeaseHeld(key, current, retry_after=float(self.ttl)) from None
+            return Lease(key=key, holder=holder, revision=revision, ttl=self.ttl, confirmed=started)
+
+    async def refresh(self, lease: Lease) -> None:
+        """Push the lease's expiry a TTL further; marks it lost when someone else holds it now."""
+        started = time.monotonic()
+        try:
+            ack = await self.js.publish(f"$KV.{LEASES_BUCKET}.{lease.key}", lease.holder.encode(),
+                                        headers={"Nats-Expected-Last-Subject-Sequence": str(lease.revision)},
+                                        msg_ttl=lease.ttl)
+        except APIError as exc:
+            if exc.err_code in _WRONG_LAST_SEQUENCE:
+                lease.lost = True
+                return
+            raise
+        lease.revision = ack.seq
+        lease.confirmed = started
+
+    async def release(self, lease: Lease) -> None:
+        """Let the next attempt in at once (it expires anyway when this fails)."""
+        if lease.lost:
+            return
+        with contextlib.suppress(Exception):
+            # a purge marker only if the lease is still ours, and one that expires itself: a finished
+            # campaign leaves nothing in the bucket
+            await self.js.publish(f"$KV.{LEASES_BUCKET}.{lease.key}", b"", headers={
+                "KV-Operation": "PURGE", "Nats-Rollup": "sub",
+                "Nats-Expected-Last-Subject-Sequence": str(lease.revision)}, msg_ttl=lease.ttl)
+
+    async def keep(self, lease: Lease, *, beat: Any = None) -> None:
+        """Refresh ``lease`` (and beat the job's heartbeat) every quarter TTL until cancelled or lost."""
+        while not lease.lost:
+            await asyncio.sleep(lease.ttl / 4 if lease.valid else 0.5)
+            try:
+                await self.refresh(lease)
+                if beat is not None:
+                    await beat()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a leader election: the next round tries again, sooner
+                logger.warning("cannot refresh lease %s: %s", lease.key, exc or type(exc).__name__)
+                await asyncio.sleep(0.5)
+
+
+# ---- journal of outcomes
+
+def journal_subject(campaign_id: str, run: str, batch: int) -> str:
+    """The batch's subject prefix in the journal: its entries are ``<prefix>.<position>``."""
+    return f"{JOURNAL_PREFIX}.{campaign_id}.{run}.{batch}"
+
+
+class JournalWriter:
+    """The entries of one batch attempt: published without waiting, acks collected by ``flush``."""
+
+    def __init__(self, journal: Journal, subject: str) -> None:
+        self.journal = journal
+        self.subject = subject
+        self._pending: list[tuple[str, bytes, dict[str, str], asyncio.Future[Any] | None]] = []
+
+    async def append(self, entry: dict[str, Any]) -> None:
+        payload = json.dumps(entry, separators=(",", ":")).encode()
+        subject = f"{self.subject}.{entry['p']}"
+        headers = {"Nats-Msg-Id": subject}
+        try:
+            future = await self.journal.js.publish_async(subject, payload, headers=dict(headers))
+        except Exception as exc:  # not even sent: flush publishes it again
+            logger.warning("journal publish to %s failed: %s", self.subject, exc or type(exc).__name__)
+            future = None
+        self._pending.append((subject, payload, headers, future))
+
+    async def flush(self, *, patience: float = SETTLE_PATIENCE_S) -> None:
+        """Wait for every entry's ack; re-publish (same Nats-Msg-Id, so stored once) any that failed or went
+        unanswered. The mails have gone: giving up here would make a retry send them again, so a cluster in
+        the middle of a leader election is waited out."""
+        pending, self._pending = self._pending, []
+        futures = [f for *_, f in pending if f is not None]
+        if futures:
+            await asyncio.wait(futures, timeout=self.journal.js._timeout)
+        again: list[tuple[str, bytes, dict[str, str]]] = []
+        for subject, payload, headers, future in pending:
+            if future is None or not future.done():
+                if future is not None:
+                    future.cancel()  # frees its slot among the client's pending publishes
+                again.append((subject, payload, headers))
+            elif future.cancelled() or future.exception() is not None:
+                again.append((subject, payload, headers))
+        for subject, payload, headers in again:
+            await self.journal.publish(subject, payload, headers, patience=patience)
+
+
+class Journal:
+    def __init__(self, js: Any) -> None:
+        self.js = js
+
+    def writer(self, campaign_id: str, run: str, batch: int) -> JournalWriter:
+        return JournalWriter(self, journal_subject(campaign_id, run, batch))
+
+    async def publish(self, subject: str, payload: bytes, headers: dict[str, str], *,
+                      patience: float = SETTLE_PATIENCE_S) -> None:
         deadline = time.monotonic() + patience
         delay = 0.1
         while True:
             try:
-                await kv.put(claim.key, outcome.encode())
+                await self.js.publish(subject, payload, headers=dict(headers))
                 return
             except CLUSTER_HICCUPS:
                 if time.monotonic() + delay > deadline:
                     raise
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
+
+    async def read(self, campaign_id: str, run: str, batch: int) -> dict[int, dict[str, Any]]:
+        """Position -> entry of everything journaled for the batch (the bucket keeps one per position).
+        One stream-info request when there is nothing (a first attempt), one consumer read otherwise."""
+        subject = f"{journal_subject(campaign_id, run, batch)}.*"
+        info = await self.js.stream_info(JOURNAL_STREAM, subjects_filter=subject)
+        count = sum((info.state.subjects or {}).values())
+        entries: dict[int, dict[str, Any]] = {}
+        if not count:
+            return entries
+        sub = await self.js.pull_subscribe(subject, stream=JOURNAL_STREAM, config=ConsumerConfig(
+            ack_policy=AckPolicy.NONE, deliver_policy=DeliverPolicy.ALL, mem_storage=True, inactive_threshold=30))
+        try:
+            read = 0
+            while read < count:
+                msgs = await sub.fetch(count - read, timeout=5)
+                read += len(msgs)
+                for msg in msgs:
+                    entry = json.loads(msg.data)
+                    entries.setdefault(int(entry["p"]), entry)
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+        return entries

@@ -15,8 +15,10 @@ A/B variant counters and engagement counters live in the stats table (``jetmail.
 Per-recipient rows are not written for campaign mail: the plan writes one item per batch of up to
 100 addresses (25 batches per BatchWriteItem), and a campaign message id
 (``cm_<campaign>_<run>_<batch>_<pos>``) names the batch item and the position in it, so finding
-the recipient of a message is one GetItem; its send outcome is its claim in NATS KV
-(``campaigns.signals``) and its later events are in the stats table. A finished batch adds its
+the recipient of a message is one GetItem; its send outcome is in its batch's journal on NATS
+(``campaigns.signals``) and its later events are in the stats table. A batch item also keeps the rest of
+its job's payload (``job``: priority, stop-event replay start, names and attributes), so a plan
+re-executed after a crash enqueues it again unchanged. A finished batch adds its
 counts to the campaign item in one conditional UpdateItem that also adds the batch's mark to the
 ``done_batches`` set, so a redelivered batch can never count twice.
 
@@ -32,6 +34,8 @@ from __future__ import annotations
 import json
 import re
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -149,14 +153,29 @@ class CampaignStore:
         )
 
     # ---- batches
-    def record_batches(self, campaign_id: str, *, run: str, batches: list[tuple[int, str | None, list[str]]]) -> int:
-        """Write planned batches (number, variant, addresses) 25 per request; returns requests made."""
+    def record_batches(self, campaign_id: str, *, run: str, batches: list[BatchRecord]) -> int:
+        """Write planned batches 25 per request; returns requests made. Each item keeps its addresses
+        (``recipients``, what message ids and failures resolve against) and, in ``job``, the rest of what
+        its batch job carries, so a re-executed plan can enqueue it again unchanged."""
         expires_at = int(time.time()) + self.retention_s
         return self.table.batch_put([
-            {"pk": f"CAMPAIGN#{campaign_id}", "sk": f"BATCH#{run}#{number:06d}", "variant": variant,
-             "recipients": recipients, "expires_at": expires_at}
-            for number, variant, recipients in batches
+            {"pk": f"CAMPAIGN#{campaign_id}", "sk": f"BATCH#{run}#{b.number:06d}", "variant": b.variant,
+             "recipients": [r["e"] for r in b.recipients], "expires_at": expires_at,
+             "job": json.dumps({"priority": b.priority, "stops_from": b.stops_from,
+                                "details": [{k: v for k, v in r.items() if k != "e"} for r in b.recipients]},
+                               separators=(",", ":"))}
+            for b in batches
         ])
+
+    def recorded_batches(self, campaign_id: str, *, run: str) -> Iterator[list[BatchRecord]]:
+        """The batches recorded for a run, a Query page (~1 MB) at a time, in batch order."""
+        start: dict[str, Any] | None = None
+        while True:
+            items, start = self.table.query(pk=f"CAMPAIGN#{campaign_id}", sk_prefix=f"BATCH#{run}#", start=start)
+            if items:
+                yield [_batch_record(item) for item in items]
+            if not start:
+                return
 
     def finish_batch(self, campaign_id: str, *, run: str, batch: int, counts: dict[str, int],
                      variant: str | None = None, failures: dict[int, str] | None = None) -> bool:
@@ -271,6 +290,27 @@ class CampaignStore:
 
     def in_state(self, state: CampaignState) -> list[dict[str, Any]]:
         return [i for i in self.table.query_all(pk="CAMPAIGNS", index="gsi1") if i.get("state") == state.value]
+
+
+@dataclass(frozen=True, slots=True)
+class BatchRecord:
+    """A planned batch as its job carries it: recipients are ``{"e": address, ...}`` dicts."""
+
+    number: int
+    variant: str | None
+    recipients: list[dict[str, Any]]
+    priority: str = "normal"
+    stops_from: str | None = None
+
+
+def _batch_record(item: dict[str, Any]) -> BatchRecord:
+    _, _, number = item["sk"].split("#", 2)
+    addresses = item.get("recipients") or []
+    # an item recorded before batch items kept their jobs: addresses only, every stop event replayed
+    job = json.loads(item["job"]) if item.get("job") else {"details": [{} for _ in addresses]}
+    return BatchRecord(number=int(number), variant=item.get("variant"),
+                       recipients=[{"e": e, **d} for e, d in zip(addresses, job["details"], strict=True)],
+                       priority=job.get("priority") or "normal", stops_from=job.get("stops_from"))
 
 
 def _failure_rows(campaign_id: str, item: dict[str, Any], *, after: int = -1) -> list[CampaignFailure]:
