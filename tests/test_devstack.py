@@ -5,9 +5,12 @@ from __future__ import annotations
 import smtplib
 import urllib.request
 
+import pytest
+
 from jetmail.config import Settings
 from jetmail.devstack.mailbox import Mailbox
 from jetmail.devstack.stack import StackState, wait_until
+from jetmail.storage.table import ConditionFailed, Table, to_item
 
 
 def test_smtp_sink_stores_messages_and_indexes_recipients(stack: StackState, mailbox: Mailbox, unique: str) -> None:
@@ -68,3 +71,26 @@ def test_local_ses_answers_get_account_with_the_quota_it_is_given(stack: StackSt
         reset = urllib.request.Request(url, data=b"{}", method="POST",  # noqa: S310
                                        headers={"Content-Type": "application/json"})
         urllib.request.urlopen(reset, timeout=5).close()  # noqa: S310
+
+
+def test_a_cancelled_transaction_leaves_every_item_as_it_was(table: Table, unique: str) -> None:
+    pk = f"TXTEST#{unique}"
+    table.put({"pk": pk, "sk": "kept", "n": 1})
+    table.put({"pk": pk, "sk": "deleted", "n": 2})
+    key = {"pk": {"S": pk}, "sk": {"S": "kept"}}
+    with pytest.raises(ConditionFailed):
+        table.transact([
+            {"Put": {"TableName": table.name, "Item": to_item({"pk": pk, "sk": "added", "n": 3})}},
+            table.update_op(pk, "kept", expression="SET n = n + :one", params={":one": 1}),
+            {"Delete": {"TableName": table.name, "Key": to_item({"pk": pk, "sk": "deleted"})}},
+            {"ConditionCheck": {"TableName": table.name, "Key": key | {"sk": {"S": "missing"}},
+                                "ConditionExpression": "attribute_exists(pk)"}},
+        ])
+    assert {item["sk"]: item["n"] for item in table.query_all(pk=pk)} == {"kept": 1, "deleted": 2}
+
+    table.transact([
+        {"Put": {"TableName": table.name, "Item": to_item({"pk": pk, "sk": "added", "n": 3})}},
+        table.update_op(pk, "kept", expression="SET n = n + :one", params={":one": 1}),
+        {"Delete": {"TableName": table.name, "Key": to_item({"pk": pk, "sk": "deleted"})}},
+    ])
+    assert {item["sk"]: item["n"] for item in table.query_all(pk=pk)} == {"kept": 2, "added": 3}

@@ -17,6 +17,11 @@ SES v2 ``GetAccount`` (which moto lacks) answers with the account's sending quot
 SES provider read their limits locally as they do in AWS; ``POST /_jetmail/ses-quota
 {"max_send_rate": 200, "max_24_hour_send": 100000}`` sets it (default: SES's production quota).
 
+Transactions restore only the items they touched when one of their actions fails: moto copies every
+table a transaction names before applying it, so each TransactWriteItems cost time and memory in
+proportion to the table (seconds per transaction, gigabytes of garbage, once a test run had stored
+a few campaigns).
+
 ``operations`` limits the faults to some operations (e.g. ``["UpdateItem"]``) and ``limit`` to a number
 of faults in all (``{"share": 1, "limit": 1, ...}`` fails exactly the next request). ``GET /_jetmail/faults``
 shows the settings and what was injected; ``{"share": 0}`` turns injection off.
@@ -25,6 +30,7 @@ shows the settings and what was injected; ``{"share": 0}`` turns injection off.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import random
@@ -35,6 +41,18 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from moto.dynamodb.comparisons import get_filter_expression
+from moto.dynamodb.exceptions import (
+    ConditionalCheckFailed,
+    MockValidationException,
+    MultipleTransactionsException,
+    TooManyTransactionsException,
+    TransactionCanceledException,
+    TransactWriteSingleOpException,
+)
+from moto.dynamodb.models import DynamoDBBackend
+from moto.dynamodb.models.dynamo_type import DynamoType, Item
+from moto.dynamodb.models.table import Table
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
 from pydantic import BaseModel, Field, ValidationError
 from werkzeug.serving import run_simple
@@ -103,6 +121,89 @@ def _json(start_response: Callable[..., Any], status: str, payload: Any,
     start_response(status, [("Content-Type", content_type), ("Content-Length", str(len(body))),
                             ("x-amzn-RequestId", uuid.uuid4().hex)])
     return [body]
+
+
+class _TouchedItems:
+    """The items a transaction changes, as they were before it, to put back if it is cancelled."""
+
+    def __init__(self) -> None:
+        self.before: dict[tuple[str, str], tuple[Table, DynamoType, DynamoType | None, Item | None]] = {}
+
+    def keep(self, backend: DynamoDBBackend, table_name: str, key: dict[str, Any]) -> Item | None:
+        """Remember the item under ``key`` (each key once per transaction, as DynamoDB requires) and return it."""
+        marker = (table_name, json.dumps(key, sort_keys=True))
+        if marker in self.before:
+            raise MultipleTransactionsException()
+        table = backend.get_table(table_name)
+        hash_value, range_value = backend.get_keys_value(table, key)
+        current = table.get_item(hash_value, range_value)
+        self.before[marker] = (table, hash_value, range_value, copy.deepcopy(current))
+        return current
+
+    def restore(self) -> None:
+        for table, hash_value, range_value, item in self.before.values():
+            if item is None:
+                table.delete_item(hash_value, range_value)
+            elif range_value is None:
+                table.items[hash_value] = item
+            else:
+                table.items[hash_value][range_value] = item
+
+
+def _transact_write_items(backend: DynamoDBBackend, transact_items: list[dict[str, Any]]) -> None:
+    """DynamoDB's TransactWriteItems on moto's tables: every action applies, or none does."""
+    if len(transact_items) > 100:
+        raise TooManyTransactionsException()
+    touched = _TouchedItems()
+    errors: list[tuple[str | None, str | None, dict[str, Any] | None]] = []
+    for action in transact_items:
+        if len(action) > 1:
+            touched.restore()
+            raise TransactWriteSingleOpException
+        old_item: dict[str, Any] | None = None
+        try:
+            kind, op = next(iter(action.items()))
+            if kind not in {"ConditionCheck", "Put", "Delete", "Update"}:
+                raise ValueError("Unsupported transaction operation")
+            table_name = op["TableName"]
+            if kind == "Put":
+                table = backend.get_table(table_name)
+                key = {table.hash_key_attr: op["Item"][table.hash_key_attr]}
+                if table.range_key_attr is not None:
+                    key[table.range_key_attr] = op["Item"][table.range_key_attr]
+            else:
+                key = op["Key"]
+            current = touched.keep(backend, table_name, key)
+            condition = op.get("ConditionExpression")
+            names, values = op.get("ExpressionAttributeNames"), op.get("ExpressionAttributeValues")
+            if condition is not None and not get_filter_expression(condition, names, values).expr(current):
+                if op.get("ReturnValuesOnConditionCheckFailure") == "ALL_OLD" and current:
+                    old_item = current.to_json()["Attributes"]
+                raise ConditionalCheckFailed(item=old_item)
+            if kind == "Put":
+                backend.put_item(table_name, op["Item"], condition_expression=condition,
+                                 expression_attribute_names=names, expression_attribute_values=values)
+            elif kind == "Delete":
+                backend.delete_item(table_name, key, condition_expression=condition,
+                                    expression_attribute_names=names, expression_attribute_values=values)
+            elif kind == "Update":
+                backend.update_item(table_name, key, update_expression=op["UpdateExpression"],
+                                    condition_expression=condition, expression_attribute_names=names,
+                                    expression_attribute_values=values)
+            errors.append((None, None, None))
+        except (MultipleTransactionsException, MockValidationException):
+            touched.restore()
+            raise
+        except ConditionalCheckFailed as exc:
+            errors.append(("ConditionalCheckFailed", str(exc.message), old_item))
+        except Exception as exc:  # DynamoDB reports any other failure as that action's reason
+            errors.append((type(exc).__name__, str(exc), old_item))
+    if any(code is not None for code, _, _ in errors):
+        touched.restore()
+        raise TransactionCanceledException(errors)
+
+
+DynamoDBBackend.transact_write_items = _transact_write_items  # type: ignore[method-assign]
 
 
 class Serialized:
