@@ -37,6 +37,7 @@ def main() -> None:
     from jetmail.campaigns.model import AudienceSource, CampaignCreate
     from jetmail.campaigns.planner import Planner
     from jetmail.config import Settings
+    from jetmail.contacts import member_item
     from jetmail.services import Services
 
     with tempfile.TemporaryDirectory(prefix="jetmail-bench-") as tmp:
@@ -55,10 +56,9 @@ def main() -> None:
                 lst = contacts.create_list(f"bench {size}")
                 now = "2026-01-01T00:00:00+00:00"
                 services.table.batch_put([
-                    {"pk": f"LIST#{lst.id}", "sk": f"MEMBER#m{i:07d}@bench.example.com", "list_id": lst.id,
-                     "status": "subscribed", "email": f"m{i:07d}@bench.example.com", "name": f"Member {i}",
-                     "language": "en", "timezone": "Europe/Berlin", "attributes": {"plan": "pro", "seats": i % 50},
-                     "updated_at": now}
+                    member_item(lst.id, {"email": f"m{i:07d}@bench.example.com", "name": f"Member {i}",
+                                         "language": "en", "timezone": "Europe/Berlin",
+                                         "attributes": {"plan": "pro", "seats": i % 50}}, "subscribed", now)
                     for i in range(size)])
                 items += size + 1
                 first_ms, _ = timed(lambda lst=lst: next(contacts.member_pages(lst.id, first_page=100)))

@@ -1,9 +1,9 @@
 """Contacts, lists and list memberships: the audience a campaign streams.
 
 A membership row carries a snapshot of what sending needs (address, name, language, time zone,
-attributes), so a campaign reads its audience with one Query per ~1 MB page and no per-contact
-reads. The contact item keeps a ``lists`` map {list id: status}; every write of a contact rewrites
-the snapshots of the lists it names, so they stay in step with the contact.
+attributes), packed in one JSON attribute, so a campaign reads its audience with one Query per ~1 MB
+page and no per-contact reads. The contact item keeps a ``lists`` map {list id: status}; every write
+of a contact rewrites the snapshots of the lists it names, so they stay in step with the contact.
 
 Deleting a list removes its memberships and then the list itself; the ``lists`` maps of former
 members are pruned lazily, the next time the contact is written or read (a list id whose list is
@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any, Literal, get_args
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -261,9 +262,20 @@ class AudienceMember:
 
 
 def audience_member(item: Mapping[str, Any]) -> AudienceMember:
-    """From a membership snapshot or a contact item (they share these fields)."""
-    return AudienceMember(email=item["email"], name=item.get("name"), language=item.get("language"),
-                          timezone=item.get("timezone"), attributes=item.get("attributes") or {})
+    """From a membership row or a contact item."""
+    fields = member_fields(item) if "snap" in item else item
+    return AudienceMember(email=fields["email"], name=fields.get("name"), language=fields.get("language"),
+                          timezone=fields.get("timezone"), attributes=fields.get("attributes") or {})
+
+
+def member_fields(item: Mapping[str, Any]) -> dict[str, Any]:
+    """A membership row as plain fields: list id, status, email, name, language, time zone, attributes and
+    ``updated_at``, unpacked from its snapshot (rows written before snapshots were packed keep them as
+    attributes of their own)."""
+    snap = item.get("snap")
+    fields = json.loads(snap) if isinstance(snap, str) else {f: item.get(f) for f in (*SNAPSHOT_FIELDS, "updated_at")}
+    fields.setdefault("attributes", {})
+    return {**fields, "list_id": item["pk"].removeprefix("LIST#"), "status": item["status"]}
 
 
 # ---- keys
@@ -289,10 +301,20 @@ def _contact_item(state: Mapping[str, Any]) -> dict[str, Any]:
             "gsi1sk": key}
 
 
-def _member_item(list_id: str, state: Mapping[str, Any], status: str, now: str) -> dict[str, Any]:
-    return {"pk": f"LIST#{list_id}", "sk": MEMBER_PREFIX + contact_key(state["email"]), "list_id": list_id,
-            "status": status, "email": state["email"], "name": state.get("name"), "language": state.get("language"),
-            "timezone": state.get("timezone"), "attributes": state.get("attributes") or {}, "updated_at": now}
+def member_item(list_id: str, state: Mapping[str, Any], status: str, now: str) -> dict[str, Any]:
+    # the snapshot is one JSON string, not five attributes and a map: a campaign's plan reads every
+    # membership of its lists, and both DynamoDB's item size and the emulator's cost per item grow with
+    # the attributes an item has (moto: ~0.9 ms per item as attributes, ~0.3 ms packed)
+    snapshot = {f: state[f] for f in SNAPSHOT_FIELDS if state.get(f)}
+    snapshot["updated_at"] = now
+    return {"pk": f"LIST#{list_id}", "sk": MEMBER_PREFIX + contact_key(state["email"]), "status": status,
+            "snap": json.dumps(snapshot, separators=(",", ":"), ensure_ascii=False, default=_json_number)}
+
+
+def _json_number(value: Any) -> Any:
+    if isinstance(value, Decimal):  # attributes read back from DynamoDB
+        return int(value) if value == value.to_integral_value() else float(value)
+    raise TypeError(f"{type(value).__name__} is not JSON")
 
 
 def _snapshot(state: Mapping[str, Any] | None) -> tuple[Any, ...] | None:
@@ -339,7 +361,7 @@ def _contact(item: Mapping[str, Any]) -> Contact:
 
 
 def _member(item: Mapping[str, Any]) -> ListMember:
-    return ListMember.model_validate({k: v for k, v in item.items() if k in ListMember.model_fields})
+    return ListMember.model_validate({k: v for k, v in member_fields(item).items() if k in ListMember.model_fields})
 
 
 def _list(item: Mapping[str, Any]) -> MailingList:
@@ -684,7 +706,7 @@ class ContactStore:
             state["version"] = version + 1
             before = (current or {}).get("lists") or {}
             resync = _snapshot(current) != _snapshot(state)
-            changed = [_member_item(list_id, state, status, now) for list_id, status in state["lists"].items()
+            changed = [member_item(list_id, state, status, now) for list_id, status in state["lists"].items()
                        if resync or before.get(list_id) != status]
             self._publish(self._publish_changes(address, before, state["lists"]))
             if changed:
@@ -898,7 +920,7 @@ class ContactStore:
             before = (current or {}).get("lists") or {}
             stops += self._publish_changes(state["email"], before, {list_id: state["lists"].get(list_id, "")})
             items = [_contact_item(state)]
-            items += [_member_item(lid, state, st, now) for lid, st in state["lists"].items()
+            items += [member_item(lid, state, st, now) for lid, st in state["lists"].items()
                       if resync or lid == list_id or before.get(lid) != st]
             groups.append(items)
         self._publish(stops)

@@ -34,7 +34,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from jetmail.audit import AuditLog
-from jetmail.contacts import MEMBER_PREFIX, ContactNotFound, ContactStore, batch_get, contact_key
+from jetmail.contacts import MEMBER_PREFIX, ContactNotFound, ContactStore, batch_get, contact_key, member_fields
 from jetmail.feedback import FeedbackProcessor
 from jetmail.messages import normalise_email
 from jetmail.storage.table import ConditionFailed, Table
@@ -114,7 +114,8 @@ class PrivacyService:
                      for item in batch_get(self.table, [(f"LIST#{i}", "META") for i in lists])}
             members = batch_get(self.table, [(f"LIST#{i}", MEMBER_PREFIX + contact_key(address)) for i in lists],
                                 consistent=True)
-            data.memberships = [{**_plain(m), "list_name": names.get(m["list_id"])} for m in members]
+            data.memberships = [{**_plain(m), "list_name": names.get(m["list_id"])}
+                                for m in map(member_fields, members)]
         for item in self._recipient_items(address, "MSG#"):
             record = _plain(item)
             if isinstance(record.get("context"), str):

@@ -25,10 +25,10 @@ message status (GetItem), claim a message for sending (conditional UpdateItem), 
 Contacts (``jetmail.contacts``): ``<email>`` in keys is the lower-cased address. The contact's
 gsi1 partition is one of 16 shards (hash of the address), so paging through all contacts never
 reads one hot partition. The contact keeps a ``lists`` map {list id: status}; each membership holds
-the status and a snapshot of what sending needs (email, name, language, timezone, attributes),
-rewritten whenever the contact changes, so a list streams with one Query per ~1 MB page (filter on
-``status``) and no per-contact reads. Engagement (``last_opened_at`` / ``last_clicked_at``) lives
-on the contact only: one UpdateItem per event.
+the status and a snapshot of what sending needs (email, name, language, timezone, attributes, packed
+as one JSON string ``snap``), rewritten whenever the contact changes, so a list streams with one Query
+per ~1 MB page (filter on ``status``) and no per-contact reads. Engagement (``last_opened_at`` /
+``last_clicked_at``) lives on the contact only: one UpdateItem per event.
 """
 
 from __future__ import annotations
