@@ -8,13 +8,17 @@ to disk and is slower than the sender it measures.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
+import threading
+import time
 from pathlib import Path
 
 from jetmail.devstack.stack import free_port, tcp_ready, wait_until
 
 SMTP_SINK = Path("/usr/sbin/smtp-sink")
+MSG_COUNT = re.compile(rb"mesg=(\d+)")
 
 
 def find_smtp_sink() -> str | None:
@@ -42,11 +46,48 @@ def install_smtp_sink() -> str:
     return f"not installed: apt-get install postfix failed: {done.stderr.strip()[-300:]}"
 
 
-def start_smtp_sink(binary: str) -> tuple[subprocess.Popen[bytes], int]:
+def start_smtp_sink(binary: str, *, counters: bool = False) -> tuple[subprocess.Popen[bytes], int]:
+    """``counters``: smtp-sink prints its running counters (``-c``) to a pipe, for ``SinkClock``."""
     port = free_port()
     # as root, smtp-sink insists on dropping privileges after binding (-u)
     user = ["-u", "nobody"] if os.geteuid() == 0 else []
-    proc = subprocess.Popen([binary, *user, f"127.0.0.1:{port}", "1000"], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen([binary, *user, *(["-c"] if counters else []), f"127.0.0.1:{port}", "1000"],
+                            stdout=subprocess.PIPE if counters else subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
     wait_until(tcp_ready(port), timeout=10, what="smtp-sink", proc=proc)
     return proc, port
+
+
+class SinkClock:
+    """When each message reached smtp-sink: its ``-c`` counters (``mesg=<n>`` after every final ``.``),
+    read as they are printed. ``at(n)`` is the time the n-th message since start arrived (to the
+    resolution of one read of the pipe)."""
+
+    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+        assert proc.stdout is not None
+        self._stream = proc.stdout
+        self._times: list[float] = []  # [i]: when message i+1 arrived
+        self._changed = threading.Condition()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        tail = b""
+        while chunk := self._stream.read1(65536):  # type: ignore[attr-defined]
+            now = time.time()
+            *lines, tail = (tail + chunk).split(b"\r")
+            counts = [int(m.group(1)) for m in map(MSG_COUNT.search, lines) if m]
+            if counts and counts[-1] > len(self._times):
+                with self._changed:
+                    self._times.extend([now] * (counts[-1] - len(self._times)))
+                    self._changed.notify_all()
+
+    @property
+    def count(self) -> int:
+        return len(self._times)
+
+    def at(self, n: int, *, timeout: float = 600.0) -> float:
+        """When the n-th message (1-based) arrived; waits for it up to ``timeout``."""
+        with self._changed:
+            if not self._changed.wait_for(lambda: len(self._times) >= n, timeout=timeout):
+                raise TimeoutError(f"smtp-sink has {len(self._times)} messages, not {n}")
+            return self._times[n - 1]

@@ -5,14 +5,18 @@ with apt-get when missing and possible, else jetmail's own Python sink, and says
 
 * raw loop ceiling: one template rendered + MIME built + sent over SMTP in one process, no queue,
   no database (to the chosen sink, and to the Python sink for reference);
-* campaign throughput: N recipients (default 20,000), 2 worker processes, from "send" until the
-  campaign's counters show every recipient done, and its ratio to 2x the raw loop;
-* cost: DynamoDB requests (counted by the local moto server) and NATS messages (nats-server's
-  monitoring) per 100 campaign recipients;
+* campaign throughput: N recipients (default 20,000), 2 worker processes, from "send" to the last
+  message at smtp-sink (its ``-c`` counters; with the Python sink, until the campaign's counters show
+  every recipient done), its ratio to 2x the raw loop, when the first message arrived, and the
+  workers' CPU time per email;
+* cost: DynamoDB requests (counted by the local moto server, less the bench's own progress polls)
+  and NATS messages (nats-server's monitoring) per 100 campaign recipients;
 * worker peak RSS after the N-recipient campaign and after the busy campaign;
 * transactional latency: API accept → SMTP accept (the message's ``created_at`` → ``sent_at``,
   both written by jetmail), p50/p95/p99 over 1,000 sends paced at 20/s, idle and while a
-  50,000-recipient campaign runs;
+  20,000-recipient campaign runs, and how long each ``POST /v1/messages`` took;
+* optionally (``--large-recipients 200000``) a large campaign imported and sent end to end, its rate
+  against the N-recipient one;
 * planner memory: peak RSS of the campaign plan path (planner + batch payloads, chunked as the plan
   job publishes them) over a synthetic in-memory audience of 20,000 and 200,000, in a fresh
   interpreter each (no DynamoDB, no sending: what the audience size adds to a worker);
@@ -46,7 +50,7 @@ from pathlib import Path
 from typing import Any
 
 import bench_imports
-from postfix_sink import find_smtp_sink, install_smtp_sink, start_smtp_sink
+from postfix_sink import SinkClock, find_smtp_sink, install_smtp_sink, start_smtp_sink
 
 ROOT = Path(__file__).resolve().parents[1]
 CONTEXT = {"steps": [{"title": "One", "description": "First."}], "dashboard_url": "https://a.example.com/",
@@ -170,18 +174,23 @@ def planner_rss(size: int) -> dict[str, float]:
     return result
 
 
-def paced_sends(client: Any, *, count: int, rate: float, tag: str, errors: list[str]) -> list[tuple[str, float]]:
+def paced_sends(client: Any, *, count: int, rate: float, tag: str, errors: list[str],
+                posts_ms: list[float] | None = None) -> list[tuple[str, float]]:
     """POST ``count`` transactional messages at ``rate`` per second; returns (message id, wall time posted).
-    A refused request is noted in ``errors`` (status and body) and the run goes on."""
+    A refused request is noted in ``errors`` (status and body) and the run goes on; ``posts_ms`` gets how
+    long each POST took."""
     sent: list[tuple[str, float]] = []
     start = time.monotonic()
     for i in range(count):
         pause = start + i / rate - time.monotonic()
         if pause > 0:
             time.sleep(pause)  # pacing the load generator, not waiting on a result
+        posted = time.perf_counter()
         resp = client.post("/v1/messages", json={"template": "password_reset", "to": f"{tag}{i}@bench.example.com",
                                                  "context": {"reset_url": "https://a.example.com/r",
                                                              "expires_in_minutes": 5}})
+        if posts_ms is not None:
+            posts_ms.append((time.perf_counter() - posted) * 1000)
         if resp.status_code != 202:
             errors.append(f"{resp.status_code} {resp.text[:200]}")
             continue
@@ -216,6 +225,11 @@ def latencies(services: Any, sent: list[tuple[str, float]], *, until: float | No
     c = statistics.quantiles(claimed, n=100)
     return {"p50": q[49], "p95": q[94], "p99": q[98], "count": len(out),
             "claim_p50": c[49], "claim_p95": c[94], "claim_p99": c[98]}
+
+
+def percentiles(values: list[float]) -> dict[str, float]:
+    q = statistics.quantiles(values, n=100) if len(values) > 1 else [0.0] * 99
+    return {"p50": q[49], "p95": q[94], "p99": q[98], "count": len(values)}
 
 
 @contextmanager
@@ -259,15 +273,48 @@ def import_list(services: Any, name: str, size: int, prefix: str) -> tuple[str, 
     return lst.id, size / (time.perf_counter() - started)
 
 
-def run_campaign(services: Any, list_id: str, size: int) -> tuple[str, float, float]:
-    """Send a campaign; returns (id, send time, time its counters showed every recipient done)."""
+@dataclass
+class CampaignRun:
+    campaign_id: str
+    started: float  # when ``send`` was called
+    finished: float  # when the campaign's counters showed every recipient done
+    first_at: float | None = None  # when its first / last message reached smtp-sink (None: no clock)
+    last_at: float | None = None
+    worker_cpu_s: float = 0.0
+
+    @property
+    def end(self) -> float:
+        return self.last_at or self.finished
+
+
+def run_campaign(services: Any, list_id: str, size: int, *, clock: SinkClock | None = None,
+                 workers: list[subprocess.Popen[bytes]] = ()) -> CampaignRun:  # type: ignore[assignment]
+    """Send a campaign of ``size`` to the list and time it from ``send`` to the last message at the sink."""
     from jetmail.campaigns.model import AudienceSource, CampaignCreate
 
     campaign = services.campaigns.create(CampaignCreate(name=f"bench-{size}", template="getting_started",
                                                         context=CONTEXT, audience=[AudienceSource(list_id=list_id)]))
+    base = clock.count if clock else 0
+    cpu = sum(cpu_seconds(p.pid) for p in workers)
     started = time.time()
     services.campaigns.send(campaign.id)
-    return campaign.id, started, wait_done(services, campaign.id, size)
+    run = CampaignRun(campaign.id, started, wait_done(services, campaign.id, size))
+    run.worker_cpu_s = sum(cpu_seconds(p.pid) for p in workers) - cpu
+    if clock is not None:
+        sent = services.campaigns.get(campaign.id).progress.sent
+        run.first_at, run.last_at = clock.at(base + 1), clock.at(base + sent)
+    return run
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def own_requests(services: Any) -> int:
+    """DynamoDB requests the bench process itself made (polling progress): not the campaign's cost."""
+    return int(services.table.requests + services.stats_table.requests)
 
 
 def wait_done(services: Any, campaign_id: str, size: int) -> float:
@@ -287,8 +334,10 @@ def main() -> None:
     parser.add_argument("--raw", type=int, default=3_000)
     parser.add_argument("--latency-sends", type=int, default=1_000)
     parser.add_argument("--latency-rate", type=float, default=20.0, help="transactional sends per second")
-    parser.add_argument("--busy-recipients", type=int, default=50_000,
+    parser.add_argument("--busy-recipients", type=int, default=20_000,
                         help="campaign running while latency is measured again (0: skip)")
+    parser.add_argument("--large-recipients", type=int, default=0,
+                        help="a further campaign of this size (e.g. 200000), imported and sent end to end (0: skip)")
     parser.add_argument("--submission-messages", type=int, default=2_000,
                         help="messages sent through `jetmail smtp-server` by 4 concurrent clients (0: skip)")
     parser.add_argument("--planner-audiences", default="20000,200000")
@@ -322,6 +371,7 @@ def main() -> None:
     state = stack.up(["nats", "moto", "smtp"])
     workers: list[subprocess.Popen[bytes]] = []
     postfix: subprocess.Popen[bytes] | None = None
+    clock: SinkClock | None = None
     services: Services | None = None
     try:
         python_sink_port = state.services["smtp"].port
@@ -332,7 +382,8 @@ def main() -> None:
             how = install_smtp_sink()
             binary = find_smtp_sink()
         if binary is not None:
-            postfix, smtp_port = start_smtp_sink(binary)
+            postfix, smtp_port = start_smtp_sink(binary, counters=True)
+            clock = SinkClock(postfix)
             results["sink"] = f"Postfix smtp-sink ({binary}, {how})"
         elif args.sink == "postfix":
             raise SystemExit(f"Postfix smtp-sink unavailable: {how}")
@@ -373,16 +424,23 @@ def main() -> None:
 
         moto = state.services["moto"].url
         before_ops = fetch_json(f"{moto}/_jetmail/requests")
+        before_own = own_requests(services)
         nats_monitor = f"http://127.0.0.1:{state.services['nats'].monitor_port}"
         varz = fetch_json(f"{nats_monitor}/varz")
         print(f"campaign of {args.recipients:,} ...", flush=True)
-        _, started, finished = run_campaign(services, list_id, args.recipients)
-        results["campaign_per_s"] = args.recipients / (finished - started)
+        run = run_campaign(services, list_id, args.recipients, clock=clock, workers=workers)
+        results["campaign_per_s"] = args.recipients / (run.end - run.started)
+        results["campaign_counted_per_s"] = args.recipients / (run.finished - run.started)
+        if run.first_at is not None:
+            results["campaign_first_message_s"] = run.first_at - run.started
+        results["worker_cpu_ms_per_email"] = run.worker_cpu_s * 1000 / args.recipients
         results["campaign_vs_2x_raw"] = results["campaign_per_s"] / (2 * results["raw_loop_per_s"])
         after_ops = fetch_json(f"{moto}/_jetmail/requests")
+        own = own_requests(services) - before_own
         results["dynamodb_requests_by_operation"] = {
             op: n - before_ops.get(op, 0) for op, n in after_ops.items() if n - before_ops.get(op, 0)}
-        results["dynamodb_requests_per_100"] = (sum(after_ops.values()) - sum(before_ops.values())) \
+        results["dynamodb_requests_bench_own"] = own
+        results["dynamodb_requests_per_100"] = (sum(after_ops.values()) - sum(before_ops.values()) - own) \
             / args.recipients * 100
         varz_after = fetch_json(f"{nats_monitor}/varz")
         results["nats_messages_per_100"] = (varz_after["in_msgs"] - varz["in_msgs"]) / args.recipients * 100
@@ -394,8 +452,11 @@ def main() -> None:
                             raise_server_exceptions=False)
         print(f"transactional latency, idle ({args.latency_sends} sends) ...", flush=True)
         results["transactional_api_errors"] = errors = []
+        idle_posts: list[float] = []
         with dynamodb_probe(services) as results["dynamodb_get_idle_ms"]:
-            sent = paced_sends(client, count=args.latency_sends, rate=args.latency_rate, tag="idle", errors=errors)
+            sent = paced_sends(client, count=args.latency_sends, rate=args.latency_rate, tag="idle", errors=errors,
+                               posts_ms=idle_posts)
+        results["post_idle_ms"] = percentiles(idle_posts)
         results["transactional_ms"] = latencies(services, sent)
 
         if args.busy_recipients:
@@ -406,15 +467,27 @@ def main() -> None:
             busy = services.campaigns.create(CampaignCreate(name="busy", template="getting_started", context=CONTEXT,
                                                             audience=[AudienceSource(list_id=busy_list)]))
             print(f"transactional latency during a campaign of {args.busy_recipients:,} ...", flush=True)
+            busy_posts: list[float] = []
             busy_started = time.time()
             services.campaigns.send(busy.id)
             with dynamodb_probe(services) as results["dynamodb_get_busy_ms"]:
                 sent = paced_sends(client, count=args.latency_sends, rate=args.latency_rate, tag="busy",
-                                   errors=errors)
+                                   errors=errors, posts_ms=busy_posts)
             busy_finished = wait_done(services, busy.id, args.busy_recipients)
             results["busy_campaign_per_s"] = args.busy_recipients / (busy_finished - busy_started)
             results["transactional_during_campaign_ms"] = latencies(services, sent, until=busy_finished)
             results["worker_peak_rss_busy_mb"] = max(rss_peak_mb(p.pid) for p in workers)
+            results["post_during_campaign_ms"] = percentiles(busy_posts)
+
+        if args.large_recipients:
+            print(f"importing {args.large_recipients:,} contacts ...", flush=True)
+            large_list, results["large_import_contacts_per_s"] = import_list(
+                services, "large", args.large_recipients, "l")
+            print(f"campaign of {args.large_recipients:,} ...", flush=True)
+            large = run_campaign(services, large_list, args.large_recipients, clock=clock, workers=workers)
+            results["large_campaign_per_s"] = args.large_recipients / (large.end - large.started)
+            results["large_worker_cpu_ms_per_email"] = large.worker_cpu_s * 1000 / args.large_recipients
+            results["worker_peak_rss_large_mb"] = max(rss_peak_mb(p.pid) for p in workers)
 
         if args.submission_messages:
             from bench_submission import submission_throughput
@@ -446,13 +519,18 @@ def main() -> None:
         *((("raw loop to the Python sink", f"{results['raw_loop_python_sink_per_s']:,.0f} emails/s"),)
           if "raw_loop_python_sink_per_s" in results else ()),
         ("contact import", f"{results['import_contacts_per_s']:,.0f} contacts/s"),
-        (f"campaign, {args.recipients:,} recipients, 2 workers", f"{results['campaign_per_s']:,.0f} emails/s"),
+        (f"campaign, {args.recipients:,} recipients, 2 workers, send → last at sink",
+         f"{results['campaign_per_s']:,.0f} emails/s"),
+        *(((f"campaign, {args.recipients:,}: send → first message at sink",
+            f"{results['campaign_first_message_s']:.2f} s"),) if "campaign_first_message_s" in results else ()),
+        ("worker CPU per campaign email (both workers)", f"{results['worker_cpu_ms_per_email']:.2f} ms"),
         ("campaign / (2 x raw loop)", f"{results['campaign_vs_2x_raw']:.2f}"),
         ("DynamoDB requests per 100 recipients", f"{results['dynamodb_requests_per_100']:.2f}"),
         ("NATS messages per 100 recipients", f"{results['nats_messages_per_100']:.1f}"),
         (f"worker peak RSS after {args.recipients:,}", f"{results['worker_peak_rss_mb']:.0f} MB"),
         ("transactional accept→SMTP p50/p95/p99, idle", pct.format(**results["transactional_ms"])),
         ("one emulated DynamoDB GetItem p50/p95/p99, idle", probe.format(**results["dynamodb_get_idle_ms"])),
+        ("POST /v1/messages p50/p95/p99, idle", probe.format(**results["post_idle_ms"])),
     ]
     if "transactional_during_campaign_ms" in results:
         rows += [
@@ -460,9 +538,19 @@ def main() -> None:
              f"{results['busy_campaign_per_s']:,.0f} emails/s"),
             (f"transactional p50/p95/p99 during {args.busy_recipients:,}",
              pct.format(**results["transactional_during_campaign_ms"])),
+            (f"POST /v1/messages p50/p95/p99 during {args.busy_recipients:,}",
+             probe.format(**results["post_during_campaign_ms"])),
             (f"one emulated DynamoDB GetItem p50/p95/p99 during {args.busy_recipients:,}",
              probe.format(**results["dynamodb_get_busy_ms"])),
             (f"worker peak RSS after {args.busy_recipients:,}", f"{results['worker_peak_rss_busy_mb']:.0f} MB"),
+        ]
+    if "large_campaign_per_s" in results:
+        rows += [
+            (f"contact import, {args.large_recipients:,}", f"{results['large_import_contacts_per_s']:,.0f} contacts/s"),
+            (f"campaign, {args.large_recipients:,} recipients", f"{results['large_campaign_per_s']:,.0f} emails/s "
+             f"({results['large_campaign_per_s'] / results['campaign_per_s']:.2f} of the {args.recipients:,} rate)"),
+            (f"worker CPU per email, {args.large_recipients:,}", f"{results['large_worker_cpu_ms_per_email']:.2f} ms"),
+            (f"worker peak RSS after {args.large_recipients:,}", f"{results['worker_peak_rss_large_mb']:.0f} MB"),
         ]
     if "submission" in results:
         sub = results["submission"]

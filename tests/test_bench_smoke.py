@@ -40,7 +40,12 @@ def test_run_prints_every_figure_and_saves_them(repo_root: Path, tmp_path: Path)
     assert set(results["cold_start_ms"]) == {"api", "ses_events", "scheduler"}
     assert results["planner_rss_mb"]["1000"]["planned"] == 1000
     assert results["submission"]["accepted"] == 40 and results["submission"]["refused"] == 0
-    assert re.search(rf"campaign, 200 recipients, 2 workers\s+{FIGURE} emails/s", stdout)
+    assert results["worker_cpu_ms_per_email"] > 0
+    assert results["post_idle_ms"]["count"] == 20 and results["post_during_campaign_ms"]["count"] == 20
+    # the first and last message are timed at smtp-sink when it is there, else by the campaign's counters
+    assert ("campaign_first_message_s" in results) == results["sink"].startswith("Postfix")
+    assert re.search(rf"campaign, 200 recipients, 2 workers, send → last at sink\s+{FIGURE} emails/s", stdout)
+    assert re.search(r"POST /v1/messages p50/p95/p99 during 200\s+\d+ / \d+ / \d+ ms", stdout)
     assert re.search(r"transactional accept→SMTP p50/p95/p99, idle\s+\d+ / \d+ / \d+ ms", stdout)
 
 
