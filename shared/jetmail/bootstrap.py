@@ -34,7 +34,7 @@ def bootstrap(settings: Settings, *, create_table: bool | None = None) -> Iterat
     with SyncClient(queue_config(settings)) as client:
         client.run(lambda q: ensure_buckets(q.js, replicas=settings.stream_replicas))
         client.run(lambda q: ensure_stream(q.js, settings.stops_stream, replicas=settings.stream_replicas))
-    yield "KV buckets for campaign state and claims: ready"
+    yield "KV buckets for campaign state, batch leases and the outcome journal: ready"
     yield f"stream {settings.stops_stream} (stop events that running campaigns follow): ready"
     if settings.provider == "ses" and settings.aws_endpoint_url:
         from jetmail.aws import aws_client
