@@ -253,8 +253,7 @@ def dynamodb_probe(services: Any, every: float = 0.1) -> Iterator[dict[str, floa
     finally:
         stop.set()
         thread.join()
-        q = statistics.quantiles(timings, n=100) if len(timings) > 1 else [0.0] * 99
-        figures.update({"p50": q[49], "p95": q[94], "p99": q[98], "count": len(timings)})
+        figures.update(percentiles(timings))
 
 
 def rss_peak_mb(pid: int) -> float:

@@ -6,6 +6,11 @@ item, "dictionary changed size during iteration" in a transaction). DynamoDB app
 atomically; serialising requests here gives the local stack the same guarantee, which jetmail's
 exactly-once counters and claims rely on.
 
+Transactions restore only the items they touched when one of their actions fails: moto copies every
+table a transaction names before applying it, so each TransactWriteItems cost time and memory in
+proportion to the table (seconds per transaction, gigabytes of garbage, once a test run had stored
+a few campaigns).
+
 For the reliability suite, a share of DynamoDB requests can be made to fail:
 ``POST /_jetmail/faults {"share": 0.05, "errors": ["ThrottlingException", "stall"], "seed": 1}``.
 Each failed request gets one of ``errors`` (chosen at random): a DynamoDB error name is answered
@@ -16,11 +21,6 @@ already happened, as after a real timeout).
 SES v2 ``GetAccount`` (which moto lacks) answers with the account's sending quota, so workers on the
 SES provider read their limits locally as they do in AWS; ``POST /_jetmail/ses-quota
 {"max_send_rate": 200, "max_24_hour_send": 100000}`` sets it (default: SES's production quota).
-
-Transactions restore only the items they touched when one of their actions fails: moto copies every
-table a transaction names before applying it, so each TransactWriteItems cost time and memory in
-proportion to the table (seconds per transaction, gigabytes of garbage, once a test run had stored
-a few campaigns).
 
 ``operations`` limits the faults to some operations (e.g. ``["UpdateItem"]``) and ``limit`` to a number
 of faults in all (``{"share": 1, "limit": 1, ...}`` fails exactly the next request). ``GET /_jetmail/faults``
