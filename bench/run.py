@@ -350,7 +350,7 @@ def main() -> None:
     worker_env = dict(item.partition("=")[::2] for item in args.worker_env)
     if not all(name.startswith("JETMAIL_") for name in worker_env):
         parser.error("--worker-env takes JETMAIL_NAME=VALUE")
-    if args.planner_child:
+    if args.planner_child is not None:
         planner_child(args.planner_child)
         return
 
@@ -507,7 +507,8 @@ def main() -> None:
         args.out.write_text(json.dumps(results, indent=2))  # what was measured so far, if a step failed
 
     print("planner memory ...", flush=True)
-    results["planner_rss_mb"] = {size: planner_rss(int(size)) for size in args.planner_audiences.split(",") if size}
+    results["planner_rss_mb"] = {size: planner_rss(int(size)) for size in args.planner_audiences.split(",")
+                                if size.strip() and int(size) > 0}
 
     args.out.write_text(json.dumps(results, indent=2))
     probe = "{p50:.0f} / {p95:.0f} / {p99:.0f} ms"

@@ -94,3 +94,49 @@ def test_a_cancelled_transaction_leaves_every_item_as_it_was(table: Table, uniqu
         {"Delete": {"TableName": table.name, "Key": to_item({"pk": pk, "sk": "deleted"})}},
     ])
     assert {item["sk"]: item["n"] for item in table.query_all(pk=pk)} == {"kept": 2, "added": 3}
+
+
+def test_a_query_pages_through_its_partition_alone_in_key_order(table: Table, unique: str) -> None:
+    # GIVEN a partition whose keys sort apart from their write order, and its neighbours
+    pk = f"QTEST#{unique}"
+    for name in ("c", "a", "e", "b", "d", "x1"):
+        table.put({"pk": pk, "sk": name, "n": 1})
+    table.put({"pk": pk + "-next", "sk": "a", "n": 2})
+    table.put({"pk": pk[:-1], "sk": "a", "n": 3})
+    # WHEN it is read one item per page, forwards, backwards and by prefix
+    pages: list[list[str]] = []
+    start = None
+    while True:
+        items, start = table.query(pk=pk, limit=1, start=start)
+        pages.append([item["sk"] for item in items])
+        if not start:
+            break
+    # THEN every item of that partition comes once, in key order, and nothing of another
+    assert [sk for page in pages for sk in page] == ["a", "b", "c", "d", "e", "x1"]
+    assert [item["sk"] for item in table.query_all(pk=pk, forward=False)] == ["x1", "e", "d", "c", "b", "a"]
+    assert [item["sk"] for item in table.query_all(pk=pk, sk_prefix="x")] == ["x1"]
+    assert [item["sk"] for item in table.query_all(pk=pk, sk_after="c")] == ["d", "e", "x1"]
+    assert list(table.query_all(pk=f"QTEST#none-{unique}")) == []
+
+
+def test_item_reads_return_every_attribute_type_as_written(table: Table, unique: str) -> None:
+    # GIVEN an item with every DynamoDB attribute type, binary ones included
+    pk = f"TYPES#{unique}"
+    item = {"pk": {"S": pk}, "sk": {"S": "all"}, "s": {"S": "ünïcode ✓"}, "n": {"N": "12.5"}, "b": {"B": b"\x00\xffbin"},
+            "t": {"BOOL": True}, "z": {"NULL": True}, "ss": {"SS": ["a", "b"]}, "ns": {"NS": ["1", "2"]},
+            "bs": {"BS": [b"\x01", b"\x02"]}, "l": {"L": [{"S": "x"}, {"N": "3"}]},
+            "m": {"M": {"k": {"S": "v"}, "inner": {"M": {"deep": {"BOOL": False}}}}}}
+    plain = {k: v for k, v in item.items() if k not in ("b", "bs")} | {"sk": {"S": "plain"}}
+    table.client.put_item(TableName=table.name, Item=item)
+    table.client.put_item(TableName=table.name, Item=plain)
+    key = {"pk": item["pk"], "sk": item["sk"]}
+    # WHEN they are read back by each item read
+    got = table.client.get_item(TableName=table.name, Key=key)["Item"]
+    listed = table.client.query(TableName=table.name, KeyConditionExpression="pk = :p",
+                                ExpressionAttributeValues={":p": item["pk"]})
+    batch = table.client.batch_get_item(RequestItems={table.name: {"Keys": [key, {**key, "sk": {"S": "plain"}}]}})
+    # THEN each returns the items exactly as written
+    assert got == item
+    assert listed["Items"] == [item, plain] and listed["Count"] == 2
+    assert sorted(batch["Responses"][table.name], key=lambda i: i["sk"]["S"]) == [item, plain]
+    assert table.client.get_item(TableName=table.name, Key={**key, "sk": {"S": "absent"}}).get("Item") is None

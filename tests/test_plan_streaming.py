@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from jetmail.campaigns.model import AudienceSource, CampaignCreate
-from jetmail.campaigns.planner import BATCH_SIZE, Planner
+from jetmail.campaigns.planner import BATCH_SIZE, PAGE_SIZE, Planner
 from jetmail.contacts import ContactStore
 from jetmail.services import Services
 from jetmail.storage.table import Table
@@ -27,9 +27,11 @@ class CountingReader:
         self.store = store
         self.taken = 0
         self.first_pages: list[int | None] = []
+        self.page_sizes: list[int | None] = []
 
     def iter_list_members(self, list_id: str, **kwargs: Any) -> Iterator[Any]:
         self.first_pages.append(kwargs.get("first_page"))
+        self.page_sizes.append(kwargs.get("page_size"))
         for member in self.store.iter_list_members(list_id, **kwargs):
             self.taken += 1
             yield member
@@ -48,6 +50,19 @@ def test_first_page_caps_only_the_first_query(services: Services, unique: str) -
     assert counted.requests - before == 2
 
 
+def test_later_pages_hold_a_bounded_count_of_members(services: Services, unique: str) -> None:
+    # GIVEN a list of 2,450 members
+    counted = Table(services.settings)
+    store = ContactStore(counted)
+    list_id = _list_of(store, f"page-size-{unique}", [f"ps{n:04d}-{unique}@example.com" for n in range(2450)])
+    # WHEN its pages are read as a plan reads them
+    before = counted.requests
+    pages = [len(page) for page in store.member_pages(list_id, first_page=BATCH_SIZE, page_size=1000)]
+    # THEN one batch first, then pages of 1,000, one Query each
+    assert pages == [100, 1000, 1000, 350]
+    assert counted.requests - before == 4
+
+
 def test_planner_yields_the_first_batch_after_one_batch_of_members(services: Services, unique: str) -> None:
     # GIVEN a list of 450 members
     addresses = [f"stream{n:03d}-{unique}@example.com" for n in range(450)]
@@ -60,6 +75,7 @@ def test_planner_yields_the_first_batch_after_one_batch_of_members(services: Ser
     first = next(batches)
     # THEN it asked for a first read of one batch, and had taken exactly one batch's members
     assert reader.first_pages == [BATCH_SIZE]
+    assert reader.page_sizes == [PAGE_SIZE]
     assert reader.taken == BATCH_SIZE
     assert [r["e"] for r in first.recipients] == addresses[:BATCH_SIZE]
     # AND the whole plan still covers everyone once, in batches numbered from 1

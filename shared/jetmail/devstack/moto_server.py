@@ -9,7 +9,10 @@ exactly-once counters and claims rely on.
 Transactions restore only the items they touched when one of their actions fails: moto copies every
 table a transaction names before applying it, so each TransactWriteItems cost time and memory in
 proportion to the table (seconds per transaction, gigabytes of garbage, once a test run had stored
-a few campaigns).
+a few campaigns). A Query of the table reads only the partition it names: moto sorts every item of
+the table on each Query, so a page of one list cost time in proportion to everything else stored.
+Item reads (GetItem, BatchGetItem, Query, Scan) are answered as plain JSON: moto's generic serializer
+walks the output shape for every attribute of every item, most of what a page of items cost.
 
 For the reliability suite, a share of DynamoDB requests can be made to fail:
 ``POST /_jetmail/faults {"share": 0.05, "errors": ["ThrottlingException", "stall"], "seed": 1}``.
@@ -53,6 +56,7 @@ from moto.dynamodb.exceptions import (
 from moto.dynamodb.models import DynamoDBBackend
 from moto.dynamodb.models.dynamo_type import DynamoType, Item
 from moto.dynamodb.models.table import Table
+from moto.dynamodb.responses import DynamoHandler
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
 from pydantic import BaseModel, Field, ValidationError
 from werkzeug.serving import run_simple
@@ -204,6 +208,50 @@ def _transact_write_items(backend: DynamoDBBackend, transact_items: list[dict[st
 
 
 DynamoDBBackend.transact_write_items = _transact_write_items  # type: ignore[method-assign]
+
+_moto_query = Table.query
+_moto_all_items = Table.all_items
+_querying = threading.local()
+
+
+def _query(self: Table, hash_key: DynamoType | None, *args: Any, **kwargs: Any) -> Any:
+    """moto's Query, with the candidate items of a base-table Query taken from its partition alone."""
+    index_name = kwargs.get("index_name", args[6] if len(args) > 6 else None)
+    _querying.partition = hash_key if index_name is None and self.range_key_attr else None
+    try:
+        return _moto_query(self, hash_key, *args, **kwargs)
+    finally:
+        _querying.partition = None
+
+
+def _all_items(self: Table) -> list[Item]:
+    partition = getattr(_querying, "partition", None)
+    if partition is None:
+        return _moto_all_items(self)
+    # moto's Query keeps the items with this hash key and sorts them by range key itself
+    return list(self.items[partition].values()) if partition in self.items else []
+
+
+Table.query = _query  # type: ignore[method-assign]
+Table.all_items = _all_items  # type: ignore[method-assign]
+
+_ITEM_READS = frozenset({"GetItem", "BatchGetItem", "Query", "Scan"})
+_moto_serialized = DynamoHandler.serialized
+
+
+def _serialized(self: DynamoHandler, action_result: Any) -> Any:
+    """A successful item read as JSON: moto's result is already DynamoDB's wire form of the items."""
+    if self._get_action() in _ITEM_READS and not isinstance(action_result.result, Exception):
+        try:
+            body = json.dumps(action_result.result)
+        except TypeError:  # a value JSON cannot hold as it is (binary): moto's serializer encodes it
+            pass
+        else:
+            return 200, {"Content-Type": "application/json", **self.response_headers, "status": 200}, body
+    return _moto_serialized(self, action_result)
+
+
+DynamoHandler.serialized = _serialized  # type: ignore[method-assign]
 
 
 class Serialized:
