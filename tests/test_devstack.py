@@ -140,3 +140,36 @@ def test_item_reads_return_every_attribute_type_as_written(table: Table, unique:
     assert listed["Items"] == [item, plain] and listed["Count"] == 2
     assert sorted(batch["Responses"][table.name], key=lambda i: i["sk"]["S"]) == [item, plain]
     assert table.client.get_item(TableName=table.name, Key={**key, "sk": {"S": "absent"}}).get("Item") is None
+
+
+def test_pages_with_a_prefix_limit_and_filter_cover_the_partition_as_it_changes(table: Table, unique: str) -> None:
+    # GIVEN a partition with keys around the prefix, every third one filtered out
+    pk = f"QPAGE#{unique}"
+    table.batch_put([{"pk": pk, "sk": f"M#{n:03d}", "keep": n % 3 != 0} for n in range(40)]
+                    + [{"pk": pk, "sk": sk, "keep": True} for sk in ("A", "M", "M$", "N#000", "Z")])
+
+    def pages(limit: int, prefix: str = "M#") -> list[str]:
+        found: list[str] = []
+        start = None
+        while True:
+            items, start = table.query(pk=pk, sk_prefix=prefix, limit=limit, start=start, filter="#k = :k",
+                                       names={"#k": "keep"}, params={":k": True})
+            found += [item["sk"] for item in items]
+            if not start:
+                return found
+
+    kept = [f"M#{n:03d}" for n in range(40) if n % 3 != 0]
+    # WHEN it is read in pages of several sizes THEN every kept member comes once, in order
+    for limit in (1, 2, 7, 13, 40, 100):
+        assert pages(limit) == kept
+    # AND a key added or removed between pages is seen as DynamoDB would see it
+    items, start = table.query(pk=pk, sk_prefix="M#", limit=5)
+    table.put({"pk": pk, "sk": "M#002a", "keep": True})  # before the page's end: already passed
+    table.put({"pk": pk, "sk": "M#050", "keep": True})  # after it: still to come
+    table.delete(pk, "M#010")
+    rest: list[str] = []
+    while start:
+        page, start = table.query(pk=pk, sk_prefix="M#", limit=5, start=start)
+        rest += [item["sk"] for item in page]
+    assert [item["sk"] for item in items] == [f"M#{n:03d}" for n in range(5)]
+    assert rest == [f"M#{n:03d}" for n in range(5, 40) if n != 10] + ["M#050"]

@@ -9,8 +9,9 @@ exactly-once counters and claims rely on.
 Transactions restore only the items they touched when one of their actions fails: moto copies every
 table a transaction names before applying it, so each TransactWriteItems cost time and memory in
 proportion to the table (seconds per transaction, gigabytes of garbage, once a test run had stored
-a few campaigns). A Query of the table reads only the partition it names: moto sorts every item of
-the table on each Query, so a page of one list cost time in proportion to everything else stored.
+a few campaigns). A Query of the table reads only the partition it names, and a forward one only its
+page: moto sorts every item of the table on each Query, so a page of one list cost time in proportion
+to everything stored; a partition's key order is now kept until a key is added or removed.
 Item reads (GetItem, BatchGetItem, Query, Scan) are answered as plain JSON: moto's generic serializer
 walks the output shape for every attribute of every item, most of what a page of items cost.
 
@@ -33,6 +34,7 @@ shows the settings and what was injected; ``{"share": 0}`` turns injection off.
 from __future__ import annotations
 
 import argparse
+import bisect
 import copy
 import json
 import os
@@ -40,6 +42,7 @@ import random
 import threading
 import time
 import uuid
+import weakref
 from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -55,7 +58,7 @@ from moto.dynamodb.exceptions import (
 )
 from moto.dynamodb.models import DynamoDBBackend
 from moto.dynamodb.models.dynamo_type import DynamoType, Item
-from moto.dynamodb.models.table import Table
+from moto.dynamodb.models.table import RESULT_SIZE_LIMIT, Table
 from moto.dynamodb.responses import DynamoHandler
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
 from pydantic import BaseModel, Field, ValidationError
@@ -146,6 +149,7 @@ class _TouchedItems:
 
     def restore(self) -> None:
         for table, hash_value, range_value, item in self.before.values():
+            _forget(table, hash_value)
             if item is None:
                 table.delete_item(hash_value, range_value)
             elif range_value is None:
@@ -211,29 +215,100 @@ DynamoDBBackend.transact_write_items = _transact_write_items  # type: ignore[met
 
 _moto_query = Table.query
 _moto_all_items = Table.all_items
+_moto_put_item = Table.put_item
+_moto_delete_item = Table.delete_item
 _querying = threading.local()
+# each partition's range keys in order (and their values, to bisect), kept until its key set changes
+_orders: weakref.WeakKeyDictionary[Table, dict[DynamoType, tuple[list[DynamoType], list[Any]]]] = (
+    weakref.WeakKeyDictionary())
 
 
-def _query(self: Table, hash_key: DynamoType | None, *args: Any, **kwargs: Any) -> Any:
-    """moto's Query, with the candidate items of a base-table Query taken from its partition alone."""
-    index_name = kwargs.get("index_name", args[6] if len(args) > 6 else None)
-    _querying.partition = hash_key if index_name is None and self.range_key_attr else None
+def _forget(table: Table, hash_value: DynamoType) -> None:
+    orders = _orders.get(table)
+    if orders:
+        orders.pop(hash_value, None)
+
+
+def _put_item(self: Table, item_attrs: dict[str, Any], *args: Any, **kwargs: Any) -> Item:
+    item = _moto_put_item(self, item_attrs, *args, **kwargs)
+    if self.range_key_attr:
+        _forget(self, item.hash_key)
+    return item
+
+
+def _delete_item(self: Table, hash_key: DynamoType, range_key: DynamoType | None) -> Item | None:
+    _forget(self, hash_key)
+    return _moto_delete_item(self, hash_key, range_key)
+
+
+def _order(table: Table, hash_key: DynamoType) -> tuple[list[DynamoType], list[Any]]:
+    orders = _orders.setdefault(table, {})
+    if hash_key not in orders:
+        # the order moto's Query sorts in (DynamoType compares its cast values)
+        keys = sorted(table.items[hash_key], key=lambda k: k.cast_value)
+        orders[hash_key] = (keys, [k.cast_value for k in keys])
+    return orders[hash_key]
+
+
+def _window(table: Table, hash_key: DynamoType, range_comparison: str | None, range_objs: list[DynamoType],
+            limit: int | None, start: dict[str, Any] | None) -> list[Item]:
+    """The items of a forward Query's page and what follows it: from its exclusive start (or the first key
+    ``begins_with`` can match), ``limit`` + 1 of them, or past 1 MB without a limit. moto's own loop then
+    applies the key condition and the limits to these as it would to the whole partition."""
+    partition = table.items[hash_key]
+    keys, values = _order(table, hash_key)
+    low = 0
+    if start and table.range_key_attr in start:
+        low = bisect.bisect_right(values, DynamoType(start[table.range_key_attr]).cast_value)
+    if range_comparison is None:
+        pass
+    elif range_comparison.upper() == "BEGINS_WITH":
+        low = max(low, bisect.bisect_left(values, range_objs[0].cast_value))
+    else:
+        # other comparisons may skip keys before their matches: the rest of the partition, unbounded
+        return [partition[k] for k in keys[low:]]
+    if limit:
+        return [partition[k] for k in keys[low:low + limit + 1]]
+    window: list[Item] = []
+    size = 0
+    for key in keys[low:]:
+        item = partition[key]
+        window.append(item)
+        size += item.size()
+        if size > RESULT_SIZE_LIMIT:
+            break
+    return window
+
+
+def _query(self: Table, hash_key: DynamoType | None, range_comparison: str | None, range_objs: list[DynamoType],
+           limit: int | None, exclusive_start_key: dict[str, Any] | None, scan_index_forward: bool,
+           projection_expressions: Any, index_name: str | None = None, *args: Any, **kwargs: Any) -> Any:
+    """moto's Query, with the candidate items of a base-table Query taken from its partition alone, and
+    of a forward one from its page alone: a page costs the same however large the partition is."""
+    base = index_name is None and self.range_key_attr is not None and hash_key is not None
+    if not base or hash_key not in self.items:
+        _querying.items = [] if base else None
+    elif scan_index_forward and not set(kwargs) - {"hash_key_conditions", "range_key_conditions"}:
+        _querying.items = _window(self, hash_key, range_comparison, range_objs, limit, exclusive_start_key)
+    else:
+        _querying.items = list(self.items[hash_key].values())
     try:
-        return _moto_query(self, hash_key, *args, **kwargs)
+        return _moto_query(self, hash_key, range_comparison, range_objs, limit, exclusive_start_key,
+                           scan_index_forward, projection_expressions, index_name, *args, **kwargs)
     finally:
-        _querying.partition = None
+        _querying.items = None
 
 
 def _all_items(self: Table) -> list[Item]:
-    partition = getattr(_querying, "partition", None)
-    if partition is None:
-        return _moto_all_items(self)
-    # moto's Query keeps the items with this hash key and sorts them by range key itself
-    return list(self.items[partition].values()) if partition in self.items else []
+    items = getattr(_querying, "items", None)
+    # a Query's candidates: moto keeps those with its hash key and sorts them by range key itself
+    return _moto_all_items(self) if items is None else items
 
 
 Table.query = _query  # type: ignore[method-assign]
 Table.all_items = _all_items  # type: ignore[method-assign]
+Table.put_item = _put_item  # type: ignore[method-assign]
+Table.delete_item = _delete_item  # type: ignore[method-assign]
 
 _ITEM_READS = frozenset({"GetItem", "BatchGetItem", "Query", "Scan"})
 _moto_serialized = DynamoHandler.serialized
