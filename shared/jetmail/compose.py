@@ -172,12 +172,15 @@ class Composer:
 
     # ---- rendering
     def render(self, version: TemplateVersion, context: dict[str, Any], *, recipient: Recipient, message_id: str,
-               list_id: str | None = None, track: bool | None = None, now: datetime | None = None) -> RenderedEmail:
+               list_id: str | None = None, track: bool | None = None, now: datetime | None = None,
+               unsubscribe_url: str | None = None) -> RenderedEmail:
+        """``unsubscribe_url``: this message's link (``unsubscribe_url()``), when the caller has it already."""
         marketing = (version.category or "transactional") == "marketing"
         track = marketing if track is None else track
         zone = _zone(recipient.timezone, self.settings.default_timezone)
         standard = StandardContext(
-            unsubscribe_url=self.unsubscribe_url(message_id=message_id, email=recipient.email, list_id=list_id),
+            unsubscribe_url=unsubscribe_url or self.unsubscribe_url(message_id=message_id, email=recipient.email,
+                                                                    list_id=list_id),
             tracking_pixel_url=self.open_url(message_id=message_id) if track else None,
             now=(now or datetime.now(UTC)).astimezone(zone),
             company=self.company,

@@ -70,14 +70,14 @@ class SendPipeline:
             return self._build_raw(draft)
         if draft.version is None:
             raise ValueError("a draft needs a template version or raw MIME")
+        link = self.composer.unsubscribe_url(message_id=draft.message_id, email=to.email, list_id=draft.list_id)
         rendered = self.composer.render(draft.version, dict(draft.context), recipient=to,
-                                        message_id=draft.message_id, list_id=draft.list_id, track=draft.track)
+                                        message_id=draft.message_id, list_id=draft.list_id, track=draft.track,
+                                        unsubscribe_url=link)
         # marketing mail carries RFC 8058 one-click List-Unsubscribe headers on every path
-        unsubscribe = (self.composer.unsubscribe_url(message_id=draft.message_id, email=to.email,
-                                                     list_id=draft.list_id)
-                       if draft.category == "marketing" else None)
         built = self.composer.build(rendered, message_id=draft.message_id, recipient=to, from_addr=draft.from_addr,
-                                    reply_to=draft.reply_to, list_unsubscribe=unsubscribe)
+                                    reply_to=draft.reply_to,
+                                    list_unsubscribe=link if draft.category == "marketing" else None)
         # the envelope takes the built recipient: its domain in ASCII (punycode) form, which an ASCII local
         # part at an IDN domain needs to go without SMTPUTF8
         return OutboundMessage(mail_from=draft.envelope_from, recipients=list(built.recipients), raw=built.data,

@@ -32,7 +32,7 @@ class Signer:
         self._key = hashlib.sha256(b"jetmail-tokens\x00" + raw.encode()).digest()
 
     def _mac(self, purpose: str, body: str) -> str:
-        return _b64(hmac.new(self._key, f"{purpose}\x00{body}".encode(), hashlib.sha256).digest())[:_SIG_LEN]
+        return _b64(hmac.digest(self._key, f"{purpose}\x00{body}".encode(), "sha256"))[:_SIG_LEN]
 
     def sign(self, purpose: str, payload: dict[str, Any]) -> str:
         body = _b64(json.dumps(payload, separators=(",", ":"), sort_keys=True).encode())

@@ -89,6 +89,7 @@ class BatchSender:
         self.process_slots = asyncio.Semaphore(process_concurrency)
         self._definitions: dict[str, CampaignCreate] = {}
         self._versions: dict[tuple[str, str, str | None], TemplateVersion] = {}
+        self._contents: dict[tuple[str, str | None, str | None], TemplateVersion] = {}
 
     async def _definition(self, campaign_id: str) -> CampaignCreate:
         # a campaign's definition never changes once it sends: cache it for the life of the process
@@ -104,6 +105,18 @@ class BatchSender:
         if key not in self._versions:
             self._versions[key] = await asyncio.to_thread(self.templates.resolve, template, locale)
         return self._versions[key]
+
+    async def _content(self, campaign_id: str, campaign: CampaignCreate, variant: Variant | None,
+                       locale: str | None) -> TemplateVersion:
+        """The version a recipient of this variant and locale gets, with the campaign's subject line."""
+        key = (campaign_id, variant.name if variant else None, locale)
+        if key not in self._contents:
+            template = (variant.template if variant and variant.template else None) or campaign.template
+            version = await self._version(campaign_id, template, locale)
+            subject = (variant.subject if variant and variant.subject else None) or campaign.subject
+            self._contents[key] = (_with_subject(version, subject, variant.name if variant else "campaign")
+                                   if subject else version)
+        return self._contents[key]
 
     async def state(self, campaign_id: str) -> str | None:
         if await self.board.marketing_stopped():
@@ -227,11 +240,7 @@ class BatchSender:
 
     async def _send(self, campaign: CampaignCreate, variant: Variant | None, recipient: dict[str, Any],
                     message_id: str, campaign_id: str, sent: list[Sent]) -> str | None:
-        template_name = (variant.template if variant and variant.template else None) or campaign.template
-        version = await self._version(campaign_id, template_name, recipient.get("l"))
-        subject = (variant.subject if variant and variant.subject else None) or campaign.subject
-        if subject:
-            version = _with_subject(version, subject, variant.name if variant else "campaign")
+        version = await self._content(campaign_id, campaign, variant, recipient.get("l"))
         to = Recipient(email=recipient["e"], name=recipient.get("n"), language=recipient.get("l"),
                        timezone=recipient.get("t"))
         from_addr = campaign.from_ or self.pipeline.composer.settings.default_from

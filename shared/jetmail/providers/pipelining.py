@@ -18,8 +18,6 @@ from aiosmtplib import SMTPResponse
 
 # What aiosmtplib itself refuses in a command argument (C0 controls and DEL allow command injection)
 _CONTROL = re.compile(rb"[\x00-\x1f\x7f]")
-_LINE_ENDINGS = re.compile(rb"\r\n|\n|\r(?!\n)")
-_LEADING_PERIOD = re.compile(rb"(?m)^\.")
 _MAX_REPLY_BYTES = 64 * 1024
 
 
@@ -42,10 +40,12 @@ def command(*parts: bytes) -> bytes:
 
 def dot_stuffed(raw: bytes) -> bytes:
     """The message as DATA sends it: CRLF line endings, leading periods doubled, the final ``.``."""
-    body = _LINE_ENDINGS.sub(b"\r\n", raw)
+    # every CR, LF and CRLF becomes CRLF (a CR before a CRLF is a line of its own, as a lone CR is)
+    body = raw.replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", b"\r\n")
     if not body.endswith(b"\r\n"):
         body += b"\r\n"
-    return _LEADING_PERIOD.sub(b"..", body) + b".\r\n"
+    body = body.replace(b"\r\n.", b"\r\n..")
+    return (b"." + body if body.startswith(b".") else body) + b".\r\n"
 
 
 class _Collector(asyncio.Protocol):

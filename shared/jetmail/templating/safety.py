@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from functools import lru_cache
 
 from selectolax.lexbor import LexborHTMLParser, LexborNode
 
@@ -63,19 +64,24 @@ def _script_css(css: str) -> bool:
     return _SCRIPT_CSS.search(_URL_NOISE.sub("", css).lower()) is not None
 
 
-def _element_problems(element: LexborNode) -> Iterator[str]:
-    tag = str(element.tag).lower()
-    attributes = element.attributes
+@lru_cache(maxsize=8192)
+def _element_problems(tag: str, attributes: tuple[tuple[str, str | None], ...], css: str | None) -> tuple[str, ...]:
+    """What is wrong with one element, by its tag, attributes and (for ``<style>``) text: most elements of a
+    campaign's mail are the same for every recipient, so the answers are kept."""
+    return tuple(_element_reasons(tag, attributes, css))
+
+
+def _element_reasons(tag: str, attributes: tuple[tuple[str, str | None], ...], css: str | None) -> Iterator[str]:
     if tag in FORBIDDEN_ELEMENTS:
         yield f"<{tag}> is not allowed"
     elif tag in SVG_ANIMATION:  # none of these names is an HTML element
         yield f"SVG <{tag}> is not allowed (it can change attributes after the checks)"
-    elif tag == "meta" and (attributes.get("http-equiv") or "").strip().lower() == "refresh":
+    elif tag == "meta" and (dict(attributes).get("http-equiv") or "").strip().lower() == "refresh":
         yield "<meta http-equiv=refresh> is not allowed"
-    elif tag == "style" and _script_css(element.text(deep=True)):
+    elif css is not None and _script_css(css):
         yield "script in a <style> block is not allowed"
-    for raw_name, raw_value in attributes.items():
-        name = _local(str(raw_name)).lower()
+    for raw_name, raw_value in attributes:
+        name = _local(raw_name).lower()
         value = raw_value or ""
         if name.startswith("on"):
             yield f'<{tag}> event handler attribute "{name}" is not allowed'
@@ -87,6 +93,12 @@ def _element_problems(element: LexborNode) -> Iterator[str]:
                            "and # anchors are allowed")
         elif name == "style" and _script_css(value):
             yield f"<{tag}> script in a style attribute is not allowed"
+
+
+def _node_problems(element: LexborNode) -> tuple[str, ...]:
+    tag = str(element.tag).lower()
+    attributes = tuple((str(name), value) for name, value in element.attributes.items())
+    return _element_problems(tag, attributes, element.text(deep=True) if tag == "style" else None)
 
 
 def html_problems(document: str, *, fragment: bool = False) -> list[str]:
@@ -105,5 +117,5 @@ def html_problems(document: str, *, fragment: bool = False) -> list[str]:
             if m:
                 problems.extend(html_problems(m.group(1), fragment=True))
         elif not str(node.tag).startswith("-"):
-            problems.extend(_element_problems(node))
+            problems.extend(_node_problems(node))
     return list(dict.fromkeys(problems))
