@@ -122,19 +122,26 @@ def test_a_query_pages_through_its_partition_alone_in_key_order(table: Table, un
 def test_item_reads_return_every_attribute_type_as_written(table: Table, unique: str) -> None:
     # GIVEN an item with every DynamoDB attribute type, binary ones included
     pk = f"TYPES#{unique}"
-    item = {"pk": {"S": pk}, "sk": {"S": "all"}, "s": {"S": "ünïcode ✓"}, "n": {"N": "12.5"}, "b": {"B": b"\x00\xffbin"},
-            "t": {"BOOL": True}, "z": {"NULL": True}, "ss": {"SS": ["a", "b"]}, "ns": {"NS": ["1", "2"]},
+    item = {"pk": {"S": pk}, "sk": {"S": "all"}, "s": {"S": "ünïcode ✓"}, "n": {"N": "12.5"},
+            "b": {"B": b"\x00\xffbin"}, "t": {"BOOL": True}, "z": {"NULL": True}, "ss": {"SS": ["a", "b"]},
+            "ns": {"NS": ["1", "2"]},
             "bs": {"BS": [b"\x01", b"\x02"]}, "l": {"L": [{"S": "x"}, {"N": "3"}]},
             "m": {"M": {"k": {"S": "v"}, "inner": {"M": {"deep": {"BOOL": False}}}}}}
     plain = {k: v for k, v in item.items() if k not in ("b", "bs")} | {"sk": {"S": "plain"}}
     table.client.put_item(TableName=table.name, Item=item)
     table.client.put_item(TableName=table.name, Item=plain)
     key = {"pk": item["pk"], "sk": item["sk"]}
-    # WHEN they are read back by each item read
-    got = table.client.get_item(TableName=table.name, Key=key)["Item"]
-    listed = table.client.query(TableName=table.name, KeyConditionExpression="pk = :p",
-                                ExpressionAttributeValues={":p": item["pk"]})
-    batch = table.client.batch_get_item(RequestItems={table.name: {"Keys": [key, {**key, "sk": {"S": "plain"}}]}})
+    try:
+        # WHEN they are read back by each item read
+        got = table.client.get_item(TableName=table.name, Key=key)["Item"]
+        listed = table.client.query(TableName=table.name, KeyConditionExpression="pk = :p",
+                                    ExpressionAttributeValues={":p": item["pk"]})
+        batch = table.client.batch_get_item(
+            RequestItems={table.name: {"Keys": [key, {**key, "sk": {"S": "plain"}}]}})
+    finally:
+        # binary values are not JSON: other tests' scans of the shared table read plain items only
+        for sk in ("all", "plain"):
+            table.delete(pk, sk)
     # THEN each returns the items exactly as written
     assert got == item
     assert listed["Items"] == [item, plain] and listed["Count"] == 2
