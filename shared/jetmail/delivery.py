@@ -18,10 +18,10 @@ duplicates nothing.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
-from typing import Any, Protocol
+from collections.abc import Callable
+from typing import Any, Protocol, TypeVar
 
 from jetmail.compose import Recipient
 from jetmail.feedback import record_sends
@@ -34,6 +34,8 @@ from jetmail.template_store import TemplateNotFound, TemplateStore
 from jetmail.templating import TemplateRenderError
 
 logger = logging.getLogger("jetmail.delivery")
+
+T = TypeVar("T")
 
 CLAIMABLE = {MessageStatus.QUEUED, MessageStatus.SCHEDULED, MessageStatus.SENDING}
 
@@ -63,11 +65,14 @@ class Deliverer:
         self.pipeline = pipeline
         self.policy = policy
 
+    async def _blocking(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+        return await self.pipeline.blocking("transactional", fn, *args, **kwargs)
+
     async def deliver(self, message_id: str, *, attempt: int, max_attempts: int) -> str:
         """Send one transactional message; raises TemporaryDeliveryError when the job should retry."""
         try:
             # the claim returns the message, so nothing reads it first
-            item = await asyncio.to_thread(self.messages.transition, message_id, MessageStatus.SENDING,
+            item = await self._blocking(self.messages.transition, message_id, MessageStatus.SENDING,
                                            allowed_from=CLAIMABLE, count_attempt=True, detail=f"attempt {attempt}")
         except ConditionFailed:
             # cancelled, suppressed at submit, already final (a redelivered job) or no longer stored
@@ -79,7 +84,7 @@ class Deliverer:
         refused = await self.policy.at_send(item["to"], category=category, accepted_at=item.get("created_at"))
         if refused is not None:
             try:
-                await asyncio.to_thread(self.messages.transition, message_id, MessageStatus.SUPPRESSED,
+                await self._blocking(self.messages.transition, message_id, MessageStatus.SUPPRESSED,
                                         allowed_from={MessageStatus.SENDING}, detail=refused)
             except ConditionFailed:
                 pass
@@ -90,7 +95,7 @@ class Deliverer:
             if item.get("kind") == "raw":
                 draft = await self._raw_draft(item, recipient, category)
             else:
-                version = await asyncio.to_thread(self.templates.resolve, item["template"], item.get("language"))
+                version = await self._blocking(self.templates.resolve, item["template"], item.get("language"))
                 draft = Draft(message_id=message_id, recipient=recipient, version=version,
                               context=json.loads(item.get("context") or "{}"), category=category,
                               from_addr=item.get("from_addr") or self.pipeline.composer.settings.default_from,
@@ -106,7 +111,7 @@ class Deliverer:
             if attempt >= max_attempts:
                 await self._fail(item, f"gave up after {attempt} attempts: {exc.reason}")
                 return DeliveryOutcome.FAILED
-            await asyncio.to_thread(self.messages.transition, message_id, MessageStatus.QUEUED,
+            await self._blocking(self.messages.transition, message_id, MessageStatus.QUEUED,
                                     allowed_from={MessageStatus.SENDING}, detail=f"deferred: {exc.reason}",
                                     fields={"error": exc.reason})
             raise
@@ -141,14 +146,14 @@ class Deliverer:
         outcome = self.messages.transition_op(message_id, status, allowed_from={MessageStatus.SENDING},
                                               detail=detail, fields=fields)
         if self.stats is None:
-            await asyncio.to_thread(self.messages.table.transact, [outcome])
+            await self._blocking(self.messages.table.transact, [outcome])
             return
         key = f"msg:{message_id}"
         campaign_id = item.get("campaign_id")
-        if await asyncio.to_thread(record_sends, self.stats, key, sent=sent, failed=failed, campaign_id=campaign_id,
+        if await self._blocking(record_sends, self.stats, key, sent=sent, failed=failed, campaign_id=campaign_id,
                                    with_ops=[outcome]):
             return
         # rare: the message left ``sending`` meanwhile (a provider event about it came first) or was counted
         # before; the counters alone, still once (their mark)
         logger.info("message %s was no longer sending when its outcome (%s) was written", message_id, status.value)
-        await asyncio.to_thread(record_sends, self.stats, key, sent=sent, failed=failed, campaign_id=campaign_id)
+        await self._blocking(record_sends, self.stats, key, sent=sent, failed=failed, campaign_id=campaign_id)

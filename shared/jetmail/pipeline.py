@@ -4,15 +4,22 @@ Transactional mail, sequence steps and campaign batches all send through ``SendP
 per kind wraps it: the message claim and status record for transactional mail (``jetmail.delivery``),
 claims, tally and batch bookkeeping for a campaign (``jetmail.campaigns.sender``). Whether the address
 may be mailed at all is ``jetmail.policy``'s answer, asked by the wrapper before it claims.
+
+Each lane has its own way through a worker: the transactional lane's blocking work (its claim, render
+and outcome) runs on threads of its own (``blocking``), and the SMTP provider keeps connections apart
+per lane, so a password reset never queues behind a campaign's renders or sends.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
+import contextvars
+import functools
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from jetmail.compose import Composer, Recipient
 from jetmail.mime import parse_address
@@ -48,6 +55,13 @@ class Draft:
         return parse_address(self.from_addr)[1]
 
 
+T = TypeVar("T")
+
+#: threads for the transactional lane's blocking calls: enough for a burst of resets to render and record
+#: side by side, few enough that they cannot crowd out the event loop
+LANE_THREADS = 4
+
+
 @dataclass(frozen=True, slots=True)
 class Sent:
     draft: Draft
@@ -62,6 +76,15 @@ class SendPipeline:
         self.limiter = limiter
         self.simulator = simulator
         self.js = js
+        self._lane_threads = ThreadPoolExecutor(max_workers=LANE_THREADS, thread_name_prefix="jetmail-transactional")
+
+    async def blocking(self, lane: str, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+        """``fn`` on a thread: the transactional lane's own threads, or the default executor for campaigns."""
+        if lane == "marketing":
+            return await asyncio.to_thread(fn, *args, **kwargs)
+        context = contextvars.copy_context()  # as asyncio.to_thread does
+        call = functools.partial(context.run, fn, *args, **kwargs)
+        return await asyncio.get_running_loop().run_in_executor(self._lane_threads, call)
 
     def build(self, draft: Draft) -> OutboundMessage:
         """Render and build the MIME message. Raises TemplateRenderError or ValueError when it cannot be."""
@@ -81,7 +104,7 @@ class SendPipeline:
         # the envelope takes the built recipient: its domain in ASCII (punycode) form, which an ASCII local
         # part at an IDN domain needs to go without SMTPUTF8
         return OutboundMessage(mail_from=draft.envelope_from, recipients=list(built.recipients), raw=built.data,
-                               smtputf8=built.smtputf8, message_id=draft.message_id,
+                               smtputf8=built.smtputf8, message_id=draft.message_id, lane=draft.lane,
                                tags={"message_id": draft.message_id, "category": draft.category, **draft.tags})
 
     def _build_raw(self, draft: Draft) -> OutboundMessage:
@@ -98,7 +121,7 @@ class SendPipeline:
         header_block = draft.raw.split(b"\r\n\r\n", 1)[0]
         return OutboundMessage(mail_from=draft.envelope_from, recipients=[to.addr_spec], raw=raw,
                                smtputf8=to.smtputf8 or not draft.envelope_from.isascii() or not header_block.isascii(),
-                               message_id=draft.message_id,
+                               message_id=draft.message_id, lane=draft.lane,
                                tags={"message_id": draft.message_id, "category": draft.category, **draft.tags})
 
     async def send(self, draft: Draft) -> Sent:
@@ -106,7 +129,7 @@ class SendPipeline:
         (PermanentDeliveryError, TemporaryDeliveryError)."""
         # in a thread: a render may run up to its time limit (JETMAIL_RENDER_TIMEOUT_S), and the other
         # jobs of this worker share its event loop
-        outbound = await asyncio.to_thread(self.build, draft)
+        outbound = await self.blocking(draft.lane, self.build, draft)
         async with sending_slot(self.limiter, category=draft.lane, email=draft.recipient.email):
             result = await self.provider.send(outbound)
         return Sent(draft=draft, result=result)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import socket
 import ssl
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -344,6 +346,49 @@ class _Refuses(SinkHandler):
         if local.startswith("data554-"):
             return "554 5.6.0 content rejected"
         return await super().handle_DATA(server, session, envelope)
+
+
+class _HoldsHeld(SinkHandler):
+    """The sink, holding the end of data of ``held-`` recipients until ``release`` is set."""
+
+    release = threading.Event()
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        if envelope.rcpt_tos[0].startswith("held-"):
+            await asyncio.get_running_loop().run_in_executor(None, self.release.wait, 30)
+        return await super().handle_DATA(server, session, envelope)
+
+
+def test_a_transactional_message_never_waits_for_campaign_connections(settings_with: SettingsWith, unique: str,
+                                                                       outbound: Outbound,
+                                                                       local_sink: Callable[..., Any]) -> None:
+    # GIVEN a pool of one connection per lane, and campaign sends the server holds
+    sink = local_sink(handler=_HoldsHeld)
+    _HoldsHeld.release.clear()
+    provider = SmtpProvider(settings_with(smtp_port=sink.port, smtp_pool_size=1))
+    held = [f"held-{n}-{unique}@example.com" for n in range(3)]
+
+    async def scenario() -> list[str]:
+        finished: list[str] = []
+
+        async def send(message: OutboundMessage) -> None:
+            await provider.send(message)
+            finished.append(message.recipients[0])
+
+        campaign = [asyncio.create_task(send(dataclasses.replace(outbound(a), lane="marketing"))) for a in held]
+        await asyncio.sleep(0)
+        # WHEN a transactional message is sent while they wait
+        await send(outbound(f"reset-{unique}@example.com"))
+        _HoldsHeld.release.set()
+        await asyncio.gather(*campaign)
+        await provider.close()
+        return finished
+
+    finished = run(scenario())
+    # THEN it went first, over its own connection, and every campaign message still arrived once
+    assert finished[0] == f"reset-{unique}@example.com" and sorted(finished[1:]) == sorted(held)
+    for address in [*held, f"reset-{unique}@example.com"]:
+        arrived(sink.mailbox, address)
 
 
 class _ScriptedServer(asyncio.Protocol):

@@ -23,6 +23,8 @@ class OutboundMessage:
     smtputf8: bool = False
     # SES attribution (message_id, campaign_id, variant, category); ignored by SMTP.
     tags: Mapping[str, str] = field(default_factory=dict)
+    # whose connections it takes: the transactional lane's (the messages API) or the campaigns' ("marketing")
+    lane: str = "transactional"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -13,6 +13,10 @@ one round trip before the message body instead of three. A message with several 
 pipelines MAIL and RCPT only and sends DATA after reading them, so a refused recipient never leaves
 the server waiting for a body it will not get. ``smtp_pipelining=false`` turns it off.
 
+Campaign mail and the transactional lane (the messages API) each hold at most ``smtp_pool_size``
+connections at once: a password reset never queues behind a campaign's sends for a connection. Idle
+connections are shared, so a reset usually reuses one a campaign opened.
+
 The pool belongs to the event loop that first uses it; many tasks on that loop may send at once.
 """
 
@@ -91,7 +95,7 @@ class SmtpProvider:
         # that old risks a "421 timeout" reply read as if it were about this message.
         self._max_idle_s = max_idle_s
         self._local_hostname = local_hostname
-        self._slots = asyncio.Semaphore(settings.smtp_pool_size)
+        self._slots = {lane: asyncio.Semaphore(settings.smtp_pool_size) for lane in ("transactional", "marketing")}
         self._idle: list[_Connection] = []
         self._closed = False
         self.connections_opened = 0
@@ -101,7 +105,7 @@ class SmtpProvider:
             raise RuntimeError("SmtpProvider is closed")
         if not message.recipients:
             raise PermanentDeliveryError("message has no recipients")
-        async with self._slots:
+        async with self._slots["marketing" if message.lane == "marketing" else "transactional"]:
             conn = self._take_idle()
             if conn is not None:
                 try:
@@ -173,7 +177,7 @@ class SmtpProvider:
     async def _release(self, conn: _Connection) -> None:
         conn.last_used = time.monotonic()
         if self._closed or conn.transactions >= self._max_transactions:
-            # quit while still holding the slot, so no more than pool-size sessions are ever open
+            # quit while still holding the slot, so no more sessions are open than the lanes have slots
             await self._retire(conn)
         else:
             self._idle.append(conn)
