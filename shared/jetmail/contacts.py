@@ -28,7 +28,6 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from decimal import Decimal
 from typing import Any, Literal, get_args
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -37,7 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from jetmail.cursors import InvalidCursor, pack, unpack
 from jetmail.messages import InvalidAddress, normalise_email
 from jetmail.stops import StopChange, StopFeed
-from jetmail.storage.table import BATCH_WRITE_MAX, ConditionFailed, Table, from_item, to_item
+from jetmail.storage.table import BATCH_WRITE_MAX, ConditionFailed, Table, from_item, native, to_item
 
 SubscriptionStatus = Literal["subscribed", "unsubscribed", "pending"]
 ImportFormat = Literal["csv", "jsonl"]
@@ -308,13 +307,7 @@ def member_item(list_id: str, state: Mapping[str, Any], status: str, now: str) -
     snapshot = {f: state[f] for f in SNAPSHOT_FIELDS if state.get(f)}
     snapshot["updated_at"] = now
     return {"pk": f"LIST#{list_id}", "sk": MEMBER_PREFIX + contact_key(state["email"]), "status": status,
-            "snap": json.dumps(snapshot, separators=(",", ":"), ensure_ascii=False, default=_json_number)}
-
-
-def _json_number(value: Any) -> Any:
-    if isinstance(value, Decimal):  # attributes read back from DynamoDB
-        return int(value) if value == value.to_integral_value() else float(value)
-    raise TypeError(f"{type(value).__name__} is not JSON")
+            "snap": json.dumps(native(snapshot), separators=(",", ":"), ensure_ascii=False)}
 
 
 def _snapshot(state: Mapping[str, Any] | None) -> tuple[Any, ...] | None:

@@ -65,7 +65,7 @@ def to_item(values: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def from_item(item: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: _native(_de.deserialize(v)) for k, v in item.items()}
+    return {k: native(_de.deserialize(v)) for k, v in item.items()}
 
 
 def _plain(value: Any) -> Any:
@@ -78,15 +78,16 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _native(value: Any) -> Any:
+def native(value: Any) -> Any:
+    """A value read from DynamoDB as plain Python: whole-number Decimals as int, others as float."""
     if isinstance(value, Decimal):
         return int(value) if value == value.to_integral_value() else float(value)
     if isinstance(value, dict):
-        return {k: _native(v) for k, v in value.items()}
+        return {k: native(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [_native(v) for v in value]
+        return [native(v) for v in value]
     if isinstance(value, set):
-        return {_native(v) for v in value}
+        return {native(v) for v in value}
     return value
 
 
