@@ -2,8 +2,9 @@
 
 A membership row carries a snapshot of what sending needs (address, name, language, time zone,
 attributes), packed in one JSON attribute, so a campaign reads its audience with one Query per page
-(1,000 members in a plan) and no per-contact reads. The contact item keeps a ``lists`` map {list id: status}; every write
-of a contact rewrites the snapshots of the lists it names, so they stay in step with the contact.
+(1,000 members in a plan) and no per-contact reads. The contact item keeps a ``lists`` map
+{list id: status}; every write of a contact rewrites the snapshots of the lists it names, so they stay
+in step with the contact.
 
 Deleting a list removes its memberships and then the list itself; the ``lists`` maps of former
 members are pruned lazily, the next time the contact is written or read (a list id whose list is
