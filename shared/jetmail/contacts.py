@@ -308,7 +308,7 @@ def member_item(list_id: str, state: Mapping[str, Any], status: str, now: str) -
     snapshot = {f: state[f] for f in SNAPSHOT_FIELDS if state.get(f)}
     snapshot["updated_at"] = now
     return {"pk": f"LIST#{list_id}", "sk": MEMBER_PREFIX + contact_key(state["email"]), "status": status,
-            "snap": json.dumps(native(snapshot), separators=(",", ":"), ensure_ascii=False)}
+            "snap": json.dumps(snapshot, separators=(",", ":"), ensure_ascii=False, default=native)}
 
 
 def _snapshot(state: Mapping[str, Any] | None) -> tuple[Any, ...] | None:
