@@ -279,3 +279,69 @@ def test_a_released_lease_lets_the_next_attempt_in_at_once(isolated: Isolated, u
         assert lease.lost and not lease.valid and again.valid
 
     with_js(isolated, step)
+
+
+async def _no_beat() -> None:
+    return None
+
+
+def test_a_lease_its_holder_stopped_refreshing_is_taken_over_once_it_expires(isolated: Isolated,
+                                                                              unique: str) -> None:
+    async def step(js: Any) -> tuple[str, str]:
+        # GIVEN a plan lease left by an execution that ended without its release landing
+        key = lease_key(f"cmp_stale{unique}", "main", "plan")
+        await Leases(js, ttl=3).take(key, holder="plan|ended|1")
+        # WHEN the next execution asks for it
+        lease = await Leases(js, ttl=30).take_over(key, holder="plan|next|2", beat=_no_beat)
+        # THEN it waited the stale lease out and holds it now
+        entry = await (await js.key_value(LEASES_BUCKET)).get(key)
+        return lease.holder, (entry.value or b"").decode()
+
+    assert with_js(isolated, step) == ("plan|next|2", "plan|next|2")
+
+
+def test_a_lease_whose_holder_refreshes_it_is_not_taken_over(isolated: Isolated, unique: str) -> None:
+    async def step(js: Any) -> str:
+        # GIVEN a plan lease whose holder is alive and refreshing it
+        leases = Leases(js, ttl=3)
+        key = lease_key(f"cmp_live{unique}", "main", "plan")
+        held = await leases.take(key, holder="plan|alive|1")
+        keeper = asyncio.create_task(leases.keep(held))
+        try:
+            # WHEN another execution asks for it
+            with pytest.raises(LeaseHeld) as refused:
+                await Leases(js, ttl=3).take_over(key, holder="plan|other|1", beat=_no_beat)
+            # THEN it is refused, and the holder keeps the lease
+            assert held.valid and not held.lost
+            return str(refused.value)
+        finally:
+            keeper.cancel()
+            await asyncio.gather(keeper, return_exceptions=True)
+
+    assert "plan|alive|1" in with_js(isolated, step)
+
+
+def test_a_plan_whose_earlier_attempt_left_its_lease_behind_still_sends_the_campaign(
+        isolated: Isolated, client: TestClient, services: Services, mailbox: Mailbox, unique: str) -> None:
+    # GIVEN a campaign whose plan lease an earlier attempt of the plan job left behind (its release lost)
+    domain = f"s{unique}.example.com"
+    everyone = [f"m{i:03d}@{domain}" for i in range(150)]
+    campaign_id = draft_campaign(client, f"stale-plan-{unique}", make_list(client, f"stale-{unique}", everyone))
+
+    async def hold(js: Any) -> None:
+        await Leases(js, ttl=3).take(lease_key(campaign_id, "main", "plan"),
+                                     holder=f"plan|plan.{campaign_id}.main|1")
+
+    with_js(isolated, hold)
+    if isolated.worker is None or isolated.worker.poll() is not None:
+        isolated.start_worker()
+    # WHEN the campaign is sent
+    assert client.post(f"/v1/campaigns/{campaign_id}/send").json()["state"] == "sending"
+
+    # THEN the plan runs once the stale lease expires, and everyone is mailed once
+    def done() -> bool:
+        tick(services)
+        return bool(client.get(f"/v1/campaigns/{campaign_id}").json()["state"] == "sent")
+
+    wait_until(done, timeout=120, what="campaign sent")
+    assert mailed(mailbox, domain) == dict.fromkeys(everyone, 1)

@@ -44,11 +44,12 @@ class CampaignRef(BaseModel):
 @task(PLAN_TASK, model=PlanJob)
 async def campaign_plan(job: PlanJob, ctx: JobContext) -> None:
     # one execution of a run's plan at a time: a second one (a duplicate trigger) would number batches
-    # against a half-recorded first; a live holder is alive, and its own redelivery finishes its work
+    # against a half-recorded first. A holder that still refreshes the lease is alive and finishes its own
+    # work; one that stopped (an earlier attempt whose release was lost in a leader election) is waited out
     leases = ctx.resources["batch_sender"].leases
     try:
-        lease = await leases.take(lease_key(job.campaign_id, job.run, "plan"),
-                                  holder=f"plan|{ctx.job_id}|{ctx.attempt}")
+        lease = await leases.take_over(lease_key(job.campaign_id, job.run, "plan"),
+                                       holder=f"plan|{ctx.job_id}|{ctx.attempt}", beat=ctx.heartbeat)
     except LeaseHeld as exc:
         logger.info("campaign %s run %s: %s; leaving the plan to it", job.campaign_id, job.run, exc)
         return

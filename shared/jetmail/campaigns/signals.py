@@ -34,6 +34,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -181,9 +182,10 @@ class StateBoard:
 class LeaseHeld(Exception):
     """Another attempt holds the batch's lease and is alive: try again once it could have expired."""
 
-    def __init__(self, key: str, holder: str, *, retry_after: float) -> None:
+    def __init__(self, key: str, holder: str, *, retry_after: float, revision: int | None = None) -> None:
         super().__init__(f"batch {key} is being sent by {holder or 'another attempt'}")
         self.retry_after = retry_after
+        self.revision = revision  # the held lease's last write: a live holder's moves on every refresh
 
 
 @dataclass
@@ -235,11 +237,29 @@ class Leases:
                 if time.monotonic() < deadline:
                     await asyncio.sleep(0.25)
                     continue
-                current = ""
+                current, held = "", None
                 with contextlib.suppress(KeyNotFoundError):
-                    current = ((await kv.get(key)).value or b"").decode()
-                raise LeaseHeld(key, current, retry_after=float(self.ttl)) from None
+                    entry = await kv.get(key)
+                    current, held = (entry.value or b"").decode(), entry.revision
+                raise LeaseHeld(key, current, retry_after=float(self.ttl), revision=held) from None
             return Lease(key=key, holder=holder, revision=revision, ttl=self.ttl, confirmed=started)
+
+    async def take_over(self, key: str, *, holder: str, beat: Callable[[], Awaitable[None]]) -> Lease:
+        """Take the lease, waiting out a holder that stopped refreshing it (an execution that ended without
+        its release landing, as during a leader election); raises LeaseHeld once the holder refreshes it,
+        since a live holder finishes its own work. Waits at most a TTL and a little, beating ``beat``."""
+        deadline = time.monotonic() + self.ttl + 2
+        first: int | None = None
+        while True:
+            try:
+                return await self.take(key, holder=holder, patience=0)
+            except LeaseHeld as exc:
+                if exc.revision is not None:
+                    first = first if first is not None else exc.revision
+                    if exc.revision != first or time.monotonic() > deadline:
+                        raise
+            await beat()
+            await asyncio.sleep(0.5)
 
     async def refresh(self, lease: Lease) -> None:
         """Push the lease's expiry a TTL further; marks it lost when someone else holds it now."""
