@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import html as html_escape
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -17,7 +18,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from jetmail.config import Settings
 from jetmail.messages import InvalidAddress
 from jetmail.mime import BuiltMessage, build_message, parse_address
-from jetmail.templating import RenderedEmail, Renderer, StandardContext, TemplateVersion
+from jetmail.templating import Company, RenderedEmail, Renderer, StandardContext, TemplateVersion
+from jetmail.templating import Recipient as ContextRecipient
 from jetmail.templating.errors import ReservedContextKeyError, TemplateRenderError, TemplateValidationError
 from jetmail.tokens import Signer
 
@@ -40,7 +42,7 @@ class ComplianceProblem:
     message: str
     template: str
     locale: str
-    missing: list[str] = field(default_factory=list)
+    missing: list[str] = dataclass_field(default_factory=list)
     line: int | None = None
 
     def __str__(self) -> str:
@@ -75,7 +77,7 @@ class Composer:
         self.renderer = renderer or Renderer(limits=settings.render_limits)
         self.signer = signer or Signer(settings.signing_secret)
         self.base_url = settings.public_base_url.rstrip("/")
-        self.company = {"name": settings.company_name, "address": settings.company_address}
+        self.company = Company(name=settings.company_name, address=settings.company_address)
         _, from_address = parse_address(settings.default_from)
         self.message_id_domain = from_address.rsplit("@", 1)[-1]
         allowed = [a.strip().lower().lstrip("@") for a in settings.allowed_from if a.strip()]
@@ -184,8 +186,8 @@ class Composer:
             tracking_pixel_url=self.open_url(message_id=message_id) if track else None,
             now=(now or datetime.now(UTC)).astimezone(zone),
             company=self.company,
-            recipient={"email": recipient.email, "name": recipient.name or "", "language": recipient.language or
-                       version.locale, "timezone": str(zone)},
+            recipient=ContextRecipient(email=recipient.email, name=recipient.name or "",
+                                       language=recipient.language or version.locale, timezone=str(zone)),
         )
         rewriter = None
         if track:

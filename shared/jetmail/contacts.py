@@ -836,6 +836,8 @@ class ContactStore:
             start = last
             if len(found) == limit:
                 break
+        if start is None:
+            raise ValueError(f"max_queries must be at least 1, not {max_queries}")
         return MemberPage(members=[_member(i) for i in found], next_cursor=encode_cursor(start))
 
     # ---- import

@@ -28,7 +28,7 @@ def step(title: str) -> None:
     print(f"\n== {title}")
 
 
-def wait_for(check: Callable[[], T], *, timeout: float, what: str) -> T:
+def wait_for(check: Callable[[], T | None], *, timeout: float, what: str) -> T:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         result = check()
@@ -58,7 +58,7 @@ def run(root: Path = DEFAULT_ROOT) -> None:
         from jetmail.services import Services
         from jetmail.templating import EXAMPLE_TEMPLATES_DIR, load_template_dir
 
-        settings = Settings(_env_file=None)  # type: ignore[call-arg]  # start() exported the stack's settings
+        settings = Settings(_env_file=None)  # start() exported the stack's settings
         services = Services(settings)
 
         step("loading the example templates and creating an API key")
@@ -113,15 +113,18 @@ def run(root: Path = DEFAULT_ROOT) -> None:
                 "docs_url": "https://docs.example.com/", "steps": [], "tips": [],
                 "blog_url": "https://example.com/blog"}}).json()
         print(f"  POST /v1/sequences → enrolment {enrolment['id']} with {len(enrolment['steps'])} steps")
-        entry = wait_for(lambda: services.suppressions.get(bouncer), timeout=30, what="the bounce")
-        print(f"  the simulator reported a permanent bounce → suppressed {entry.email} (reason {entry.reason})")
+        bounced = wait_for(lambda: services.suppressions.get(bouncer), timeout=30, what="the bounce")
+        print(f"  the simulator reported a permanent bounce → suppressed {bounced.email} (reason {bounced.reason})")
         steps = httpx.get(f"{api}/v1/sequences/{enrolment['id']}", headers=headers).json()["steps"]
         for s in steps:
             print(f"    step {s['index'] + 1} {s['template']:<16} due {s['send_at'][:19]}  → {s['status']}")
 
         step("what the workers did with the demo jobs")
-        hellos = wait_for(lambda: (lines := log_lines(root, run_id)) and
-                          sum("hello, " in line for line in lines) >= 2 and lines, timeout=20, what="demo jobs")
+        def demo_hellos() -> list[str] | None:
+            lines = log_lines(root, run_id)
+            return lines if sum("hello, " in line for line in lines) >= 2 else None
+
+        hellos = wait_for(demo_hellos, timeout=20, what="demo jobs")
         for line in hellos:
             if "hello, " in line:
                 print(f"  {line}")

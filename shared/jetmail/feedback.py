@@ -26,7 +26,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 from jetmail.campaigns.store import parse_campaign_message_id
 from jetmail.events import DeliveryEvent, EventKind
@@ -178,7 +178,7 @@ class FeedbackProcessor:
     def _machine(self, event: DeliveryEvent, who: Attribution) -> bool:
         """An open or click reported by SES, judged by the rules jetmail's own tracking uses."""
         sent = event.sent_at or (datetime.fromisoformat(who.sent_at) if who.sent_at else None)
-        kind = "open" if event.kind == EventKind.OPEN else "click"
+        kind: Literal["open", "click"] = "open" if event.kind == EventKind.OPEN else "click"
         if is_machine(kind, user_agent=event.user_agent, ip=event.ip,
                       since_send=event.occurred_at - sent if sent else None):
             return True

@@ -277,7 +277,7 @@ Criteria = Annotated[
 ]
 for _model in (AllOf, AnyOf, NoneOf):
     _model.model_rebuild()
-_criteria = TypeAdapter(Criteria)
+_criteria: TypeAdapter[Criteria] = TypeAdapter(Criteria)
 _TAG_NAMES = frozenset(_TAGS) | {"condition"}
 
 

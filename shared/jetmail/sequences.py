@@ -200,8 +200,8 @@ class SequenceService:
         records = []
         for index, (step, when) in enumerate(planned):
             send = SendRequest(template=step.template, to=request.to, name=request.name, context=request.context,
-                               language=request.language, timezone=request.timezone, from_=request.from_,
-                               send_at=when if when > now else None)
+                               language=request.language, timezone=request.timezone,
+                               send_at=when if when > now else None, from_=request.from_)
             step_key = f"{idempotency_key}#step{index}" if idempotency_key else None
             message, _ = self.messages.submit(send, api_key_id=api_key_id, idempotency_key=step_key,
                                               extra={"sequence_id": enrolment_id, "sequence_step": index})

@@ -16,7 +16,7 @@ import asyncio
 import logging
 import ssl
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
@@ -83,8 +83,8 @@ class SubmissionSMTP(SMTP):
             ip = str(peer[0]) if peer else "?"
             if not self._cap.take(ip):
                 log.warning("refused %s: over %d connections", ip, self._cap.limit)
-                transport.write(f"421 4.7.0 Too many connections from {ip} (limit {self._cap.limit}); "
-                                "try again later\r\n".encode())  # type: ignore[attr-defined]
+                cast(asyncio.WriteTransport, transport).write(
+                    f"421 4.7.0 Too many connections from {ip} (limit {self._cap.limit}); try again later\r\n".encode())
                 transport.close()
                 return
             self._peer_ip = ip
@@ -100,8 +100,9 @@ class SubmissionSMTP(SMTP):
 
     def _timeout_cb(self) -> None:
         if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(f"421 4.4.2 {self.hostname} Timeout: no complete command or DATA within "
-                                 f"{self._timeout_duration:.0f}s, closing\r\n".encode())  # type: ignore[attr-defined]
+            cast(asyncio.WriteTransport, self.transport).write(
+                f"421 4.4.2 {self.hostname} Timeout: no complete command or DATA within "
+                f"{self._timeout_duration:.0f}s, closing\r\n".encode())
         super()._timeout_cb()
 
     async def push(self, status: Any) -> None:
@@ -142,7 +143,7 @@ class SubmissionHandler:
 
     async def _key(self, session: Session) -> ApiKey | None:
         """The session's key as it is now: a revocation or rotation shows within the verdict cache's seconds."""
-        _, token = session.auth_data
+        _, token = _session_key(session)
         return await asyncio.to_thread(self.services.api_keys.authenticate, token, cached=True)
 
     # ---- envelope
@@ -201,7 +202,7 @@ class SubmissionHandler:
             return exc.reply
         except InvalidAddress as exc:
             return f"550 5.7.1 From header not allowed: {_one_line(exc)}"
-        key_id, _ = session.auth_data
+        key_id, _ = _session_key(session)
         ref = ids[0].replace("msg_", "raw_", 1)
         await asyncio.to_thread(self._run, lambda queue: self.raw_store.put(ref, prepared.raw))
         submission = RawSubmission(message_ids=ids, recipients=list(envelope.rcpt_tos),
@@ -217,6 +218,12 @@ class SubmissionHandler:
     async def handle_exception(self, error: Exception) -> str:
         log.exception("submission failed: %s", error)
         return "451 4.3.0 Temporary server error; try again later"
+
+
+def _session_key(session: Session) -> tuple[str, str]:
+    """The (key id, token) ``authenticate`` left on the session: with ``auth_required``, every command
+    that reads it comes after a successful AUTH."""
+    return cast(tuple[str, str], session.auth_data)
 
 
 def _one_line(exc: Exception) -> str:

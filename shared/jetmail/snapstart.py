@@ -52,7 +52,7 @@ def install(services: Any, *, properties: Iterable[str] = (), modules: Iterable[
     """Register the SnapStart hooks for one function; load ahead when a snapshot is being taken. Returns
     whether the hooks were registered (only inside Lambda's runtime)."""
     try:
-        from snapshot_restore_py import (  # type: ignore[import-not-found]
+        from snapshot_restore_py import (
             register_after_restore,
             register_before_snapshot,
         )

@@ -160,7 +160,7 @@ class LiveStops:
             config = api.ConsumerConfig(deliver_policy=api.DeliverPolicy.ALL)
         else:
             config = api.ConsumerConfig(deliver_policy=api.DeliverPolicy.BY_START_TIME,
-                                        opt_start_time=start.astimezone(UTC).isoformat().replace("+00:00", "Z"))
+                                        opt_start_time=start.astimezone(UTC))
         self._sub = await self.js.subscribe(f"{PREFIX}.>", stream=self.stream, cb=self._on_event,
                                             ordered_consumer=True, config=config, idle_heartbeat=5.0)
         self._floor = start

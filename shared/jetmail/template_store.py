@@ -11,6 +11,7 @@ never changes, so only the head's age matters.
 
 from __future__ import annotations
 
+import builtins
 import threading
 import time
 from datetime import UTC, datetime
@@ -119,7 +120,7 @@ class TemplateStore:
     def list(self) -> list[TemplateVersion]:
         return [_version_from(i) for i in self.table.query_all(pk="TEMPLATES", index="gsi1")]
 
-    def locales(self, name: str) -> list[str]:
+    def locales(self, name: str) -> builtins.list[str]:
         return [i["locale"] for i in self.table.query_all(pk=f"TEMPLATE#{name}", sk_prefix="HEAD#")]
 
     def delete(self, name: str, *, locale: str | None = None) -> int:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query
 
@@ -20,7 +20,8 @@ from jetmail.services import Services
 router = APIRouter(prefix="/v1/campaigns", tags=["campaigns"])
 Admin = Annotated[ApiKey, Depends(require("admin"))]
 Svc = Annotated[Services, Depends(services)]
-CONFLICT = {409: {"description": "the campaign's state does not allow this"}, 404: {"description": "not found"}}
+CONFLICT: dict[int | str, dict[str, Any]] = {409: {"description": "the campaign's state does not allow this"},
+                                             404: {"description": "not found"}}
 
 
 @router.post("", status_code=201, response_model=CampaignPublic, response_model_by_alias=True)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
-from typing import Annotated
+from typing import Annotated, Any
 
 import anyio.from_thread
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
@@ -29,7 +29,7 @@ router = APIRouter(prefix="/v1")
 Admin = Annotated[ApiKey, Depends(require("admin"))]
 Svc = Annotated[Services, Depends(services)]
 Email = Annotated[str, Path(max_length=320, description="the address; matched ignoring case")]
-NOT_FOUND = {404: {"description": "not found"}}
+NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "not found"}}
 
 
 # ---- lists

@@ -88,7 +88,7 @@ async def _plan(job: PlanJob, ctx: JobContext, *, lease: Lease) -> None:
     batches = planner.batches(definition, run=job.run, winner=job.winner)
     size = FIRST_CHUNK
     while True:
-        chunk: list[PlannedBatch] = await asyncio.to_thread(lambda n=size: list(itertools.islice(batches, n)))
+        chunk: list[PlannedBatch] = await asyncio.to_thread(list, itertools.islice(batches, size))
         if not chunk:
             break
         size = min(size * 2, PUBLISH_CHUNK)

@@ -7,6 +7,7 @@ then mirrored to the KV state board the workers read before each send.
 
 from __future__ import annotations
 
+import builtins
 import json
 import logging
 import math
@@ -161,7 +162,7 @@ class CampaignService:
             ab_test=definition.ab_test, ab=ab, next_run_at=next_run_at(item),
         )
 
-    def _variant_stats(self, campaign_id: str, definition: CampaignCreate) -> list[VariantStats]:
+    def _variant_stats(self, campaign_id: str, definition: CampaignCreate) -> builtins.list[VariantStats]:
         assert definition.ab_test is not None
         counters = self.store.variant_counters(campaign_id)
         metric = "opened" if definition.ab_test.metric == "open_rate" else "clicked"

@@ -31,6 +31,7 @@ filter on ``failures``: one Query per ~300 batch items read (1 MB), returning th
 
 from __future__ import annotations
 
+import builtins
 import json
 import re
 import time
@@ -153,7 +154,7 @@ class CampaignStore:
         )
 
     # ---- batches
-    def record_batches(self, campaign_id: str, *, run: str, batches: list[BatchRecord]) -> int:
+    def record_batches(self, campaign_id: str, *, run: str, batches: builtins.list[BatchRecord]) -> int:
         """Write planned batches 25 per request; returns requests made. Each item keeps its addresses
         (``recipients``, what message ids and failures resolve against) and, in ``job``, the rest of what
         its batch job carries, so a re-executed plan can enqueue it again unchanged."""
@@ -167,7 +168,7 @@ class CampaignStore:
             for b in batches
         ])
 
-    def recorded_batches(self, campaign_id: str, *, run: str) -> Iterator[list[BatchRecord]]:
+    def recorded_batches(self, campaign_id: str, *, run: str) -> Iterator[builtins.list[BatchRecord]]:
         """The batches recorded for a run, a Query page (~1 MB) at a time, in batch order."""
         start: dict[str, Any] | None = None
         while True:
@@ -259,7 +260,7 @@ class CampaignStore:
                         "payload": json.dumps(payload), "park_id": park_id, "parked_at": now_iso(),
                         "expires_at": int(time.time()) + self.retention_s})
 
-    def parked(self, campaign_id: str) -> list[dict[str, Any]]:
+    def parked(self, campaign_id: str) -> builtins.list[dict[str, Any]]:
         return list(self.table.query_all(pk=f"CAMPAIGN#{campaign_id}", sk_prefix="PARKED#"))
 
     def unpark(self, campaign_id: str, sk: str) -> None:
@@ -283,12 +284,12 @@ class CampaignStore:
     def clear_due(self, campaign_id: str) -> None:
         self.table.delete(f"CAMPAIGN#{campaign_id}", "DUE")
 
-    def due(self, now: datetime) -> list[str]:
+    def due(self, now: datetime) -> builtins.list[str]:
         """Campaigns whose start time has come (one Query on the DUE index)."""
         stamp = now.astimezone(UTC).isoformat()
         return [i["campaign_id"] for i in self.table.query_all(pk="DUE", index="gsi1") if i["gsi1sk"] <= stamp]
 
-    def in_state(self, state: CampaignState) -> list[dict[str, Any]]:
+    def in_state(self, state: CampaignState) -> builtins.list[dict[str, Any]]:
         return [i for i in self.table.query_all(pk="CAMPAIGNS", index="gsi1") if i.get("state") == state.value]
 
 

@@ -24,7 +24,7 @@ def keys() -> None:
 def create(name: str, scopes: tuple[str, ...]) -> None:
     """Create a key. The key is printed once, alone on the last line."""
     svc = load_services()
-    key, token = svc.api_keys.create(name, scopes=list(scopes))  # type: ignore[arg-type]
+    key, token = svc.api_keys.create(name, scopes=list(scopes))
     svc.audit.record("key.created", target=key.key_id, actor=cli_actor(),
                      changes={"name": key.name, "scopes": list(key.scopes)})
     click.echo(f"created key {key.key_id} ({key.name}, scopes: {', '.join(key.scopes)}); store it now, "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import sys
+from typing import IO
 
 import click
 
@@ -32,7 +33,7 @@ def add(email: str, reason: str) -> None:
     from jetmail.messages import normalise_email
 
     svc = load_services()
-    entry = svc.suppressions.add(normalise_email(email).lower(), reason=reason, source="cli")  # type: ignore[arg-type]
+    entry = svc.suppressions.add(normalise_email(email).lower(), reason=reason, source="cli")
     cancelled = svc.feedback.cancel_pending(entry.email, reason=reason) if entry.blocks_transactional else 0
     click.echo(f"suppressed {entry.email} ({entry.reason}); {cancelled} pending message(s) cancelled")
 
@@ -47,7 +48,7 @@ def remove(email: str) -> None:
 
 @suppressions.command("export")
 @click.argument("output", type=click.File("w"), default="-")
-def export(output: click.utils.LazyFile) -> None:
+def export(output: IO[str]) -> None:
     """Write every suppression as CSV (to a file, or standard output)."""
     writer = csv.writer(output if output is not None else sys.stdout)
     writer.writerow(["email", "reason", "source", "created_at"])

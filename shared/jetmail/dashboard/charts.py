@@ -125,8 +125,8 @@ def line_chart(labels: Sequence[str], series: Sequence[Series], *, chart_id: str
         parts.append(f'<polyline class="line {one.css(number)}" fill="none" points="{points}" '
                      f'data-series="{escape(one.name)}"/>')
         if len(labels) == 1:  # a single point draws no line: mark it
-            x, y = points.split(",")
-            parts.append(f'<circle class="dot {one.css(number)}" cx="{x}" cy="{y}" r="3"/>')
+            cx, cy = points.split(",")
+            parts.append(f'<circle class="dot {one.css(number)}" cx="{cx}" cy="{cy}" r="3"/>')
         lx = box.left + number * 110
         parts.append(f'<rect class="swatch {one.css(number)}" x="{_n(lx)}" y="8" width="10" height="10"/>')
         parts.append(_text(lx + 14, 17, one.name))

@@ -46,7 +46,7 @@ def start(stack: LocalStack, *, infra_only: bool = False, echo: Callable[[str], 
     state = stack.up(INFRA_SERVICES)
     # this is the edge: the stack's own settings win over the shell's
     os.environ.update(state.env())
-    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    settings = Settings(_env_file=None)
     for line in bootstrap(settings):
         echo(line)
     if not infra_only:

@@ -45,8 +45,10 @@ import uuid
 import weakref
 from collections import Counter
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, cast
 
+from moto.core.common_types import TYPE_RESPONSE
+from moto.core.responses import ActionResult, BaseResponse
 from moto.dynamodb.comparisons import get_filter_expression
 from moto.dynamodb.exceptions import (
     ConditionalCheckFailed,
@@ -153,12 +155,12 @@ class _TouchedItems:
             if item is None:
                 table.delete_item(hash_value, range_value)
             elif range_value is None:
-                table.items[hash_value] = item
+                cast(dict[DynamoType, Item], table.items)[hash_value] = item
             else:
                 table.items[hash_value][range_value] = item
 
 
-def _transact_write_items(backend: DynamoDBBackend, transact_items: list[dict[str, Any]]) -> None:
+def _transact_write_items(self: DynamoDBBackend, transact_items: list[dict[str, Any]]) -> None:
     """DynamoDB's TransactWriteItems on moto's tables: every action applies, or none does."""
     if len(transact_items) > 100:
         raise TooManyTransactionsException()
@@ -175,13 +177,13 @@ def _transact_write_items(backend: DynamoDBBackend, transact_items: list[dict[st
                 raise ValueError("Unsupported transaction operation")
             table_name = op["TableName"]
             if kind == "Put":
-                table = backend.get_table(table_name)
+                table = self.get_table(table_name)
                 key = {table.hash_key_attr: op["Item"][table.hash_key_attr]}
                 if table.range_key_attr is not None:
                     key[table.range_key_attr] = op["Item"][table.range_key_attr]
             else:
                 key = op["Key"]
-            current = touched.keep(backend, table_name, key)
+            current = touched.keep(self, table_name, key)
             condition = op.get("ConditionExpression")
             names, values = op.get("ExpressionAttributeNames"), op.get("ExpressionAttributeValues")
             if condition is not None and not get_filter_expression(condition, names, values).expr(current):
@@ -189,15 +191,15 @@ def _transact_write_items(backend: DynamoDBBackend, transact_items: list[dict[st
                     old_item = current.to_json()["Attributes"]
                 raise ConditionalCheckFailed(item=old_item)
             if kind == "Put":
-                backend.put_item(table_name, op["Item"], condition_expression=condition,
-                                 expression_attribute_names=names, expression_attribute_values=values)
+                self.put_item(table_name, op["Item"], condition_expression=condition,
+                              expression_attribute_names=names, expression_attribute_values=values)
             elif kind == "Delete":
-                backend.delete_item(table_name, key, condition_expression=condition,
-                                    expression_attribute_names=names, expression_attribute_values=values)
+                self.delete_item(table_name, key, condition_expression=condition,
+                                 expression_attribute_names=names, expression_attribute_values=values)
             elif kind == "Update":
-                backend.update_item(table_name, key, update_expression=op["UpdateExpression"],
-                                    condition_expression=condition, expression_attribute_names=names,
-                                    expression_attribute_values=values)
+                self.update_item(table_name, key, update_expression=op["UpdateExpression"],
+                                 condition_expression=condition, expression_attribute_names=names,
+                                 expression_attribute_values=values)
             errors.append((None, None, None))
         except (MultipleTransactionsException, MockValidationException):
             touched.restore()
@@ -286,14 +288,16 @@ def _query(self: Table, hash_key: DynamoType | None, range_comparison: str | Non
     """moto's Query, with the candidate items of a base-table Query taken from its partition alone, and
     of a forward one from its page alone: a page costs the same however large the partition is."""
     base = index_name is None and self.range_key_attr is not None and hash_key is not None
-    if not base or hash_key not in self.items:
+    if hash_key is None or not base or hash_key not in self.items:
         _querying.items = [] if base else None
     elif scan_index_forward and not set(kwargs) - {"hash_key_conditions", "range_key_conditions"}:
         _querying.items = _window(self, hash_key, range_comparison, range_objs, limit, exclusive_start_key)
     else:
         _querying.items = list(self.items[hash_key].values())
     try:
-        return _moto_query(self, hash_key, range_comparison, range_objs, limit, exclusive_start_key,
+        # moto's Table.query says int and dict, yet its backend hands on the request's None for both
+        return _moto_query(self, hash_key, range_comparison, range_objs,
+                           limit, exclusive_start_key,  # type: ignore[arg-type]
                            scan_index_forward, projection_expressions, index_name, *args, **kwargs)
     finally:
         _querying.items = None
@@ -314,7 +318,7 @@ _ITEM_READS = frozenset({"GetItem", "BatchGetItem", "Query", "Scan"})
 _moto_serialized = DynamoHandler.serialized
 
 
-def _serialized(self: DynamoHandler, action_result: Any) -> Any:
+def _serialized(self: BaseResponse, action_result: ActionResult) -> TYPE_RESPONSE:
     """A successful item read as JSON: moto's result is already DynamoDB's wire form of the items."""
     if self._get_action() in _ITEM_READS and not isinstance(action_result.result, Exception):
         try:

@@ -33,6 +33,7 @@ import re
 import signal
 import time
 import uuid
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +92,8 @@ class SinkHandler:
         self.faults = faults
         self.stall_seconds = stall_seconds
         self._attempts: dict[str, int] = {}
+        # a fault picked at RCPT, acted on once the data is in
+        self._envelope_faults: weakref.WeakKeyDictionary[Envelope, str] = weakref.WeakKeyDictionary()
         self._fault_log = (maildir / "faults.jsonl").open("a", encoding="utf-8", buffering=1) if faults else None
 
     def _injected(self, address: str) -> str | None:
@@ -130,17 +133,17 @@ class SinkHandler:
         if fault in _REPLIES:
             return _REPLIES[fault]
         if fault is not None:
-            envelope.jetmail_fault = fault  # type: ignore[attr-defined] - acted on once the data is in
+            self._envelope_faults[envelope] = fault
         envelope.rcpt_tos.append(address)
         return "250 OK"
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
-        fault = getattr(envelope, "jetmail_fault", None)
+        fault = self._envelope_faults.get(envelope)
         if fault is not None:
             if fault == "stall":
                 await asyncio.sleep(self.stall_seconds)
             # no reply at all: the client cannot know whether the message was taken, and it was not
-            if server.transport is not None:
+            if isinstance(server.transport, asyncio.WriteTransport):
                 server.transport.abort()
             return "451 4.3.0 connection lost"
         message_id = f"{time.time_ns()}-{uuid.uuid4().hex[:8]}"

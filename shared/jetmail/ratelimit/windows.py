@@ -77,9 +77,9 @@ def plan(config: RateConfig, *, now: float, rate: float | None, domain: str | No
                               min(total, spread(rate * keep, second))))
     if domain is not None and domain in config.domains:
         start = math.floor(now / MINUTE) * MINUTE
-        limit = config.domains[domain]
+        per_domain = config.domains[domain]
         windows.append(Window(f"domain {domain}", f"{prefix}.dom.{domain}.m.{start}", start, start + MINUTE,
-                              limit, math.floor(limit * keep)))
+                              per_domain, math.floor(per_domain * keep)))
     limits = config.limits
     for name, kind, length, limit in (("minute", "m", MINUTE, limits.per_minute),
                                       ("hour", "h", HOUR, limits.per_hour)):

@@ -164,7 +164,7 @@ class Table:
             self.client.put_item(**kwargs)
         except ClientError as exc:
             if is_condition_failure(exc):
-                raise ConditionFailed(values.get("pk")) from None
+                raise ConditionFailed(str(values.get("pk", ""))) from None
             raise
 
     def update(self, pk: str, sk: str, *, expression: str, names: Mapping[str, str] | None = None,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Protocol
 
 TemplateField = Literal["subject", "html", "text"]
 
@@ -25,11 +25,24 @@ class TemplateProblem:
         return f"{where}: {self.message}"
 
 
+class Problem(Protocol):
+    """What a refusal lists: a :class:`TemplateProblem`, or a reason of the same shape found elsewhere."""
+
+    @property
+    def field(self) -> str: ...
+
+    @property
+    def line(self) -> int | None: ...
+
+    @property
+    def message(self) -> str: ...
+
+
 class TemplateValidationError(ValueError):
     """The template is refused; ``problems`` lists every reason found, in source order."""
 
-    def __init__(self, problems: Iterable[TemplateProblem]) -> None:
-        self.problems: tuple[TemplateProblem, ...] = tuple(problems)
+    def __init__(self, problems: Iterable[Problem]) -> None:
+        self.problems: tuple[Problem, ...] = tuple(problems)
         super().__init__("; ".join(str(p) for p in self.problems) or "invalid template")
 
 

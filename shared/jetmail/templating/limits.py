@@ -242,7 +242,8 @@ def check_method_call(method: Any, args: tuple[Any, ...], kwargs: Mapping[str, A
     elif name == "expandtabs":
         tab = args[0] if args else kwargs.get("tabsize", 8)
         if _is_int(tab):
-            _refuse_size(len(owner) + owner.count("\t" if isinstance(owner, str) else b"\t") * tab, limits, what)
+            tabs = owner.count("\t") if isinstance(owner, str) else owner.count(b"\t")
+            _refuse_size(len(owner) + tabs * tab, limits, what)
     elif name == "replace" and len(args) >= 2:
         _refuse_size(_replace_estimate(owner, *args[:3]), limits, what)
     elif name == "join" and args:

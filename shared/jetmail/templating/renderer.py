@@ -230,7 +230,9 @@ class Renderer:
         variables = {**context, **_SAMPLE_STANDARD.variables()}
         problems: list[TemplateProblem] = []
         with render_budget(self.limits):
-            for field, template in (("subject", compiled.subject), ("html", compiled.html), ("text", compiled.text)):
+            fields: tuple[tuple[TemplateField, Template], ...] = (
+                ("subject", compiled.subject), ("html", compiled.html), ("text", compiled.text))
+            for field, template in fields:
                 try:
                     out = self._run(compiled, field, template, variables)
                 except TemplateLimitError as exc:
