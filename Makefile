@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 
 export SAM_CLI_TELEMETRY := 0
 
-.PHONY: setup browser swaks demo test audit audit-lock lock lint bench faults up down clean
+.PHONY: setup browser swaks demo test audit audit-lock lock lint docs bench faults up down clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,9 +36,10 @@ swaks:
 demo: setup ## start the local stack, send mail through it, show what arrived, stop
 	$(BIN)/python -m jetmail.demo
 
-test: setup browser swaks audit ## lint the SAM template and run the test suite against a real local stack
+test: setup browser swaks audit ## lint the SAM template and the code, type-check, run the tests on a real local stack
 	$(BIN)/cfn-lint template.yaml
-	$(BIN)/ruff check shared functions tests bench
+	$(BIN)/ruff check shared functions tests bench infra
+	$(BIN)/mypy
 	$(BIN)/pytest -q -m "not slow"
 
 # known vulnerabilities with a fix in the installed dependencies (infra/audit.py); prints "audit skipped:
@@ -56,8 +57,14 @@ audit-lock: setup
 lock: setup
 	$(BIN)/python infra/lock.py --write
 
+# after changing a setting, a command or a route: rewrite docs/reference/ (settings, CLI, OpenAPI);
+# `make test` fails until this ran
+docs: setup
+	$(BIN)/python infra/refdocs.py --write
+
 lint: setup
-	$(BIN)/ruff check shared functions tests bench
+	$(BIN)/ruff check shared functions tests bench infra
+	$(BIN)/mypy
 	$(BIN)/cfn-lint template.yaml
 
 bench: setup ## print throughput and latency figures (not a test)

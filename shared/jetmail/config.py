@@ -32,162 +32,229 @@ class Settings(BaseSettings):
         env_file=(".env", DEV_ENV_FILE),
         env_file_encoding="utf-8",
         extra="ignore",
+        use_attribute_docstrings=True,  # each field's docstring is its description (docs/reference/settings.md)
     )
 
     # --- NATS / job layer
     nats_url: str = "nats://127.0.0.1:4222"
+    """NATS server URLs, comma separated (all three nodes of a cluster)."""
     nats_creds_file: str | None = None
+    """A NATS credentials file (JWT and nkey), instead of a user and password."""
     nats_user: str | None = None
+    """NATS user: `api` for the functions, `worker` for workers and `jetmail init`."""
     nats_password: SecretStr | None = None
-    # TLS to nats-server with a private CA (NATS TLS CA): a PEM file path, or the PEM itself, which Lambda reads
-    # from Secrets Manager through JETMAIL_NATS_TLS_CA_SECRET_ARN
+    """That user's password (in AWS: from `JETMAIL_NATS_CREDENTIALS_SECRET_ARN`)."""
     nats_tls_ca_file: str | None = None
+    """The private CA that signed the NATS servers' certificates, as a PEM file: the job layer then trusts
+    only it, checks the host name and requires TLS 1.2 or later. Unset: the system's CAs."""
     nats_tls_ca_pem: str | None = None
+    """The same CA as PEM text (Lambda reads it from Secrets Manager through
+    `JETMAIL_NATS_TLS_CA_SECRET_ARN`)."""
     stream_replicas: int = Field(default=1, ge=1, le=5)
+    """Replicas of every stream and KV bucket `jetmail init` creates (3 in a cluster)."""
     jobs_stream: str = "JOBS"
+    """The work-queue stream of jobs."""
     dlq_stream: str = "JOBS_DLQ"
-    # suppressions, unsubscribes and erasures as events (jetmail.stops): what running campaigns follow
+    """The stream of dead letters (jobs that failed for good)."""
     stops_stream: str = "STOPS"
+    """The stream of stop events (suppressions, unsubscribes, erasures) that running campaigns and the
+    transactional send-time check follow."""
     duplicate_window_s: float = Field(default=3600.0, gt=0)
+    """Seconds within which a job id is de-duplicated by the server."""
 
     # --- AWS (endpoint set locally to the moto server; unset in AWS)
     aws_region: str = "us-east-1"
+    """AWS region of DynamoDB, SES, SNS, Secrets Manager and CloudWatch."""
     aws_endpoint_url: str | None = None
-    # Static credentials for that endpoint. The local stack writes its own (its moto server accepts
-    # any) so that every `jetmail` command works in a shell without AWS variables; unset in AWS, where
-    # the function's or task's role supplies them through the SDK's default chain.
+    """An endpoint for every AWS call: only for the local moto server."""
     aws_access_key_id: str | None = None
+    """Static credentials for that endpoint. The local stack writes its own into `jetmail.env`, so a
+    shell needs no AWS variables; unset in AWS, where the function's or task's role applies."""
     aws_secret_access_key: SecretStr | None = None
-    # seconds an AWS call may wait for its reply before the SDK gives up (and, but for SES, retries)
+    """The secret of those static credentials."""
     aws_read_timeout_s: float = Field(default=10.0, gt=0, le=120)
+    """Seconds an AWS call waits for its reply before the SDK retries it (SES: fails the attempt)."""
     table_name: str = Field(min_length=3)
-    # events and engagement counters; by default the main table's name + "-stats"
+    """The main DynamoDB table."""
     stats_table_name: str | None = Field(default=None, min_length=3)
+    """The table of events and engagement counters; unset: the main table's name + `-stats`."""
 
     # --- delivery
     provider: Literal["smtp", "ses"] = "smtp"
+    """How mail leaves: `smtp` or `ses` (SES v2)."""
     smtp_host: str = "127.0.0.1"
+    """The SMTP provider's server."""
     smtp_port: int = 2525
+    """Its port."""
     smtp_username: str | None = None
+    """Its AUTH user; unset: no AUTH."""
     smtp_password: SecretStr | None = None
+    """Its AUTH password."""
     smtp_starttls: bool = False
+    """Upgrade the connection with STARTTLS."""
     smtp_use_tls: bool = False
+    """Connect with implicit TLS (port 465)."""
     smtp_timeout_s: float = 10.0
-    # campaign sends in flight per worker process, across all its batches (8 per batch at most)
+    """Seconds one SMTP command may take."""
     campaign_sends_per_worker: int = Field(default=32, ge=1, le=1000)
+    """Campaign sends in flight per worker process, across all its batches (8 per batch at most)."""
     smtp_pool_size: int = Field(default=4, ge=1, le=64)
+    """SMTP connections per lane: campaigns have this many, and the transactional lane as many of its own."""
     smtp_max_messages_per_connection: int = Field(default=100, ge=1)
+    """Messages sent on one SMTP connection before it is replaced."""
     ses_configuration_set: str | None = None
-    # the local SES mailbox simulator (on in the local stack): see jetmail.simulator
+    """The SES configuration set every send names (its event destination feeds bounces, complaints,
+    deliveries, opens and clicks back)."""
     ses_simulator: bool = False
-    # RFC 2920: MAIL, RCPT and DATA in one write when the server offers PIPELINING (off: one command
-    # per round trip, for a relay that advertises it but mishandles it)
+    """The local SES mailbox simulator (on in the local stack): what SES would report for its simulator
+    addresses, without SES."""
     smtp_pipelining: bool = True
+    """Send MAIL FROM, RCPT TO and DATA in one write when the server offers PIPELINING (RFC 2920);
+    `false` for a relay that advertises it but mishandles it."""
     simulator_domain: str | None = "simulator.jetmail.local"
+    """The domain whose addresses the local simulator answers for."""
 
     # --- sending rate (jetmail.ratelimit); 0 means no limit for that window. The defaults are the
     # quota SES gives an account out of the sandbox: set them to your provider's limits.
     rate_per_second: float = Field(default=14.0, ge=0)
+    """Provider messages per second, shared by all workers; 0: no limit."""
     rate_per_minute: int = Field(default=0, ge=0)
+    """Provider messages per minute; 0: no limit."""
     rate_per_hour: int = Field(default=0, ge=0)
+    """Provider messages per hour; 0: no limit."""
     rate_per_day: int = Field(default=50000, ge=0)
-    # messages per minute per recipient domain: JSON object or "gmail.com=600,yahoo.com=300"
+    """Provider messages per UTC day; 0: no limit."""
     rate_domain_limits: Annotated[dict[str, int], NoDecode] = Field(
         default_factory=lambda: {"gmail.com": 600, "yahoo.com": 300, "outlook.com": 300})
+    """Messages per minute per recipient domain: `gmail.com=600,yahoo.com=300` or a JSON object."""
     rate_transactional_share: float = Field(default=0.2, ge=0, lt=1)
+    """The share of every window marketing mail may never take (kept for transactional mail)."""
     rate_window_guard_s: float = Field(default=0.05, ge=0, le=0.5)
+    """No tokens in the last part of a second, so a send lands inside the second that counted it."""
     rate_throttle_factor: float = Field(default=0.5, gt=0, lt=1)
+    """On provider throttling: the per-second rate of all workers is multiplied by this."""
     rate_throttle_floor: float = Field(default=1.0, gt=0)
+    """...but not below this many messages per second."""
     rate_recovery_step: float = Field(default=0.05, gt=0, le=1)
+    """Then it rises by this share of the configured rate..."""
     rate_recovery_interval_s: float = Field(default=10.0, gt=0)
-    # daily marketing caps from rate_warmup_start (UTC days): JSON list or "200,500,1000"
+    """...every this many seconds without throttling."""
     rate_warmup_schedule: Annotated[list[int], NoDecode] = Field(default_factory=list)
+    """Daily marketing caps for a new sending domain or IP, from `rate_warmup_start` (UTC days):
+    `200,500,1000,…` or a JSON list; empty: no warm-up."""
     rate_warmup_start: date | None = None
+    """The first day of the warm-up schedule (YYYY-MM-DD)."""
 
     # --- identity and links
     signing_secret: SecretStr = Field(min_length=16)
+    """HMAC key of unsubscribe, tracking and dashboard tokens (at least 16 characters)."""
     public_base_url: str = "http://127.0.0.1:8000"
+    """The base of unsubscribe, tracking and dashboard links in mail."""
     default_from: str = "jetmail <noreply@example.com>"
+    """The sender when a request names none."""
     default_locale: str = "en"
+    """The language when a recipient has none."""
     default_timezone: str = "UTC"
+    """The time zone when a recipient has none."""
     company_name: str = "jetmail"
+    """The sender's name in every email's footer."""
     company_address: str = "1 Example Street, 10115 Berlin, Germany"
-    # From addresses mail may be sent from: addresses (noreply@example.com) and whole domains
-    # (example.com), comma separated or a JSON list; empty: any address at default_from's domain
+    """The postal address every marketing email must show (CAN-SPAM)."""
     allowed_from: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    """From addresses mail may be sent from: addresses (`noreply@example.com`) and whole domains
+    (`example.com`), comma separated or a JSON list; empty: any address at `default_from`'s domain."""
 
     # --- API
     max_body_bytes: int = 256 * 1024
-    # requests per minute per API key (0: no limit); a key's own limit (`jetmail keys limit`) replaces it
+    """The API's request body limit (413 above it)."""
     api_rate_per_minute: int = Field(default=600, ge=0)
-    # seconds an API process keeps a token's verdict (the key, or a refusal): revocation, rotation and
-    # limit changes made elsewhere reach a warm API container within this; 0 reads the key every request
+    """Requests per minute per API key; 0: no limit. A key's own limit (`jetmail keys limit`) replaces it."""
     api_key_cache_s: float = Field(default=5.0, ge=0, le=60)
-    # seconds a process (API, worker) keeps a template's head (its latest version per locale): a template
-    # saved elsewhere is used for new sends within this; 0 reads the head for every message
+    """Seconds an API process keeps a token's verdict (the key, or a refusal): revocation, rotation and limit
+    changes reach every warm container within it; 0 reads the key on every request."""
     template_cache_s: float = Field(default=5.0, ge=0, le=300)
-    # browser origins allowed to call the API (CORS), comma separated or a JSON list; empty: no CORS headers
+    """Seconds a process (API, worker) keeps a template's head (its latest version per locale): a saved
+    template is used for new sends everywhere within it; 0 reads the head for every message."""
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    """Browser origins allowed to call the API (CORS), comma separated or a JSON list; empty: no CORS
+    headers."""
     country_header: str = "cloudfront-viewer-country"
+    """The request header opens and clicks take their country from."""
 
     # --- SMTP submission server (`jetmail smtp-server`, jetmail.submission): applications send with an API key
     submission_host: str = "0.0.0.0"  # noqa: S104 - a server for other machines; the NLB fronts it in AWS
-    # STARTTLS (required before AUTH) and implicit TLS; 0 turns a port off
+    """The address `jetmail smtp-server` listens on."""
     submission_port: int = Field(default=587, ge=0, le=65535)
+    """Its STARTTLS port (STARTTLS required before AUTH); 0 turns it off."""
     submission_tls_port: int = Field(default=465, ge=0, le=65535)
-    # PEM certificate chain and key; unset: `jetmail smtp-server` refuses to start (the local stack makes its own)
+    """Its implicit-TLS port; 0 turns it off."""
     submission_cert_file: str | None = None
+    """Its TLS certificate chain (PEM); unset: `jetmail smtp-server` refuses to start (the local stack
+    makes a self-signed pair)."""
     submission_key_file: str | None = None
-    submission_hostname: str = "localhost"  # named in the greeting and the EHLO reply
-    # bytes of one message as sent (552 above it); bodies wait for the worker in a JetStream object store
+    """The key of that certificate (PEM)."""
+    submission_hostname: str = "localhost"
+    """The name in its greeting and EHLO reply."""
     submission_max_bytes: int = Field(default=10 * 1024 * 1024, ge=1024, le=64 * 1024 * 1024)
+    """Bytes of one submitted message as sent (552 above it)."""
     submission_max_recipients: int = Field(default=50, ge=1, le=1000)
-    # seconds a client may stay silent between commands, and the whole of one DATA (421 after it)
+    """Recipients per submitted message (452 above it)."""
     submission_timeout_s: float = Field(default=60.0, gt=0, le=3600)
+    """Seconds a client may stay silent between commands, and for the whole of one DATA (421 after it)."""
     submission_max_connections_per_ip: int = Field(default=20, ge=1)
-    # hours an accepted body is kept for the worker, retries included (the object store bucket's TTL)
+    """Open connections per client address (421 at the greeting above it)."""
     submission_retention_hours: int = Field(default=72, ge=1, le=24 * 30)
+    """Hours a submitted body is kept for the worker, retries included (the object store's TTL)."""
 
     # --- template rendering limits (jetmail.templating.limits), per render of one message; saving a
     # template test-renders its sample_context under the same limits
-    # characters per part (subject, HTML, text) and per value a template builds on the way
     render_max_output_chars: int = Field(default=2_000_000, ge=1000)
-    # seconds for all parts of one render
+    """Characters per part (subject, HTML, text) and per value a template builds on the way."""
     render_timeout_s: float = Field(default=2.0, gt=0, le=60)
-    # loop iterations, calls and filters in one render
+    """Seconds for all parts of one render."""
     render_max_iterations: int = Field(default=1_000_000, ge=1000)
-    # nested blocks in a template source, and nested macro calls while rendering
+    """Loop iterations, calls and filters in one render."""
     render_max_depth: int = Field(default=32, ge=4, le=200)
+    """Nested blocks in a template source, and nested macro calls while rendering."""
 
     # --- SNS (SES events over an HTTPS subscription; POST /sns/ses)
-    # Topics whose messages the HTTPS route accepts and whose subscriptions it confirms; comma
-    # separated or a JSON list. Empty: the route refuses everything (SNS -> Lambda needs none).
     sns_topic_arns: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    """Topics whose messages `POST /sns/ses` accepts and whose subscriptions it confirms, comma separated or
+    a JSON list; empty: it refuses everything (SNS → Lambda needs none)."""
     sns_cert_host_pattern: str = r"^sns\.[a-z0-9-]+\.amazonaws\.com(\.cn)?$"
-    # A folder of trusted signing certificates, ``<sha256 of the SigningCertURL>.pem``, used before
-    # fetching: for a network without egress, and for tests with a locally made certificate.
+    """Hosts SNS signing certificates may come from."""
     sns_cert_cache_dir: str | None = None
-    # SNS retries resend the original message and Timestamp: raise this if a custom delivery
-    # policy retries for longer than an hour.
+    """A folder of trusted signing certificates, `<sha256 of the SigningCertURL>.pem`, used before
+    fetching: for a network without egress."""
     sns_max_age_s: float = Field(default=3600.0, gt=0)
+    """Older SNS messages are refused (SNS retries resend the original Timestamp: raise it if a custom
+    delivery policy retries for longer)."""
 
     # --- CloudWatch metrics from the scheduler tick (QueueLag drives the worker autoscaling)
     metrics_enabled: bool = False
+    """Publish the queue-lag metric the worker service scales on (on in AWS)."""
 
     # --- reputation alerts (an SNS topic; unset: the log only)
     alerts_topic_arn: str | None = None
+    """The SNS topic reputation alerts go to; unset: the log only."""
 
     # --- deliverability policy and retention
     soft_bounce_limit: int = Field(default=5, ge=1)
+    """Soft bounces within the window that suppress an address."""
     soft_bounce_window_days: int = Field(default=30, ge=1)
+    """That window, in days."""
     event_retention_days: int = Field(default=400, ge=1)
+    """Days events are kept (their TTL)."""
     message_retention_days: int = Field(default=400, ge=1)
-    # how far ahead a sequence step may be scheduled (delays, offsets, dates from the context)
+    """Days message records are kept (their TTL)."""
     sequence_max_days: int = Field(default=3653, ge=1, le=36500)
+    """How far ahead a sequence step may be sent: longer delays or offsets are refused when a definition is
+    saved and at enrolment (422), as is a context date that puts a step further out."""
     audit_retention_days: int = Field(default=730, ge=1)
-    # key of the pseudonyms kept for erased addresses (jetmail.gdpr); unset: derived from
-    # signing_secret. Set it before rotating signing_secret, or erased addresses stop matching.
+    """Days audit log entries are kept."""
     erasure_secret: SecretStr | None = Field(default=None, min_length=16)
+    """Key of the pseudonyms kept for erased addresses; unset: derived from `signing_secret`. Set it
+    before rotating `signing_secret`, or erased addresses stop matching."""
 
     @field_validator("sns_topic_arns", "cors_origins", "allowed_from", mode="before")
     @classmethod
@@ -244,7 +311,7 @@ class Settings(BaseSettings):
 
 # In Lambda, secrets arrive as Secrets Manager ARNs, never as values in the environment: each
 # ``JETMAIL_<NAME>_ARN`` is read once at cold start. A JSON secret fills several settings by key.
-SECRET_ARNS = {
+SECRET_ARNS: dict[str, dict[str | None, str]] = {
     "JETMAIL_SIGNING_SECRET_ARN": {None: "signing_secret"},
     "JETMAIL_ERASURE_SECRET_ARN": {None: "erasure_secret"},
     "JETMAIL_NATS_CREDENTIALS_SECRET_ARN": {"user": "nats_user", "password": "nats_password"},
