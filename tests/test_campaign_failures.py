@@ -23,7 +23,7 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from jetmail.api.app import create_app
-from jetmail.campaigns.store import campaign_message_id
+from jetmail.campaigns.ids import campaign_message_id
 from jetmail.devstack.mailbox import Mailbox
 from jetmail.devstack.stack import wait_until
 from jetmail.scheduler import tick

@@ -20,8 +20,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from jetmail.api.app import create_app
+from jetmail.campaigns.ids import campaign_message_id
 from jetmail.campaigns.service import z_test
-from jetmail.campaigns.store import campaign_message_id
 from jetmail.devstack.mailbox import Mailbox
 from jetmail.devstack.stack import wait_until
 from jetmail.feedback import record_sends

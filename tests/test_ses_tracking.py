@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-from jetmail.campaigns.store import campaign_message_id
+from jetmail.campaigns.ids import campaign_message_id
 from jetmail.messages import MessageStatus, SendRequest, new_message_id
 from jetmail.services import Services
 

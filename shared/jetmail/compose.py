@@ -15,8 +15,8 @@ from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from jetmail.addresses import InvalidAddress
 from jetmail.config import Settings
-from jetmail.messages import InvalidAddress
 from jetmail.mime import BuiltMessage, build_message, parse_address
 from jetmail.templating import Company, RenderedEmail, Renderer, StandardContext, TemplateVersion
 from jetmail.templating import Recipient as ContextRecipient

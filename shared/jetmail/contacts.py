@@ -25,7 +25,6 @@ import json
 import math
 import re
 import secrets
-import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -34,10 +33,10 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from jetmail.addresses import InvalidAddress, normalise_email
 from jetmail.cursors import InvalidCursor, pack, unpack
-from jetmail.messages import InvalidAddress, normalise_email
 from jetmail.stops import StopChange, StopFeed
-from jetmail.storage.table import BATCH_WRITE_MAX, ConditionFailed, Table, from_item, native, to_item
+from jetmail.storage.table import BATCH_WRITE_MAX, ConditionFailed, Table, batch_get, from_item, native, to_item
 
 SubscriptionStatus = Literal["subscribed", "unsubscribed", "pending"]
 ImportFormat = Literal["csv", "jsonl"]
@@ -50,7 +49,6 @@ MAX_ATTRIBUTE_DEPTH = 4
 IMPORT_CHUNK_ROWS = 100  # one BatchGetItem (its maximum) reads the stored contacts of a chunk
 MAX_LINE_CHARS = 1 << 20
 MAX_REPORTED_ERRORS = 100
-BATCH_GET_MAX = 100
 UPSERT_ATTEMPTS = 5
 # lists are found by id without a request when the id cannot be one
 LIST_ID = re.compile(r"^lst_[0-9a-f]{16}$")
@@ -377,30 +375,6 @@ def decode_cursor(cursor: str, *, list_id: str) -> dict[str, Any]:
 
 
 # ---- raw requests the Table wrapper has no method for; each counts on Table.requests
-def batch_get(table: Table, keys: Sequence[tuple[str, str]], *, consistent: bool = False,
-              projection: str | None = None, names: Mapping[str, str] | None = None) -> Iterator[dict[str, Any]]:
-    """BatchGetItem 100 keys per request, retrying unprocessed keys; items come in no particular order."""
-    for offset in range(0, len(keys), BATCH_GET_MAX):
-        part = keys[offset:offset + BATCH_GET_MAX]
-        spec: dict[str, Any] = {"Keys": [to_item({"pk": pk, "sk": sk}) for pk, sk in part],
-                                "ConsistentRead": consistent}
-        if projection:
-            spec["ProjectionExpression"] = projection
-        if names:
-            spec["ExpressionAttributeNames"] = dict(names)
-        request: dict[str, Any] = {table.name: spec}
-        delay = 0.05
-        while request:
-            table.requests += 1
-            resp = table.client.batch_get_item(RequestItems=request)
-            for raw in resp.get("Responses", {}).get(table.name, []):
-                yield from_item(raw)
-            request = resp.get("UnprocessedKeys") or {}
-            if request:
-                time.sleep(delay)  # back off on throttling as the SDK guide asks
-                delay = min(delay * 2, 2.0)
-
-
 def _pack(groups: Iterable[list[dict[str, Any]]], size: int = BATCH_WRITE_MAX) -> Iterator[list[dict[str, Any]]]:
     """Requests of at most ``size`` items that never split a group (a group only spans requests when
     it alone is larger than one)."""

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
-from jetmail.campaigns.store import parse_campaign_message_id
+from jetmail.campaigns.ids import parse_campaign_message_id
 from jetmail.events import DeliveryEvent, EventKind
 from jetmail.machines import is_machine, link_burst
 from jetmail.messages import MessageRepository, MessageStatus

@@ -33,11 +33,11 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from jetmail.addresses import normalise_email
 from jetmail.audit import AuditLog
-from jetmail.contacts import MEMBER_PREFIX, ContactNotFound, ContactStore, batch_get, contact_key, member_fields
+from jetmail.contacts import MEMBER_PREFIX, ContactNotFound, ContactStore, contact_key, member_fields
 from jetmail.feedback import FeedbackProcessor
-from jetmail.messages import normalise_email
-from jetmail.storage.table import ConditionFailed, Table
+from jetmail.storage.table import ConditionFailed, Table, batch_get
 from jetmail.suppressions import SuppressionStore
 
 KEYS = ("pk", "sk", "gsi1pk", "gsi1sk")

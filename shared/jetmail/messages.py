@@ -21,9 +21,9 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Protocol
 
-from email_validator import EmailNotValidError, validate_email
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from jetmail.addresses import InvalidAddress, normalise_email
 from jetmail.storage.table import ConditionFailed, Table
 from jetmail.template_store import TemplateStore
 
@@ -79,25 +79,12 @@ class JobQueue(Protocol):
     def cancel(self, job_id: str) -> bool: ...
 
 
-class InvalidAddress(ValueError):
-    pass
-
-
 class IdempotencyConflict(RuntimeError):
     """The idempotency key was used before with a different request body."""
 
 
 class MessageNotFound(LookupError):
     pass
-
-
-def normalise_email(address: str) -> str:
-    """Validated, with the domain lower-cased and IDNA-normalised; the local part is kept as given."""
-    try:
-        result = validate_email(address, check_deliverability=False, allow_smtputf8=True)
-    except EmailNotValidError as exc:
-        raise InvalidAddress(str(exc)) from None
-    return result.normalized
 
 
 def new_message_id() -> str:

@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING, Any, cast
 
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
-from jetmail.messages import InvalidAddress, RawSubmission, new_message_id, normalise_email
+from jetmail.addresses import InvalidAddress, normalise_email
+from jetmail.messages import RawSubmission, new_message_id
 from jetmail.submission import RawStore, Refused, prepare
 
 if TYPE_CHECKING:

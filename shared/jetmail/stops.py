@@ -24,16 +24,22 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from nats.js import api
 from nats.js.errors import NotFoundError
 
 if TYPE_CHECKING:
     from jetmail.queue import SyncClient
-    from jetmail.suppressions import Pseudonymizer
 
 logger = logging.getLogger("jetmail.stops")
+
+
+class Pseudonyms(Protocol):
+    """What a stop needs of ``jetmail.suppressions.Pseudonymizer``: an address's keyed digest."""
+
+    def digest(self, email: str) -> str: ...
+
 
 PREFIX = "stops"
 SCOPE_ALL = "all"  # the global suppression list
@@ -88,7 +94,7 @@ class StopFeed:
     """Publishes stop events for the synchronous stores (API, CLI, feedback); waits for the stream's ack, so
     a stop that was answered is one every worker will see."""
 
-    def __init__(self, queue: SyncClient, *, pseudonyms: Pseudonymizer) -> None:
+    def __init__(self, queue: SyncClient, *, pseudonyms: Pseudonyms) -> None:
         self.queue = queue
         self.pseudonyms = pseudonyms
 
@@ -114,7 +120,7 @@ class LiveStops:
     under way honours them too. Each (address, scope) keeps the event with the highest stream sequence,
     so replaying an earlier range again never undoes a later change."""
 
-    def __init__(self, js: Any, *, stream: str, pseudonyms: Pseudonymizer) -> None:
+    def __init__(self, js: Any, *, stream: str, pseudonyms: Pseudonyms) -> None:
         self.js = js
         self.stream = stream
         self.pseudonyms = pseudonyms

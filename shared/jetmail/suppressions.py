@@ -23,10 +23,9 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel
 
-from jetmail.contacts import batch_get
 from jetmail.cursors import InvalidCursor, pack, unpack
 from jetmail.stops import SCOPE_ALL, SCOPE_ERASED, StopChange, StopFeed
-from jetmail.storage.table import Table, to_item
+from jetmail.storage.table import Table, batch_get, to_item
 
 if TYPE_CHECKING:
     from jetmail.audit import AuditLog

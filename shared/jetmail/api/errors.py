@@ -40,7 +40,7 @@ STATUS_FOR: dict[str, int] = {
     "jetmail.templating.errors.TemplateValidationError": 422,
     "jetmail.templating.errors.TemplateRenderError": 422,
     "jetmail.templating.errors.ReservedContextKeyError": 422,
-    "jetmail.messages.InvalidAddress": 422,
+    "jetmail.addresses.InvalidAddress": 422,
     "jetmail.contacts.ListNotFound": 404,
     "jetmail.contacts.ContactNotFound": 404,
     "jetmail.segments.SegmentNotFound": 404,

@@ -13,9 +13,9 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Response
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from jetmail.addresses import InvalidAddress, normalise_email
 from jetmail.api.auth import require, services
 from jetmail.apikeys import ApiKey
-from jetmail.messages import InvalidAddress, normalise_email
 from jetmail.services import Services
 from jetmail.suppressions import Suppression
 

@@ -26,9 +26,10 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from jetmail.campaigns.ids import campaign_message_id
 from jetmail.campaigns.model import CampaignCreate, CampaignState, Variant
 from jetmail.campaigns.signals import Journal, Lease, LeaseHeld, Leases, StateBoard, lease_key
-from jetmail.campaigns.store import CampaignStore, campaign_message_id
+from jetmail.campaigns.store import CampaignStore
 from jetmail.compose import Recipient
 from jetmail.mime import parse_address
 from jetmail.pipeline import Draft, SendPipeline, Sent

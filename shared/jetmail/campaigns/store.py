@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from jetmail.campaigns.ids import campaign_message_id
 from jetmail.campaigns.model import CampaignCreate, CampaignFailure, CampaignFailurePage, CampaignState
 from jetmail.cursors import InvalidCursor, pack, unpack
 from jetmail.storage.table import ConditionFailed, Table, to_item
@@ -58,20 +59,6 @@ class CampaignNotFound(LookupError):
 
 class InvalidTransition(RuntimeError):
     """The campaign is not in a state that allows the action."""
-
-
-def campaign_message_id(campaign_id: str, run: str, batch: int, pos: int) -> str:
-    # only [A-Za-z0-9_-]: the id travels as an SES message tag, which allows nothing else
-    return f"cm_{campaign_id}_{run}_{batch}_{pos}"
-
-
-def parse_campaign_message_id(message_id: str) -> tuple[str, str, int, int] | None:
-    if not message_id.startswith("cm_"):
-        return None
-    parts = message_id[3:].rsplit("_", 3)
-    if len(parts) != 4 or not parts[0] or not parts[2].isdigit() or not parts[3].isdigit():
-        return None
-    return parts[0], parts[1], int(parts[2]), int(parts[3])
 
 
 class CampaignStore:

@@ -27,7 +27,8 @@ def domain_errors(fn: F) -> F:
 
     @wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from jetmail.messages import IdempotencyConflict, InvalidAddress, MessageNotFound
+        from jetmail.addresses import InvalidAddress
+        from jetmail.messages import IdempotencyConflict, MessageNotFound
         from jetmail.template_store import TemplateConflict, TemplateNotFound
         from jetmail.templating import TemplateValidationError
 

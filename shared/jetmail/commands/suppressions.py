@@ -30,7 +30,7 @@ def list_entries(limit: int) -> None:
               default="manual", show_default=True)
 @domain_errors
 def add(email: str, reason: str) -> None:
-    from jetmail.messages import normalise_email
+    from jetmail.addresses import normalise_email
 
     svc = load_services()
     entry = svc.suppressions.add(normalise_email(email).lower(), reason=reason, source="cli")
