@@ -9,33 +9,19 @@ import email.policy
 import os
 import sys
 import time
-from collections.abc import Callable
 from datetime import timedelta
 from email import message_from_bytes
 from pathlib import Path
-from typing import TypeVar
 
 import httpx
 
 from jetmail.devstack.cli import start
 from jetmail.devstack.mailbox import Mailbox
-from jetmail.devstack.stack import DEFAULT_ROOT, LocalStack, StackError
-
-T = TypeVar("T")
+from jetmail.devstack.stack import DEFAULT_ROOT, LocalStack, StackError, wait_until
 
 
 def step(title: str) -> None:
     print(f"\n== {title}")
-
-
-def wait_for(check: Callable[[], T | None], *, timeout: float, what: str) -> T:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = check()
-        if result:
-            return result
-        time.sleep(0.1)
-    raise StackError(f"timed out waiting for {what}")
 
 
 def log_lines(root: Path, needle: str) -> list[str]:
@@ -90,7 +76,7 @@ def run(root: Path = DEFAULT_ROOT) -> None:
         message_id = resp.json()["id"]
 
         box = Mailbox(state.maildir)
-        entry = wait_for(lambda: box.for_recipient(to), timeout=30, what="the welcome email")[0]
+        entry = wait_until(lambda: box.for_recipient(to), timeout=30, what="the welcome email")[0]
         msg = message_from_bytes(box.raw(entry.id), policy=email.policy.default)
         print(f"  received by the SMTP sink ({entry.size} bytes, stored in {box.maildir}/{entry.id}.eml):")
         for header in ("From", "To", "Subject", "Date", "Message-ID", "List-Unsubscribe"):
@@ -113,7 +99,7 @@ def run(root: Path = DEFAULT_ROOT) -> None:
                 "docs_url": "https://docs.example.com/", "steps": [], "tips": [],
                 "blog_url": "https://example.com/blog"}}).json()
         print(f"  POST /v1/sequences → enrolment {enrolment['id']} with {len(enrolment['steps'])} steps")
-        bounced = wait_for(lambda: services.suppressions.get(bouncer), timeout=30, what="the bounce")
+        bounced = wait_until(lambda: services.suppressions.get(bouncer), timeout=30, what="the bounce")
         print(f"  the simulator reported a permanent bounce → suppressed {bounced.email} (reason {bounced.reason})")
         steps = httpx.get(f"{api}/v1/sequences/{enrolment['id']}", headers=headers).json()["steps"]
         for s in steps:
@@ -124,11 +110,11 @@ def run(root: Path = DEFAULT_ROOT) -> None:
             lines = log_lines(root, run_id)
             return lines if sum("hello, " in line for line in lines) >= 2 else None
 
-        hellos = wait_for(demo_hellos, timeout=20, what="demo jobs")
+        hellos = wait_until(demo_hellos, timeout=20, what="demo jobs")
         for line in hellos:
             if "hello, " in line:
                 print(f"  {line}")
-        dead = wait_for(lambda: [d for d in queue.dlq_list(queue="email_maintenance")
+        dead = wait_until(lambda: [d for d in queue.dlq_list(queue="email_maintenance")
                                  if d.job_id == failing.job_id], timeout=20, what="the dead letter")
         print(f"  demo_fail ended in the dead-letter queue after {dead[0].attempts} attempts: {dead[0].error}")
         print("  (inspect with `jetmail dlq list`, retry with `jetmail dlq replay SEQ`)")

@@ -150,7 +150,7 @@ def tally(mailbox: Mailbox, expected: Iterable[str], *, domain: str, never: Iter
     return out
 
 
-def wait_for(mailbox: Mailbox, expected: Iterable[str], *, domain: str, timeout: float) -> bool:
+def all_mailed(mailbox: Mailbox, expected: Iterable[str], *, domain: str, timeout: float) -> bool:
     """Wait until every expected recipient has mail; False on timeout (the tally then names who is missing)."""
     wanted = {e.lower() for e in expected}
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
-from faultkit import FaultStack, quiet, result_line, tally, wait_for
+from faultkit import FaultStack, all_mailed, quiet, result_line, tally
 
 from stacktools import moto_faults
 
@@ -26,7 +26,7 @@ def test_dynamodb_throttling_and_stalls_lose_and_duplicate_nothing(fault_stack: 
     # WHEN 20% of DynamoDB requests fail from then on (planning, batches, counters): throttled, held past the
     # SDK's 10 s read timeout and dropped, or applied with the reply held past it (the SDK retries a done write)
     moto_faults(moto, {"share": 0.2, "errors": ERRORS, "seed": 1, "stall_seconds": 11})
-    wait_for(faults.mailbox, emails, domain=domain, timeout=360)
+    all_mailed(faults.mailbox, emails, domain=domain, timeout=360)
     quiet(faults.mailbox, seconds=5)
     report = moto_faults(moto)
     moto_faults(moto, {"share": 0})

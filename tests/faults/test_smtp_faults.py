@@ -8,7 +8,7 @@ from collections.abc import Callable
 import nats
 import pytest
 from fastapi.testclient import TestClient
-from faultkit import FaultStack, quiet, result_line, tally, wait_for
+from faultkit import FaultStack, all_mailed, quiet, result_line, tally
 
 from jetmail.api.app import create_app
 from jetmail.campaigns.signals import JOURNAL_STREAM, Journal, journal_subject
@@ -70,7 +70,7 @@ def test_smtp_failures_are_retried_or_recorded_never_lost_or_doubled(fault_stack
     wait_until(lambda: all(final(to) for to in transactional), timeout=300, what="transactional messages final")
     injected = faults.injected()
     rejected = {f["rcpt"] for f in injected if f["fault"] == "550"}
-    wait_for(faults.mailbox, set(everyone) - rejected, domain=domain, timeout=120)
+    all_mailed(faults.mailbox, set(everyone) - rejected, domain=domain, timeout=120)
     quiet(faults.mailbox)
     result = tally(faults.mailbox, set(everyone) - rejected, domain=domain, never=rejected)
     # and a 550 is final: recorded with its reason, never tried again

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 
 import pytest
-from faultkit import FaultStack, quiet, result_line, tally, wait_for
+from faultkit import FaultStack, all_mailed, quiet, result_line, tally
 
 from jetmail.devstack.stack import wait_until
 
@@ -45,7 +45,7 @@ def test_sigkilled_workers_lose_and_duplicate_nothing(fault_stack: Callable[...,
         faults.kill(rng.choice(faults.workers))
         faults.start_worker()
     # THEN the campaign completes and every recipient got exactly one email
-    wait_for(faults.mailbox, emails, domain=domain, timeout=300)
+    all_mailed(faults.mailbox, emails, domain=domain, timeout=300)
     quiet(faults.mailbox)
     result = tally(faults.mailbox, emails, domain=domain)
     view = faults.finish(campaign_id, timeout=120)

@@ -11,8 +11,9 @@ from typing import Any
 
 import pytest
 import tasks_for_tests  # noqa: F401 - registers the test tasks in the default registry
-from queue_helpers import done, read_log, running_worker, wait_for
+from queue_helpers import done, read_log, running_worker
 
+from jetmail.devstack.stack import wait_until_async
 from jetmail.queue import Backoff, JobValidationError, NotFoundError, Queue, QueueConfig, QueueError, Worker
 from jetmail.queue.pull import Puller
 from jetmail.queue.subjects import consumer_name, job_subject
@@ -29,7 +30,7 @@ async def test_enqueued_job_runs_once_with_its_payload(qconfig: QueueConfig, qna
         assert not ref.duplicate and ref.seq > 0
         # WHEN a worker runs
         async with running_worker(qconfig, [qname]):
-            records = await wait_for(lambda: done(joblog), what="the job")
+            records = await wait_until_async(lambda: done(joblog), what="the job")
         # THEN it ran once, on attempt 1, with the job id and payload it was given
         assert [(r["job_id"], r["attempt"], r["label"]) for r in records] == [(ref.job_id, 1, "hello")]
         assert await q.pending(qname) == {"high": 0, "normal": 0, "low": 0}
@@ -56,7 +57,7 @@ async def test_failing_job_retries_with_backoff_then_dead_letters_then_replays(
         ref = await q.enqueue("test_record", queue=qname, log=str(joblog), fail_while=str(flag),
                               max_retries=2, backoff=FAST)
         # WHEN it fails every attempt
-        letters = await wait_for(lambda: q.dlq_list(queue=qname), what="the dead letter")
+        letters = await wait_until_async(lambda: q.dlq_list(queue=qname), what="the dead letter")
         # THEN it ran 1 + 2 times, waiting longer before each retry
         starts = [r for r in read_log(joblog) if r["event"] == "start"]
         assert [r["attempt"] for r in starts] == [1, 2, 3]
@@ -74,7 +75,7 @@ async def test_failing_job_retries_with_backoff_then_dead_letters_then_replays(
         replayed = await q.dlq_replay(letter.seq)
         # THEN it runs again under its own id and leaves the dead-letter stream
         assert replayed.job_id == ref.job_id and not replayed.duplicate
-        records = await wait_for(lambda: done(joblog), what="the replayed job")
+        records = await wait_until_async(lambda: done(joblog), what="the replayed job")
         assert [(r["job_id"], r["attempt"]) for r in records] == [(ref.job_id, 1)]
         assert await q.dlq_list(queue=qname) == []
         with pytest.raises(NotFoundError):
@@ -85,7 +86,7 @@ async def test_retry_exception_sets_its_own_delay(qconfig: QueueConfig, qname: s
     async with Queue(qconfig) as q, running_worker(qconfig, [qname]):
         await q.enqueue("test_record", queue=qname, log=str(joblog), fail_times=1, retry_delay=0.3,
                         backoff=Backoff(base=30))
-        [record] = await wait_for(lambda: done(joblog), what="the retried job")
+        [record] = await wait_until_async(lambda: done(joblog), what="the retried job")
         start, second = [r for r in read_log(joblog) if r["event"] == "start"]
         assert record["attempt"] == 2 and second["t"] - start["t"] >= 0.25
 
@@ -105,7 +106,7 @@ async def test_job_that_keeps_killing_its_worker_is_dead_lettered(qconfig: Queue
         await puller.close()
         # WHEN a healthy worker receives it again
         async with running_worker(config, [qname]):
-            [letter] = await wait_for(lambda: q.dlq_list(queue=qname), what="the dead letter")
+            [letter] = await wait_until_async(lambda: q.dlq_list(queue=qname), what="the dead letter")
         # THEN it does not run it a third time but dead-letters it
         assert (letter.job_id, letter.reason, letter.attempts) == (ref.job_id, "delivery_limit", 3)
         assert read_log(joblog) == []
@@ -114,7 +115,7 @@ async def test_job_that_keeps_killing_its_worker_is_dead_lettered(qconfig: Queue
 async def test_permanent_failure_skips_retries(qconfig: QueueConfig, qname: str, joblog: Path) -> None:
     async with Queue(qconfig) as q, running_worker(qconfig, [qname]):
         await q.enqueue("test_record", queue=qname, log=str(joblog), permanent=True, max_retries=5)
-        [letter] = await wait_for(lambda: q.dlq_list(queue=qname), what="the dead letter")
+        [letter] = await wait_until_async(lambda: q.dlq_list(queue=qname), what="the dead letter")
         assert (letter.reason, letter.attempts) == ("permanent_failure", 1)
         assert letter.error == "PermanentFailure: told to fail for good"
 
@@ -134,7 +135,7 @@ async def test_bad_messages_go_straight_to_the_dead_letter_stream(qconfig: Queue
         await js.publish(subject, json.dumps({**good, "job_id": "unknown", "task": "no_such_task"}).encode())
         # WHEN a worker sees them
         async with running_worker(qconfig, [qname]):
-            letters = await wait_for(lambda: _at_least(q.dlq_list(queue=qname), 4), what="4 dead letters")
+            letters = await wait_until_async(lambda: _at_least(q.dlq_list(queue=qname), 4), what="4 dead letters")
         # THEN each is dead-lettered on first sight with the reason
         expected = [("invalid_payload", 1)] * 3 + [("unknown_task", 1)]
         assert [(x.reason, x.attempts) for x in letters] == expected
@@ -189,10 +190,10 @@ async def test_high_priority_overtakes_waiting_normal_jobs(qconfig: QueueConfig,
         await q.enqueue_many("test_record", [{"log": str(joblog), "label": f"n{i}", "sleep": 0.15}
                                              for i in range(5)], queue=qname)
         async with running_worker(qconfig, [qname], concurrency=1):
-            await wait_for(lambda: read_log(joblog), what="the first normal job to start")
+            await wait_until_async(lambda: read_log(joblog), what="the first normal job to start")
             # WHEN a high-priority job arrives
             await q.enqueue("test_record", queue=qname, priority="high", log=str(joblog), label="high")
-            records = await wait_for(lambda: _len_at_least(done(joblog), 6), timeout=15, what="all jobs")
+            records = await wait_until_async(lambda: _len_at_least(done(joblog), 6), timeout=15, what="all jobs")
         # THEN it runs right after the job in progress, before the remaining normal ones
         assert [r["label"] for r in records] == ["n0", "high", "n1", "n2", "n3", "n4"]
 
@@ -205,10 +206,10 @@ async def test_reserved_slots_start_a_high_job_while_normal_jobs_fill_the_rest(q
         await q.enqueue_many("test_record", [{"log": str(joblog), "label": f"n{i}", "sleep": 1.0}
                                              for i in range(4)], queue=qname)
         async with running_worker(qconfig, [qname], concurrency=3, reserve_high=1):
-            await wait_for(lambda: _len_at_least(_starts(joblog), 2), what="two normal jobs to start")
+            await wait_until_async(lambda: _len_at_least(_starts(joblog), 2), what="two normal jobs to start")
             # WHEN a high-priority job arrives while both unreserved slots are busy
             await q.enqueue("test_record", queue=qname, priority="high", log=str(joblog), label="high")
-            await wait_for(lambda: _len_at_least(done(joblog), 5), timeout=20, what="all jobs")
+            await wait_until_async(lambda: _len_at_least(done(joblog), 5), timeout=20, what="all jobs")
         log = read_log(joblog)
     # THEN it started before any normal job finished, and normal jobs never held more than 2 slots at once
     started = {r["label"]: r["t"] for r in log if r["event"] == "start"}
@@ -239,7 +240,7 @@ async def test_normal_and_low_jobs_start_promptly_on_an_idle_worker(qconfig: Que
     async with Queue(qconfig) as q, running_worker(qconfig, [qname]):
         for priority in ("low", "normal", "high"):
             await q.enqueue("test_record", queue=qname, priority=priority, log=str(joblog), label=priority)
-            [record] = await wait_for(lambda p=priority: [r for r in done(joblog) if r["label"] == p],
+            [record] = await wait_until_async(lambda p=priority: [r for r in done(joblog) if r["label"] == p],
                                       what=f"the {priority} job")
             # the idle long-poll is 0.1 s; allow scheduling noise on a shared machine
             assert record["t"] - record["enqueued_at"] < 0.5
@@ -303,7 +304,7 @@ async def test_health_endpoint_reports_the_worker_state(qconfig: QueueConfig, qn
         assert await _http_status(worker.health_port, "/other") == 404
         # while it finishes a running job after being told to stop, it no longer reports healthy
         await q.enqueue("test_record", queue=qname, log=str(joblog), sleep=0.5)
-        await wait_for(lambda: read_log(joblog), what="the job to start")
+        await wait_until_async(lambda: read_log(joblog), what="the job to start")
         worker.stop()
         assert await _http_status(worker.health_port, "/healthz") == 503
 

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 import tasks_for_tests  # noqa: F401 - registers the test tasks in the default registry
-from queue_helpers import done, running_worker, wait_for
+from queue_helpers import done, running_worker
 
+from jetmail.devstack.stack import wait_until_async
 from jetmail.queue import NotFoundError, Queue, QueueConfig
 
 
@@ -23,7 +24,7 @@ async def test_delayed_job_fires_on_time(qconfig: QueueConfig, qname: str, joblo
         await q.enqueue_at(due_at, "test_record", queue=qname, priority="high", log=str(joblog), label="at")
         assert not by_delay.duplicate
         # WHEN they come due
-        records = await wait_for(lambda: _at_least(done(joblog), 2), timeout=5, what="both delayed jobs")
+        records = await wait_until_async(lambda: _at_least(done(joblog), 2), timeout=5, what="both delayed jobs")
         # THEN each ran within a second of its time, not before
         runs = {r["label"]: r for r in records}
         assert before + 1.0 - 0.05 <= runs["in"]["t"] <= after + 1.0 + 1.0
@@ -41,7 +42,7 @@ async def test_cancelled_delayed_job_never_runs(qconfig: QueueConfig, qname: str
         assert await q.cancel("welcome/anna@example.com") is True
         assert await q.cancel("welcome/anna@example.com") is False
         # THEN the later control job runs and the cancelled one never did
-        await wait_for(lambda: done(joblog), timeout=5, what="the control job")
+        await wait_until_async(lambda: done(joblog), timeout=5, what="the control job")
         assert [r["label"] for r in done(joblog)] == ["control"]
         # AND its id stays taken for the duplicate window, like any job id
         again = await q.enqueue_in(0.1, "test_record", queue=qname, job_id="welcome/anna@example.com",
@@ -59,7 +60,7 @@ async def test_cron_schedule_fires_every_second_until_cancelled(qconfig: QueueCo
         assert info.pattern == "* * * * * *" and not info.paused
         assert schedule_id in [s.schedule_id for s in await q.list_schedules()]
         # WHEN it has fired a few times
-        runs = await wait_for(lambda: _at_least(done(joblog), 2), timeout=5, what="two firings")
+        runs = await wait_until_async(lambda: _at_least(done(joblog), 2), timeout=5, what="two firings")
         # THEN every firing is its own job, named after the schedule
         ids = [r["job_id"] for r in runs]
         assert len(set(ids)) == len(ids) and all(i.startswith(f"{schedule_id}@") for i in ids)
@@ -70,7 +71,7 @@ async def test_cron_schedule_fires_every_second_until_cancelled(qconfig: QueueCo
         # THEN it is gone, and nothing fired after the cancel (checked once a later job has run)
         assert schedule_id not in [s.schedule_id for s in await q.list_schedules()]
         await q.enqueue_in(1.5, "test_record", queue=qname, log=str(joblog), label="marker")
-        await wait_for(lambda: [r for r in done(joblog) if r["label"] == "marker"], timeout=5, what="marker")
+        await wait_until_async(lambda: [r for r in done(joblog) if r["label"] == "marker"], timeout=5, what="marker")
         late = [r for r in done(joblog) if r["label"] == "tick" and r["enqueued_at"] > cancelled_at + 0.05]
         assert not late
         assert await q.cancel_schedule(schedule_id) is False
@@ -84,7 +85,7 @@ async def test_interval_schedule_pauses_and_resumes(qconfig: QueueConfig, qname:
         # GIVEN a schedule firing every second
         await q.schedule("test_record", queue=qname, schedule_id=schedule_id, every="1s", log=str(joblog),
                          label="tick")
-        await wait_for(ticks, timeout=5, what="a firing")
+        await wait_until_async(ticks, timeout=5, what="a firing")
         # WHEN it is paused
         paused = await q.pause_schedule(schedule_id)
         paused_at = time.time()
@@ -94,13 +95,13 @@ async def test_interval_schedule_pauses_and_resumes(qconfig: QueueConfig, qname:
                                  log=str(joblog), label="tick")).paused
         # THEN it does not fire while paused
         await q.enqueue_in(1.5, "test_record", queue=qname, log=str(joblog), label="marker")
-        await wait_for(lambda: [r for r in done(joblog) if r["label"] == "marker"], timeout=5, what="marker")
+        await wait_until_async(lambda: [r for r in done(joblog) if r["label"] == "marker"], timeout=5, what="marker")
         assert not [r for r in ticks() if r["enqueued_at"] > paused_at + 0.05]
         # WHEN resumed, it fires again
         resumed = await q.resume_schedule(schedule_id)
         resumed_at = time.time()
         assert not resumed.paused
-        await wait_for(lambda: [r for r in ticks() if r["enqueued_at"] > resumed_at], timeout=5,
+        await wait_until_async(lambda: [r for r in ticks() if r["enqueued_at"] > resumed_at], timeout=5,
                        what="a firing after resume")
         assert await q.cancel_schedule(schedule_id)
         with pytest.raises(NotFoundError):

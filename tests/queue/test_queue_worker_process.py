@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import tasks_for_tests  # noqa: F401 - registers the test tasks in the default registry
-from queue_helpers import done, read_log, wait_for_sync
+from queue_helpers import done, read_log
 
-from jetmail.devstack.stack import free_port
+from jetmail.devstack.stack import free_port, wait_until
 from jetmail.queue import QueueConfig, SyncClient
 
 
@@ -26,7 +26,7 @@ def test_sigterm_mid_batch_finishes_running_jobs_and_loses_nothing(
                                               for i in range(12)], queue=qname)
     first = spawn_worker(qname, "--concurrency", "4")
     # WHEN it gets SIGTERM while its first batch is running
-    wait_for_sync(lambda: len(read_log(joblog)) >= 4, timeout=15, what="the first batch to start")
+    wait_until(lambda: len(read_log(joblog)) >= 4, timeout=15, what="the first batch to start")
     first.send_signal(signal.SIGTERM)
     # THEN it finishes the jobs it had started and exits 0
     assert first.wait(timeout=20) == 0, first.log_path.read_text()
@@ -46,7 +46,7 @@ def test_jobs_outliving_the_grace_period_are_handed_back(
         q.ensure_streams([qname])
         refs = q.enqueue_many("test_record", [{"log": str(joblog), "sleep": 60}] * 3, queue=qname)
     first = spawn_worker(qname, "--concurrency", "3", "--grace-period", "0.5")
-    wait_for_sync(lambda: len(read_log(joblog)) >= 3, timeout=15, what="the jobs to start")
+    wait_until(lambda: len(read_log(joblog)) >= 3, timeout=15, what="the jobs to start")
     # WHEN it is stopped
     first.send_signal(signal.SIGTERM)
     # THEN it gives up on them after the grace period, hands them back and exits 0
@@ -66,11 +66,11 @@ def test_two_workers_share_a_queue_without_running_a_job_twice(
     ports = [free_port(), free_port()]
     workers = [spawn_worker(qname, "--concurrency", "4", "--health-port", str(port)) for port in ports]
     for port in ports:
-        wait_for_sync(lambda p=port: _healthy(p), timeout=15, what=f"worker health on {port}")
+        wait_until(lambda p=port: _healthy(p), timeout=15, what=f"worker health on {port}")
     # WHEN 200 short jobs arrive
     with SyncClient(qconfig) as q:
         refs = q.enqueue_many("test_record", [{"log": str(joblog), "sleep": 0.01}] * 200, queue=qname)
-    wait_for_sync(lambda: len(done(joblog)) >= 200, timeout=30, what="200 jobs")
+    wait_until(lambda: len(done(joblog)) >= 200, timeout=30, what="200 jobs")
     for worker in workers:
         worker.send_signal(signal.SIGTERM)
     for worker in workers:

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 import tasks_for_tests  # noqa: F401 - registers the test tasks in the default registry
-from queue_helpers import done, wait_for_sync
+from queue_helpers import done
 
 from jetmail.devstack.stack import free_port, http_ready, nats_server_binary, stop_process, wait_until
 from jetmail.queue import QueueConfig, SyncClient
@@ -66,7 +66,7 @@ def _stop_and_wait_for_reconnects(server: OwnNats, worker: subprocess.Popen[byte
     log: Path = worker.log_path  # type: ignore[attr-defined]
     before = log.read_text().count(_RECONNECT_FAILED)
     server.stop()
-    wait_for_sync(lambda: log.read_text().count(_RECONNECT_FAILED) >= before + 2, timeout=20,
+    wait_until(lambda: log.read_text().count(_RECONNECT_FAILED) >= before + 2, timeout=20,
                   what="reconnect attempts")
 
 
@@ -81,12 +81,12 @@ def test_sigterm_ends_a_worker_whose_nats_went_away_after_a_restart(
     _enqueue(config, qname, joblog, "before", 20)
     worker_env["JETMAIL_NATS_URL"] = own_nats.url
     worker = spawn_worker(*queues, "--concurrency", "4")
-    wait_for_sync(lambda: len(done(joblog)) >= 20, timeout=30, what="the first jobs")
+    wait_until(lambda: len(done(joblog)) >= 20, timeout=30, what="the first jobs")
     # AND the server restarted under it, after which it reconnected and took jobs again
     own_nats.stop()
     own_nats.start()
     _enqueue(config, qname, joblog, "after", 10)
-    wait_for_sync(lambda: len(done(joblog)) >= 30, timeout=30, what="jobs after the restart")
+    wait_until(lambda: len(done(joblog)) >= 30, timeout=30, what="jobs after the restart")
     # WHEN the server goes away again and the idle worker, trying to reconnect, gets SIGTERM
     _stop_and_wait_for_reconnects(own_nats, worker)
     worker.send_signal(signal.SIGTERM)
@@ -110,7 +110,7 @@ def test_sigterm_ends_a_worker_whose_nats_is_down(
     _enqueue(config, qname, joblog, "before", 3)
     worker_env["JETMAIL_NATS_URL"] = own_nats.url
     worker = spawn_worker(qname)
-    wait_for_sync(lambda: len(done(joblog)) >= 3, timeout=30, what="the jobs")
+    wait_until(lambda: len(done(joblog)) >= 3, timeout=30, what="the jobs")
     _stop_and_wait_for_reconnects(own_nats, worker)
     # WHEN it gets SIGTERM
     worker.send_signal(signal.SIGTERM)

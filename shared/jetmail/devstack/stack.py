@@ -7,6 +7,8 @@ service whose recorded process is alive is kept, the rest are started.
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import json
 import os
 import secrets
@@ -21,8 +23,9 @@ import urllib.request
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+T = TypeVar("T")
 DEFAULT_ROOT = Path(".jetmail/dev")
 INFRA_SERVICES = ("nats", "moto", "smtp")
 DEFAULT_PORTS = {"nats": 4222, "moto": 5055, "smtp": 2525, "api": 8000, "nats_monitor": 8222, "submission": 0}
@@ -142,18 +145,34 @@ def nats_server_binary() -> str:
     return found
 
 
-def wait_until(check: Callable[[], bool], *, timeout: float, what: str, proc: subprocess.Popen[bytes] | None = None,
-               log: Path | None = None) -> None:
+def wait_until(check: Callable[[], T | None], *, timeout: float = 10.0, what: str = "condition",
+               proc: subprocess.Popen[bytes] | None = None, log: Path | None = None) -> T:
+    """Poll ``check`` until it returns something truthy, and return that; StackError naming ``what`` after
+    ``timeout`` seconds, or as soon as ``proc`` (a process being waited for, logging to ``log``) exits."""
     deadline = time.monotonic() + timeout
     delay = 0.02
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
             tail = log.read_text(errors="replace")[-2000:] if log and log.exists() else ""
             raise StackError(f"{what} exited with code {proc.returncode}\n{tail}")
-        if check():
-            return
+        if result := check():
+            return result
         time.sleep(delay)
         delay = min(delay * 1.5, 0.25)
+    raise StackError(f"{what} not ready after {timeout:.0f}s")
+
+
+async def wait_until_async(check: Callable[[], Any], *, timeout: float = 10.0,  # noqa: ASYNC109 - a poll deadline
+                           what: str = "condition") -> Any:
+    """``wait_until`` inside an event loop: ``check`` may be sync or async, and the loop keeps running."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = check()
+        if inspect.isawaitable(result):
+            result = await result
+        if result:
+            return result
+        await asyncio.sleep(0.02)
     raise StackError(f"{what} not ready after {timeout:.0f}s")
 
 
