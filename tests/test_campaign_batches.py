@@ -40,6 +40,7 @@ from jetmail.providers import TemporaryDeliveryError
 from jetmail.scheduler import tick
 from jetmail.services import Services
 from jetmail.stops import plan_start
+from jetmail.worker_services import KEY, WorkerServices
 from stacktools import Isolated
 
 CONTEXT = {"steps": [{"title": "One", "description": "First."}], "dashboard_url": "https://app.example.com/",
@@ -65,8 +66,8 @@ def client(isolated: Isolated) -> Iterator[TestClient]:
         yield c
 
 
-def in_worker(isolated: Isolated, step: Callable[[dict[str, Any]], Awaitable[Any]]) -> Any:
-    """Run ``step(resources)`` inside a worker's startup and shutdown, made from the stack's environment."""
+def in_worker(isolated: Isolated, step: Callable[[WorkerServices], Awaitable[Any]]) -> Any:
+    """Run ``step(worker)`` with the services a worker makes at startup, from the stack's environment."""
     from jetmail.tasks import shutdown, startup
 
     saved = dict(os.environ)
@@ -77,7 +78,7 @@ def in_worker(isolated: Isolated, step: Callable[[dict[str, Any]], Awaitable[Any
         resources: dict[str, Any] = {}
         await startup(resources)
         try:
-            return await step(resources)
+            return await step(resources[KEY])
         finally:
             await shutdown(resources)
 
@@ -90,9 +91,9 @@ def in_worker(isolated: Isolated, step: Callable[[dict[str, Any]], Awaitable[Any
 
 
 def run_batch(isolated: Isolated, job: BatchJob, *, attempt: int = 1) -> dict[str, int] | Exception:
-    async def step(resources: dict[str, Any]) -> dict[str, int] | Exception:
+    async def step(worker: WorkerServices) -> dict[str, int] | Exception:
         try:
-            return dict(await resources["batch_sender"].run(job, attempt=attempt, last_attempt=False))
+            return dict(await worker.batch_sender.run(job, attempt=attempt, last_attempt=False))
         except Exception as exc:
             return exc
 

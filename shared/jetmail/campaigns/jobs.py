@@ -21,6 +21,7 @@ from jetmail.providers import TemporaryDeliveryError
 from jetmail.queue import JobContext, Retry, task
 from jetmail.stops import plan_start
 from jetmail.storage.table import ConditionFailed
+from jetmail.worker_services import worker_services
 
 logger = logging.getLogger("jetmail.campaigns")
 PUBLISH_CHUNK = 50  # batches per enqueue_many: bounded memory whatever the audience size
@@ -46,7 +47,7 @@ async def campaign_plan(job: PlanJob, ctx: JobContext) -> None:
     # one execution of a run's plan at a time: a second one (a duplicate trigger) would number batches
     # against a half-recorded first. A holder that still refreshes the lease is alive and finishes its own
     # work; one that stopped (an earlier attempt whose release was lost in a leader election) is waited out
-    leases = ctx.resources["batch_sender"].leases
+    leases = worker_services(ctx).batch_sender.leases
     try:
         lease = await leases.take_over(lease_key(job.campaign_id, job.run, "plan"),
                                        holder=f"plan|{ctx.job_id}|{ctx.attempt}", beat=ctx.heartbeat)
@@ -63,8 +64,8 @@ async def campaign_plan(job: PlanJob, ctx: JobContext) -> None:
 
 
 async def _plan(job: PlanJob, ctx: JobContext, *, lease: Lease) -> None:
-    services = ctx.resources["services"]
-    queue = ctx.resources["queue"]
+    worker = worker_services(ctx)
+    services, queue = worker.services, worker.queue
     store = services.campaign_store
     item = await asyncio.to_thread(store.get, job.campaign_id)
     if item["state"] not in (CampaignState.SENDING, CampaignState.PAUSED) or job.run in item.get("runs_planned", []):
@@ -139,10 +140,11 @@ def _payload(job: PlanJob, batch: BatchRecord) -> dict[str, Any]:
 
 @task(BATCH_TASK, model=BatchJob)
 async def campaign_batch(job: BatchJob, ctx: JobContext) -> None:
-    services = ctx.resources["services"]
+    worker = worker_services(ctx)
+    services = worker.services
     try:
-        await ctx.resources["batch_sender"].run(job, attempt=ctx.attempt, last_attempt=ctx.is_last_attempt,
-                                                heartbeat=ctx.heartbeat)
+        await worker.batch_sender.run(job, attempt=ctx.attempt, last_attempt=ctx.is_last_attempt,
+                                      heartbeat=ctx.heartbeat)
     except Parked:
         store = services.campaign_store
         await asyncio.to_thread(store.park, job.campaign_id, run=job.run, batch=job.batch,
@@ -158,10 +160,10 @@ async def campaign_batch(job: BatchJob, ctx: JobContext) -> None:
 
 @task(START_TASK, model=CampaignRef)
 async def campaign_start(job: CampaignRef, ctx: JobContext) -> None:
-    await asyncio.to_thread(ctx.resources["services"].campaigns.start_due, job.campaign_id, at=job.at)
+    await asyncio.to_thread(worker_services(ctx).services.campaigns.start_due, job.campaign_id, at=job.at)
 
 
 @task(FIRE_TASK, model=CampaignRef)
 async def campaign_fire(job: CampaignRef, ctx: JobContext) -> None:
     stamp = re.sub(r"[^0-9A-Za-z]", "", ctx.job_id.rpartition("@")[2])[:20] or ctx.job_id[-12:]
-    await asyncio.to_thread(ctx.resources["services"].campaigns.fire, job.campaign_id, stamp=stamp)
+    await asyncio.to_thread(worker_services(ctx).services.campaigns.fire, job.campaign_id, stamp=stamp)

@@ -37,11 +37,16 @@ PRIORITY_ORDER = {"high": 0, "normal": 1, "low": 2}
 
 
 class Member(Protocol):
-    email: str
-    name: str | None
-    language: str | None
-    timezone: str | None
-    attributes: dict[str, Any]
+    @property
+    def email(self) -> str: ...
+    @property
+    def name(self) -> str | None: ...
+    @property
+    def language(self) -> str | None: ...
+    @property
+    def timezone(self) -> str | None: ...
+    @property
+    def attributes(self) -> dict[str, Any]: ...
 
 
 class AudienceReader(Protocol):

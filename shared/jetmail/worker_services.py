@@ -1,0 +1,110 @@
+"""What a worker process makes once at start and every job shares: one typed container.
+
+``WorkerServices.start`` builds it (settings, storage, the NATS connection and its buckets, the provider, the
+rate limiter, the live stop events, the one send pipeline and its two callers); ``close`` releases it in
+reverse order. The job layer keeps it in the worker's resources under ``KEY``; a task reads it with
+``worker_services(ctx)``, never by name from a dict.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, cast
+
+if TYPE_CHECKING:
+    from jetmail.campaigns.sender import BatchSender
+    from jetmail.config import Settings
+    from jetmail.delivery import Deliverer
+    from jetmail.observability import MeteredProvider, WorkerMetrics
+    from jetmail.queue import JobContext, Queue
+    from jetmail.ratelimit import RateLimiter
+    from jetmail.services import Services
+    from jetmail.stops import LiveStops
+
+KEY = "jetmail"
+
+
+@dataclass
+class WorkerServices:
+    services: Services
+    queue: Queue
+    provider: MeteredProvider
+    limiter: RateLimiter
+    stops: LiveStops
+    deliverer: Deliverer
+    batch_sender: BatchSender
+    metrics: WorkerMetrics | None = None
+    metrics_task: asyncio.Task[None] | None = None
+
+    @classmethod
+    async def start(cls, settings: Settings) -> WorkerServices:
+        from jetmail.aws import aws_client
+        from jetmail.campaigns.sender import BatchSender
+        from jetmail.campaigns.signals import Journal, Leases, StateBoard, ensure_buckets
+        from jetmail.delivery import Deliverer
+        from jetmail.observability import MeteredProvider, WorkerMetrics, stop_metrics
+        from jetmail.pipeline import SendPipeline
+        from jetmail.policy import SuppressionPolicy
+        from jetmail.providers import make_provider
+        from jetmail.queue import Queue
+        from jetmail.ratelimit import RateConfig, RateLimiter, limits_from_ses
+        from jetmail.services import Services, queue_config
+        from jetmail.stops import LiveStops, ensure_stream
+        from jetmail.submission import RawStore
+
+        services = Services(settings)
+        holder = f"{socket.gethostname()}-{os.getpid()}"
+        metrics = WorkerMetrics() if settings.metrics_enabled else None
+        metrics_task = asyncio.create_task(metrics.run()) if metrics is not None else None
+        # every send, transactional or campaign, goes through this one wrapper: latency, counts, a log line
+        provider = MeteredProvider(make_provider(settings), metrics=metrics)
+        queue = Queue(queue_config(settings))
+        stops: LiveStops | None = None
+        try:
+            await queue.connect()
+            await ensure_buckets(queue.js, replicas=settings.stream_replicas)
+            await ensure_stream(queue.js, settings.stops_stream, replicas=settings.stream_replicas)
+            stops = LiveStops(queue.js, stream=settings.stops_stream, pseudonyms=services.pseudonyms)
+            policy = SuppressionPolicy(store=services.suppressions, live=stops)
+            # on SES the account's own quota is the limit (the local stack's moto server answers it too)
+            limits = limits_from_ses(aws_client("sesv2", settings)) if settings.provider == "ses" else None
+            limiter = RateLimiter(queue.js, RateConfig.from_settings(settings, limits=limits), worker_id=holder)
+        except BaseException:
+            if stops is not None:
+                await stops.close()
+            await stop_metrics(metrics_task, metrics)
+            await provider.close()
+            await queue.close()
+            raise
+        # the one send pipeline; transactional mail and campaign batches only wrap it
+        pipeline = SendPipeline(composer=services.composer, provider=provider, limiter=limiter,
+                                simulator=services.simulator, js=queue.js)
+        raw_store = RawStore(queue.js, ttl_s=settings.submission_retention_hours * 3600,
+                             replicas=settings.stream_replicas)
+        deliverer = Deliverer(messages=services.messages.messages, templates=services.templates, pipeline=pipeline,
+                              policy=policy, stats=services.stats_table, raw_store=raw_store)
+        batch_sender = BatchSender(
+            store=services.campaign_store, templates=services.templates, pipeline=pipeline, policy=policy,
+            board=StateBoard(queue.js), leases=Leases(queue.js, ttl=queue.config.ack_wait), journal=Journal(queue.js),
+            holder=holder, process_concurrency=settings.campaign_sends_per_worker,
+        )
+        return cls(services=services, queue=queue, provider=provider, limiter=limiter, stops=stops,
+                   deliverer=deliverer, batch_sender=batch_sender, metrics=metrics, metrics_task=metrics_task)
+
+    async def close(self) -> None:
+        from jetmail.observability import stop_metrics
+
+        await stop_metrics(self.metrics_task, self.metrics)
+        await self.provider.close()
+        await self.stops.close()
+        await self.batch_sender.board.close()
+        await self.limiter.close()  # gives unused reserved tokens back to the shared windows
+        await self.queue.close()
+
+
+def worker_services(ctx: JobContext) -> WorkerServices:
+    """The container the worker made at start (``jetmail.tasks.startup``)."""
+    return cast(WorkerServices, ctx.resources[KEY])
