@@ -5,7 +5,8 @@
 
 - ``settings.md`` from ``jetmail.config.Settings``: every field, its variable, default and description;
 - ``cli.md`` from the click commands of ``jetmail.cli``: usage, help and options of every command;
-- ``openapi.json`` from the FastAPI app, and ``api.md``: its routes by tag.
+- ``openapi.json`` from the FastAPI app, and ``api.md``: its routes by tag;
+- ``storage.md`` from ``jetmail.storage.keys.ENTITIES``: every DynamoDB row, its keys and how it is read.
 
 ``tests/test_docs.py`` runs the check in ``make test``, so a setting, command or route added without its
 description, or a reference not regenerated, fails there.
@@ -135,10 +136,31 @@ def api_md(spec: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+def storage_md() -> str:
+    from jetmail.storage import keys
+
+    out = ["# Storage", "", GENERATED, "",
+           "Two DynamoDB tables, both keyed `pk` / `sk` with one GSI `gsi1` on `gsi1pk` / `gsi1sk` and the TTL",
+           "attribute `expires_at`: the main table (what jetmail knows) and the stats table (what happened: events",
+           "and counters). Every key is made by `jetmail.storage.keys` and nowhere else; this table is generated",
+           "from its `ENTITIES`.", ""]
+    for table in ("main", "stats"):
+        out += [f"## The {table} table", "", "| row | pk | sk | gsi1pk / gsi1sk | owner | read by |",
+                "|---|---|---|---|---|---|"]
+        for e in keys.ENTITIES:
+            if e.table == table:
+                gsi1 = "-" if e.gsi1 == "-" else f"`{_cell(e.gsi1)}`"
+                keyed = f"`{_cell(e.pk)}` | `{_cell(e.sk)}` | {gsi1}"
+                out.append(f"| {e.name} | {keyed} | `{e.owner}` | {_cell(e.reads)} |")
+        out.append("")
+    return "\n".join(out)
+
+
 def references() -> dict[Path, str]:
     """Every generated file and what it should hold now."""
     spec_text = openapi_json()
     return {REFERENCE / "settings.md": settings_md(), REFERENCE / "cli.md": cli_md(),
+            REFERENCE / "storage.md": storage_md(),
             REFERENCE / "openapi.json": spec_text, REFERENCE / "api.md": api_md(json.loads(spec_text))}
 
 

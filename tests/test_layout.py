@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -86,3 +87,39 @@ def test_the_cycle_finder_finds_a_cycle() -> None:
 def test_the_leaf_modules_import_nothing_of_jetmail(name: str) -> None:
     known = modules()
     assert imports(known[name], known) == set()
+
+
+KEY_LITERAL = re.compile(r"^[A-Z][A-Z_]+#")
+
+
+def key_literals(path: Path) -> list[str]:
+    """String constants (not docstrings) in ``path`` that begin like a DynamoDB key: ``CAMPAIGN#``, ``f"MSG#{…}"``."""
+    tree = ast.parse(path.read_text())
+    docstrings = {id(node.body[0].value) for node in ast.walk(tree)
+                  if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+                  and node.body and isinstance(node.body[0], ast.Expr)
+                  and isinstance(node.body[0].value, ast.Constant)}
+    parts = {id(part) for node in ast.walk(tree) if isinstance(node, ast.JoinedStr) for part in node.values}
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.JoinedStr) and node.values and isinstance(node.values[0], ast.Constant):
+            first = node.values[0].value
+            if isinstance(first, str) and KEY_LITERAL.match(first):
+                found.append(f"{path.name}:{node.lineno}: f\"{first}…\"")
+        elif (isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings | parts
+              and KEY_LITERAL.match(node.value)):
+            found.append(f"{path.name}:{node.lineno}: {node.value!r}")
+    return found
+
+
+def test_keys_are_spelled_only_in_the_storage_package() -> None:
+    storage = PACKAGE / "storage"
+    found = [hit for path in sorted(PACKAGE.rglob("*.py")) if storage not in path.parents for hit in key_literals(path)]
+    assert not found, "\n".join(found)
+
+
+def test_the_key_literal_finder_finds_them(tmp_path: Path) -> None:
+    sample = tmp_path / "sample.py"
+    sample.write_text('"""MSG#<id> in a docstring is documentation."""\nA = "SUPP#ERASED"\nB = f"CAMPAIGN#{x}"\n'
+                      'C = "a#b"\n')
+    assert [hit.split(": ", 1)[1] for hit in key_literals(sample)] == ["'SUPP#ERASED'", 'f"CAMPAIGN#…"']

@@ -28,6 +28,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from jetmail.storage import keys
 from jetmail.storage.table import ConditionFailed, Table
 
 Scope = Literal["admin", "send"]
@@ -103,8 +104,8 @@ class ApiKeys:
         key = ApiKey(key_id=key_id, name=name, scopes=scopes, created_at=datetime.now(UTC).isoformat(),
                      rate_per_minute=rate_per_minute)
         self.table.put(
-            {"pk": f"APIKEY#{key_id}", "sk": "APIKEY", "gsi1pk": "APIKEYS", "gsi1sk": key.created_at,
-             "digest": _digest(token), **key.model_dump(exclude_none=True)},
+            keys.api_key(key_id).item(gsi1pk=keys.API_KEYS, gsi1sk=key.created_at, digest=_digest(token),
+                                      **key.model_dump(exclude_none=True)),
             condition="attribute_not_exists(pk)",
         )
         return key, token
@@ -127,7 +128,7 @@ class ApiKeys:
         return key
 
     def _verify(self, key_id: str, digest: str) -> ApiKey | None:
-        item = self.table.get(f"APIKEY#{key_id}", "APIKEY")
+        item = self.table.get(*keys.api_key(key_id))
         if item is None or item.get("revoked_at"):
             return None
         if not hmac.compare_digest(item["digest"], digest):
@@ -162,7 +163,7 @@ class ApiKeys:
         keeps working for ``grace`` (zero: it stops at once); a secret replaced earlier stops now."""
         if grace < timedelta(0):
             raise ValueError("the grace period must not be negative")
-        item = self.table.get(f"APIKEY#{key_id}", "APIKEY", consistent=True)
+        item = self.table.get(*keys.api_key(key_id), consistent=True)
         if item is None or item.get("revoked_at"):
             raise KeyNotFound(key_id)
         token = _new_token(key_id)
@@ -176,7 +177,7 @@ class ApiKeys:
             expression = "SET digest = :new, rotated_at = :now REMOVE previous_digest, previous_expires_at"
         try:
             # the digest condition makes two rotations at once fail one of them rather than lose a secret
-            updated = self.table.update(f"APIKEY#{key_id}", "APIKEY", expression=expression, params=params,
+            updated = self.table.update(*keys.api_key(key_id), expression=expression, params=params,
                                         condition="attribute_exists(pk) AND attribute_not_exists(revoked_at) "
                                                   "AND digest = :old")
         except ConditionFailed:
@@ -192,7 +193,7 @@ class ApiKeys:
         else:
             expression, params = "SET rate_per_minute = :rate", {":rate": rate_per_minute}
         try:
-            self.table.update(f"APIKEY#{key_id}", "APIKEY", expression=expression, params=params,
+            self.table.update(*keys.api_key(key_id), expression=expression, params=params,
                               condition="attribute_exists(pk) AND attribute_not_exists(revoked_at)")
         except ConditionFailed:
             raise KeyNotFound(key_id) from None
@@ -201,7 +202,7 @@ class ApiKeys:
     def revoke(self, key_id: str) -> bool:
         try:
             self.table.update(
-                f"APIKEY#{key_id}", "APIKEY", expression="SET revoked_at = :now",
+                *keys.api_key(key_id), expression="SET revoked_at = :now",
                 params={":now": datetime.now(UTC).isoformat()},
                 condition="attribute_exists(pk) AND attribute_not_exists(revoked_at)",
             )
@@ -212,11 +213,11 @@ class ApiKeys:
 
     def get(self, key_id: str) -> ApiKey | None:
         """One key by id (consistent: a revocation or rotation shows at once), never its secret."""
-        item = self.table.get(f"APIKEY#{key_id}", "APIKEY", consistent=True)
+        item = self.table.get(*keys.api_key(key_id), consistent=True)
         return ApiKey.model_validate(item) if item is not None else None
 
     def list(self) -> list[ApiKey]:
-        return [ApiKey.model_validate(i) for i in self.table.query_all(pk="APIKEYS", index="gsi1")]
+        return [ApiKey.model_validate(i) for i in self.table.query_all(pk=keys.API_KEYS, index="gsi1")]
 
 
 def _check_rate(rate_per_minute: int | None) -> None:

@@ -36,13 +36,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from jetmail.addresses import InvalidAddress, normalise_email
 from jetmail.cursors import InvalidCursor, pack, unpack
 from jetmail.stops import StopChange, StopFeed
+from jetmail.storage import keys
 from jetmail.storage.table import BATCH_WRITE_MAX, ConditionFailed, Table, batch_get, from_item, native, to_item
 
 SubscriptionStatus = Literal["subscribed", "unsubscribed", "pending"]
 ImportFormat = Literal["csv", "jsonl"]
 STATUSES: tuple[str, ...] = get_args(SubscriptionStatus)
 
-CONTACT_SHARDS = 16
 MAX_LISTS_PER_CONTACT = 50
 MAX_ATTRIBUTES_BYTES = 8 * 1024
 MAX_ATTRIBUTE_DEPTH = 4
@@ -55,7 +55,6 @@ LIST_ID = re.compile(r"^lst_[0-9a-f]{16}$")
 ATTRIBUTE_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$")
 LANGUAGE = r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})*$"
 SNAPSHOT_FIELDS = ("email", "name", "language", "timezone", "attributes")
-MEMBER_PREFIX = "MEMBER#"
 
 
 class ListNotFound(LookupError):
@@ -273,20 +272,17 @@ def member_fields(item: Mapping[str, Any]) -> dict[str, Any]:
     snap = item.get("snap")
     fields = json.loads(snap) if isinstance(snap, str) else {f: item.get(f) for f in (*SNAPSHOT_FIELDS, "updated_at")}
     fields.setdefault("attributes", {})
-    return {**fields, "list_id": item["pk"].removeprefix("LIST#"), "status": item["status"]}
+    return {**fields, "list_id": keys.list_id_of(item["pk"]), "status": item["status"]}
 
 
-# ---- keys
+# ---- keys (spelled in jetmail.storage.keys)
 def contact_key(address: str) -> str:
     return address.lower()
 
 
-def contact_pk(key: str) -> str:
-    return f"CONTACT#{key}"
-
-
 def contact_shard(key: str) -> int:
-    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=2).digest(), "big") % CONTACT_SHARDS
+    """Which of the ``keys.CONTACT_SHARDS`` gsi1 shards holds the contact."""
+    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=2).digest(), "big") % keys.CONTACT_SHARDS
 
 
 def _address(email: str) -> str:
@@ -295,8 +291,7 @@ def _address(email: str) -> str:
 
 def _contact_item(state: Mapping[str, Any]) -> dict[str, Any]:
     key = contact_key(state["email"])
-    return {**state, "pk": contact_pk(key), "sk": "CONTACT", "gsi1pk": f"CONTACTS#{contact_shard(key)}",
-            "gsi1sk": key}
+    return {**state, **keys.contact(key).item(gsi1pk=keys.contact_shard(contact_shard(key)), gsi1sk=key)}
 
 
 def member_item(list_id: str, state: Mapping[str, Any], status: str, now: str) -> dict[str, Any]:
@@ -305,8 +300,8 @@ def member_item(list_id: str, state: Mapping[str, Any], status: str, now: str) -
     # the attributes an item has (moto: ~0.9 ms per item as attributes, ~0.3 ms packed)
     snapshot = {f: state[f] for f in SNAPSHOT_FIELDS if state.get(f)}
     snapshot["updated_at"] = now
-    return {"pk": f"LIST#{list_id}", "sk": MEMBER_PREFIX + contact_key(state["email"]), "status": status,
-            "snap": json.dumps(snapshot, separators=(",", ":"), ensure_ascii=False, default=native)}
+    return keys.list_member(list_id, contact_key(state["email"])).item(
+        status=status, snap=json.dumps(snapshot, separators=(",", ":"), ensure_ascii=False, default=native))
 
 
 def _snapshot(state: Mapping[str, Any] | None) -> tuple[Any, ...] | None:
@@ -368,8 +363,8 @@ def encode_cursor(key: Mapping[str, Any]) -> str:
 
 def decode_cursor(cursor: str, *, list_id: str) -> dict[str, Any]:
     value = unpack(cursor)
-    if (not isinstance(value, dict) or set(value) != {"pk", "sk"} or value["pk"] != f"LIST#{list_id}"
-            or not isinstance(value["sk"], str) or not value["sk"].startswith(MEMBER_PREFIX)):
+    if (not isinstance(value, dict) or set(value) != {"pk", "sk"} or value["pk"] != keys.list_partition(list_id)
+            or not isinstance(value["sk"], str) or not value["sk"].startswith(keys.MEMBER_PREFIX)):
         raise InvalidCursor("cursor does not belong to this list")
     return to_item(value)
 
@@ -577,21 +572,21 @@ class ContactStore:
         body = ListCreate(name=name)
         list_id = f"lst_{secrets.token_hex(8)}"
         created = now_iso()
-        self.table.put({"pk": f"LIST#{list_id}", "sk": "META", "gsi1pk": "LISTS", "gsi1sk": f"{created}#{list_id}",
-                        "id": list_id, "name": body.name, "created_at": created},
+        self.table.put(keys.list_meta(list_id).item(gsi1pk=keys.LISTS, gsi1sk=f"{created}#{list_id}", id=list_id,
+                                                    name=body.name, created_at=created),
                        condition="attribute_not_exists(pk)")
         return MailingList(id=list_id, name=body.name, created_at=created)
 
     def get_list(self, list_id: str) -> MailingList:
         """One GetItem (none for an id that cannot be a list's)."""
-        item = self.table.get(f"LIST#{list_id}", "META") if LIST_ID.match(list_id) else None
+        item = self.table.get(*keys.list_meta(list_id)) if LIST_ID.match(list_id) else None
         if item is None:
             raise ListNotFound(f"list {list_id!r} not found")
         return _list(item)
 
     def lists(self) -> list[MailingList]:
         """Oldest first; one Query per 1 MB of lists."""
-        return [_list(item) for item in self.table.query_all(pk="LISTS", index="gsi1")]
+        return [_list(item) for item in self.table.query_all(pk=keys.LISTS, index="gsi1")]
 
     def find_list(self, ref: str) -> MailingList:
         """A list by id, or else by its name (exact, then ignoring case); ambiguous names are refused."""
@@ -620,7 +615,7 @@ class ContactStore:
             removed += len(items)
             if not start:
                 break
-        self.table.delete(f"LIST#{list_id}", "META")
+        self.table.delete(*keys.list_meta(list_id))
         return removed
 
     def existing_lists(self, list_ids: Iterable[str]) -> set[str]:
@@ -628,7 +623,7 @@ class ContactStore:
         wanted = sorted({i for i in list_ids if LIST_ID.match(i)})
         if not wanted:
             return set()
-        found = batch_get(self.table, [(f"LIST#{i}", "META") for i in wanted], projection="id")
+        found = batch_get(self.table, [keys.list_meta(i) for i in wanted], projection="id")
         return {item["id"] for item in found}
 
     # ---- contacts
@@ -644,7 +639,7 @@ class ContactStore:
         return _contact(item)
 
     def _stored(self, key: str) -> dict[str, Any] | None:
-        return self.table.get(contact_pk(key), "CONTACT", consistent=True)
+        return self.table.get(*keys.contact(key), consistent=True)
 
     def upsert(self, email: str, body: ContactUpsert) -> tuple[Contact, bool]:
         """Create or update one contact and the snapshots in its lists; returns (contact, created).
@@ -695,9 +690,9 @@ class ContactStore:
         item = self._stored(key)
         if item is None:
             raise ContactNotFound(f"no contact {email!r}")
-        keys = [(contact_pk(key), "CONTACT")]
-        keys += [(f"LIST#{list_id}", MEMBER_PREFIX + key) for list_id in item.get("lists") or {}]
-        self.table.batch_delete(keys)
+        rows = [keys.contact(key)]
+        rows += [keys.list_member(list_id, key) for list_id in item.get("lists") or {}]
+        self.table.batch_delete(rows)
 
     def record_engagement(self, email: str, kind: Literal["open", "click"], at: datetime) -> bool:
         """Remember the latest open or click of a contact: one conditional UpdateItem. Returns False when
@@ -710,17 +705,17 @@ class ContactStore:
         stamp = at.astimezone(UTC).isoformat(timespec="microseconds")
         key = contact_key(_address(email))
         try:
-            self.table.update(contact_pk(key), "CONTACT", expression="SET #f = :at ADD version :one",
+            self.table.update(*keys.contact(key), expression="SET #f = :at ADD version :one",
                               names={"#f": attribute}, params={":at": stamp, ":one": 1},
                               condition="attribute_exists(pk) AND (attribute_not_exists(#f) OR #f < :at)")
         except ConditionFailed:
             return False
         return True
 
-    def engagement(self, keys: Sequence[str]) -> dict[str, tuple[datetime | None, datetime | None]]:
+    def engagement(self, contact_keys: Sequence[str]) -> dict[str, tuple[datetime | None, datetime | None]]:
         """{contact key: (last opened, last clicked)} for contacts that exist: one BatchGetItem per 100."""
         found: dict[str, tuple[datetime | None, datetime | None]] = {}
-        items = batch_get(self.table, [(contact_pk(k), "CONTACT") for k in keys],
+        items = batch_get(self.table, [keys.contact(k) for k in contact_keys],
                           projection="gsi1sk, last_opened_at, last_clicked_at")
         for item in items:
             found[item["gsi1sk"]] = (_when(item.get("last_opened_at")), _when(item.get("last_clicked_at")))
@@ -728,8 +723,8 @@ class ContactStore:
 
     def iter_contacts(self) -> Iterator[Contact]:
         """Every contact, shard by shard, lazily: one Query per shard and per ~1 MB page (16 at least)."""
-        for shard in range(CONTACT_SHARDS):
-            for item in self.table.query_all(pk=f"CONTACTS#{shard}", index="gsi1"):
+        for shard in range(keys.CONTACT_SHARDS):
+            for item in self.table.query_all(pk=keys.contact_shard(shard), index="gsi1"):
                 yield _contact(item)
 
     # ---- memberships
@@ -737,7 +732,7 @@ class ContactStore:
                        start: Mapping[str, Any] | None, keys_only: bool = False,
                        ) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
         names = {"#pk": "pk", "#sk": "sk"}
-        values: dict[str, Any] = {":pk": f"LIST#{list_id}", ":m": MEMBER_PREFIX}
+        values: dict[str, Any] = {":pk": keys.list_partition(list_id), ":m": keys.MEMBER_PREFIX}
         kwargs: dict[str, Any] = {"TableName": self.table.name,
                                   "KeyConditionExpression": "#pk = :pk AND begins_with(#sk, :m)"}
         if status is not None:
@@ -855,9 +850,9 @@ class ContactStore:
                 if row.email.lower() in erased:
                     report.fail(row_no, str(ErasedAddress(row.email)))
             rows = [(row_no, row) for row_no, row in rows if row.email.lower() not in erased]
-        keys = list(dict.fromkeys(contact_key(row.email) for _, row in rows))
+        wanted = list(dict.fromkeys(contact_key(row.email) for _, row in rows))
         stored = {item["gsi1sk"]: item for item in
-                  batch_get(self.table, [(contact_pk(k), "CONTACT") for k in keys], consistent=True)}
+                  batch_get(self.table, [keys.contact(k) for k in wanted], consistent=True)}
         unknown = {i for item in stored.values() for i in item.get("lists") or {} if i not in known_lists}
         if unknown:
             live = self.existing_lists(unknown)

@@ -32,6 +32,7 @@ from jetmail.campaigns.ids import parse_campaign_message_id
 from jetmail.events import DeliveryEvent, EventKind
 from jetmail.machines import is_machine, link_burst
 from jetmail.messages import MessageRepository, MessageStatus
+from jetmail.storage import keys
 from jetmail.storage.table import ConditionFailed, Table, to_item
 from jetmail.suppressions import SuppressionStore
 from jetmail.useragents import country_code, mail_client
@@ -100,17 +101,18 @@ def record_sends(stats: Table, key: str, *, sent: int, failed: int = 0, campaign
         return True
     at = (at or datetime.now(UTC)).astimezone(UTC)
     hour = at.strftime("%Y-%m-%dT%H")
-    keys = [("STATS", f"DAY#{at.date().isoformat()}"), ("STATS", f"HOUR#{hour}")]
+    counters = [keys.account_counter(keys.day(at.date().isoformat())), keys.account_counter(keys.hour(hour))]
     if campaign_id:
-        keys += [(f"CAMPAIGN#{campaign_id}", "TOTALS"), (f"CAMPAIGN#{campaign_id}", f"HOUR#{hour}")]
+        counters += [keys.campaign_counter(campaign_id, keys.TOTALS),
+                     keys.campaign_counter(campaign_id, keys.hour(hour))]
         if variant:
-            keys.append((f"CAMPAIGN#{campaign_id}", f"VARIANT#{variant}"))
-    mark = {"pk": f"SENT#{key}", "sk": "SENT", "expires_at": int(at.timestamp()) + SEND_MARK_DAYS * 86400}
+            counters.append(keys.campaign_counter(campaign_id, keys.variant(variant)))
+    mark = keys.send_mark(key).item(expires_at=int(at.timestamp()) + SEND_MARK_DAYS * 86400)
     ops: list[dict[str, Any]] = [{"Put": {"TableName": stats.name, "Item": to_item(mark),
                                           "ConditionExpression": "attribute_not_exists(pk)"}}]
-    ops += [{"Update": {"TableName": stats.name, "Key": to_item({"pk": pk, "sk": sk}),
+    ops += [{"Update": {"TableName": stats.name, "Key": to_item(counter.item()),
                         "UpdateExpression": "ADD sent :s, failed :f",
-                        "ExpressionAttributeValues": to_item({":s": sent, ":f": failed})}} for pk, sk in keys]
+                        "ExpressionAttributeValues": to_item({":s": sent, ":f": failed})}} for counter in counters]
     ops += with_ops
     try:
         stats.transact(ops)
@@ -138,7 +140,7 @@ class FeedbackProcessor:
             parsed = parse_campaign_message_id(event.message_id)
             if parsed is not None:
                 campaign_id, run, batch, pos = parsed
-                item = self.table.get(f"CAMPAIGN#{campaign_id}", f"BATCH#{run}#{batch:06d}")
+                item = self.table.get(*keys.batch(campaign_id, run, batch))
                 if item is not None:
                     addresses = item.get("recipients") or []
                     if not recipient and 0 <= pos < len(addresses):
@@ -147,7 +149,7 @@ class FeedbackProcessor:
                                        campaign_id=campaign_id, variant=item.get("variant") or event.variant)
                 return Attribution(message_id=event.message_id, recipient=recipient, category="marketing",
                                    campaign_id=campaign_id, variant=event.variant)
-            record = self.table.get(f"MSG#{event.message_id}", "MSG")
+            record = self.table.get(*keys.message(event.message_id))
             if record is not None:
                 return Attribution(message_id=event.message_id, recipient=recipient or record["to"].lower(),
                                    category=record.get("category") or "transactional",
@@ -188,29 +190,29 @@ class FeedbackProcessor:
     def _record(self, event: DeliveryEvent, who: Attribution) -> bool:
         """The event row and its counters in one transaction (in the stats table); False when the event
         was seen before."""
-        subject = who.message_id or f"rcpt:{who.recipient}"
+        subject = who.message_id or keys.recipient_subject(who.recipient)
         expires = int(time.time() + self.policy.event_retention_days * 86400)
-        event_row = {"pk": f"EVT#{subject}", "sk": f"{event.kind.value}#{event.event_id}",
-                     "gsi1pk": f"RCPT#{who.recipient}", "gsi1sk": f"EVT#{event.occurred_at.isoformat()}",
-                     "kind": event.kind.value, "recipient": who.recipient, "message_id": who.message_id,
-                     "campaign_id": who.campaign_id, "variant": who.variant,
-                     "occurred_at": event.occurred_at.isoformat(), "bounce_type": event.bounce_type,
-                     "bounce_subtype": event.bounce_subtype, "diagnostic": event.diagnostic,
-                     "complaint_type": event.complaint_type, "link_url": event.link_url,
-                     "link_index": event.link_index, "user_agent": event.user_agent, "country": event.country,
-                     "machine": event.machine, "source": event.source, "expires_at": expires}
+        event_row = keys.event(subject, event.kind.value, event.event_id).item(
+            gsi1pk=keys.recipient(who.recipient),
+            gsi1sk=keys.by_recipient(keys.EVENT_PREFIX, event.occurred_at.isoformat()),
+            kind=event.kind.value, recipient=who.recipient, message_id=who.message_id,
+            campaign_id=who.campaign_id, variant=who.variant,
+            occurred_at=event.occurred_at.isoformat(), bounce_type=event.bounce_type,
+            bounce_subtype=event.bounce_subtype, diagnostic=event.diagnostic,
+            complaint_type=event.complaint_type, link_url=event.link_url,
+            link_index=event.link_index, user_agent=event.user_agent, country=event.country,
+            machine=event.machine, source=event.source, expires_at=expires)
         counters = counter_names(event)
-        markers: list[str] = []
+        markers: list[str] = []  # first-event markers: ``open``, ``open_human``, ``click``, ``click_human``
         if event.kind in (EventKind.OPEN, EventKind.CLICK) and who.message_id:
-            markers = [f"FIRST#{event.kind.value}"] + ([] if event.machine else [f"FIRST#{event.kind.value}_human"])
+            markers = [event.kind.value] + ([] if event.machine else [f"{event.kind.value}_human"])
         while True:
-            unique = [m.removeprefix("FIRST#") for m in markers]
             names = counters + [f"{u.replace('_human', '')}_{'human_' if u.endswith('_human') else ''}unique"
-                                for u in unique]
+                                for u in markers]
             ops = [{"Put": {"TableName": self.stats.name, "Item": to_item(event_row),
                             "ConditionExpression": "attribute_not_exists(pk)"}}]
             ops += [{"Put": {"TableName": self.stats.name,
-                             "Item": to_item({"pk": f"EVT#{subject}", "sk": marker, "expires_at": expires}),
+                             "Item": to_item(keys.first_marker(subject, marker).item(expires_at=expires)),
                              "ConditionExpression": "attribute_not_exists(pk)"}} for marker in markers]
             ops += self._counter_updates(event, who, names)
             try:
@@ -227,31 +229,32 @@ class FeedbackProcessor:
             return []
         expression = "ADD " + ", ".join(f"#c{i} :one" for i in range(len(names)))
         attr_names = {f"#c{i}": n for i, n in enumerate(names)}
-        keys = [("STATS", f"DAY#{event.occurred_at.astimezone(UTC).date().isoformat()}"),
-                ("STATS", f"HOUR#{event.occurred_at.astimezone(UTC).strftime('%Y-%m-%dT%H')}")]
+        counters = [keys.account_counter(keys.day(event.occurred_at.astimezone(UTC).date().isoformat())),
+                    keys.account_counter(keys.hour(event.occurred_at.astimezone(UTC).strftime("%Y-%m-%dT%H")))]
         if who.campaign_id:
             hour = event.occurred_at.astimezone(UTC).strftime("%Y-%m-%dT%H")
-            keys += [(f"CAMPAIGN#{who.campaign_id}", "TOTALS"), (f"CAMPAIGN#{who.campaign_id}", f"HOUR#{hour}")]
+            counters += [keys.campaign_counter(who.campaign_id, keys.TOTALS),
+                         keys.campaign_counter(who.campaign_id, keys.hour(hour))]
             if who.variant:
-                keys.append((f"CAMPAIGN#{who.campaign_id}", f"VARIANT#{who.variant}"))
+                counters.append(keys.campaign_counter(who.campaign_id, keys.variant(who.variant)))
         ops = []
-        for pk, sk in keys:
+        for counter in counters:
             extra_names = dict(attr_names)
             extra_expression = expression
-            if sk.startswith("VARIANT#"):
+            if counter.sk.startswith(keys.VARIANT_PREFIX):
                 # the A/B metric counts unique human opens and clicks
                 ab = [n for n in names if n in ("open_human_unique", "click_human_unique")]
                 if not ab:
                     continue
                 extra_names = {f"#c{i}": ("opened" if n.startswith("open") else "clicked") for i, n in enumerate(ab)}
                 extra_expression = "ADD " + ", ".join(f"#c{i} :one" for i in range(len(ab)))
-            ops.append({"Update": {"TableName": self.stats.name, "Key": to_item({"pk": pk, "sk": sk}),
+            ops.append({"Update": {"TableName": self.stats.name, "Key": to_item(counter.item()),
                                    "UpdateExpression": extra_expression, "ExpressionAttributeNames": extra_names,
                                    "ExpressionAttributeValues": to_item({":one": 1})}})
         if event.kind == EventKind.CLICK and event.link_index is not None and who.campaign_id:
             ops.append({"Update": {"TableName": self.stats.name,
-                                   "Key": to_item({"pk": f"CAMPAIGN#{who.campaign_id}",
-                                                   "sk": f"LINK#{event.link_index:04d}"}),
+                                   "Key": to_item(keys.campaign_counter(who.campaign_id,
+                                                                        keys.link(event.link_index)).item()),
                                    "UpdateExpression": "ADD clicks :one, human_clicks :h SET #u = :u",
                                    "ExpressionAttributeNames": {"#u": "url"},
                                    "ExpressionAttributeValues": to_item({":one": 1, ":h": 0 if event.machine else 1,
@@ -260,9 +263,9 @@ class FeedbackProcessor:
         if unique and who.campaign_id:
             # where and in what the message was first opened (clicked): counted with its unique counters
             add = "ADD " + ", ".join(f"#c{i} :one" for i in range(len(unique)))
-            for sk in (f"COUNTRY#{country_code(event.country)}", f"DEVICE#{mail_client(event.user_agent, event.ip)}"):
+            for sk in (keys.country(country_code(event.country)), keys.device(mail_client(event.user_agent, event.ip))):
                 ops.append({"Update": {"TableName": self.stats.name,
-                                       "Key": to_item({"pk": f"CAMPAIGN#{who.campaign_id}", "sk": sk}),
+                                       "Key": to_item(keys.campaign_counter(who.campaign_id, sk).item()),
                                        "UpdateExpression": add,
                                        "ExpressionAttributeNames": {f"#c{i}": n for i, n in enumerate(unique)},
                                        "ExpressionAttributeValues": to_item({":one": 1})}})
@@ -316,7 +319,7 @@ class FeedbackProcessor:
     def cancel_pending(self, email: str, *, reason: str) -> int:
         """Cancel every queued or scheduled message to ``email`` (sequence steps included)."""
         cancelled = 0
-        for item in self.table.query_all(pk=f"RCPT#{email.lower()}", sk_prefix="MSG#", index="gsi1"):
+        for item in self.table.query_all(pk=keys.recipient(email.lower()), sk_prefix=keys.MESSAGE_PREFIX, index="gsi1"):
             if item.get("status") in (MessageStatus.QUEUED, MessageStatus.SCHEDULED):
                 try:
                     self.messages.transition(item["id"], MessageStatus.CANCELLED,
@@ -333,7 +336,7 @@ class FeedbackProcessor:
     def _count_soft_bounce(self, email: str, event: DeliveryEvent) -> None:
         window = timedelta(days=self.policy.soft_bounce_window_days)
         at = event.occurred_at.astimezone(UTC)
-        item = self.table.update(f"SOFT#{email}", "SOFT",
+        item = self.table.update(*keys.soft_bounces(email),
                                  expression="SET bounces = list_append(if_not_exists(bounces, :empty), :b)",
                                  params={":empty": [], ":b": [at.isoformat()]})
         recent = [b for b in item.get("bounces", []) if datetime.fromisoformat(b) > at - window]

@@ -35,8 +35,9 @@ from pydantic import BaseModel, Field
 
 from jetmail.addresses import normalise_email
 from jetmail.audit import AuditLog
-from jetmail.contacts import MEMBER_PREFIX, ContactNotFound, ContactStore, contact_key, member_fields
+from jetmail.contacts import ContactNotFound, ContactStore, contact_key, member_fields
 from jetmail.feedback import FeedbackProcessor
+from jetmail.storage import keys
 from jetmail.storage.table import ConditionFailed, Table, batch_get
 from jetmail.suppressions import SuppressionStore
 
@@ -93,13 +94,13 @@ class PrivacyService:
         return normalise_email(email.strip()).lower()
 
     def _recipient_items(self, address: str, prefix: str) -> list[dict[str, Any]]:
-        return list(self.table.query_all(pk=f"RCPT#{address}", sk_prefix=prefix, index="gsi1"))
+        return list(self.table.query_all(pk=keys.recipient(address), sk_prefix=prefix, index="gsi1"))
 
     def _events(self, address: str) -> list[dict[str, Any]]:
-        return list(self.stats.query_all(pk=f"RCPT#{address}", sk_prefix="EVT#", index="gsi1"))
+        return list(self.stats.query_all(pk=keys.recipient(address), sk_prefix=keys.EVENT_PREFIX, index="gsi1"))
 
     def _contact(self, address: str) -> dict[str, Any] | None:
-        return self.table.get(f"CONTACT#{contact_key(address)}", "CONTACT", consistent=True)
+        return self.table.get(*keys.contact(contact_key(address)), consistent=True)
 
     # ---- export
     def export(self, email: str) -> PersonalData:
@@ -110,22 +111,22 @@ class PrivacyService:
         if contact is not None:
             data.contact = _plain({k: v for k, v in contact.items() if k != "version"})
             lists = contact.get("lists") or {}
-            names = {item["pk"].removeprefix("LIST#"): item.get("name")
-                     for item in batch_get(self.table, [(f"LIST#{i}", "META") for i in lists])}
-            members = batch_get(self.table, [(f"LIST#{i}", MEMBER_PREFIX + contact_key(address)) for i in lists],
+            names = {keys.list_id_of(item["pk"]): item.get("name")
+                     for item in batch_get(self.table, [keys.list_meta(i) for i in lists])}
+            members = batch_get(self.table, [keys.list_member(i, contact_key(address)) for i in lists],
                                 consistent=True)
             data.memberships = [{**_plain(m), "list_name": names.get(m["list_id"])}
                                 for m in map(member_fields, members)]
-        for item in self._recipient_items(address, "MSG#"):
+        for item in self._recipient_items(address, keys.MESSAGE_PREFIX):
             record = _plain(item)
             if isinstance(record.get("context"), str):
                 record["context"] = json.loads(record["context"])
             data.messages.append(record)
-        data.sequence_enrolments = [_plain(i) for i in self._recipient_items(address, "SEQ#")]
+        data.sequence_enrolments = [_plain(i) for i in self._recipient_items(address, keys.ENROLMENT_PREFIX)]
         data.events = [_plain(i) for i in self._events(address)]
         entry = self.suppressions.get(address)
         data.suppression = entry.model_dump() if entry else None
-        soft = self.table.get(f"SOFT#{address}", "SOFT")
+        soft = self.table.get(*keys.soft_bounces(address))
         data.soft_bounces = list((soft or {}).get("bounces") or [])
         return data
 
@@ -137,7 +138,7 @@ class PrivacyService:
         entry = self.suppressions.add_erased(address)  # first: nothing can be sent from here on
         cancelled = self.feedback.cancel_pending(address, reason="erased")
         scrubbed = 0
-        for item in self._recipient_items(address, "MSG#"):
+        for item in self._recipient_items(address, keys.MESSAGE_PREFIX):
             kept = {k: item[k] for k in MESSAGE_KEPT if item.get(k) is not None}
             kept["to"] = ERASED
             kept["history"] = [{"status": h.get("status"), "at": h.get("at")} for h in item.get("history") or []
@@ -147,14 +148,15 @@ class PrivacyService:
             except ConditionFailed:
                 continue
             scrubbed += 1
-        enrolments = [(i["pk"], i["sk"]) for i in self._recipient_items(address, "SEQ#")]
+        enrolments = [(i["pk"], i["sk"]) for i in self._recipient_items(address, keys.ENROLMENT_PREFIX)]
         self.table.batch_delete(enrolments)
         events = [(i["pk"], i["sk"]) for i in self._events(address)]
         # events not tied to a message are filed under the address itself
-        events += [(i["pk"], i["sk"]) for i in self.stats.query_all(pk=f"EVT#rcpt:{address}")]
+        unattributed = keys.events_partition(keys.recipient_subject(address))
+        events += [(i["pk"], i["sk"]) for i in self.stats.query_all(pk=unattributed)]
         events = list(dict.fromkeys(events))
         self.stats.batch_delete(events)
-        self.table.delete(f"SOFT#{address}", "SOFT")
+        self.table.delete(*keys.soft_bounces(address))
         contact = self._contact(address)
         memberships = len((contact or {}).get("lists") or {})
         try:

@@ -14,6 +14,7 @@ import re
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
+from jetmail.storage import keys
 from jetmail.useragents import apple_proxy
 
 SCANNER_AGENTS = re.compile(
@@ -42,7 +43,7 @@ def link_burst(stats: Any, message_id: str, *, link: int | str | None, now: date
     """Another link of the same message clicked within the burst window: a scanner, not a reader.
     ``link`` is the link's index (jetmail's redirect) or its URL (SES click events)."""
     recent = set()
-    for item in stats.query_all(pk=f"EVT#{message_id}", sk_prefix="click#"):
+    for item in stats.query_all(pk=keys.events_partition(message_id), sk_prefix=keys.event_kind_prefix("click")):
         if now - datetime.fromisoformat(item["occurred_at"]) < LINK_BURST_WINDOW:
             recent.add(item.get("link_index") if isinstance(link, int) or link is None else item.get("link_url"))
     recent.discard(link)

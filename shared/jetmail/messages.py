@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from jetmail.addresses import InvalidAddress, normalise_email
+from jetmail.storage import keys
 from jetmail.storage.table import ConditionFailed, Table
 from jetmail.template_store import TemplateStore
 
@@ -239,10 +240,9 @@ class MessageRepository:
                extra: dict[str, Any] | None = None, detail: str | None = None) -> dict[str, Any]:
         created = now_iso()
         return {
-            "pk": f"MSG#{message_id}",
-            "sk": "MSG",
-            "gsi1pk": f"RCPT#{request.to.lower()}",
-            "gsi1sk": f"MSG#{created}",
+            **keys.message(message_id).item(),
+            "gsi1pk": keys.recipient(request.to.lower()),
+            "gsi1sk": keys.by_recipient(keys.MESSAGE_PREFIX, created),
             "id": message_id,
             "status": status.value,
             "to": request.to,
@@ -269,7 +269,8 @@ class MessageRepository:
         created = now_iso()
         status = MessageStatus.SUPPRESSED if refused else MessageStatus.QUEUED
         return {
-            "pk": f"MSG#{message_id}", "sk": "MSG", "gsi1pk": f"RCPT#{to.lower()}", "gsi1sk": f"MSG#{created}",
+            **keys.message(message_id).item(), "gsi1pk": keys.recipient(to.lower()),
+            "gsi1sk": keys.by_recipient(keys.MESSAGE_PREFIX, created),
             "id": message_id, "status": status.value, "kind": "raw", "to": to,
             "raw_ref": submission.raw_ref, "from_addr": submission.mail_from, "category": submission.category,
             "track": submission.track, "tags": submission.tags or None, "metadata": submission.metadata or None,
@@ -279,7 +280,7 @@ class MessageRepository:
         }
 
     def get(self, message_id: str) -> dict[str, Any]:
-        item = self.table.get(f"MSG#{message_id}", "MSG", consistent=True)
+        item = self.table.get(*keys.message(message_id), consistent=True)
         if item is None:
             raise MessageNotFound(message_id)
         return item
@@ -289,16 +290,16 @@ class MessageRepository:
                    count_attempt: bool = False) -> dict[str, Any]:
         """Move a message to ``status`` if it is in one of ``allowed_from``, returning the item as it is now;
         ConditionFailed otherwise (the message is in another state, or missing)."""
-        return self.table.update(f"MSG#{message_id}", "MSG", **_transition(status, allowed_from=allowed_from,
-                                                                           detail=detail, fields=fields,
-                                                                           count_attempt=count_attempt))
+        return self.table.update(*keys.message(message_id), **_transition(status, allowed_from=allowed_from,
+                                                                          detail=detail, fields=fields,
+                                                                          count_attempt=count_attempt))
 
     def transition_op(self, message_id: str, status: MessageStatus, *, allowed_from: set[MessageStatus],
                       detail: str | None = None, fields: dict[str, Any] | None = None) -> dict[str, Any]:
         """The same transition as one TransactWriteItems operation, to ride with other writes (the send
         counters) in one request; the transaction fails as a whole when the message is not in ``allowed_from``."""
-        return self.table.update_op(f"MSG#{message_id}", "MSG", **_transition(status, allowed_from=allowed_from,
-                                                                              detail=detail, fields=fields))
+        return self.table.update_op(*keys.message(message_id), **_transition(status, allowed_from=allowed_from,
+                                                                             detail=detail, fields=fields))
 
 
 def _transition(status: MessageStatus, *, allowed_from: set[MessageStatus], detail: str | None,
@@ -367,15 +368,15 @@ class MessageService:
         if idempotency_key:
             # two plain conditional writes, no transaction: the key is claimed first, and a retry that
             # finds the key without its message (the first attempt died in between) completes it
-            idem_pk = f"IDEM#{api_key_id or '-'}#{hashlib.sha256(idempotency_key.encode()).hexdigest()}"
+            idem = keys.idempotency(api_key_id, hashlib.sha256(idempotency_key.encode()).hexdigest())
             body_hash = request_hash(request)
             try:
-                self.table.put({"pk": idem_pk, "sk": "IDEM", "message_id": message_id, "body_hash": body_hash,
-                                "expires_at": int(time.time() + IDEMPOTENCY_TTL.total_seconds())},
+                self.table.put(idem.item(message_id=message_id, body_hash=body_hash,
+                                         expires_at=int(time.time() + IDEMPOTENCY_TTL.total_seconds())),
                                condition="attribute_not_exists(pk) OR expires_at < :now",
                                params={":now": int(time.time())})
             except ConditionFailed:
-                existing = self.table.get(idem_pk, "IDEM", consistent=True)
+                existing = self.table.get(*idem, consistent=True)
                 if existing is None:  # expired between the two reads: treat as new
                     return self.submit(request, api_key_id=api_key_id, idempotency_key=idempotency_key, extra=extra)
                 if existing["message_id"] == message_id:  # our own claim, repeated by the SDK after a lost reply
@@ -387,7 +388,7 @@ class MessageService:
                 try:
                     item = self.messages.get(existing["message_id"])
                 except MessageNotFound:
-                    record = {**record, "pk": f"MSG#{existing['message_id']}", "id": existing["message_id"]}
+                    record = {**record, "pk": keys.message(existing["message_id"]).pk, "id": existing["message_id"]}
                     try:
                         self.table.put(record, condition="attribute_not_exists(pk)")
                     except ConditionFailed:

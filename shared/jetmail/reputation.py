@@ -34,6 +34,8 @@ from typing import Any
 from nats.js.api import KeyValueConfig, StorageType
 from nats.js.errors import BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
 
+from jetmail.storage import keys
+
 logger = logging.getLogger("jetmail.reputation")
 BUCKET = "jetmail_reputation"
 BUCKET_TTL_S = 3 * 86400
@@ -113,8 +115,8 @@ async def window_figures(js: Any, stats: Any, now: datetime, thresholds: Thresho
             continue
     start = hours[-1].astimezone(UTC).strftime("%Y-%m-%dT%H")
     events: dict[str, int] = {"bounced_hard": 0, "complained": 0, "delivered": 0}
-    for item in stats.query_all(pk="STATS", sk_after=f"HOUR#{start}"):
-        if not item["sk"].startswith("HOUR#") or item["sk"] < f"HOUR#{start}":
+    for item in stats.query_all(pk=keys.STATS, sk_after=keys.hour(start)):
+        if not item["sk"].startswith(keys.HOUR_PREFIX) or item["sk"] < keys.hour(start):
             continue
         for name in events:
             events[name] += int(item.get(name, 0))
@@ -206,7 +208,8 @@ class ReputationMonitor:
         paused: list[str] = []
         running = await asyncio.to_thread(self.services.campaign_store.in_state, CampaignState.SENDING)
         for item in running:
-            totals = await asyncio.to_thread(self.services.stats_table.get, f"CAMPAIGN#{item['id']}", "TOTALS") or {}
+            totals = await asyncio.to_thread(self.services.stats_table.get,
+                                             *keys.campaign_counter(item["id"], keys.TOTALS)) or {}
             sent = int(item.get("sent", 0))
             bounce = int(totals.get("bounced_hard", 0)) / sent if sent else 0.0
             complaint = int(totals.get("complained", 0)) / sent if sent else 0.0
@@ -252,7 +255,7 @@ def review_contacts(services: Any, *, inactive_days: int, soft_bounces: int, now
     flagged = 0
     for contact in services.contacts.iter_contacts():
         reason = None
-        soft = services.table.get(f"SOFT#{contact.email.lower()}", "SOFT")
+        soft = services.table.get(*keys.soft_bounces(contact.email.lower()))
         if soft and len(soft.get("bounces", [])) >= soft_bounces:
             reason = "soft_bounces"
         else:

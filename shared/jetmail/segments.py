@@ -53,6 +53,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from jetmail.contacts import AudienceMember, ContactStore, UnknownList, audience_member, contact_key, now_iso
+from jetmail.storage import keys
 from jetmail.storage.table import ConditionFailed, Table
 
 MAX_DEPTH = 8
@@ -451,28 +452,28 @@ class SegmentStore:
             raise UnknownList(f"unknown list(s): {', '.join(missing)}")
         segment_id = f"seg_{secrets.token_hex(8)}"
         created = now_iso()
-        item = {"pk": f"SEGMENT#{segment_id}", "sk": "META", "gsi1pk": "SEGMENTS", "gsi1sk": f"{created}#{segment_id}",
-                "id": segment_id, "name": body.name, "criteria": json.dumps(criteria_json(body.criteria)),
-                "list_ids": body.list_ids, "created_at": created}
+        item = keys.segment(segment_id).item(gsi1pk=keys.SEGMENTS, gsi1sk=f"{created}#{segment_id}", id=segment_id,
+                                             name=body.name, criteria=json.dumps(criteria_json(body.criteria)),
+                                             list_ids=body.list_ids, created_at=created)
         self.table.put(item, condition="attribute_not_exists(pk)")
         return _public(item)
 
     def get(self, segment_id: str) -> SegmentPublic:
         """One GetItem (none for an id that cannot be a segment's)."""
-        item = self.table.get(f"SEGMENT#{segment_id}", "META") if SEGMENT_ID.match(segment_id) else None
+        item = self.table.get(*keys.segment(segment_id)) if SEGMENT_ID.match(segment_id) else None
         if item is None:
             raise SegmentNotFound(f"segment {segment_id!r} not found")
         return _public(item)
 
     def list(self) -> list[SegmentPublic]:
-        return [_public(item) for item in self.table.query_all(pk="SEGMENTS", index="gsi1")]
+        return [_public(item) for item in self.table.query_all(pk=keys.SEGMENTS, index="gsi1")]
 
     def delete(self, segment_id: str) -> None:
         """One conditional DeleteItem."""
         if not SEGMENT_ID.match(segment_id):
             raise SegmentNotFound(f"segment {segment_id!r} not found")
         try:
-            self.table.delete(f"SEGMENT#{segment_id}", "META", condition="attribute_exists(pk)")
+            self.table.delete(*keys.segment(segment_id), condition="attribute_exists(pk)")
         except ConditionFailed:
             raise SegmentNotFound(f"segment {segment_id!r} not found") from None
 

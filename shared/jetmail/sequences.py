@@ -19,6 +19,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator, model_validator
 
 from jetmail.messages import MessageService, MessageStatus, SendRequest, now_iso
+from jetmail.storage import keys
 from jetmail.storage.table import ConditionFailed, Table
 
 # ISO 8601 durations as pydantic writes them ("-P1D", "P3Y207D") or seconds: JSON Schema's "duration" format
@@ -149,12 +150,12 @@ class SequenceService:
     # ---- definitions
     def define(self, definition: SequenceDefinition) -> SequenceDefinition:
         check_horizon(definition.steps, self.horizon)
-        self.table.put({"pk": f"SEQDEF#{definition.name}", "sk": "DEF", "gsi1pk": "SEQDEFS",
-                        "gsi1sk": definition.name, "definition": definition.model_dump_json()})
+        self.table.put(keys.sequence_definition(definition.name).item(
+            gsi1pk=keys.SEQUENCE_DEFINITIONS, gsi1sk=definition.name, definition=definition.model_dump_json()))
         return definition
 
     def definition(self, name: str) -> SequenceDefinition:
-        item = self.table.get(f"SEQDEF#{name}", "DEF")
+        item = self.table.get(*keys.sequence_definition(name))
         if item is not None:
             return SequenceDefinition.model_validate_json(item["definition"])
         if name in BUILT_IN:
@@ -163,7 +164,7 @@ class SequenceService:
 
     def definitions(self) -> list[SequenceDefinition]:
         stored = {d.name: d for d in (SequenceDefinition.model_validate_json(i["definition"])
-                                      for i in self.table.query_all(pk="SEQDEFS", index="gsi1"))}
+                                      for i in self.table.query_all(pk=keys.SEQUENCE_DEFINITIONS, index="gsi1"))}
         return [*stored.values(), *(d for n, d in BUILT_IN.items() if n not in stored)]
 
     # ---- enrolments
@@ -175,7 +176,7 @@ class SequenceService:
         if idempotency_key:
             digest = hashlib.sha256(f"{api_key_id}\x00{idempotency_key}".encode()).hexdigest()[:20]
             enrolment_id = f"seq_{digest}"
-            existing = self.table.get(f"SEQ#{enrolment_id}", "ENROL", consistent=True)
+            existing = self.table.get(*keys.enrolment(enrolment_id), consistent=True)
             if existing is not None:
                 return self._public(existing), False
         else:
@@ -208,17 +209,17 @@ class SequenceService:
             records.append({"index": index, "template": step.template, "message_id": message.id,
                             "send_at": when.isoformat()})
         created = now_iso()
-        item = {"pk": f"SEQ#{enrolment_id}", "sk": "ENROL", "gsi1pk": f"RCPT#{request.to.lower()}",
-                "gsi1sk": f"SEQ#{created}", "id": enrolment_id, "sequence": name, "to": request.to,
-                "status": "active", "created_at": created, "steps": records}
+        item = keys.enrolment(enrolment_id).item(
+            gsi1pk=keys.recipient(request.to.lower()), gsi1sk=keys.by_recipient(keys.ENROLMENT_PREFIX, created),
+            id=enrolment_id, sequence=name, to=request.to, status="active", created_at=created, steps=records)
         try:
             self.table.put(item, condition="attribute_not_exists(pk)")
         except ConditionFailed:
-            return self._public(self.table.get(f"SEQ#{enrolment_id}", "ENROL", consistent=True) or item), False
+            return self._public(self.table.get(*keys.enrolment(enrolment_id), consistent=True) or item), False
         return self._public(item), True
 
     def get(self, enrolment_id: str) -> EnrolmentPublic:
-        item = self.table.get(f"SEQ#{enrolment_id}", "ENROL", consistent=True)
+        item = self.table.get(*keys.enrolment(enrolment_id), consistent=True)
         if item is None:
             raise EnrolmentNotFound(f"sequence enrolment {enrolment_id!r} not found")
         return self._public(item, with_status=True)
@@ -227,7 +228,7 @@ class SequenceService:
         """Cancel the enrolment's pending steps (only those whose template is of one of ``categories``,
         when given); returns how many messages were cancelled. The enrolment is ``cancelled`` once no
         step is left pending, and records ``reason`` either way."""
-        item = self.table.get(f"SEQ#{enrolment_id}", "ENROL", consistent=True)
+        item = self.table.get(*keys.enrolment(enrolment_id), consistent=True)
         if item is None:
             raise EnrolmentNotFound(f"sequence enrolment {enrolment_id!r} not found")
         cancelled = 0
@@ -243,7 +244,7 @@ class SequenceService:
                 cancelled += 1
         if cancelled == 0 and left:
             return 0
-        self.table.update(f"SEQ#{enrolment_id}", "ENROL", expression="SET #s = :c, cancelled_at = :at, reason = :r",
+        self.table.update(*keys.enrolment(enrolment_id), expression="SET #s = :c, cancelled_at = :at, reason = :r",
                           names={"#s": "status"},
                           params={":c": "active" if left else "cancelled", ":at": now_iso(), ":r": reason})
         return cancelled
@@ -251,7 +252,8 @@ class SequenceService:
     def cancel_for_recipient(self, email: str, *, sequence: str | None = None, reason: str = "cancelled",
                              categories: frozenset[str] | None = None) -> int:
         cancelled = 0
-        for item in self.table.query_all(pk=f"RCPT#{email.lower()}", sk_prefix="SEQ#", index="gsi1"):
+        for item in self.table.query_all(pk=keys.recipient(email.lower()), sk_prefix=keys.ENROLMENT_PREFIX,
+                                         index="gsi1"):
             if item.get("status") == "active" and (sequence is None or item.get("sequence") == sequence):
                 cancelled += self.cancel(item["id"], reason=reason, categories=categories)
         return cancelled

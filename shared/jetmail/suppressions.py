@@ -25,6 +25,7 @@ from pydantic import BaseModel
 
 from jetmail.cursors import InvalidCursor, pack, unpack
 from jetmail.stops import SCOPE_ALL, SCOPE_ERASED, StopChange, StopFeed
+from jetmail.storage import keys
 from jetmail.storage.table import Table, batch_get, to_item
 
 if TYPE_CHECKING:
@@ -35,7 +36,6 @@ Reason = Literal["hard_bounce", "soft_bounce_limit", "spam_complaint", "unsubscr
 # These block every message, transactional included; the others block marketing only.
 BLOCKS_ALL: frozenset[str] = frozenset({"hard_bounce", "soft_bounce_limit", "spam_complaint",
                                         "account_suppression_list", "erased", "manual"})
-ERASED_PK = "SUPP#ERASED"
 PSEUDONYM_PREFIX = "hmac:"
 
 
@@ -90,8 +90,9 @@ class SuppressionStore:
     def add(self, email: str, *, reason: Reason, source: str = "api") -> Suppression:
         entry = Suppression(email=email.lower(), reason=reason, source=source, created_at=datetime.now(UTC).isoformat())
         self._publish(StopChange(entry.email, SCOPE_ALL, reason=reason))
-        self.table.put({"pk": f"SUPP#{entry.email}", "sk": "SUPP", "gsi1pk": "SUPPRESSIONS",
-                        "gsi1sk": f"{entry.created_at}#{entry.email}", **entry.model_dump()})
+        self.table.put(keys.suppression(entry.email).item(gsi1pk=keys.SUPPRESSIONS,
+                                                          gsi1sk=f"{entry.created_at}#{entry.email}",
+                                                          **entry.model_dump()))
         if self.audit is not None and _managed(source):
             self.audit.record("suppression.added", target=self._target(entry.email),
                               changes={"reason": reason, "source": source})
@@ -105,9 +106,9 @@ class SuppressionStore:
         self._publish(StopChange(email, SCOPE_ERASED, reason="erased"))
         entry = Suppression(email=PSEUDONYM_PREFIX + digest, reason="erased", source=source,
                             created_at=datetime.now(UTC).isoformat())
-        self.table.put({"pk": ERASED_PK, "sk": digest, "gsi1pk": "SUPPRESSIONS",
-                        "gsi1sk": f"{entry.created_at}#{entry.email}", **entry.model_dump()})
-        self.table.delete(f"SUPP#{email.lower()}", "SUPP")
+        self.table.put(keys.erased(digest).item(gsi1pk=keys.SUPPRESSIONS, gsi1sk=f"{entry.created_at}#{entry.email}",
+                                                **entry.model_dump()))
+        self.table.delete(*keys.suppression(email.lower()))
         with self._lock:  # this process refuses the address at once, others within ``recent_ttl_s``
             self._erased = self._erased | {digest}
         return entry
@@ -115,26 +116,27 @@ class SuppressionStore:
     def get(self, email: str) -> Suppression | None:
         """The erased entry of the address's pseudonym (it blocks everything, whatever was added since),
         else the address's own entry: one request either way."""
-        keys = [(f"SUPP#{email.lower()}", "SUPP")]
+        own = keys.suppression(email.lower())
+        wanted = [own]
         if self.pseudonyms is not None:
-            keys.append((ERASED_PK, self.pseudonyms.digest(email)))
-        items = {item["pk"]: item for item in batch_get(self.table, keys)}
-        item = items.get(ERASED_PK) or items.get(keys[0][0])
+            wanted.append(keys.erased(self.pseudonyms.digest(email)))
+        items = {item["pk"]: item for item in batch_get(self.table, wanted)}
+        item = items.get(keys.ERASED) or items.get(own.pk)
         return Suppression.model_validate(item) if item else None
 
     def remove(self, email: str) -> bool:
         """Lift the address's own entry; an erasure is never lifted (it is not the address's to lift)."""
-        if self.table.get(f"SUPP#{email.lower()}", "SUPP") is None:
+        if self.table.get(*keys.suppression(email.lower())) is None:
             return False
         self._publish(StopChange(email.lower(), SCOPE_ALL, stop=False))
-        self.table.delete(f"SUPP#{email.lower()}", "SUPP")
+        self.table.delete(*keys.suppression(email.lower()))
         if self.audit is not None:
             self.audit.record("suppression.removed", target=self._target(email))
         return True
 
     def list(self, *, limit: int = 100, start: dict[str, Any] | None = None
              ) -> tuple[list[Suppression], dict[str, Any] | None]:
-        items, last = self.table.query(pk="SUPPRESSIONS", index="gsi1", forward=False, limit=limit, start=start)
+        items, last = self.table.query(pk=keys.SUPPRESSIONS, index="gsi1", forward=False, limit=limit, start=start)
         return [Suppression.model_validate(i) for i in items], last
 
     def page(self, *, limit: int = 100, cursor: str | None = None) -> SuppressionPage:
@@ -144,7 +146,7 @@ class SuppressionStore:
         if limit < 1:
             raise ValueError(f"limit must be at least 1, got {limit}")
         start = _decode_cursor(cursor) if cursor else None
-        items, _ = self.table.query(pk="SUPPRESSIONS", index="gsi1", forward=False, limit=limit + 1, start=start)
+        items, _ = self.table.query(pk=keys.SUPPRESSIONS, index="gsi1", forward=False, limit=limit + 1, start=start)
         shown = items[:limit]
         return SuppressionPage(items=[Suppression.model_validate(i) for i in shown],
                                next_cursor=_encode_cursor(shown[-1]) if len(items) > limit else None)
@@ -153,8 +155,8 @@ class SuppressionStore:
         """{address: reason} for the suppressed ones among ``emails``: one BatchGetItem per 100, and the
         erased pseudonyms (one Query, refreshed at most every ``recent_ttl_s``)."""
         wanted = sorted({e.lower() for e in emails})
-        keys = [(f"SUPP#{e}", "SUPP") for e in wanted]
-        found = {item["email"]: item["reason"] for item in batch_get(self.table, keys, projection="email, reason")}
+        rows = [keys.suppression(e) for e in wanted]
+        found = {item["email"]: item["reason"] for item in batch_get(self.table, rows, projection="email, reason")}
         erased = self.erased_digests()
         if erased and self.pseudonyms is not None:
             found.update({e: "erased" for e in wanted if self.pseudonyms.digest(e) in erased})
@@ -170,7 +172,7 @@ class SuppressionStore:
     def erased_digests(self) -> frozenset[str]:
         with self._lock:
             if time.monotonic() - self._erased_checked >= self.recent_ttl_s:
-                self._erased = frozenset(i["sk"] for i in self.table.query_all(pk=ERASED_PK))
+                self._erased = frozenset(i["sk"] for i in self.table.query_all(pk=keys.ERASED))
                 self._erased_checked = time.monotonic()
             return self._erased
 
@@ -197,13 +199,14 @@ def _decode_cursor(cursor: str) -> dict[str, Any]:
         raise InvalidCursor("cursor is not one this list returned")
     at, pk, sk = value["t"], value["k"], value["s"]
     # the entry's own key and its index key name the same entry (gsi1sk is ``<time>#<address or pseudonym>``)
-    if pk == ERASED_PK:
+    if pk == keys.ERASED:
         valid = bool(_DIGEST.fullmatch(sk)) and at.endswith(f"#{PSEUDONYM_PREFIX}{sk}")
     else:
-        valid = pk.startswith("SUPP#") and len(pk) > 5 and sk == "SUPP" and at.endswith(f"#{pk[5:]}")
+        address = pk.removeprefix(keys.SUPPRESSION_PREFIX)
+        valid = bool(address) and keys.suppression(address) == (pk, sk) and at.endswith(f"#{address}")
     if not valid or not _timestamp(at.partition("#")[0]):
         raise InvalidCursor("cursor is not one this list returned")
-    return to_item({"gsi1pk": "SUPPRESSIONS", "gsi1sk": at, "pk": pk, "sk": sk})
+    return to_item({"gsi1pk": keys.SUPPRESSIONS, "gsi1sk": at, "pk": pk, "sk": sk})
 
 
 def _timestamp(text: str) -> bool:

@@ -17,6 +17,7 @@ import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from jetmail.storage import keys
 from jetmail.storage.table import ConditionFailed, Table, to_item
 from jetmail.templating import RenderLimits, TemplateContent, TemplateVersion, check_template, locale_chain
 
@@ -54,17 +55,17 @@ class TemplateStore:
 
     def save(self, content: TemplateContent) -> TemplateVersion:
         check_template(content, limits=self.limits)
-        head = self.table.get(f"TEMPLATE#{content.name}", f"HEAD#{content.locale}", consistent=True)
+        head_key = keys.template_head(content.name, content.locale)
+        head = self.table.get(*head_key, consistent=True)
         previous = int(head["version"]) if head else 0
         version = TemplateVersion(**content.model_dump(), version=previous + 1)
         now = datetime.now(UTC).isoformat()
         body = {**version.model_dump(), "updated_at": now}
-        pk = f"TEMPLATE#{content.name}"
+        version_key = keys.template_version(content.name, content.locale, version.version)
         head_condition = "attribute_not_exists(pk)" if previous == 0 else "version = :prev"
         head_put: dict[str, Any] = {
             "TableName": self.table.name,
-            "Item": to_item({"pk": pk, "sk": f"HEAD#{content.locale}", "gsi1pk": "TEMPLATES",
-                             "gsi1sk": f"{content.name}#{content.locale}", **body}),
+            "Item": to_item(head_key.item(gsi1pk=keys.TEMPLATES, gsi1sk=f"{content.name}#{content.locale}", **body)),
             "ConditionExpression": head_condition,
         }
         if previous:
@@ -72,7 +73,7 @@ class TemplateStore:
         try:
             self.table.transact([
                 {"Put": {"TableName": self.table.name,
-                         "Item": to_item({"pk": pk, "sk": f"V#{content.locale}#{version.version:06d}", **body}),
+                         "Item": to_item(version_key.item(**body)),
                          "ConditionExpression": "attribute_not_exists(pk)"}},
                 {"Put": head_put},
             ])
@@ -89,7 +90,7 @@ class TemplateStore:
                 hit = self._heads.get(key)
             if hit and time.monotonic() - hit[0] < self.head_ttl_s:
                 return hit[1]
-        item = self.table.get(f"TEMPLATE#{name}", f"HEAD#{locale}")
+        item = self.table.get(*keys.template_head(name, locale))
         found = _version_from(item) if item else None
         with self._lock:
             self._heads[key] = (time.monotonic(), found)
@@ -109,33 +110,35 @@ class TemplateStore:
             if found is None:
                 raise TemplateNotFound(name, locale)
             return found
-        item = self.table.get(f"TEMPLATE#{name}", f"V#{locale}#{version:06d}")
+        item = self.table.get(*keys.template_version(name, locale, version))
         if item is None:
             raise TemplateNotFound(name, locale)
         return _version_from(item)
 
     def versions(self, name: str, *, locale: str) -> list[TemplateVersion]:
-        return [_version_from(i) for i in self.table.query_all(pk=f"TEMPLATE#{name}", sk_prefix=f"V#{locale}#")]
+        return [_version_from(i) for i in self.table.query_all(pk=keys.template_partition(name),
+                                                               sk_prefix=keys.template_versions_prefix(locale))]
 
     def list(self) -> list[TemplateVersion]:
-        return [_version_from(i) for i in self.table.query_all(pk="TEMPLATES", index="gsi1")]
+        return [_version_from(i) for i in self.table.query_all(pk=keys.TEMPLATES, index="gsi1")]
 
     def locales(self, name: str) -> builtins.list[str]:
-        return [i["locale"] for i in self.table.query_all(pk=f"TEMPLATE#{name}", sk_prefix="HEAD#")]
+        return [i["locale"] for i in self.table.query_all(pk=keys.template_partition(name), sk_prefix=keys.HEAD_PREFIX)]
 
     def delete(self, name: str, *, locale: str | None = None) -> int:
-        keys = [
+        rows = [
             (i["pk"], i["sk"])
-            for i in self.table.query_all(pk=f"TEMPLATE#{name}")
-            if locale is None or i["sk"] == f"HEAD#{locale}" or i["sk"].startswith(f"V#{locale}#")
+            for i in self.table.query_all(pk=keys.template_partition(name))
+            if locale is None or i["sk"] == keys.template_head(name, locale).sk
+            or i["sk"].startswith(keys.template_versions_prefix(locale))
         ]
-        if not keys:
+        if not rows:
             raise TemplateNotFound(name, locale)
-        self.table.batch_delete(keys)
+        self.table.batch_delete(rows)
         with self._lock:
             for key in [k for k in self._heads if k[0] == name and (locale is None or k[1] == locale)]:
                 del self._heads[key]
-        return len(keys)
+        return len(rows)
 
 
 class AuditedTemplateStore(TemplateStore):

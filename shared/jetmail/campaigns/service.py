@@ -30,6 +30,7 @@ from jetmail.campaigns.signals import publish_state
 from jetmail.campaigns.store import CampaignNotFound, CampaignStore, InvalidTransition, now_iso
 from jetmail.compose import NotCompliant
 from jetmail.messages import JobQueue
+from jetmail.storage import keys
 from jetmail.storage.table import ConditionFailed
 from jetmail.template_store import TemplateStore
 
@@ -387,7 +388,7 @@ class CampaignService:
                                    "p_value": p_value, "confidence": confidence, "variants": []})
         try:
             self.store.table.update(
-                f"CAMPAIGN#{campaign_id}", "META",
+                *keys.campaign(campaign_id),
                 expression="SET ab = :ab, ab_winner = :v, runs_expected = list_append(runs_expected, :w)",
                 params={":ab": ab.model_dump_json(), ":v": variant, ":w": ["winner"]},
                 condition="attribute_not_exists(ab_winner)",

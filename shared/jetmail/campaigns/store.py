@@ -3,7 +3,7 @@
 =====================  =======================  ==============================  ====================
 item                   pk                       sk                              gsi1pk / gsi1sk
 =====================  =======================  ==============================  ====================
-campaign               ``CAMPAIGN#<id>``        ``META``                        ``CAMPAIGNS`` / created
+campaign               ``CAMPAIGN#<id>``        ``META``                        ``CAMPAIGNS`` / created#id
 planned batch          ``CAMPAIGN#<id>``        ``BATCH#<run>#<n:06d>``         -
 batch failures         ``CAMPAIGN#<id>``        ``BATCH#<run>#<n:06d>``         - (its ``failures`` map)
 parked batch           ``CAMPAIGN#<id>``        ``PARKED#<run>#<n:06d>``        -
@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import builtins
 import json
-import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -43,10 +42,10 @@ from typing import Any
 from jetmail.campaigns.ids import campaign_message_id
 from jetmail.campaigns.model import CampaignCreate, CampaignFailure, CampaignFailurePage, CampaignState
 from jetmail.cursors import InvalidCursor, pack, unpack
+from jetmail.storage import keys
 from jetmail.storage.table import ConditionFailed, Table, to_item
 
 COUNTERS = ("total", "sent", "failed", "skipped")
-_BATCH_SK = re.compile(r"BATCH#[a-z0-9-]+#[0-9]{6,}")
 
 
 def now_iso() -> str:
@@ -71,18 +70,18 @@ class CampaignStore:
     def create(self, campaign_id: str, body: CampaignCreate, *, parent_id: str | None = None,
                state: CampaignState = CampaignState.DRAFT) -> dict[str, Any]:
         created = now_iso()
-        item: dict[str, Any] = {
-            "pk": f"CAMPAIGN#{campaign_id}", "sk": "META", "gsi1pk": "CAMPAIGNS", "gsi1sk": f"{created}#{campaign_id}",
-            "id": campaign_id, "name": body.name, "state": state.value, "created_at": created,
-            "definition": body.model_dump_json(by_alias=True), "parent_id": parent_id,
-            "total": 0, "sent": 0, "failed": 0, "skipped": 0, "batches_done": 0, "batches_planned": 0,
-            "runs_planned": [], "runs_expected": ["main"] if body.ab_test is None else ["test"],
-        }
+        item = keys.campaign(campaign_id).item(
+            gsi1pk=keys.CAMPAIGNS, gsi1sk=f"{created}#{campaign_id}",
+            id=campaign_id, name=body.name, state=state.value, created_at=created,
+            definition=body.model_dump_json(by_alias=True), parent_id=parent_id,
+            total=0, sent=0, failed=0, skipped=0, batches_done=0, batches_planned=0,
+            runs_planned=[], runs_expected=["main"] if body.ab_test is None else ["test"],
+        )
         self.table.put(item, condition="attribute_not_exists(pk)")
         return item
 
     def get(self, campaign_id: str, *, consistent: bool = True) -> dict[str, Any]:
-        item = self.table.get(f"CAMPAIGN#{campaign_id}", "META", consistent=consistent)
+        item = self.table.get(*keys.campaign(campaign_id), consistent=consistent)
         if item is None:
             raise CampaignNotFound(f"campaign {campaign_id!r} not found")
         return item
@@ -91,7 +90,7 @@ class CampaignStore:
         return CampaignCreate.model_validate_json(item["definition"])
 
     def list(self, *, limit: int = 100) -> list[dict[str, Any]]:
-        items, _ = self.table.query(pk="CAMPAIGNS", index="gsi1", forward=False, limit=limit)
+        items, _ = self.table.query(pk=keys.CAMPAIGNS, index="gsi1", forward=False, limit=limit)
         return items
 
     def transition(self, campaign_id: str, to: CampaignState, *, allowed_from: set[CampaignState],
@@ -113,11 +112,11 @@ class CampaignStore:
             names.update({f"#r{i}": key for i, key in enumerate(remove)})  # e.g. timezone is a reserved word
             expression += " REMOVE " + ", ".join(f"#r{i}" for i in range(len(remove)))
         try:
-            return self.table.update(f"CAMPAIGN#{campaign_id}", "META", expression=expression, names=names,
+            return self.table.update(*keys.campaign(campaign_id), expression=expression, names=names,
                                      params=params,
                                      condition=f"attribute_exists(pk) AND #s IN ({', '.join(placeholders)})")
         except ConditionFailed:
-            current = self.table.get(f"CAMPAIGN#{campaign_id}", "META", consistent=True)
+            current = self.table.get(*keys.campaign(campaign_id), consistent=True)
             if current is None:
                 raise CampaignNotFound(f"campaign {campaign_id!r} not found") from None
             raise InvalidTransition(
@@ -128,13 +127,13 @@ class CampaignStore:
         names = {f"#f{i}": k for i, k in enumerate(fields)}
         params = {f":f{i}": v for i, v in enumerate(fields.values())}
         expression = "SET " + ", ".join(f"#f{i} = :f{i}" for i in range(len(fields)))
-        return self.table.update(f"CAMPAIGN#{campaign_id}", "META", expression=expression, names=names,
+        return self.table.update(*keys.campaign(campaign_id), expression=expression, names=names,
                                  params=params)
 
     def plan_finished(self, campaign_id: str, *, run: str, total: int, batches: int) -> dict[str, Any]:
         """Record a run's plan: its size and how many batches will report back."""
         return self.table.update(
-            f"CAMPAIGN#{campaign_id}", "META",
+            *keys.campaign(campaign_id),
             expression="ADD #t :total, batches_planned :b SET runs_planned = list_append(runs_planned, :run)",
             names={"#t": "total"}, params={":total": total, ":b": batches, ":run": [run], ":r": run},
             condition="NOT contains(runs_planned, :r)",
@@ -147,11 +146,11 @@ class CampaignStore:
         its batch job carries, so a re-executed plan can enqueue it again unchanged."""
         expires_at = int(time.time()) + self.retention_s
         return self.table.batch_put([
-            {"pk": f"CAMPAIGN#{campaign_id}", "sk": f"BATCH#{run}#{b.number:06d}", "variant": b.variant,
-             "recipients": [r["e"] for r in b.recipients], "expires_at": expires_at,
-             "job": json.dumps({"priority": b.priority, "stops_from": b.stops_from,
+            keys.batch(campaign_id, run, b.number).item(
+                variant=b.variant, recipients=[r["e"] for r in b.recipients], expires_at=expires_at,
+                job=json.dumps({"priority": b.priority, "stops_from": b.stops_from,
                                 "details": [{k: v for k, v in r.items() if k != "e"} for r in b.recipients]},
-                               separators=(",", ":"))}
+                               separators=(",", ":")))
             for b in batches
         ])
 
@@ -159,7 +158,8 @@ class CampaignStore:
         """The batches recorded for a run, a Query page (~1 MB) at a time, in batch order."""
         start: dict[str, Any] | None = None
         while True:
-            items, start = self.table.query(pk=f"CAMPAIGN#{campaign_id}", sk_prefix=f"BATCH#{run}#", start=start)
+            items, start = self.table.query(pk=keys.campaign_partition(campaign_id), sk_prefix=keys.batches_prefix(run),
+                                            start=start)
             if items:
                 yield [_batch_record(item) for item in items]
             if not start:
@@ -177,7 +177,7 @@ class CampaignStore:
 
         mark = f"{run}#{batch}"
         ops = [self.table.update_op(
-            f"CAMPAIGN#{campaign_id}", "META",
+            *keys.campaign(campaign_id),
             expression="ADD sent :s, failed :f, skipped :k, batches_done :one, done_batches :mark",
             params={":s": counts.get("sent", 0), ":f": counts.get("failed", 0), ":k": counts.get("skipped", 0),
                     ":one": 1, ":mark": {mark}, ":m": mark},
@@ -189,7 +189,7 @@ class CampaignStore:
                             failed=counts.get("failed", 0), campaign_id=campaign_id, variant=variant, with_ops=ops)
 
     def batch(self, campaign_id: str, *, run: str, batch: int) -> dict[str, Any] | None:
-        return self.table.get(f"CAMPAIGN#{campaign_id}", f"BATCH#{run}#{batch:06d}")
+        return self.table.get(*keys.batch(campaign_id, run, batch))
 
     # ---- permanent failures
     def _failures_op(self, campaign_id: str, *, run: str, batch: int, failures: dict[int, str]) -> dict[str, Any]:
@@ -197,7 +197,7 @@ class CampaignStore:
         nothing new: the first record stands, with the reasons and time it saw."""
         at = now_iso()
         return self.table.update_op(
-            f"CAMPAIGN#{campaign_id}", f"BATCH#{run}#{batch:06d}",
+            *keys.batch(campaign_id, run, batch),
             expression="SET failures = if_not_exists(failures, :f)",
             params={":f": {str(pos): {"reason": reason, "at": at} for pos, reason in failures.items()}},
         )
@@ -211,7 +211,7 @@ class CampaignStore:
         The cursor names the last batch read and the last position returned in it (none when the
         whole batch was), so no failure is skipped or repeated across pages. Does not check that the
         campaign exists; raises InvalidCursor for a cursor this method did not return."""
-        pk = f"CAMPAIGN#{campaign_id}"
+        pk = keys.campaign_partition(campaign_id)
         found: list[CampaignFailure] = []
         start: dict[str, Any] | None = None
         if cursor:
@@ -226,7 +226,7 @@ class CampaignStore:
                 # the query cap came first: the next page carries on after the last batch read
                 return CampaignFailurePage(failures=found, next_cursor=_encode_failure_cursor(
                     campaign_id, str(start["sk"]["S"]), None))
-            items, start = self.table.query(pk=pk, sk_prefix="BATCH#", start=start,
+            items, start = self.table.query(pk=pk, sk_prefix=keys.BATCH_PREFIX, start=start,
                                             filter="attribute_exists(#fl)", names={"#fl": "failures"})
             queries += 1
             for item in items:
@@ -240,44 +240,44 @@ class CampaignStore:
         page = found[:limit]
         tail = page[-1]
         return CampaignFailurePage(failures=page, next_cursor=_encode_failure_cursor(
-            campaign_id, f"BATCH#{tail.run}#{tail.batch:06d}", tail.position))
+            campaign_id, keys.batch_sk(tail.run, tail.batch), tail.position))
 
     def park(self, campaign_id: str, *, run: str, batch: int, payload: dict[str, Any], park_id: str) -> None:
-        self.table.put({"pk": f"CAMPAIGN#{campaign_id}", "sk": f"PARKED#{run}#{batch:06d}",
-                        "payload": json.dumps(payload), "park_id": park_id, "parked_at": now_iso(),
-                        "expires_at": int(time.time()) + self.retention_s})
+        self.table.put(keys.parked_batch(campaign_id, run, batch).item(
+            payload=json.dumps(payload), park_id=park_id, parked_at=now_iso(),
+            expires_at=int(time.time()) + self.retention_s))
 
     def parked(self, campaign_id: str) -> builtins.list[dict[str, Any]]:
-        return list(self.table.query_all(pk=f"CAMPAIGN#{campaign_id}", sk_prefix="PARKED#"))
+        return list(self.table.query_all(pk=keys.campaign_partition(campaign_id), sk_prefix=keys.PARKED_PREFIX))
 
     def unpark(self, campaign_id: str, sk: str) -> None:
-        self.table.delete(f"CAMPAIGN#{campaign_id}", sk)
+        self.table.delete(keys.campaign_partition(campaign_id), sk)
 
     # ---- A/B variants
     def variant_counters(self, campaign_id: str) -> dict[str, dict[str, Any]]:
-        return {i["sk"].removeprefix("VARIANT#"): i
-                for i in self.stats.query_all(pk=f"CAMPAIGN#{campaign_id}", sk_prefix="VARIANT#")}
+        return {i["sk"].removeprefix(keys.VARIANT_PREFIX): i
+                for i in self.stats.query_all(pk=keys.campaign_partition(campaign_id), sk_prefix=keys.VARIANT_PREFIX)}
 
     def add_variant_engagement(self, campaign_id: str, variant: str, *, opened: int = 0, clicked: int = 0) -> None:
-        self.stats.update(f"CAMPAIGN#{campaign_id}", f"VARIANT#{variant}", expression="ADD opened :o, clicked :c",
-                          params={":o": opened, ":c": clicked})
+        self.stats.update(*keys.campaign_counter(campaign_id, keys.variant(variant)),
+                          expression="ADD opened :o, clicked :c", params={":o": opened, ":c": clicked})
 
     # ---- scheduling
     def mark_due(self, campaign_id: str, at: datetime) -> None:
         stamp = at.astimezone(UTC).isoformat()
-        self.table.put({"pk": f"CAMPAIGN#{campaign_id}", "sk": "DUE", "gsi1pk": "DUE",
-                        "gsi1sk": f"{stamp}#{campaign_id}", "campaign_id": campaign_id, "at": stamp})
+        self.table.put(keys.campaign_due(campaign_id).item(gsi1pk=keys.DUE, gsi1sk=f"{stamp}#{campaign_id}",
+                                                          campaign_id=campaign_id, at=stamp))
 
     def clear_due(self, campaign_id: str) -> None:
-        self.table.delete(f"CAMPAIGN#{campaign_id}", "DUE")
+        self.table.delete(*keys.campaign_due(campaign_id))
 
     def due(self, now: datetime) -> builtins.list[str]:
         """Campaigns whose start time has come (one Query on the DUE index)."""
         stamp = now.astimezone(UTC).isoformat()
-        return [i["campaign_id"] for i in self.table.query_all(pk="DUE", index="gsi1") if i["gsi1sk"] <= stamp]
+        return [i["campaign_id"] for i in self.table.query_all(pk=keys.DUE, index="gsi1") if i["gsi1sk"] <= stamp]
 
     def in_state(self, state: CampaignState) -> builtins.list[dict[str, Any]]:
-        return [i for i in self.table.query_all(pk="CAMPAIGNS", index="gsi1") if i.get("state") == state.value]
+        return [i for i in self.table.query_all(pk=keys.CAMPAIGNS, index="gsi1") if i.get("state") == state.value]
 
 
 @dataclass(frozen=True, slots=True)
@@ -292,17 +292,17 @@ class BatchRecord:
 
 
 def _batch_record(item: dict[str, Any]) -> BatchRecord:
-    _, _, number = item["sk"].split("#", 2)
+    _, number = keys.batch_of(item["sk"])
     addresses = item.get("recipients") or []
     # an item recorded before batch items kept their jobs: addresses only, every stop event replayed
     job = json.loads(item["job"]) if item.get("job") else {"details": [{} for _ in addresses]}
-    return BatchRecord(number=int(number), variant=item.get("variant"),
+    return BatchRecord(number=number, variant=item.get("variant"),
                        recipients=[{"e": e, **d} for e, d in zip(addresses, job["details"], strict=True)],
                        priority=job.get("priority") or "normal", stops_from=job.get("stops_from"))
 
 
 def _failure_rows(campaign_id: str, item: dict[str, Any], *, after: int = -1) -> list[CampaignFailure]:
-    _, run, number = item["sk"].split("#", 2)
+    run, number = keys.batch_of(item["sk"])
     recipients = item.get("recipients") or []
     rows = []
     for key, failure in sorted((item.get("failures") or {}).items(), key=lambda kv: int(kv[0])):
@@ -311,7 +311,7 @@ def _failure_rows(campaign_id: str, item: dict[str, Any], *, after: int = -1) ->
             continue
         rows.append(CampaignFailure(
             email=recipients[pos] if pos < len(recipients) else "", reason=failure["reason"], run=run,
-            batch=int(number), position=pos, message_id=campaign_message_id(campaign_id, run, int(number), pos),
+            batch=number, position=pos, message_id=campaign_message_id(campaign_id, run, number, pos),
             at=failure["at"]))
     return rows
 
@@ -327,7 +327,7 @@ def _decode_failure_cursor(cursor: str, *, campaign_id: str) -> tuple[str, int |
     if value["c"] != campaign_id:
         raise InvalidCursor("cursor does not belong to this campaign")
     sk, position = value["b"], value["p"]
-    if (not isinstance(sk, str) or not _BATCH_SK.fullmatch(sk)
+    if (not isinstance(sk, str) or not keys.BATCH_SK.fullmatch(sk)
             or not (position is None or (type(position) is int and position >= 0))):
         raise InvalidCursor("cursor is not one this API returned")
     return sk, position

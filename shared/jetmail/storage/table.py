@@ -1,34 +1,15 @@
-"""The single DynamoDB table and its low-level operations.
+"""A DynamoDB table and its low-level operations: one request per call, counted in ``requests``.
 
-Key design (``pk`` / ``sk``, one GSI ``gsi1`` on ``gsi1pk`` / ``gsi1sk``, TTL attribute ``expires_at``):
+Both tables (the main one and the stats one) go through this class. Their keys are made in
+``jetmail.storage.keys``, which also lists every row and how it is read (docs/reference/storage.md).
 
-===========================  ==========================  =================================  ===========================
-item                         pk                          sk                                 gsi1pk / gsi1sk
-===========================  ==========================  =================================  ===========================
-API key                      ``APIKEY#<key id>``         ``APIKEY``                         ``APIKEYS`` / created
-template head (latest)       ``TEMPLATE#<name>``         ``HEAD#<locale>``                  ``TEMPLATES`` / name#locale
-template version             ``TEMPLATE#<name>``         ``V#<locale>#<version:06d>``       -
-message                      ``MSG#<id>``                ``MSG``                            ``RCPT#<email>`` / created
-idempotency record           ``IDEM#<key id>#<key>``     ``IDEM``                           -
-sequence enrolment           ``SEQ#<sequence>#<email>``  ``ENROL``                          ``RCPT#<email>`` / created
-contact                      ``CONTACT#<email>``         ``CONTACT``                        ``CONTACTS#<0-15>`` / email
-contact list                 ``LIST#<id>``               ``META``                           ``LISTS`` / created#id
-list membership + snapshot   ``LIST#<id>``               ``MEMBER#<email>``                 -
-segment                      ``SEGMENT#<id>``            ``META``                           ``SEGMENTS`` / created#id
-===========================  ==========================  =================================  ===========================
-
-Access patterns: authenticate a key (GetItem), latest template for (name, locale) (GetItem on the
-head), template history (Query pk, ``begins_with(sk, 'V#<locale>#')``), list templates (Query gsi1),
-message status (GetItem), claim a message for sending (conditional UpdateItem), idempotent create
-(conditional PutItem), everything held about a recipient (Query gsi1 ``RCPT#<email>``).
-
-Contacts (``jetmail.contacts``): ``<email>`` in keys is the lower-cased address. The contact's
-gsi1 partition is one of 16 shards (hash of the address), so paging through all contacts never
-reads one hot partition. The contact keeps a ``lists`` map {list id: status}; each membership holds
-the status and a snapshot of what sending needs (email, name, language, timezone, attributes, packed
-as one JSON string ``snap``), rewritten whenever the contact changes, so a list streams with one Query
-per ~1 MB page (filter on ``status``) and no per-contact reads. Engagement (``last_opened_at`` /
-``last_clicked_at``) lives on the contact only: one UpdateItem per event.
+Contacts (``jetmail.contacts``): addresses in keys are lower-cased. The contact's gsi1 partition is one
+of 16 shards (hash of the address), so paging through all contacts never reads one hot partition. The
+contact keeps a ``lists`` map {list id: status}; each membership holds the status and a snapshot of what
+sending needs (email, name, language, timezone, attributes, packed as one JSON string ``snap``),
+rewritten whenever the contact changes, so a list streams with one Query per ~1 MB page (filter on
+``status``) and no per-contact reads. Engagement (``last_opened_at`` / ``last_clicked_at``) lives on the
+contact only: one UpdateItem per event.
 """
 
 from __future__ import annotations

@@ -1,0 +1,329 @@
+"""Every DynamoDB key jetmail reads or writes, made in one place, for both tables.
+
+The main table holds what jetmail knows (keys, templates, messages, contacts, campaigns); the stats
+table holds what happened to it (events and counters). Both are single-table designs on ``pk`` / ``sk``
+with one GSI ``gsi1`` on ``gsi1pk`` / ``gsi1sk``. A module never spells a key itself: it asks this one,
+so a key's shape changes here or nowhere. ``ENTITIES`` describes each row and how it is read; the
+storage reference (docs/reference/storage.md) is generated from it.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+
+class Key(NamedTuple):
+    pk: str
+    sk: str
+
+    def item(self, **values: Any) -> dict[str, Any]:
+        """The row's key attributes with ``values`` beside them."""
+        return {"pk": self.pk, "sk": self.sk, **values}
+
+
+# ---- main table
+
+API_KEYS = "APIKEYS"  # gsi1 partition of every API key
+TEMPLATES = "TEMPLATES"  # gsi1 partition of template heads
+SEQUENCE_DEFINITIONS = "SEQDEFS"
+LISTS = "LISTS"
+SEGMENTS = "SEGMENTS"
+CAMPAIGNS = "CAMPAIGNS"
+DUE = "DUE"  # gsi1 partition of campaigns waiting for their start
+SUPPRESSIONS = "SUPPRESSIONS"
+CONTACT_SHARDS = 16
+
+
+def api_key(key_id: str) -> Key:
+    return Key(f"APIKEY#{key_id}", "APIKEY")
+
+
+def template_partition(name: str) -> str:
+    return f"TEMPLATE#{name}"
+
+
+HEAD_PREFIX = "HEAD#"
+
+
+def template_head(name: str, locale: str) -> Key:
+    return Key(template_partition(name), f"{HEAD_PREFIX}{locale}")
+
+
+def template_versions_prefix(locale: str) -> str:
+    return f"V#{locale}#"
+
+
+def template_version(name: str, locale: str, version: int) -> Key:
+    return Key(template_partition(name), f"{template_versions_prefix(locale)}{version:06d}")
+
+
+def message(message_id: str) -> Key:
+    return Key(f"MSG#{message_id}", "MSG")
+
+
+def recipient(address: str) -> str:
+    """gsi1 partition of everything sent to an address (messages, enrolments; events in the stats table).
+    Keys hold addresses lower-cased: callers pass them so."""
+    return f"RCPT#{address}"
+
+
+MESSAGE_PREFIX = "MSG#"  # gsi1 sort keys of messages in a recipient's partition
+ENROLMENT_PREFIX = "SEQ#"  # ... and of sequence enrolments
+EVENT_PREFIX = "EVT#"  # ... and of events (stats table)
+
+
+def by_recipient(prefix: str, created: str) -> str:
+    """A gsi1 sort key in a recipient's partition: ``<kind prefix><time>``."""
+    return f"{prefix}{created}"
+
+
+def idempotency(api_key_id: str | None, key_digest: str) -> Key:
+    return Key(f"IDEM#{api_key_id or '-'}#{key_digest}", "IDEM")
+
+
+def sequence_definition(name: str) -> Key:
+    return Key(f"SEQDEF#{name}", "DEF")
+
+
+def enrolment(enrolment_id: str) -> Key:
+    return Key(f"{ENROLMENT_PREFIX}{enrolment_id}", "ENROL")
+
+
+def contact(contact_key: str) -> Key:
+    return Key(f"CONTACT#{contact_key}", "CONTACT")
+
+
+def contact_shard(shard: int) -> str:
+    """gsi1 partition of one of the CONTACT_SHARDS shards that together hold every contact."""
+    return f"CONTACTS#{shard}"
+
+
+LIST_PREFIX = "LIST#"
+MEMBER_PREFIX = "MEMBER#"
+
+
+def list_partition(list_id: str) -> str:
+    return f"{LIST_PREFIX}{list_id}"
+
+
+def list_meta(list_id: str) -> Key:
+    return Key(list_partition(list_id), "META")
+
+
+def list_member(list_id: str, contact_key: str) -> Key:
+    return Key(list_partition(list_id), f"{MEMBER_PREFIX}{contact_key}")
+
+
+def list_id_of(pk: str) -> str:
+    return pk.removeprefix(LIST_PREFIX)
+
+
+def segment(segment_id: str) -> Key:
+    return Key(f"SEGMENT#{segment_id}", "META")
+
+
+def campaign_partition(campaign_id: str) -> str:
+    """The campaign's partition, in the main table (definition, batches) and the stats table (counters)."""
+    return f"CAMPAIGN#{campaign_id}"
+
+
+def campaign(campaign_id: str) -> Key:
+    return Key(campaign_partition(campaign_id), "META")
+
+
+BATCH_PREFIX = "BATCH#"
+PARKED_PREFIX = "PARKED#"
+
+
+def batches_prefix(run: str) -> str:
+    return f"{BATCH_PREFIX}{run}#"
+
+
+def batch_sk(run: str, batch: int) -> str:
+    return f"{batches_prefix(run)}{batch:06d}"
+
+
+def batch(campaign_id: str, run: str, number: int) -> Key:
+    return Key(campaign_partition(campaign_id), batch_sk(run, number))
+
+
+BATCH_SK = re.compile(rf"{re.escape(BATCH_PREFIX)}[a-z0-9-]+#[0-9]{{6,}}")  # a batch_sk (fullmatch it)
+
+
+def batch_of(sk: str) -> tuple[str, int]:
+    """The run and number a batch's (or parked batch's) sort key names."""
+    _, run, number = sk.split("#", 2)
+    return run, int(number)
+
+
+def parked_batch(campaign_id: str, run: str, number: int) -> Key:
+    return Key(campaign_partition(campaign_id), f"{PARKED_PREFIX}{run}#{number:06d}")
+
+
+def campaign_due(campaign_id: str) -> Key:
+    return Key(campaign_partition(campaign_id), "DUE")
+
+
+SUPPRESSION_PREFIX = "SUPP#"
+
+
+def suppression(address: str) -> Key:
+    return Key(f"{SUPPRESSION_PREFIX}{address}", "SUPP")
+
+
+ERASED = "SUPP#ERASED"  # the partition of erased addresses' pseudonyms
+
+
+def erased(digest: str) -> Key:
+    """An erased address: its keyed pseudonym (the hex HMAC digest) in the ERASED partition."""
+    return Key(ERASED, digest)
+
+
+def soft_bounces(address: str) -> Key:
+    return Key(f"SOFT#{address}", "SOFT")
+
+
+# ---- stats table
+
+STATS = "STATS"  # account-wide counters
+TOTALS = "TOTALS"
+DAY_PREFIX = "DAY#"
+HOUR_PREFIX = "HOUR#"
+VARIANT_PREFIX = "VARIANT#"
+FIRST_PREFIX = "FIRST#"
+LINK_PREFIX = "LINK#"
+COUNTRY_PREFIX = "COUNTRY#"
+DEVICE_PREFIX = "DEVICE#"
+
+
+def day(date_iso: str) -> str:
+    return f"{DAY_PREFIX}{date_iso}"
+
+
+def hour(hour_iso: str) -> str:
+    """``hour_iso`` is ``YYYY-MM-DDTHH``."""
+    return f"{HOUR_PREFIX}{hour_iso}"
+
+
+def variant(name: str) -> str:
+    return f"{VARIANT_PREFIX}{name}"
+
+
+def link(index: int) -> str:
+    return f"{LINK_PREFIX}{index:04d}"
+
+
+def country(code: str) -> str:
+    return f"{COUNTRY_PREFIX}{code}"
+
+
+def device(family: str) -> str:
+    return f"{DEVICE_PREFIX}{family}"
+
+
+def campaign_counter(campaign_id: str, sk: str) -> Key:
+    return Key(campaign_partition(campaign_id), sk)
+
+
+def account_counter(sk: str) -> Key:
+    return Key(STATS, sk)
+
+
+def send_mark(key: str) -> Key:
+    """The once-only mark of a counted send (a batch or a message)."""
+    return Key(f"SENT#{key}", "SENT")
+
+
+def events_partition(subject: str) -> str:
+    """A message's events (``subject`` is its id, or ``rcpt:<address>`` for events without a message)."""
+    return f"{EVENT_PREFIX}{subject}"
+
+
+def recipient_subject(address: str) -> str:
+    """The events ``subject`` of an address's events that name no message. Callers pass it lower-cased."""
+    return f"rcpt:{address}"
+
+
+def event_kind_prefix(kind: str) -> str:
+    """The sort-key prefix of a message's events of one kind (``click#``...)."""
+    return f"{kind}#"
+
+
+def event(subject: str, kind: str, event_id: str) -> Key:
+    return Key(events_partition(subject), f"{event_kind_prefix(kind)}{event_id}")
+
+
+def first_marker(subject: str, marker: str) -> Key:
+    """The once-only mark of a message's first event of a kind (``marker``: ``open``, ``click_human``...)."""
+    return Key(events_partition(subject), f"{FIRST_PREFIX}{marker}")
+
+
+# ---- the registry the storage reference is generated from
+
+@dataclass(frozen=True)
+class Entity:
+    name: str
+    table: str
+    pk: str
+    sk: str
+    gsi1: str
+    owner: str
+    reads: str
+
+
+ENTITIES: tuple[Entity, ...] = (
+    Entity("API key", "main", "APIKEY#<key id>", "APIKEY", "APIKEYS / created", "jetmail.apikeys",
+           "GetItem to authenticate; Query gsi1 to list"),
+    Entity("template head (latest)", "main", "TEMPLATE#<name>", "HEAD#<locale>", "TEMPLATES / name#locale",
+           "jetmail.template_store", "GetItem for a send; Query gsi1 to list"),
+    Entity("template version", "main", "TEMPLATE#<name>", "V#<locale>#<version:06d>", "-",
+           "jetmail.template_store", "GetItem; Query begins_with V#<locale># for the history"),
+    Entity("message", "main", "MSG#<id>", "MSG", "RCPT#<email> / MSG#<created>", "jetmail.messages",
+           "GetItem for status; conditional UpdateItem to claim; Query gsi1 per recipient"),
+    Entity("idempotency record", "main", "IDEM#<key id>#<sha256 of the key>", "IDEM", "-", "jetmail.messages",
+           "conditional PutItem in the create transaction"),
+    Entity("sequence definition", "main", "SEQDEF#<name>", "DEF", "SEQDEFS / name", "jetmail.sequences",
+           "GetItem; Query gsi1 to list"),
+    Entity("sequence enrolment", "main", "SEQ#<enrolment id>", "ENROL", "RCPT#<email> / SEQ#<created>",
+           "jetmail.sequences", "GetItem; Query gsi1 per recipient"),
+    Entity("contact", "main", "CONTACT#<email>", "CONTACT", "CONTACTS#<0-15> / email", "jetmail.contacts",
+           "GetItem / BatchGetItem; Query gsi1 shard by shard to page through all"),
+    Entity("contact list", "main", "LIST#<id>", "META", "LISTS / created#id", "jetmail.contacts",
+           "GetItem; Query gsi1 to list"),
+    Entity("list membership + snapshot", "main", "LIST#<id>", "MEMBER#<email>", "-", "jetmail.contacts",
+           "Query the list partition (filter on status): a plan streams it, ~1 MB a page"),
+    Entity("segment", "main", "SEGMENT#<id>", "META", "SEGMENTS / created#id", "jetmail.segments",
+           "GetItem; Query gsi1 to list"),
+    Entity("campaign", "main", "CAMPAIGN#<id>", "META", "CAMPAIGNS / created#id", "jetmail.campaigns.store",
+           "GetItem; conditional UpdateItem for state changes; Query gsi1 to list"),
+    Entity("planned batch (+ its failures)", "main", "CAMPAIGN#<id>", "BATCH#<run>#<n:06d>", "-",
+           "jetmail.campaigns.store", "BatchWriteItem when planned; Query begins_with BATCH#<run># to re-plan; "
+           "GetItem to attribute a message id; Query begins_with BATCH# (filter on failures) to list failures"),
+    Entity("parked batch", "main", "CAMPAIGN#<id>", "PARKED#<run>#<n:06d>", "-", "jetmail.campaigns.store",
+           "Query begins_with PARKED# on resume"),
+    Entity("due start", "main", "CAMPAIGN#<id>", "DUE", "DUE / at#id", "jetmail.campaigns.store",
+           "Query the whole gsi1 partition on every tick, keeping those at or before now"),
+    Entity("suppression", "main", "SUPP#<email>", "SUPP", "SUPPRESSIONS / at#email", "jetmail.suppressions",
+           "GetItem / BatchGetItem per address; Query gsi1 to list"),
+    Entity("erased address", "main", "SUPP#ERASED", "<keyed pseudonym>", "SUPPRESSIONS / at#hmac:<pseudonym>",
+           "jetmail.suppressions",
+           "BatchGetItem with the address's own entry; Query the partition for all pseudonyms; listed with "
+           "the suppressions (gsi1)"),
+    Entity("soft-bounce log", "main", "SOFT#<email>", "SOFT", "-", "jetmail.feedback",
+           "UpdateItem per bounce; GetItem per contact in the list review (jetmail.reputation)"),
+    Entity("event", "stats", "EVT#<message id | rcpt:<email>>", "<kind>#<event id>", "RCPT#<email> / EVT#<time>",
+           "jetmail.feedback", "conditional PutItem (exactly once); Query gsi1 per recipient; Query begins_with "
+           "click# of the message per click, to spot a scanner's link burst (jetmail.machines)"),
+    Entity("first-event marker", "stats", "EVT#<message id>", "FIRST#<kind>[_human]", "-", "jetmail.feedback",
+           "conditional PutItem: unique opens and clicks"),
+    Entity("send mark", "stats", "SENT#<batch or message>", "SENT", "-", "jetmail.feedback",
+           "conditional PutItem in the counters' transaction"),
+    Entity("campaign counters", "stats", "CAMPAIGN#<id>",
+           "TOTALS | HOUR#<hour> | VARIANT#<name> | LINK#<n:04d> | COUNTRY#<cc> | DEVICE#<family>", "-",
+           "jetmail.feedback", "ADD in the event's (or the send's) transaction; one Query of the partition per "
+           "report; GetItem TOTALS per running campaign on every reputation check"),
+    Entity("account counters", "stats", "STATS", "DAY#<date> | HOUR#<yyyy-mm-ddThh>", "-", "jetmail.feedback",
+           "ADD per event and per counted send; Query a range for reports and the reputation monitor"),
+)
