@@ -143,7 +143,8 @@ def storage_md() -> str:
            "Two DynamoDB tables, both keyed `pk` / `sk` with one GSI `gsi1` on `gsi1pk` / `gsi1sk` and the TTL",
            "attribute `expires_at`: the main table (what jetmail knows) and the stats table (what happened: events",
            "and counters). Every key is made by `jetmail.storage.keys` and nowhere else; this table is generated",
-           "from its `ENTITIES`.", ""]
+           "from its `ENTITIES`. Each row has one owner, the repository that alone reads and writes it: other",
+           "modules ask the owner.", ""]
     for table in ("main", "stats"):
         out += [f"## The {table} table", "", "| row | pk | sk | gsi1pk / gsi1sk | owner | read by |",
                 "|---|---|---|---|---|---|"]

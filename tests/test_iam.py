@@ -95,7 +95,9 @@ def test_scheduler_role_allows_a_tick_and_an_alert(lambda_env: None, services: S
     tick["time"] = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     handler(tick, LambdaContext())
     lambda_services = Services(get_settings())
-    ReputationMonitor(lambda_services).alert(["marketing stopped"], {
+    ReputationMonitor(stats=lambda_services.counters, store=lambda_services.campaign_store,
+                      campaigns=lambda_services.campaigns, queue=lambda_services.queue,
+                      settings=lambda_services.settings).alert(["marketing stopped"], {
         "bounce_rate": 0.1, "complaint_rate": 0.0, "sent": 100, "window_hours": 24})
     assert_allowed(roles, "SchedulerFunctionRole", recorded(calls),
                    expect={"dynamodb:Query", "cloudwatch:PutMetricData", "sns:Publish"})

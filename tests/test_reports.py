@@ -257,6 +257,23 @@ def test_sends_are_counted_once_per_key(services: Services) -> None:
     assert hour is not None and hour["sent"] % 7 == 0 and hour["sent"] == day.sent
 
 
+def test_counters_read_back_what_a_campaign_send_counted(services: Services) -> None:
+    # GIVEN a campaign batch's sends counted for its variant, in an hour nothing else counts in
+    campaign_id = f"cmp_counters{datetime.now(UTC).timestamp():.0f}"
+    at = datetime(2023, 5, 6, 7, 8, tzinfo=UTC)
+    counters = services.counters
+    assert counters.record_sends(f"{campaign_id}#r#1", sent=3, failed=1, campaign_id=campaign_id, variant="a", at=at)
+    # THEN the campaign's totals, its hour and its variant hold them
+    assert (counters.campaign_totals(campaign_id)["sent"], counters.campaign_totals(campaign_id)["failed"]) == (3, 1)
+    rows = counters.campaign(campaign_id)
+    assert [(hour, row["sent"]) for hour, row in rows.hours] == [("2023-05-06T07", 3)]
+    assert rows.variants["a"]["failed"] == 1 and counters.variants(campaign_id) == rows.variants
+    # AND the account's hours after the one before, up to it, hold them too
+    hours = counters.account("hour", after="2023-05-06T06", until="2023-05-06T07")
+    assert list(hours) == ["2023-05-06T07"] and hours["2023-05-06T07"]["sent"] >= 3
+    assert "2023-05-06" in counters.account("day", after="2023-05-05")
+
+
 def test_rates_are_per_accepted_message_while_the_provider_reports_no_deliveries() -> None:
     # GIVEN counts as the SMTP provider leaves them: sends, bounces and engagement, but no delivery events
     smtp = Counts(sent=10, bounced_hard=2, complained=1, unsubscribed=1,

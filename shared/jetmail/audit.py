@@ -26,12 +26,13 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field
 
-# The API's audit dependency imports this module on every cold start: the table adapter (boto3) loads with the
-# first query, and the audited template store lives with the templates (jetmail.template_store).
+from jetmail.storage import keys
+
+# The API's audit dependency imports this module on every cold start: the table adapter (boto3) is not imported
+# here, and the audited template store lives with the templates (jetmail.template_store).
 if TYPE_CHECKING:
     from jetmail.storage.table import Table
 
-AUDIT_PK = "AUDIT"
 MAX_VALUE_CHARS = 200
 MAX_CHANGES = 20
 # never recorded, whatever a caller passes
@@ -124,38 +125,28 @@ class AuditLog:
         now = datetime.now(UTC)
         entry = AuditEntry(id=f"aud_{secrets.token_hex(8)}", at=now.isoformat(), actor=actor or current_actor(),
                            action=action, target=target, changes=summarize(changes))
-        self.table.put({"pk": AUDIT_PK, "sk": f"{entry.at}#{entry.id}", **entry.model_dump(mode="json"),
-                        "changes": json.dumps(entry.changes, sort_keys=True),
-                        "expires_at": int(time.time() + self.retention.total_seconds())})
+        row = {**entry.model_dump(mode="json"), "changes": json.dumps(entry.changes, sort_keys=True),
+               "expires_at": int(time.time() + self.retention.total_seconds())}
+        self.table.put(keys.audit_entry(entry.at, entry.id).item(**row))
         return entry
 
     def query(self, *, since: str | datetime | None = None, until: str | datetime | None = None,
               action: str | None = None, actor: str | None = None, target: str | None = None, limit: int = 100,
               cursor: str | None = None) -> AuditPage:
-        """Newest first. ``action`` matches a whole action or a prefix ending in ``.`` (``campaign.``)."""
+        """Newest first. ``action`` matches a whole action or a prefix ending in ``.`` (``campaign.``). One
+        Query per 200 entries read, until ``limit`` match."""
         low = _parse_time(since, "since") or ""
         high = _parse_time(until, "until") or "9999"
         if low and high != "9999" and low > high:
             raise InvalidAuditQuery("since is after until")
         # sort keys are "<time>#<id>": "~" sorts after "#" so an entry at exactly `until` is included
-        from jetmail.storage.table import from_item, to_item
-
         upper = _decode(cursor) if cursor else high + "~"
         found: list[AuditEntry] = []
         start: dict[str, Any] | None = None
         while len(found) < limit:
-            kwargs: dict[str, Any] = {
-                "TableName": self.table.name,
-                "KeyConditionExpression": "pk = :pk AND sk BETWEEN :lo AND :hi",
-                "ExpressionAttributeValues": to_item({":pk": AUDIT_PK, ":lo": low or "0", ":hi": upper}),
-                "ScanIndexForward": False, "Limit": PAGE,
-            }
-            if start:
-                kwargs["ExclusiveStartKey"] = start
-            resp = self.table.client.query(**kwargs)
-            self.table.requests += 1
-            for raw in resp.get("Items", []):
-                item = from_item(raw)
+            items, start = self.table.query(pk=keys.AUDIT, sk_between=(low or "0", upper), forward=False, limit=PAGE,
+                                            start=start)
+            for item in items:
                 if item["sk"] == upper:  # the cursor's own entry
                     continue
                 if action and not (item["action"] == action or (action.endswith(".") and
@@ -168,7 +159,6 @@ class AuditLog:
                 found.append(AuditEntry.model_validate({**item, "changes": json.loads(item.get("changes") or "{}")}))
                 if len(found) == limit:
                     return AuditPage(entries=found, next_cursor=_encode(item["sk"]))
-            start = resp.get("LastEvaluatedKey")
             if not start:
                 break
         return AuditPage(entries=found)

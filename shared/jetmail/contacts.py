@@ -29,15 +29,24 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal, get_args
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from jetmail.addresses import InvalidAddress, normalise_email
 from jetmail.cursors import InvalidCursor, pack, unpack
+from jetmail.fields import one_line, time_zone
 from jetmail.stops import StopChange, StopFeed
 from jetmail.storage import keys
-from jetmail.storage.table import BATCH_WRITE_MAX, ConditionFailed, Table, batch_get, from_item, native, to_item
+from jetmail.storage.catalogue import Catalogue
+from jetmail.storage.table import (
+    KEY_ATTRIBUTES,
+    ConditionFailed,
+    Table,
+    item_fields,
+    key_values,
+    native,
+    resume_after,
+)
 
 SubscriptionStatus = Literal["subscribed", "unsubscribed", "pending"]
 ImportFormat = Literal["csv", "jsonl"]
@@ -122,16 +131,6 @@ def check_attributes(value: Mapping[str, Any]) -> None:
         raise ValueError(f"attributes take {size} bytes as JSON; at most {MAX_ATTRIBUTES_BYTES} are allowed")
 
 
-def check_timezone(value: str | None) -> str | None:
-    if value is None:
-        return None
-    try:
-        ZoneInfo(value)
-    except (ZoneInfoNotFoundError, ValueError):
-        raise ValueError(f"unknown time zone {value!r}") from None
-    return value
-
-
 class ContactFields(BaseModel):
     """Profile fields of an upsert. A given field replaces the stored one (null clears it), an omitted
     one is kept; ``attributes`` merge key by key, and a key set to null is removed."""
@@ -145,14 +144,12 @@ class ContactFields(BaseModel):
     @field_validator("name")
     @classmethod
     def _one_line(cls, value: str | None) -> str | None:
-        if value is not None and any(c in value for c in "\r\n\x00"):
-            raise ValueError("must not contain line breaks")
-        return value
+        return one_line(value)
 
     @field_validator("timezone")
     @classmethod
     def _zone(cls, value: str | None) -> str | None:
-        return check_timezone(value)
+        return time_zone(value)
 
     @field_validator("attributes")
     @classmethod
@@ -202,9 +199,7 @@ class ListCreate(BaseModel):
     @field_validator("name")
     @classmethod
     def _one_line(cls, value: str) -> str:
-        if any(c in value for c in "\r\n\x00"):
-            raise ValueError("must not contain line breaks")
-        return value
+        return one_line(value)
 
 
 class MailingList(BaseModel):
@@ -313,8 +308,7 @@ def _snapshot(state: Mapping[str, Any] | None) -> tuple[Any, ...] | None:
 def _merged(current: Mapping[str, Any] | None, address: str, patch: ContactFields,
             lists: Mapping[str, str], now: str) -> dict[str, Any]:
     """The contact state after applying ``patch`` and ``lists`` to what is stored (without keys)."""
-    state: dict[str, Any] = {k: v for k, v in (current or {}).items()
-                             if k not in ("pk", "sk", "gsi1pk", "gsi1sk")}
+    state: dict[str, Any] = {k: v for k, v in (current or {}).items() if k not in KEY_ATTRIBUTES}
     state.setdefault("created_at", now)
     state["email"] = address
     given = patch.model_fields_set
@@ -357,7 +351,7 @@ def _list(item: Mapping[str, Any]) -> MailingList:
 
 # ---- cursors: the key of the last member returned, checked on the way back in
 def encode_cursor(key: Mapping[str, Any]) -> str:
-    plain = {"pk": key["pk"], "sk": key["sk"]} if isinstance(key["pk"], str) else from_item(key)
+    plain = {"pk": key["pk"], "sk": key["sk"]} if isinstance(key["pk"], str) else key_values(key)
     return pack({"pk": plain["pk"], "sk": plain["sk"]})
 
 
@@ -366,26 +360,7 @@ def decode_cursor(cursor: str, *, list_id: str) -> dict[str, Any]:
     if (not isinstance(value, dict) or set(value) != {"pk", "sk"} or value["pk"] != keys.list_partition(list_id)
             or not isinstance(value["sk"], str) or not value["sk"].startswith(keys.MEMBER_PREFIX)):
         raise InvalidCursor("cursor does not belong to this list")
-    return to_item(value)
-
-
-# ---- raw requests the Table wrapper has no method for; each counts on Table.requests
-def _pack(groups: Iterable[list[dict[str, Any]]], size: int = BATCH_WRITE_MAX) -> Iterator[list[dict[str, Any]]]:
-    """Requests of at most ``size`` items that never split a group (a group only spans requests when
-    it alone is larger than one)."""
-    current: list[dict[str, Any]] = []
-    for group in groups:
-        if len(current) + len(group) > size and current:
-            yield current
-            current = []
-        for offset in range(0, len(group), size):
-            part = group[offset:offset + size]
-            if len(current) + len(part) > size:
-                yield current
-                current = []
-            current.extend(part)
-    if current:
-        yield current
+    return resume_after(value)
 
 
 # ---- streaming parsers
@@ -546,6 +521,8 @@ class ContactStore:
     def __init__(self, table: Table, *, erased: Callable[[Iterable[str]], set[str]] | None = None,
                  stops: StopFeed | None = None) -> None:
         self.table = table
+        self._lists = Catalogue(table, row=keys.list_meta, partition=keys.LISTS, ids=LIST_ID,
+                                missing=lambda list_id: ListNotFound(f"list {list_id!r} not found"))
         # which of some addresses were erased (jetmail.gdpr): those are refused, never stored again
         self.erased = erased or (lambda emails: set())
         # list unsubscribes (and re-subscribes) are published before they are written: running campaigns
@@ -572,21 +549,15 @@ class ContactStore:
         body = ListCreate(name=name)
         list_id = f"lst_{secrets.token_hex(8)}"
         created = now_iso()
-        self.table.put(keys.list_meta(list_id).item(gsi1pk=keys.LISTS, gsi1sk=f"{created}#{list_id}", id=list_id,
-                                                    name=body.name, created_at=created),
-                       condition="attribute_not_exists(pk)")
-        return MailingList(id=list_id, name=body.name, created_at=created)
+        return _list(self._lists.add(list_id, created, id=list_id, name=body.name, created_at=created))
 
     def get_list(self, list_id: str) -> MailingList:
         """One GetItem (none for an id that cannot be a list's)."""
-        item = self.table.get(*keys.list_meta(list_id)) if LIST_ID.match(list_id) else None
-        if item is None:
-            raise ListNotFound(f"list {list_id!r} not found")
-        return _list(item)
+        return _list(self._lists.get(list_id))
 
     def lists(self) -> list[MailingList]:
         """Oldest first; one Query per 1 MB of lists."""
-        return [_list(item) for item in self.table.query_all(pk=keys.LISTS, index="gsi1")]
+        return [_list(item) for item in self._lists.all()]
 
     def find_list(self, ref: str) -> MailingList:
         """A list by id, or else by its name (exact, then ignoring case); ambiguous names are refused."""
@@ -610,7 +581,8 @@ class ContactStore:
         removed = 0
         start: dict[str, Any] | None = None
         while True:
-            items, start = self._query_members(list_id, status=None, limit=None, start=start, keys_only=True)
+            items, start = self._query_members(list_id, status=None, limit=None, start=start,
+                                               projection=("pk", "sk"))
             self.table.batch_delete([(i["pk"], i["sk"]) for i in items])
             removed += len(items)
             if not start:
@@ -623,7 +595,7 @@ class ContactStore:
         wanted = sorted({i for i in list_ids if LIST_ID.match(i)})
         if not wanted:
             return set()
-        found = batch_get(self.table, [keys.list_meta(i) for i in wanted], projection="id")
+        found = self.table.batch_get([keys.list_meta(i) for i in wanted], projection=("id",))
         return {item["id"] for item in found}
 
     # ---- contacts
@@ -684,15 +656,31 @@ class ContactStore:
             return _contact(state), current is None
         raise ContactConflict(f"contact {address!r} changed during {UPSERT_ATTEMPTS} attempts to write it; retry")
 
-    def delete(self, email: str) -> None:
-        """The contact and its memberships: one GetItem and one BatchWriteItem per 25 items."""
+    def delete(self, email: str) -> int:
+        """The contact and its memberships: one GetItem and one BatchWriteItem per 25 items. Returns how many
+        memberships it had; raises ContactNotFound."""
         key = contact_key(_address(email))
         item = self._stored(key)
         if item is None:
             raise ContactNotFound(f"no contact {email!r}")
-        rows = [keys.contact(key)]
-        rows += [keys.list_member(list_id, key) for list_id in item.get("lists") or {}]
-        self.table.batch_delete(rows)
+        lists = item.get("lists") or {}
+        self.table.batch_delete([keys.contact(key), *(keys.list_member(list_id, key) for list_id in lists)])
+        return len(lists)
+
+    def export_of(self, email: str) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+        """What is held about the contact of ``email`` (an export): the contact as stored (without its keys
+        and version) and its memberships, each with its list's name; (None, []) without a contact. One
+        GetItem and two BatchGetItem per 100 lists."""
+        key = contact_key(email)
+        item = self._stored(key)
+        if item is None:
+            return None, []
+        lists = item.get("lists") or {}
+        names = {keys.list_id_of(meta["pk"]): meta.get("name")
+                 for meta in self.table.batch_get([keys.list_meta(i) for i in lists])}
+        members = self.table.batch_get([keys.list_member(i, key) for i in lists], consistent=True)
+        return (item_fields({k: v for k, v in item.items() if k != "version"}),
+                [{**fields, "list_name": names.get(fields["list_id"])} for fields in map(member_fields, members)])
 
     def record_engagement(self, email: str, kind: Literal["open", "click"], at: datetime) -> bool:
         """Remember the latest open or click of a contact: one conditional UpdateItem. Returns False when
@@ -715,8 +703,8 @@ class ContactStore:
     def engagement(self, contact_keys: Sequence[str]) -> dict[str, tuple[datetime | None, datetime | None]]:
         """{contact key: (last opened, last clicked)} for contacts that exist: one BatchGetItem per 100."""
         found: dict[str, tuple[datetime | None, datetime | None]] = {}
-        items = batch_get(self.table, [keys.contact(k) for k in contact_keys],
-                          projection="gsi1sk, last_opened_at, last_clicked_at")
+        items = self.table.batch_get([keys.contact(k) for k in contact_keys],
+                                     projection=("gsi1sk", "last_opened_at", "last_clicked_at"))
         for item in items:
             found[item["gsi1sk"]] = (_when(item.get("last_opened_at")), _when(item.get("last_clicked_at")))
         return found
@@ -729,29 +717,13 @@ class ContactStore:
 
     # ---- memberships
     def _query_members(self, list_id: str, *, status: str | None, limit: int | None,
-                       start: Mapping[str, Any] | None, keys_only: bool = False,
+                       start: Mapping[str, Any] | None, projection: Sequence[str] = (),
                        ) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
-        names = {"#pk": "pk", "#sk": "sk"}
-        values: dict[str, Any] = {":pk": keys.list_partition(list_id), ":m": keys.MEMBER_PREFIX}
-        kwargs: dict[str, Any] = {"TableName": self.table.name,
-                                  "KeyConditionExpression": "#pk = :pk AND begins_with(#sk, :m)"}
-        if status is not None:
-            # a filter, not a key: status changes stay one overwrite of the same item, at the price
-            # of reading (and paying for) members of other statuses while paging
-            kwargs["FilterExpression"] = "#st = :st"
-            names["#st"] = "status"
-            values[":st"] = status
-        if keys_only:
-            kwargs["ProjectionExpression"] = "#pk, #sk"
-        kwargs["ExpressionAttributeNames"] = names
-        kwargs["ExpressionAttributeValues"] = to_item(values)
-        if limit:
-            kwargs["Limit"] = limit
-        if start:
-            kwargs["ExclusiveStartKey"] = dict(start)
-        self.table.requests += 1
-        resp = self.table.client.query(**kwargs)
-        return [from_item(i) for i in resp.get("Items", [])], resp.get("LastEvaluatedKey")
+        # a filter, not a key: status changes stay one overwrite of the same item, at the price of
+        # reading (and paying for) members of other statuses while paging
+        return self.table.query(pk=keys.list_partition(list_id), sk_prefix=keys.MEMBER_PREFIX, limit=limit,
+                                start=start, projection=projection, filter=None if status is None else "#st = :st",
+                                names={"#st": "status"}, params={":st": status})
 
     def member_pages(self, list_id: str, *, status: str | None = "subscribed", page_size: int | None = None,
                      first_page: int | None = None) -> Iterator[list[dict[str, Any]]]:
@@ -852,7 +824,7 @@ class ContactStore:
             rows = [(row_no, row) for row_no, row in rows if row.email.lower() not in erased]
         wanted = list(dict.fromkeys(contact_key(row.email) for _, row in rows))
         stored = {item["gsi1sk"]: item for item in
-                  batch_get(self.table, [keys.contact(k) for k in wanted], consistent=True)}
+                  self.table.batch_get([keys.contact(k) for k in wanted], consistent=True)}
         unknown = {i for item in stored.values() for i in item.get("lists") or {} if i not in known_lists}
         if unknown:
             live = self.existing_lists(unknown)
@@ -889,8 +861,7 @@ class ContactStore:
                       if resync or lid == list_id or before.get(lid) != st]
             groups.append(items)
         self._publish(stops)
-        for request in _pack(groups):
-            self.table.batch_put(request)
+        self.table.batch_put_groups(groups)
         report.imported += imported
         report.kept_unsubscribed += kept
 

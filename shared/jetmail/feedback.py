@@ -1,16 +1,14 @@
 """Learn from every event: message status, counters, suppression and engagement, exactly once.
 
 Events arrive at least once and in any order. Each event is recorded with a conditional Put
-(``EVT#<message>`` / ``<kind>#<event id>``) in the same transaction that adds its counters, so a
-repeated event changes nothing. Events and counters live in the stats table (campaign totals
-``CAMPAIGN#<id>``/``TOTALS``, hourly buckets ``HOUR#<yyyy-mm-ddThh>``, variants ``VARIANT#<name>``,
-links ``LINK#<index>``, the country and mail client of first opens and clicks ``COUNTRY#<cc>`` /
-``DEVICE#<family>``, account-wide days ``STATS``/``DAY#<date>``), apart from the main table, so
-those transactions touch only small items. "First open" and "first click" markers ride in the same
-transaction to count unique opens and clicks exactly once. Status changes only move forward by
-rank (sent < delivered < bounced < complained), so a Delivery that arrives after its Bounce is a
-no-op. Sends and send failures are added by ``record_sends`` (once per campaign batch or message).
-Policy actions (suppression, cancelling pending mail) are idempotent by nature.
+(``EVT#<message>`` / ``<kind>#<event id>``, the ``EventLog``) in the same transaction that adds its
+counters (``jetmail.counters``), so a repeated event changes nothing. Events and counters live in the
+stats table, apart from the main table, so those transactions touch only small items. "First open"
+and "first click" markers ride in the same transaction to count unique opens and clicks exactly once.
+Status changes only move forward by rank (sent < delivered < bounced < complained), so a Delivery that
+arrives after its Bounce is a no-op. Sends and send failures are added by ``record_sends`` (once per
+campaign batch or message). Policy actions (suppression, cancelling pending mail) are idempotent by
+nature.
 
 Policy (settings): a permanent bounce suppresses the address (``hard_bounce``) and cancels every
 pending message and sequence step to it; transient and undetermined bounces are counted, and
@@ -23,19 +21,19 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from jetmail.campaigns.ids import parse_campaign_message_id
+from jetmail.counters import Counters
 from jetmail.events import DeliveryEvent, EventKind
 from jetmail.machines import is_machine, link_burst
 from jetmail.messages import MessageRepository, MessageStatus
 from jetmail.storage import keys
-from jetmail.storage.table import ConditionFailed, Table, to_item
+from jetmail.storage.table import ConditionFailed, Table, item_fields
 from jetmail.suppressions import SuppressionStore
-from jetmail.useragents import country_code, mail_client
 
 logger = logging.getLogger("jetmail.feedback")
 
@@ -78,47 +76,91 @@ def counter_names(event: DeliveryEvent) -> list[str]:
             EventKind.SEND: ["provider_accepted"]}.get(kind, [])
 
 
-SEND_MARK_DAYS = 30
-
-
 def record_sends(stats: Table, key: str, *, sent: int, failed: int = 0, campaign_id: str | None = None,
                  variant: str | None = None, at: datetime | None = None,
                  with_ops: Sequence[dict[str, Any]] = ()) -> bool:
-    """Add the sends and failures of one campaign batch or one message to the counters, once per
-    ``key``: a ``SENT#<key>`` mark rides in the same transaction. False when it was counted before.
+    """Add the sends and failures of one campaign batch or one message to the counters, once per ``key``
+    (``Counters.record_sends``, one TransactWriteItems); False when it was counted before."""
+    return Counters(stats).record_sends(key, sent=sent, failed=failed, campaign_id=campaign_id, variant=variant,
+                                        at=at, with_ops=with_ops)
 
-    Account-wide days and hours (``STATS``), and for a campaign its ``TOTALS``, its hour and its
-    variant, so a report's timeline shows sends per hour next to the events. ``with_ops`` (typed
-    TransactWriteItems operations, on any table) ride in the same transaction: the caller's own record
-    of the outcome, so outcome and counters are written together or not at all, in one request."""
-    if sent <= 0 and failed <= 0:
-        if not with_ops:
-            return False
-        try:
-            stats.transact(list(with_ops))
-        except ConditionFailed:
-            return False
-        return True
-    at = (at or datetime.now(UTC)).astimezone(UTC)
-    hour = at.strftime("%Y-%m-%dT%H")
-    counters = [keys.account_counter(keys.day(at.date().isoformat())), keys.account_counter(keys.hour(hour))]
-    if campaign_id:
-        counters += [keys.campaign_counter(campaign_id, keys.TOTALS),
-                     keys.campaign_counter(campaign_id, keys.hour(hour))]
-        if variant:
-            counters.append(keys.campaign_counter(campaign_id, keys.variant(variant)))
-    mark = keys.send_mark(key).item(expires_at=int(at.timestamp()) + SEND_MARK_DAYS * 86400)
-    ops: list[dict[str, Any]] = [{"Put": {"TableName": stats.name, "Item": to_item(mark),
-                                          "ConditionExpression": "attribute_not_exists(pk)"}}]
-    ops += [{"Update": {"TableName": stats.name, "Key": to_item(counter.item()),
-                        "UpdateExpression": "ADD sent :s, failed :f",
-                        "ExpressionAttributeValues": to_item({":s": sent, ":f": failed})}} for counter in counters]
-    ops += with_ops
-    try:
-        stats.transact(ops)
-    except ConditionFailed:
-        return False
-    return True
+
+class EventLog:
+    """Events in the stats table, one row each, found per message and per recipient (gsi1 ``RCPT#``)."""
+
+    def __init__(self, stats: Table, *, retention_days: int = 400) -> None:
+        self.stats = stats
+        self.retention_days = retention_days
+
+    def subject(self, who: Attribution) -> str:
+        """Where the event is filed: under its message, or under the address for an event without one."""
+        return who.message_id or keys.recipient_subject(who.recipient)
+
+    def expiry(self) -> int:
+        """When an event recorded now expires (``expires_at``: its retention from now)."""
+        return int(time.time() + self.retention_days * 86400)
+
+    def record_op(self, event: DeliveryEvent, who: Attribution, *, expires: int) -> dict[str, Any]:
+        """The event's row, written once, as an operation of the transaction that counts it."""
+        row = keys.event(self.subject(who), event.kind.value, event.event_id).item(
+            gsi1pk=keys.recipient(who.recipient),
+            gsi1sk=keys.by_recipient(keys.EVENT_PREFIX, event.occurred_at.isoformat()),
+            kind=event.kind.value, recipient=who.recipient, message_id=who.message_id,
+            campaign_id=who.campaign_id, variant=who.variant,
+            occurred_at=event.occurred_at.isoformat(), bounce_type=event.bounce_type,
+            bounce_subtype=event.bounce_subtype, diagnostic=event.diagnostic,
+            complaint_type=event.complaint_type, link_url=event.link_url,
+            link_index=event.link_index, user_agent=event.user_agent, country=event.country,
+            machine=event.machine, source=event.source, expires_at=expires)
+        return self.stats.put_op(row, condition="attribute_not_exists(pk)")
+
+    def first_op(self, subject: str, marker: str, *, expires: int) -> dict[str, Any]:
+        """The mark of a message's first event of a kind (``open``, ``click_human``...), written once, as an
+        operation of the same transaction: it fails there when the message had one before."""
+        return self.stats.put_op(keys.first_marker(subject, marker).item(expires_at=expires),
+                                 condition="attribute_not_exists(pk)")
+
+    def of_recipient(self, address: str) -> list[dict[str, Any]]:
+        """The events of ``address`` (lower-cased) as held, without keys and expiry: one Query of gsi1 per
+        ~1 MB page."""
+        return [item_fields(item) for item in self._of_recipient(address)]
+
+    def delete_of_recipient(self, address: str) -> int:
+        """Delete every event of ``address`` (lower-cased), those filed under the address itself included;
+        returns how many. One Query of gsi1 and one of the address's own partition per ~1 MB page, and one
+        BatchWriteItem per 25 events."""
+        rows = [(i["pk"], i["sk"]) for i in self._of_recipient(address)]
+        # events not tied to a message are filed under the address itself
+        unattributed = keys.events_partition(keys.recipient_subject(address))
+        rows += [(i["pk"], i["sk"]) for i in self.stats.query_all(pk=unattributed)]
+        rows = list(dict.fromkeys(rows))
+        self.stats.batch_delete(rows)
+        return len(rows)
+
+    def _of_recipient(self, address: str) -> Iterator[dict[str, Any]]:
+        return self.stats.query_all(pk=keys.recipient(address), sk_prefix=keys.EVENT_PREFIX, index="gsi1")
+
+
+class SoftBounces:
+    """The log of an address's transient bounces (``SOFT#<address>``), one row per address in the main table."""
+
+    def __init__(self, table: Table) -> None:
+        self.table = table
+
+    def add(self, address: str, at: datetime) -> list[str]:
+        """Log a bounce at ``at``; returns every logged bounce (ISO 8601 times). One UpdateItem."""
+        item = self.table.update(*keys.soft_bounces(address),
+                                 expression="SET bounces = list_append(if_not_exists(bounces, :empty), :b)",
+                                 params={":empty": [], ":b": [at.isoformat()]})
+        return list(item.get("bounces", []))
+
+    def of(self, address: str) -> list[str]:
+        """The logged bounces of ``address`` (lower-cased), oldest first: one GetItem."""
+        return list((self.table.get(*keys.soft_bounces(address)) or {}).get("bounces") or [])
+
+    def forget(self, address: str) -> None:
+        """One DeleteItem."""
+        self.table.delete(*keys.soft_bounces(address))
 
 
 class FeedbackProcessor:
@@ -132,6 +174,9 @@ class FeedbackProcessor:
         self.contacts = contacts
         self.queue = queue
         self.policy = policy or Policy()
+        self.events = EventLog(stats, retention_days=self.policy.event_retention_days)
+        self.counters = Counters(stats)
+        self.soft_bounces = SoftBounces(table)
 
     # ---- attribution
     def attribute(self, event: DeliveryEvent) -> Attribution:
@@ -149,7 +194,7 @@ class FeedbackProcessor:
                                        campaign_id=campaign_id, variant=item.get("variant") or event.variant)
                 return Attribution(message_id=event.message_id, recipient=recipient, category="marketing",
                                    campaign_id=campaign_id, variant=event.variant)
-            record = self.table.get(*keys.message(event.message_id))
+            record = self.messages.find(event.message_id)
             if record is not None:
                 return Attribution(message_id=event.message_id, recipient=recipient or record["to"].lower(),
                                    category=record.get("category") or "transactional",
@@ -190,18 +235,8 @@ class FeedbackProcessor:
     def _record(self, event: DeliveryEvent, who: Attribution) -> bool:
         """The event row and its counters in one transaction (in the stats table); False when the event
         was seen before."""
-        subject = who.message_id or keys.recipient_subject(who.recipient)
-        expires = int(time.time() + self.policy.event_retention_days * 86400)
-        event_row = keys.event(subject, event.kind.value, event.event_id).item(
-            gsi1pk=keys.recipient(who.recipient),
-            gsi1sk=keys.by_recipient(keys.EVENT_PREFIX, event.occurred_at.isoformat()),
-            kind=event.kind.value, recipient=who.recipient, message_id=who.message_id,
-            campaign_id=who.campaign_id, variant=who.variant,
-            occurred_at=event.occurred_at.isoformat(), bounce_type=event.bounce_type,
-            bounce_subtype=event.bounce_subtype, diagnostic=event.diagnostic,
-            complaint_type=event.complaint_type, link_url=event.link_url,
-            link_index=event.link_index, user_agent=event.user_agent, country=event.country,
-            machine=event.machine, source=event.source, expires_at=expires)
+        subject = self.events.subject(who)
+        expires = self.events.expiry()
         counters = counter_names(event)
         markers: list[str] = []  # first-event markers: ``open``, ``open_human``, ``click``, ``click_human``
         if event.kind in (EventKind.OPEN, EventKind.CLICK) and who.message_id:
@@ -209,12 +244,9 @@ class FeedbackProcessor:
         while True:
             names = counters + [f"{u.replace('_human', '')}_{'human_' if u.endswith('_human') else ''}unique"
                                 for u in markers]
-            ops = [{"Put": {"TableName": self.stats.name, "Item": to_item(event_row),
-                            "ConditionExpression": "attribute_not_exists(pk)"}}]
-            ops += [{"Put": {"TableName": self.stats.name,
-                             "Item": to_item(keys.first_marker(subject, marker).item(expires_at=expires)),
-                             "ConditionExpression": "attribute_not_exists(pk)"}} for marker in markers]
-            ops += self._counter_updates(event, who, names)
+            ops = [self.events.record_op(event, who, expires=expires)]
+            ops += [self.events.first_op(subject, marker, expires=expires) for marker in markers]
+            ops += self.counters.event_ops(event, names, campaign_id=who.campaign_id, variant=who.variant)
             try:
                 self.stats.transact(ops)
                 return True
@@ -223,53 +255,6 @@ class FeedbackProcessor:
                     return False
                 # not the first open/click of this message: count it without the unique counter(s)
                 markers = [m for i, m in enumerate(markers, start=1) if i not in exc.failed]
-
-    def _counter_updates(self, event: DeliveryEvent, who: Attribution, names: list[str]) -> list[dict[str, Any]]:
-        if not names:
-            return []
-        expression = "ADD " + ", ".join(f"#c{i} :one" for i in range(len(names)))
-        attr_names = {f"#c{i}": n for i, n in enumerate(names)}
-        counters = [keys.account_counter(keys.day(event.occurred_at.astimezone(UTC).date().isoformat())),
-                    keys.account_counter(keys.hour(event.occurred_at.astimezone(UTC).strftime("%Y-%m-%dT%H")))]
-        if who.campaign_id:
-            hour = event.occurred_at.astimezone(UTC).strftime("%Y-%m-%dT%H")
-            counters += [keys.campaign_counter(who.campaign_id, keys.TOTALS),
-                         keys.campaign_counter(who.campaign_id, keys.hour(hour))]
-            if who.variant:
-                counters.append(keys.campaign_counter(who.campaign_id, keys.variant(who.variant)))
-        ops = []
-        for counter in counters:
-            extra_names = dict(attr_names)
-            extra_expression = expression
-            if counter.sk.startswith(keys.VARIANT_PREFIX):
-                # the A/B metric counts unique human opens and clicks
-                ab = [n for n in names if n in ("open_human_unique", "click_human_unique")]
-                if not ab:
-                    continue
-                extra_names = {f"#c{i}": ("opened" if n.startswith("open") else "clicked") for i, n in enumerate(ab)}
-                extra_expression = "ADD " + ", ".join(f"#c{i} :one" for i in range(len(ab)))
-            ops.append({"Update": {"TableName": self.stats.name, "Key": to_item(counter.item()),
-                                   "UpdateExpression": extra_expression, "ExpressionAttributeNames": extra_names,
-                                   "ExpressionAttributeValues": to_item({":one": 1})}})
-        if event.kind == EventKind.CLICK and event.link_index is not None and who.campaign_id:
-            ops.append({"Update": {"TableName": self.stats.name,
-                                   "Key": to_item(keys.campaign_counter(who.campaign_id,
-                                                                        keys.link(event.link_index)).item()),
-                                   "UpdateExpression": "ADD clicks :one, human_clicks :h SET #u = :u",
-                                   "ExpressionAttributeNames": {"#u": "url"},
-                                   "ExpressionAttributeValues": to_item({":one": 1, ":h": 0 if event.machine else 1,
-                                                                         ":u": event.link_url or ""})}})
-        unique = [n for n in names if n.endswith("_unique")]
-        if unique and who.campaign_id:
-            # where and in what the message was first opened (clicked): counted with its unique counters
-            add = "ADD " + ", ".join(f"#c{i} :one" for i in range(len(unique)))
-            for sk in (keys.country(country_code(event.country)), keys.device(mail_client(event.user_agent, event.ip))):
-                ops.append({"Update": {"TableName": self.stats.name,
-                                       "Key": to_item(keys.campaign_counter(who.campaign_id, sk).item()),
-                                       "UpdateExpression": add,
-                                       "ExpressionAttributeNames": {f"#c{i}": n for i, n in enumerate(unique)},
-                                       "ExpressionAttributeValues": to_item({":one": 1})}})
-        return ops
 
     def _apply_status(self, event: DeliveryEvent, who: Attribution) -> None:
         target = STATUS_FOR.get(event.kind)
@@ -319,7 +304,7 @@ class FeedbackProcessor:
     def cancel_pending(self, email: str, *, reason: str) -> int:
         """Cancel every queued or scheduled message to ``email`` (sequence steps included)."""
         cancelled = 0
-        for item in self.table.query_all(pk=keys.recipient(email.lower()), sk_prefix=keys.MESSAGE_PREFIX, index="gsi1"):
+        for item in self.messages.for_recipient(email):
             if item.get("status") in (MessageStatus.QUEUED, MessageStatus.SCHEDULED):
                 try:
                     self.messages.transition(item["id"], MessageStatus.CANCELLED,
@@ -336,9 +321,6 @@ class FeedbackProcessor:
     def _count_soft_bounce(self, email: str, event: DeliveryEvent) -> None:
         window = timedelta(days=self.policy.soft_bounce_window_days)
         at = event.occurred_at.astimezone(UTC)
-        item = self.table.update(*keys.soft_bounces(email),
-                                 expression="SET bounces = list_append(if_not_exists(bounces, :empty), :b)",
-                                 params={":empty": [], ":b": [at.isoformat()]})
-        recent = [b for b in item.get("bounces", []) if datetime.fromisoformat(b) > at - window]
+        recent = [b for b in self.soft_bounces.add(email, at) if datetime.fromisoformat(b) > at - window]
         if len(recent) >= self.policy.soft_bounce_limit:
             self._suppress(email, "soft_bounce_limit", event)

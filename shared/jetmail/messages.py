@@ -15,7 +15,7 @@ import hashlib
 import json
 import secrets
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -24,8 +24,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from jetmail.addresses import InvalidAddress, normalise_email
+from jetmail.fields import one_line, time_zone
 from jetmail.storage import keys
-from jetmail.storage.table import ConditionFailed, Table
+from jetmail.storage.table import ConditionFailed, Table, item_fields
 from jetmail.template_store import TemplateStore
 
 if TYPE_CHECKING:
@@ -34,6 +35,11 @@ if TYPE_CHECKING:
 TRANSACTIONAL_QUEUE = "email_transactional"
 SEND_TASK = "send_message"
 IDEMPOTENCY_TTL = timedelta(hours=24)
+# what a message record keeps once its recipient is erased: nothing that names or describes the person
+KEPT_AFTER_ERASURE = ("pk", "sk", "id", "status", "template", "language", "category", "created_at", "updated_at",
+                      "send_at", "sent_at", "provider", "provider_message_id", "attempts", "campaign_id",
+                      "sequence_id", "sequence_step", "expires_at")
+ERASED = "[erased]"
 
 
 class MessageStatus(StrEnum):
@@ -119,15 +125,7 @@ class SendRequest(BaseModel):
     @field_validator("timezone")
     @classmethod
     def _valid_tz(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
-
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError(f"unknown time zone {value!r}") from None
-        return value
+        return time_zone(value)
 
     @field_validator("send_at")
     @classmethod
@@ -139,9 +137,7 @@ class SendRequest(BaseModel):
     @field_validator("name", "from_", "reply_to")
     @classmethod
     def _no_line_breaks(cls, value: str | None) -> str | None:
-        if value is not None and any(c in value for c in "\r\n\x00"):
-            raise ValueError("must not contain line breaks")
-        return value
+        return one_line(value)
 
     @field_validator("reply_to")
     @classmethod
@@ -280,10 +276,48 @@ class MessageRepository:
         }
 
     def get(self, message_id: str) -> dict[str, Any]:
-        item = self.table.get(*keys.message(message_id), consistent=True)
+        """One consistent GetItem; raises MessageNotFound."""
+        item = self.find(message_id, consistent=True)
         if item is None:
             raise MessageNotFound(message_id)
         return item
+
+    def find(self, message_id: str, *, consistent: bool = False) -> dict[str, Any] | None:
+        """One GetItem."""
+        return self.table.get(*keys.message(message_id), consistent=consistent)
+
+    def for_recipient(self, address: str) -> Iterator[dict[str, Any]]:
+        """Every message record to ``address`` (any case), lazily: one Query of gsi1 per ~1 MB page."""
+        return self.table.query_all(pk=keys.recipient(address.lower()), sk_prefix=keys.MESSAGE_PREFIX, index="gsi1")
+
+    def export_of(self, address: str) -> list[dict[str, Any]]:
+        """The message records to ``address`` as held (without keys and expiry), the template context
+        decoded: ``for_recipient``'s cost."""
+        records = []
+        for item in self.for_recipient(address):
+            record = item_fields(item)
+            if isinstance(record.get("context"), str):
+                record["context"] = json.loads(record["context"])
+            records.append(record)
+        return records
+
+    def strip_personal(self, address: str) -> int:
+        """Rewrite every message record to ``address`` without what names or describes the person
+        (recipient, name, context, From, errors; status and times stay for the totals); returns how many.
+        ``for_recipient``'s cost and one conditional PutItem per record (a record gone meanwhile is left
+        gone)."""
+        stripped = 0
+        for item in self.for_recipient(address):
+            kept = {k: item[k] for k in KEPT_AFTER_ERASURE if item.get(k) is not None}
+            kept["to"] = ERASED
+            kept["history"] = [{"status": h.get("status"), "at": h.get("at")} for h in item.get("history") or []
+                               if isinstance(h, dict)]
+            try:
+                self.table.put(kept, condition="attribute_exists(pk)")
+            except ConditionFailed:
+                continue
+            stripped += 1
+        return stripped
 
     def transition(self, message_id: str, status: MessageStatus, *, allowed_from: set[MessageStatus],
                    detail: str | None = None, fields: dict[str, Any] | None = None,

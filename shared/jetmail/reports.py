@@ -1,10 +1,10 @@
 """Campaign reports and account statistics, read from the counters in the stats table.
 
-Every figure is a counter that ``jetmail.feedback`` added exactly once when an event (or a send)
-was recorded, so a report never reads events: a campaign report is one GetItem on the campaign
-item (main table) and one Query on the campaign's partition of the stats table (``TOTALS``,
-``HOUR#…``, ``VARIANT#…``, ``LINK#…``, ``COUNTRY#…``, ``DEVICE#…``), whatever the number of
-recipients and events; account statistics are one Query on ``STATS`` between two keys.
+Every figure is a counter (``jetmail.counters``) added exactly once when an event (or a send) was
+recorded, so a report never reads events: a campaign report is one GetItem on the campaign item
+(main table) and one Query on the campaign's counters (its totals, hours, variants, links,
+countries and mail clients), whatever the number of recipients and events; account statistics are
+one Query of the account's days or hours between two keys.
 
 Rates and their denominators (``None`` when the denominator is 0):
 
@@ -48,8 +48,7 @@ from pydantic import BaseModel, Field
 from jetmail.campaigns.model import ABResult, CampaignState, Progress
 from jetmail.campaigns.service import z_test
 from jetmail.campaigns.store import CampaignStore
-from jetmail.storage import keys
-from jetmail.storage.table import Table
+from jetmail.counters import Counters
 
 Granularity = Literal["day", "hour"]
 
@@ -284,27 +283,21 @@ def _floor(at: datetime, granularity: Granularity) -> datetime:
 class Reports:
     """Campaign reports and account statistics; each is a fixed, small number of DynamoDB requests."""
 
-    def __init__(self, *, store: CampaignStore, stats: Table) -> None:
+    def __init__(self, *, store: CampaignStore, counters: Counters) -> None:
         self.store = store
-        self.stats = stats
+        self.counters = counters
 
     def campaign_report(self, campaign_id: str) -> CampaignReport:
         """One GetItem (the campaign) and one Query (its counters, paged only past 1 MB)."""
         item = self.store.get(campaign_id)
-        rows = list(self.stats.query_all(pk=keys.campaign_partition(campaign_id)))
-        by_kind: dict[str, list[tuple[str, dict[str, Any]]]] = {}  # by sort-key prefix (``HOUR#``), or TOTALS
-        for row in rows:
-            kind, separator, key = row["sk"].partition("#")
-            by_kind.setdefault(kind + separator, []).append((key, row))
-        totals = next((row for _, row in by_kind.get(keys.TOTALS, [])), {})
-        counts = counts_from(totals)
-        if "sent" not in totals:  # sent before sends were counted in the stats table
+        counters = self.counters.campaign(campaign_id)
+        counts = counts_from(counters.totals)
+        if "sent" not in counters.totals:  # sent before sends were counted in the stats table
             counts.sent, counts.failed = _n(item, "sent"), _n(item, "failed")
-        timeline = [TimelinePoint(hour=f"{hour}:00:00Z", **_period_counts(row))
-                    for hour, row in sorted(by_kind.get(keys.HOUR_PREFIX, []))]
-        links = sorted((LinkStats(index=int(key), url=row.get("url") or "", clicks=_n(row, "clicks"),
+        timeline = [TimelinePoint(hour=f"{hour}:00:00Z", **_period_counts(row)) for hour, row in counters.hours]
+        links = sorted((LinkStats(index=index, url=row.get("url") or "", clicks=_n(row, "clicks"),
                                   human_clicks=_n(row, "human_clicks"))
-                        for key, row in by_kind.get(keys.LINK_PREFIX, [])),
+                        for index, row in counters.links),
                        key=lambda link: (-link.clicks, link.index))[:LINKS_SHOWN]
         total, sent, failed, skipped = (_n(item, k) for k in ("total", "sent", "failed", "skipped"))
         progress = Progress(total=total, sent=sent, failed=failed, skipped=skipped,
@@ -313,9 +306,9 @@ class Reports:
             id=item["id"], name=item["name"], state=item["state"], created_at=item["created_at"],
             started_at=item.get("started_at"), finished_at=item.get("finished_at"), progress=progress,
             counts=counts, rates=rates_from(counts), timeline=timeline, links=links,
-            countries=_most_first([_breakdown(k, r) for k, r in by_kind.get(keys.COUNTRY_PREFIX, [])]),
-            devices=_most_first([_breakdown(k, r) for k, r in by_kind.get(keys.DEVICE_PREFIX, [])]),
-            ab=self._ab(item, dict(by_kind.get(keys.VARIANT_PREFIX, []))),
+            countries=_most_first([_breakdown(k, r) for k, r in counters.countries]),
+            devices=_most_first([_breakdown(k, r) for k, r in counters.devices]),
+            ab=self._ab(item, counters.variants),
         )
 
     def _ab(self, item: Mapping[str, Any], counters: Mapping[str, Mapping[str, Any]]) -> ABReport | None:
@@ -368,20 +361,8 @@ class Reports:
         periods = int((last - first) / STEP[g]) + 1
         if periods > MAX_PERIODS[g]:
             raise InvalidRange(f"the range spans {periods} {g}s; at most {MAX_PERIODS[g]} per request")
-        prefix, period_key = (keys.DAY_PREFIX, keys.day) if g == "day" else (keys.HOUR_PREFIX, keys.hour)
-        found: dict[str, dict[str, Any]] = {}
-        # items exist only for whole periods, so "after the period before start" means "from start";
-        # a page the size of the range holds every period in it
-        after = period_key(_period(first - STEP[g], g))
-        page_start: dict[str, Any] | None = None
-        while True:
-            items, page_start = self.stats.query(pk=keys.STATS, sk_after=after, limit=periods, start=page_start)
-            for row in items:
-                key = row["sk"].removeprefix(prefix)
-                if row["sk"].startswith(prefix) and key <= _period(last, g):
-                    found[key] = row
-            if not page_start or not items or items[-1]["sk"] >= period_key(_period(last, g)):
-                break
+        # rows exist only for whole periods, so "after the period before start" means "from start"
+        found = self.counters.account(g, after=_period(first - STEP[g], g), until=_period(last, g), page=periods)
         points = []
         summed: dict[str, int] = {}
         for i in range(periods):

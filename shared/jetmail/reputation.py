@@ -27,19 +27,41 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-from nats.js.api import KeyValueConfig, StorageType
-from nats.js.errors import BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
+from nats.js import JetStreamContext
 
-from jetmail.storage import keys
+from jetmail.kv import REPUTATION, Bucket, Contended, Kv
+
+if TYPE_CHECKING:
+    from jetmail.campaigns.model import CampaignState
+    from jetmail.config import Settings
 
 logger = logging.getLogger("jetmail.reputation")
-BUCKET = "jetmail_reputation"
-BUCKET_TTL_S = 3 * 86400
 STATE_KEY = "state"
+
+
+class StatsTable(Protocol):
+    """The counters (``jetmail.counters.Counters``): the account's hourly figures and each campaign's totals."""
+
+    def account(self, granularity: Literal["day", "hour"], *, after: str) -> dict[str, dict[str, Any]]: ...
+
+    def campaign_totals(self, campaign_id: str) -> dict[str, Any]: ...
+
+
+class CampaignStore(Protocol):
+    def in_state(self, state: CampaignState) -> Iterable[dict[str, Any]]: ...
+
+
+class CampaignPauser(Protocol):
+    def pause(self, campaign_id: str) -> object: ...
+
+
+class JobQueue(Protocol):
+    def enqueue(self, task: str, *, queue: str, job_id: str | None = None) -> object: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,66 +80,42 @@ def hour_key(at: datetime) -> str:
     return at.astimezone(UTC).strftime("%Y%m%d%H")
 
 
-async def _bucket(js: Any) -> Any:
-    try:
-        return await js.key_value(BUCKET)
-    except (BucketNotFoundError, NotFoundError):
-        # made with the stream replicas by bootstrap (ensure_buckets); this is the single-node fallback
-        return await js.create_key_value(KeyValueConfig(bucket=BUCKET, history=1, ttl=BUCKET_TTL_S,
-                                                        storage=StorageType.FILE))
+async def _bucket(kv: Kv | JetStreamContext) -> Bucket:
+    # made with the stream replicas by ``jetmail init`` and every worker; a bare JetStream context makes it R1
+    return await Kv.of(kv).bucket(REPUTATION)
 
 
-async def count_sent(js: Any, n: int, *, at: datetime | None = None) -> None:
-    """Add ``n`` sends to the current hour (compare-and-set; retried on contention)."""
+async def count_sent(kv: Kv | JetStreamContext, n: int, *, at: datetime | None = None) -> None:
+    """Add ``n`` sends to the current hour (a KV counter: a get and a conditional write, again on contention)."""
     if n <= 0:
         return
-    kv = await _bucket(js)
-    key = f"sent.{hour_key(at or datetime.now(UTC))}"
-    for _ in range(20):
-        try:
-            entry = await kv.get(key)
-            await kv.update(key, str(int(entry.value or b"0") + n).encode(), last=entry.revision)
-            return
-        except KeyNotFoundError:
-            try:
-                await kv.create(key, str(n).encode())
-                return
-            except KeyWrongLastSequenceError:
-                continue
-        except KeyWrongLastSequenceError:
-            continue
-    logger.warning("could not count %d sends after repeated contention", n)
-
-
-async def read_state(js: Any) -> dict[str, Any]:
-    kv = await _bucket(js)
     try:
-        entry = await kv.get(STATE_KEY)
-        return dict(json.loads(entry.value or b"{}"))
-    except KeyNotFoundError:
-        return {}
+        await (await _bucket(kv)).add(f"sent.{hour_key(at or datetime.now(UTC))}", n)
+    except Contended:
+        logger.warning("could not count %d sends after repeated contention", n)
 
 
-async def write_state(js: Any, state: dict[str, Any]) -> None:
-    kv = await _bucket(js)
-    await kv.put(STATE_KEY, json.dumps(state).encode())
+async def read_state(kv: Kv | JetStreamContext) -> dict[str, Any]:
+    entry = await (await _bucket(kv)).get(STATE_KEY)
+    return dict(json.loads(entry.value or b"{}")) if entry is not None else {}
 
 
-async def window_figures(js: Any, stats: Any, now: datetime, thresholds: Thresholds) -> dict[str, Any]:
-    kv = await _bucket(js)
+async def write_state(kv: Kv | JetStreamContext, state: dict[str, Any]) -> None:
+    await (await _bucket(kv)).put(STATE_KEY, json.dumps(state).encode())
+
+
+async def window_figures(kv: Kv | JetStreamContext, stats: StatsTable, now: datetime,
+                         thresholds: Thresholds) -> dict[str, Any]:
+    bucket = await _bucket(kv)
     hours = [now - timedelta(hours=h) for h in range(thresholds.window_hours)]
     sent = 0
     for at in hours:
-        try:
-            entry = await kv.get(f"sent.{hour_key(at)}")
+        entry = await bucket.get(f"sent.{hour_key(at)}")
+        if entry is not None:
             sent += int(entry.value or b"0")
-        except KeyNotFoundError:
-            continue
     start = hours[-1].astimezone(UTC).strftime("%Y-%m-%dT%H")
     events: dict[str, int] = {"bounced_hard": 0, "complained": 0, "delivered": 0}
-    for item in stats.query_all(pk=keys.STATS, sk_after=keys.hour(start)):
-        if not item["sk"].startswith(keys.HOUR_PREFIX) or item["sk"] < keys.hour(start):
-            continue
+    for item in stats.account("hour", after=start).values():
         for name in events:
             events[name] += int(item.get(name, 0))
     rates = {
@@ -130,33 +128,33 @@ async def window_figures(js: Any, stats: Any, now: datetime, thresholds: Thresho
 
 
 class ReputationMonitor:
-    def __init__(self, services: Any, *, thresholds: Thresholds | None = None) -> None:
-        self.services = services
+    """``stats``: the stats table; ``store``: which campaigns are sending; ``campaigns``: pauses one;
+    ``queue``: enqueues the list review; ``settings``: the provider's rate limits and the alerts topic."""
+
+    def __init__(self, *, stats: StatsTable, store: CampaignStore, campaigns: CampaignPauser, queue: JobQueue,
+                 settings: Settings, thresholds: Thresholds | None = None) -> None:
+        self.stats = stats
+        self.store = store
+        self.campaigns = campaigns
+        self.queue = queue
+        self.settings = settings
         self.thresholds = thresholds or Thresholds()
 
-    async def check(self, js: Any, now: datetime) -> dict[str, Any]:
+    async def check(self, kv: Kv | JetStreamContext, now: datetime) -> dict[str, Any]:
         """Evaluate the window and take each due action once; returns the figures and the actions."""
         t = self.thresholds
-        figures = await window_figures(js, self.services.stats_table, now, t)
-        state = await read_state(js)
+        figures = await window_figures(kv, self.stats, now, t)
+        state = await read_state(kv)
         actions: list[str] = []
         bouncing = figures["enough_data"] and figures["bounce_rate"] > t.bounce_slow
-        await self._slow_down(js, bouncing, figures, state, now, actions)
+        await self._slow_down(kv, bouncing, figures, state, now, actions)
         if figures["enough_data"]:
             bounce, complaint = figures["bounce_rate"], figures["complaint_rate"]
             if complaint > t.complaint_pause and not state.get("campaigns_paused"):
                 from jetmail.campaigns.model import CampaignState
 
-                paused = []
-                running = await asyncio.to_thread(self.services.campaign_store.in_state, CampaignState.SENDING)
-                for item in running:
-                    # in a thread: pausing mirrors the state through the synchronous client
-                    try:
-                        await asyncio.to_thread(self.services.campaigns.pause, item["id"])
-                    except (LookupError, RuntimeError) as exc:
-                        logger.warning("could not pause %s: %s", item["id"], exc)
-                        continue
-                    paused.append(item["id"])
+                running = await asyncio.to_thread(self.store.in_state, CampaignState.SENDING)
+                paused = [item["id"] for item in running if await self._pause(item["id"])]
                 state["campaigns_paused"] = {"at": now.isoformat(), "campaigns": paused}
                 actions.append("campaigns_paused")
             if (bounce > t.bounce_stop or complaint > t.complaint_stop) and not state.get("marketing_stopped"):
@@ -164,7 +162,7 @@ class ReputationMonitor:
                 actions.append("marketing_stopped")
             delivery = figures["delivery_rate"]
             if delivery is not None and delivery < t.delivery_review and not state.get("list_review"):
-                await asyncio.to_thread(self.services.queue.enqueue, "list_review", queue="email_maintenance",
+                await asyncio.to_thread(self.queue.enqueue, "list_review", queue="email_maintenance",
                                         job_id=f"list-review-{now.strftime('%Y%m%d%H')}")
                 state["list_review"] = now.isoformat()
                 actions.append("list_review")
@@ -173,18 +171,18 @@ class ReputationMonitor:
             state.setdefault("campaign_pauses", []).extend(paused_campaigns)
             actions.append("campaign_paused")
         if actions:
-            await write_state(js, state)
+            await write_state(kv, state)
             await asyncio.to_thread(self.alert, actions, figures)
         return {"figures": figures, "actions": actions, "state": state}
 
-    async def _slow_down(self, js: Any, bouncing: bool, figures: dict[str, Any], state: dict[str, Any],
-                         now: datetime, actions: list[str]) -> None:
+    async def _slow_down(self, kv: Kv | JetStreamContext, bouncing: bool, figures: dict[str, Any],
+                         state: dict[str, Any], now: datetime, actions: list[str]) -> None:
         """Hold the shared limiter at ``slow_share`` of the provider limit while ``bouncing``; lift it
         once the bounce rate is healthy. The limiter's own key is the truth (an operator's resume
         clears ``rate_halved`` here, not the slow-down), so it is set and lifted whenever it differs."""
         from jetmail.ratelimit import RateConfig, RateLimiter
 
-        limiter = RateLimiter(js, RateConfig.from_settings(self.services.settings), worker_id="reputation")
+        limiter = RateLimiter(kv, RateConfig.from_settings(self.settings), worker_id="reputation")
         active = await limiter.read_slowdown() < 1.0
         if bouncing and (not active or not state.get("rate_halved")):
             await limiter.set_slowdown(self.thresholds.slow_share,
@@ -206,43 +204,47 @@ class ReputationMonitor:
         t = self.thresholds
         figures: dict[str, Any] = {}
         paused: list[str] = []
-        running = await asyncio.to_thread(self.services.campaign_store.in_state, CampaignState.SENDING)
+        running = await asyncio.to_thread(self.store.in_state, CampaignState.SENDING)
         for item in running:
-            totals = await asyncio.to_thread(self.services.stats_table.get,
-                                             *keys.campaign_counter(item["id"], keys.TOTALS)) or {}
+            totals = await asyncio.to_thread(self.stats.campaign_totals, item["id"])
             sent = int(item.get("sent", 0))
             bounce = int(totals.get("bounced_hard", 0)) / sent if sent else 0.0
             complaint = int(totals.get("complained", 0)) / sent if sent else 0.0
             figures[item["id"]] = {"sent": sent, "bounce_rate": bounce, "complaint_rate": complaint}
             if sent >= t.min_sample and (bounce > t.bounce_stop or complaint > t.complaint_stop) \
-                    and item["id"] not in state.get("campaign_pauses", []):
-                try:
-                    await asyncio.to_thread(self.services.campaigns.pause, item["id"])
-                except (LookupError, RuntimeError) as exc:
-                    logger.warning("could not pause %s: %s", item["id"], exc)
-                    continue
+                    and item["id"] not in state.get("campaign_pauses", []) and await self._pause(item["id"]):
                 paused.append(item["id"])
         return figures, paused
+
+    async def _pause(self, campaign_id: str) -> bool:
+        """Pause one campaign; False (and a warning) when it cannot be, e.g. it finished meanwhile."""
+        # in a thread: pausing mirrors the state through the synchronous client
+        try:
+            await asyncio.to_thread(self.campaigns.pause, campaign_id)
+        except (LookupError, RuntimeError) as exc:
+            logger.warning("could not pause %s: %s", campaign_id, exc)
+            return False
+        return True
 
     def alert(self, actions: list[str], figures: dict[str, Any]) -> None:
         message = f"jetmail reputation: {', '.join(actions)} (bounce {figures['bounce_rate']:.2%}, " \
                   f"complaint {figures['complaint_rate']:.3%}, sent {figures['sent']} in " \
                   f"{figures['window_hours']} h)"
         logger.warning(message)
-        topic = self.services.settings.alerts_topic_arn
+        topic = self.settings.alerts_topic_arn
         if topic:
             from jetmail.aws import aws_client
 
-            aws_client("sns", self.services.settings).publish(TopicArn=topic, Subject="jetmail reputation alert",
-                                                              Message=message)
+            aws_client("sns", self.settings).publish(TopicArn=topic, Subject="jetmail reputation alert",
+                                                     Message=message)
 
 
-async def resume_marketing(js: Any) -> dict[str, Any]:
+async def resume_marketing(kv: Kv | JetStreamContext) -> dict[str, Any]:
     """The operator's ``jetmail sending resume``: clear every stop so the next spike acts again."""
-    state = await read_state(js)
+    state = await read_state(kv)
     cleared = {k: state.pop(k) for k in ("marketing_stopped", "campaigns_paused", "rate_halved", "campaign_pauses")
                if k in state}
-    await write_state(js, state)
+    await write_state(kv, state)
     return cleared
 
 
@@ -255,8 +257,7 @@ def review_contacts(services: Any, *, inactive_days: int, soft_bounces: int, now
     flagged = 0
     for contact in services.contacts.iter_contacts():
         reason = None
-        soft = services.table.get(*keys.soft_bounces(contact.email.lower()))
-        if soft and len(soft.get("bounces", [])) >= soft_bounces:
+        if len(services.feedback.soft_bounces.of(contact.email.lower())) >= soft_bounces:
             reason = "soft_bounces"
         else:
             seen = [t for t in (contact.last_opened_at, contact.last_clicked_at) if t is not None]

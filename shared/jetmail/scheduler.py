@@ -30,10 +30,13 @@ def tick(services: Services, now: datetime | None = None) -> dict[str, Any]:
             decided[item["id"]] = outcome
         if campaigns.finish_if_done(item["id"]):
             finished.append(item["id"])
+    from jetmail.kv import Kv
     from jetmail.reputation import ReputationMonitor
 
-    monitor = ReputationMonitor(services)
-    reputation = services.queue.run(lambda q: monitor.check(q.js, now))
+    settings = services.settings
+    monitor = ReputationMonitor(stats=services.counters, store=services.campaign_store,
+                                campaigns=services.campaigns, queue=services.queue, settings=settings)
+    reputation = services.queue.run(lambda q: monitor.check(Kv(q.js, replicas=settings.stream_replicas), now))
     from jetmail.metrics import publish_queue_lag
 
     summary = {"at": now.isoformat(), "started": started, "ab_decided": decided, "finished": finished,

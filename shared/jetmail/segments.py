@@ -53,8 +53,10 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from jetmail.contacts import AudienceMember, ContactStore, UnknownList, audience_member, contact_key, now_iso
+from jetmail.fields import one_line
 from jetmail.storage import keys
-from jetmail.storage.table import ConditionFailed, Table
+from jetmail.storage.catalogue import Catalogue
+from jetmail.storage.table import Table
 
 MAX_DEPTH = 8
 MAX_NODES = 200
@@ -413,9 +415,7 @@ class SegmentCreate(BaseModel):
     @field_validator("name")
     @classmethod
     def _one_line(cls, value: str) -> str:
-        if any(c in value for c in "\r\n\x00"):
-            raise ValueError("must not contain line breaks")
-        return value
+        return one_line(value)
 
 
 class SegmentPublic(BaseModel):
@@ -444,6 +444,8 @@ class SegmentStore:
     def __init__(self, table: Table, *, contacts: ContactStore) -> None:
         self.table = table
         self.contacts = contacts
+        self._segments = Catalogue(table, row=keys.segment, partition=keys.SEGMENTS, ids=SEGMENT_ID,
+                                   missing=lambda segment_id: SegmentNotFound(f"segment {segment_id!r} not found"))
 
     def create(self, body: SegmentCreate) -> SegmentPublic:
         """One BatchGetItem (the lists exist, else UnknownList) and one PutItem."""
@@ -452,30 +454,21 @@ class SegmentStore:
             raise UnknownList(f"unknown list(s): {', '.join(missing)}")
         segment_id = f"seg_{secrets.token_hex(8)}"
         created = now_iso()
-        item = keys.segment(segment_id).item(gsi1pk=keys.SEGMENTS, gsi1sk=f"{created}#{segment_id}", id=segment_id,
-                                             name=body.name, criteria=json.dumps(criteria_json(body.criteria)),
-                                             list_ids=body.list_ids, created_at=created)
-        self.table.put(item, condition="attribute_not_exists(pk)")
-        return _public(item)
+        return _public(self._segments.add(segment_id, created, id=segment_id, name=body.name,
+                                          criteria=json.dumps(criteria_json(body.criteria)), list_ids=body.list_ids,
+                                          created_at=created))
 
     def get(self, segment_id: str) -> SegmentPublic:
         """One GetItem (none for an id that cannot be a segment's)."""
-        item = self.table.get(*keys.segment(segment_id)) if SEGMENT_ID.match(segment_id) else None
-        if item is None:
-            raise SegmentNotFound(f"segment {segment_id!r} not found")
-        return _public(item)
+        return _public(self._segments.get(segment_id))
 
     def list(self) -> list[SegmentPublic]:
-        return [_public(item) for item in self.table.query_all(pk=keys.SEGMENTS, index="gsi1")]
+        """Oldest first; one Query per 1 MB of segments."""
+        return [_public(item) for item in self._segments.all()]
 
     def delete(self, segment_id: str) -> None:
-        """One conditional DeleteItem."""
-        if not SEGMENT_ID.match(segment_id):
-            raise SegmentNotFound(f"segment {segment_id!r} not found")
-        try:
-            self.table.delete(*keys.segment(segment_id), condition="attribute_exists(pk)")
-        except ConditionFailed:
-            raise SegmentNotFound(f"segment {segment_id!r} not found") from None
+        """One conditional DeleteItem (none for an id that cannot be a segment's)."""
+        self._segments.remove(segment_id)
 
     def iter_members(self, segment_id: str, *, page_size: int | None = None,
                      first_page: int | None = None) -> Iterator[AudienceMember]:

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from jetmail.campaigns.store import CampaignStore
     from jetmail.compose import Composer
     from jetmail.contacts import ContactStore
+    from jetmail.counters import Counters
     from jetmail.feedback import FeedbackProcessor
     from jetmail.gdpr import PrivacyService
     from jetmail.messages import MessageService
@@ -104,7 +105,8 @@ class Services:
     def privacy(self) -> PrivacyService:
         from jetmail.gdpr import PrivacyService
 
-        return PrivacyService(table=self.table, stats=self.stats_table, contacts=self.contacts,
+        return PrivacyService(contacts=self.contacts, messages=self.messages.messages, sequences=self.sequences,
+                              events=self.feedback.events, soft_bounces=self.feedback.soft_bounces,
                               suppressions=self.suppressions, feedback=self.feedback, audit=self.audit)
 
     @cached_property
@@ -134,8 +136,11 @@ class Services:
     @cached_property
     def composer(self) -> Composer:
         from jetmail.compose import Composer
+        from jetmail.templating import Renderer
 
-        return Composer(self.settings, signer=self.signer)
+        # templates extend layouts kept in the template store
+        renderer = Renderer(limits=self.settings.render_limits, layouts=self.templates.layout)
+        return Composer(self.settings, signer=self.signer, renderer=renderer)
 
     @cached_property
     def suppressions(self) -> SuppressionStore:
@@ -196,14 +201,21 @@ class Services:
         from jetmail.campaigns.service import CampaignService
 
         return CampaignService(store=self.campaign_store, templates=self.templates, queue=self.queue,
-                               contacts=self.contacts, segments=self.segments, composer=self.composer,
+                               lists=self.contacts, segments=self.segments, sender_rules=self.composer,
                                audit=self.audit, suppressions=self.suppressions)
 
     @cached_property
     def reports(self) -> Reports:
         from jetmail.reports import Reports
 
-        return Reports(store=self.campaign_store, stats=self.stats_table)
+        return Reports(store=self.campaign_store, counters=self.counters)
+
+    @cached_property
+    def counters(self) -> Counters:
+        """The stats table's counters: what reports and the reputation monitor read."""
+        from jetmail.counters import Counters
+
+        return Counters(self.stats_table)
 
     @cached_property
     def signer(self) -> Signer:

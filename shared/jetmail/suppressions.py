@@ -26,7 +26,7 @@ from pydantic import BaseModel
 from jetmail.cursors import InvalidCursor, pack, unpack
 from jetmail.stops import SCOPE_ALL, SCOPE_ERASED, StopChange, StopFeed
 from jetmail.storage import keys
-from jetmail.storage.table import Table, batch_get, to_item
+from jetmail.storage.table import Table, resume_after
 
 if TYPE_CHECKING:
     from jetmail.audit import AuditLog
@@ -91,7 +91,7 @@ class SuppressionStore:
         entry = Suppression(email=email.lower(), reason=reason, source=source, created_at=datetime.now(UTC).isoformat())
         self._publish(StopChange(entry.email, SCOPE_ALL, reason=reason))
         self.table.put(keys.suppression(entry.email).item(gsi1pk=keys.SUPPRESSIONS,
-                                                          gsi1sk=f"{entry.created_at}#{entry.email}",
+                                                          gsi1sk=keys.by_time(entry.created_at, entry.email),
                                                           **entry.model_dump()))
         if self.audit is not None and _managed(source):
             self.audit.record("suppression.added", target=self._target(entry.email),
@@ -106,7 +106,8 @@ class SuppressionStore:
         self._publish(StopChange(email, SCOPE_ERASED, reason="erased"))
         entry = Suppression(email=PSEUDONYM_PREFIX + digest, reason="erased", source=source,
                             created_at=datetime.now(UTC).isoformat())
-        self.table.put(keys.erased(digest).item(gsi1pk=keys.SUPPRESSIONS, gsi1sk=f"{entry.created_at}#{entry.email}",
+        self.table.put(keys.erased(digest).item(gsi1pk=keys.SUPPRESSIONS,
+                                                gsi1sk=keys.by_time(entry.created_at, entry.email),
                                                 **entry.model_dump()))
         self.table.delete(*keys.suppression(email.lower()))
         with self._lock:  # this process refuses the address at once, others within ``recent_ttl_s``
@@ -120,7 +121,7 @@ class SuppressionStore:
         wanted = [own]
         if self.pseudonyms is not None:
             wanted.append(keys.erased(self.pseudonyms.digest(email)))
-        items = {item["pk"]: item for item in batch_get(self.table, wanted)}
+        items = {item["pk"]: item for item in self.table.batch_get(wanted)}
         item = items.get(keys.ERASED) or items.get(own.pk)
         return Suppression.model_validate(item) if item else None
 
@@ -156,7 +157,7 @@ class SuppressionStore:
         erased pseudonyms (one Query, refreshed at most every ``recent_ttl_s``)."""
         wanted = sorted({e.lower() for e in emails})
         rows = [keys.suppression(e) for e in wanted]
-        found = {item["email"]: item["reason"] for item in batch_get(self.table, rows, projection="email, reason")}
+        found = {item["email"]: item["reason"] for item in self.table.batch_get(rows, projection=("email", "reason"))}
         erased = self.erased_digests()
         if erased and self.pseudonyms is not None:
             found.update({e: "erased" for e in wanted if self.pseudonyms.digest(e) in erased})
@@ -206,7 +207,7 @@ def _decode_cursor(cursor: str) -> dict[str, Any]:
         valid = bool(address) and keys.suppression(address) == (pk, sk) and at.endswith(f"#{address}")
     if not valid or not _timestamp(at.partition("#")[0]):
         raise InvalidCursor("cursor is not one this list returned")
-    return to_item({"gsi1pk": keys.SUPPRESSIONS, "gsi1sk": at, "pk": pk, "sk": sk})
+    return resume_after({"gsi1pk": keys.SUPPRESSIONS, "gsi1sk": at, "pk": pk, "sk": sk})
 
 
 def _timestamp(text: str) -> bool:

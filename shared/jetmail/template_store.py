@@ -6,7 +6,8 @@ heads (one GetItem per locale tried), and each process keeps what it read, a mis
 for ``head_ttl_s`` (``JETMAIL_TEMPLATE_CACHE_S``, 0: no cache): the API's submit and the worker's
 render resolve a template without a request, and a template saved elsewhere takes effect within
 that time (at once in the process that saved it). A head carries its whole version, and a version
-never changes, so only the head's age matters.
+never changes, so only the head's age matters. The layout a template extends or includes is read the
+same way: all heads of its name in one Query, the translation for the template's locale kept as long.
 """
 
 from __future__ import annotations
@@ -14,15 +15,27 @@ from __future__ import annotations
 import builtins
 import threading
 import time
+from collections.abc import Callable, Hashable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from functools import cache, partial
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from jetmail.storage import keys
-from jetmail.storage.table import ConditionFailed, Table, to_item
-from jetmail.templating import RenderLimits, TemplateContent, TemplateVersion, check_template, locale_chain
+from jetmail.storage.table import ConditionFailed, Table
+from jetmail.templating import (
+    RenderLimits,
+    TemplateContent,
+    TemplateVersion,
+    check_template,
+    locale_chain,
+    pick_layout,
+)
 
 if TYPE_CHECKING:
     from jetmail.audit import AuditLog
+
+_K = TypeVar("_K", bound=Hashable)
+_T = TypeVar("_T")
 
 
 class TemplateNotFound(LookupError):
@@ -51,10 +64,12 @@ class TemplateStore:
         self.default_locale = default_locale
         self.head_ttl_s = head_ttl_s
         self._heads: dict[tuple[str, str], tuple[float, TemplateVersion | None]] = {}
+        self._layouts: dict[tuple[str, str], tuple[float, TemplateVersion | None]] = {}
         self._lock = threading.Lock()
 
     def save(self, content: TemplateContent) -> TemplateVersion:
-        check_template(content, limits=self.limits)
+        # the layouts it names are read afresh (one saved a moment ago in another process counts), once
+        check_template(content, limits=self.limits, layouts=cache(partial(self.layout, cached=False)))
         head_key = keys.template_head(content.name, content.locale)
         head = self.table.get(*head_key, consistent=True)
         previous = int(head["version"]) if head else 0
@@ -63,38 +78,52 @@ class TemplateStore:
         body = {**version.model_dump(), "updated_at": now}
         version_key = keys.template_version(content.name, content.locale, version.version)
         head_condition = "attribute_not_exists(pk)" if previous == 0 else "version = :prev"
-        head_put: dict[str, Any] = {
-            "TableName": self.table.name,
-            "Item": to_item(head_key.item(gsi1pk=keys.TEMPLATES, gsi1sk=f"{content.name}#{content.locale}", **body)),
-            "ConditionExpression": head_condition,
-        }
-        if previous:
-            head_put["ExpressionAttributeValues"] = to_item({":prev": previous})
+        head_item = head_key.item(gsi1pk=keys.TEMPLATES, gsi1sk=f"{content.name}#{content.locale}", **body)
         try:
             self.table.transact([
-                {"Put": {"TableName": self.table.name,
-                         "Item": to_item(version_key.item(**body)),
-                         "ConditionExpression": "attribute_not_exists(pk)"}},
-                {"Put": head_put},
+                self.table.put_op(version_key.item(**body), condition="attribute_not_exists(pk)"),
+                self.table.put_op(head_item, condition=head_condition,
+                                  params={":prev": previous} if previous else None),
             ])
         except ConditionFailed:
             raise TemplateConflict(f"template {content.name!r} ({content.locale}) changed concurrently") from None
         with self._lock:
             self._heads[(content.name, content.locale)] = (time.monotonic(), version)
+            self._forget_layout(content.name)
         return version
 
-    def head(self, name: str, locale: str, *, cached: bool = True) -> TemplateVersion | None:
-        key = (name, locale)
+    def _kept(self, cache: dict[_K, tuple[float, _T]], key: _K, read: Callable[[], _T], *, cached: bool) -> _T:
+        """``read()``, or what it returned less than ``head_ttl_s`` ago."""
         if cached:
             with self._lock:
-                hit = self._heads.get(key)
+                hit = cache.get(key)
             if hit and time.monotonic() - hit[0] < self.head_ttl_s:
                 return hit[1]
-        item = self.table.get(*keys.template_head(name, locale))
-        found = _version_from(item) if item else None
+        found = read()
         with self._lock:
-            self._heads[key] = (time.monotonic(), found)
+            cache[key] = (time.monotonic(), found)
         return found
+
+    def head(self, name: str, locale: str, *, cached: bool = True) -> TemplateVersion | None:
+        def read() -> TemplateVersion | None:
+            item = self.table.get(*keys.template_head(name, locale))
+            return _version_from(item) if item else None
+
+        return self._kept(self._heads, (name, locale), read, cached=cached)
+
+    def layout(self, name: str, locale: str, *, cached: bool = True) -> TemplateVersion | None:
+        """The translation of ``name`` that a template in ``locale`` extends or includes (see
+        :func:`~jetmail.templating.pick_layout`), the renderer's :data:`~jetmail.templating.LayoutLoader`:
+        one Query for the heads of ``name``, kept for ``head_ttl_s`` like a head."""
+        def read() -> TemplateVersion | None:
+            return pick_layout(self._heads_of(name), locale, self.default_locale)
+
+        return self._kept(self._layouts, (name, locale), read, cached=cached)
+
+    def _forget_layout(self, name: str) -> None:
+        """Call with the lock held."""
+        for key in [k for k in self._layouts if k[0] == name]:
+            del self._layouts[key]
 
     def resolve(self, name: str, locale: str | None) -> TemplateVersion:
         """The latest version for the best locale: ``de-AT`` → ``de`` → the default locale."""
@@ -123,7 +152,12 @@ class TemplateStore:
         return [_version_from(i) for i in self.table.query_all(pk=keys.TEMPLATES, index="gsi1")]
 
     def locales(self, name: str) -> builtins.list[str]:
-        return [i["locale"] for i in self.table.query_all(pk=keys.template_partition(name), sk_prefix=keys.HEAD_PREFIX)]
+        return builtins.list(self._heads_of(name))
+
+    def _heads_of(self, name: str) -> dict[str, TemplateVersion]:
+        """The latest version of each locale of ``name``: one Query."""
+        items = self.table.query_all(pk=keys.template_partition(name), sk_prefix=keys.HEAD_PREFIX)
+        return {i["locale"]: _version_from(i) for i in items}
 
     def delete(self, name: str, *, locale: str | None = None) -> int:
         rows = [
@@ -138,6 +172,7 @@ class TemplateStore:
         with self._lock:
             for key in [k for k in self._heads if k[0] == name and (locale is None or k[1] == locale)]:
                 del self._heads[key]
+            self._forget_layout(name)
         return len(rows)
 
 

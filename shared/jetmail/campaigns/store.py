@@ -40,10 +40,18 @@ from datetime import UTC, datetime
 from typing import Any
 
 from jetmail.campaigns.ids import campaign_message_id
-from jetmail.campaigns.model import CampaignCreate, CampaignFailure, CampaignFailurePage, CampaignState
+from jetmail.campaigns.model import (
+    BatchCounts,
+    BatchRecipient,
+    CampaignCreate,
+    CampaignFailure,
+    CampaignFailurePage,
+    CampaignState,
+)
+from jetmail.counters import Counters
 from jetmail.cursors import InvalidCursor, pack, unpack
 from jetmail.storage import keys
-from jetmail.storage.table import ConditionFailed, Table, to_item
+from jetmail.storage.table import ConditionFailed, Table, key_values, resume_after
 
 COUNTERS = ("total", "sent", "failed", "skipped")
 
@@ -63,7 +71,7 @@ class InvalidTransition(RuntimeError):
 class CampaignStore:
     def __init__(self, table: Table, *, stats: Table, retention_days: int = 400) -> None:
         self.table = table
-        self.stats = stats
+        self.counters = Counters(stats)
         # planned and parked batches hold recipients' addresses (and failures): they expire like message records
         self.retention_s = retention_days * 86_400
 
@@ -143,14 +151,14 @@ class CampaignStore:
     def record_batches(self, campaign_id: str, *, run: str, batches: builtins.list[BatchRecord]) -> int:
         """Write planned batches 25 per request; returns requests made. Each item keeps its addresses
         (``recipients``, what message ids and failures resolve against) and, in ``job``, the rest of what
-        its batch job carries, so a re-executed plan can enqueue it again unchanged."""
+        its batch job carries (each recipient's compact form without its address), so a re-executed plan
+        can enqueue it again unchanged."""
         expires_at = int(time.time()) + self.retention_s
         return self.table.batch_put([
             keys.batch(campaign_id, run, b.number).item(
-                variant=b.variant, recipients=[r["e"] for r in b.recipients], expires_at=expires_at,
+                variant=b.variant, recipients=[r.email for r in b.recipients], expires_at=expires_at,
                 job=json.dumps({"priority": b.priority, "stops_from": b.stops_from,
-                                "details": [{k: v for k, v in r.items() if k != "e"} for r in b.recipients]},
-                               separators=(",", ":")))
+                                "details": [_details(r) for r in b.recipients]}, separators=(",", ":")))
             for b in batches
         ])
 
@@ -165,7 +173,7 @@ class CampaignStore:
             if not start:
                 return
 
-    def finish_batch(self, campaign_id: str, *, run: str, batch: int, counts: dict[str, int],
+    def finish_batch(self, campaign_id: str, *, run: str, batch: int, counts: BatchCounts,
                      variant: str | None = None, failures: dict[int, str] | None = None) -> bool:
         """Add a batch's counts to the campaign and the send counters once, in one TransactWriteItems:
         the batch's mark on the campaign and its ``SENT#`` mark in the stats table ride in it, so a
@@ -173,20 +181,18 @@ class CampaignStore:
 
         ``failures`` (position -> reason) are kept on the batch item in the same transaction, so a
         ``failed`` count on the campaign always has its rows to show."""
-        from jetmail.feedback import record_sends
-
         mark = f"{run}#{batch}"
         ops = [self.table.update_op(
             *keys.campaign(campaign_id),
             expression="ADD sent :s, failed :f, skipped :k, batches_done :one, done_batches :mark",
-            params={":s": counts.get("sent", 0), ":f": counts.get("failed", 0), ":k": counts.get("skipped", 0),
+            params={":s": counts.sent, ":f": counts.failed, ":k": counts.skipped,
                     ":one": 1, ":mark": {mark}, ":m": mark},
             condition="NOT contains(done_batches, :m)",
         )]
         if failures:
             ops.append(self._failures_op(campaign_id, run=run, batch=batch, failures=failures))
-        return record_sends(self.stats, f"{campaign_id}#{mark}", sent=counts.get("sent", 0),
-                            failed=counts.get("failed", 0), campaign_id=campaign_id, variant=variant, with_ops=ops)
+        return self.counters.record_sends(f"{campaign_id}#{mark}", sent=counts.sent, failed=counts.failed,
+                                          campaign_id=campaign_id, variant=variant, with_ops=ops)
 
     def batch(self, campaign_id: str, *, run: str, batch: int) -> dict[str, Any] | None:
         return self.table.get(*keys.batch(campaign_id, run, batch))
@@ -219,13 +225,13 @@ class CampaignStore:
             if after is not None:
                 item = self.table.get(pk, sk)
                 found += _failure_rows(campaign_id, item, after=after) if item else []
-            start = to_item({"pk": pk, "sk": sk})
+            start = resume_after({"pk": pk, "sk": sk})
         queries = 0
         while len(found) <= limit:
             if queries == max_queries and start:
                 # the query cap came first: the next page carries on after the last batch read
                 return CampaignFailurePage(failures=found, next_cursor=_encode_failure_cursor(
-                    campaign_id, str(start["sk"]["S"]), None))
+                    campaign_id, str(key_values(start)["sk"]), None))
             items, start = self.table.query(pk=pk, sk_prefix=keys.BATCH_PREFIX, start=start,
                                             filter="attribute_exists(#fl)", names={"#fl": "failures"})
             queries += 1
@@ -255,12 +261,10 @@ class CampaignStore:
 
     # ---- A/B variants
     def variant_counters(self, campaign_id: str) -> dict[str, dict[str, Any]]:
-        return {i["sk"].removeprefix(keys.VARIANT_PREFIX): i
-                for i in self.stats.query_all(pk=keys.campaign_partition(campaign_id), sk_prefix=keys.VARIANT_PREFIX)}
+        return self.counters.variants(campaign_id)
 
     def add_variant_engagement(self, campaign_id: str, variant: str, *, opened: int = 0, clicked: int = 0) -> None:
-        self.stats.update(*keys.campaign_counter(campaign_id, keys.variant(variant)),
-                          expression="ADD opened :o, clicked :c", params={":o": opened, ":c": clicked})
+        self.counters.add_variant_engagement(campaign_id, variant, opened=opened, clicked=clicked)
 
     # ---- scheduling
     def mark_due(self, campaign_id: str, at: datetime) -> None:
@@ -282,11 +286,11 @@ class CampaignStore:
 
 @dataclass(frozen=True, slots=True)
 class BatchRecord:
-    """A planned batch as its job carries it: recipients are ``{"e": address, ...}`` dicts."""
+    """A planned batch as its job carries it."""
 
     number: int
     variant: str | None
-    recipients: list[dict[str, Any]]
+    recipients: list[BatchRecipient]
     priority: str = "normal"
     stops_from: str | None = None
 
@@ -297,8 +301,16 @@ def _batch_record(item: dict[str, Any]) -> BatchRecord:
     # an item recorded before batch items kept their jobs: addresses only, every stop event replayed
     job = json.loads(item["job"]) if item.get("job") else {"details": [{} for _ in addresses]}
     return BatchRecord(number=number, variant=item.get("variant"),
-                       recipients=[{"e": e, **d} for e, d in zip(addresses, job["details"], strict=True)],
+                       recipients=[BatchRecipient.model_validate({**d, "e": e})
+                                   for e, d in zip(addresses, job["details"], strict=True)],
                        priority=job.get("priority") or "normal", stops_from=job.get("stops_from"))
+
+
+def _details(recipient: BatchRecipient) -> dict[str, Any]:
+    """A recipient's compact form without its address, which the batch item keeps in ``recipients``."""
+    details = recipient.model_dump()
+    del details["e"]
+    return details
 
 
 def _failure_rows(campaign_id: str, item: dict[str, Any], *, after: int = -1) -> list[CampaignFailure]:

@@ -3,8 +3,9 @@
 The main table holds what jetmail knows (keys, templates, messages, contacts, campaigns); the stats
 table holds what happened to it (events and counters). Both are single-table designs on ``pk`` / ``sk``
 with one GSI ``gsi1`` on ``gsi1pk`` / ``gsi1sk``. A module never spells a key itself: it asks this one,
-so a key's shape changes here or nowhere. ``ENTITIES`` describes each row and how it is read; the
-storage reference (docs/reference/storage.md) is generated from it.
+so a key's shape changes here or nowhere. ``ENTITIES`` describes each row, the one repository that
+owns it (the only code that reads or writes it) and how it is read; the storage reference
+(docs/reference/storage.md) is generated from it.
 """
 
 from __future__ import annotations
@@ -33,7 +34,13 @@ SEGMENTS = "SEGMENTS"
 CAMPAIGNS = "CAMPAIGNS"
 DUE = "DUE"  # gsi1 partition of campaigns waiting for their start
 SUPPRESSIONS = "SUPPRESSIONS"
+AUDIT = "AUDIT"  # the partition of the audit log
 CONTACT_SHARDS = 16
+
+
+def by_time(at: str, name: str) -> str:
+    """A gsi1 sort key that lists a partition in time order: ``<time>#<id or address>``."""
+    return f"{at}#{name}"
 
 
 def api_key(key_id: str) -> Key:
@@ -185,6 +192,11 @@ def soft_bounces(address: str) -> Key:
     return Key(f"SOFT#{address}", "SOFT")
 
 
+def audit_entry(at: str, entry_id: str) -> Key:
+    """An audit entry; its sort key orders the log by time (``at`` is ISO 8601 in UTC)."""
+    return Key(AUDIT, by_time(at, entry_id))
+
+
 # ---- stats table
 
 STATS = "STATS"  # account-wide counters
@@ -269,61 +281,68 @@ class Entity:
     pk: str
     sk: str
     gsi1: str
-    owner: str
+    owner: str  # the repository class that reads and writes the row, as ``module.Class``
     reads: str
 
 
 ENTITIES: tuple[Entity, ...] = (
-    Entity("API key", "main", "APIKEY#<key id>", "APIKEY", "APIKEYS / created", "jetmail.apikeys",
+    Entity("API key", "main", "APIKEY#<key id>", "APIKEY", "APIKEYS / created", "jetmail.apikeys.ApiKeys",
            "GetItem to authenticate; Query gsi1 to list"),
     Entity("template head (latest)", "main", "TEMPLATE#<name>", "HEAD#<locale>", "TEMPLATES / name#locale",
-           "jetmail.template_store", "GetItem for a send; Query gsi1 to list"),
+           "jetmail.template_store.TemplateStore", "GetItem for a send; Query gsi1 to list"),
     Entity("template version", "main", "TEMPLATE#<name>", "V#<locale>#<version:06d>", "-",
-           "jetmail.template_store", "GetItem; Query begins_with V#<locale># for the history"),
-    Entity("message", "main", "MSG#<id>", "MSG", "RCPT#<email> / MSG#<created>", "jetmail.messages",
-           "GetItem for status; conditional UpdateItem to claim; Query gsi1 per recipient"),
-    Entity("idempotency record", "main", "IDEM#<key id>#<sha256 of the key>", "IDEM", "-", "jetmail.messages",
-           "conditional PutItem in the create transaction"),
-    Entity("sequence definition", "main", "SEQDEF#<name>", "DEF", "SEQDEFS / name", "jetmail.sequences",
+           "jetmail.template_store.TemplateStore", "GetItem; Query begins_with V#<locale># for the history"),
+    Entity("message", "main", "MSG#<id>", "MSG", "RCPT#<email> / MSG#<created>", "jetmail.messages.MessageRepository",
+           "GetItem for status; conditional UpdateItem to claim; Query gsi1 per recipient (cancel, export, erase)"),
+    Entity("idempotency record", "main", "IDEM#<key id>#<sha256 of the key>", "IDEM", "-",
+           "jetmail.messages.MessageService",
+           "conditional PutItem before the message's own; GetItem when a retry finds it taken"),
+    Entity("sequence definition", "main", "SEQDEF#<name>", "DEF", "SEQDEFS / name", "jetmail.sequences.SequenceService",
            "GetItem; Query gsi1 to list"),
     Entity("sequence enrolment", "main", "SEQ#<enrolment id>", "ENROL", "RCPT#<email> / SEQ#<created>",
-           "jetmail.sequences", "GetItem; Query gsi1 per recipient"),
-    Entity("contact", "main", "CONTACT#<email>", "CONTACT", "CONTACTS#<0-15> / email", "jetmail.contacts",
+           "jetmail.sequences.SequenceService", "GetItem; Query gsi1 per recipient (cancel, export, erase)"),
+    Entity("contact", "main", "CONTACT#<email>", "CONTACT", "CONTACTS#<0-15> / email", "jetmail.contacts.ContactStore",
            "GetItem / BatchGetItem; Query gsi1 shard by shard to page through all"),
-    Entity("contact list", "main", "LIST#<id>", "META", "LISTS / created#id", "jetmail.contacts",
+    Entity("contact list", "main", "LIST#<id>", "META", "LISTS / created#id", "jetmail.contacts.ContactStore",
            "GetItem; Query gsi1 to list"),
-    Entity("list membership + snapshot", "main", "LIST#<id>", "MEMBER#<email>", "-", "jetmail.contacts",
-           "Query the list partition (filter on status): a plan streams it, ~1 MB a page"),
-    Entity("segment", "main", "SEGMENT#<id>", "META", "SEGMENTS / created#id", "jetmail.segments",
+    Entity("list membership + snapshot", "main", "LIST#<id>", "MEMBER#<email>", "-", "jetmail.contacts.ContactStore",
+           "Query the list partition (filter on status): a plan streams it, ~1 MB a page; BatchGetItem of a "
+           "contact's memberships for an export"),
+    Entity("segment", "main", "SEGMENT#<id>", "META", "SEGMENTS / created#id", "jetmail.segments.SegmentStore",
            "GetItem; Query gsi1 to list"),
-    Entity("campaign", "main", "CAMPAIGN#<id>", "META", "CAMPAIGNS / created#id", "jetmail.campaigns.store",
+    Entity("campaign", "main", "CAMPAIGN#<id>", "META", "CAMPAIGNS / created#id",
+           "jetmail.campaigns.store.CampaignStore",
            "GetItem; conditional UpdateItem for state changes; Query gsi1 to list"),
     Entity("planned batch (+ its failures)", "main", "CAMPAIGN#<id>", "BATCH#<run>#<n:06d>", "-",
-           "jetmail.campaigns.store", "BatchWriteItem when planned; Query begins_with BATCH#<run># to re-plan; "
-           "GetItem to attribute a message id; Query begins_with BATCH# (filter on failures) to list failures"),
-    Entity("parked batch", "main", "CAMPAIGN#<id>", "PARKED#<run>#<n:06d>", "-", "jetmail.campaigns.store",
-           "Query begins_with PARKED# on resume"),
-    Entity("due start", "main", "CAMPAIGN#<id>", "DUE", "DUE / at#id", "jetmail.campaigns.store",
+           "jetmail.campaigns.store.CampaignStore", "BatchWriteItem when planned; Query begins_with BATCH#<run># to "
+           "re-plan; GetItem to attribute a message id; Query begins_with BATCH# (filter on failures) to list "
+           "failures"),
+    Entity("parked batch", "main", "CAMPAIGN#<id>", "PARKED#<run>#<n:06d>", "-",
+           "jetmail.campaigns.store.CampaignStore", "Query begins_with PARKED# on resume"),
+    Entity("due start", "main", "CAMPAIGN#<id>", "DUE", "DUE / at#id", "jetmail.campaigns.store.CampaignStore",
            "Query the whole gsi1 partition on every tick, keeping those at or before now"),
-    Entity("suppression", "main", "SUPP#<email>", "SUPP", "SUPPRESSIONS / at#email", "jetmail.suppressions",
-           "GetItem / BatchGetItem per address; Query gsi1 to list"),
+    Entity("suppression", "main", "SUPP#<email>", "SUPP", "SUPPRESSIONS / at#email",
+           "jetmail.suppressions.SuppressionStore", "GetItem / BatchGetItem per address; Query gsi1 to list"),
     Entity("erased address", "main", "SUPP#ERASED", "<keyed pseudonym>", "SUPPRESSIONS / at#hmac:<pseudonym>",
-           "jetmail.suppressions",
+           "jetmail.suppressions.SuppressionStore",
            "BatchGetItem with the address's own entry; Query the partition for all pseudonyms; listed with "
            "the suppressions (gsi1)"),
-    Entity("soft-bounce log", "main", "SOFT#<email>", "SOFT", "-", "jetmail.feedback",
-           "UpdateItem per bounce; GetItem per contact in the list review (jetmail.reputation)"),
+    Entity("soft-bounce log", "main", "SOFT#<email>", "SOFT", "-", "jetmail.feedback.SoftBounces",
+           "UpdateItem per bounce; GetItem per contact in the list review (jetmail.reputation) and for an export"),
+    Entity("audit entry", "main", "AUDIT", "<time>#<id>", "-", "jetmail.audit.AuditLog",
+           "PutItem per management action; Query between two times, newest first"),
     Entity("event", "stats", "EVT#<message id | rcpt:<email>>", "<kind>#<event id>", "RCPT#<email> / EVT#<time>",
-           "jetmail.feedback", "conditional PutItem (exactly once); Query gsi1 per recipient; Query begins_with "
-           "click# of the message per click, to spot a scanner's link burst (jetmail.machines)"),
-    Entity("first-event marker", "stats", "EVT#<message id>", "FIRST#<kind>[_human]", "-", "jetmail.feedback",
+           "jetmail.feedback.EventLog", "conditional PutItem (exactly once); Query gsi1 per recipient (export, "
+           "erase); Query begins_with click# of the message per click, to spot a scanner's link burst "
+           "(jetmail.machines)"),
+    Entity("first-event marker", "stats", "EVT#<message id>", "FIRST#<kind>[_human]", "-", "jetmail.feedback.EventLog",
            "conditional PutItem: unique opens and clicks"),
-    Entity("send mark", "stats", "SENT#<batch or message>", "SENT", "-", "jetmail.feedback",
+    Entity("send mark", "stats", "SENT#<batch or message>", "SENT", "-", "jetmail.counters.Counters",
            "conditional PutItem in the counters' transaction"),
     Entity("campaign counters", "stats", "CAMPAIGN#<id>",
            "TOTALS | HOUR#<hour> | VARIANT#<name> | LINK#<n:04d> | COUNTRY#<cc> | DEVICE#<family>", "-",
-           "jetmail.feedback", "ADD in the event's (or the send's) transaction; one Query of the partition per "
-           "report; GetItem TOTALS per running campaign on every reputation check"),
-    Entity("account counters", "stats", "STATS", "DAY#<date> | HOUR#<yyyy-mm-ddThh>", "-", "jetmail.feedback",
+           "jetmail.counters.Counters", "ADD in the event's (or the send's) transaction; one Query of the partition "
+           "per report; GetItem TOTALS per running campaign on every reputation check"),
+    Entity("account counters", "stats", "STATS", "DAY#<date> | HOUR#<yyyy-mm-ddThh>", "-", "jetmail.counters.Counters",
            "ADD per event and per counted send; Query a range for reports and the reputation monitor"),
 )

@@ -1,7 +1,9 @@
 """A DynamoDB table and its low-level operations: one request per call, counted in ``requests``.
 
-Both tables (the main one and the stats one) go through this class. Their keys are made in
-``jetmail.storage.keys``, which also lists every row and how it is read (docs/reference/storage.md).
+Both tables (the main one and the stats one) go through this class, and nothing else builds a DynamoDB
+request: a transaction's operations come from ``put_op`` / ``update_op``, a filtered or projected query
+from ``query``, a multi-key read from ``batch_get``. Their keys are made in ``jetmail.storage.keys``,
+which also lists every row, its owner and how it is read (docs/reference/storage.md).
 
 Contacts (``jetmail.contacts``): addresses in keys are lower-cased. The contact's gsi1 partition is one
 of 16 shards (hash of the address), so paging through all contacts never reads one hot partition. The
@@ -15,7 +17,7 @@ contact only: one UpdateItem per event.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from decimal import Decimal
 from typing import Any
 
@@ -30,6 +32,8 @@ _de = TypeDeserializer()
 
 BATCH_WRITE_MAX = 25
 BATCH_GET_MAX = 100
+KEY_ATTRIBUTES = ("pk", "sk", "gsi1pk", "gsi1sk")
+EXPIRES = "expires_at"  # the TTL attribute of both tables
 
 
 class ConditionFailed(Exception):
@@ -73,6 +77,51 @@ def native(value: Any) -> Any:
     return value
 
 
+def resume_after(key: Mapping[str, str]) -> dict[str, Any]:
+    """The ``start`` of a query page that follows the item with these key attributes (a cursor's)."""
+    return to_item(key)
+
+
+def key_values(start: Mapping[str, Any]) -> dict[str, Any]:
+    """The key attributes a query's last evaluated key (a ``start``) names, as plain values."""
+    return from_item(start)
+
+
+def item_fields(item: Mapping[str, Any]) -> dict[str, Any]:
+    """What an item holds: its attributes without the key attributes and the expiry."""
+    return {k: v for k, v in item.items() if k not in KEY_ATTRIBUTES and k != EXPIRES}
+
+
+def _key(pk: str, sk: str) -> dict[str, Any]:
+    return to_item({"pk": pk, "sk": sk})
+
+
+def _with_expressions(request: dict[str, Any], *, condition: str | None = None,
+                      names: Mapping[str, str] | None = None, params: Mapping[str, Any] | None = None,
+                      ) -> dict[str, Any]:
+    """``request`` with its condition and the attribute names and values its expressions use."""
+    if condition:
+        request["ConditionExpression"] = condition
+    if names:
+        request["ExpressionAttributeNames"] = dict(names)
+    if params:
+        request["ExpressionAttributeValues"] = to_item(params)
+    return request
+
+
+def _projection(attributes: Sequence[str], names: dict[str, str]) -> str:
+    """A ProjectionExpression of ``attributes``, their placeholders added to ``names``."""
+    placeholders = [f"#p{i}" for i in range(len(attributes))]
+    names.update(zip(placeholders, attributes, strict=True))
+    return ", ".join(placeholders)
+
+
+def _live(item: Mapping[str, Any], now: float) -> bool:
+    # TTL deletion is lazy (and never happens in the emulator): expired means gone
+    expires = item.get(EXPIRES)
+    return expires is None or expires >= now
+
+
 def is_condition_failure(exc: ClientError) -> bool:
     return exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException"
 
@@ -93,9 +142,7 @@ class Table:
             self.client.create_table(
                 TableName=self.name,
                 BillingMode="PAY_PER_REQUEST",
-                AttributeDefinitions=[
-                    {"AttributeName": n, "AttributeType": "S"} for n in ("pk", "sk", "gsi1pk", "gsi1sk")
-                ],
+                AttributeDefinitions=[{"AttributeName": n, "AttributeType": "S"} for n in KEY_ATTRIBUTES],
                 KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}],
                 GlobalSecondaryIndexes=[
                     {
@@ -114,58 +161,46 @@ class Table:
             raise
         self.client.get_waiter("table_exists").wait(TableName=self.name, WaiterConfig={"Delay": 1})
         self.client.update_time_to_live(
-            TableName=self.name, TimeToLiveSpecification={"Enabled": True, "AttributeName": "expires_at"}
+            TableName=self.name, TimeToLiveSpecification={"Enabled": True, "AttributeName": EXPIRES}
         )
         return True
 
     # ---- items
     def get(self, pk: str, sk: str, *, consistent: bool = False) -> dict[str, Any] | None:
         self.requests += 1
-        resp = self.client.get_item(TableName=self.name, Key=to_item({"pk": pk, "sk": sk}), ConsistentRead=consistent)
+        resp = self.client.get_item(TableName=self.name, Key=_key(pk, sk), ConsistentRead=consistent)
         item = resp.get("Item")
         if item is None:
             return None
         out = from_item(item)
-        expires = out.get("expires_at")
-        # TTL deletion is lazy (and never happens in the emulator): expired means gone
-        if expires is not None and expires < time.time():
-            return None
-        return out
+        return out if _live(out, time.time()) else None
 
     def put(self, values: Mapping[str, Any], *, condition: str | None = None,
             names: Mapping[str, str] | None = None, params: Mapping[str, Any] | None = None) -> None:
-        kwargs: dict[str, Any] = {"TableName": self.name, "Item": to_item(values)}
-        if condition:
-            kwargs["ConditionExpression"] = condition
-        if names:
-            kwargs["ExpressionAttributeNames"] = dict(names)
-        if params:
-            kwargs["ExpressionAttributeValues"] = to_item(params)
+        request = self._put(values, condition=condition, names=names, params=params)
         try:
             self.requests += 1
-            self.client.put_item(**kwargs)
+            self.client.put_item(**request)
         except ClientError as exc:
             if is_condition_failure(exc):
                 raise ConditionFailed(str(values.get("pk", ""))) from None
             raise
 
+    def put_op(self, values: Mapping[str, Any], *, condition: str | None = None,
+               names: Mapping[str, str] | None = None, params: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """The ``put`` as one TransactWriteItems operation, for ``transact`` on this or another table."""
+        return {"Put": self._put(values, condition=condition, names=names, params=params)}
+
+    def _put(self, values: Mapping[str, Any], **expressions: Any) -> dict[str, Any]:
+        return _with_expressions({"TableName": self.name, "Item": to_item(values)}, **expressions)
+
     def update(self, pk: str, sk: str, *, expression: str, names: Mapping[str, str] | None = None,
                params: Mapping[str, Any] | None = None, condition: str | None = None) -> dict[str, Any]:
-        kwargs: dict[str, Any] = {
-            "TableName": self.name,
-            "Key": to_item({"pk": pk, "sk": sk}),
-            "UpdateExpression": expression,
-            "ReturnValues": "ALL_NEW",
-        }
-        if names:
-            kwargs["ExpressionAttributeNames"] = dict(names)
-        if params:
-            kwargs["ExpressionAttributeValues"] = to_item(params)
-        if condition:
-            kwargs["ConditionExpression"] = condition
+        request = self._update(pk, sk, expression, condition=condition, names=names, params=params)
+        request["ReturnValues"] = "ALL_NEW"
         try:
             self.requests += 1
-            resp = self.client.update_item(**kwargs)
+            resp = self.client.update_item(**request)
         except ClientError as exc:
             if is_condition_failure(exc):
                 raise ConditionFailed(pk) from None
@@ -175,23 +210,17 @@ class Table:
     def update_op(self, pk: str, sk: str, *, expression: str, names: Mapping[str, str] | None = None,
                   params: Mapping[str, Any] | None = None, condition: str | None = None) -> dict[str, Any]:
         """The ``update`` as one TransactWriteItems operation, for ``transact`` on this or another table."""
-        op: dict[str, Any] = {"TableName": self.name, "Key": to_item({"pk": pk, "sk": sk}),
-                              "UpdateExpression": expression}
-        if names:
-            op["ExpressionAttributeNames"] = dict(names)
-        if params:
-            op["ExpressionAttributeValues"] = to_item(params)
-        if condition:
-            op["ConditionExpression"] = condition
-        return {"Update": op}
+        return {"Update": self._update(pk, sk, expression, condition=condition, names=names, params=params)}
+
+    def _update(self, pk: str, sk: str, expression: str, **expressions: Any) -> dict[str, Any]:
+        return _with_expressions({"TableName": self.name, "Key": _key(pk, sk), "UpdateExpression": expression},
+                                 **expressions)
 
     def delete(self, pk: str, sk: str, *, condition: str | None = None) -> None:
-        kwargs: dict[str, Any] = {"TableName": self.name, "Key": to_item({"pk": pk, "sk": sk})}
-        if condition:
-            kwargs["ConditionExpression"] = condition
+        request = _with_expressions({"TableName": self.name, "Key": _key(pk, sk)}, condition=condition)
         try:
             self.requests += 1
-            self.client.delete_item(**kwargs)
+            self.client.delete_item(**request)
         except ClientError as exc:
             if is_condition_failure(exc):
                 raise ConditionFailed(pk) from None
@@ -199,30 +228,39 @@ class Table:
 
     def query(self, *, pk: str, sk_prefix: str | None = None, index: str | None = None, limit: int | None = None,
               forward: bool = True, start: Mapping[str, Any] | None = None, sk_after: str | None = None,
-              filter: str | None = None, names: Mapping[str, str] | None = None,
-              params: Mapping[str, Any] | None = None) -> tuple[list[dict[str, Any]], dict | None]:
+              sk_between: tuple[str, str] | None = None, filter: str | None = None,
+              names: Mapping[str, str] | None = None, params: Mapping[str, Any] | None = None,
+              projection: Sequence[str] = ()) -> tuple[list[dict[str, Any]], dict | None]:
         """One page of a query; returns (items, last evaluated key for the next page).
 
-        ``filter`` is a FilterExpression with its own ``names`` and ``params`` (not ``#h``/``#r``/``:h``/``:r``,
-        which the key condition uses). DynamoDB filters after reading: a page may hold no item and still
-        have a next one, and ``limit`` counts the items read, not the ones kept."""
+        The sort key begins with ``sk_prefix``, or comes after ``sk_after``, or lies between the two
+        ends of ``sk_between`` (both included). ``filter`` is a FilterExpression with its own ``names``
+        and ``params`` (not ``#h``/``#r``/``#p<n>``/``:h``/``:r``/``:r2``, which the key condition and
+        the projection use). DynamoDB filters after reading: a page may hold no item and still have a
+        next one, and ``limit`` counts the items read, not the ones kept. ``projection`` names the
+        attributes to read (all when empty)."""
         hash_name, range_name = ("gsi1pk", "gsi1sk") if index == "gsi1" else ("pk", "sk")
         expression = "#h = :h"
         key_names = {"#h": hash_name}
         values: dict[str, Any] = {":h": pk}
         if sk_prefix is not None:
             expression += " AND begins_with(#r, :r)"
-            key_names["#r"] = range_name
             values[":r"] = sk_prefix
         elif sk_after is not None:
             expression += " AND #r > :r"
-            key_names["#r"] = range_name
             values[":r"] = sk_after
+        elif sk_between is not None:
+            expression += " AND #r BETWEEN :r AND :r2"
+            values[":r"], values[":r2"] = sk_between
+        if ":r" in values:
+            key_names["#r"] = range_name
         kwargs: dict[str, Any] = {"TableName": self.name, "ScanIndexForward": forward}
         if filter:
             kwargs["FilterExpression"] = filter
             key_names.update(names or {})
             values.update(params or {})
+        if projection:
+            kwargs["ProjectionExpression"] = _projection(projection, key_names)
         kwargs.update(KeyConditionExpression=expression, ExpressionAttributeNames=key_names,
                       ExpressionAttributeValues=to_item(values))
         if index:
@@ -235,8 +273,7 @@ class Table:
         resp = self.client.query(**kwargs)
         now = time.time()
         items = [from_item(i) for i in resp.get("Items", [])]
-        items = [i for i in items if i.get("expires_at") is None or i["expires_at"] >= now]
-        return items, resp.get("LastEvaluatedKey")
+        return [i for i in items if _live(i, now)], resp.get("LastEvaluatedKey")
 
     def query_all(self, *, pk: str, sk_prefix: str | None = None, index: str | None = None,
                   forward: bool = True, sk_after: str | None = None) -> Iterator[dict[str, Any]]:
@@ -247,6 +284,29 @@ class Table:
             yield from items
             if not start:
                 return
+
+    def batch_get(self, keys: Sequence[tuple[str, str]], *, consistent: bool = False,
+                  projection: Sequence[str] = ()) -> Iterator[dict[str, Any]]:
+        """BatchGetItem 100 keys per request, retrying unprocessed keys, lazily as the items are consumed;
+        items come in no particular order. ``projection`` names the attributes to read (all when empty)."""
+        for offset in range(0, len(keys), BATCH_GET_MAX):
+            spec: dict[str, Any] = {"Keys": [_key(pk, sk) for pk, sk in keys[offset:offset + BATCH_GET_MAX]],
+                                    "ConsistentRead": consistent}
+            if projection:
+                names: dict[str, str] = {}
+                spec["ProjectionExpression"] = _projection(projection, names)
+                spec["ExpressionAttributeNames"] = names
+            request: dict[str, Any] = {self.name: spec}
+            delay = 0.05
+            while request:
+                self.requests += 1
+                resp = self.client.batch_get_item(RequestItems=request)
+                for raw in resp.get("Responses", {}).get(self.name, []):
+                    yield from_item(raw)
+                request = resp.get("UnprocessedKeys") or {}
+                if request:
+                    time.sleep(delay)  # back off on throttling as the SDK guide asks
+                    delay = min(delay * 2, 2.0)
 
     def batch_put(self, items: Sequence[Mapping[str, Any]]) -> int:
         """Write items 25 per request, retrying unprocessed ones; returns the number of requests made."""
@@ -264,17 +324,22 @@ class Table:
                     delay = min(delay * 2, 2.0)
         return requests
 
+    def batch_put_groups(self, groups: Iterable[Sequence[Mapping[str, Any]]]) -> int:
+        """Write groups of items (the rows of one thing) in as few BatchWriteItem requests as keep each
+        group in one request (a group larger than a request fills whole ones); returns the requests made."""
+        return sum(self.batch_put(request) for request in _pack(groups))
+
     def batch_delete(self, keys: Sequence[tuple[str, str]]) -> None:
         for offset in range(0, len(keys), BATCH_WRITE_MAX):
-            pending = [{"DeleteRequest": {"Key": to_item({"pk": pk, "sk": sk})}}
-                       for pk, sk in keys[offset : offset + BATCH_WRITE_MAX]]
+            pending = [{"DeleteRequest": {"Key": _key(pk, sk)}} for pk, sk in keys[offset : offset + BATCH_WRITE_MAX]]
             while pending:
                 resp = self.client.batch_write_item(RequestItems={self.name: pending})
                 self.requests += 1
                 pending = resp.get("UnprocessedItems", {}).get(self.name, [])
 
     def transact(self, operations: Sequence[dict[str, Any]]) -> None:
-        """TransactWriteItems with typed items; raises ConditionFailed when a condition fails."""
+        """TransactWriteItems of ``put_op`` / ``update_op`` operations (of any table); raises ConditionFailed
+        when a condition fails."""
         try:
             self.requests += 1
             self.client.transact_write_items(TransactItems=list(operations))
@@ -297,25 +362,20 @@ def _reasons_from_message(message: str) -> list[dict[str, str]]:
     return [{"Code": part.strip()} for part in message[start + 1:end].split(",")]
 
 
-def batch_get(table: Table, keys: Sequence[tuple[str, str]], *, consistent: bool = False,
-              projection: str | None = None, names: Mapping[str, str] | None = None) -> Iterator[dict[str, Any]]:
-    """BatchGetItem 100 keys per request, retrying unprocessed keys; items come in no particular order."""
-    for offset in range(0, len(keys), BATCH_GET_MAX):
-        part = keys[offset:offset + BATCH_GET_MAX]
-        spec: dict[str, Any] = {"Keys": [to_item({"pk": pk, "sk": sk}) for pk, sk in part],
-                                "ConsistentRead": consistent}
-        if projection:
-            spec["ProjectionExpression"] = projection
-        if names:
-            spec["ExpressionAttributeNames"] = dict(names)
-        request: dict[str, Any] = {table.name: spec}
-        delay = 0.05
-        while request:
-            table.requests += 1
-            resp = table.client.batch_get_item(RequestItems=request)
-            for raw in resp.get("Responses", {}).get(table.name, []):
-                yield from_item(raw)
-            request = resp.get("UnprocessedKeys") or {}
-            if request:
-                time.sleep(delay)  # back off on throttling as the SDK guide asks
-                delay = min(delay * 2, 2.0)
+def _pack(groups: Iterable[Sequence[Mapping[str, Any]]],
+          size: int = BATCH_WRITE_MAX) -> Iterator[list[Mapping[str, Any]]]:
+    """Requests of at most ``size`` items that never split a group (a group only spans requests when
+    it alone is larger than one)."""
+    current: list[Mapping[str, Any]] = []
+    for group in groups:
+        if len(current) + len(group) > size and current:
+            yield current
+            current = []
+        for offset in range(0, len(group), size):
+            part = group[offset:offset + size]
+            if len(current) + len(part) > size:
+                yield current
+                current = []
+            current.extend(part)
+    if current:
+        yield current
