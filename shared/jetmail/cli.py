@@ -1,6 +1,8 @@
 """The ``jetmail`` command line: set up the job streams, run workers, inspect dead letters and schedules.
 
-Settings are read once per command, inside the command, so ``jetmail --help`` works without any.
+Settings are read once per command, inside the command, so ``jetmail --help`` works without any. Modules
+that are slow to load and serve one command (the templating package with Jinja, aiosmtpd, Powertools) are
+imported inside that command, so every other one starts without them.
 """
 
 from __future__ import annotations
@@ -10,13 +12,17 @@ import importlib
 import json
 import logging
 import os
+import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from types import ModuleType
 from typing import Any, NoReturn, TypeVar
 
 import click
+from pydantic import BaseModel
 
+from jetmail.audit import bind_actor, cli_actor
+from jetmail.bootstrap import STANDARD_QUEUES, bootstrap
 from jetmail.commands.audit import audit
 from jetmail.commands.campaigns import campaign, scheduler
 from jetmail.commands.contacts import contacts, lists
@@ -37,8 +43,10 @@ from jetmail.queue import (
     registry,
 )
 from jetmail.queue.subjects import PRIORITIES, check_queue
+from jetmail.services import Services, queue_config
 
 T = TypeVar("T")
+M = TypeVar("M", bound=BaseModel)
 
 TASKS_MODULE = "jetmail.tasks"
 
@@ -102,8 +110,6 @@ _SERVICE_COMMANDS = frozenset({"worker", "scheduler", "dev", "smtp-server"})
 def main(ctx: click.Context) -> None:
     """jetmail: a self-hostable email platform."""
     if ctx.invoked_subcommand not in _SERVICE_COMMANDS:
-        from jetmail.audit import bind_actor, cli_actor
-
         bind_actor(cli_actor())
 
 
@@ -120,8 +126,6 @@ main.add_command(audit)
 
 
 def _config() -> QueueConfig:
-    from jetmail.services import queue_config
-
     return queue_config(get_settings())
 
 
@@ -133,6 +137,17 @@ def _with_queue(operation: Callable[[Queue], Awaitable[T]]) -> T:
             return await operation(queue)
 
     return asyncio.run(run())
+
+
+def _echo_rows(rows: Sequence[M], *, as_json: bool, line: Callable[[M], str], empty: str) -> None:
+    """``rows`` as one JSON array, or a line each (``empty`` when there are none)."""
+    if as_json:
+        click.echo(json.dumps([row.model_dump(mode="json") for row in rows], indent=2))
+    elif not rows:
+        click.echo(empty)
+    else:
+        for row in rows:
+            click.echo(line(row))
 
 
 def _import(name: str) -> ModuleType:
@@ -150,10 +165,8 @@ def _import(name: str) -> ModuleType:
 @click.option("--queue", "queues", multiple=True, metavar="QUEUE",
               help="Another queue to create consumers for.")
 def init(queues: tuple[str, ...]) -> None:
-    """Create what jetmail needs (idempotent): the job streams, the schedules bucket, the consumers of the
-    standard queues and of each --queue, and locally the table."""
-    from jetmail.bootstrap import STANDARD_QUEUES, bootstrap
-
+    """Create what jetmail needs (idempotent): the job streams, the schedules bucket and every KV bucket, the
+    consumers of the standard queues and of each --queue, and locally the table."""
     extra = [check_queue(name) for name in dict.fromkeys(queues) if name not in STANDARD_QUEUES]
     settings = get_settings()
     for line in bootstrap(settings):
@@ -217,10 +230,7 @@ def worker(queues: tuple[str, ...], concurrency: int, reserve_high: int | None, 
               default="INFO", show_default=True)
 def smtp_server(host: str | None, port: int | None, tls_port: int | None, log_level: str) -> None:
     """Accept mail over SMTP (AUTH with an API key) into the transactional pipeline, until SIGTERM."""
-    import signal
-
-    from jetmail.services import Services
-    from jetmail.smtp_server import serve
+    from jetmail.smtp_server import serve  # aiosmtpd, for this command only
 
     overrides = {k: v for k, v in {"submission_host": host, "submission_port": port,
                                    "submission_tls_port": tls_port}.items() if v is not None}
@@ -283,15 +293,8 @@ def dlq() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def dlq_list(limit: int, queue: str | None, as_json: bool) -> None:
     """List dead letters, oldest first."""
-    letters = _with_queue(lambda q: q.dlq_list(limit, queue=queue))
-    if as_json:
-        click.echo(json.dumps([letter.model_dump(mode="json") for letter in letters], indent=2))
-        return
-    if not letters:
-        click.echo("no dead letters")
-        return
-    for letter in letters:
-        click.echo(_letter_line(letter))
+    _echo_rows(_with_queue(lambda q: q.dlq_list(limit, queue=queue)), as_json=as_json, line=_letter_line,
+               empty="no dead letters")
 
 
 @dlq.command("show")
@@ -369,15 +372,7 @@ def schedules() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def schedules_list(as_json: bool) -> None:
     """List recurring schedules."""
-    items = _with_queue(lambda q: q.list_schedules())
-    if as_json:
-        click.echo(json.dumps([item.model_dump(mode="json") for item in items], indent=2))
-        return
-    if not items:
-        click.echo("no schedules")
-        return
-    for item in items:
-        click.echo(_schedule_line(item))
+    _echo_rows(_with_queue(lambda q: q.list_schedules()), as_json=as_json, line=_schedule_line, empty="no schedules")
 
 
 @schedules.command("pause")

@@ -8,6 +8,7 @@ reads ``os.environ``.
 from __future__ import annotations
 
 import json
+import os
 import re
 from datetime import date
 from functools import lru_cache
@@ -256,9 +257,10 @@ class Settings(BaseSettings):
     """Key of the pseudonyms kept for erased addresses; unset: derived from `signing_secret`. Set it
     before rotating `signing_secret`, or erased addresses stop matching."""
 
-    @field_validator("sns_topic_arns", "cors_origins", "allowed_from", mode="before")
+    @field_validator("sns_topic_arns", "cors_origins", "allowed_from", "rate_warmup_schedule", mode="before")
     @classmethod
-    def _arn_list(cls, value: Any) -> Any:
+    def _list(cls, value: Any) -> Any:
+        """A list setting from the environment: a JSON array, or comma separated values."""
         if isinstance(value, str):
             text = value.strip()
             if text.startswith("["):
@@ -286,17 +288,6 @@ class Settings(BaseSettings):
             return {name.strip(): limit.strip() for name, limit in pairs}
         return value
 
-    @field_validator("rate_warmup_schedule", mode="before")
-    @classmethod
-    def _warmup_schedule(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            text = value.strip()
-            if text.startswith("["):
-                return json.loads(text)
-            return [part.strip() for part in text.split(",") if part.strip()]
-        return value
-
-
     @property
     def stats_table(self) -> str:
         return self.stats_table_name or f"{self.table_name}-stats"
@@ -321,13 +312,11 @@ SECRET_ARNS: dict[str, dict[str | None, str]] = {
 
 
 def secrets_from_arns(environ: dict[str, str]) -> dict[str, str]:
-    import json
-
     values: dict[str, str] = {}
     wanted = {env: fields for env, fields in SECRET_ARNS.items() if environ.get(env)}
     if not wanted:
         return values
-    import boto3
+    import boto3  # only where a secret is named: importing boto3 is a large share of a cold start
 
     client = boto3.client("secretsmanager", region_name=environ.get("JETMAIL_AWS_REGION")
                           or environ.get("AWS_REGION") or "us-east-1")
@@ -346,8 +335,6 @@ def secrets_from_arns(environ: dict[str, str]) -> dict[str, str]:
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
     """The process-wide settings; a missing required value fails here with a clear message."""
-    import os
-
     try:
         overrides = {k: v for k, v in secrets_from_arns(dict(os.environ)).items()
                      if not os.environ.get(f"JETMAIL_{k.upper()}")}

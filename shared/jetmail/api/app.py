@@ -13,6 +13,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from jetmail.api import audit, errors
+from jetmail.api.asgi import HttpMiddleware
 from jetmail.api.limits import BodySizeLimit
 from jetmail.api.throttle import ApiThrottle
 from jetmail.config import Settings, get_settings
@@ -143,19 +144,13 @@ def _with_error_responses(app: FastAPI) -> Callable[[], dict[str, Any]]:
     return openapi
 
 
-class SecurityHeaders:
+class SecurityHeaders(HttpMiddleware):
     """Headers every answer carries, added only where the route did not set its own (the dashboard and the
     tracking pages set their own Content-Security-Policy): no MIME sniffing; no caching of /v1 answers,
     which hold account data; HSTS when the request came over HTTPS (directly or through a proxy or API
     Gateway that says so in X-Forwarded-Proto)."""
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         path: str = scope.get("path", "")
         forwarded = dict(scope.get("headers") or []).get(b"x-forwarded-proto", b"").split(b",")[0].strip()
         https = scope.get("scheme") == "https" or forwarded.lower() == b"https"

@@ -11,7 +11,9 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
+
+from jetmail.api.asgi import HttpMiddleware, send_json
 
 logger = logging.getLogger("jetmail.api")
 
@@ -86,20 +88,14 @@ def install(app: FastAPI) -> None:
     # whose answers skip all of ours.
 
 
-class UnexpectedErrors:
+class UnexpectedErrors(HttpMiddleware):
     """The answer to an exception no handler took: a domain exception's status (STATUS_FOR) with its text, else
     a 500 with a fixed JSON body, the stack trace and the exception's text only in the log. The exception is not
     raised again, so the server in front (uvicorn, Mangum) neither answers a second way nor logs it twice."""
 
     BODY = json.dumps({"error": "internal", "detail": "internal error"}).encode()
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = False
 
         async def watched(message: Message) -> None:
@@ -113,19 +109,13 @@ class UnexpectedErrors:
         except Exception as exc:
             status = None if started else status_for(exc)
             if status is not None:
-                await self._answer(send, status, {"error": _code(status), "detail": _detail(exc)})
+                body = {"error": _code(status), "detail": _detail(exc)}
+                await send_json(send, status, json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode())
                 return
             logger.exception("unhandled error on %s %s", scope.get("method", ""), scope.get("path", ""))
             if started:  # part of an answer is out: nothing valid can follow, let the server drop it
                 raise
-            await self._answer(send, 500, None)
-
-    async def _answer(self, send: Send, status: int, body: dict[str, Any] | None) -> None:
-        raw = self.BODY if body is None else json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [(b"content-type", b"application/json"),
-                                (b"content-length", str(len(raw)).encode())]})
-        await send({"type": "http.response.body", "body": raw})
+            await send_json(send, 500, self.BODY)
 
 
 def _detail(exc: Exception) -> Any:

@@ -14,6 +14,8 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from jetmail.api.asgi import HttpMiddleware, send_json
+
 
 class BodyTooLarge(Exception):
     """A body over the limit, for code that reads one itself; the app's error mapping answers 413."""
@@ -22,15 +24,12 @@ class BodyTooLarge(Exception):
         super().__init__(f"request body exceeds {max_bytes} bytes")
 
 
-class BodySizeLimit:
+class BodySizeLimit(HttpMiddleware):
     def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
-        self.app = app
+        super().__init__(app)
         self.max_bytes = max_bytes
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = dict(scope.get("headers") or [])
         declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
@@ -58,11 +57,7 @@ class BodySizeLimit:
     async def _reject(self, send: Send) -> None:
         body: dict[str, Any] = {"error": "payload_too_large",
                                 "detail": f"request body exceeds {self.max_bytes} bytes"}
-        raw = json.dumps(body).encode()
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(raw)).encode()),
-                                (b"connection", b"close")]})
-        await send({"type": "http.response.body", "body": raw})
+        await send_json(send, 413, json.dumps(body).encode(), headers=[(b"connection", b"close")])
 
 
 def _replay(messages: list[Message], receive: Receive) -> Receive:

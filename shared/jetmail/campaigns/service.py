@@ -12,8 +12,9 @@ import json
 import logging
 import math
 import secrets
+from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol, TypeVar
 
 from jetmail.campaigns.model import (
     ABResult,
@@ -29,14 +30,12 @@ from jetmail.campaigns.model import (
 from jetmail.campaigns.signals import publish_state
 from jetmail.campaigns.store import CampaignNotFound, CampaignStore, InvalidTransition, now_iso
 from jetmail.compose import NotCompliant
-from jetmail.messages import JobQueue
 from jetmail.storage import keys
 from jetmail.storage.table import ConditionFailed
 from jetmail.template_store import TemplateStore
+from jetmail.templating import TemplateVersion
 
-if TYPE_CHECKING:
-    from jetmail.audit import AuditLog
-    from jetmail.compose import Composer
+T = TypeVar("T")
 
 logger = logging.getLogger("jetmail.campaigns")
 
@@ -49,6 +48,64 @@ START_TASK = "campaign_start"
 FIRE_TASK = "campaign_fire"
 
 S = CampaignState
+
+
+class CampaignQueue(Protocol):
+    """What campaign actions need from the job layer (implemented by ``jetmail.queue.SyncClient``): jobs, the
+    native schedule of a recurring campaign, and the connected queue itself for the KV state board."""
+
+    def enqueue(self, task: str, *, queue: str, priority: str = ..., job_id: str | None = ...,
+                **kwargs: Any) -> Any: ...
+
+    def enqueue_at(self, when: datetime, task: str, *, queue: str, priority: str = ...,
+                   job_id: str | None = ..., **kwargs: Any) -> Any: ...
+
+    def cancel(self, job_id: str) -> bool: ...
+
+    def schedule(self, task: str, *, queue: str, schedule_id: str, cron: str | None = ...,
+                 timezone: str | None = ..., **kwargs: Any) -> Any: ...
+
+    def pause_schedule(self, schedule_id: str) -> Any: ...
+
+    def resume_schedule(self, schedule_id: str) -> Any: ...
+
+    def cancel_schedule(self, schedule_id: str) -> bool: ...
+
+    def run(self, operation: Callable[[Any], Awaitable[T]]) -> T: ...
+
+
+class ListLookup(Protocol):
+    """The mailing lists an audience names (``jetmail.contacts.ContactStore``); LookupError for an unknown one."""
+
+    def get_list(self, list_id: str) -> object: ...
+
+
+class SegmentLookup(Protocol):
+    """The segments an audience names (``jetmail.segments.SegmentStore``); LookupError for an unknown one."""
+
+    def get(self, segment_id: str) -> object: ...
+
+
+class SenderRules(Protocol):
+    """The bulk-sender rules (``jetmail.compose.Composer``): an allowed From identity, and an unsubscribe link
+    and the postal address in every template version."""
+
+    def check_from(self, from_header: str | None) -> None: ...
+
+    def require_compliant(self, versions: Iterable[TemplateVersion],
+                          context: dict[str, Any] | None = None) -> None: ...
+
+
+class SuppressionLookup(Protocol):
+    """Which addresses were erased at their owner's request (``jetmail.suppressions.SuppressionStore``)."""
+
+    def erased_among(self, emails: Iterable[str]) -> set[str]: ...
+
+
+class AuditTrail(Protocol):
+    """Where each campaign action is recorded (``jetmail.audit.AuditLog``)."""
+
+    def record(self, action: str, *, target: str, changes: dict[str, Any] | None = None) -> object: ...
 
 
 class UnknownAudience(LookupError):
@@ -78,7 +135,7 @@ def next_run_at(item: dict[str, Any], *, now: datetime | None = None) -> str | N
         return None
     if not item.get("cron"):
         return item.get("scheduled_at")
-    from jetmail.queue.patterns import cron_next
+    from jetmail.queue.patterns import cron_next  # the job layer loads here, not in every API cold start
 
     try:  # by the server's own cron rules, so what it fires and what we show agree
         fires = cron_next(item["cron"], now or datetime.now(UTC), timezone=item.get("timezone") or "UTC")
@@ -89,18 +146,17 @@ def next_run_at(item: dict[str, Any], *, now: datetime | None = None) -> str | N
 
 
 class CampaignService:
-    def __init__(self, *, store: CampaignStore, templates: TemplateStore, queue: Any, contacts: Any = None,
-                 segments: Any = None, composer: Composer | None = None, audit: AuditLog | None = None,
-                 suppressions: Any = None) -> None:
+    def __init__(self, *, store: CampaignStore, templates: TemplateStore, queue: CampaignQueue, lists: ListLookup,
+                 segments: SegmentLookup, sender_rules: SenderRules, audit: AuditTrail,
+                 suppressions: SuppressionLookup) -> None:
         self.store = store
-        self.suppressions = suppressions  # to keep erased addresses out of the failures listing
         self.templates = templates
-        self.queue: JobQueue = queue
-        self.contacts = contacts
+        self.queue = queue
+        self.lists = lists
         self.segments = segments
-        # the bulk-sender rules (From identity, unsubscribe link, postal address) and the audit log
-        self.composer = composer
+        self.sender_rules = sender_rules
         self.audit = audit
+        self.suppressions = suppressions  # to keep erased addresses out of the failures listing
 
     # ---- create and read
     def create(self, body: CampaignCreate, *, parent_id: str | None = None, campaign_id: str | None = None,
@@ -112,17 +168,16 @@ class CampaignService:
                     self.templates.resolve(variant.template, None)
         for source in [*body.audience, *body.exclusions]:
             self._check_source(source)
-        if self.composer is not None:
-            self.composer.check_from(body.from_)
+        self.sender_rules.check_from(body.from_)
         item = self.store.create(campaign_id or f"cmp_{secrets.token_hex(8)}", body, parent_id=parent_id,
                                  state=state)
         return self.public(item)
 
     def _check_source(self, source: AudienceSource) -> None:
         try:
-            if source.list_id is not None and self.contacts is not None:
-                self.contacts.get_list(source.list_id)
-            if source.segment_id is not None and self.segments is not None:
+            if source.list_id is not None:
+                self.lists.get_list(source.list_id)
+            if source.segment_id is not None:
                 self.segments.get(source.segment_id)
         except LookupError as exc:
             raise UnknownAudience(f"{source.label}: {exc}") from None
@@ -138,12 +193,11 @@ class CampaignService:
         Raises CampaignNotFound, InvalidCursor."""
         self.store.get(campaign_id, consistent=False)
         page = self.store.failures(campaign_id, limit=limit, cursor=cursor)
-        if self.suppressions is not None:
-            # an address erased at its owner's request stays on the batch item until it expires; not shown
-            erased = self.suppressions.erased_among(f.email for f in page.failures)
-            for failure in page.failures:
-                if failure.email.lower() in erased:
-                    failure.email = ERASED
+        # an address erased at its owner's request stays on the batch item until it expires; not shown
+        erased = self.suppressions.erased_among(f.email for f in page.failures)
+        for failure in page.failures:
+            if failure.email.lower() in erased:
+                failure.email = ERASED
         return page
 
     def public(self, item: dict[str, Any]) -> CampaignPublic:
@@ -181,9 +235,7 @@ class CampaignService:
         """Every locale of every template the campaign may use (its own and each A/B variant's) must
         render an unsubscribe link and the postal address, and the From address must be allowed.
         Raises NotCompliant (naming each template/locale and what it lacks), SenderNotAllowed."""
-        if self.composer is None:
-            return
-        self.composer.check_from(definition.from_)
+        self.sender_rules.check_from(definition.from_)
         names = [definition.template]
         if definition.ab_test:
             names += [v.template for v in definition.ab_test.variants if v.template]
@@ -194,11 +246,10 @@ class CampaignService:
                 # copy keeps the renderer's cache of the stored version apart)
                 version = self.templates.get(name, locale=locale)
                 versions.append(version.model_copy(update={"category": "marketing", "name": f"{name}~campaign"}))
-        self.composer.require_compliant(versions, definition.context)
+        self.sender_rules.require_compliant(versions, definition.context)
 
     def _record(self, action: str, campaign_id: str, **changes: Any) -> None:
-        if self.audit is not None:
-            self.audit.record(f"campaign.{action}", target=campaign_id, changes=changes)
+        self.audit.record(f"campaign.{action}", target=campaign_id, changes=changes)
 
     # ---- actions
     def send(self, campaign_id: str) -> CampaignPublic:
@@ -274,7 +325,7 @@ class CampaignService:
             self.store.clear_due(campaign_id)
         # publishing to the same schedule subject replaces the server's schedule; a paused one stays paused
         try:
-            self.queue.schedule(FIRE_TASK, queue=CAMPAIGN_QUEUE, schedule_id=f"cmp-{campaign_id}",  # type: ignore[attr-defined]
+            self.queue.schedule(FIRE_TASK, queue=CAMPAIGN_QUEUE, schedule_id=f"cmp-{campaign_id}",
                                 cron=request.cron, timezone=request.timezone, campaign_id=campaign_id)
         except Exception:
             # not published (NATS unreachable): put the campaign back as it was rather than leave it half-changed
@@ -324,7 +375,7 @@ class CampaignService:
         current = self.store.get(campaign_id)
         if current.get("cron") and current["state"] == S.SCHEDULED:
             item = self.store.transition(campaign_id, S.PAUSED, allowed_from={S.SCHEDULED})
-            self.queue.pause_schedule(f"cmp-{campaign_id}")  # type: ignore[attr-defined]
+            self.queue.pause_schedule(f"cmp-{campaign_id}")
         else:
             item = self.store.transition(campaign_id, S.PAUSED, allowed_from={S.SENDING})
         self._mirror(campaign_id, S.PAUSED)
@@ -335,7 +386,7 @@ class CampaignService:
         current = self.store.get(campaign_id)
         if current.get("cron") and current["state"] == S.PAUSED:
             item = self.store.transition(campaign_id, S.SCHEDULED, allowed_from={S.PAUSED})
-            self.queue.resume_schedule(f"cmp-{campaign_id}")  # type: ignore[attr-defined]
+            self.queue.resume_schedule(f"cmp-{campaign_id}")
             self._mirror(campaign_id, S.SCHEDULED)
             self._record("resumed", campaign_id, state=S.SCHEDULED.value)
             return self.public(item)
@@ -365,7 +416,7 @@ class CampaignService:
         if item.get("start_job"):
             self.queue.cancel(item["start_job"])
         if item.get("cron"):
-            self.queue.cancel_schedule(f"cmp-{campaign_id}")  # type: ignore[attr-defined]
+            self.queue.cancel_schedule(f"cmp-{campaign_id}")
         for parked in self.store.parked(campaign_id):
             self.store.unpark(campaign_id, parked["sk"])
         self._record("cancelled", campaign_id, state=S.CANCELLED.value)
@@ -445,7 +496,7 @@ class CampaignService:
         return True
 
     def _mirror(self, campaign_id: str, state: CampaignState) -> None:
-        self.queue.run(lambda q: publish_state(q.js, campaign_id, state.value))  # type: ignore[attr-defined]
+        self.queue.run(lambda q: publish_state(q.js, campaign_id, state.value))
 
 
 __all__ = ["CampaignNotFound", "CampaignService", "InvalidTransition", "UnknownAudience", "VariantNotFound", "z_test"]

@@ -1,4 +1,8 @@
-"""Management commands grouped under the root ``jetmail`` CLI."""
+"""Management commands grouped under the root ``jetmail`` CLI.
+
+The domain modules that load the templating package (Jinja) are imported inside the commands that use
+them, so the other commands start without it (``jetmail.cli``).
+"""
 
 from __future__ import annotations
 
@@ -8,14 +12,15 @@ from typing import Any, TypeVar
 
 import click
 
+from jetmail.addresses import InvalidAddress
+from jetmail.config import ConfigError, get_settings
+from jetmail.services import Services
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def load_services() -> Any:
+def load_services() -> Services:
     """Settings and services for a command; a missing setting becomes one error line, not a traceback."""
-    from jetmail.config import ConfigError, get_settings
-    from jetmail.services import Services
-
     try:
         return Services(get_settings())
     except ConfigError as exc:
@@ -27,7 +32,6 @@ def domain_errors(fn: F) -> F:
 
     @wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from jetmail.addresses import InvalidAddress
         from jetmail.messages import IdempotencyConflict, MessageNotFound
         from jetmail.template_store import TemplateConflict, TemplateNotFound
         from jetmail.templating import TemplateValidationError

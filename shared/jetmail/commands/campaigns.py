@@ -2,21 +2,24 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 import signal
+import sys
 import threading
 import time
+from functools import wraps
 from typing import Any
 
 import click
 
+from jetmail.campaigns.model import CampaignCreate
 from jetmail.commands import domain_errors, load_services
+from jetmail.scheduler import tick
 
 
 def _campaign_errors(fn: Any) -> Any:
-    from functools import wraps
-
     @wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         from jetmail.campaigns.service import CampaignNotFound, InvalidTransition, UnknownAudience, VariantNotFound
@@ -168,9 +171,6 @@ FAILURE_FIELDS = ("email", "reason", "run", "batch", "position", "message_id", "
 @_campaign_errors
 def failures(campaign_id: str, limit: int | None, as_csv: bool) -> None:
     """Recipients a campaign failed for good, with the reason (as GET /v1/campaigns/ID/failures)."""
-    import csv
-    import sys
-
     svc = load_services()
     writer = csv.writer(sys.stdout, lineterminator="\n") if as_csv else None
     if writer is not None:
@@ -197,8 +197,6 @@ def failures(campaign_id: str, limit: int | None, as_csv: bool) -> None:
 @_campaign_errors
 def create(definition: Any) -> None:
     """Create a draft from a JSON file (the body of POST /v1/campaigns)."""
-    from jetmail.campaigns.model import CampaignCreate
-
     try:
         body = CampaignCreate.model_validate(json.load(definition))
     except (ValueError, json.JSONDecodeError) as exc:
@@ -212,8 +210,6 @@ def create(definition: Any) -> None:
 @click.option("--once", is_flag=True, help="run one tick and exit")
 def scheduler(interval: float, once: bool) -> None:
     """Run the scheduler tick: start due campaigns, decide A/B tests, finish campaigns."""
-    from jetmail.scheduler import tick
-
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     svc = load_services()
     stop = threading.Event()

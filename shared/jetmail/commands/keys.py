@@ -7,6 +7,7 @@ from datetime import timedelta
 
 import click
 
+from jetmail.apikeys import KeyNotFound, Scope
 from jetmail.audit import cli_actor
 from jetmail.commands import domain_errors, load_services
 
@@ -21,7 +22,7 @@ def keys() -> None:
 @click.option("--scope", "scopes", multiple=True, type=click.Choice(["admin", "send"]), default=("admin",),
               show_default=True, help="`send` may only send transactional mail; `admin` may do everything")
 @domain_errors
-def create(name: str, scopes: tuple[str, ...]) -> None:
+def create(name: str, scopes: tuple[Scope, ...]) -> None:
     """Create a key. The key is printed once, alone on the last line."""
     svc = load_services()
     key, token = svc.api_keys.create(name, scopes=list(scopes))
@@ -98,8 +99,6 @@ class Duration(click.ParamType):
 def rotate(key_id: str, grace: timedelta) -> None:
     """Give a key a new secret (same id, name, scopes and limit). The new key is printed once, alone on the
     last line."""
-    from jetmail.apikeys import KeyNotFound
-
     svc = load_services()
     try:
         key, token = svc.api_keys.rotate(key_id, grace=grace)
@@ -120,8 +119,6 @@ def rotate(key_id: str, grace: timedelta) -> None:
 @domain_errors
 def limit(key_id: str, per_minute: int | None) -> None:
     """Set a key's own request limit."""
-    from jetmail.apikeys import KeyNotFound
-
     svc = load_services()
     try:
         svc.api_keys.set_rate_limit(key_id, per_minute)

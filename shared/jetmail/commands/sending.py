@@ -6,6 +6,7 @@ import json
 
 import click
 
+from jetmail import sending as domain
 from jetmail.commands import load_services
 
 
@@ -17,8 +18,6 @@ def sending() -> None:
 @sending.command("status")
 @click.option("--json", "as_json", is_flag=True)
 def status(as_json: bool) -> None:
-    from jetmail import sending as domain
-
     result = domain.status(load_services())
     if as_json:
         click.echo(json.dumps(result, indent=2, default=str))
@@ -37,8 +36,6 @@ def status(as_json: bool) -> None:
 @sending.command("resume")
 def resume() -> None:
     """Clear a reputation stop and send what it parked."""
-    from jetmail import sending as domain
-
     result = domain.resume(load_services())
     click.echo(f"cleared: {', '.join(result['cleared']) or 'nothing was stopped'}; "
                f"re-enqueued {result['requeued_batches']} parked batch(es)")

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import csv
 import sys
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 import click
 
+from jetmail.addresses import normalise_email
 from jetmail.commands import domain_errors, load_services
+
+if TYPE_CHECKING:
+    from jetmail.suppressions import Reason
 
 
 @click.group()
@@ -29,9 +33,7 @@ def list_entries(limit: int) -> None:
 @click.option("--reason", type=click.Choice(["manual", "unsubscribed", "hard_bounce", "spam_complaint"]),
               default="manual", show_default=True)
 @domain_errors
-def add(email: str, reason: str) -> None:
-    from jetmail.addresses import normalise_email
-
+def add(email: str, reason: Reason) -> None:
     svc = load_services()
     entry = svc.suppressions.add(normalise_email(email).lower(), reason=reason, source="cli")
     cancelled = svc.feedback.cancel_pending(entry.email, reason=reason) if entry.blocks_transactional else 0
