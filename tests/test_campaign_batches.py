@@ -18,6 +18,7 @@ from fastapi.testclient import TestClient
 from nats.js.errors import KeyNotFoundError
 
 from jetmail.api.app import create_app
+from jetmail.campaigns.model import BatchCounts, BatchRecipient, RecipientOutcome
 from jetmail.campaigns.planner import Planner
 from jetmail.campaigns.sender import BatchJob
 from jetmail.campaigns.signals import (
@@ -90,10 +91,10 @@ def in_worker(isolated: Isolated, step: Callable[[WorkerServices], Awaitable[Any
         get_settings.cache_clear()
 
 
-def run_batch(isolated: Isolated, job: BatchJob, *, attempt: int = 1) -> dict[str, int] | Exception:
-    async def step(worker: WorkerServices) -> dict[str, int] | Exception:
+def run_batch(isolated: Isolated, job: BatchJob, *, attempt: int = 1) -> BatchCounts | Exception:
+    async def step(worker: WorkerServices) -> BatchCounts | Exception:
         try:
-            return dict(await worker.batch_sender.run(job, attempt=attempt, last_attempt=False))
+            return await worker.batch_sender.run(job, attempt=attempt, last_attempt=False)
         except Exception as exc:
             return exc
 
@@ -139,23 +140,54 @@ def test_a_batch_run_again_mails_nobody_twice_and_reports_the_first_outcomes(
     campaign_id = draft_campaign(client, f"journal-{unique}")
     good = [f"ok-{i}@{domain}" for i in range(3)]
     services.suppressions.add(f"gone@{domain}", reason="spam_complaint", source="test")
-    recipients = [{"e": e} for e in [*good, f"reject-0@{domain}", f"gone@{domain}"]]
+    recipients = [BatchRecipient(email=e) for e in [*good, f"reject-0@{domain}", f"gone@{domain}"]]
     job = BatchJob(campaign_id=campaign_id, run="main", batch=1, recipients=recipients)
     # WHEN it runs, and then runs again as a redelivery would
     first = run_batch(isolated, job)
     wait_until(lambda: set(mailed(mailbox, domain)) >= set(good), timeout=30, what="the good addresses mailed")
     again = run_batch(isolated, job, attempt=2)
     # THEN the second run reports what the first did, and mailed nobody
-    assert first == {"sent": 3, "failed": 1, "skipped": 1}, first
+    assert first == BatchCounts(sent=3, failed=1, skipped=1), first
     assert again == first
     assert mailed(mailbox, domain) == dict.fromkeys(good, 1)
     # and the journal holds one entry per recipient, read back by position
-    entries = with_js(isolated, lambda js: Journal(js).read(campaign_id, "main", 1))
-    assert {p: e["s"] for p, e in entries.items()} == {0: "sent", 1: "sent", 2: "sent", 3: "failed", 4: "skipped"}
-    assert "550" in entries[3]["r"]
+    read = with_js(isolated, lambda js: Journal(js).read(campaign_id, "main", 1))
+    entries = {p: RecipientOutcome.model_validate(e) for p, e in read.items()}
+    assert {p: e.status for p, e in entries.items()} == {0: "sent", 1: "sent", 2: "sent", 3: "failed", 4: "skipped"}
+    assert entries[3].reason is not None and "550" in entries[3].reason
+    assert entries[4].reason is not None
     # and the campaign counted the batch once
     item = services.campaign_store.get(campaign_id)
     assert (item["sent"], item["failed"], item["skipped"], item["batches_done"]) == (3, 1, 1, 1)
+
+
+def test_a_batch_job_written_with_one_letter_keys_validates_and_goes_out_as_it_came() -> None:
+    # GIVEN a batch job's payload as the plan wrote it before the payload models (a job still in flight)
+    written = {"campaign_id": "cmp_1", "run": "main", "batch": 3, "variant": None, "stops_from": "1745830000.1",
+               "recipients": [{"e": "ann@example.com", "n": "Ann", "l": "de", "t": "Europe/Berlin",
+                               "a": {"plan": "pro"}, "s": "lst_0123456789abcdef"},
+                              {"e": "bob@example.com", "s": "lst_0123456789abcdef"}]}
+    # WHEN a worker reads it
+    job = BatchJob.model_validate_json(json.dumps(written))
+    # THEN its recipients have their readable names, and a dump (as the job layer makes) is the same payload
+    ann, bob = job.recipients
+    assert (ann.email, ann.name, ann.language, ann.timezone, ann.attributes, ann.list_id) == (
+        "ann@example.com", "Ann", "de", "Europe/Berlin", {"plan": "pro"}, "lst_0123456789abcdef")
+    assert (bob.name, bob.attributes) == (None, {})
+    assert job.model_dump(mode="json") == written
+    assert json.loads(job.model_dump_json()) == written
+
+
+def test_a_journal_entry_written_with_one_letter_keys_validates() -> None:
+    # GIVEN journal entries as batches wrote them before the models: a send without a provider id among them
+    sent = {"p": 0, "e": "ann@example.com", "s": "sent", "m": None}
+    failed = {"p": 1, "e": "bob@example.com", "s": "failed", "r": "550 5.1.1 unknown"}
+    # WHEN they are read back
+    outcomes = [RecipientOutcome.model_validate(e) for e in (sent, failed)]
+    # THEN they have their readable names, and the entry written now leaves the empty field out
+    assert [(o.position, o.status, o.reason, o.provider_id) for o in outcomes] == [
+        (0, "sent", None, None), (1, "failed", "550 5.1.1 unknown", None)]
+    assert [o.model_dump() for o in outcomes] == [{"p": 0, "e": "ann@example.com", "s": "sent"}, failed]
 
 
 def test_a_batch_whose_lease_is_live_is_not_sent_until_the_lease_expires(
@@ -163,7 +195,7 @@ def test_a_batch_whose_lease_is_live_is_not_sent_until_the_lease_expires(
     # GIVEN a batch whose lease another worker holds (and, like a worker that died, no longer refreshes)
     domain = f"l{unique}.example.com"
     campaign_id = draft_campaign(client, f"lease-{unique}")
-    job = BatchJob(campaign_id=campaign_id, run="main", batch=7, recipients=[{"e": f"one@{domain}"}])
+    job = BatchJob(campaign_id=campaign_id, run="main", batch=7, recipients=[BatchRecipient(email=f"one@{domain}")])
     key = lease_key(campaign_id, "main", 7)
 
     async def hold(js: Any) -> None:
@@ -186,7 +218,7 @@ def test_a_batch_whose_lease_is_live_is_not_sent_until_the_lease_expires(
         return False
 
     wait_until(lambda: with_js(isolated, expired), timeout=30, what="the lease expired")
-    assert run_batch(isolated, job, attempt=2) == {"sent": 1, "failed": 0, "skipped": 0}
+    assert run_batch(isolated, job, attempt=2) == BatchCounts(sent=1)
     wait_until(lambda: mailed(mailbox, domain) == {f"one@{domain}": 1}, timeout=30, what="the batch mailed")
 
 
@@ -204,7 +236,7 @@ def test_a_plan_executed_again_after_membership_changed_mails_nobody_twice(
     services.campaign_store.record_batches(campaign_id, run="main", batches=[
         BatchRecord(number=b.number, variant=b.variant, recipients=b.recipients, priority=b.priority,
                     stops_from=stops_from) for b in planned])
-    recorded = {r["e"] for b in planned for r in b.recipients}
+    recorded = {r.email for b in planned for r in b.recipients}
     # WHEN members join (sorting before everyone, so a fresh plan would put them in batch 1) and the plan runs
     joined = [f"a{i:03d}@{domain}" for i in range(50)]
     body = "\n".join(json.dumps({"email": e}) for e in joined).encode()
@@ -223,7 +255,7 @@ def test_a_plan_executed_again_after_membership_changed_mails_nobody_twice(
     assert mailed(mailbox, domain) == dict.fromkeys(everyone, 1)
     for batch in planned:
         item = services.campaign_store.batch(campaign_id, run="main", batch=batch.number)
-        assert item is not None and item["recipients"] == [r["e"] for r in batch.recipients]
+        assert item is not None and item["recipients"] == [r.email for r in batch.recipients]
     later = services.campaign_store.batch(campaign_id, run="main", batch=3)
     assert later is not None and not recorded & set(later["recipients"])
     progress = client.get(f"/v1/campaigns/{campaign_id}").json()["progress"]

@@ -24,6 +24,7 @@ from fastapi.testclient import TestClient
 
 from jetmail.api.app import create_app
 from jetmail.campaigns.ids import campaign_message_id
+from jetmail.campaigns.model import BatchCounts
 from jetmail.devstack.mailbox import Mailbox
 from jetmail.devstack.stack import wait_until
 from jetmail.scheduler import tick
@@ -142,7 +143,7 @@ def test_only_batches_with_failures_hold_them_and_a_second_record_changes_nothin
     # WHEN a redelivered batch records its outcome again (with other words for its failures)
     before = store.get(campaign_id, consistent=True)
     positions = {int(p): "later words" for p in first["failures"]}
-    recorded = store.finish_batch(campaign_id, run="main", batch=1, counts={"sent": 98, "failed": 2},
+    recorded = store.finish_batch(campaign_id, run="main", batch=1, counts=BatchCounts(sent=98, failed=2),
                                   failures=positions)
     # THEN nothing is counted again and the first record of the failures stands
     assert recorded is False

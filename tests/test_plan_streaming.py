@@ -77,8 +77,8 @@ def test_planner_yields_the_first_batch_after_one_batch_of_members(services: Ser
     assert reader.first_pages == [BATCH_SIZE]
     assert reader.page_sizes == [PAGE_SIZE]
     assert reader.taken == BATCH_SIZE
-    assert [r["e"] for r in first.recipients] == addresses[:BATCH_SIZE]
+    assert [r.email for r in first.recipients] == addresses[:BATCH_SIZE]
     # AND the whole plan still covers everyone once, in batches numbered from 1
     rest = list(batches)
     assert [b.number for b in [first, *rest]] == [1, 2, 3, 4, 5]
-    assert sorted(r["e"] for b in [first, *rest] for r in b.recipients) == addresses
+    assert sorted(r.email for b in [first, *rest] for r in b.recipients) == addresses

@@ -10,6 +10,7 @@ from fastapi.testclient import TestClient
 
 from jetmail.api.app import create_app
 from jetmail.aws import aws_client
+from jetmail.campaigns.model import BatchCounts
 from jetmail.devstack.stack import StackState
 from jetmail.reputation import count_sent
 from jetmail.scheduler import tick
@@ -112,7 +113,7 @@ def test_a_campaign_past_the_thresholds_is_paused_on_its_own(isolated: Isolated)
     }).json()["id"]
     client.post(f"/v1/campaigns/{campaign}/send")
     # GIVEN 600 of its sends recorded and 80 hard bounces (13 %) while the account looks healthy
-    services.campaign_store.finish_batch(campaign, run="main", batch=1, counts={"sent": 600})
+    services.campaign_store.finish_batch(campaign, run="main", batch=1, counts=BatchCounts(sent=600))
     services.stats_table.update(f"CAMPAIGN#{campaign}", "TOTALS", expression="ADD bounced_hard :n",
                                 params={":n": 80})
     result = tick(services)

@@ -81,7 +81,7 @@ async def _plan(job: PlanJob, ctx: JobContext, *, lease: Lease) -> None:
     # ids de-duplicate; lease and journal make a later repeat harmless) and nobody in them is planned again
     recorded = store.recorded_batches(job.campaign_id, run=job.run)
     while (page := await asyncio.to_thread(next, recorded, None)) is not None:
-        planner.already_planned((r["e"] for b in page for r in b.recipients), last_batch=max(b.number for b in page))
+        planner.already_planned((r.email for b in page for r in b.recipients), last_batch=max(b.number for b in page))
         await _enqueue(queue, job, page, variants=variants, target_queue=target_queue)
         total += sum(len(b.recipients) for b in page)
         count += len(page)
@@ -120,11 +120,11 @@ async def _enqueue(queue: Any, job: PlanJob, batches: list[BatchRecord], *, vari
             delay = variants[batch.variant].send_delay if batch.variant in variants else None
             if delay:
                 await queue.enqueue_in(delay, BATCH_TASK, queue=target_queue, priority=priority,
-                                       job_id=_batch_job_id(job, batch), payload=_payload(job, batch), max_retries=5)
+                                       job_id=_batch_job_id(job, batch), payload=_batch_job(job, batch), max_retries=5)
             else:
                 immediate.append(batch)
         if immediate:
-            await queue.enqueue_many(BATCH_TASK, [_payload(job, b) for b in immediate], queue=target_queue,
+            await queue.enqueue_many(BATCH_TASK, [_batch_job(job, b) for b in immediate], queue=target_queue,
                                      priority=priority, job_ids=[_batch_job_id(job, b) for b in immediate],
                                      max_retries=5)
 
@@ -133,9 +133,9 @@ def _batch_job_id(job: PlanJob, batch: BatchRecord) -> str:
     return f"cmpb.{job.campaign_id}.{job.run}.{batch.number}"
 
 
-def _payload(job: PlanJob, batch: BatchRecord) -> dict[str, Any]:
-    return {"campaign_id": job.campaign_id, "run": job.run, "batch": batch.number, "variant": batch.variant,
-            "recipients": batch.recipients, "stops_from": batch.stops_from}
+def _batch_job(job: PlanJob, batch: BatchRecord) -> BatchJob:
+    return BatchJob(campaign_id=job.campaign_id, run=job.run, batch=batch.number, variant=batch.variant,
+                    recipients=batch.recipients, stops_from=batch.stops_from)
 
 
 @task(BATCH_TASK, model=BatchJob)
@@ -148,7 +148,7 @@ async def campaign_batch(job: BatchJob, ctx: JobContext) -> None:
     except Parked:
         store = services.campaign_store
         await asyncio.to_thread(store.park, job.campaign_id, run=job.run, batch=job.batch,
-                                payload=job.model_dump(), park_id=secrets.token_hex(6))
+                                payload=job.model_dump(mode="json"), park_id=secrets.token_hex(6))
         # a resume between our pause check and the park above would miss this batch: look again
         current = await asyncio.to_thread(store.get, job.campaign_id)
         if current["state"] == CampaignState.SENDING:

@@ -28,7 +28,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from jetmail.campaigns.model import ABTest, AudienceSource, CampaignCreate
+from jetmail.campaigns.model import ABTest, AudienceSource, BatchRecipient, CampaignCreate
 
 BATCH_SIZE = 100
 PAGE_SIZE = 1_000  # members per Query after the first
@@ -67,7 +67,7 @@ class SuppressionReader(Protocol):
 class PlannedBatch:
     number: int
     priority: str
-    recipients: list[dict[str, Any]]
+    recipients: list[BatchRecipient]
     variant: str | None = None
 
 
@@ -127,7 +127,7 @@ class Planner:
         seen = self._planned
         for source in sorted(campaign.audience, key=lambda s: PRIORITY_ORDER[s.priority]):
             # batches never mix sources (their priority differs) nor variants (their content differs)
-            pending: dict[str | None, list[dict[str, Any]]] = {}
+            pending: dict[str | None, list[BatchRecipient]] = {}
             sizes: dict[str | None, int] = {}
             chunk: list[tuple[Member, str | None]] = []
             # a first read of one batch's worth: the first batch leaves before a 1 MB page is read
@@ -158,24 +158,16 @@ class Planner:
         self._count += 1
         return self._count
 
-    def _flush(self, chunk: list[tuple[Member, str | None]], pending: dict[str | None, list[dict[str, Any]]],
+    def _flush(self, chunk: list[tuple[Member, str | None]], pending: dict[str | None, list[BatchRecipient]],
                sizes: dict[str | None, int], source: AudienceSource) -> Iterator[PlannedBatch]:
         suppressed = self.suppressions.suppressed_among([m.email for m, _ in chunk])
         self.excluded_suppressed += len(suppressed)
         for member, variant in chunk:
             if member.email.lower() in suppressed:
                 continue
-            recipient: dict[str, Any] = {"e": member.email}
-            if member.name:
-                recipient["n"] = member.name
-            if member.language:
-                recipient["l"] = member.language
-            if member.timezone:
-                recipient["t"] = member.timezone
-            if member.attributes:
-                recipient["a"] = member.attributes
-            if source.list_id:
-                recipient["s"] = source.list_id
+            recipient = BatchRecipient(email=member.email, name=member.name or None,
+                                       language=member.language or None, timezone=member.timezone or None,
+                                       attributes=member.attributes or {}, list_id=source.list_id)
             bucket = pending.setdefault(variant, [])
             # the attributes are what can be large; the other fields are bounded by this margin
             size = 400 + (len(json.dumps(member.attributes, separators=(",", ":"))) if member.attributes else 0)

@@ -19,15 +19,22 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from email.utils import formataddr
-from typing import Any
 
 from pydantic import BaseModel, Field
 
 from jetmail.campaigns.ids import campaign_message_id
-from jetmail.campaigns.model import CampaignCreate, CampaignState, Variant
+from jetmail.campaigns.model import (
+    BatchCounts,
+    BatchRecipient,
+    CampaignCreate,
+    CampaignState,
+    RecipientOutcome,
+    Variant,
+)
 from jetmail.campaigns.signals import Journal, Lease, LeaseHeld, Leases, StateBoard, lease_key
 from jetmail.campaigns.store import CampaignStore
 from jetmail.compose import Recipient
@@ -42,29 +49,35 @@ logger = logging.getLogger("jetmail.campaigns")
 
 
 class BatchJob(BaseModel):
+    """A batch job's payload, validated when the worker reads it. Its recipients are in their compact
+    form (``BatchRecipient``): one-letter keys, empty fields left out."""
+
     campaign_id: str = Field(min_length=1, max_length=80)
     run: str = Field(pattern=r"^[a-z0-9-]+$", max_length=40)
     batch: int = Field(ge=1)
     variant: str | None = None
-    recipients: list[dict[str, Any]] = Field(max_length=1000)
+    recipients: list[BatchRecipient] = Field(max_length=1000)
     # where the batch's replay of stop events starts (jetmail.stops.plan_start): None replays them all
     stops_from: str | None = Field(default=None, max_length=40)
 
 
 @dataclass
 class BatchTally:
-    results: list[dict[str, Any]] = field(default_factory=list)
-    counts: dict[str, int] = field(default_factory=lambda: {"sent": 0, "failed": 0, "skipped": 0})
-    temporary: list[int] = field(default_factory=list)
+    results: list[RecipientOutcome] = field(default_factory=list)
+    temporary: list[int] = field(default_factory=list)  # positions deferred by a temporary failure
 
-    def add(self, pos: int, email: str, status: str, **extra: Any) -> None:
-        self.results.append({"p": pos, "e": email, "s": status, **extra})
-        self.counts["sent" if status == "sent" else "failed" if status == "failed" else "skipped"] += 1
+    def add(self, outcome: RecipientOutcome) -> None:
+        self.results.append(outcome)
+
+    @property
+    def counts(self) -> BatchCounts:
+        statuses = Counter(r.status for r in self.results)
+        return BatchCounts(sent=statuses["sent"], failed=statuses["failed"], skipped=statuses["skipped"])
 
     @property
     def failures(self) -> dict[int, str]:
         """Position -> reason of every recipient that failed for good."""
-        return {r["p"]: r.get("r") or "unknown" for r in self.results if r["s"] == "failed"}
+        return {r.position: r.reason or "unknown" for r in self.results if r.status == "failed"}
 
 
 class Parked(Exception):
@@ -128,7 +141,7 @@ class BatchSender:
         return state
 
     async def run(self, job: BatchJob, *, attempt: int, last_attempt: bool,
-                  heartbeat: Callable[[], Awaitable[None]] | None = None) -> dict[str, int]:
+                  heartbeat: Callable[[], Awaitable[None]] | None = None) -> BatchCounts:
         state = await self.state(job.campaign_id)
         if state == CampaignState.PAUSED:
             raise Parked
@@ -153,9 +166,10 @@ class BatchSender:
             await self.leases.release(lease)
 
     async def _run_leased(self, job: BatchJob, lease: Lease, campaign: CampaignCreate, variant: Variant | None,
-                          *, last_attempt: bool) -> dict[str, int]:
+                          *, last_attempt: bool) -> BatchCounts:
         # what earlier attempts of this batch did: reported as they journaled it, never sent again
-        journaled = await self.journal.read(job.campaign_id, job.run, job.batch)
+        journaled = {pos: RecipientOutcome.model_validate(entry)
+                     for pos, entry in (await self.journal.read(job.campaign_id, job.run, job.batch)).items()}
         writer = self.journal.writer(job.campaign_id, job.run, job.batch)
         tally = BatchTally()
         semaphore = asyncio.Semaphore(self.concurrency)
@@ -164,11 +178,15 @@ class BatchSender:
         errors: list[Exception] = []
         sent: list[Sent] = []
 
-        async def one(pos: int, recipient: dict[str, Any]) -> None:
-            email = recipient["e"]
+        async def record(outcome: RecipientOutcome) -> None:
+            await writer.append(outcome.model_dump())
+            tally.add(outcome)
+
+        async def one(pos: int, recipient: BatchRecipient) -> None:
+            email = recipient.email
             done = journaled.get(pos)
-            if done is not None and str(done.get("e", "")).lower() == email.lower():
-                tally.add(pos, email, done["s"], **{k: done[k] for k in ("m", "r") if k in done})
+            if done is not None and done.email.lower() == email.lower():
+                tally.add(done)
                 return
             async with semaphore, self.process_slots:
                 if stop.is_set() or lapsed.is_set() or errors:
@@ -182,12 +200,11 @@ class BatchSender:
                     stop.set()
                     return
                 if current == CampaignState.CANCELLED:
-                    tally.add(pos, email, "skipped", r="cancelled")
+                    tally.add(RecipientOutcome(position=pos, email=email, status="skipped", reason="cancelled"))
                     return
-                refused = self.policy.now(email, category="marketing", list_id=recipient.get("s"))
+                refused = self.policy.now(email, category="marketing", list_id=recipient.list_id)
                 if refused is not None:
-                    await writer.append({"p": pos, "e": email, "s": "skipped", "r": refused})
-                    tally.add(pos, email, "skipped", r=refused)
+                    await record(RecipientOutcome(position=pos, email=email, status="skipped", reason=refused))
                     return
                 message_id = campaign_message_id(job.campaign_id, job.run, job.batch, pos)
                 try:
@@ -202,14 +219,12 @@ class BatchSender:
                 except (TemplateNotFound, TemplateRenderError, ValueError) as exc:
                     reason = f"cannot render: {exc}"
                 else:
-                    await writer.append({"p": pos, "e": email, "s": "sent", "m": provider_id})
-                    tally.add(pos, email, "sent", m=provider_id)
+                    await record(RecipientOutcome(position=pos, email=email, status="sent", provider_id=provider_id))
                     return
                 # the journal keeps the reason too: a retry of the batch reports this failure from it
-                await writer.append({"p": pos, "e": email, "s": "failed", "r": reason[:300]})
-                tally.add(pos, email, "failed", r=reason[:300])
+                await record(RecipientOutcome(position=pos, email=email, status="failed", reason=reason[:300]))
 
-        async def guarded(pos: int, recipient: dict[str, Any]) -> None:
+        async def guarded(pos: int, recipient: BatchRecipient) -> None:
             # one recipient's error (say NATS electing a leader) starts no further sends, but every send
             # already under way finishes and is journaled before the batch reports the error: a retry
             # while they were still in flight would not find them in the journal and mail them again
@@ -230,20 +245,21 @@ class BatchSender:
                                          retry_after=float(lease.ttl))
         if tally.temporary:
             raise TemporaryDeliveryError(f"{len(tally.temporary)} recipient(s) deferred; retrying the batch")
+        counts = tally.counts
         recorded = await asyncio.to_thread(self.store.finish_batch, job.campaign_id, run=job.run, batch=job.batch,
-                                           counts=tally.counts, variant=job.variant, failures=tally.failures)
+                                           counts=counts, variant=job.variant, failures=tally.failures)
         if not recorded:
             logger.info("batch %s/%s/%s was already recorded", job.campaign_id, job.run, job.batch)
         # outcome hooks once the batch (and so each message) is recorded; a batch recorded before counts
         # nothing again towards reputation
         await self.pipeline.sent(sent, count=recorded)
-        return tally.counts
+        return counts
 
-    async def _send(self, campaign: CampaignCreate, variant: Variant | None, recipient: dict[str, Any],
+    async def _send(self, campaign: CampaignCreate, variant: Variant | None, recipient: BatchRecipient,
                     message_id: str, campaign_id: str, sent: list[Sent]) -> str | None:
-        version = await self._content(campaign_id, campaign, variant, recipient.get("l"))
-        to = Recipient(email=recipient["e"], name=recipient.get("n"), language=recipient.get("l"),
-                       timezone=recipient.get("t"))
+        version = await self._content(campaign_id, campaign, variant, recipient.language)
+        to = Recipient(email=recipient.email, name=recipient.name, language=recipient.language,
+                       timezone=recipient.timezone)
         from_addr = campaign.from_ or self.pipeline.composer.settings.default_from
         if variant and variant.from_name:
             from_addr = formataddr((variant.from_name, parse_address(from_addr)[1]))
@@ -251,8 +267,8 @@ class BatchSender:
         if variant:
             tags["variant"] = variant.name
         draft = Draft(message_id=message_id, recipient=to, version=version,
-                      context={**campaign.context, "attributes": recipient.get("a", {})}, from_addr=from_addr,
-                      category="marketing", reply_to=campaign.reply_to, list_id=recipient.get("s"), track=True,
+                      context={**campaign.context, "attributes": recipient.attributes}, from_addr=from_addr,
+                      category="marketing", reply_to=campaign.reply_to, list_id=recipient.list_id, track=True,
                       tags=tags, lane="marketing")
         outcome = await self.pipeline.send(draft)
         sent.append(outcome)
