@@ -1,4 +1,5 @@
-"""Create what jetmail needs before it runs: the table (locally), streams and consumers, SES identity.
+"""Create what jetmail needs before it runs: the table (locally), streams and consumers, every KV bucket of
+``jetmail.kv.buckets``, SES identity.
 
 Idempotent; ``jetmail init`` and ``jetmail dev up`` call it. In AWS the table comes from
 template.yaml and this only ensures the JetStream side.
@@ -27,14 +28,14 @@ def bootstrap(settings: Settings, *, create_table: bool | None = None) -> Iterat
 
     ensure_streams(queue_config(settings), list(STANDARD_QUEUES))
     yield f"streams {settings.jobs_stream}/{settings.dlq_stream} and consumers for {', '.join(STANDARD_QUEUES)}: ready"
-    from jetmail.campaigns.signals import ensure_buckets
+    from jetmail.kv import Kv
     from jetmail.queue import SyncClient
     from jetmail.stops import ensure_stream
 
     with SyncClient(queue_config(settings)) as client:
-        client.run(lambda q: ensure_buckets(q.js, replicas=settings.stream_replicas))
+        buckets = client.run(lambda q: Kv(q.js, replicas=settings.stream_replicas).ensure())
         client.run(lambda q: ensure_stream(q.js, settings.stops_stream, replicas=settings.stream_replicas))
-    yield "KV buckets for campaign state, batch leases and the outcome journal: ready"
+    yield f"KV buckets {', '.join(buckets)} (jetmail.kv.buckets): ready"
     yield f"stream {settings.stops_stream} (stop events that running campaigns follow): ready"
     if settings.provider == "ses" and settings.aws_endpoint_url:
         from jetmail.aws import aws_client

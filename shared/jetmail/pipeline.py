@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from jetmail.compose import Composer, Recipient
+from jetmail.kv import Kv
 from jetmail.mime import parse_address
 from jetmail.providers import OutboundMessage, Provider, SendResult
 from jetmail.ratelimit import RateLimiter
@@ -70,12 +71,12 @@ class Sent:
 
 class SendPipeline:
     def __init__(self, *, composer: Composer, provider: Provider, limiter: RateLimiter | None = None,
-                 simulator: Simulator | None = None, js: Any = None) -> None:
+                 simulator: Simulator | None = None, kv: Kv | None = None) -> None:
         self.composer = composer
         self.provider = provider
         self.limiter = limiter
         self.simulator = simulator
-        self.js = js
+        self.kv = kv
         self._lane_threads = ThreadPoolExecutor(max_workers=LANE_THREADS, thread_name_prefix="jetmail-transactional")
 
     async def blocking(self, lane: str, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
@@ -137,8 +138,8 @@ class SendPipeline:
     async def sent(self, outcomes: Sequence[Sent], *, count: bool = True) -> None:
         """Outcome hooks once the wrapper has recorded the sends: the reputation counter (``count``: False
         for sends recorded before, so a redelivered batch is counted once) and the local SES simulator."""
-        if count and self.js is not None:
-            await count_sent(self.js, len(outcomes))
+        if count and self.kv is not None:
+            await count_sent(self.kv, len(outcomes))
         if self.simulator is None or not self.simulator.enabled:
             return
         for sent in outcomes:

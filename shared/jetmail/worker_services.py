@@ -1,6 +1,6 @@
 """What a worker process makes once at start and every job shares: one typed container.
 
-``WorkerServices.start`` builds it (settings, storage, the NATS connection and its buckets, the provider, the
+``WorkerServices.start`` builds it (settings, storage, the NATS connection and its KV buckets, the provider, the
 rate limiter, the live stop events, the one send pipeline and its two callers); ``close`` releases it in
 reverse order. The job layer keeps it in the worker's resources under ``KEY``; a task reads it with
 ``worker_services(ctx)``, never by name from a dict.
@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from jetmail.campaigns.sender import BatchSender
     from jetmail.config import Settings
     from jetmail.delivery import Deliverer
+    from jetmail.kv import Kv
     from jetmail.observability import MeteredProvider, WorkerMetrics
     from jetmail.queue import JobContext, Queue
     from jetmail.ratelimit import RateLimiter
@@ -31,6 +32,7 @@ KEY = "jetmail"
 class WorkerServices:
     services: Services
     queue: Queue
+    kv: Kv
     provider: MeteredProvider
     limiter: RateLimiter
     stops: LiveStops
@@ -43,8 +45,9 @@ class WorkerServices:
     async def start(cls, settings: Settings) -> WorkerServices:
         from jetmail.aws import aws_client
         from jetmail.campaigns.sender import BatchSender
-        from jetmail.campaigns.signals import Journal, Leases, StateBoard, ensure_buckets
+        from jetmail.campaigns.signals import Journal, Leases, StateBoard
         from jetmail.delivery import Deliverer
+        from jetmail.kv import Kv
         from jetmail.observability import MeteredProvider, WorkerMetrics, stop_metrics
         from jetmail.pipeline import SendPipeline
         from jetmail.policy import SuppressionPolicy
@@ -65,13 +68,15 @@ class WorkerServices:
         stops: LiveStops | None = None
         try:
             await queue.connect()
-            await ensure_buckets(queue.js, replicas=settings.stream_replicas)
+            # every bucket of jetmail.kv.buckets, made when `jetmail init` has not run
+            kv = Kv(queue.js, replicas=settings.stream_replicas)
+            await kv.ensure()
             await ensure_stream(queue.js, settings.stops_stream, replicas=settings.stream_replicas)
             stops = LiveStops(queue.js, stream=settings.stops_stream, pseudonyms=services.pseudonyms)
             policy = SuppressionPolicy(store=services.suppressions, live=stops)
             # on SES the account's own quota is the limit (the local stack's moto server answers it too)
             limits = limits_from_ses(aws_client("sesv2", settings)) if settings.provider == "ses" else None
-            limiter = RateLimiter(queue.js, RateConfig.from_settings(settings, limits=limits), worker_id=holder)
+            limiter = RateLimiter(kv, RateConfig.from_settings(settings, limits=limits), worker_id=holder)
         except BaseException:
             if stops is not None:
                 await stops.close()
@@ -81,17 +86,17 @@ class WorkerServices:
             raise
         # the one send pipeline; transactional mail and campaign batches only wrap it
         pipeline = SendPipeline(composer=services.composer, provider=provider, limiter=limiter,
-                                simulator=services.simulator, js=queue.js)
+                                simulator=services.simulator, kv=kv)
         raw_store = RawStore(queue.js, ttl_s=settings.submission_retention_hours * 3600,
                              replicas=settings.stream_replicas)
         deliverer = Deliverer(messages=services.messages.messages, templates=services.templates, pipeline=pipeline,
                               policy=policy, stats=services.stats_table, raw_store=raw_store)
         batch_sender = BatchSender(
             store=services.campaign_store, templates=services.templates, pipeline=pipeline, policy=policy,
-            board=StateBoard(queue.js), leases=Leases(queue.js, ttl=queue.config.ack_wait), journal=Journal(queue.js),
+            board=StateBoard(kv), leases=Leases(kv, ttl=queue.config.ack_wait), journal=Journal(queue.js),
             holder=holder, process_concurrency=settings.campaign_sends_per_worker,
         )
-        return cls(services=services, queue=queue, provider=provider, limiter=limiter, stops=stops,
+        return cls(services=services, queue=queue, kv=kv, provider=provider, limiter=limiter, stops=stops,
                    deliverer=deliverer, batch_sender=batch_sender, metrics=metrics, metrics_task=metrics_task)
 
     async def close(self) -> None:

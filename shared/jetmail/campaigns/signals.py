@@ -40,65 +40,30 @@ from typing import Any
 
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
-from nats.js.api import (
-    AckPolicy,
-    ConsumerConfig,
-    DeliverPolicy,
-    KeyValueConfig,
-    StorageType,
-)
-from nats.js.errors import (
-    APIError,
-    BucketNotFoundError,
-    KeyNotFoundError,
-    KeyWrongLastSequenceError,
-    NoStreamResponseError,
-    NotFoundError,
-    ServiceUnavailableError,
-)
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.errors import NoStreamResponseError, ServiceUnavailableError
+
+from jetmail.kv import CAMPAIGN_JOURNAL, CAMPAIGN_LEASES, CAMPAIGN_STATE, Bucket, KeyExists, Kv, RevisionMismatch
 
 logger = logging.getLogger("jetmail.campaigns")
 
-STATE_BUCKET = "jetmail_campaign_state"
-# the batch leases (the bucket kept the name of the per-recipient claims it once held)
-LEASES_BUCKET = CLAIMS_BUCKET = "jetmail_campaign_claims"
-CLAIM_TTL_S = 30 * 24 * 3600
+# the buckets are declared in ``jetmail.kv.buckets``; these names stay for the modules that read them
+STATE_BUCKET = CAMPAIGN_STATE.name
+LEASES_BUCKET = CLAIMS_BUCKET = CAMPAIGN_LEASES.name
 # the journal is a KV bucket used as a stream: one key per (batch, position), a batch's entries under the
 # key prefix ``<campaign>.<run>.<batch>.``; the workers' NATS permissions allow JetStream and KV subjects only
-JOURNAL_BUCKET = "jetmail_campaign_journal"
+JOURNAL_BUCKET = CAMPAIGN_JOURNAL.name
 JOURNAL_STREAM = f"KV_{JOURNAL_BUCKET}"
 JOURNAL_PREFIX = f"$KV.{JOURNAL_BUCKET}"
-# a batch is retried for far less than this; its journal outlives every attempt
-JOURNAL_MAX_AGE_S = CLAIM_TTL_S
 # a cluster electing a new leader after losing a node answers none of these for some seconds
 CLUSTER_HICCUPS = (NatsTimeoutError, NoRespondersError, NoStreamResponseError, ServiceUnavailableError)
 SETTLE_PATIENCE_S = 60.0
-_WRONG_LAST_SEQUENCE = (10071, 10164)
 
 
-async def ensure_buckets(js: Any, *, replicas: int = 1) -> None:
-    """The campaign state, lease and journal buckets and the reputation bucket (idempotent):
-    ``jetmail init``, the local stack and every worker call it."""
-    from jetmail.reputation import BUCKET as REPUTATION_BUCKET
-    from jetmail.reputation import BUCKET_TTL_S as REPUTATION_TTL_S
-
-    for bucket, ttl in ((STATE_BUCKET, None), (LEASES_BUCKET, CLAIM_TTL_S), (JOURNAL_BUCKET, JOURNAL_MAX_AGE_S),
-                        (REPUTATION_BUCKET, REPUTATION_TTL_S)):
-        try:
-            await js.key_value(bucket)
-        except (BucketNotFoundError, NotFoundError):
-            await js.create_key_value(KeyValueConfig(bucket=bucket, ttl=ttl, history=1, replicas=replicas,
-                                                     storage=StorageType.FILE))
-    # leases expire by per-key TTL: a bucket made before leases existed may not allow it yet
-    info = await js.stream_info(f"KV_{LEASES_BUCKET}")
-    if not info.config.allow_msg_ttl:
-        info.config.allow_msg_ttl = True
-        await js.update_stream(info.config)
-
-
-async def publish_state(js: Any, campaign_id: str, state: str) -> None:
-    kv = await js.key_value(STATE_BUCKET)
-    await kv.put(campaign_id, state.encode())
+async def publish_state(kv: Kv | JetStreamContext, campaign_id: str, state: str) -> None:
+    """Mirror a campaign's state for the workers' boards: one KV put."""
+    await (await Kv.of(kv).bucket(CAMPAIGN_STATE)).put(campaign_id, state.encode())
 
 
 class StateBoard:
@@ -107,41 +72,29 @@ class StateBoard:
     Until the watch has delivered a campaign's value (it is starting, or reconnecting), ``state`` reads the
     key itself, at most every ``ttl`` seconds per campaign."""
 
-    def __init__(self, js: Any, *, ttl: float = 0.25) -> None:
-        self.js = js
+    def __init__(self, kv: Kv | JetStreamContext, *, ttl: float = 0.25) -> None:
+        self.kv = Kv.of(kv)
         self.ttl = ttl
         self._cache: dict[str, tuple[float, str | None]] = {}
         self._watched: dict[str, str | None] = {}
-        self._kv: Any = None
         self._watch_task: asyncio.Task[None] | None = None
-
-    async def _bucket(self) -> Any:
-        if self._kv is None:
-            self._kv = await self.js.key_value(STATE_BUCKET)
-        return self._kv
 
     def _ensure_watch(self) -> None:
         if self._watch_task is None or self._watch_task.done():
             self._watch_task = asyncio.create_task(self._watch())
 
     async def _watch(self) -> None:
-        watcher = None
         try:
-            watcher = await (await self._bucket()).watchall()
-            async for entry in watcher:
-                if entry is None:
-                    continue  # the end of the initial values
-                deleted = entry.operation in ("DEL", "PURGE")
-                self._watched[entry.key] = None if deleted else (entry.value or b"").decode() or None
+            bucket = await self.kv.bucket(CAMPAIGN_STATE)
+            async with contextlib.aclosing(bucket.watch()) as changes:
+                async for change in changes:
+                    self._watched[change.key] = (change.value or b"").decode() or None
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # the next state() starts it again; meanwhile it reads the keys
             logger.warning("campaign state watch ended: %s", exc or type(exc).__name__)
         finally:
             self._watched.clear()
-            if watcher is not None:
-                with contextlib.suppress(Exception):
-                    await watcher.stop()
 
     async def close(self) -> None:
         if self._watch_task is not None:
@@ -156,7 +109,7 @@ class StateBoard:
         now = time.monotonic()
         if hit and now - hit[0] < self.ttl:
             return hit[1] == "stopped"
-        stopped = bool((await read_state(self.js)).get("marketing_stopped"))
+        stopped = bool((await read_state(self.kv)).get("marketing_stopped"))
         self._cache["\x00reputation"] = (now, "stopped" if stopped else None)
         return stopped
 
@@ -168,11 +121,8 @@ class StateBoard:
         now = time.monotonic()
         if hit and now - hit[0] < self.ttl:
             return hit[1]
-        try:
-            entry = await (await self._bucket()).get(campaign_id)
-            value = entry.value.decode() if entry.value else None
-        except KeyNotFoundError:
-            value = None
+        entry = await (await self.kv.bucket(CAMPAIGN_STATE)).get(campaign_id)
+        value = None if entry is None else entry.value.decode() or None
         self._cache[campaign_id] = (now, value)
         return value
 
@@ -211,15 +161,12 @@ def lease_key(campaign_id: str, run: str, batch: int | str) -> str:
 
 
 class Leases:
-    def __init__(self, js: Any, *, ttl: float) -> None:
-        self.js = js
+    def __init__(self, kv: Kv | JetStreamContext, *, ttl: float) -> None:
+        self.kv = Kv.of(kv)
         self.ttl = max(1, math.ceil(ttl))  # per-key TTLs are whole seconds
-        self._kv: Any = None
 
-    async def _bucket(self) -> Any:
-        if self._kv is None:
-            self._kv = await self.js.key_value(LEASES_BUCKET)
-        return self._kv
+    async def _bucket(self) -> Bucket:
+        return await self.kv.bucket(CAMPAIGN_LEASES)
 
     async def take(self, key: str, *, holder: str, patience: float = 2.0) -> Lease:
         """One KV create; raises LeaseHeld when a live lease exists (a dead holder's has expired).
@@ -227,20 +174,18 @@ class Leases:
         A job redelivered because its worker died arrives an ack wait after that worker's last heartbeat,
         which it sent right after its last refresh: the lease expires about then, so a held lease is asked
         again for ``patience`` seconds before the attempt is given up (a retry costs one of the job's)."""
-        kv = await self._bucket()
+        bucket = await self._bucket()
         deadline = time.monotonic() + patience
         while True:
             started = time.monotonic()
             try:
-                revision = await kv.create(key, holder.encode(), msg_ttl=self.ttl)
-            except KeyWrongLastSequenceError:
+                revision = await bucket.create(key, holder.encode(), ttl=self.ttl)
+            except KeyExists:
                 if time.monotonic() < deadline:
                     await asyncio.sleep(0.25)
                     continue
-                current, held = "", None
-                with contextlib.suppress(KeyNotFoundError):
-                    entry = await kv.get(key)
-                    current, held = (entry.value or b"").decode(), entry.revision
+                entry = await bucket.get(key)
+                current, held = (entry.value.decode(), entry.revision) if entry is not None else ("", None)
                 raise LeaseHeld(key, current, retry_after=float(self.ttl), revision=held) from None
             return Lease(key=key, holder=holder, revision=revision, ttl=self.ttl, confirmed=started)
 
@@ -262,18 +207,15 @@ class Leases:
             await asyncio.sleep(0.5)
 
     async def refresh(self, lease: Lease) -> None:
-        """Push the lease's expiry a TTL further; marks it lost when someone else holds it now."""
+        """Push the lease's expiry a TTL further (one conditional write); marks it lost when someone else
+        holds it now."""
         started = time.monotonic()
         try:
-            ack = await self.js.publish(f"$KV.{LEASES_BUCKET}.{lease.key}", lease.holder.encode(),
-                                        headers={"Nats-Expected-Last-Subject-Sequence": str(lease.revision)},
-                                        msg_ttl=lease.ttl)
-        except APIError as exc:
-            if exc.err_code in _WRONG_LAST_SEQUENCE:
-                lease.lost = True
-                return
-            raise
-        lease.revision = ack.seq
+            lease.revision = await (await self._bucket()).update(lease.key, lease.holder.encode(),
+                                                                 revision=lease.revision, ttl=lease.ttl)
+        except RevisionMismatch:
+            lease.lost = True
+            return
         lease.confirmed = started
 
     async def release(self, lease: Lease) -> None:
@@ -281,11 +223,9 @@ class Leases:
         if lease.lost:
             return
         with contextlib.suppress(Exception):
-            # a purge marker only if the lease is still ours, and one that expires itself: a finished
+            # removed only if the lease is still ours, by a marker that expires itself: a finished
             # campaign leaves nothing in the bucket
-            await self.js.publish(f"$KV.{LEASES_BUCKET}.{lease.key}", b"", headers={
-                "KV-Operation": "PURGE", "Nats-Rollup": "sub",
-                "Nats-Expected-Last-Subject-Sequence": str(lease.revision)}, msg_ttl=lease.ttl)
+            await (await self._bucket()).delete(lease.key, revision=lease.revision, ttl=lease.ttl)
 
     async def keep(self, lease: Lease, *, beat: Any = None) -> None:
         """Refresh ``lease`` (and beat the job's heartbeat) every quarter TTL until cancelled or lost."""
@@ -349,7 +289,9 @@ class JournalWriter:
 
 
 class Journal:
-    def __init__(self, js: Any) -> None:
+    """Appends and reads the journal bucket's stream directly (its bucket is made with the others)."""
+
+    def __init__(self, js: JetStreamContext) -> None:
         self.js = js
 
     def writer(self, campaign_id: str, run: str, batch: int) -> JournalWriter:

@@ -38,7 +38,7 @@ used up early in its second. At 50/s with 4 workers that is 7 tokens per CAS.
 """
 
 from jetmail.ratelimit.config import BUCKET, RateConfig, RateLimits, limits_from_ses, normalize_domain
-from jetmail.ratelimit.limiter import RateLimiter, RateLimitError, ensure_bucket
+from jetmail.ratelimit.limiter import RateLimiter, RateLimitError
 from jetmail.ratelimit.windows import Category, Window, plan, spread
 
 __all__ = [
@@ -49,7 +49,6 @@ __all__ = [
     "RateLimiter",
     "RateLimits",
     "Window",
-    "ensure_bucket",
     "limits_from_ses",
     "normalize_domain",
     "plan",

@@ -11,8 +11,9 @@ from types import MappingProxyType
 from typing import Any
 
 from jetmail.config import ConfigError, Settings
+from jetmail.kv.buckets import RATE_LIMITS
 
-BUCKET = "jetmail_ratelimit"
+BUCKET = RATE_LIMITS.name
 
 _TOKEN = re.compile(r"^[A-Za-z0-9_-]+$")
 _DOMAIN = re.compile(r"^[a-z0-9-]+(\.[a-z0-9-]+)+$")

@@ -30,14 +30,11 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import nats.errors
-import nats.js.errors
 from nats.js import JetStreamContext
-from nats.js.api import KeyValueConfig, StorageType
-from nats.js.kv import KeyValue
 
+from jetmail.kv import RATE_LIMITS, Bucket, Kv, KvError, RevisionMismatch
 from jetmail.providers.base import TemporaryDeliveryError
-from jetmail.ratelimit.config import BUCKET, RateConfig, normalize_domain
+from jetmail.ratelimit.config import RateConfig, normalize_domain
 from jetmail.ratelimit.windows import CATEGORIES, Category, Window, plan
 
 log = logging.getLogger("jetmail.ratelimit")
@@ -50,15 +47,10 @@ _WORKER_EXPIRY_S = 15.0
 _WORKERS_TTL_S = 120
 _AIMD_TTL_S = 3600
 _MAX_CAS_ATTEMPTS = 200
-_WRONG_LAST_SEQUENCE = (10071, 10164)
 
 
 class RateLimitError(RuntimeError):
     """The shared counters could not be updated (endless write conflicts)."""
-
-
-class _Conflict(Exception):
-    """Someone else wrote the key since we read it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,16 +87,6 @@ class _Aimd:
     throttles: int = 0
 
 
-async def ensure_bucket(js: JetStreamContext, *, bucket: str = BUCKET, replicas: int = 1) -> KeyValue:
-    """The counters bucket, created when missing (creating it again with the same config is a no-op)."""
-    try:
-        return await js.key_value(bucket)
-    except (nats.js.errors.BucketNotFoundError, nats.js.errors.NotFoundError):
-        # file storage: a day's warm-up count must survive a server restart
-        return await js.create_key_value(KeyValueConfig(bucket=bucket, history=1, replicas=replicas,
-                                                        storage=StorageType.FILE))
-
-
 class RateLimiter:
     """One per worker process and provider; every coroutine of the process shares it.
 
@@ -112,19 +94,22 @@ class RateLimiter:
     for a token; ``try_acquire`` takes one when it can and otherwise returns the seconds until one may
     be free (a job can nak with that delay instead of holding its slot). Take the token as close to the
     send as possible: a token taken while the send still queues for a connection can arrive late.
+
+    ``kv``: the process's KV adapter, or a JetStream context (the bucket is then made, when missing,
+    with ``config.replicas``).
     """
 
-    def __init__(self, js: JetStreamContext, config: RateConfig, *, worker_id: str,
+    def __init__(self, kv: Kv | JetStreamContext, config: RateConfig, *, worker_id: str,
                  clock: Callable[[], float] = time.time) -> None:
         if not worker_id:
             raise ValueError("worker_id must not be empty")
         self.config = config
         self.worker_id = worker_id
-        self._js = js
+        self._kv = Kv.of(kv, replicas=config.replicas)
+        self._spec = RATE_LIMITS if config.bucket == RATE_LIMITS.name else RATE_LIMITS.named(config.bucket)
         self._clock = clock
-        self._kv: KeyValue | None = None
+        self._store: Bucket | None = None
         self._lock = asyncio.Lock()
-        self._subject = f"$KV.{config.bucket}."
         self._holdings: dict[str, _Holding] = {}
         self._exhausted: dict[tuple[str, Category], int] = {}  # (window key, category) -> window end
         self._seen: dict[str, tuple[int, _Counter]] = {}  # window key -> (window end, last known counter)
@@ -195,7 +180,7 @@ class RateLimiter:
         # the message went out (or failed for its own reason): a lost report must not turn into a resend
         try:
             await report
-        except (nats.errors.Error, RateLimitError) as exc:
+        except (KvError, RateLimitError) as exc:
             log.warning("rate limiter: could not record the send: %s", exc or type(exc).__name__)
 
     def _carry(self, second: int) -> int:
@@ -221,7 +206,7 @@ class RateLimiter:
                     await self._charge(upcoming, sum(self._in_flight.values()))
                 self._lags.append(max(0.0, self._clock() - charge_at))
                 await asyncio.sleep(max(0.0, upcoming - self._clock()) + _EPSILON)
-        except (nats.errors.Error, RateLimitError) as exc:
+        except (KvError, RateLimitError) as exc:
             log.warning("rate limiter: could not charge sends in flight: %s", exc or type(exc).__name__)
 
     async def _charge(self, second: int, count: int) -> None:
@@ -360,7 +345,7 @@ class RateLimiter:
             try:
                 revision = await self._write(window.key, f"{new.total} {new.marketing}".encode(),
                                              last=counter.revision, ttl=window.ttl)
-            except _Conflict:
+            except RevisionMismatch:
                 counter, fresh = await self._read(window.key), True
                 continue
             self._seen[window.key] = (window.end, _Counter(revision, new.total, new.marketing))
@@ -423,7 +408,7 @@ class RateLimiter:
                 return state
             try:
                 await self._write(key, json.dumps(asdict(new)).encode(), last=revision, ttl=_AIMD_TTL_S)
-            except _Conflict:
+            except RevisionMismatch:
                 continue
             self._aimd = new
             return new
@@ -441,16 +426,16 @@ class RateLimiter:
     async def set_slowdown(self, factor: float | None, *, reason: str = "") -> None:
         """Cap every worker's per-second rate at ``factor`` of its own provider limit until lifted
         (``None``). Not a throttle: successful sends do not raise it again."""
-        kv = await self._bucket()
+        bucket = await self._bucket()
         key = f"{self.config.provider}.slowdown"
         if factor is None:
-            await kv.put(key, b"{}")
+            await bucket.put(key, b"{}")
             self._slowdown = 1.0
             return
         if not 0 < factor <= 1:
             raise ValueError(f"slow-down factor must be in (0, 1], got {factor}")
         # no TTL: it holds for as long as the reason does, however long that is
-        await kv.put(key, json.dumps({"factor": factor, "reason": reason, "since": self._clock()}).encode())
+        await bucket.put(key, json.dumps({"factor": factor, "reason": reason, "since": self._clock()}).encode())
         self._slowdown = factor
 
     # ---- adaptive rate
@@ -581,31 +566,27 @@ class RateLimiter:
             try:
                 await self._write(key, f"{total} {marketing}".encode(), last=counter.revision, ttl=holding.window.ttl)
                 return
-            except _Conflict:
+            except RevisionMismatch:
                 continue
 
     # ---- KV primitives
-    async def _bucket(self) -> KeyValue:
-        if self._kv is None:
-            self._kv = await ensure_bucket(self._js, bucket=self.config.bucket, replicas=self.config.replicas)
-        return self._kv
+    async def _bucket(self) -> Bucket:
+        if self._store is None:
+            self._store = await self._kv.bucket(self._spec)
+        return self._store
 
     async def _read(self, key: str) -> _Counter:
-        kv = await self._bucket()
-        try:
-            entry = await kv.get(key)
-        except nats.js.errors.KeyNotFoundError:
+        entry = await (self._store or await self._bucket()).get(key)
+        if entry is None:
             return _Counter(0, 0, 0)
         total, marketing = (entry.value or b"0 0").split()
-        return _Counter(entry.revision or 0, int(total), int(marketing))
+        return _Counter(entry.revision, int(total), int(marketing))
 
     async def _read_json(self, key: str) -> tuple[int, dict[str, Any]]:
-        kv = await self._bucket()
-        try:
-            entry = await kv.get(key)
-        except nats.js.errors.KeyNotFoundError:
+        entry = await (await self._bucket()).get(key)
+        if entry is None:
             return 0, {}
-        return entry.revision or 0, json.loads(entry.value) if entry.value else {}
+        return entry.revision, json.loads(entry.value) if entry.value else {}
 
     async def _change_json(self, key: str, change: Callable[[dict[str, Any]], dict[str, Any]], *,
                            ttl: int) -> dict[str, Any]:
@@ -614,23 +595,15 @@ class RateLimiter:
             new = change(data)
             try:
                 await self._write(key, json.dumps(new).encode(), last=revision, ttl=ttl)
-            except _Conflict:
+            except RevisionMismatch:
                 continue
             return new
         raise RateLimitError(f"could not update {key}: {_MAX_CAS_ATTEMPTS} write conflicts in a row")
 
     async def _write(self, key: str, value: bytes, *, last: int, ttl: int) -> int:
-        """Compare-and-set with a TTL on the new value. ``KeyValue.update`` cannot set a TTL, and a value
-        written without one would keep a finished window's key forever."""
-        await self._bucket()
-        try:
-            ack = await self._js.publish(self._subject + key, value,
-                                         headers={"Nats-Expected-Last-Subject-Sequence": str(last)}, msg_ttl=ttl)
-        except nats.js.errors.APIError as exc:
-            if exc.err_code in _WRONG_LAST_SEQUENCE:
-                raise _Conflict from None
-            raise
-        return int(ack.seq)
+        """Compare-and-set with a TTL on the new value (a value written without one would keep a finished
+        window's key forever); raises RevisionMismatch."""
+        return await (self._store or await self._bucket()).update(key, value, revision=last, ttl=ttl)
 
 
 def _check_category(category: str) -> None:
