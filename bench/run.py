@@ -76,14 +76,21 @@ def raw_loop(smtp_port: int, count: int) -> float:
     from jetmail.compose import Composer, Recipient
     from jetmail.config import Settings
     from jetmail.providers import OutboundMessage, SmtpProvider
-    from jetmail.templating import EXAMPLE_TEMPLATES_DIR, TemplateVersion, load_template_dir
+    from jetmail.templating import (
+        EXAMPLE_TEMPLATES_DIR,
+        InMemoryTemplates,
+        Renderer,
+        TemplateVersion,
+        load_template_dir,
+    )
 
     settings = Settings(_env_file=None, table_name="unused", signing_secret="x" * 32,  # type: ignore[call-arg]
                         smtp_port=smtp_port, smtp_pool_size=4)
-    content = next(c for c in load_template_dir(EXAMPLE_TEMPLATES_DIR) if c.name == "getting_started" and
-                   c.locale == "en")
+    examples = load_template_dir(EXAMPLE_TEMPLATES_DIR)
+    content = next(c for c in examples if c.name == "getting_started" and c.locale == "en")
     version = TemplateVersion(**content.model_dump(), version=1)
-    composer = Composer(settings)
+    renderer = Renderer(limits=settings.render_limits, layouts=InMemoryTemplates(examples).layout)
+    composer = Composer(settings, renderer=renderer)
 
     async def run() -> float:
         provider = SmtpProvider(settings)
@@ -163,7 +170,7 @@ def planner_child(size: int) -> None:
     planned = 0
     while chunk := list(itertools.islice(batches, PUBLISH_CHUNK)):
         payloads = [json.dumps({"campaign_id": "c", "run": "main", "batch": b.number, "variant": b.variant,
-                                "recipients": b.recipients}).encode() for b in chunk]
+                                "recipients": [r.model_dump() for r in b.recipients]}).encode() for b in chunk]
         planned += sum(len(b.recipients) for b in chunk)
         del payloads
     print(json.dumps({"before_mb": before, "peak_mb": rss_peak_mb(os.getpid()), "planned": planned}))

@@ -117,7 +117,9 @@ def test_render_falls_back_from_regional_locale_to_language() -> None:
     store = InMemoryTemplates(load_template_dir(EXAMPLE_TEMPLATES_DIR))
     # WHEN a recipient in de-AT gets the welcome mail
     chosen = resolve_template(store, "welcome", locale="de-AT", default_locale="en")
-    rendered = Renderer().render(chosen, {"login_url": "https://app.example.com/login"}, standard=standard())
+    rendered = Renderer(layouts=store.layout).render(
+        chosen, {"login_url": "https://app.example.com/login"}, standard=standard()
+    )
     # THEN the German translation is used
     assert chosen.locale == "de"
     assert rendered.subject == "Willkommen bei Example GmbH, Ann!"
@@ -476,7 +478,8 @@ def test_marketing_mail_needs_an_unsubscribe_url() -> None:
         ("<p>{{ lipsum.__globals__ }}</p>", 1, '"lipsum" is not available'),
         ("<p>{{ x.mro() }}</p>", 1, 'access to attribute "mro"'),
         ("<p>{{ gen.gi_frame }}</p>", 1, 'access to attribute "gi_frame"'),
-        ("{% include 'other.html' %}", 1, "extends, include and import are not supported"),
+        ("{% include 'other.html' %}", 1, 'no template "other.html" (locale en) to extend or include'),
+        ("<p>x</p>\n{% import 'macros' as m %}", 2, "import is not supported"),
         ('<p>x</p>\n<a {{ attrs }} href="/">x</a>', 2, "a placeholder inside an HTML tag"),
         ("<a href={{ url }}>x</a>", 1, "a placeholder in an unquoted attribute value"),
         ('<td {% if wide %}width="100%"{% endif %}>x</td>', 1, "template logic inside an HTML tag"),
@@ -541,8 +544,17 @@ def test_template_variables_lists_what_the_caller_must_provide() -> None:
 # --- example templates and the folder loader
 
 
+EXAMPLE_LAYOUTS = {"layout", "marketing_layout"}
+
+
 def test_example_templates_load_validate_and_render_with_their_samples() -> None:
-    templates = load_template_dir(EXAMPLE_TEMPLATES_DIR)
+    loaded = load_template_dir(EXAMPLE_TEMPLATES_DIR)
+    # layouts come before the templates that extend them, so saving in order always works
+    assert [t.name for t in loaded[:3]] == ["layout", "marketing_layout", "marketing_layout"]
+    store = InMemoryTemplates(loaded)
+    for layout in loaded[:3]:
+        validate_template(layout, layouts=store.layout)
+    templates = [t for t in loaded if t.name not in EXAMPLE_LAYOUTS]
     names = {t.name for t in templates}
     assert names == {
         "welcome",
@@ -553,12 +565,14 @@ def test_example_templates_load_validate_and_render_with_their_samples() -> None
         "shipping_notification",
     }
     assert {(t.name, t.locale) for t in templates} == {(n, loc) for n in names for loc in ("en", "de")}
-    renderer = Renderer()
+    renderer = Renderer(layouts=store.layout)
     for content in templates:
-        validate_template(content)
+        validate_template(content, layouts=store.layout)
         meta = json.loads((EXAMPLE_TEMPLATES_DIR / content.name / "meta.json").read_text(encoding="utf-8"))
         # the documented variables are exactly those the template uses, and the sample has them all
-        assert template_variables(content) == set(meta["variables"]) == set(content.sample_context)
+        assert template_variables(content, layouts=store.layout) == set(meta["variables"]) == set(
+            content.sample_context
+        )
         stored = TemplateVersion(**content.model_dump(), version=1)
         out = renderer.render(
             stored, content.sample_context, standard=standard(pixel="https://t.example/o/1")
@@ -575,8 +589,9 @@ def test_example_templates_load_validate_and_render_with_their_samples() -> None
 
 
 def test_example_templates_render_without_a_recipient_name() -> None:
-    renderer = Renderer()
-    for content in load_template_dir(EXAMPLE_TEMPLATES_DIR):
+    examples = load_template_dir(EXAMPLE_TEMPLATES_DIR)
+    renderer = Renderer(layouts=InMemoryTemplates(examples).layout)
+    for content in examples:
         stored = TemplateVersion(**content.model_dump(), version=1)
         out = renderer.render(stored, content.sample_context, standard=standard(name=None))
         assert "None" not in out.subject and "None" not in out.text
@@ -600,6 +615,18 @@ def test_load_template_dir_reads_layout(tmp_path: Path) -> None:
     de, en = load_template_dir(tmp_path)
     assert (de.locale, de.text, de.category) == ("de-AT", "Code: {{ code }}", "marketing")
     assert (en.subject, en.text, en.sample_context) == ("Your code {{ code }}", None, {"code": "X1"})
+
+
+def test_load_template_dir_puts_layouts_before_the_templates_that_use_them(tmp_path: Path) -> None:
+    write(tmp_path / "a_mail" / "en" / "subject.txt", "Hi")
+    write(tmp_path / "a_mail" / "en" / "body.html", '{% extends "z_frame" %}{% block c %}x{% endblock %}')
+    write(tmp_path / "m_plain" / "en" / "subject.txt", "Hi")
+    write(tmp_path / "m_plain" / "en" / "body.html", "<p>plain</p>")
+    write(tmp_path / "z_frame" / "en" / "subject.txt", "Hi")
+    write(tmp_path / "z_frame" / "en" / "body.html", '<div>{% block c %}{% endblock %}{% include "z_sign" %}</div>')
+    write(tmp_path / "z_sign" / "en" / "subject.txt", "Hi")
+    write(tmp_path / "z_sign" / "en" / "body.html", "<p>sign</p>")
+    assert [t.name for t in load_template_dir(tmp_path)] == ["z_sign", "z_frame", "a_mail", "m_plain"]
 
 
 @pytest.mark.parametrize(

@@ -19,12 +19,11 @@ def templates() -> None:
 @domain_errors
 def sync(directory: Path | None) -> None:
     """Load a folder of templates (default: the shipped examples); unchanged ones are left alone."""
-    from jetmail.templating import load_template_dir
+    from jetmail.templating import EXAMPLE_TEMPLATES_DIR, load_template_dir
 
-    if directory is None:
-        directory = Path(__file__).resolve().parents[1] / "example_templates"
     svc = load_services()
-    for content in load_template_dir(directory):
+    # layouts come first, so a template is never saved before the layout it extends
+    for content in load_template_dir(directory or EXAMPLE_TEMPLATES_DIR):
         current = svc.templates.head(content.name, content.locale, cached=False)
         if current is not None and current.model_dump(exclude={"version"}) == content.model_dump():
             click.echo(f"  {content.name} ({content.locale}): unchanged, version {current.version}")

@@ -1,7 +1,7 @@
-"""Email templates: model, static checks, per-recipient rendering, locale fallback, loading.
+"""Email templates: model, layouts, static checks, per-recipient rendering, locale fallback, loading.
 
 Pure: nothing here does I/O except :func:`load_template_dir`; storage sits behind
-:class:`TemplateStore`.
+:class:`TemplateStore` and, for the layouts templates extend, a :data:`LayoutLoader`.
 """
 
 from jetmail.templating.errors import (
@@ -15,11 +15,13 @@ from jetmail.templating.errors import (
     TemplateValidationError,
     UnsafeHtmlError,
 )
+from jetmail.templating.layouts import LayoutLoader
 from jetmail.templating.library import (
     EXAMPLE_TEMPLATES_DIR,
     InMemoryTemplates,
     TemplateStore,
     load_template_dir,
+    pick_layout,
     resolve_template,
 )
 from jetmail.templating.limits import RenderLimits
@@ -44,6 +46,7 @@ __all__ = [
     "Category",
     "Company",
     "InMemoryTemplates",
+    "LayoutLoader",
     "LinkRewriter",
     "Recipient",
     "RenderLimits",
@@ -67,6 +70,7 @@ __all__ = [
     "load_template_dir",
     "locale_chain",
     "normalize_locale",
+    "pick_layout",
     "pick_locale",
     "resolve_template",
     "rewrite_links",

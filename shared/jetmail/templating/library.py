@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Mapping
 from pathlib import Path
 from typing import Protocol
 
 from pydantic import ValidationError
 
+from jetmail.templating.environment import new_environment
 from jetmail.templating.errors import TemplateLoadError, TemplateNotFoundError
+from jetmail.templating.layouts import layout_names
 from jetmail.templating.locales import pick_locale
 from jetmail.templating.model import TemplateContent, TemplateVersion
 
@@ -20,7 +22,8 @@ _META_KEYS = frozenset({"category", "description", "sample_context", "variables"
 
 
 def load_template_dir(path: str | Path) -> list[TemplateContent]:
-    """Every translation under ``path``, sorted by name then locale.
+    """Every translation under ``path``, sorted by name then locale, each after the templates it
+    extends or includes (so that saving them in order never refers to a template not yet saved).
 
     Layout: ``<name>/meta.json`` (optional; shared by all translations) and
     ``<name>/<locale>/subject.txt``, ``body.html`` and optionally ``body.txt``.
@@ -37,7 +40,28 @@ def load_template_dir(path: str | Path) -> list[TemplateContent]:
             raise TemplateLoadError(f"{folder}: no locale folders")
         for locale_dir in locales:
             templates.append(_read_translation(folder.name, locale_dir, meta))
-    return templates
+    return _layouts_first(templates)
+
+
+def _layouts_first(templates: list[TemplateContent]) -> list[TemplateContent]:
+    env = new_environment()
+    by_name: dict[str, list[TemplateContent]] = {}
+    for content in templates:
+        by_name.setdefault(content.name, []).append(content)
+    ordered: list[TemplateContent] = []
+    placed: set[str] = set()
+
+    def place(name: str, trail: frozenset[str]) -> None:
+        if name in placed or name in trail or name not in by_name:
+            return  # a loop or a missing layout is reported when the template is saved
+        for layout in sorted(set().union(*(layout_names(c, env=env) for c in by_name[name]))):
+            place(layout, trail | {name})
+        placed.add(name)
+        ordered.extend(by_name[name])
+
+    for name in by_name:
+        place(name, frozenset())
+    return ordered
 
 
 def _read_meta(path: Path) -> dict[str, object]:
@@ -103,10 +127,29 @@ def resolve_template(
     return found
 
 
-class InMemoryTemplates:
-    """A :class:`TemplateStore` in a dict: tests, previews and the bundled examples."""
+def pick_layout(
+    translations: Mapping[str, TemplateVersion], locale: str, default_locale: str
+) -> TemplateVersion | None:
+    """The translation of a layout that a template in ``locale`` extends or includes.
 
-    def __init__(self, templates: Iterable[TemplateContent] = ()) -> None:
+    The one a recipient in ``locale`` would get (:func:`pick_locale`); a layout with a single
+    translation serves every locale, as layouts are mostly markup.
+    """
+    chosen = pick_locale(translations, locale, default_locale)
+    if chosen is None and len(translations) == 1:
+        chosen = next(iter(translations))
+    return translations[chosen] if chosen is not None else None
+
+
+class InMemoryTemplates:
+    """A :class:`TemplateStore` in a dict: tests, previews and the bundled examples.
+
+    Its :meth:`layout` is a :data:`~jetmail.templating.layouts.LayoutLoader` for a
+    :class:`~jetmail.templating.renderer.Renderer`.
+    """
+
+    def __init__(self, templates: Iterable[TemplateContent] = (), *, default_locale: str = "en") -> None:
+        self.default_locale = default_locale
         self._versions: dict[tuple[str, str], list[TemplateVersion]] = {}
         for content in templates:
             self.add(content)
@@ -132,3 +175,8 @@ class InMemoryTemplates:
 
     def names(self) -> list[str]:
         return sorted({name for name, _ in self._versions})
+
+    def layout(self, name: str, locale: str) -> TemplateVersion | None:
+        """The latest translation of ``name`` for a template in ``locale`` (see :func:`pick_layout`)."""
+        translations = {loc: versions[-1] for (n, loc), versions in self._versions.items() if n == name}
+        return pick_layout(translations, locale, self.default_locale)

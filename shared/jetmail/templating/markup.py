@@ -34,12 +34,14 @@ class Segment:
     line: int
 
 
-def split_segments(env: Environment, source: str) -> list[Segment]:
+def split_segments(env: Environment, source: str, *, keep_raw: bool = False) -> list[Segment]:
     """The source as alternating HTML text and whole Jinja constructs, with start lines.
 
     The content of ``{% raw %}`` blocks is HTML like any other: it is checked, styled and
-    converted to text too (text is escaped again when constructs are restored). Whitespace
-    that a ``-`` marker strips is dropped by the lexer; it would not be output anyway.
+    converted to text too (text is escaped again when constructs are restored). With
+    ``keep_raw`` the ``{% raw %}`` tags stay in the HTML text, so that joining the segments
+    gives a source that renders the same. Whitespace that a ``-`` marker strips is dropped by
+    the lexer; it would not be output anyway.
     """
     segments: list[Segment] = []
     kind: SegmentKind | None = None
@@ -49,7 +51,7 @@ def split_segments(env: Environment, source: str) -> list[Segment]:
         if kind is None:
             if token in _BEGIN:
                 kind, parts, start = _BEGIN[token], [value], lineno
-            elif token not in ("raw_begin", "raw_end"):
+            elif keep_raw or token not in ("raw_begin", "raw_end"):
                 segments.append(Segment("html", value, lineno))
             continue
         parts.append(value)

@@ -26,6 +26,7 @@ from jetmail.templating.errors import (
     UnsafeHtmlError,
 )
 from jetmail.templating.inlining import Inliner, default_inliner
+from jetmail.templating.layouts import LayoutLoader, LayoutsUsed, Origins
 from jetmail.templating.limits import RenderLimitExceeded, RenderLimits, bounded_output, render_budget
 from jetmail.templating.markup import LineMap
 from jetmail.templating.model import (
@@ -60,20 +61,27 @@ class _Compiled:
     text: Template
     text_derived: bool
     line_maps: Mapping[TemplateField, LineMap]
+    origins: Mapping[TemplateField, Origins]
+    layouts: LayoutsUsed
 
 
 @dataclass(frozen=True, slots=True)
 class _Refused:
     version: TemplateVersion
     error: TemplateValidationError
+    layouts: LayoutsUsed
 
 
 class Renderer:
     """Renders template versions; make one per process and share it.
 
-    Per version, once: validation, CSS inlining, text derivation and compilation, kept in a
-    bounded LRU keyed by ``(name, version, locale)``. Versions are immutable; if different
-    content arrives under a cached key (an unsaved preview, say) it is prepared afresh.
+    Per version, once: expansion of the layouts it extends or includes (looked up through
+    ``layouts``, the template store's :data:`~jetmail.templating.layouts.LayoutLoader`; without
+    it a template must be self-contained), validation, CSS inlining, text derivation and
+    compilation, kept in a bounded LRU keyed by ``(name, version, locale)``. Versions are
+    immutable; if different content arrives under a cached key (an unsaved preview, say), or a
+    layout it was expanded with is saved again, it is prepared afresh. That costs one
+    ``layouts`` call per layout and render, which the template store answers from its cache.
 
     Caller context keys may not reuse the standard names (``unsubscribe_url``, ``company``,
     ``today``, ``now``, ``recipient``): that raises :class:`ReservedContextKeyError` rather
@@ -82,9 +90,15 @@ class Renderer:
     """
 
     def __init__(
-        self, *, cache_size: int = 256, inliner: Inliner | None = None, limits: RenderLimits | None = None
+        self,
+        *,
+        cache_size: int = 256,
+        inliner: Inliner | None = None,
+        limits: RenderLimits | None = None,
+        layouts: LayoutLoader | None = None,
     ) -> None:
         self.limits = limits or RenderLimits()
+        self._layouts = layouts
         self._env = new_environment(self.limits)
         self._inline = inliner or default_inliner()
         # A version that fails the checks is cached as its error, so a campaign with a broken
@@ -103,11 +117,12 @@ class Renderer:
         key = version.key
         with self._lock:
             entry = self._cache.get(key)
-            if entry is None or entry.version != version:
-                try:
-                    entry = self._compile(version)
-                except TemplateValidationError as exc:
-                    entry = _Refused(version, exc)
+        # looking layouts up may read the store: not under the lock every render takes
+        stale = entry if entry is not None and not self._unchanged(entry.layouts, version.locale) else None
+        with self._lock:
+            entry = self._cache.get(key)
+            if entry is None or entry.version != version or entry is stale:
+                entry = self._compile(version, self._layouts)
                 self.prepared_count += 1
                 self._cache[key] = entry
                 while len(self._cache) > self._cache_size:
@@ -117,10 +132,17 @@ class Renderer:
             raise TemplateValidationError(entry.error.problems)
         return entry
 
-    def _compile(self, version: TemplateVersion) -> _Compiled:
-        problems, sources = analyse_template(version, env=self._env, inline=self._inline)
-        if problems or sources is None:
-            raise TemplateValidationError(problems)
+    def _unchanged(self, layouts: LayoutsUsed, locale: str) -> bool:
+        return all(
+            (self._layouts(name, locale) if self._layouts is not None else None) == found
+            for name, found in layouts
+        )
+
+    def _compile(self, version: TemplateVersion, layouts: LayoutLoader | None) -> _Compiled | _Refused:
+        analysis = analyse_template(version, env=self._env, inline=self._inline, layouts=layouts)
+        sources = analysis.sources
+        if analysis.problems or sources is None:
+            return _Refused(version, TemplateValidationError(analysis.problems), analysis.layouts)
         base = f"{version.name}@{version.version}/{version.locale}"
         templates: dict[TemplateField, Template] = {}
         fields: tuple[tuple[TemplateField, str, str], ...] = (
@@ -133,9 +155,8 @@ class Renderer:
             try:
                 code = self._env.compile(source, name=name, filename=name)
             except TemplateSyntaxError as exc:
-                raise TemplateValidationError(
-                    [TemplateProblem(field, exc.lineno, exc.message or "")]
-                ) from None
+                problem = TemplateProblem(field, exc.lineno, exc.message or "")
+                return _Refused(version, TemplateValidationError([problem]), analysis.layouts)
             templates[field] = self._env.template_class.from_code(
                 self._env, code, self._env.make_globals(None)
             )
@@ -149,6 +170,8 @@ class Renderer:
             text=templates["text"],
             text_derived=sources.text_derived,
             line_maps=line_maps,
+            origins=sources.origins,
+            layouts=analysis.layouts,
         )
 
     def render(
@@ -211,20 +234,29 @@ class Renderer:
             if line_map is not None:
                 line = line_map.original(line)
             message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+            origins = compiled.origins.get(field)
+            if origins is not None:
+                placed = origins.relocate(TemplateProblem(field, line, message))
+                line, message = placed.line, placed.message
             error = TemplateLimitError if isinstance(exc, RenderLimitExceeded) else TemplateRenderError
             raise error(message, template=_label(compiled.version), field=field, line=line) from exc
 
-    def sample_problems(self, content: TemplateContent) -> list[TemplateProblem]:
+    def sample_problems(
+        self, content: TemplateContent, *, layouts: LayoutLoader | None = None
+    ) -> list[TemplateProblem]:
         """What a test render with the template's ``sample_context`` finds: limits and unsafe HTML.
 
         Names the sample leaves out render as empty values, so a template saved without a
         complete sample is still tried. Other render failures (a value of the wrong type in the
-        sample) are left to preview and sending, as before. Call after :func:`validate_template`.
+        sample) are left to preview and sending, as before. Call after :func:`validate_template`
+        with the same ``layouts``.
         """
         version = TemplateVersion(**content.model_dump(exclude={"version"}), version=1)
-        compiled = self._compile(version)  # not cached: this content may never be saved
+        compiled = self._compile(version, layouts)  # not cached: this content may never be saved
+        if isinstance(compiled, _Refused):
+            raise TemplateValidationError(compiled.error.problems)
         context: dict[str, Any] = {
-            name: ChainableUndefined(name=name) for name in template_variables(content)
+            name: ChainableUndefined(name=name) for name in template_variables(content, layouts=layouts)
         }
         context.update((k, v) for k, v in content.sample_context.items() if k not in STANDARD_NAMES)
         variables = {**context, **_SAMPLE_STANDARD.variables()}
@@ -257,11 +289,14 @@ def _checking_renderer(limits: RenderLimits) -> Renderer:
     return Renderer(cache_size=1, limits=limits)
 
 
-def check_template(content: TemplateContent, *, limits: RenderLimits | None = None) -> None:
+def check_template(
+    content: TemplateContent, *, limits: RenderLimits | None = None, layouts: LayoutLoader | None = None
+) -> None:
     """The checks run on save: :func:`validate_template`, then a test render with the template's
-    ``sample_context`` under the limits sending uses. Raises :class:`TemplateValidationError`."""
-    validate_template(content)
-    problems = _checking_renderer(limits or RenderLimits()).sample_problems(content)
+    ``sample_context`` under the limits sending uses, with the layouts it names found through
+    ``layouts``. Raises :class:`TemplateValidationError`."""
+    validate_template(content, layouts=layouts)
+    problems = _checking_renderer(limits or RenderLimits()).sample_problems(content, layouts=layouts)
     if problems:
         raise TemplateValidationError(problems)
 

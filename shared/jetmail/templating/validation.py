@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import html
 import re
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, replace
+from dataclasses import field as dataclass_field
 from functools import lru_cache
 
 import css_inline
@@ -23,6 +24,7 @@ from jinja2.sandbox import (
 from jetmail.templating.environment import SAFE_GLOBALS, new_environment
 from jetmail.templating.errors import TemplateField, TemplateProblem, TemplateValidationError
 from jetmail.templating.inlining import Inliner, default_inliner, inline_template
+from jetmail.templating.layouts import LayoutLoader, LayoutsUsed, Origins, expand
 from jetmail.templating.limits import RenderLimits, nesting_depth
 from jetmail.templating.markup import DYNAMIC, LineMap, Scan, Segment, TokenLostError, scan, split_segments
 from jetmail.templating.model import STANDARD_NAMES, TemplateContent
@@ -58,11 +60,25 @@ _URL_NOISE = re.compile(r"[\x00-\x20\x7f-\x9f\xa0\u1680\u2000-\u200f\u2028\u2029
 _SCRIPT_URL = re.compile(r"(?:javascript|vbscript|livescript):|data:(?!image/)")
 _SCRIPT_CSS = re.compile(r"javascript:|vbscript:|expression\(|-moz-binding|behavior:")
 _FIELD_ORDER = {"subject": 0, "html": 1, "text": 2}
+_AS_WRITTEN = Origins()
+#: What a Jinja construct may not be, by where it stands in the markup and what it is.
+_CONSTRUCT_PROBLEMS: dict[tuple[str | None, str], str] = {
+    ("tag", "variable"): "a placeholder inside an HTML tag lets a value add attributes; "
+    "use it inside a quoted attribute value",
+    ("tag", "block"): "template logic inside an HTML tag is not supported (CSS inlining reorders "
+    "attributes); choose the attribute value conditionally instead",
+    ("unquoted", "variable"): "a placeholder in an unquoted attribute value lets a value add attributes; "
+    "quote the value",
+}
 
 
 @dataclass(frozen=True, slots=True)
 class PreparedSources:
-    """What the renderer compiles: HTML with styles inlined and a text body (derived or authored)."""
+    """What the renderer compiles: HTML with styles inlined and a text body (derived or authored).
+
+    The line maps lead from the compiled HTML and derived text back to the expanded sources, and
+    ``origins`` from there to the template or layout each line was written in.
+    """
 
     subject: str
     html: str
@@ -70,6 +86,17 @@ class PreparedSources:
     text: str
     text_lines: LineMap | None
     text_derived: bool
+    origins: Mapping[TemplateField, Origins] = dataclass_field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Analysis:
+    """Every problem found, and the sources to compile when there is none."""
+
+    problems: list[TemplateProblem]
+    sources: PreparedSources | None
+    #: The analysis holds while looking these layouts up again finds the same versions.
+    layouts: LayoutsUsed = ()
 
 
 def _sources(content: TemplateContent) -> list[tuple[TemplateField, str]]:
@@ -98,10 +125,13 @@ def _tree_problems(field: TemplateField, tree: nodes.Template) -> Iterator[Templ
             yield from _filter_problems(field, node)
         elif isinstance(node, nodes.Name) and (node.name.startswith("_") or node.name in _DANGEROUS_NAMES):
             yield TemplateProblem(field, line, f'"{node.name}" is not available in templates')
-        elif isinstance(node, nodes.Extends | nodes.Include | nodes.Import | nodes.FromImport):
+        elif isinstance(node, nodes.Import | nodes.FromImport):
             yield TemplateProblem(
-                field, line, "extends, include and import are not supported: a template is self-contained"
+                field, line, "import is not supported: extend or include a layout, or define the macro here"
             )
+        elif isinstance(node, nodes.Extends | nodes.Include):
+            # left by an expansion that failed, which reports why
+            continue
 
 
 def _filter_problems(field: TemplateField, node: nodes.Filter) -> Iterator[TemplateProblem]:
@@ -134,26 +164,9 @@ def _script_css(css: str) -> bool:
 
 def _markup_problems(segments: list[Segment], scanned: Scan) -> Iterator[TemplateProblem]:
     for segment, context in zip(segments, scanned.contexts, strict=True):
-        if context == "tag" and segment.kind == "variable":
-            yield TemplateProblem(
-                "html",
-                segment.line,
-                "a placeholder inside an HTML tag lets a value add attributes; "
-                "use it inside a quoted attribute value",
-            )
-        elif context == "tag" and segment.kind == "block":
-            yield TemplateProblem(
-                "html",
-                segment.line,
-                "template logic inside an HTML tag is not supported (CSS inlining reorders "
-                "attributes); choose the attribute value conditionally instead",
-            )
-        elif context == "unquoted" and segment.kind == "variable":
-            yield TemplateProblem(
-                "html",
-                segment.line,
-                "a placeholder in an unquoted attribute value lets a value add attributes; quote the value",
-            )
+        message = _CONSTRUCT_PROBLEMS.get((context, segment.kind))
+        if message is not None:
+            yield TemplateProblem("html", segment.line, message)
     for tag in scanned.tags:
         if tag.name in _FORBIDDEN_TAGS:
             yield TemplateProblem("html", tag.line, f"<{tag.name}> tags are not allowed")
@@ -186,9 +199,14 @@ def _references(tree: nodes.Template, name: str) -> bool:
 
 
 def analyse_template(
-    content: TemplateContent, *, env: Environment, inline: Inliner
-) -> tuple[list[TemplateProblem], PreparedSources | None]:
-    """Every problem found, and the sources to compile when there is none."""
+    content: TemplateContent, *, env: Environment, inline: Inliner, layouts: LayoutLoader | None = None
+) -> Analysis:
+    """Expand the layouts ``content`` names (found through ``layouts``), then check the result.
+
+    Problems are reported where their line was written: in ``content``, or in a layout, named.
+    """
+    expansion = expand(content, env=env, layouts=layouts)
+    content = expansion.content
     problems: list[TemplateProblem] = []
     trees: dict[TemplateField, nodes.Template] = {}
     for field, source in _sources(content):
@@ -208,17 +226,21 @@ def analyse_template(
             problems.append(TemplateProblem(field, line, f"blocks are nested {depth} deep; at most {limit} allowed"))
     html_tree = trees.get("html")
     if html_tree is not None:
-        if content.category == "marketing" and not _references(html_tree, "unsubscribe_url"):
+        if (content.category == "marketing" and not expansion.problems
+                and not _references(html_tree, "unsubscribe_url")):
             problems.append(
                 TemplateProblem("html", None, "a marketing template must link {{ unsubscribe_url }}")
             )
         segments = split_segments(env, content.html)
         scanned = scan(segments)
         problems.extend(_markup_problems(segments, scanned))
-    if problems or html_tree is None:
-        return _ordered(problems), None
-    sources = _prepare(content, segments, scanned, env=env, inline=inline, problems=problems)
-    return _ordered(problems), sources
+    sources = None
+    if not problems and not expansion.problems and html_tree is not None:
+        sources = _prepare(content, segments, scanned, env=env, inline=inline, problems=problems)
+    placed = [expansion.origins.get(p.field, _AS_WRITTEN).relocate(p) for p in problems]
+    if sources is not None:
+        sources = replace(sources, origins=expansion.origins)
+    return Analysis(_ordered([*expansion.problems, *placed]), sources, expansion.layouts)
 
 
 def _prepare(
@@ -279,20 +301,25 @@ def _checker() -> tuple[Environment, Inliner]:
     return new_environment(), default_inliner()
 
 
-def validate_template(content: TemplateContent) -> None:
-    """Raise :class:`TemplateValidationError` listing every problem; pure, no I/O."""
+def validate_template(content: TemplateContent, *, layouts: LayoutLoader | None = None) -> None:
+    """Raise :class:`TemplateValidationError` listing every problem.
+
+    Pure but for one ``layouts`` call per layout the template names; without ``layouts`` it may name none.
+    """
     env, inline = _checker()
-    problems, _ = analyse_template(content, env=env, inline=inline)
+    problems = analyse_template(content, env=env, inline=inline, layouts=layouts).problems
     if problems:
         raise TemplateValidationError(problems)
 
 
-def template_variables(content: TemplateContent) -> frozenset[str]:
-    """Caller context names the template uses (standard names and globals excluded).
+def template_variables(content: TemplateContent, *, layouts: LayoutLoader | None = None) -> frozenset[str]:
+    """Caller context names the template and the layouts it names use (standard names and globals
+    excluded); one ``layouts`` call per layout.
 
     Raises :class:`TemplateValidationError` on a syntax error.
     """
     env, _ = _checker()
+    content = expand(content, env=env, layouts=layouts).content
     names: set[str] = set()
     for field, source in _sources(content):
         try:
