@@ -72,7 +72,7 @@ bench: setup ## print throughput and latency figures (not a test)
 
 faults: setup ## fault injection (docs/RELIABILITY.md): prints lost / duplicated counts per scenario
 	$(BIN)/pytest -q -m slow -s
-	$(BIN)/pytest -q -s tests/test_cluster.py
+	$(BIN)/pytest -q -s tests/deploy/test_cluster.py
 
 up: setup
 	$(BIN)/jetmail dev up

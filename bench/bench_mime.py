@@ -1,4 +1,4 @@
-"""Messages built per second: jetmail.mime against the stdlib EmailMessage, same content.
+"""Messages built per second: jetmail.messaging.mime against the stdlib EmailMessage, same content.
 
 Run: python bench/bench_mime.py
 """
@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.utils import format_datetime
 
-from jetmail.mime import build_message, make_message_id
+from jetmail.messaging.mime import build_message, make_message_id
 
 SUBJECT = "Ihre Bestellung A-10427 ist unterwegs \u2013 Grüße aus München"
 TEXT = (
@@ -73,7 +73,7 @@ def main() -> None:
     jetmail_rate = rate(jetmail_build, 3.0)
     stdlib_rate = rate(stdlib_build, 3.0)
     print(f"message size: {size} bytes (multipart/alternative, quoted-printable, encoded headers)")
-    print(f"jetmail.mime.build_message: {jetmail_rate:>9,.0f} messages/s")
+    print(f"jetmail.messaging.mime.build_message: {jetmail_rate:>9,.0f} messages/s")
     print(f"stdlib EmailMessage (SMTP): {stdlib_rate:>9,.0f} messages/s")
     print(f"speed-up:                   {jetmail_rate / stdlib_rate:>9.1f}x")
 

@@ -33,11 +33,11 @@ def main() -> None:
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
 
+    from jetmail.audience.contacts import member_item
     from jetmail.bootstrap import bootstrap
     from jetmail.campaigns.model import AudienceSource, CampaignCreate
     from jetmail.campaigns.planner import Planner
     from jetmail.config import Settings
-    from jetmail.contacts import member_item
     from jetmail.services import Services
 
     with tempfile.TemporaryDirectory(prefix="jetmail-bench-") as tmp:

@@ -29,11 +29,11 @@ from pathlib import Path
 from pydantic import SecretStr
 
 from jetmail.config import Settings
+from jetmail.deliverability.ratelimit import RateConfig, RateLimiter, RateLimits
 from jetmail.devstack.mailbox import Mailbox
 from jetmail.devstack.stack import LocalStack
-from jetmail.providers import OutboundMessage, SmtpProvider, TemporaryDeliveryError
+from jetmail.messaging.providers import OutboundMessage, SmtpProvider, TemporaryDeliveryError
 from jetmail.queue import Queue, QueueConfig
-from jetmail.ratelimit import RateConfig, RateLimiter, RateLimits
 
 
 def build(index: int, worker: int) -> OutboundMessage:

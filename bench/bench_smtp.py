@@ -24,7 +24,7 @@ from pydantic import SecretStr
 
 from jetmail.config import Settings
 from jetmail.devstack.stack import LocalStack, stop_process
-from jetmail.providers import OutboundMessage, SmtpProvider
+from jetmail.messaging.providers import OutboundMessage, SmtpProvider
 
 POOL_SIZES = (1, 4)
 

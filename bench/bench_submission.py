@@ -21,7 +21,7 @@ BODY = (b"From: Bench <bench@example.com>\r\nTo: {to}\r\nSubject: bench\r\n"
 def submission_throughput(env: dict[str, str], token: str, root: Path, *, messages: int,
                           clients: int = 4) -> dict[str, Any]:
     from jetmail.devstack.stack import free_port, stop_process, tcp_ready, wait_until
-    from jetmail.smtp_server import self_signed
+    from jetmail.messaging.smtp_server import self_signed
 
     cert, key = self_signed(str(root / "tls"))
     port = free_port()

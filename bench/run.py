@@ -73,10 +73,10 @@ def settings_for(state: Any, extra: dict[str, str]) -> dict[str, str]:
 
 
 def raw_loop(smtp_port: int, count: int) -> float:
-    from jetmail.compose import Composer, Recipient
     from jetmail.config import Settings
-    from jetmail.providers import OutboundMessage, SmtpProvider
-    from jetmail.templating import (
+    from jetmail.messaging.compose import Composer, Recipient
+    from jetmail.messaging.providers import OutboundMessage, SmtpProvider
+    from jetmail.messaging.templating import (
         EXAMPLE_TEMPLATES_DIR,
         InMemoryTemplates,
         Renderer,
@@ -369,8 +369,8 @@ def main() -> None:
     from jetmail.bootstrap import bootstrap
     from jetmail.config import Settings
     from jetmail.devstack.stack import LocalStack, free_port, http_ready, stop_process, wait_until
+    from jetmail.messaging.templating import EXAMPLE_TEMPLATES_DIR, load_template_dir
     from jetmail.services import Services
-    from jetmail.templating import EXAMPLE_TEMPLATES_DIR, load_template_dir
 
     results: dict[str, Any] = {"machine": machine(), "at": datetime.now(UTC).isoformat(), "args": {
         k: v for k, v in vars(args).items() if k not in ("out", "planner_child")}}

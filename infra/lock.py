@@ -1,7 +1,7 @@
 """The requirements files exported from uv.lock, and the check that they and the lock match pyproject.toml.
 
     .venv/bin/python infra/lock.py --write   # after changing [project.dependencies]: `make lock` runs this
-    .venv/bin/python infra/lock.py --check   # exit 1 with what drifted (tests/test_dependencies.py, make test)
+    .venv/bin/python infra/lock.py --check   # exit 1 with what drifted (tests/deploy/test_dependencies.py, make test)
 
 - ``shared/requirements.txt``: the Lambda layer (CoreLayer, ContentUri shared/), installed by `sam build`:
   the core dependencies only, every version pinned with its hashes.

@@ -8,7 +8,7 @@
 - ``openapi.json`` from the FastAPI app, and ``api.md``: its routes by tag;
 - ``storage.md`` from ``jetmail.storage.keys.ENTITIES``: every DynamoDB row, its keys and how it is read.
 
-``tests/test_docs.py`` runs the check in ``make test``, so a setting, command or route added without its
+``tests/project/test_docs.py`` runs the check in ``make test``, so a setting, command or route added without its
 description, or a reference not regenerated, fails there.
 """
 

@@ -82,8 +82,8 @@ def app_env(stack: StackState) -> dict[str, str]:
 def services(settings: Settings, table: Table) -> Iterator[Services]:
     """The core services on the test stack, with streams ready and the example templates loaded."""
     from jetmail.bootstrap import bootstrap
+    from jetmail.messaging.templating import EXAMPLE_TEMPLATES_DIR, load_template_dir
     from jetmail.services import Services
-    from jetmail.templating import EXAMPLE_TEMPLATES_DIR, load_template_dir
 
     list(bootstrap(settings, create_table=False))
     svc = Services(settings)

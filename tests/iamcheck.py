@@ -1,6 +1,6 @@
 """Check recorded AWS calls against the IAM policies template.yaml gives each role.
 
-``record(path)`` installs a botocore hook on jetmail's one boto3 session (``jetmail.aws``) that appends
+``record(path)`` installs a botocore hook on jetmail's one boto3 session (``jetmail.aws.clients``) that appends
 every API call a process makes, as the IAM action and resource ARNs AWS authorises it against, to a
 JSON-lines file. ``TemplateRoles`` expands the SAM template (policy templates included, through
 samtranslator, the library ``sam deploy`` uses), resolves its intrinsic functions for one account and
@@ -92,7 +92,7 @@ def calls_for(service: str, operation: str, params: dict[str, Any]) -> list[Call
 
 def record(path: Path | str) -> None:
     """Append every AWS call this process makes from now on to ``path`` (one Call per line)."""
-    import jetmail.aws as aws
+    import jetmail.aws.clients as aws
 
     aws.reset_aws_clients()
     session = aws._get_session()

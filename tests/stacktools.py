@@ -56,8 +56,8 @@ class Isolated:
         self.settings = make_settings(stack, nats_url=own.services["nats"].url,
                                       aws_endpoint_url=own.services["moto"].url, **overrides)
         from jetmail.bootstrap import bootstrap
+        from jetmail.messaging.templating import EXAMPLE_TEMPLATES_DIR, load_template_dir
         from jetmail.services import Services
-        from jetmail.templating import EXAMPLE_TEMPLATES_DIR, load_template_dir
 
         list(bootstrap(self.settings, create_table=True))
         self.services = Services(self.settings)

@@ -5,8 +5,8 @@ from typing import Any
 from mangum import Mangum
 
 from jetmail.api.app import create_app
+from jetmail.aws.snapstart import install as install_snapstart
 from jetmail.observability import CORRELATION_API, count_api_response, observed
-from jetmail.snapstart import install as install_snapstart
 
 asgi = create_app()
 app = Mangum(asgi, lifespan="off")

@@ -3,14 +3,14 @@
 from datetime import datetime
 from typing import Any
 
+from jetmail.aws.snapstart import install as install_snapstart
 from jetmail.config import get_settings
 from jetmail.observability import CORRELATION_SCHEDULER, count_tick, observed
 from jetmail.scheduler import tick
 from jetmail.services import Services
-from jetmail.snapstart import install as install_snapstart
 
 services = Services(get_settings())
-install_snapstart(services, properties=("campaigns", "sequences"), modules=("jetmail.metrics",))
+install_snapstart(services, properties=("campaigns", "sequences"), modules=("jetmail.reporting.queue_lag",))
 
 
 @observed(correlation_id_path=CORRELATION_SCHEDULER)

@@ -11,10 +11,10 @@ from __future__ import annotations
 import threading
 from typing import TYPE_CHECKING, Any
 
+from jetmail.aws.snapstart import install as install_snapstart
 from jetmail.config import get_settings
 from jetmail.observability import CORRELATION_SES_EVENTS, count_api_response, count_ses_events, observed
 from jetmail.services import Services
-from jetmail.snapstart import install as install_snapstart
 
 if TYPE_CHECKING:
     from mangum import Mangum

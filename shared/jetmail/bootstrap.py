@@ -28,9 +28,9 @@ def bootstrap(settings: Settings, *, create_table: bool | None = None) -> Iterat
 
     ensure_streams(queue_config(settings), list(STANDARD_QUEUES))
     yield f"streams {settings.jobs_stream}/{settings.dlq_stream} and consumers for {', '.join(STANDARD_QUEUES)}: ready"
+    from jetmail.deliverability.stops import ensure_stream
     from jetmail.kv import Kv
     from jetmail.queue import SyncClient
-    from jetmail.stops import ensure_stream
 
     with SyncClient(queue_config(settings)) as client:
         buckets = client.run(lambda q: Kv(q.js, replicas=settings.stream_replicas).ensure())
@@ -38,8 +38,8 @@ def bootstrap(settings: Settings, *, create_table: bool | None = None) -> Iterat
     yield f"KV buckets {', '.join(buckets)} (jetmail.kv.buckets): ready"
     yield f"stream {settings.stops_stream} (stop events that running campaigns follow): ready"
     if settings.provider == "ses" and settings.aws_endpoint_url:
-        from jetmail.aws import aws_client
-        from jetmail.mime import parse_address
+        from jetmail.aws.clients import aws_client
+        from jetmail.messaging.mime import parse_address
 
         sender = parse_address(settings.default_from)[1]
         client = aws_client("sesv2", settings)

@@ -21,7 +21,6 @@ from typing import Any, NoReturn, TypeVar
 import click
 from pydantic import BaseModel
 
-from jetmail.audit import bind_actor, cli_actor
 from jetmail.bootstrap import STANDARD_QUEUES, bootstrap
 from jetmail.commands.audit import audit
 from jetmail.commands.campaigns import campaign, scheduler
@@ -30,6 +29,7 @@ from jetmail.commands.keys import keys
 from jetmail.commands.sending import sending
 from jetmail.commands.suppressions import suppressions
 from jetmail.commands.templates import templates
+from jetmail.compliance.audit import bind_actor, cli_actor
 from jetmail.config import ConfigError, get_settings
 from jetmail.devstack.cli import dev
 from jetmail.queue import (
@@ -200,7 +200,7 @@ def worker(queues: tuple[str, ...], concurrency: int, reserve_high: int | None, 
     for name in queues:
         check_queue(name)
     if reserve_high is None:
-        from jetmail.messages import TRANSACTIONAL_QUEUE
+        from jetmail.messaging.messages import TRANSACTIONAL_QUEUE
 
         shared = TRANSACTIONAL_QUEUE in queues and len(set(queues)) > 1 and concurrency > 1
         reserve_high = max(1, concurrency // 4) if shared else 0
@@ -230,7 +230,7 @@ def worker(queues: tuple[str, ...], concurrency: int, reserve_high: int | None, 
               default="INFO", show_default=True)
 def smtp_server(host: str | None, port: int | None, tls_port: int | None, log_level: str) -> None:
     """Accept mail over SMTP (AUTH with an API key) into the transactional pipeline, until SIGTERM."""
-    from jetmail.smtp_server import serve  # aiosmtpd, for this command only
+    from jetmail.messaging.smtp_server import serve  # aiosmtpd, for this command only
 
     overrides = {k: v for k, v in {"submission_host": host, "submission_port": port,
                                    "submission_tls_port": tls_port}.items() if v is not None}

@@ -18,7 +18,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 if TYPE_CHECKING:
-    from jetmail.templating.limits import RenderLimits
+    from jetmail.messaging.templating.limits import RenderLimits
 
 DEV_ENV_FILE = ".jetmail/dev/jetmail.env"
 
@@ -115,7 +115,7 @@ class Settings(BaseSettings):
     simulator_domain: str | None = "simulator.jetmail.local"
     """The domain whose addresses the local simulator answers for."""
 
-    # --- sending rate (jetmail.ratelimit); 0 means no limit for that window. The defaults are the
+    # --- sending rate (jetmail.deliverability.ratelimit); 0 means no limit for that window. The defaults are the
     # quota SES gives an account out of the sandbox: set them to your provider's limits.
     rate_per_second: float = Field(default=14.0, ge=0)
     """Provider messages per second, shared by all workers; 0: no limit."""
@@ -182,7 +182,8 @@ class Settings(BaseSettings):
     country_header: str = "cloudfront-viewer-country"
     """The request header opens and clicks take their country from."""
 
-    # --- SMTP submission server (`jetmail smtp-server`, jetmail.submission): applications send with an API key
+    # --- SMTP submission server (`jetmail smtp-server`, jetmail.messaging.submission): applications send
+    # with an API key
     submission_host: str = "0.0.0.0"  # noqa: S104 - a server for other machines; the NLB fronts it in AWS
     """The address `jetmail smtp-server` listens on."""
     submission_port: int = Field(default=587, ge=0, le=65535)
@@ -207,7 +208,7 @@ class Settings(BaseSettings):
     submission_retention_hours: int = Field(default=72, ge=1, le=24 * 30)
     """Hours a submitted body is kept for the worker, retries included (the object store's TTL)."""
 
-    # --- template rendering limits (jetmail.templating.limits), per render of one message; saving a
+    # --- template rendering limits (jetmail.messaging.templating.limits), per render of one message; saving a
     # template test-renders its sample_context under the same limits
     render_max_output_chars: int = Field(default=2_000_000, ge=1000)
     """Characters per part (subject, HTML, text) and per value a template builds on the way."""
@@ -294,7 +295,7 @@ class Settings(BaseSettings):
 
     @property
     def render_limits(self) -> RenderLimits:
-        from jetmail.templating.limits import RenderLimits  # the templating package is heavy to import
+        from jetmail.messaging.templating.limits import RenderLimits  # the templating package is heavy to import
 
         return RenderLimits(max_output=self.render_max_output_chars, timeout_s=self.render_timeout_s,
                             max_iterations=self.render_max_iterations, max_depth=self.render_max_depth)

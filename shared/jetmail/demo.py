@@ -40,9 +40,9 @@ def run(root: Path = DEFAULT_ROOT) -> None:
         print(f"  {name:<22} pid {svc.pid:<7} {svc.url}")
     try:
         from jetmail.config import Settings
+        from jetmail.messaging.templating import EXAMPLE_TEMPLATES_DIR, load_template_dir
         from jetmail.queue import Backoff
         from jetmail.services import Services
-        from jetmail.templating import EXAMPLE_TEMPLATES_DIR, load_template_dir
 
         settings = Settings(_env_file=None)  # start() exported the stack's settings
         services = Services(settings)

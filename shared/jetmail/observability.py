@@ -31,7 +31,13 @@ from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.logging.formatter import LambdaPowertoolsFormatter
 from aws_lambda_powertools.metrics import MetricUnit
 
-from jetmail.providers.base import DeliveryError, OutboundMessage, PermanentDeliveryError, Provider, SendResult
+from jetmail.messaging.providers.base import (
+    DeliveryError,
+    OutboundMessage,
+    PermanentDeliveryError,
+    Provider,
+    SendResult,
+)
 
 SERVICE = "jetmail"
 NAMESPACE = "jetmail"
@@ -107,7 +113,7 @@ def count_ses_events(event: Mapping[str, Any]) -> Counter[str]:
     Counted from the notifications themselves, so the metric reflects what SES reported, duplicates included;
     a record that is not an SES message is left to the intake to report.
     """
-    from jetmail.ses_events import SesEventError, parse_ses_message
+    from jetmail.deliverability.ses_events import SesEventError, parse_ses_message
 
     kinds: Counter[str] = Counter()
     for record in event.get("Records") or []:
@@ -128,7 +134,8 @@ def count_ses_events(event: Mapping[str, Any]) -> Counter[str]:
 
 
 def count_tick(summary: Mapping[str, Any]) -> None:
-    """What one scheduler tick did (queue lag itself goes out as ``jetmail/QueueLag``, see jetmail.metrics)."""
+    """What one scheduler tick did (queue lag itself goes out as ``jetmail/QueueLag``, see
+    jetmail.reporting.queue_lag)."""
     metrics = lambda_metrics()
     metrics.add_metric(name="CampaignsStarted", unit=MetricUnit.Count, value=len(summary.get("started") or []))
     metrics.add_metric(name="CampaignsFinished", unit=MetricUnit.Count, value=len(summary.get("finished") or []))
@@ -207,7 +214,7 @@ class MeteredProvider:
         self.inner = inner
         self.name = inner.name
         self.metrics = metrics
-        self.log = logging.getLogger("jetmail.delivery.provider")
+        self.log = logging.getLogger("jetmail.messaging.delivery.provider")
 
     async def send(self, message: OutboundMessage) -> SendResult:
         ids = {key: message.tags[key] for key in ("message_id", "campaign_id") if message.tags.get(key)}

@@ -1,6 +1,6 @@
 """The scheduler tick: what EventBridge runs every minute and `jetmail scheduler` runs locally.
 
-It runs the sender-reputation monitor (``jetmail.reputation``), starts campaigns whose time has
+It runs the sender-reputation monitor (``jetmail.deliverability.reputation``), starts campaigns whose time has
 come (native JetStream schedules normally start them first;
 this is the safety net, and the conditional state change makes the second start a no-op), decides
 A/B tests whose duration is over, and marks campaigns whose batches have all reported as sent.
@@ -30,14 +30,14 @@ def tick(services: Services, now: datetime | None = None) -> dict[str, Any]:
             decided[item["id"]] = outcome
         if campaigns.finish_if_done(item["id"]):
             finished.append(item["id"])
+    from jetmail.deliverability.reputation import ReputationMonitor
     from jetmail.kv import Kv
-    from jetmail.reputation import ReputationMonitor
 
     settings = services.settings
     monitor = ReputationMonitor(stats=services.counters, store=services.campaign_store,
                                 campaigns=services.campaigns, queue=services.queue, settings=settings)
     reputation = services.queue.run(lambda q: monitor.check(Kv(q.js, replicas=settings.stream_replicas), now))
-    from jetmail.metrics import publish_queue_lag
+    from jetmail.reporting.queue_lag import publish_queue_lag
 
     summary = {"at": now.isoformat(), "started": started, "ab_decided": decided, "finished": finished,
                "reputation_actions": reputation["actions"], "queue_lag_s": publish_queue_lag(services)}

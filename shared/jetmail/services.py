@@ -16,29 +16,29 @@ from jetmail.config import Settings
 # Each service's module is imported when the service is first used, so a handler's cold start pays only
 # for what its requests touch (docs/PERFORMANCE.md, cold starts).
 if TYPE_CHECKING:
-    from jetmail.apikeys import ApiKeys
-    from jetmail.audit import AuditLog
+    from jetmail.audience.contacts import ContactStore
+    from jetmail.audience.segments import SegmentStore
+    from jetmail.aws.sns import SnsVerifier
     from jetmail.campaigns.service import CampaignService
     from jetmail.campaigns.store import CampaignStore
-    from jetmail.compose import Composer
-    from jetmail.contacts import ContactStore
-    from jetmail.counters import Counters
-    from jetmail.feedback import FeedbackProcessor
-    from jetmail.gdpr import PrivacyService
-    from jetmail.messages import MessageService
+    from jetmail.compliance.apikeys import ApiKeys
+    from jetmail.compliance.audit import AuditLog
+    from jetmail.compliance.gdpr import PrivacyService
+    from jetmail.deliverability.feedback import FeedbackProcessor
+    from jetmail.deliverability.ses_events import SesEventIntake
+    from jetmail.deliverability.stops import StopFeed
+    from jetmail.deliverability.suppressions import Pseudonymizer, SuppressionStore
+    from jetmail.deliverability.tracking import Tracker
+    from jetmail.messaging.compose import Composer
+    from jetmail.messaging.messages import MessageService
+    from jetmail.messaging.sequences import SequenceService
+    from jetmail.messaging.simulator import Simulator
+    from jetmail.messaging.templates import TemplateStore
+    from jetmail.messaging.tokens import Signer
     from jetmail.queue import QueueConfig, SyncClient
-    from jetmail.reports import Reports
-    from jetmail.segments import SegmentStore
-    from jetmail.sequences import SequenceService
-    from jetmail.ses_events import SesEventIntake
-    from jetmail.simulator import Simulator
-    from jetmail.sns import SnsVerifier
-    from jetmail.stops import StopFeed
+    from jetmail.reporting.counters import Counters
+    from jetmail.reporting.reports import Reports
     from jetmail.storage.table import Table
-    from jetmail.suppressions import Pseudonymizer, SuppressionStore
-    from jetmail.template_store import TemplateStore
-    from jetmail.tokens import Signer
-    from jetmail.tracking import Tracker
 
 
 def queue_config(settings: Settings) -> QueueConfig:
@@ -77,33 +77,33 @@ class Services:
 
     @cached_property
     def api_keys(self) -> ApiKeys:
-        from jetmail.apikeys import ApiKeys
+        from jetmail.compliance.apikeys import ApiKeys
 
         return ApiKeys(self.table, cache_s=self.settings.api_key_cache_s)
 
     @cached_property
     def templates(self) -> TemplateStore:
-        from jetmail.template_store import AuditedTemplateStore
+        from jetmail.messaging.templates import AuditedTemplateStore
 
         return AuditedTemplateStore(self.table, audit=self.audit, default_locale=self.settings.default_locale,
                                     head_ttl_s=self.settings.template_cache_s, limits=self.settings.render_limits)
 
     @cached_property
     def audit(self) -> AuditLog:
-        from jetmail.audit import AuditLog
+        from jetmail.compliance.audit import AuditLog
 
         return AuditLog(self.table, retention_days=self.settings.audit_retention_days)
 
     @cached_property
     def pseudonyms(self) -> Pseudonymizer:
-        from jetmail.suppressions import Pseudonymizer
+        from jetmail.deliverability.suppressions import Pseudonymizer
 
         secret = self.settings.erasure_secret or self.settings.signing_secret
         return Pseudonymizer(secret.get_secret_value())
 
     @cached_property
     def privacy(self) -> PrivacyService:
-        from jetmail.gdpr import PrivacyService
+        from jetmail.compliance.gdpr import PrivacyService
 
         return PrivacyService(contacts=self.contacts, messages=self.messages.messages, sequences=self.sequences,
                               events=self.feedback.events, soft_bounces=self.feedback.soft_bounces,
@@ -117,8 +117,8 @@ class Services:
 
     @cached_property
     def messages(self) -> MessageService:
-        from jetmail.messages import MessageRepository, MessageService
-        from jetmail.policy import SuppressionPolicy
+        from jetmail.deliverability.policy import SuppressionPolicy
+        from jetmail.messaging.messages import MessageRepository, MessageService
 
         # suppressed recipients are refused when a message is accepted; the worker checks the stop events since
         return MessageService(table=self.table, templates=self.templates, queue=self.queue,
@@ -128,15 +128,15 @@ class Services:
 
     @cached_property
     def sequences(self) -> SequenceService:
-        from jetmail.sequences import SequenceService
+        from jetmail.messaging.sequences import SequenceService
 
         return SequenceService(table=self.table, messages=self.messages,
                                horizon=timedelta(days=self.settings.sequence_max_days))
 
     @cached_property
     def composer(self) -> Composer:
-        from jetmail.compose import Composer
-        from jetmail.templating import Renderer
+        from jetmail.messaging.compose import Composer
+        from jetmail.messaging.templating import Renderer
 
         # templates extend layouts kept in the template store
         renderer = Renderer(limits=self.settings.render_limits, layouts=self.templates.layout)
@@ -144,32 +144,33 @@ class Services:
 
     @cached_property
     def suppressions(self) -> SuppressionStore:
-        from jetmail.suppressions import SuppressionStore
+        from jetmail.deliverability.suppressions import SuppressionStore
 
         return SuppressionStore(self.table, pseudonyms=self.pseudonyms, audit=self.audit, stops=self.stop_feed)
 
     @cached_property
     def stop_feed(self) -> StopFeed:
-        """Publishes every suppression, list unsubscribe and erasure for running campaigns (jetmail.stops)."""
-        from jetmail.stops import StopFeed
+        """Publishes every suppression, list unsubscribe and erasure for running campaigns
+        (jetmail.deliverability.stops)."""
+        from jetmail.deliverability.stops import StopFeed
 
         return StopFeed(self.queue, pseudonyms=self.pseudonyms)
 
     @cached_property
     def contacts(self) -> ContactStore:
-        from jetmail.contacts import ContactStore
+        from jetmail.audience.contacts import ContactStore
 
         return ContactStore(self.table, erased=self.suppressions.erased_among, stops=self.stop_feed)
 
     @cached_property
     def segments(self) -> SegmentStore:
-        from jetmail.segments import SegmentStore
+        from jetmail.audience.segments import SegmentStore
 
         return SegmentStore(self.table, contacts=self.contacts)
 
     @cached_property
     def feedback(self) -> FeedbackProcessor:
-        from jetmail.feedback import FeedbackProcessor, Policy
+        from jetmail.deliverability.feedback import FeedbackProcessor, Policy
 
         return FeedbackProcessor(table=self.table, stats=self.stats_table, messages=self.messages.messages,
                                  suppressions=self.suppressions,
@@ -180,13 +181,13 @@ class Services:
 
     @cached_property
     def simulator(self) -> Simulator:
-        from jetmail.simulator import Simulator
+        from jetmail.messaging.simulator import Simulator
 
         return Simulator(self.settings, feedback=self.feedback)
 
     @cached_property
     def tracker(self) -> Tracker:
-        from jetmail.tracking import Tracker
+        from jetmail.deliverability.tracking import Tracker
 
         return Tracker(signer=self.signer, feedback=self.feedback)
 
@@ -206,33 +207,33 @@ class Services:
 
     @cached_property
     def reports(self) -> Reports:
-        from jetmail.reports import Reports
+        from jetmail.reporting.reports import Reports
 
         return Reports(store=self.campaign_store, counters=self.counters)
 
     @cached_property
     def counters(self) -> Counters:
         """The stats table's counters: what reports and the reputation monitor read."""
-        from jetmail.counters import Counters
+        from jetmail.reporting.counters import Counters
 
         return Counters(self.stats_table)
 
     @cached_property
     def signer(self) -> Signer:
-        from jetmail.tokens import Signer
+        from jetmail.messaging.tokens import Signer
 
         return Signer(self.settings.signing_secret)
 
     @cached_property
     def sns_verifier(self) -> SnsVerifier:
-        from jetmail.sns import SnsVerifier
+        from jetmail.aws.sns import SnsVerifier
 
         return SnsVerifier.from_settings(self.settings)
 
     @cached_property
     def ses_events(self) -> SesEventIntake:
-        from jetmail.ses_events import SesEventIntake
-        from jetmail.sns import confirm_subscription
+        from jetmail.aws.sns import confirm_subscription
+        from jetmail.deliverability.ses_events import SesEventIntake
 
         settings = self.settings
         return SesEventIntake(feedback=self.feedback, verifier=self.sns_verifier,

@@ -38,7 +38,7 @@ class SendMessageJob(BaseModel):
 @task("send_message", model=SendMessageJob)
 async def send_message(job: SendMessageJob, ctx: JobContext) -> None:
     """Deliver one transactional message (or sequence step); retried with backoff on temporary failures."""
-    from jetmail.providers import TemporaryDeliveryError
+    from jetmail.messaging.providers import TemporaryDeliveryError
 
     worker = worker_services(ctx)
     deliverer, metrics = worker.deliverer, worker.metrics
@@ -83,7 +83,7 @@ class ListReview(BaseModel):
 @task("list_review", model=ListReview)
 def list_review(job: ListReview, ctx: JobContext) -> None:
     """Flag contacts with repeated soft bounces or no engagement for a while (attribute ``review``)."""
-    from jetmail.reputation import review_contacts
+    from jetmail.deliverability.reputation import review_contacts
 
     flagged = review_contacts(worker_services(ctx).services, inactive_days=job.inactive_days,
                               soft_bounces=job.soft_bounces)

@@ -17,13 +17,13 @@ from typing import TYPE_CHECKING, cast
 if TYPE_CHECKING:
     from jetmail.campaigns.sender import BatchSender
     from jetmail.config import Settings
-    from jetmail.delivery import Deliverer
+    from jetmail.deliverability.ratelimit import RateLimiter
+    from jetmail.deliverability.stops import LiveStops
     from jetmail.kv import Kv
+    from jetmail.messaging.delivery import Deliverer
     from jetmail.observability import MeteredProvider, WorkerMetrics
     from jetmail.queue import JobContext, Queue
-    from jetmail.ratelimit import RateLimiter
     from jetmail.services import Services
-    from jetmail.stops import LiveStops
 
 KEY = "jetmail"
 
@@ -43,20 +43,20 @@ class WorkerServices:
 
     @classmethod
     async def start(cls, settings: Settings) -> WorkerServices:
-        from jetmail.aws import aws_client
+        from jetmail.aws.clients import aws_client
         from jetmail.campaigns.sender import BatchSender
         from jetmail.campaigns.signals import Journal, Leases, StateBoard
-        from jetmail.delivery import Deliverer
+        from jetmail.deliverability.policy import SuppressionPolicy
+        from jetmail.deliverability.ratelimit import RateConfig, RateLimiter, limits_from_ses
+        from jetmail.deliverability.stops import LiveStops, ensure_stream
         from jetmail.kv import Kv
+        from jetmail.messaging.delivery import Deliverer
+        from jetmail.messaging.pipeline import SendPipeline
+        from jetmail.messaging.providers import make_provider
+        from jetmail.messaging.submission import RawStore
         from jetmail.observability import MeteredProvider, WorkerMetrics, stop_metrics
-        from jetmail.pipeline import SendPipeline
-        from jetmail.policy import SuppressionPolicy
-        from jetmail.providers import make_provider
         from jetmail.queue import Queue
-        from jetmail.ratelimit import RateConfig, RateLimiter, limits_from_ses
         from jetmail.services import Services, queue_config
-        from jetmail.stops import LiveStops, ensure_stream
-        from jetmail.submission import RawStore
 
         services = Services(settings)
         holder = f"{socket.gethostname()}-{os.getpid()}"

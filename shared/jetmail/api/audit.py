@@ -6,10 +6,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 
-from jetmail import audit
 from jetmail.api.auth import require, services
-from jetmail.apikeys import ApiKey
-from jetmail.audit import AuditPage, InvalidAuditQuery
+from jetmail.compliance import audit
+from jetmail.compliance.apikeys import ApiKey
+from jetmail.compliance.audit import AuditPage, InvalidAuditQuery
 from jetmail.services import Services
 
 router = APIRouter(prefix="/v1/audit", tags=["audit"])

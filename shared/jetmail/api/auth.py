@@ -8,7 +8,7 @@ from collections.abc import Callable
 from fastapi import Depends, HTTPException, Request
 
 from jetmail.api.throttle import ApiThrottle
-from jetmail.apikeys import ApiKey, Scope
+from jetmail.compliance.apikeys import ApiKey, Scope
 from jetmail.services import Services
 
 

@@ -7,7 +7,6 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query
 
 from jetmail.api.auth import require, services
-from jetmail.apikeys import ApiKey
 from jetmail.campaigns.model import (
     CampaignCreate,
     CampaignFailurePage,
@@ -15,6 +14,7 @@ from jetmail.campaigns.model import (
     ScheduleRequest,
     WinnerPick,
 )
+from jetmail.compliance.apikeys import ApiKey
 from jetmail.services import Services
 
 router = APIRouter(prefix="/v1/campaigns", tags=["campaigns"])

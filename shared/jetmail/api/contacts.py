@@ -10,8 +10,7 @@ from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from jetmail.api.auth import require, services
-from jetmail.apikeys import ApiKey
-from jetmail.contacts import (
+from jetmail.audience.contacts import (
     Contact,
     ContactUpsert,
     ImportFormat,
@@ -21,8 +20,9 @@ from jetmail.contacts import (
     MemberPage,
     SubscriptionStatus,
 )
-from jetmail.gdpr import ErasureReport, PersonalData
-from jetmail.segments import SegmentCreate, SegmentPreview, SegmentPublic
+from jetmail.audience.segments import SegmentCreate, SegmentPreview, SegmentPublic
+from jetmail.compliance.apikeys import ApiKey
+from jetmail.compliance.gdpr import ErasureReport, PersonalData
 from jetmail.services import Services
 
 router = APIRouter(prefix="/v1")

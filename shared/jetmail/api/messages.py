@@ -7,8 +7,8 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Header, Response
 
 from jetmail.api.auth import require, services
-from jetmail.apikeys import ApiKey
-from jetmail.messages import MessagePublic, SendRequest
+from jetmail.compliance.apikeys import ApiKey
+from jetmail.messaging.messages import MessagePublic, SendRequest
 from jetmail.services import Services
 
 router = APIRouter(prefix="/v1/messages", tags=["messages"])

@@ -8,8 +8,8 @@ from fastapi import APIRouter, Depends, Query
 from fastapi.responses import Response
 
 from jetmail.api.auth import require, services
-from jetmail.apikeys import ApiKey
-from jetmail.reports import AccountStats, CampaignReport, report_csv
+from jetmail.compliance.apikeys import ApiKey
+from jetmail.reporting.reports import AccountStats, CampaignReport, report_csv
 from jetmail.services import Services
 
 router = APIRouter(prefix="/v1", tags=["reports"])

@@ -6,9 +6,9 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends
 
-from jetmail import sending
 from jetmail.api.auth import require, services
-from jetmail.apikeys import ApiKey
+from jetmail.compliance.apikeys import ApiKey
+from jetmail.deliverability import sending
 from jetmail.services import Services
 
 router = APIRouter(prefix="/v1/sending", tags=["sending"])

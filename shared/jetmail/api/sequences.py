@@ -8,8 +8,8 @@ from fastapi import APIRouter, Depends, Header, Path, Query, Response
 from pydantic import BaseModel
 
 from jetmail.api.auth import require, services
-from jetmail.apikeys import ApiKey
-from jetmail.sequences import EnrolmentPublic, EnrolRequest, SequenceDefinition
+from jetmail.compliance.apikeys import ApiKey
+from jetmail.messaging.sequences import EnrolmentPublic, EnrolRequest, SequenceDefinition
 from jetmail.services import Services
 
 router = APIRouter(prefix="/v1/sequences", tags=["sequences"])

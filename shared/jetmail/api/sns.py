@@ -1,7 +1,7 @@
 """``POST /sns/ses``: SES events from an SNS HTTPS subscription.
 
 This route takes no API key: SNS cannot send one. Its authentication is the SNS message signature,
-checked before anything in the body is used (``jetmail.sns``): the topic must be one of
+checked before anything in the body is used (``jetmail.aws.sns``): the topic must be one of
 ``JETMAIL_SNS_TOPIC_ARNS``, the signing certificate must come from an SNS host over https, the
 message must be fresh, and the signature must match. A message that fails any check is answered
 403 and changes nothing; a body that is not an SNS message, or a notification that is not an SES
@@ -18,8 +18,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request
 
 from jetmail.api.auth import services
+from jetmail.deliverability.ses_events import SnsReceipt
 from jetmail.services import Services
-from jetmail.ses_events import SnsReceipt
 
 router = APIRouter(tags=["sns"])
 

@@ -13,11 +13,11 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Response
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from jetmail.addresses import InvalidAddress, normalise_email
 from jetmail.api.auth import require, services
-from jetmail.apikeys import ApiKey
+from jetmail.audience.addresses import InvalidAddress, normalise_email
+from jetmail.compliance.apikeys import ApiKey
+from jetmail.deliverability.suppressions import Suppression
 from jetmail.services import Services
-from jetmail.suppressions import Suppression
 
 router = APIRouter(prefix="/v1/suppressions", tags=["suppressions"])
 Admin = Annotated[ApiKey, Depends(require("admin"))]

@@ -8,10 +8,10 @@ from fastapi import APIRouter, Depends, Path, Query, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from jetmail.api.auth import require, services
-from jetmail.apikeys import ApiKey
+from jetmail.compliance.apikeys import ApiKey
+from jetmail.messaging.templating import TemplateContent, TemplateVersion
+from jetmail.messaging.templating.model import Category
 from jetmail.services import Services
-from jetmail.templating import TemplateContent, TemplateVersion
-from jetmail.templating.model import Category
 
 router = APIRouter(prefix="/v1/templates", tags=["templates"])
 Admin = Annotated[ApiKey, Depends(require("admin"))]
@@ -73,7 +73,7 @@ def get_template(name: str, key: Admin, svc: Svc, locale: LocaleQuery = None,
 def template_versions(name: str, key: Admin, svc: Svc, locale: LocaleQuery = None) -> list[TemplateVersion]:
     found = svc.templates.versions(name, locale=locale or svc.settings.default_locale)
     if not found:
-        from jetmail.template_store import TemplateNotFound
+        from jetmail.messaging.templates import TemplateNotFound
 
         raise TemplateNotFound(name, locale)
     return found

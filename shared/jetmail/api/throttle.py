@@ -24,8 +24,8 @@ import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from jetmail.apikeys import ApiKey
-from jetmail.ratelimit import RateConfig, RateLimiter, RateLimits
+from jetmail.compliance.apikeys import ApiKey
+from jetmail.deliverability.ratelimit import RateConfig, RateLimiter, RateLimits
 
 if TYPE_CHECKING:
     from jetmail.queue import Queue, SyncClient

@@ -17,9 +17,9 @@ from jetmail.campaigns.sender import BatchJob, Parked
 from jetmail.campaigns.service import AB_QUEUE, BATCH_TASK, CAMPAIGN_QUEUE, FIRE_TASK, PLAN_TASK, START_TASK
 from jetmail.campaigns.signals import Lease, LeaseHeld, lease_key
 from jetmail.campaigns.store import BatchRecord
-from jetmail.providers import TemporaryDeliveryError
+from jetmail.deliverability.stops import plan_start
+from jetmail.messaging.providers import TemporaryDeliveryError
 from jetmail.queue import JobContext, Retry, task
-from jetmail.stops import plan_start
 from jetmail.storage.table import ConditionFailed
 from jetmail.worker_services import worker_services
 

@@ -1,6 +1,6 @@
 """The batch job: send up to ~100 campaign messages, then record them in one DynamoDB transaction.
 
-The campaign wrapper around the one send pipeline (``jetmail.pipeline``): lease, journal, tally and
+The campaign wrapper around the one send pipeline (``jetmail.messaging.pipeline``): lease, journal, tally and
 batch bookkeeping. Per batch: one KV create for the batch's lease (refreshed with the job's heartbeat,
 deleted at the end), one stream-info request to read the batch's journal (and one consumer read when an
 earlier attempt wrote to it), one TransactWriteItems (batch outcome and counters), one UpdateItem keeping
@@ -10,7 +10,7 @@ records its result) and the provider. Before every send the campaign's state is 
 board, which watches the KV state bucket, so pause and cancel take effect within milliseconds even for
 batches already queued: a paused batch is parked (its payload kept in DynamoDB) and re-enqueued on
 resume, where its journal skips whoever it had already mailed. Before every send the suppression policy
-answers from the stop events the worker follows (``jetmail.stops``): every suppression, list unsubscribe
+answers from the stop events the worker follows (``jetmail.deliverability.stops``): every suppression, list unsubscribe
 and erasure since the campaign's plan began, however long ago and whenever this worker started.
 """
 
@@ -37,13 +37,13 @@ from jetmail.campaigns.model import (
 )
 from jetmail.campaigns.signals import Journal, Lease, LeaseHeld, Leases, StateBoard, lease_key
 from jetmail.campaigns.store import CampaignStore
-from jetmail.compose import Recipient
-from jetmail.mime import parse_address
-from jetmail.pipeline import Draft, SendPipeline, Sent
-from jetmail.policy import SuppressionPolicy
-from jetmail.providers import PermanentDeliveryError, TemporaryDeliveryError
-from jetmail.template_store import TemplateNotFound, TemplateStore
-from jetmail.templating import TemplateRenderError, TemplateVersion
+from jetmail.deliverability.policy import SuppressionPolicy
+from jetmail.messaging.compose import Recipient
+from jetmail.messaging.mime import parse_address
+from jetmail.messaging.pipeline import Draft, SendPipeline, Sent
+from jetmail.messaging.providers import PermanentDeliveryError, TemporaryDeliveryError
+from jetmail.messaging.templates import TemplateNotFound, TemplateStore
+from jetmail.messaging.templating import TemplateRenderError, TemplateVersion
 
 logger = logging.getLogger("jetmail.campaigns")
 
@@ -57,7 +57,7 @@ class BatchJob(BaseModel):
     batch: int = Field(ge=1)
     variant: str | None = None
     recipients: list[BatchRecipient] = Field(max_length=1000)
-    # where the batch's replay of stop events starts (jetmail.stops.plan_start): None replays them all
+    # where the batch's replay of stop events starts (jetmail.deliverability.stops.plan_start): None replays them all
     stops_from: str | None = Field(default=None, max_length=40)
 
 

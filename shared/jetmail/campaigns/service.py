@@ -29,11 +29,11 @@ from jetmail.campaigns.model import (
 )
 from jetmail.campaigns.signals import publish_state
 from jetmail.campaigns.store import CampaignNotFound, CampaignStore, InvalidTransition, now_iso
-from jetmail.compose import NotCompliant
+from jetmail.messaging.compose import NotCompliant
+from jetmail.messaging.templates import TemplateStore
+from jetmail.messaging.templating import TemplateVersion
 from jetmail.storage import keys
 from jetmail.storage.table import ConditionFailed
-from jetmail.template_store import TemplateStore
-from jetmail.templating import TemplateVersion
 
 T = TypeVar("T")
 
@@ -75,19 +75,20 @@ class CampaignQueue(Protocol):
 
 
 class ListLookup(Protocol):
-    """The mailing lists an audience names (``jetmail.contacts.ContactStore``); LookupError for an unknown one."""
+    """The mailing lists an audience names (``jetmail.audience.contacts.ContactStore``); LookupError for an
+    unknown one."""
 
     def get_list(self, list_id: str) -> object: ...
 
 
 class SegmentLookup(Protocol):
-    """The segments an audience names (``jetmail.segments.SegmentStore``); LookupError for an unknown one."""
+    """The segments an audience names (``jetmail.audience.segments.SegmentStore``); LookupError for an unknown one."""
 
     def get(self, segment_id: str) -> object: ...
 
 
 class SenderRules(Protocol):
-    """The bulk-sender rules (``jetmail.compose.Composer``): an allowed From identity, and an unsubscribe link
+    """The bulk-sender rules (``jetmail.messaging.compose.Composer``): an allowed From identity, and an unsubscribe link
     and the postal address in every template version."""
 
     def check_from(self, from_header: str | None) -> None: ...
@@ -97,13 +98,14 @@ class SenderRules(Protocol):
 
 
 class SuppressionLookup(Protocol):
-    """Which addresses were erased at their owner's request (``jetmail.suppressions.SuppressionStore``)."""
+    """Which addresses were erased at their owner's request
+    (``jetmail.deliverability.suppressions.SuppressionStore``)."""
 
     def erased_among(self, emails: Iterable[str]) -> set[str]: ...
 
 
 class AuditTrail(Protocol):
-    """Where each campaign action is recorded (``jetmail.audit.AuditLog``)."""
+    """Where each campaign action is recorded (``jetmail.compliance.audit.AuditLog``)."""
 
     def record(self, action: str, *, target: str, changes: dict[str, Any] | None = None) -> object: ...
 

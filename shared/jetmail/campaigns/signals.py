@@ -103,7 +103,7 @@ class StateBoard:
 
     async def marketing_stopped(self) -> bool:
         """Whether the reputation monitor has stopped all marketing (re-read at most every ``ttl``)."""
-        from jetmail.reputation import read_state
+        from jetmail.deliverability.reputation import read_state
 
         hit = self._cache.get("\x00reputation")
         now = time.monotonic()

@@ -10,7 +10,7 @@ parked batch           ``CAMPAIGN#<id>``        ``PARKED#<run>#<n:06d>``        
 due start              ``CAMPAIGN#<id>``        ``DUE``                         ``DUE`` / at#id
 =====================  =======================  ==============================  ====================
 
-A/B variant counters and engagement counters live in the stats table (``jetmail.feedback``).
+A/B variant counters and engagement counters live in the stats table (``jetmail.deliverability.feedback``).
 
 Per-recipient rows are not written for campaign mail: the plan writes one item per batch of up to
 100 addresses (25 batches per BatchWriteItem), and a campaign message id
@@ -48,9 +48,9 @@ from jetmail.campaigns.model import (
     CampaignFailurePage,
     CampaignState,
 )
-from jetmail.counters import Counters
-from jetmail.cursors import InvalidCursor, pack, unpack
+from jetmail.reporting.counters import Counters
 from jetmail.storage import keys
+from jetmail.storage.cursors import InvalidCursor, pack, unpack
 from jetmail.storage.table import ConditionFailed, Table, key_values, resume_after
 
 COUNTERS = ("total", "sent", "failed", "skipped")

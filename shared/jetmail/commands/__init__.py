@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 import click
 
-from jetmail.addresses import InvalidAddress
+from jetmail.audience.addresses import InvalidAddress
 from jetmail.config import ConfigError, get_settings
 from jetmail.services import Services
 
@@ -32,9 +32,9 @@ def domain_errors(fn: F) -> F:
 
     @wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from jetmail.messages import IdempotencyConflict, MessageNotFound
-        from jetmail.template_store import TemplateConflict, TemplateNotFound
-        from jetmail.templating import TemplateValidationError
+        from jetmail.messaging.messages import IdempotencyConflict, MessageNotFound
+        from jetmail.messaging.templates import TemplateConflict, TemplateNotFound
+        from jetmail.messaging.templating import TemplateValidationError
 
         try:
             return fn(*args, **kwargs)

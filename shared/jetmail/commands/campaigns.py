@@ -150,7 +150,7 @@ def _report_text(r: Any) -> list[str]:
 @_campaign_errors
 def report(campaign_id: str, as_json: bool, as_csv: bool) -> None:
     """Counts, rates, A/B variants, top links, countries and mail clients of a campaign."""
-    from jetmail.reports import report_csv
+    from jetmail.reporting.reports import report_csv
 
     result = load_services().reports.campaign_report(campaign_id)
     if as_json:

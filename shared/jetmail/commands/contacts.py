@@ -14,8 +14,8 @@ from typing import IO, Any, cast
 
 import click
 
+from jetmail.audience.contacts import ImportFormat, SubscriptionStatus
 from jetmail.commands import domain_errors, load_services
-from jetmail.contacts import ImportFormat, SubscriptionStatus
 
 READ_CHUNK = 64 * 1024
 SHOWN_ERRORS = 20

@@ -7,9 +7,9 @@ from datetime import timedelta
 
 import click
 
-from jetmail.apikeys import KeyNotFound, Scope
-from jetmail.audit import cli_actor
 from jetmail.commands import domain_errors, load_services
+from jetmail.compliance.apikeys import KeyNotFound, Scope
+from jetmail.compliance.audit import cli_actor
 
 
 @click.group()

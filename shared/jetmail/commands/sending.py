@@ -6,8 +6,8 @@ import json
 
 import click
 
-from jetmail import sending as domain
 from jetmail.commands import load_services
+from jetmail.deliverability import sending as domain
 
 
 @click.group()

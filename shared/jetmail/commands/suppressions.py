@@ -8,11 +8,11 @@ from typing import IO, TYPE_CHECKING
 
 import click
 
-from jetmail.addresses import normalise_email
+from jetmail.audience.addresses import normalise_email
 from jetmail.commands import domain_errors, load_services
 
 if TYPE_CHECKING:
-    from jetmail.suppressions import Reason
+    from jetmail.deliverability.suppressions import Reason
 
 
 @click.group()

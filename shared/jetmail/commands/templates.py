@@ -19,7 +19,7 @@ def templates() -> None:
 @domain_errors
 def sync(directory: Path | None) -> None:
     """Load a folder of templates (default: the shipped examples); unchanged ones are left alone."""
-    from jetmail.templating import EXAMPLE_TEMPLATES_DIR, load_template_dir
+    from jetmail.messaging.templating import EXAMPLE_TEMPLATES_DIR, load_template_dir
 
     svc = load_services()
     # layouts come first, so a template is never saved before the layout it extends

@@ -17,10 +17,8 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.routing import APIRoute
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
-from jetmail import sending
 from jetmail.api.auth import services as _services
 from jetmail.campaigns.service import CampaignNotFound
-from jetmail.cursors import InvalidCursor
 from jetmail.dashboard.session import (
     COOKIE_PATH,
     LOGIN_COOKIE,
@@ -33,9 +31,11 @@ from jetmail.dashboard.session import (
     session_key,
 )
 from jetmail.dashboard.views import NONE, percent, report_view
+from jetmail.deliverability import sending
+from jetmail.deliverability.suppressions import Suppression, SuppressionStore
 from jetmail.queue import NotFoundError, QueueError
 from jetmail.services import Services
-from jetmail.suppressions import Suppression, SuppressionStore
+from jetmail.storage.cursors import InvalidCursor
 
 HERE = Path(__file__).parent
 SECURITY_HEADERS = {

@@ -22,8 +22,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from jetmail.apikeys import ApiKey, ApiKeys
-from jetmail.tokens import Signer
+from jetmail.compliance.apikeys import ApiKey, ApiKeys
+from jetmail.messaging.tokens import Signer
 
 SESSION_COOKIE = "jetmail_dashboard"
 LOGIN_COOKIE = "jetmail_dashboard_login"

@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 from markupsafe import Markup
 
 from jetmail.dashboard.charts import Series, bar_chart, funnel_chart, line_chart, nice_ceiling
-from jetmail.reports import CampaignReport, TimelinePoint
+from jetmail.reporting.reports import CampaignReport, TimelinePoint
 
 MAX_TIMELINE_HOURS = 24 * 31
 NONE = "\N{EN DASH}"  # shown for a figure that does not exist (a rate over zero)

@@ -291,7 +291,7 @@ class LocalStack:
             url = f"http://127.0.0.1:{port}/healthz"
             ready = http_ready(url)
         elif name == "submission":
-            from jetmail.smtp_server import self_signed
+            from jetmail.messaging.smtp_server import self_signed
 
             cert, key = self_signed(str((self.root / "tls").resolve()))
             tls_port = free_port()

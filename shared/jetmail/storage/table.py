@@ -5,7 +5,7 @@ request: a transaction's operations come from ``put_op`` / ``update_op``, a filt
 from ``query``, a multi-key read from ``batch_get``. Their keys are made in ``jetmail.storage.keys``,
 which also lists every row, its owner and how it is read (docs/reference/storage.md).
 
-Contacts (``jetmail.contacts``): addresses in keys are lower-cased. The contact's gsi1 partition is one
+Contacts (``jetmail.audience.contacts``): addresses in keys are lower-cased. The contact's gsi1 partition is one
 of 16 shards (hash of the address), so paging through all contacts never reads one hot partition. The
 contact keeps a ``lists`` map {list id: status}; each membership holds the status and a snapshot of what
 sending needs (email, name, language, timezone, attributes, packed as one JSON string ``snap``),
@@ -24,7 +24,7 @@ from typing import Any
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.exceptions import ClientError
 
-from jetmail.aws import aws_client
+from jetmail.aws.clients import aws_client
 from jetmail.config import Settings
 
 _ser = TypeSerializer()

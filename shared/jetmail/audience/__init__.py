@@ -1,0 +1,1 @@
+"""Who is mailed: contacts, their lists and segments, imports."""

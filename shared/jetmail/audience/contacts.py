@@ -1,0 +1,870 @@
+"""Contacts, lists and list memberships: the audience a campaign streams.
+
+A membership row carries a snapshot of what sending needs (address, name, language, time zone,
+attributes), packed in one JSON attribute, so a campaign reads its audience with one Query per page
+(1,000 members in a plan) and no per-contact reads. The contact item keeps a ``lists`` map
+{list id: status}; every write of a contact rewrites the snapshots of the lists it names, so they stay
+in step with the contact.
+
+Deleting a list removes its memberships and then the list itself; the ``lists`` maps of former
+members are pruned lazily, the next time the contact is written or read (a list id whose list is
+gone is dropped), so the delete costs one BatchWriteItem per 25 members rather than one write per
+contact.
+
+Imports stream: rows are parsed one at a time, validated whole (a bad row writes nothing), gathered
+100 at a time, merged with the stored contacts (one BatchGetItem) and written with BatchWriteItem,
+the items of one row always in the same request. Memory use does not depend on the file size.
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import hashlib
+import json
+import math
+import re
+import secrets
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal, get_args
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from jetmail.audience.addresses import InvalidAddress, normalise_email
+from jetmail.audience.fields import one_line, time_zone
+from jetmail.deliverability.stops import StopChange, StopFeed
+from jetmail.storage import keys
+from jetmail.storage.catalogue import Catalogue
+from jetmail.storage.cursors import InvalidCursor, pack, unpack
+from jetmail.storage.table import (
+    KEY_ATTRIBUTES,
+    ConditionFailed,
+    Table,
+    item_fields,
+    key_values,
+    native,
+    resume_after,
+)
+
+SubscriptionStatus = Literal["subscribed", "unsubscribed", "pending"]
+ImportFormat = Literal["csv", "jsonl"]
+STATUSES: tuple[str, ...] = get_args(SubscriptionStatus)
+
+MAX_LISTS_PER_CONTACT = 50
+MAX_ATTRIBUTES_BYTES = 8 * 1024
+MAX_ATTRIBUTE_DEPTH = 4
+IMPORT_CHUNK_ROWS = 100  # one BatchGetItem (its maximum) reads the stored contacts of a chunk
+MAX_LINE_CHARS = 1 << 20
+MAX_REPORTED_ERRORS = 100
+UPSERT_ATTEMPTS = 5
+# lists are found by id without a request when the id cannot be one
+LIST_ID = re.compile(r"^lst_[0-9a-f]{16}$")
+ATTRIBUTE_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$")
+LANGUAGE = r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})*$"
+SNAPSHOT_FIELDS = ("email", "name", "language", "timezone", "attributes")
+
+
+class ListNotFound(LookupError):
+    pass
+
+
+class ContactNotFound(LookupError):
+    pass
+
+
+class UnknownList(ValueError):
+    """A request names a list that does not exist."""
+
+
+class InvalidContact(ValueError):
+    """The contact would break a limit once merged with what is stored (attribute size, list count)."""
+
+
+class ErasedAddress(ValueError):
+    """The address was erased at its owner's request; it cannot become a contact again."""
+
+    def __init__(self, address: str) -> None:
+        super().__init__(f"{address} was erased at its owner's request (GDPR) and cannot be added again")
+
+
+class InvalidImport(ValueError):
+    """The file as a whole cannot be read (no header, not UTF-8, a line too long); rows read before
+    the problem stay imported."""
+
+
+class ContactConflict(RuntimeError):
+    """The contact kept changing under a write; the caller may retry."""
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+# ---- validation
+def _check_attribute_value(value: Any, *, depth: int, path: str) -> None:
+    if isinstance(value, dict):
+        if depth >= MAX_ATTRIBUTE_DEPTH:
+            raise ValueError(f"{path}: nested more than {MAX_ATTRIBUTE_DEPTH} levels")
+        for key, inner in value.items():
+            if not isinstance(key, str) or not ATTRIBUTE_KEY.match(key):
+                raise ValueError(f"{path}: key {key!r} must be 1-64 letters, digits, '_' or '-' (no dots)")
+            _check_attribute_value(inner, depth=depth + 1, path=f"{path}.{key}")
+    elif isinstance(value, list):
+        if depth >= MAX_ATTRIBUTE_DEPTH:
+            raise ValueError(f"{path}: nested more than {MAX_ATTRIBUTE_DEPTH} levels")
+        for i, inner in enumerate(value):
+            _check_attribute_value(inner, depth=depth + 1, path=f"{path}[{i}]")
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError(f"{path}: numbers must be finite")
+    elif value is not None and not isinstance(value, str | int | bool):
+        raise ValueError(f"{path}: unsupported value of type {type(value).__name__}")
+
+
+def check_attributes(value: Mapping[str, Any]) -> None:
+    """Keys addressable by segments (``attributes.a.b``), JSON values, bounded depth and size."""
+    _check_attribute_value(dict(value), depth=0, path="attributes")
+    size = len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode())
+    if size > MAX_ATTRIBUTES_BYTES:
+        raise ValueError(f"attributes take {size} bytes as JSON; at most {MAX_ATTRIBUTES_BYTES} are allowed")
+
+
+class ContactFields(BaseModel):
+    """Profile fields of an upsert. A given field replaces the stored one (null clears it), an omitted
+    one is kept; ``attributes`` merge key by key, and a key set to null is removed."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str | None = Field(default=None, max_length=200)
+    language: str | None = Field(default=None, max_length=35, pattern=LANGUAGE)
+    timezone: str | None = Field(default=None, max_length=64, description="IANA time zone, e.g. Europe/Berlin")
+    attributes: dict[str, Any] = Field(default_factory=dict, description="JSON object, at most 8 KiB")
+
+    @field_validator("name")
+    @classmethod
+    def _one_line(cls, value: str | None) -> str | None:
+        return one_line(value)
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str | None) -> str | None:
+        return time_zone(value)
+
+    @field_validator("attributes")
+    @classmethod
+    def _attributes(cls, value: dict[str, Any]) -> dict[str, Any]:
+        check_attributes(value)
+        return value
+
+
+class ContactUpsert(ContactFields):
+    """Body of ``PUT /v1/contacts/{email}``; ``lists`` sets the status in each named list and leaves the
+    contact's other lists alone."""
+
+    lists: dict[str, SubscriptionStatus] = Field(default_factory=dict, max_length=MAX_LISTS_PER_CONTACT)
+
+
+class ImportRow(ContactFields):
+    """One row of an import (a JSONL object, or a CSV row turned into one)."""
+
+    email: str = Field(max_length=320)
+
+    @field_validator("email")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        try:
+            return normalise_email(value)
+        except InvalidAddress as exc:
+            raise ValueError(str(exc)) from None
+
+
+class Contact(BaseModel):
+    email: str
+    name: str | None = None
+    language: str | None = None
+    timezone: str | None = None
+    attributes: dict[str, Any] = Field(default_factory=dict)
+    lists: dict[str, SubscriptionStatus] = Field(default_factory=dict)
+    last_opened_at: datetime | None = None
+    last_clicked_at: datetime | None = None
+    created_at: str
+    updated_at: str
+
+
+class ListCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, max_length=200)
+
+    @field_validator("name")
+    @classmethod
+    def _one_line(cls, value: str) -> str:
+        return one_line(value)
+
+
+class MailingList(BaseModel):
+    id: str
+    name: str
+    created_at: str
+
+
+class ListMember(BaseModel):
+    email: str
+    status: SubscriptionStatus
+    name: str | None = None
+    language: str | None = None
+    timezone: str | None = None
+    attributes: dict[str, Any] = Field(default_factory=dict)
+    updated_at: str
+
+
+class MemberPage(BaseModel):
+    members: list[ListMember]
+    next_cursor: str | None = Field(default=None, description="pass as ?cursor= for the next page; "
+                                                              "absent on the last page")
+
+
+class RowError(BaseModel):
+    row: int = Field(description="line number in the file (the CSV header is line 1)")
+    message: str
+
+
+class ImportReport(BaseModel):
+    imported: int = 0
+    failed: int = 0
+    kept_unsubscribed: int = Field(default=0, description="rows imported whose contact had unsubscribed from "
+                                                          "the list before: they stay unsubscribed")
+    errors: list[RowError] = Field(default_factory=list, description=f"the first {MAX_REPORTED_ERRORS}")
+
+    def fail(self, row: int, message: str) -> None:
+        self.failed += 1
+        if len(self.errors) < MAX_REPORTED_ERRORS:
+            self.errors.append(RowError(row=row, message=message))
+
+
+@dataclass(frozen=True, slots=True)
+class AudienceMember:
+    """What sending needs of one recipient."""
+
+    email: str
+    name: str | None
+    language: str | None
+    timezone: str | None
+    attributes: dict[str, Any] = field(default_factory=dict)
+
+
+def audience_member(item: Mapping[str, Any]) -> AudienceMember:
+    """From a membership row or a contact item."""
+    fields = member_fields(item) if "snap" in item else item
+    return AudienceMember(email=fields["email"], name=fields.get("name"), language=fields.get("language"),
+                          timezone=fields.get("timezone"), attributes=fields.get("attributes") or {})
+
+
+def member_fields(item: Mapping[str, Any]) -> dict[str, Any]:
+    """A membership row as plain fields: list id, status, email, name, language, time zone, attributes and
+    ``updated_at``, unpacked from its snapshot (rows written before snapshots were packed keep them as
+    attributes of their own)."""
+    snap = item.get("snap")
+    fields = json.loads(snap) if isinstance(snap, str) else {f: item.get(f) for f in (*SNAPSHOT_FIELDS, "updated_at")}
+    fields.setdefault("attributes", {})
+    return {**fields, "list_id": keys.list_id_of(item["pk"]), "status": item["status"]}
+
+
+# ---- keys (spelled in jetmail.storage.keys)
+def contact_key(address: str) -> str:
+    return address.lower()
+
+
+def contact_shard(key: str) -> int:
+    """Which of the ``keys.CONTACT_SHARDS`` gsi1 shards holds the contact."""
+    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=2).digest(), "big") % keys.CONTACT_SHARDS
+
+
+def _address(email: str) -> str:
+    return normalise_email(email.strip())
+
+
+def _contact_item(state: Mapping[str, Any]) -> dict[str, Any]:
+    key = contact_key(state["email"])
+    return {**state, **keys.contact(key).item(gsi1pk=keys.contact_shard(contact_shard(key)), gsi1sk=key)}
+
+
+def member_item(list_id: str, state: Mapping[str, Any], status: str, now: str) -> dict[str, Any]:
+    # the snapshot is one JSON string, not five attributes and a map: a campaign's plan reads every
+    # membership of its lists, and both DynamoDB's item size and the emulator's cost per item grow with
+    # the attributes an item has (moto: ~0.9 ms per item as attributes, ~0.3 ms packed)
+    snapshot = {f: state[f] for f in SNAPSHOT_FIELDS if state.get(f)}
+    snapshot["updated_at"] = now
+    return keys.list_member(list_id, contact_key(state["email"])).item(
+        status=status, snap=json.dumps(snapshot, separators=(",", ":"), ensure_ascii=False, default=native))
+
+
+def _snapshot(state: Mapping[str, Any] | None) -> tuple[Any, ...] | None:
+    if state is None:
+        return None
+    return tuple(state.get(f) or ({} if f == "attributes" else None) for f in SNAPSHOT_FIELDS)
+
+
+def _merged(current: Mapping[str, Any] | None, address: str, patch: ContactFields,
+            lists: Mapping[str, str], now: str) -> dict[str, Any]:
+    """The contact state after applying ``patch`` and ``lists`` to what is stored (without keys)."""
+    state: dict[str, Any] = {k: v for k, v in (current or {}).items() if k not in KEY_ATTRIBUTES}
+    state.setdefault("created_at", now)
+    state["email"] = address
+    given = patch.model_fields_set
+    for name in ("name", "language", "timezone"):
+        if name in given:
+            state[name] = getattr(patch, name)
+    attributes = dict(state.get("attributes") or {})
+    if "attributes" in given:
+        for key, value in patch.attributes.items():
+            if value is None:
+                attributes.pop(key, None)
+            else:
+                attributes[key] = value
+        try:
+            check_attributes(attributes)
+        except ValueError as exc:
+            raise InvalidContact(f"after merging with the stored contact: {exc}") from None
+    state["attributes"] = attributes
+    state["lists"] = {**(state.get("lists") or {}), **lists}
+    state["updated_at"] = now
+    return state
+
+
+def _check_list_count(state: Mapping[str, Any]) -> None:
+    if len(state["lists"]) > MAX_LISTS_PER_CONTACT:
+        raise InvalidContact(f"a contact may be in at most {MAX_LISTS_PER_CONTACT} lists")
+
+
+def _contact(item: Mapping[str, Any]) -> Contact:
+    return Contact.model_validate({k: v for k, v in item.items() if k in Contact.model_fields})
+
+
+def _member(item: Mapping[str, Any]) -> ListMember:
+    return ListMember.model_validate({k: v for k, v in member_fields(item).items() if k in ListMember.model_fields})
+
+
+def _list(item: Mapping[str, Any]) -> MailingList:
+    return MailingList(id=item["id"], name=item["name"], created_at=item["created_at"])
+
+
+# ---- cursors: the key of the last member returned, checked on the way back in
+def encode_cursor(key: Mapping[str, Any]) -> str:
+    plain = {"pk": key["pk"], "sk": key["sk"]} if isinstance(key["pk"], str) else key_values(key)
+    return pack({"pk": plain["pk"], "sk": plain["sk"]})
+
+
+def decode_cursor(cursor: str, *, list_id: str) -> dict[str, Any]:
+    value = unpack(cursor)
+    if (not isinstance(value, dict) or set(value) != {"pk", "sk"} or value["pk"] != keys.list_partition(list_id)
+            or not isinstance(value["sk"], str) or not value["sk"].startswith(keys.MEMBER_PREFIX)):
+        raise InvalidCursor("cursor does not belong to this list")
+    return resume_after(value)
+
+
+# ---- streaming parsers
+def _lines(chunks: Iterable[bytes], progress: Callable[[int], None] | None) -> Iterator[str]:
+    """Text lines (with their line ends) of a UTF-8 byte stream, never holding more than one line."""
+    decoder = codecs.getincrementaldecoder("utf-8-sig")()
+    buffer = ""
+    line_no = 0
+    for chunk in chunks:
+        if progress is not None:
+            progress(len(chunk))
+        try:
+            buffer += decoder.decode(chunk)
+        except UnicodeDecodeError:
+            raise InvalidImport(f"the file is not UTF-8 text (near line {line_no + 1}); save it as UTF-8") from None
+        start = 0
+        while (end := buffer.find("\n", start)) != -1:
+            line_no += 1
+            yield buffer[start:end + 1]
+            start = end + 1
+        buffer = buffer[start:]
+        if len(buffer) > MAX_LINE_CHARS:
+            raise InvalidImport(f"line {line_no + 1} is longer than {MAX_LINE_CHARS} characters")
+    try:
+        buffer += decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
+        raise InvalidImport(f"the file is not UTF-8 text (near line {line_no + 1}); save it as UTF-8") from None
+    if buffer:
+        yield buffer
+
+
+def _describe(exc: ValidationError) -> str:
+    problems = []
+    for error in exc.errors():
+        where = ".".join(str(p) for p in error["loc"]) or "row"
+        message = str(error["ctx"]["error"]) if error["type"] == "value_error" else error["msg"]
+        problems.append(f"{where}: {message}")
+    return "; ".join(problems)
+
+
+def _row(data: dict[str, Any]) -> ImportRow | str:
+    try:
+        return ImportRow.model_validate(data)
+    except ValidationError as exc:
+        return _describe(exc)
+
+
+def _no_constants(name: str) -> None:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _jsonl_rows(lines: Iterator[str]) -> Iterator[tuple[int, ImportRow | str]]:
+    for line_no, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            data = json.loads(line, parse_constant=_no_constants)
+        except (ValueError, RecursionError) as exc:
+            yield line_no, f"not valid JSON: {exc}"
+            continue
+        if not isinstance(data, dict):
+            yield line_no, "each line must be a JSON object"
+            continue
+        yield line_no, _row(data)
+
+
+CSV_FIELDS = ("email", "name", "language", "timezone", "attributes")
+# a cell of an attribute column that reads as a plain number or a boolean is stored as one, so
+# segments can compare it (gt/lt); leading zeros ("01234") and long digit strings stay text
+_NUMBER = re.compile(r"^-?(0|[1-9][0-9]{0,14})(\.[0-9]{1,15})?$")
+
+
+def _cell(text: str) -> Any:
+    if _NUMBER.match(text):
+        return float(text) if "." in text else int(text)
+    lowered = text.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    return text
+
+
+def _csv_columns(header: list[str]) -> list[str]:
+    """Known columns by name (any case); every other column is an attribute named as in the header."""
+    columns: list[str] = []
+    for raw in header:
+        name = raw.strip()
+        if name.lower() in CSV_FIELDS:
+            name = name.lower()
+        elif not ATTRIBUTE_KEY.match(name):
+            raise InvalidImport(f"column {raw!r} is not a valid attribute name: use 1-64 letters, digits, '_' or "
+                                "'-', starting with a letter or '_'")
+        if name in columns:
+            raise InvalidImport(f"column {name!r} appears twice in the header")
+        columns.append(name)
+    if "email" not in columns:
+        raise InvalidImport("the CSV header needs an 'email' column")
+    return columns
+
+
+def _csv_row(columns: list[str], record: list[str]) -> ImportRow | str:
+    if len(record) > len(columns):
+        return f"the row has {len(record)} fields but the header has {len(columns)}"
+    data: dict[str, Any] = {}
+    extra: dict[str, Any] = {}
+    for column, raw in zip(columns, record, strict=False):
+        text = raw.strip()
+        if not text:
+            continue  # an empty cell keeps what is stored
+        if column == "attributes":
+            try:
+                parsed = json.loads(text, parse_constant=_no_constants)
+            except (ValueError, RecursionError) as exc:
+                return f"attributes: not valid JSON: {exc}"
+            if not isinstance(parsed, dict):
+                return "attributes: must be a JSON object"
+            data["attributes"] = parsed
+        elif column in CSV_FIELDS:
+            data[column] = text
+        else:
+            extra[column] = _cell(text)
+    if extra:
+        data["attributes"] = {**data.get("attributes", {}), **extra}
+    return _row(data)
+
+
+def _csv_rows(lines: Iterator[str]) -> Iterator[tuple[int, ImportRow | str]]:
+    reader = csv.reader(lines)
+    try:
+        header = next(reader)
+        while not any(cell.strip() for cell in header):
+            header = next(reader)
+    except StopIteration:
+        return
+    except csv.Error as exc:
+        raise InvalidImport(f"unreadable CSV header: {exc}") from None
+    columns = _csv_columns(header)
+    last_line = reader.line_num
+    while True:
+        first_line = last_line + 1
+        try:
+            record = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            last_line = reader.line_num
+            yield first_line, f"unreadable CSV: {exc}"
+            continue
+        last_line = reader.line_num
+        if not any(cell.strip() for cell in record):
+            continue
+        yield first_line, _csv_row(columns, record)
+
+
+# ---- the store
+class ContactStore:
+    """Contacts, lists and memberships in the single table; method docstrings give request counts."""
+
+    def __init__(self, table: Table, *, erased: Callable[[Iterable[str]], set[str]] | None = None,
+                 stops: StopFeed | None = None) -> None:
+        self.table = table
+        self._lists = Catalogue(table, row=keys.list_meta, partition=keys.LISTS, ids=LIST_ID,
+                                missing=lambda list_id: ListNotFound(f"list {list_id!r} not found"))
+        # which of some addresses were erased (jetmail.compliance.gdpr): those are refused, never stored again
+        self.erased = erased or (lambda emails: set())
+        # list unsubscribes (and re-subscribes) are published before they are written: running campaigns
+        # follow them (jetmail.deliverability.stops)
+        self.stops = stops
+
+    def _publish_changes(self, address: str, before: Mapping[str, str], after: Mapping[str, str]) -> list[StopChange]:
+        return [StopChange(address, list_id, stop=status == "unsubscribed", reason="unsubscribed")
+                for list_id, status in after.items()
+                if (status == "unsubscribed") != (before.get(list_id) == "unsubscribed")]
+
+    def _publish(self, changes: list[StopChange]) -> None:
+        if self.stops is not None and changes:
+            self.stops.publish(changes)
+
+    @property
+    def requests(self) -> int:
+        """DynamoDB requests made through this store's table (shared with whoever else uses it)."""
+        return self.table.requests
+
+    # ---- lists
+    def create_list(self, name: str) -> MailingList:
+        """One PutItem."""
+        body = ListCreate(name=name)
+        list_id = f"lst_{secrets.token_hex(8)}"
+        created = now_iso()
+        return _list(self._lists.add(list_id, created, id=list_id, name=body.name, created_at=created))
+
+    def get_list(self, list_id: str) -> MailingList:
+        """One GetItem (none for an id that cannot be a list's)."""
+        return _list(self._lists.get(list_id))
+
+    def lists(self) -> list[MailingList]:
+        """Oldest first; one Query per 1 MB of lists."""
+        return [_list(item) for item in self._lists.all()]
+
+    def find_list(self, ref: str) -> MailingList:
+        """A list by id, or else by its name (exact, then ignoring case); ambiguous names are refused."""
+        if LIST_ID.match(ref):
+            return self.get_list(ref)
+        every = self.lists()
+        for same in (lambda lst: lst.name == ref, lambda lst: lst.name.casefold() == ref.casefold()):
+            found = [lst for lst in every if same(lst)]
+            if len(found) == 1:
+                return found[0]
+            if found:
+                ids = ", ".join(lst.id for lst in found)
+                raise ListNotFound(f"{len(found)} lists are named {ref!r} ({ids}); give the id")
+        raise ListNotFound(f"no list with the id or name {ref!r}")
+
+    def delete_list(self, list_id: str) -> int:
+        """Delete the memberships, then the list; returns how many members it had. One Query per
+        ~1 MB page of member keys and one BatchWriteItem per 25 members. Memberships go first, so an
+        interrupted delete leaves the list in place and calling again finishes it."""
+        self.get_list(list_id)
+        removed = 0
+        start: dict[str, Any] | None = None
+        while True:
+            items, start = self._query_members(list_id, status=None, limit=None, start=start,
+                                               projection=("pk", "sk"))
+            self.table.batch_delete([(i["pk"], i["sk"]) for i in items])
+            removed += len(items)
+            if not start:
+                break
+        self.table.delete(*keys.list_meta(list_id))
+        return removed
+
+    def existing_lists(self, list_ids: Iterable[str]) -> set[str]:
+        """Which of these lists exist: one BatchGetItem per 100 ids."""
+        wanted = sorted({i for i in list_ids if LIST_ID.match(i)})
+        if not wanted:
+            return set()
+        found = self.table.batch_get([keys.list_meta(i) for i in wanted], projection=("id",))
+        return {item["id"] for item in found}
+
+    # ---- contacts
+    def get(self, email: str) -> Contact:
+        """One GetItem, and one BatchGetItem to drop lists deleted since the contact was written."""
+        item = self._stored(contact_key(_address(email)))
+        if item is None:
+            raise ContactNotFound(f"no contact {email!r}")
+        lists = item.get("lists") or {}
+        if lists:
+            live = self.existing_lists(lists)
+            item["lists"] = {k: v for k, v in lists.items() if k in live}
+        return _contact(item)
+
+    def _stored(self, key: str) -> dict[str, Any] | None:
+        return self.table.get(*keys.contact(key), consistent=True)
+
+    def upsert(self, email: str, body: ContactUpsert) -> tuple[Contact, bool]:
+        """Create or update one contact and the snapshots in its lists; returns (contact, created).
+
+        One GetItem, one BatchGetItem (do its lists exist), one BatchWriteItem per 25 memberships
+        that changed, and one PutItem of the contact conditioned on its version. Snapshots are
+        written first and the contact last: a concurrent write (an engagement event included) makes
+        the conditional put fail and the whole step start over from a fresh read, so the write that
+        lands last leaves contact and snapshots in step. (No transaction: it would double the write
+        cost, and the emulator copies the whole table per transaction item.)
+        Raises UnknownList, InvalidContact, InvalidAddress, ContactConflict."""
+        address = _address(email)
+        if self.erased([address]):
+            raise ErasedAddress(address)
+        key = contact_key(address)
+        for _ in range(UPSERT_ATTEMPTS):
+            current = self._stored(key)
+            now = now_iso()
+            state = _merged(current, address, body, body.lists, now)
+            live = self.existing_lists(state["lists"]) if state["lists"] else set()
+            missing = sorted(set(body.lists) - live)
+            if missing:
+                raise UnknownList(f"unknown list(s): {', '.join(missing)}")
+            state["lists"] = {k: v for k, v in state["lists"].items() if k in live}
+            _check_list_count(state)
+            version = int((current or {}).get("version", 0))
+            state["version"] = version + 1
+            before = (current or {}).get("lists") or {}
+            resync = _snapshot(current) != _snapshot(state)
+            changed = [member_item(list_id, state, status, now) for list_id, status in state["lists"].items()
+                       if resync or before.get(list_id) != status]
+            self._publish(self._publish_changes(address, before, state["lists"]))
+            if changed:
+                self.table.batch_put(changed)
+            try:
+                if current is None:
+                    self.table.put(_contact_item(state), condition="attribute_not_exists(pk)")
+                else:
+                    self.table.put(_contact_item(state), condition="version = :v", params={":v": version})
+            except ConditionFailed:
+                continue
+            return _contact(state), current is None
+        raise ContactConflict(f"contact {address!r} changed during {UPSERT_ATTEMPTS} attempts to write it; retry")
+
+    def delete(self, email: str) -> int:
+        """The contact and its memberships: one GetItem and one BatchWriteItem per 25 items. Returns how many
+        memberships it had; raises ContactNotFound."""
+        key = contact_key(_address(email))
+        item = self._stored(key)
+        if item is None:
+            raise ContactNotFound(f"no contact {email!r}")
+        lists = item.get("lists") or {}
+        self.table.batch_delete([keys.contact(key), *(keys.list_member(list_id, key) for list_id in lists)])
+        return len(lists)
+
+    def export_of(self, email: str) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+        """What is held about the contact of ``email`` (an export): the contact as stored (without its keys
+        and version) and its memberships, each with its list's name; (None, []) without a contact. One
+        GetItem and two BatchGetItem per 100 lists."""
+        key = contact_key(email)
+        item = self._stored(key)
+        if item is None:
+            return None, []
+        lists = item.get("lists") or {}
+        names = {keys.list_id_of(meta["pk"]): meta.get("name")
+                 for meta in self.table.batch_get([keys.list_meta(i) for i in lists])}
+        members = self.table.batch_get([keys.list_member(i, key) for i in lists], consistent=True)
+        return (item_fields({k: v for k, v in item.items() if k != "version"}),
+                [{**fields, "list_name": names.get(fields["list_id"])} for fields in map(member_fields, members)])
+
+    def record_engagement(self, email: str, kind: Literal["open", "click"], at: datetime) -> bool:
+        """Remember the latest open or click of a contact: one conditional UpdateItem. Returns False when
+        the contact is unknown or a later event of the kind is already recorded (events arrive out of
+        order). Bumps the version, so an upsert racing with it retries instead of undoing it."""
+        if at.tzinfo is None:
+            raise ValueError("engagement time needs a time zone")
+        attribute = {"open": "last_opened_at", "click": "last_clicked_at"}[kind]
+        # one fixed format keeps the stored strings comparable as text in the condition
+        stamp = at.astimezone(UTC).isoformat(timespec="microseconds")
+        key = contact_key(_address(email))
+        try:
+            self.table.update(*keys.contact(key), expression="SET #f = :at ADD version :one",
+                              names={"#f": attribute}, params={":at": stamp, ":one": 1},
+                              condition="attribute_exists(pk) AND (attribute_not_exists(#f) OR #f < :at)")
+        except ConditionFailed:
+            return False
+        return True
+
+    def engagement(self, contact_keys: Sequence[str]) -> dict[str, tuple[datetime | None, datetime | None]]:
+        """{contact key: (last opened, last clicked)} for contacts that exist: one BatchGetItem per 100."""
+        found: dict[str, tuple[datetime | None, datetime | None]] = {}
+        items = self.table.batch_get([keys.contact(k) for k in contact_keys],
+                                     projection=("gsi1sk", "last_opened_at", "last_clicked_at"))
+        for item in items:
+            found[item["gsi1sk"]] = (_when(item.get("last_opened_at")), _when(item.get("last_clicked_at")))
+        return found
+
+    def iter_contacts(self) -> Iterator[Contact]:
+        """Every contact, shard by shard, lazily: one Query per shard and per ~1 MB page (16 at least)."""
+        for shard in range(keys.CONTACT_SHARDS):
+            for item in self.table.query_all(pk=keys.contact_shard(shard), index="gsi1"):
+                yield _contact(item)
+
+    # ---- memberships
+    def _query_members(self, list_id: str, *, status: str | None, limit: int | None,
+                       start: Mapping[str, Any] | None, projection: Sequence[str] = (),
+                       ) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+        # a filter, not a key: status changes stay one overwrite of the same item, at the price of
+        # reading (and paying for) members of other statuses while paging
+        return self.table.query(pk=keys.list_partition(list_id), sk_prefix=keys.MEMBER_PREFIX, limit=limit,
+                                start=start, projection=projection, filter=None if status is None else "#st = :st",
+                                names={"#st": "status"}, params={":st": status})
+
+    def member_pages(self, list_id: str, *, status: str | None = "subscribed", page_size: int | None = None,
+                     first_page: int | None = None) -> Iterator[list[dict[str, Any]]]:
+        """Membership items page by page, lazily: one Query per page (``page_size`` items evaluated, or
+        ~1 MB when None). ``first_page`` caps only the first Query, so a caller that acts on the first
+        members (a campaign's first batch) has them after a small read rather than a 1 MB one. Does not
+        check that the list exists."""
+        start: dict[str, Any] | None = None
+        limit = first_page or page_size
+        while True:
+            items, start = self._query_members(list_id, status=status, limit=limit, start=start)
+            limit = page_size
+            if items:
+                yield items
+            if not start:
+                return
+
+    def iter_list_members(self, list_id: str, *, status: str | None = "subscribed", page_size: int | None = None,
+                          first_page: int | None = None) -> Iterator[AudienceMember]:
+        """A list's members with ``status`` (None: all), lazily: one GetItem now (ListNotFound), then
+        one Query per page as the iterator is consumed — about 0.03 requests per 100 members with
+        1 MB pages of ~300-byte snapshots."""
+        if status is not None and status not in STATUSES:
+            raise ValueError(f"unknown status {status!r}: use one of {', '.join(STATUSES)}")
+        self.get_list(list_id)
+
+        def members() -> Iterator[AudienceMember]:
+            for page in self.member_pages(list_id, status=status, page_size=page_size, first_page=first_page):
+                for item in page:
+                    yield audience_member(item)
+
+        return members()
+
+    def list_members(self, list_id: str, *, status: SubscriptionStatus | None = None, limit: int = 100,
+                     cursor: str | None = None, max_queries: int = 10) -> MemberPage:
+        """One page for the API: up to ``limit`` members after ``cursor``. With a status filter a Query
+        page may hold fewer matches, so up to ``max_queries`` Queries fill it; the cursor is the key of
+        the last member read, so no member is skipped or repeated across pages."""
+        self.get_list(list_id)
+        start = decode_cursor(cursor, list_id=list_id) if cursor else None
+        found: list[dict[str, Any]] = []
+        for _ in range(max_queries):
+            items, last = self._query_members(list_id, status=status, limit=limit, start=start)
+            room = limit - len(found)
+            if len(items) > room:
+                found.extend(items[:room])
+                return MemberPage(members=[_member(i) for i in found], next_cursor=encode_cursor(found[-1]))
+            found.extend(items)
+            if not last:
+                return MemberPage(members=[_member(i) for i in found])
+            start = last
+            if len(found) == limit:
+                break
+        if start is None:
+            raise ValueError(f"max_queries must be at least 1, not {max_queries}")
+        return MemberPage(members=[_member(i) for i in found], next_cursor=encode_cursor(start))
+
+    # ---- import
+    def import_members(self, source: Iterable[bytes], *, list_id: str, fmt: ImportFormat = "csv",
+                       status: SubscriptionStatus = "subscribed",
+                       progress: Callable[[int], None] | None = None) -> ImportReport:
+        """Import contacts into a list from a stream of bytes (a file read in chunks, a request body).
+
+        CSV: a header row with ``email`` and optionally ``name``, ``language``, ``timezone`` and
+        ``attributes`` (a JSON object); every other column is an attribute (numbers and true/false
+        are typed). JSONL: one object per line with the same keys. Empty cells and omitted keys keep
+        what is stored. A contact that unsubscribed from the list stays unsubscribed.
+
+        Per 100 valid rows: one BatchGetItem (the stored contacts) and one BatchWriteItem per 12
+        rows of new contacts (contact + membership, 24 items), plus snapshot rewrites of the other
+        lists of contacts whose profile changed. ``progress`` is called with each chunk's size.
+        Raises ListNotFound before reading, InvalidImport when the file cannot be read on."""
+        self.get_list(list_id)
+        lines = _lines(source, progress)
+        rows = _csv_rows(lines) if fmt == "csv" else _jsonl_rows(lines)
+        report = ImportReport()
+        known_lists: dict[str, bool] = {list_id: True}
+        pending: list[tuple[int, ImportRow]] = []
+        for row_no, row in rows:
+            if isinstance(row, str):
+                report.fail(row_no, row)
+                continue
+            pending.append((row_no, row))
+            if len(pending) == IMPORT_CHUNK_ROWS:
+                self._import_chunk(pending, list_id=list_id, status=status, known_lists=known_lists, report=report)
+                pending = []
+        if pending:
+            self._import_chunk(pending, list_id=list_id, status=status, known_lists=known_lists, report=report)
+        return report
+
+    def _import_chunk(self, rows: list[tuple[int, ImportRow]], *, list_id: str, status: SubscriptionStatus,
+                      known_lists: dict[str, bool], report: ImportReport) -> None:
+        erased = self.erased([row.email for _, row in rows])
+        if erased:
+            for row_no, row in rows:
+                if row.email.lower() in erased:
+                    report.fail(row_no, str(ErasedAddress(row.email)))
+            rows = [(row_no, row) for row_no, row in rows if row.email.lower() not in erased]
+        wanted = list(dict.fromkeys(contact_key(row.email) for _, row in rows))
+        stored = {item["gsi1sk"]: item for item in
+                  self.table.batch_get([keys.contact(k) for k in wanted], consistent=True)}
+        unknown = {i for item in stored.values() for i in item.get("lists") or {} if i not in known_lists}
+        if unknown:
+            live = self.existing_lists(unknown)
+            known_lists.update({i: i in live for i in unknown})
+        now = now_iso()
+        states: dict[str, dict[str, Any]] = {}
+        imported = kept = 0
+        # several rows of one address in a chunk merge in order into one state, written once
+        for row_no, row in rows:
+            key = contact_key(row.email)
+            base = states.get(key) or stored.get(key)
+            previous = ((base or {}).get("lists") or {}).get(list_id)
+            keep = previous == "unsubscribed" and status != "unsubscribed"
+            try:
+                state = _merged(base, row.email, row, {list_id: "unsubscribed" if keep else status}, now)
+                state["lists"] = {k: v for k, v in state["lists"].items() if known_lists.get(k)}
+                _check_list_count(state)
+            except InvalidContact as exc:
+                report.fail(row_no, str(exc))
+                continue
+            states[key] = state
+            imported += 1
+            kept += keep
+        groups = []
+        stops: list[StopChange] = []
+        for key, state in states.items():
+            current = stored.get(key)
+            state["version"] = int((current or {}).get("version", 0)) + 1
+            resync = _snapshot(current) != _snapshot(state)
+            before = (current or {}).get("lists") or {}
+            stops += self._publish_changes(state["email"], before, {list_id: state["lists"].get(list_id, "")})
+            items = [_contact_item(state)]
+            items += [member_item(lid, state, st, now) for lid, st in state["lists"].items()
+                      if resync or lid == list_id or before.get(lid) != st]
+            groups.append(items)
+        self._publish(stops)
+        self.table.batch_put_groups(groups)
+        report.imported += imported
+        report.kept_unsubscribed += kept
+
+
+def _when(value: Any) -> datetime | None:
+    return datetime.fromisoformat(value) if isinstance(value, str) else None

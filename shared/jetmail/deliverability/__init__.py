@@ -1,0 +1,1 @@
+"""Keeping mail wanted: suppressions and stops, feedback (bounces, complaints), tracking, reputation, rate limits."""

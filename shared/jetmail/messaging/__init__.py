@@ -1,0 +1,1 @@
+"""What is sent and how: composing, MIME, templates, the one send pipeline, providers, sequences, SMTP submission."""

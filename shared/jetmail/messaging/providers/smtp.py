@@ -1,0 +1,378 @@
+"""SMTP delivery over a small pool of persistent connections (aiosmtplib).
+
+Opening a connection costs a TCP handshake, the greeting, EHLO and often STARTTLS and AUTH; a
+transaction on an open connection costs MAIL, RCPT and DATA. The pool keeps up to
+``smtp_pool_size`` connections open, hands one to each send, and retires a connection after
+``smtp_max_messages_per_connection`` transactions (relays cap messages per session and spread
+load by connection). A connection whose state is unknown (timeout, disconnect, cancellation) is
+closed, never reused; after a refused transaction it is reset with RSET and reused.
+
+When the server offers PIPELINING (RFC 2920; Postfix, Exim and jetmail's sink do), MAIL FROM, RCPT TO
+and DATA go out in one write and their replies are read together (``jetmail.messaging.providers.pipelining``):
+one round trip before the message body instead of three. A message with several recipients
+pipelines MAIL and RCPT only and sends DATA after reading them, so a refused recipient never leaves
+the server waiting for a body it will not get. ``smtp_pipelining=false`` turns it off.
+
+Campaign mail and the transactional lane (the messages API) each hold at most ``smtp_pool_size``
+connections at once: a password reset never queues behind a campaign's sends for a connection. Idle
+connections are shared, so a reset usually reuses one a campaign opened.
+
+The pool belongs to the event loop that first uses it; many tasks on that loop may send at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import socket
+import ssl
+import time
+from dataclasses import dataclass
+
+import aiosmtplib
+
+from jetmail.config import ConfigError, Settings
+from jetmail.messaging.providers import pipelining
+from jetmail.messaging.providers.base import (
+    DeliveryError,
+    OutboundMessage,
+    PermanentDeliveryError,
+    SendResult,
+    TemporaryDeliveryError,
+)
+
+# Relays say "slow down" only in words: 421/451/452 replies carry it in the text, e.g.
+# "421 4.7.0 too many messages", "451 4.7.1 rate limit exceeded", "452 4.5.3 too many recipients".
+_THROTTLE_CODES = frozenset({421, 451, 452})
+_THROTTLE_WORDING = re.compile(r"too many|\brate\b|rate.?limit|throttl|slow down|exceeded|4\.7\.28",
+                               re.IGNORECASE)
+
+# Queue ids in 250 replies to DATA: Postfix "Ok: queued as 4Zx1y2", Exim "OK id=1rT-000abc-XY",
+# Amazon SES SMTP "Ok 0100018e-...-000000".
+_QUEUE_ID = (
+    re.compile(r"queued as\s+<?([^\s>]+)", re.IGNORECASE),
+    re.compile(r"\bid=<?([^\s>]+)", re.IGNORECASE),
+    re.compile(r"^(?:[245]\.\d{1,3}\.\d{1,3}\s+)?ok:?\s+<?([^\s>]{6,})>?$", re.IGNORECASE),
+)
+_MESSAGE_ID_HEADER = re.compile(rb"^message-id:[ \t]*(?:\r?\n[ \t]+)?<?([^\s>]+)",
+                                re.IGNORECASE | re.MULTILINE)
+
+_QUIT_TIMEOUT_S = 2.0
+
+
+@dataclass(slots=True)
+class _Connection:
+    client: aiosmtplib.SMTP
+    transactions: int = 0
+    last_used: float = 0.0
+
+
+class _StaleConnection(Exception):
+    """An idle connection the server had already closed; the send may go over a fresh one."""
+
+
+class SmtpProvider:
+    name = "smtp"
+
+    def __init__(self, settings: Settings, *, local_hostname: str | None = None, max_idle_s: float = 30.0,
+                 tls_context: ssl.SSLContext | None = None) -> None:
+        if settings.smtp_use_tls and settings.smtp_starttls:
+            raise ConfigError("JETMAIL_SMTP_USE_TLS and JETMAIL_SMTP_STARTTLS exclude each other: "
+                              "use_tls is TLS from the first byte (port 465), starttls upgrades (port 587)")
+        if settings.smtp_username and settings.smtp_password is None:
+            raise ConfigError("JETMAIL_SMTP_PASSWORD is required when JETMAIL_SMTP_USERNAME is set")
+        self._host = settings.smtp_host
+        self._port = settings.smtp_port
+        self._timeout = settings.smtp_timeout_s
+        self._use_tls = settings.smtp_use_tls
+        self._starttls = settings.smtp_starttls
+        self._username = settings.smtp_username
+        self._password = settings.smtp_password  # SecretStr: revealed only to the client at connect
+        self._tls_context = tls_context
+        self._max_transactions = settings.smtp_max_messages_per_connection
+        self._pipelining = settings.smtp_pipelining
+        # Servers drop idle sessions (Postfix after 300 s, some relays after 10 s); reusing one
+        # that old risks a "421 timeout" reply read as if it were about this message.
+        self._max_idle_s = max_idle_s
+        self._local_hostname = local_hostname
+        self._slots = {lane: asyncio.Semaphore(settings.smtp_pool_size) for lane in ("transactional", "marketing")}
+        self._idle: list[_Connection] = []
+        self._closed = False
+        self.connections_opened = 0
+
+    async def send(self, message: OutboundMessage) -> SendResult:
+        if self._closed:
+            raise RuntimeError("SmtpProvider is closed")
+        if not message.recipients:
+            raise PermanentDeliveryError("message has no recipients")
+        async with self._slots["marketing" if message.lane == "marketing" else "transactional"]:
+            conn = self._take_idle()
+            if conn is not None:
+                try:
+                    return await self._transact(conn, message, reused=True)
+                except _StaleConnection:
+                    pass  # nothing was accepted on it: one attempt over a fresh connection
+            conn = await self._open()
+            return await self._transact(conn, message, reused=False)
+
+    async def close(self) -> None:
+        """Quit idle connections; connections still in use are quit when their send finishes."""
+        self._closed = True
+        idle, self._idle = self._idle, []
+        await asyncio.gather(*(self._retire(conn) for conn in idle), return_exceptions=True)
+
+    # ---- connections
+    def _take_idle(self) -> _Connection | None:
+        now = time.monotonic()
+        while self._idle:
+            # most recently used first: it is the least likely to have been dropped by the server
+            conn = self._idle.pop()
+            if conn.client.is_connected and now - conn.last_used < self._max_idle_s:
+                return conn
+            conn.client.close()
+        return None
+
+    async def _open(self) -> _Connection:
+        if self._local_hostname is None:
+            # getfqdn may ask DNS; once per provider rather than once per connection
+            self._local_hostname = await asyncio.to_thread(socket.getfqdn)
+        client = aiosmtplib.SMTP(
+            hostname=self._host,
+            port=self._port,
+            timeout=self._timeout,
+            use_tls=self._use_tls,
+            start_tls=self._starttls,
+            tls_context=self._tls_context,
+            local_hostname=self._local_hostname,
+            username=self._username,
+            password=self._password.get_secret_value() if self._password is not None else None,
+        )
+        try:
+            await client.connect()
+            if client.is_ehlo_or_helo_needed:
+                # the MAIL options depend on the extensions EHLO lists (SIZE, 8BITMIME, SMTPUTF8)
+                try:
+                    await client.ehlo()
+                except aiosmtplib.SMTPHeloError:
+                    if not client.is_connected:
+                        raise
+                    await client.helo()
+        except aiosmtplib.SMTPResponseException as exc:
+            client.close()
+            # greeting, EHLO, STARTTLS or AUTH refused: the relay's problem or ours, not the message's
+            raise TemporaryDeliveryError(
+                f"SMTP session to {self._host}:{self._port} refused: {exc.code} {exc.message}",
+                throttled=_is_throttle(exc.code, exc.message), code=exc.code,
+            ) from None
+        except (aiosmtplib.SMTPException, OSError) as exc:
+            client.close()
+            raise TemporaryDeliveryError(
+                f"SMTP connection to {self._host}:{self._port} failed: {exc}") from None
+        except BaseException:
+            client.close()
+            raise
+        self.connections_opened += 1
+        return _Connection(client=client)
+
+    async def _release(self, conn: _Connection) -> None:
+        conn.last_used = time.monotonic()
+        if self._closed or conn.transactions >= self._max_transactions:
+            # quit while still holding the slot, so no more sessions are open than the lanes have slots
+            await self._retire(conn)
+        else:
+            self._idle.append(conn)
+
+    async def _retire(self, conn: _Connection) -> None:
+        try:
+            if conn.client.is_connected:
+                await conn.client.quit(timeout=_QUIT_TIMEOUT_S)
+        except (aiosmtplib.SMTPException, OSError):
+            pass  # the server is not owed a clean goodbye
+        finally:
+            conn.client.close()
+
+    async def _reset_or_discard(self, conn: _Connection) -> None:
+        """After a refused transaction RSET, so the next MAIL starts clean; if that fails, drop it."""
+        if conn.client.is_connected:
+            try:
+                await conn.client.rset()
+            except (aiosmtplib.SMTPException, OSError):
+                conn.client.close()
+            else:
+                await self._release(conn)
+                return
+        conn.client.close()
+
+    # ---- one transaction
+    async def _transact(self, conn: _Connection, message: OutboundMessage, *, reused: bool) -> SendResult:
+        client = conn.client
+        conn.transactions += 1
+        stage = "MAIL FROM"
+        try:
+            options = self._mail_options(client, message)
+            encoding = "utf-8" if message.smtputf8 else "ascii"
+            if self._pipelining and client.supports_extension("pipelining"):
+                response = await self._pipelined(client, message, options=options, encoding=encoding,
+                                                 reused=reused)
+                await self._release(conn)
+                return self._result(message, response)
+            await client.mail(message.mail_from, options=options, encoding=encoding)
+            stage = "RCPT TO"
+            refused: aiosmtplib.SMTPRecipientRefused | None = None
+            for recipient in message.recipients:
+                try:
+                    await client.rcpt(recipient, encoding=encoding)
+                except aiosmtplib.SMTPRecipientRefused as exc:
+                    # one recipient per message: any refusal is the message's outcome
+                    refused = refused or exc
+                    if not client.is_connected:
+                        break
+            if refused is not None:
+                raise refused
+            stage = "DATA"
+            response = await client.data(message.raw)
+        except DeliveryError:
+            await self._release(conn)
+            raise
+        except aiosmtplib.SMTPResponseException as exc:
+            stage = getattr(exc, "stage", stage)
+            if reused and stage == "MAIL FROM" and exc.code == 421:
+                client.close()
+                raise _StaleConnection from None
+            if 400 <= exc.code < 600:
+                await self._reset_or_discard(conn)
+            else:
+                client.close()  # a malformed reply (aiosmtplib's -1): the dialogue may be out of step
+            raise _response_error(exc.code, exc.message, stage=stage) from None
+        except aiosmtplib.SMTPServerDisconnected as exc:
+            client.close()
+            stage = getattr(exc, "stage", stage)
+            if reused and stage == "MAIL FROM":
+                raise _StaleConnection from None
+            raise TemporaryDeliveryError(f"SMTP connection lost at {stage}: {exc}") from None
+        except (aiosmtplib.SMTPException, OSError) as exc:
+            # timeouts and transport errors leave the dialogue out of step: never reuse
+            client.close()
+            raise TemporaryDeliveryError(f"SMTP {stage} failed: {exc}") from None
+        except ValueError as exc:
+            # an address with control characters, or non-ASCII without SMTPUTF8: refused before sending
+            await self._reset_or_discard(conn)
+            raise PermanentDeliveryError(f"address cannot be sent over SMTP: {exc}") from None
+        except BaseException:
+            client.close()  # cancelled mid-dialogue: the server's state is unknown
+            raise
+        await self._release(conn)
+        return self._result(message, response)
+
+    def _result(self, message: OutboundMessage, response: aiosmtplib.SMTPResponse) -> SendResult:
+        return SendResult(
+            provider=self.name,
+            provider_message_id=_queue_id(response.message) or _header_message_id(message.raw),
+            accepted=tuple(message.recipients),
+        )
+
+    async def _pipelined(self, client: aiosmtplib.SMTP, message: OutboundMessage, *, options: list[str],
+                         encoding: str, reused: bool) -> aiosmtplib.SMTPResponse:
+        """MAIL, RCPT... (and DATA for one recipient) in one write, then the body. Raises what the
+        unpipelined dialogue raises, with the failed step in the exception's ``stage``."""
+        from aiosmtplib.email import quote_address
+
+        with_data = len(message.recipients) == 1
+        group = pipelining.command(b"MAIL", b"FROM:" + quote_address(message.mail_from).encode(encoding),
+                                   *(o.encode("ascii") for o in options))
+        for recipient in message.recipients:
+            group += pipelining.command(b"RCPT", b"TO:" + quote_address(recipient).encode(encoding))
+        if with_data:
+            group += b"DATA\r\n"
+        count = 1 + len(message.recipients) + with_data
+        lost: pipelining.Interrupted | None = None
+        try:
+            replies = await pipelining.exchange(client, group, replies=count, reply_timeout=self._timeout)
+        except pipelining.Interrupted as exc:
+            # no body was sent, so nothing was accepted; a refusal that came first is the better reason
+            exc.stage = "MAIL FROM"  # type: ignore[attr-defined]
+            lost, replies = exc, exc.replies
+        if any(reply.code == 421 for reply in replies):
+            client.close()  # the server is closing the session (aiosmtplib closes on 421 too)
+        mail, rcpts, data = replies[:1], replies[1:1 + len(message.recipients)], replies[1 + len(message.recipients):]
+        failure: aiosmtplib.SMTPResponseException | None = None
+        if not mail:
+            assert lost is not None
+            raise lost
+        if mail[0].code != 250:
+            mail_reply = mail[0]
+            failure = aiosmtplib.SMTPResponseException(mail_reply.code, mail_reply.message)
+            failure.stage = "MAIL FROM"  # type: ignore[attr-defined]
+        else:
+            for recipient, reply in zip(message.recipients, rcpts, strict=False):
+                if reply.code not in (250, 251):
+                    # one recipient per message: any refusal is the message's outcome
+                    failure = aiosmtplib.SMTPRecipientRefused(reply.code, reply.message, recipient)
+                    failure.stage = "RCPT TO"  # type: ignore[attr-defined]
+                    break
+        if failure is None and data and data[0].code != 354:
+            failure = aiosmtplib.SMTPResponseException(data[0].code, data[0].message)
+            failure.stage = "DATA"  # type: ignore[attr-defined]
+        if failure is None and lost is not None:
+            raise lost
+        if failure is not None:
+            if data and data[0].code == 354:
+                # the server waits for a body we will not send: only closing ends that transaction
+                client.close()
+            raise failure
+        try:
+            if not with_data:
+                return await client.data(message.raw)
+            (response,) = await pipelining.exchange(client, pipelining.dot_stuffed(message.raw), replies=1,
+                                                    reply_timeout=self._timeout)
+        except aiosmtplib.SMTPException as exc:
+            # the body may have reached the server: never the "nothing accepted" stage of a stale session
+            exc.stage = "DATA"  # type: ignore[attr-defined]
+            raise
+        if response.code != 250:
+            failure = aiosmtplib.SMTPResponseException(response.code, response.message)
+            failure.stage = "DATA"  # type: ignore[attr-defined]
+            raise failure
+        return response
+
+    @staticmethod
+    def _mail_options(client: aiosmtplib.SMTP, message: OutboundMessage) -> list[str]:
+        options: list[str] = []
+        if client.supports_extension("size"):
+            # RFC 1870 allows an estimate; the exact figure would cost a pass over the message
+            options.append(f"SIZE={len(message.raw)}")
+        if not message.raw.isascii() and client.supports_extension("8bitmime"):
+            options.append("BODY=8BITMIME")
+        if message.smtputf8:
+            if not client.supports_extension("smtputf8"):
+                raise PermanentDeliveryError("the SMTP server lacks SMTPUTF8, which this message needs")
+            options.append("SMTPUTF8")
+        return options
+
+
+def _is_throttle(code: int, text: str) -> bool:
+    return code in _THROTTLE_CODES and _THROTTLE_WORDING.search(text) is not None
+
+
+def _response_error(code: int, text: str, *, stage: str) -> DeliveryError:
+    reason = f"{stage} refused: {code} {text}"
+    if 500 <= code < 600:
+        return PermanentDeliveryError(reason, code=code)
+    # 4xx, and anything malformed (aiosmtplib reports -1), says nothing final about the message
+    return TemporaryDeliveryError(reason, throttled=_is_throttle(code, text), code=code)
+
+
+def _queue_id(reply: str) -> str | None:
+    for pattern in _QUEUE_ID:
+        match = pattern.search(reply)
+        if match:
+            return match.group(1)
+    return None
+
+
+def _header_message_id(raw: bytes) -> str | None:
+    end = raw.find(b"\r\n\r\n")
+    if end < 0:
+        end = raw.find(b"\n\n")
+    match = _MESSAGE_ID_HEADER.search(raw if end < 0 else raw[:end])
+    return match.group(1).decode("ascii", "replace") if match else None

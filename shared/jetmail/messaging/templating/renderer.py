@@ -1,0 +1,364 @@
+"""Per-recipient rendering of stored template versions, with per-version work done once."""
+
+from __future__ import annotations
+
+import html
+import re
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import lru_cache
+from types import TracebackType
+from typing import Any
+
+from jinja2 import ChainableUndefined, Template, TemplateSyntaxError
+
+from jetmail.messaging.templating.environment import new_environment
+from jetmail.messaging.templating.errors import (
+    ReservedContextKeyError,
+    TemplateField,
+    TemplateLimitError,
+    TemplateProblem,
+    TemplateRenderError,
+    TemplateValidationError,
+    UnsafeHtmlError,
+)
+from jetmail.messaging.templating.inlining import Inliner, default_inliner
+from jetmail.messaging.templating.layouts import LayoutLoader, LayoutsUsed, Origins
+from jetmail.messaging.templating.limits import RenderLimitExceeded, RenderLimits, bounded_output, render_budget
+from jetmail.messaging.templating.markup import LineMap
+from jetmail.messaging.templating.model import (
+    STANDARD_NAMES,
+    Company,
+    Recipient,
+    RenderedEmail,
+    StandardContext,
+    TemplateContent,
+    TemplateVersion,
+)
+from jetmail.messaging.templating.plaintext import tidy_text
+from jetmail.messaging.templating.safety import html_problems
+from jetmail.messaging.templating.validation import analyse_template, template_variables, validate_template
+
+#: ``(index, original_url) -> tracked_url``; index counts rewritten links in document order.
+LinkRewriter = Callable[[int, str], str]
+
+# An <a> start tag up to its href value; quoted attribute values may contain ">".
+_ANCHOR_HREF = re.compile(
+    r"""<a\b(?:[^>"']|"[^"]*"|'[^']*')*?\shref\s*=\s*(?:"([^"]*)"|'([^']*)'|([^\s"'>]+))""",
+    re.IGNORECASE,
+)
+_CONTROL_CHARS = dict.fromkeys([*range(32), 127])
+
+
+@dataclass(frozen=True, slots=True)
+class _Compiled:
+    version: TemplateVersion
+    subject: Template
+    html: Template
+    text: Template
+    text_derived: bool
+    line_maps: Mapping[TemplateField, LineMap]
+    origins: Mapping[TemplateField, Origins]
+    layouts: LayoutsUsed
+
+
+@dataclass(frozen=True, slots=True)
+class _Refused:
+    version: TemplateVersion
+    error: TemplateValidationError
+    layouts: LayoutsUsed
+
+
+class Renderer:
+    """Renders template versions; make one per process and share it.
+
+    Per version, once: expansion of the layouts it extends or includes (looked up through
+    ``layouts``, the template store's :data:`~jetmail.messaging.templating.layouts.LayoutLoader`; without
+    it a template must be self-contained), validation, CSS inlining, text derivation and
+    compilation, kept in a bounded LRU keyed by ``(name, version, locale)``. Versions are
+    immutable; if different content arrives under a cached key (an unsaved preview, say), or a
+    layout it was expanded with is saved again, it is prepared afresh. That costs one
+    ``layouts`` call per layout and render, which the template store answers from its cache.
+
+    Caller context keys may not reuse the standard names (``unsubscribe_url``, ``company``,
+    ``today``, ``now``, ``recipient``): that raises :class:`ReservedContextKeyError` rather
+    than letting request data override what the platform vouches for, such as the
+    unsubscribe link.
+    """
+
+    def __init__(
+        self,
+        *,
+        cache_size: int = 256,
+        inliner: Inliner | None = None,
+        limits: RenderLimits | None = None,
+        layouts: LayoutLoader | None = None,
+    ) -> None:
+        self.limits = limits or RenderLimits()
+        self._layouts = layouts
+        self._env = new_environment(self.limits)
+        self._inline = inliner or default_inliner()
+        # A version that fails the checks is cached as its error, so a campaign with a broken
+        # template does not re-run the checks for every recipient.
+        self._cache: OrderedDict[tuple[str, int, str], _Compiled | _Refused] = OrderedDict()
+        self._cache_size = cache_size
+        self._lock = threading.Lock()
+        #: Versions prepared so far (cache misses); a metric, and how tests see the cache work.
+        self.prepared_count = 0
+
+    def prepare(self, version: TemplateVersion) -> None:
+        """Validate and compile ``version`` now; raises :class:`TemplateValidationError`."""
+        self._compiled(version)
+
+    def _compiled(self, version: TemplateVersion) -> _Compiled:
+        key = version.key
+        with self._lock:
+            entry = self._cache.get(key)
+        # looking layouts up may read the store: not under the lock every render takes
+        stale = entry if entry is not None and not self._unchanged(entry.layouts, version.locale) else None
+        with self._lock:
+            entry = self._cache.get(key)
+            if entry is None or entry.version != version or entry is stale:
+                entry = self._compile(version, self._layouts)
+                self.prepared_count += 1
+                self._cache[key] = entry
+                while len(self._cache) > self._cache_size:
+                    self._cache.popitem(last=False)
+            self._cache.move_to_end(key)
+        if isinstance(entry, _Refused):
+            raise TemplateValidationError(entry.error.problems)
+        return entry
+
+    def _unchanged(self, layouts: LayoutsUsed, locale: str) -> bool:
+        return all(
+            (self._layouts(name, locale) if self._layouts is not None else None) == found
+            for name, found in layouts
+        )
+
+    def _compile(self, version: TemplateVersion, layouts: LayoutLoader | None) -> _Compiled | _Refused:
+        analysis = analyse_template(version, env=self._env, inline=self._inline, layouts=layouts)
+        sources = analysis.sources
+        if analysis.problems or sources is None:
+            return _Refused(version, TemplateValidationError(analysis.problems), analysis.layouts)
+        base = f"{version.name}@{version.version}/{version.locale}"
+        templates: dict[TemplateField, Template] = {}
+        fields: tuple[tuple[TemplateField, str, str], ...] = (
+            ("subject", "subject.txt", sources.subject),
+            ("html", "body.html", sources.html),
+            ("text", "body.txt", sources.text),
+        )
+        for field, filename, source in fields:
+            name = f"{base}/{filename}"
+            try:
+                code = self._env.compile(source, name=name, filename=name)
+            except TemplateSyntaxError as exc:
+                problem = TemplateProblem(field, exc.lineno, exc.message or "")
+                return _Refused(version, TemplateValidationError([problem]), analysis.layouts)
+            templates[field] = self._env.template_class.from_code(
+                self._env, code, self._env.make_globals(None)
+            )
+        line_maps: dict[TemplateField, LineMap] = {"html": sources.html_lines}
+        if sources.text_lines is not None:
+            line_maps["text"] = sources.text_lines
+        return _Compiled(
+            version=version,
+            subject=templates["subject"],
+            html=templates["html"],
+            text=templates["text"],
+            text_derived=sources.text_derived,
+            line_maps=line_maps,
+            origins=sources.origins,
+            layouts=analysis.layouts,
+        )
+
+    def render(
+        self,
+        version: TemplateVersion,
+        context: Mapping[str, Any],
+        *,
+        standard: StandardContext,
+        link_rewriter: LinkRewriter | None = None,
+    ) -> RenderedEmail:
+        """Subject, HTML and text for one recipient.
+
+        Raises :class:`ReservedContextKeyError` for a context key that shadows a standard name,
+        :class:`TemplateValidationError` for a version that fails the checks, and
+        :class:`TemplateRenderError` when rendering fails (a missing variable, a sandbox
+        violation, :class:`TemplateLimitError` past a render limit, :class:`UnsafeHtmlError` for
+        HTML a mail client would run script from): retrying with the same context fails the same way.
+        """
+        reserved = STANDARD_NAMES.intersection(context)
+        if reserved:
+            raise ReservedContextKeyError(reserved)
+        compiled = self._compiled(version)
+        marketing = version.category == "marketing"
+        if marketing and not standard.unsubscribe_url:
+            raise TemplateRenderError(
+                "marketing mail needs standard.unsubscribe_url",
+                template=_label(version),
+                field="html",
+                line=None,
+            )
+        variables = {**context, **standard.variables()}
+        with render_budget(self.limits):
+            subject = self._run(compiled, "subject", compiled.subject, variables)
+            body = self._run(compiled, "html", compiled.html, variables)
+            text = self._run(compiled, "text", compiled.text, variables)
+        unsafe = html_problems(body)
+        if unsafe:
+            raise UnsafeHtmlError(
+                "; ".join(unsafe), template=_label(version), field="html", line=None
+            )
+        if compiled.text_derived:
+            text = tidy_text(text)
+        links: tuple[str, ...] = ()
+        if link_rewriter is not None:
+            body, links = rewrite_links(body, link_rewriter, keep=standard.unsubscribe_url)
+        if marketing and standard.tracking_pixel_url:
+            body = _append_pixel(body, standard.tracking_pixel_url)
+        return RenderedEmail(subject=one_line(subject), html=body, text=text, links=links)
+
+    def _run(
+        self, compiled: _Compiled, field: TemplateField, template: Template, variables: dict[str, Any]
+    ) -> str:
+        try:
+            return bounded_output(template.generate(variables), self.limits)
+        except Exception as exc:
+            # Any failure inside a template (undefined name, sandbox refusal, a bad operand)
+            # is a property of this version and context, so it is reported as one error type.
+            line = _template_line(exc.__traceback__, template.filename)
+            line_map = compiled.line_maps.get(field)
+            if line_map is not None:
+                line = line_map.original(line)
+            message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+            origins = compiled.origins.get(field)
+            if origins is not None:
+                placed = origins.relocate(TemplateProblem(field, line, message))
+                line, message = placed.line, placed.message
+            error = TemplateLimitError if isinstance(exc, RenderLimitExceeded) else TemplateRenderError
+            raise error(message, template=_label(compiled.version), field=field, line=line) from exc
+
+    def sample_problems(
+        self, content: TemplateContent, *, layouts: LayoutLoader | None = None
+    ) -> list[TemplateProblem]:
+        """What a test render with the template's ``sample_context`` finds: limits and unsafe HTML.
+
+        Names the sample leaves out render as empty values, so a template saved without a
+        complete sample is still tried. Other render failures (a value of the wrong type in the
+        sample) are left to preview and sending, as before. Call after :func:`validate_template`
+        with the same ``layouts``.
+        """
+        version = TemplateVersion(**content.model_dump(exclude={"version"}), version=1)
+        compiled = self._compile(version, layouts)  # not cached: this content may never be saved
+        if isinstance(compiled, _Refused):
+            raise TemplateValidationError(compiled.error.problems)
+        context: dict[str, Any] = {
+            name: ChainableUndefined(name=name) for name in template_variables(content, layouts=layouts)
+        }
+        context.update((k, v) for k, v in content.sample_context.items() if k not in STANDARD_NAMES)
+        variables = {**context, **_SAMPLE_STANDARD.variables()}
+        problems: list[TemplateProblem] = []
+        with render_budget(self.limits):
+            fields: tuple[tuple[TemplateField, Template], ...] = (
+                ("subject", compiled.subject), ("html", compiled.html), ("text", compiled.text))
+            for field, template in fields:
+                try:
+                    out = self._run(compiled, field, template, variables)
+                except TemplateLimitError as exc:
+                    problems.append(TemplateProblem(exc.field, exc.line, f"exceeds a render limit: {exc.reason}"))
+                    break
+                except TemplateRenderError:
+                    continue
+                if field == "html":
+                    problems.extend(
+                        TemplateProblem("html", None, f"rendered with its sample_context: {p}")
+                        for p in html_problems(out)
+                    )
+        return problems
+
+    def cache_info(self) -> dict[str, int]:
+        with self._lock:
+            return {"size": len(self._cache), "max_size": self._cache_size, "prepared": self.prepared_count}
+
+
+@lru_cache(maxsize=4)
+def _checking_renderer(limits: RenderLimits) -> Renderer:
+    return Renderer(cache_size=1, limits=limits)
+
+
+def check_template(
+    content: TemplateContent, *, limits: RenderLimits | None = None, layouts: LayoutLoader | None = None
+) -> None:
+    """The checks run on save: :func:`validate_template`, then a test render with the template's
+    ``sample_context`` under the limits sending uses, with the layouts it names found through
+    ``layouts``. Raises :class:`TemplateValidationError`."""
+    validate_template(content, layouts=layouts)
+    problems = _checking_renderer(limits or RenderLimits()).sample_problems(content, layouts=layouts)
+    if problems:
+        raise TemplateValidationError(problems)
+
+
+_SAMPLE_STANDARD = StandardContext(
+    now=datetime(2025, 1, 1, tzinfo=UTC),
+    company=Company(name="Example", address="1 Example Street"),
+    recipient=Recipient(email="recipient@example.com", name="Sample"),
+    unsubscribe_url="https://example.com/unsubscribe",
+)
+
+
+def _label(version: TemplateVersion) -> str:
+    return f"{version.name} v{version.version} ({version.locale})"
+
+
+def _template_line(tb: TracebackType | None, filename: str | None) -> int | None:
+    """The line of the innermost frame in the template, from Jinja's rewritten traceback."""
+    line = None
+    while tb is not None:
+        if filename is not None and tb.tb_frame.f_code.co_filename == filename:
+            line = tb.tb_lineno
+        tb = tb.tb_next
+    return line
+
+
+def one_line(subject: str) -> str:
+    """A subject can never carry CR or LF: all whitespace runs collapse, control characters go."""
+    return " ".join(subject.split()).translate(_CONTROL_CHARS)
+
+
+def rewrite_links(
+    body: str, rewriter: LinkRewriter, *, keep: str | None = None
+) -> tuple[str, tuple[str, ...]]:
+    """Replace each http(s) ``<a href>`` (except ``keep``) by ``rewriter(index, url)``.
+
+    Returns the new HTML and the original URLs, position ``i`` holding link ``i``.
+    """
+    pieces: list[str] = []
+    links: list[str] = []
+    last = 0
+    for m in _ANCHOR_HREF.finditer(body):
+        group = 1 if m.start(1) >= 0 else 2 if m.start(2) >= 0 else 3
+        raw = m.group(group)
+        url = (html.unescape(raw) if "&" in raw else raw).strip()
+        scheme = url[:8].lower()
+        if not (scheme.startswith("https://") or scheme.startswith("http://")) or url == keep:
+            continue
+        replacement = html.escape(rewriter(len(links), url), quote=True)
+        links.append(url)
+        pieces.append(body[last : m.start(group)])
+        pieces.append(replacement if group != 3 else f'"{replacement}"')
+        last = m.end(group)
+    if not links:
+        return body, ()
+    pieces.append(body[last:])
+    return "".join(pieces), tuple(links)
+
+
+def _append_pixel(body: str, url: str) -> str:
+    pixel = f'<img src="{html.escape(url, quote=True)}" width="1" height="1" alt="">'
+    end = body.rfind("</body>")
+    if end < 0:
+        return body + pixel
+    return f"{body[:end]}{pixel}{body[end:]}"

@@ -1,0 +1,1 @@
+"""Figures: the counters every send and event adds to, campaign and account reports, the queue-lag metric."""
