@@ -15,7 +15,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from jetmail.api.app import create_app
-from jetmail.audience.contacts import ContactStore, ContactUpsert, InvalidImport, ListNotFound
+from jetmail.audience.contacts import ContactStore
+from jetmail.audience.model import ContactUpsert, InvalidImport, ListNotFound
 from jetmail.config import Settings
 from jetmail.services import Services
 from jetmail.storage.table import Table

@@ -14,7 +14,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from jetmail.api.app import create_app
-from jetmail.audience.contacts import ContactStore, ContactUpsert
+from jetmail.audience.contacts import ContactStore
+from jetmail.audience.model import ContactUpsert
 from jetmail.audience.segments import SegmentCreate, SegmentNotFound, SegmentStore, parse_criteria
 from jetmail.config import Settings
 from jetmail.services import Services

@@ -186,7 +186,7 @@ def ses_worker(stack: StackState, tmp_path: Path) -> Iterator[tuple[Path, Path, 
 
 def test_worker_role_allows_start_up_on_ses_a_transactional_send_and_a_campaign_batch(
         ses_worker: tuple[Path, Path, Services], roles: TemplateRoles, unique: str) -> None:
-    from jetmail.audience.contacts import ContactUpsert
+    from jetmail.audience.model import ContactUpsert
     from jetmail.campaigns.model import AudienceSource, CampaignCreate
     from jetmail.messaging.messages import SendRequest
 

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from jetmail.api.auth import require, services
-from jetmail.audience.contacts import (
+from jetmail.audience.model import (
     Contact,
     ContactUpsert,
     ImportFormat,

@@ -18,22 +18,43 @@ the items of one row always in the same request. Memory use does not depend on t
 
 from __future__ import annotations
 
-import codecs
-import csv
 import hashlib
 import json
-import math
-import re
 import secrets
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal, get_args
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
-
-from jetmail.audience.addresses import InvalidAddress, normalise_email
-from jetmail.audience.fields import one_line, time_zone
+from jetmail.audience.addresses import normalise_email
+from jetmail.audience.imports import rows as import_rows
+from jetmail.audience.model import (
+    LIST_ID,
+    MAX_LISTS_PER_CONTACT,
+    SNAPSHOT_FIELDS,
+    STATUSES,
+    AudienceMember,
+    Contact,
+    ContactConflict,
+    ContactFields,
+    ContactNotFound,
+    ContactUpsert,
+    ErasedAddress,
+    ImportFormat,
+    ImportReport,
+    ImportRow,
+    InvalidContact,
+    ListCreate,
+    ListMember,
+    ListNotFound,
+    MailingList,
+    MemberPage,
+    SubscriptionStatus,
+    UnknownList,
+    audience_member,
+    check_attributes,
+    member_fields,
+    now_iso,
+)
 from jetmail.deliverability.stops import StopChange, StopFeed
 from jetmail.storage import keys
 from jetmail.storage.catalogue import Catalogue
@@ -48,226 +69,8 @@ from jetmail.storage.table import (
     resume_after,
 )
 
-SubscriptionStatus = Literal["subscribed", "unsubscribed", "pending"]
-ImportFormat = Literal["csv", "jsonl"]
-STATUSES: tuple[str, ...] = get_args(SubscriptionStatus)
-
-MAX_LISTS_PER_CONTACT = 50
-MAX_ATTRIBUTES_BYTES = 8 * 1024
-MAX_ATTRIBUTE_DEPTH = 4
 IMPORT_CHUNK_ROWS = 100  # one BatchGetItem (its maximum) reads the stored contacts of a chunk
-MAX_LINE_CHARS = 1 << 20
-MAX_REPORTED_ERRORS = 100
 UPSERT_ATTEMPTS = 5
-# lists are found by id without a request when the id cannot be one
-LIST_ID = re.compile(r"^lst_[0-9a-f]{16}$")
-ATTRIBUTE_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$")
-LANGUAGE = r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})*$"
-SNAPSHOT_FIELDS = ("email", "name", "language", "timezone", "attributes")
-
-
-class ListNotFound(LookupError):
-    pass
-
-
-class ContactNotFound(LookupError):
-    pass
-
-
-class UnknownList(ValueError):
-    """A request names a list that does not exist."""
-
-
-class InvalidContact(ValueError):
-    """The contact would break a limit once merged with what is stored (attribute size, list count)."""
-
-
-class ErasedAddress(ValueError):
-    """The address was erased at its owner's request; it cannot become a contact again."""
-
-    def __init__(self, address: str) -> None:
-        super().__init__(f"{address} was erased at its owner's request (GDPR) and cannot be added again")
-
-
-class InvalidImport(ValueError):
-    """The file as a whole cannot be read (no header, not UTF-8, a line too long); rows read before
-    the problem stay imported."""
-
-
-class ContactConflict(RuntimeError):
-    """The contact kept changing under a write; the caller may retry."""
-
-
-def now_iso() -> str:
-    return datetime.now(UTC).isoformat()
-
-
-# ---- validation
-def _check_attribute_value(value: Any, *, depth: int, path: str) -> None:
-    if isinstance(value, dict):
-        if depth >= MAX_ATTRIBUTE_DEPTH:
-            raise ValueError(f"{path}: nested more than {MAX_ATTRIBUTE_DEPTH} levels")
-        for key, inner in value.items():
-            if not isinstance(key, str) or not ATTRIBUTE_KEY.match(key):
-                raise ValueError(f"{path}: key {key!r} must be 1-64 letters, digits, '_' or '-' (no dots)")
-            _check_attribute_value(inner, depth=depth + 1, path=f"{path}.{key}")
-    elif isinstance(value, list):
-        if depth >= MAX_ATTRIBUTE_DEPTH:
-            raise ValueError(f"{path}: nested more than {MAX_ATTRIBUTE_DEPTH} levels")
-        for i, inner in enumerate(value):
-            _check_attribute_value(inner, depth=depth + 1, path=f"{path}[{i}]")
-    elif isinstance(value, float):
-        if not math.isfinite(value):
-            raise ValueError(f"{path}: numbers must be finite")
-    elif value is not None and not isinstance(value, str | int | bool):
-        raise ValueError(f"{path}: unsupported value of type {type(value).__name__}")
-
-
-def check_attributes(value: Mapping[str, Any]) -> None:
-    """Keys addressable by segments (``attributes.a.b``), JSON values, bounded depth and size."""
-    _check_attribute_value(dict(value), depth=0, path="attributes")
-    size = len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode())
-    if size > MAX_ATTRIBUTES_BYTES:
-        raise ValueError(f"attributes take {size} bytes as JSON; at most {MAX_ATTRIBUTES_BYTES} are allowed")
-
-
-class ContactFields(BaseModel):
-    """Profile fields of an upsert. A given field replaces the stored one (null clears it), an omitted
-    one is kept; ``attributes`` merge key by key, and a key set to null is removed."""
-
-    model_config = ConfigDict(extra="forbid")
-    name: str | None = Field(default=None, max_length=200)
-    language: str | None = Field(default=None, max_length=35, pattern=LANGUAGE)
-    timezone: str | None = Field(default=None, max_length=64, description="IANA time zone, e.g. Europe/Berlin")
-    attributes: dict[str, Any] = Field(default_factory=dict, description="JSON object, at most 8 KiB")
-
-    @field_validator("name")
-    @classmethod
-    def _one_line(cls, value: str | None) -> str | None:
-        return one_line(value)
-
-    @field_validator("timezone")
-    @classmethod
-    def _zone(cls, value: str | None) -> str | None:
-        return time_zone(value)
-
-    @field_validator("attributes")
-    @classmethod
-    def _attributes(cls, value: dict[str, Any]) -> dict[str, Any]:
-        check_attributes(value)
-        return value
-
-
-class ContactUpsert(ContactFields):
-    """Body of ``PUT /v1/contacts/{email}``; ``lists`` sets the status in each named list and leaves the
-    contact's other lists alone."""
-
-    lists: dict[str, SubscriptionStatus] = Field(default_factory=dict, max_length=MAX_LISTS_PER_CONTACT)
-
-
-class ImportRow(ContactFields):
-    """One row of an import (a JSONL object, or a CSV row turned into one)."""
-
-    email: str = Field(max_length=320)
-
-    @field_validator("email")
-    @classmethod
-    def _address(cls, value: str) -> str:
-        try:
-            return normalise_email(value)
-        except InvalidAddress as exc:
-            raise ValueError(str(exc)) from None
-
-
-class Contact(BaseModel):
-    email: str
-    name: str | None = None
-    language: str | None = None
-    timezone: str | None = None
-    attributes: dict[str, Any] = Field(default_factory=dict)
-    lists: dict[str, SubscriptionStatus] = Field(default_factory=dict)
-    last_opened_at: datetime | None = None
-    last_clicked_at: datetime | None = None
-    created_at: str
-    updated_at: str
-
-
-class ListCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    name: str = Field(min_length=1, max_length=200)
-
-    @field_validator("name")
-    @classmethod
-    def _one_line(cls, value: str) -> str:
-        return one_line(value)
-
-
-class MailingList(BaseModel):
-    id: str
-    name: str
-    created_at: str
-
-
-class ListMember(BaseModel):
-    email: str
-    status: SubscriptionStatus
-    name: str | None = None
-    language: str | None = None
-    timezone: str | None = None
-    attributes: dict[str, Any] = Field(default_factory=dict)
-    updated_at: str
-
-
-class MemberPage(BaseModel):
-    members: list[ListMember]
-    next_cursor: str | None = Field(default=None, description="pass as ?cursor= for the next page; "
-                                                              "absent on the last page")
-
-
-class RowError(BaseModel):
-    row: int = Field(description="line number in the file (the CSV header is line 1)")
-    message: str
-
-
-class ImportReport(BaseModel):
-    imported: int = 0
-    failed: int = 0
-    kept_unsubscribed: int = Field(default=0, description="rows imported whose contact had unsubscribed from "
-                                                          "the list before: they stay unsubscribed")
-    errors: list[RowError] = Field(default_factory=list, description=f"the first {MAX_REPORTED_ERRORS}")
-
-    def fail(self, row: int, message: str) -> None:
-        self.failed += 1
-        if len(self.errors) < MAX_REPORTED_ERRORS:
-            self.errors.append(RowError(row=row, message=message))
-
-
-@dataclass(frozen=True, slots=True)
-class AudienceMember:
-    """What sending needs of one recipient."""
-
-    email: str
-    name: str | None
-    language: str | None
-    timezone: str | None
-    attributes: dict[str, Any] = field(default_factory=dict)
-
-
-def audience_member(item: Mapping[str, Any]) -> AudienceMember:
-    """From a membership row or a contact item."""
-    fields = member_fields(item) if "snap" in item else item
-    return AudienceMember(email=fields["email"], name=fields.get("name"), language=fields.get("language"),
-                          timezone=fields.get("timezone"), attributes=fields.get("attributes") or {})
-
-
-def member_fields(item: Mapping[str, Any]) -> dict[str, Any]:
-    """A membership row as plain fields: list id, status, email, name, language, time zone, attributes and
-    ``updated_at``, unpacked from its snapshot (rows written before snapshots were packed keep them as
-    attributes of their own)."""
-    snap = item.get("snap")
-    fields = json.loads(snap) if isinstance(snap, str) else {f: item.get(f) for f in (*SNAPSHOT_FIELDS, "updated_at")}
-    fields.setdefault("attributes", {})
-    return {**fields, "list_id": keys.list_id_of(item["pk"]), "status": item["status"]}
 
 
 # ---- keys (spelled in jetmail.storage.keys)
@@ -363,157 +166,6 @@ def decode_cursor(cursor: str, *, list_id: str) -> dict[str, Any]:
     return resume_after(value)
 
 
-# ---- streaming parsers
-def _lines(chunks: Iterable[bytes], progress: Callable[[int], None] | None) -> Iterator[str]:
-    """Text lines (with their line ends) of a UTF-8 byte stream, never holding more than one line."""
-    decoder = codecs.getincrementaldecoder("utf-8-sig")()
-    buffer = ""
-    line_no = 0
-    for chunk in chunks:
-        if progress is not None:
-            progress(len(chunk))
-        try:
-            buffer += decoder.decode(chunk)
-        except UnicodeDecodeError:
-            raise InvalidImport(f"the file is not UTF-8 text (near line {line_no + 1}); save it as UTF-8") from None
-        start = 0
-        while (end := buffer.find("\n", start)) != -1:
-            line_no += 1
-            yield buffer[start:end + 1]
-            start = end + 1
-        buffer = buffer[start:]
-        if len(buffer) > MAX_LINE_CHARS:
-            raise InvalidImport(f"line {line_no + 1} is longer than {MAX_LINE_CHARS} characters")
-    try:
-        buffer += decoder.decode(b"", final=True)
-    except UnicodeDecodeError:
-        raise InvalidImport(f"the file is not UTF-8 text (near line {line_no + 1}); save it as UTF-8") from None
-    if buffer:
-        yield buffer
-
-
-def _describe(exc: ValidationError) -> str:
-    problems = []
-    for error in exc.errors():
-        where = ".".join(str(p) for p in error["loc"]) or "row"
-        message = str(error["ctx"]["error"]) if error["type"] == "value_error" else error["msg"]
-        problems.append(f"{where}: {message}")
-    return "; ".join(problems)
-
-
-def _row(data: dict[str, Any]) -> ImportRow | str:
-    try:
-        return ImportRow.model_validate(data)
-    except ValidationError as exc:
-        return _describe(exc)
-
-
-def _no_constants(name: str) -> None:
-    raise ValueError(f"{name} is not a JSON number")
-
-
-def _jsonl_rows(lines: Iterator[str]) -> Iterator[tuple[int, ImportRow | str]]:
-    for line_no, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            data = json.loads(line, parse_constant=_no_constants)
-        except (ValueError, RecursionError) as exc:
-            yield line_no, f"not valid JSON: {exc}"
-            continue
-        if not isinstance(data, dict):
-            yield line_no, "each line must be a JSON object"
-            continue
-        yield line_no, _row(data)
-
-
-CSV_FIELDS = ("email", "name", "language", "timezone", "attributes")
-# a cell of an attribute column that reads as a plain number or a boolean is stored as one, so
-# segments can compare it (gt/lt); leading zeros ("01234") and long digit strings stay text
-_NUMBER = re.compile(r"^-?(0|[1-9][0-9]{0,14})(\.[0-9]{1,15})?$")
-
-
-def _cell(text: str) -> Any:
-    if _NUMBER.match(text):
-        return float(text) if "." in text else int(text)
-    lowered = text.lower()
-    if lowered in ("true", "false"):
-        return lowered == "true"
-    return text
-
-
-def _csv_columns(header: list[str]) -> list[str]:
-    """Known columns by name (any case); every other column is an attribute named as in the header."""
-    columns: list[str] = []
-    for raw in header:
-        name = raw.strip()
-        if name.lower() in CSV_FIELDS:
-            name = name.lower()
-        elif not ATTRIBUTE_KEY.match(name):
-            raise InvalidImport(f"column {raw!r} is not a valid attribute name: use 1-64 letters, digits, '_' or "
-                                "'-', starting with a letter or '_'")
-        if name in columns:
-            raise InvalidImport(f"column {name!r} appears twice in the header")
-        columns.append(name)
-    if "email" not in columns:
-        raise InvalidImport("the CSV header needs an 'email' column")
-    return columns
-
-
-def _csv_row(columns: list[str], record: list[str]) -> ImportRow | str:
-    if len(record) > len(columns):
-        return f"the row has {len(record)} fields but the header has {len(columns)}"
-    data: dict[str, Any] = {}
-    extra: dict[str, Any] = {}
-    for column, raw in zip(columns, record, strict=False):
-        text = raw.strip()
-        if not text:
-            continue  # an empty cell keeps what is stored
-        if column == "attributes":
-            try:
-                parsed = json.loads(text, parse_constant=_no_constants)
-            except (ValueError, RecursionError) as exc:
-                return f"attributes: not valid JSON: {exc}"
-            if not isinstance(parsed, dict):
-                return "attributes: must be a JSON object"
-            data["attributes"] = parsed
-        elif column in CSV_FIELDS:
-            data[column] = text
-        else:
-            extra[column] = _cell(text)
-    if extra:
-        data["attributes"] = {**data.get("attributes", {}), **extra}
-    return _row(data)
-
-
-def _csv_rows(lines: Iterator[str]) -> Iterator[tuple[int, ImportRow | str]]:
-    reader = csv.reader(lines)
-    try:
-        header = next(reader)
-        while not any(cell.strip() for cell in header):
-            header = next(reader)
-    except StopIteration:
-        return
-    except csv.Error as exc:
-        raise InvalidImport(f"unreadable CSV header: {exc}") from None
-    columns = _csv_columns(header)
-    last_line = reader.line_num
-    while True:
-        first_line = last_line + 1
-        try:
-            record = next(reader)
-        except StopIteration:
-            return
-        except csv.Error as exc:
-            last_line = reader.line_num
-            yield first_line, f"unreadable CSV: {exc}"
-            continue
-        last_line = reader.line_num
-        if not any(cell.strip() for cell in record):
-            continue
-        yield first_line, _csv_row(columns, record)
-
-
 # ---- the store
 class ContactStore:
     """Contacts, lists and memberships in the single table; method docstrings give request counts."""
@@ -564,8 +216,9 @@ class ContactStore:
         if LIST_ID.match(ref):
             return self.get_list(ref)
         every = self.lists()
-        for same in (lambda lst: lst.name == ref, lambda lst: lst.name.casefold() == ref.casefold()):
-            found = [lst for lst in every if same(lst)]
+        for exact in (True, False):
+            found = [lst for lst in every
+                     if (lst.name == ref if exact else lst.name.casefold() == ref.casefold())]
             if len(found) == 1:
                 return found[0]
             if found:
@@ -797,8 +450,7 @@ class ContactStore:
         lists of contacts whose profile changed. ``progress`` is called with each chunk's size.
         Raises ListNotFound before reading, InvalidImport when the file cannot be read on."""
         self.get_list(list_id)
-        lines = _lines(source, progress)
-        rows = _csv_rows(lines) if fmt == "csv" else _jsonl_rows(lines)
+        rows = import_rows(source, fmt, progress)
         report = ImportReport()
         known_lists: dict[str, bool] = {list_id: True}
         pending: list[tuple[int, ImportRow]] = []

@@ -52,8 +52,9 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from jetmail.audience.contacts import AudienceMember, ContactStore, UnknownList, audience_member, contact_key, now_iso
+from jetmail.audience.contacts import ContactStore, contact_key
 from jetmail.audience.fields import one_line
+from jetmail.audience.model import AudienceMember, UnknownList, audience_member, now_iso
 from jetmail.storage import keys
 from jetmail.storage.catalogue import Catalogue
 from jetmail.storage.table import Table
@@ -202,7 +203,7 @@ class Condition(BaseModel):
         value = self._lookup(member)
         op, operand = self.op, self._operand
         if op == "exists":
-            return (value is not _MISSING) == operand
+            return bool((value is not _MISSING) == operand)
         if op in ("eq", "ne"):
             hit = value is not _MISSING and _same(value, operand)
             return hit if op == "eq" else not hit

@@ -14,7 +14,7 @@ from typing import IO, Any, cast
 
 import click
 
-from jetmail.audience.contacts import ImportFormat, SubscriptionStatus
+from jetmail.audience.model import ImportFormat, SubscriptionStatus
 from jetmail.commands import domain_errors, load_services
 
 READ_CHUNK = 64 * 1024

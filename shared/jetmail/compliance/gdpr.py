@@ -36,7 +36,8 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from jetmail.audience.addresses import normalise_email
-from jetmail.audience.contacts import ContactNotFound, ContactStore
+from jetmail.audience.contacts import ContactStore
+from jetmail.audience.model import ContactNotFound
 from jetmail.compliance.audit import AuditLog
 from jetmail.deliverability.feedback import EventLog, FeedbackProcessor, SoftBounces
 from jetmail.deliverability.suppressions import SuppressionStore

@@ -280,7 +280,7 @@ class FeedbackProcessor:
             self._suppress(email, "spam_complaint", event)
         elif event.kind == EventKind.UNSUBSCRIBE:
             if event.list_id and self.contacts is not None:
-                from jetmail.audience.contacts import ContactUpsert
+                from jetmail.audience.model import ContactUpsert
 
                 try:
                     self.contacts.upsert(email, ContactUpsert(lists={event.list_id: "unsubscribed"}))

@@ -251,7 +251,7 @@ async def resume_marketing(kv: Kv | JetStreamContext) -> dict[str, Any]:
 
 def review_contacts(services: Any, *, inactive_days: int, soft_bounces: int, now: datetime | None = None) -> int:
     """Set ``attributes.review`` on contacts that soft-bounce repeatedly or never engage; returns how many."""
-    from jetmail.audience.contacts import ContactUpsert
+    from jetmail.audience.model import ContactUpsert
 
     now = now or datetime.now(UTC)
     cutoff = now - timedelta(days=inactive_days)
