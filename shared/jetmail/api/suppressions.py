@@ -7,7 +7,7 @@ import csv
 import io
 import json
 from collections.abc import Iterator
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Response
 from fastapi.responses import StreamingResponse
@@ -43,11 +43,11 @@ class SuppressionPage(BaseModel):
     cursor: str | None = None
 
 
-def _encode(key: dict | None) -> str | None:
+def _encode(key: dict[str, Any] | None) -> str | None:
     return base64.urlsafe_b64encode(json.dumps(key).encode()).decode() if key else None
 
 
-def _decode(cursor: str | None) -> dict | None:
+def _decode(cursor: str | None) -> dict[str, Any] | None:
     if not cursor:
         return None
     try:

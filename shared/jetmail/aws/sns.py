@@ -189,7 +189,7 @@ class HttpsCertificateFetcher:
             raise SnsCertificateUnavailable(f"cannot fetch {url}: HTTP {response.status_code}")
         if len(response.content) > _MAX_CERT_BYTES:
             raise SnsCertificateUnavailable(f"cannot fetch {url}: answer too large")
-        return response.content
+        return bytes(response.content)
 
 
 class SnsVerifier:

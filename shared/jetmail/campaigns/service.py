@@ -463,8 +463,9 @@ class CampaignService:
         assert definition.ab_test is not None
         stats = sorted(self._variant_stats(campaign_id, definition), key=lambda v: v.rate, reverse=True)
         best, runner_up = stats[0], stats[1]
-        hits = (lambda v: v.opened) if definition.ab_test.metric == "open_rate" else (lambda v: v.clicked)
-        p_value = z_test(hits(best), best.sent, hits(runner_up), runner_up.sent)
+        opens = definition.ab_test.metric == "open_rate"
+        p_value = z_test(best.opened if opens else best.clicked, best.sent,
+                         runner_up.opened if opens else runner_up.clicked, runner_up.sent)
         confidence = 1 - p_value
         if best.rate > runner_up.rate and p_value < 1 - definition.ab_test.confidence:
             self.pick_winner(campaign_id, best.name, decided_by="test", p_value=p_value, confidence=confidence)

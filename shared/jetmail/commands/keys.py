@@ -74,7 +74,7 @@ def revoke(key_id: str) -> None:
     click.echo(f"revoked {key_id}")
 
 
-class Duration(click.ParamType):
+class Duration(click.ParamType):  # type: ignore[type-arg]  # generic in newer click only
     """``0`` (none), seconds, or one number with a unit: ``90s``, ``30m``, ``24h``, ``7d``."""
 
     name = "duration"

@@ -9,7 +9,6 @@ from collections import Counter
 from dataclasses import dataclass
 from email.message import EmailMessage
 from pathlib import Path
-from typing import cast
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,7 +51,7 @@ class Mailbox:
         return (self.maildir / f"{entry_id}.eml").read_bytes()
 
     def message(self, entry_id: str) -> EmailMessage:
-        return cast(EmailMessage, email.message_from_bytes(self.raw(entry_id), policy=email.policy.default))
+        return email.message_from_bytes(self.raw(entry_id), policy=email.policy.default)
 
     def clear(self) -> None:
         for path in self.maildir.glob("*.eml"):

@@ -397,7 +397,7 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("MOTO_PORT", str(args.port))
     try:
-        from moto.server import MotoRequestHandler
+        from moto.server import MotoRequestHandler  # type: ignore[attr-defined]  # not re-exported by moto
     except ImportError:  # older moto
         MotoRequestHandler = None  # type: ignore[assignment,misc]
     app = DomainDispatcherApplication(create_backend_app)

@@ -165,7 +165,7 @@ class Bucket:
             raise _translate(exc) from exc
         finally:
             with contextlib.suppress(Exception):
-                await watcher.stop()
+                await watcher.stop()  # type: ignore[no-untyped-call]  # untyped in nats-py
 
 
 class Kv:

@@ -104,7 +104,7 @@ class SubmissionSMTP(SMTP):
             cast(asyncio.WriteTransport, self.transport).write(
                 f"421 4.4.2 {self.hostname} Timeout: no complete command or DATA within "
                 f"{self._timeout_duration:.0f}s, closing\r\n".encode())
-        super()._timeout_cb()
+        super()._timeout_cb()  # type: ignore[no-untyped-call]  # untyped in aiosmtpd
 
     async def push(self, status: Any) -> None:
         if isinstance(status, str):

@@ -123,7 +123,7 @@ def _live(item: Mapping[str, Any], now: float) -> bool:
 
 
 def is_condition_failure(exc: ClientError) -> bool:
-    return exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException"
+    return bool(exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException")
 
 
 class Table:
@@ -230,7 +230,7 @@ class Table:
               forward: bool = True, start: Mapping[str, Any] | None = None, sk_after: str | None = None,
               sk_between: tuple[str, str] | None = None, filter: str | None = None,
               names: Mapping[str, str] | None = None, params: Mapping[str, Any] | None = None,
-              projection: Sequence[str] = ()) -> tuple[list[dict[str, Any]], dict | None]:
+              projection: Sequence[str] = ()) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
         """One page of a query; returns (items, last evaluated key for the next page).
 
         The sort key begins with ``sk_prefix``, or comes after ``sk_after``, or lies between the two
@@ -277,7 +277,7 @@ class Table:
 
     def query_all(self, *, pk: str, sk_prefix: str | None = None, index: str | None = None,
                   forward: bool = True, sk_after: str | None = None) -> Iterator[dict[str, Any]]:
-        start: dict | None = None
+        start: dict[str, Any] | None = None
         while True:
             items, start = self.query(pk=pk, sk_prefix=sk_prefix, index=index, forward=forward, start=start,
                                       sk_after=sk_after)
