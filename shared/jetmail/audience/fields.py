@@ -1,9 +1,12 @@
-"""Checks that request models share: text that must stay on one line, and time zone names."""
+"""Checks that request models share: text that must stay on one line, and time zone names (as functions,
+and as the field types ``OneLine`` and ``TimeZone``)."""
 
 from __future__ import annotations
 
-from typing import TypeVar
+from typing import Annotated, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import AfterValidator
 
 Text = TypeVar("Text", str, str | None)
 
@@ -24,3 +27,9 @@ def time_zone(value: str | None) -> str | None:
     except (ZoneInfoNotFoundError, ValueError):
         raise ValueError(f"unknown time zone {value!r}") from None
     return value
+
+
+OneLine = Annotated[str, AfterValidator(one_line)]
+"""A model field of text that ends up in a header or a row: no line breaks, no NUL."""
+TimeZone = Annotated[str, AfterValidator(time_zone)]
+"""A model field naming an IANA time zone."""

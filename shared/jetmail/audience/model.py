@@ -14,7 +14,7 @@ from typing import Any, Literal, get_args
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from jetmail.audience.addresses import InvalidAddress, normalise_email
-from jetmail.audience.fields import one_line, time_zone
+from jetmail.audience.fields import OneLine, TimeZone
 from jetmail.storage import keys
 
 SubscriptionStatus = Literal["subscribed", "unsubscribed", "pending"]
@@ -102,20 +102,10 @@ class ContactFields(BaseModel):
     one is kept; ``attributes`` merge key by key, and a key set to null is removed."""
 
     model_config = ConfigDict(extra="forbid")
-    name: str | None = Field(default=None, max_length=200)
+    name: OneLine | None = Field(default=None, max_length=200)
     language: str | None = Field(default=None, max_length=35, pattern=LANGUAGE)
-    timezone: str | None = Field(default=None, max_length=64, description="IANA time zone, e.g. Europe/Berlin")
+    timezone: TimeZone | None = Field(default=None, max_length=64, description="IANA time zone, e.g. Europe/Berlin")
     attributes: dict[str, Any] = Field(default_factory=dict, description="JSON object, at most 8 KiB")
-
-    @field_validator("name")
-    @classmethod
-    def _one_line(cls, value: str | None) -> str | None:
-        return one_line(value)
-
-    @field_validator("timezone")
-    @classmethod
-    def _zone(cls, value: str | None) -> str | None:
-        return time_zone(value)
 
     @field_validator("attributes")
     @classmethod
@@ -160,12 +150,7 @@ class Contact(BaseModel):
 
 class ListCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    name: str = Field(min_length=1, max_length=200)
-
-    @field_validator("name")
-    @classmethod
-    def _one_line(cls, value: str) -> str:
-        return one_line(value)
+    name: OneLine = Field(min_length=1, max_length=200)
 
 
 class MailingList(BaseModel):

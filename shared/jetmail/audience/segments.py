@@ -53,7 +53,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from jetmail.audience.contacts import ContactStore, contact_key
-from jetmail.audience.fields import one_line
+from jetmail.audience.fields import OneLine
 from jetmail.audience.model import AudienceMember, UnknownList, audience_member, now_iso
 from jetmail.storage import keys
 from jetmail.storage.catalogue import Catalogue
@@ -394,7 +394,7 @@ class SegmentCreate(BaseModel):
     """Body of ``POST /v1/segments``."""
 
     model_config = ConfigDict(extra="forbid")
-    name: str = Field(min_length=1, max_length=200)
+    name: OneLine = Field(min_length=1, max_length=200)
     criteria: Criteria
     list_ids: list[str] = Field(default_factory=list, max_length=MAX_LISTS,
                                 description="only subscribed members of these lists; empty: all contacts")
@@ -412,12 +412,6 @@ class SegmentCreate(BaseModel):
     @classmethod
     def _distinct(cls, value: list[str]) -> list[str]:
         return list(dict.fromkeys(value))
-
-    @field_validator("name")
-    @classmethod
-    def _one_line(cls, value: str) -> str:
-        return one_line(value)
-
 
 class SegmentPublic(BaseModel):
     id: str

@@ -9,6 +9,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer, model_validator
 
+from jetmail.audience.fields import OneLine
+
 SLUG = r"^[a-z0-9][a-z0-9_-]*$"
 
 
@@ -45,18 +47,10 @@ class Variant(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     name: str = Field(min_length=1, max_length=16, pattern=r"^[A-Za-z0-9_-]+$")
-    subject: str | None = Field(default=None, max_length=998)
+    subject: OneLine | None = Field(default=None, max_length=998)
     template: str | None = Field(default=None, max_length=64, pattern=SLUG)
-    from_name: str | None = Field(default=None, max_length=200)
+    from_name: OneLine | None = Field(default=None, max_length=200)
     send_delay: timedelta = Field(default=timedelta(0), description="send this variant later (send-time tests)")
-
-    @field_validator("subject", "from_name")
-    @classmethod
-    def _one_line(cls, value: str | None) -> str | None:
-        if value is not None and any(c in value for c in "\r\n\x00"):
-            raise ValueError("must not contain line breaks")
-        return value
-
 
 class ABTest(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -81,21 +75,13 @@ class CampaignCreate(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
     name: str = Field(min_length=1, max_length=200)
     template: str = Field(min_length=1, max_length=64, pattern=SLUG)
-    subject: str | None = Field(default=None, max_length=998, description="overrides the template's subject")
-    from_: str | None = Field(default=None, alias="from", max_length=320)
-    reply_to: str | None = Field(default=None, max_length=320)
+    subject: OneLine | None = Field(default=None, max_length=998, description="overrides the template's subject")
+    from_: OneLine | None = Field(default=None, alias="from", max_length=320)
+    reply_to: OneLine | None = Field(default=None, max_length=320)
     context: dict[str, Any] = Field(default_factory=dict, description="variables shared by every recipient")
     audience: list[AudienceSource] = Field(min_length=1, max_length=20)
     exclusions: list[AudienceSource] = Field(default_factory=list, max_length=20)
     ab_test: ABTest | None = None
-
-    @field_validator("subject", "from_", "reply_to")
-    @classmethod
-    def _one_line(cls, value: str | None) -> str | None:
-        if value is not None and any(c in value for c in "\r\n\x00"):
-            raise ValueError("must not contain line breaks")
-        return value
-
 
 class ScheduleRequest(BaseModel):
     """``at`` (a local time in ``timezone`` when it has no offset) or a recurring ``cron``."""

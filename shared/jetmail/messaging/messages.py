@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from jetmail.audience.addresses import InvalidAddress, normalise_email
-from jetmail.audience.fields import one_line, time_zone
+from jetmail.audience.fields import OneLine, TimeZone
 from jetmail.messaging.templates import TemplateStore
 from jetmail.storage import keys
 from jetmail.storage.table import ConditionFailed, Table, item_fields
@@ -106,13 +106,13 @@ class SendRequest(BaseModel):
 
     template: str = Field(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9_-]*$")
     to: str = Field(min_length=3, max_length=320, description="recipient address")
-    name: str | None = Field(default=None, max_length=200, description="recipient display name")
+    name: OneLine | None = Field(default=None, max_length=200, description="recipient display name")
     context: dict[str, Any] = Field(default_factory=dict, description="template variables")
     language: str | None = Field(default=None, max_length=35, pattern=r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})*$")
-    timezone: str | None = Field(default=None, max_length=64)
+    timezone: TimeZone | None = Field(default=None, max_length=64)
     send_at: datetime | None = Field(default=None, description="deliver at this time (RFC 3339) instead of now")
-    from_: str | None = Field(default=None, alias="from", max_length=320)
-    reply_to: str | None = Field(default=None, max_length=320)
+    from_: OneLine | None = Field(default=None, alias="from", max_length=320)
+    reply_to: OneLine | None = Field(default=None, max_length=320)
 
     @field_validator("to")
     @classmethod
@@ -122,22 +122,12 @@ class SendRequest(BaseModel):
         except InvalidAddress as exc:
             raise ValueError(str(exc)) from None
 
-    @field_validator("timezone")
-    @classmethod
-    def _valid_tz(cls, value: str | None) -> str | None:
-        return time_zone(value)
-
     @field_validator("send_at")
     @classmethod
     def _aware(cls, value: datetime | None) -> datetime | None:
         if value is not None and value.tzinfo is None:
             raise ValueError("send_at needs a time zone offset, e.g. 2026-12-01T09:00:00Z")
         return value
-
-    @field_validator("name", "from_", "reply_to")
-    @classmethod
-    def _no_line_breaks(cls, value: str | None) -> str | None:
-        return one_line(value)
 
     @field_validator("reply_to")
     @classmethod
