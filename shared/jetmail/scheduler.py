@@ -31,12 +31,17 @@ def tick(services: Services, now: datetime | None = None) -> dict[str, Any]:
         if campaigns.finish_if_done(item["id"]):
             finished.append(item["id"])
     from jetmail.deliverability.reputation import ReputationMonitor
-    from jetmail.kv import Kv
+    from jetmail.kv import Kv, KvUnavailable
 
     settings = services.settings
     monitor = ReputationMonitor(stats=services.counters, store=services.campaign_store,
                                 campaigns=services.campaigns, queue=services.queue, settings=settings)
-    reputation = services.queue.run(lambda q: monitor.check(Kv(q.js, replicas=settings.stream_replicas), now))
+    try:
+        reputation = services.queue.run(lambda q: monitor.check(Kv(q.js, replicas=settings.stream_replicas), now))
+    except KvUnavailable as exc:
+        # a NATS leader election or outage: the rest of the tick still runs, the next tick checks again
+        logger.warning("reputation check skipped: %s", exc)
+        reputation = {"actions": [], "skipped": str(exc)}
     from jetmail.reporting.queue_lag import publish_queue_lag
 
     summary = {"at": now.isoformat(), "started": started, "ab_decided": decided, "finished": finished,
