@@ -5,7 +5,8 @@
 
 - ``settings.md`` from ``jetmail.config.Settings``: every field, its variable, default and description;
 - ``cli.md`` from the click commands of ``jetmail.cli``: usage, help and options of every command;
-- ``openapi.json`` from the FastAPI app, and ``api.md``: its routes by tag;
+- ``openapi.json`` from the FastAPI app, and ``api.md``: the API's conventions (errors, lists, idempotency,
+  rate limits) with its problem types, then its routes by tag;
 - ``storage.md`` from ``jetmail.storage.keys.ENTITIES``: every DynamoDB row, its keys and how it is read.
 
 ``tests/project/test_docs.py`` runs the check in ``make test``, so a setting, command or route added without its
@@ -120,11 +121,92 @@ def openapi_json() -> str:
     return json.dumps(create_app(settings).openapi(), indent=1, sort_keys=True) + "\n"
 
 
+CONVENTIONS = """## Conventions
+
+**Authentication.** Every `/v1` route takes `Authorization: Bearer <key>` (`jetmail keys create --name N
+--scope send|admin`). A `send` key reaches transactional sends, sequences and message status; an `admin`
+key reaches everything. A missing, invalid or revoked key is a 401 with `WWW-Authenticate: Bearer`; a key
+without the route's scope is a 403. `/health`, the tracking and unsubscribe links and `/sns/ses` take no
+key (the links are signed; SNS messages carry a verified signature). The [dashboard](../guide/dashboard.md)
+answers HTML pages, its errors included; everything below is about the JSON API.
+
+**Errors** are [RFC 9457](https://www.rfc-editor.org/rfc/rfc9457) problems, `Content-Type:
+application/problem+json`, on every status from 400 up:
+
+```json
+{"type": "https://jetmail.dev/problems/validation-error", "title": "Unprocessable Entity", "status": 422,
+ "detail": "invalid request: to, context", "errors": [
+   {"field": "to", "message": "Value error, An email address must have an @-sign."},
+   {"field": "context", "message": "Input should be a valid dictionary"}]}
+```
+
+- `type` is `https://jetmail.dev/problems/<slug>`, an identifier to switch on (it is not fetched, and
+  no page need answer there); `title` is the same for every problem of a type; `detail` says what went
+  wrong this time, for a person: never match on its text.
+- A 422 always has `errors`: one `{"field", "message"}` per invalid field. `field` is the body field's
+  dotted path (`to`, `audience.0.list_id`) or the query, path or header parameter's name (`limit`); a
+  template's problems add `template`, `locale`, `line` and `missing`. When no one field is at fault (a
+  cursor another list gave), `errors` is `[]`.
+- A 429 carries `Retry-After` (seconds) and a 401 `WWW-Authenticate`, as headers beside the problem.
+- A 500 is always `{"type": ".../internal", "title": "Internal Server Error", "status": 500, "detail":
+  "internal error"}`; its cause and stack trace go only to the log.
+
+The types, with their status:
+
+{types}
+
+**Lists.** Every route that answers many things answers one envelope:
+
+```json
+{"data": [{"id": "lst_...", "name": "newsletter"}], "next_cursor": null}
+```
+
+Routes that page take `limit` and `cursor`: pass the answer's `next_cursor` as `?cursor=` until it is
+`null`. A cursor is opaque and belongs to the list (and filters) that gave it; any other is a 422
+`invalid-cursor`. Routes that answer everything at once (campaigns, lists, segments, templates,
+sequence definitions) answer `next_cursor: null`. From a shell: `curl … | jq '.data[].id'`.
+
+**Idempotency.** `POST /v1/messages` takes an `Idempotency-Key` header (up to 255 characters), scoped to
+the API key and kept 24 hours. The request body is compared as parsed (field order, whitespace and
+defaults left out make no difference):
+
+- same key, same body: the first request's message, `202` with `Idempotent-Replayed: true`; nothing is
+  sent again, also when the first request's answer was lost or it stopped half-way (the retry completes it);
+- same key, different body: `409` `idempotency-conflict`; nothing is recorded or sent, and the message of
+  the first request is unchanged;
+- a request refused before the key is claimed (401, 403, 413, 422, an unknown template's 404) does not
+  use the key up: the corrected request may reuse it;
+- after 24 hours the key is free again and starts a new message.
+
+`POST /v1/sequences` takes `Idempotency-Key` too, but does not compare bodies: a key used before answers
+the first enrolment (`Idempotent-Replayed: true`) whatever the body holds.
+
+**Rate limits.** Each API key may make `JETMAIL_API_RATE_PER_MINUTE` requests (600) per wall-clock minute,
+counted across every API container (`jetmail keys limit ID --per-minute N` sets a key's own). Over it, the
+answer is a `429` `rate-limited` problem with `Retry-After` in seconds. See [security](../security.md).
+"""
+
+
+def problem_types() -> str:
+    """The problem types the API answers: one per status for generic errors, one per mapped domain exception."""
+    from jetmail.api.conventions import STATUS_SLUGS, slug_for_class
+    from jetmail.api.errors import STATUS_FOR
+
+    rows: dict[tuple[int, str], list[str]] = {(status, slug): ["any route"] for status, slug in STATUS_SLUGS.items()}
+    for path, status in STATUS_FOR.items():
+        module, _, name = path.rpartition(".")
+        rows.setdefault((status, slug_for_class(name)), []).append(f"`{module}`")
+    lines = ["| type (`https://jetmail.dev/problems/…`) | status | raised by |", "|---|---|---|"]
+    lines += [f"| `{slug}` | {status} | {', '.join(where)} |" for (status, slug), where in sorted(rows.items())]
+    return "\n".join(lines)
+
+
 def api_md(spec: dict[str, Any]) -> str:
     out = ["# HTTP API", "", GENERATED, "",
-           "Every `/v1` route takes `Authorization: Bearer <key>`; errors are JSON `{\"error\": …, \"detail\": …}`",
-           "(see [sending mail](../guide/sending.md) and [security](../security.md)). The full schema is",
-           "[openapi.json](openapi.json); a running API serves it at `/openapi.json` and as pages at `/docs`.", ""]
+           "Every `/v1` route takes `Authorization: Bearer <key>`; errors are `application/problem+json`",
+           "and lists are `{\"data\": […], \"next_cursor\": …}` (see [conventions](#conventions)). The full",
+           "schema is [openapi.json](openapi.json); a running API serves it at `/openapi.json` and as pages at",
+           "`/docs`.", "", CONVENTIONS.replace("{types}", problem_types()), ""]
     by_tag: dict[str, list[str]] = {}
     for route, methods in sorted(spec["paths"].items()):
         for method, operation in methods.items():

@@ -1,4 +1,4 @@
-"""An exception no handler knows: a fixed JSON 500 with the security headers every other answer carries,
+"""An exception no handler knows: a fixed problem+json 500 with the security headers every other answer carries,
 the exception's text and stack trace in the log only."""
 
 from __future__ import annotations
@@ -35,17 +35,18 @@ def failing_app(settings: Settings, services: Services) -> FastAPI:
     return app_with_failing_routes(settings, services)
 
 
-def test_an_unexpected_exception_is_a_json_500_with_the_security_headers(
+def test_an_unexpected_exception_is_a_problem_500_with_the_security_headers(
         failing_app: FastAPI, api_token: str, caplog: pytest.LogCaptureFixture) -> None:
     # GIVEN routes that raise exceptions no handler maps  WHEN they are called over plain HTTP
     with caplog.at_level(logging.ERROR, logger="jetmail.api"), \
             TestClient(failing_app, headers={"Authorization": f"Bearer {api_token}"}) as client:
         answers = {"/v1/boom": client.get("/v1/boom"), "/boom-async": client.get("/boom-async")}
     for path, resp in answers.items():
-        # THEN each is a 500 with the fixed JSON body, nothing of the exception in it
+        # THEN each is a 500 with the fixed problem body, nothing of the exception in it
         assert resp.status_code == 500, path
-        assert resp.headers["content-type"] == "application/json", path
-        assert resp.json() == {"error": "internal", "detail": "internal error"}, path
+        assert resp.headers["content-type"] == "application/problem+json", path
+        assert resp.json() == {"type": "https://jetmail.dev/problems/internal", "title": "Internal Server Error",
+                               "status": 500, "detail": "internal error"}, path
         assert "hunter2" not in resp.text and "Traceback" not in resp.text, path
         # AND it carries the security headers
         assert resp.headers["x-content-type-options"] == "nosniff", path
@@ -79,8 +80,9 @@ def test_mapped_errors_are_still_answered_by_their_handlers(failing_app: FastAPI
         missing_message = client.get("/v1/messages/none")
         unknown_path = client.get("/v1/no-such-route")
     # THEN they keep their own 4xx answers
-    assert missing_message.status_code == 404 and missing_message.json()["error"] == "not_found"
-    assert unknown_path.status_code == 404 and unknown_path.json()["error"] == "not_found"
+    assert missing_message.status_code == 404
+    assert missing_message.json()["type"] == "https://jetmail.dev/problems/message-not-found"
+    assert unknown_path.status_code == 404 and unknown_path.json()["type"] == "https://jetmail.dev/problems/not-found"
 
 
 def test_a_500_to_an_allowed_origin_carries_the_cors_headers(settings: Settings, services: Services,
@@ -94,7 +96,7 @@ def test_a_500_to_an_allowed_origin_carries_the_cors_headers(settings: Settings,
         theirs = client.get("/v1/boom", headers={"Origin": "https://evil.example.net"})
     # THEN both are the JSON 500 with the security headers, and only the allowed origin may read it
     for resp in (ours, theirs):
-        assert resp.status_code == 500 and resp.json()["error"] == "internal"
+        assert resp.status_code == 500 and resp.json()["type"] == "https://jetmail.dev/problems/internal"
         assert resp.headers["x-content-type-options"] == "nosniff"
     assert ours.headers["access-control-allow-origin"] == "https://app.example.com"
     assert "access-control-allow-origin" not in theirs.headers

@@ -113,7 +113,7 @@ def test_sequence_delays_past_the_horizon_are_a_422_when_enrolled_and_when_defin
     defined = client.put(f"/v1/sequences/definitions/far-{unique}", json={"name": f"far-{unique}", "steps": steps})
     assert defined.status_code == 422, defined.text
     # and nothing was stored under that name
-    assert f"far-{unique}" not in {d["name"] for d in client.get("/v1/sequences/definitions").json()}
+    assert f"far-{unique}" not in {d["name"] for d in client.get("/v1/sequences/definitions").json()["data"]}
 
 
 def test_a_context_date_at_the_calendars_end_plus_an_offset_is_a_422(client: TestClient, unique: str) -> None:

@@ -116,7 +116,7 @@ def test_api_handler_serves_contacts_templates_and_campaigns_from_the_sample_eve
     assert upsert["statusCode"] == 201, upsert
     assert json.loads(upsert["body"])["lists"] == {lst.id: "subscribed"}
     assert templates["statusCode"] == 200
-    assert "getting_started" in {t["name"] for t in json.loads(templates["body"])}
+    assert "getting_started" in {t["name"] for t in json.loads(templates["body"])["data"]}
     assert sent["statusCode"] == 200 and json.loads(sent["body"])["state"] == "sending", sent
     wait_until(lambda: len(mailbox.for_recipient(to)) == 1, timeout=30, what="campaign mail from the sample")
     # and the sample with an unknown campaign id is a 404, not a 500

@@ -42,7 +42,7 @@ def all_members(client: TestClient, list_id: str, *, limit: int = 100, **params:
         query: dict[str, Any] = {"limit": limit, **params, **({"cursor": cursor} if cursor else {})}
         page = client.get(f"/v1/lists/{list_id}/members", params=query)
         assert page.status_code == 200, page.text
-        members += page.json()["members"]
+        members += page.json()["data"]
         cursor = page.json().get("next_cursor")
         if not cursor:
             return members
@@ -117,7 +117,7 @@ def test_deleting_a_list_removes_members_and_prunes_contacts(client: TestClient,
     assert client.delete(f"/v1/lists/{drop}").status_code == 204
     assert client.get(f"/v1/lists/{drop}").status_code == 404
     assert client.get(f"/v1/lists/{drop}/members").status_code == 404
-    assert drop not in [lst["id"] for lst in client.get("/v1/lists").json()]
+    assert drop not in [lst["id"] for lst in client.get("/v1/lists").json()["data"]]
     # the contact stays, in the remaining list only
     assert client.get(f"/v1/contacts/{address}").json()["lists"] == {keep: "subscribed"}
     client.put(f"/v1/contacts/{address}", json={"name": "Still here"})
@@ -244,7 +244,7 @@ def test_member_pages_return_every_member_exactly_once(client: TestClient, servi
     assert every == sorted(f"p{n:03d}-{unique}@example.com" for n in range(250))
     assert subscribed == [e for e in every if e not in unsubscribed]
     first = client.get(f"/v1/lists/{target.id}/members", params={"limit": 40}).json()
-    assert len(first["members"]) == 40
+    assert len(first["data"]) == 40
     # a cursor that was tampered with or belongs to another list is refused
     other = new_list(client, f"other-{unique}")
     assert client.get(f"/v1/lists/{other}/members", params={"cursor": first["next_cursor"]}).status_code == 422

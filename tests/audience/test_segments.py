@@ -189,7 +189,7 @@ def test_bad_criteria_answer_422_with_path_and_reason(client: TestClient, criter
                                                       reason: str) -> None:
     resp = client.post("/v1/segments", json={"name": "bad", "criteria": criteria})
     assert resp.status_code == 422, resp.text
-    [problem] = resp.json()["detail"]
+    [problem] = resp.json()["errors"]
     assert problem["field"] == "criteria"
     assert problem["message"].startswith(f"{path}: ")
     assert reason in problem["message"]
@@ -203,7 +203,7 @@ def test_segment_api_lifecycle_and_preview(client: TestClient, people: People) -
     segment = created.json()
     assert segment["criteria"] == body["criteria"]
     assert client.get(f"/v1/segments/{segment['id']}").json() == segment
-    assert segment["id"] in [s["id"] for s in client.get("/v1/segments").json()]
+    assert segment["id"] in [s["id"] for s in client.get("/v1/segments").json()["data"]]
     # WHEN previewed THEN the count and a sample of members with what sending needs
     preview = client.post(f"/v1/segments/{segment['id']}/preview").json()
     assert preview["count"] == 1

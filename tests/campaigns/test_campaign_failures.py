@@ -97,8 +97,8 @@ def all_pages(client: TestClient, campaign_id: str, *, limit: int) -> tuple[list
         assert resp.status_code == 200, resp.text
         body = resp.json()
         pages += 1
-        assert len(body["failures"]) <= limit
-        rows += body["failures"]
+        assert len(body["data"]) <= limit
+        rows += body["data"]
         cursor = body["next_cursor"]
         if cursor is None:
             return rows, pages
@@ -117,7 +117,7 @@ def test_failures_route_lists_exactly_the_refused_recipients(client: TestClient,
     body = resp.json()
     # THEN exactly the refused recipients are there, once each, with the sink's 550 as the reason
     assert body["next_cursor"] is None
-    rows = body["failures"]
+    rows = body["data"]
     assert sorted(r["email"] for r in rows) == sorted(failed_campaign["rejected"])
     assert all("550" in r["reason"] and "mailbox unavailable" in r["reason"] for r in rows), rows
     # AND each row names its batch item, position and message id, in batch then position order
@@ -166,7 +166,7 @@ def test_batch_items_holding_addresses_expire_with_the_message_retention(
 
 def test_pages_of_one_walk_every_failure_once(client: TestClient, failed_campaign: dict[str, Any]) -> None:
     campaign_id = failed_campaign["id"]
-    everything = client.get(f"/v1/campaigns/{campaign_id}/failures").json()["failures"]
+    everything = client.get(f"/v1/campaigns/{campaign_id}/failures").json()["data"]
     # WHEN the failures are read one, then two, at a time
     ones, pages = all_pages(client, campaign_id, limit=1)
     twos, two_pages = all_pages(client, campaign_id, limit=2)
@@ -180,7 +180,7 @@ def test_a_page_cut_short_by_its_query_cap_carries_on_after_the_last_batch_read(
         services: Services, client: TestClient, failed_campaign: dict[str, Any]) -> None:
     store = services.campaign_store
     campaign_id = failed_campaign["id"]
-    everything = client.get(f"/v1/campaigns/{campaign_id}/failures").json()["failures"]
+    everything = client.get(f"/v1/campaigns/{campaign_id}/failures").json()["data"]
     # GIVEN a cursor inside the first batch
     first = store.failures(campaign_id, limit=1)
     assert first.next_cursor is not None
@@ -212,7 +212,7 @@ def test_bad_requests_get_clear_errors(client: TestClient, app: FastAPI, service
     # a limit out of range or not a number: 422 naming the field
     for limit in ("0", "501", "many"):
         resp = client.get(url, params={"limit": limit})
-        assert resp.status_code == 422 and resp.json()["detail"][0]["field"] == "limit", resp.text
+        assert resp.status_code == 422 and resp.json()["errors"][0]["field"] == "limit", resp.text
     # no key: 401; a key without the admin scope: 403
     with TestClient(app) as anonymous:
         assert anonymous.get(url).status_code == 401
@@ -292,7 +292,7 @@ def test_dashboard_shows_the_failures(app: FastAPI, api_token: str, client: Test
     clean_list = make_list(client, f"clean-{unique}", [f"ok@clean{unique}.example.com"])
     clean = send_and_finish(client, services, "Clean", [{"list_id": clean_list}])
     assert "Permanent failures" not in browser.get(f"/dashboard/campaigns/{clean}").text
-    assert client.get(f"/v1/campaigns/{clean}/failures").json() == {"failures": [], "next_cursor": None}
+    assert client.get(f"/v1/campaigns/{clean}/failures").json() == {"data": [], "next_cursor": None}
 
 
 def test_an_erased_address_is_not_shown_among_the_failures(client: TestClient, services: Services,
@@ -302,7 +302,7 @@ def test_an_erased_address_is_not_shown_among_the_failures(client: TestClient, s
     erased = failed_campaign["rejected"][0]
     assert client.delete(f"/v1/contacts/{erased}", params={"erase": "true"}).status_code == 200
     # THEN the failures listing keeps its row and reason but no longer shows the address
-    rows = client.get(f"/v1/campaigns/{failed_campaign['id']}/failures").json()["failures"]
+    rows = client.get(f"/v1/campaigns/{failed_campaign['id']}/failures").json()["data"]
     assert len(rows) == len(failed_campaign["rejected"])
     assert erased not in {r["email"] for r in rows}
     assert [r["email"] for r in rows].count("(erased)") == 1

@@ -74,7 +74,7 @@ def test_a_recurring_campaign_pauses_resumes_and_takes_a_new_cron(client: TestCl
     campaign_id = new_campaign(client, f"recur-{unique}", [f"r{i}@{domain}" for i in range(2)])
 
     def runs() -> int:
-        return sum(1 for c in client.get("/v1/campaigns").json() if c.get("parent_id") == campaign_id)
+        return sum(1 for c in client.get("/v1/campaigns").json()["data"] if c.get("parent_id") == campaign_id)
 
     # GIVEN a campaign firing every second second, whose next firing the API shows
     before = datetime.now(UTC)

@@ -45,7 +45,7 @@ def key_actor(token: str) -> str:
 def entries(client: TestClient, **params: Any) -> list[dict[str, Any]]:
     resp = client.get("/v1/audit", params=params)
     assert resp.status_code == 200, resp.text
-    return list(resp.json()["entries"])
+    return list(resp.json()["data"])
 
 
 def test_api_actions_are_recorded_with_the_key_and_what_changed(client: TestClient, isolated: Isolated) -> None:
@@ -157,7 +157,7 @@ def test_query_is_paginated_filtered_and_admin_only(client: TestClient, isolated
         if cursor:
             params["cursor"] = cursor
         page = client.get("/v1/audit", params=params).json()
-        seen += [e["target"] for e in page["entries"]]
+        seen += [e["target"] for e in page["data"]]
         cursor = page.get("next_cursor")
         if not cursor:
             break

@@ -60,7 +60,7 @@ def test_campaign_without_postal_address_in_one_locale_is_refused(client: TestCl
                  client.post(f"/v1/campaigns/{cid}/schedule", json={"at": "2030-01-01T09:00:00Z"})):
         # THEN 422 names the template, the locale and what it lacks
         assert resp.status_code == 422, resp.text
-        [problem] = resp.json()["detail"]
+        [problem] = resp.json()["errors"]
         assert (problem["template"], problem["locale"]) == (name, "de")
         assert problem["missing"] == ["postal address ({{ company.address }})"]
     # and the campaign is still a draft
@@ -79,7 +79,7 @@ def test_campaign_with_a_template_without_unsubscribe_link_is_refused(client: Te
     # WHEN it is sent THEN 422 for each locale, naming the unsubscribe link
     resp = client.post(f"/v1/campaigns/{created.json()['id']}/send")
     assert resp.status_code == 422, resp.text
-    problems = resp.json()["detail"]
+    problems = resp.json()["errors"]
     assert sorted((p["template"], p["locale"]) for p in problems) == [("password_reset", "de"),
                                                                        ("password_reset", "en")]
     assert all("unsubscribe link ({{ unsubscribe_url }})" in p["missing"] for p in problems)
@@ -95,7 +95,7 @@ def test_every_ab_variant_template_is_checked(client: TestClient, unique: str) -
     # WHEN it is sent THEN only the variant's template is named
     resp = client.post(f"/v1/campaigns/{created.json()['id']}/send")
     assert resp.status_code == 422, resp.text
-    assert [(p["template"], p["locale"]) for p in resp.json()["detail"]] == [(bare, "en")]
+    assert [(p["template"], p["locale"]) for p in resp.json()["errors"]] == [(bare, "en")]
 
 
 def test_marketing_template_sent_as_a_message_must_comply_too(client: TestClient, unique: str) -> None:
@@ -105,7 +105,7 @@ def test_marketing_template_sent_as_a_message_must_comply_too(client: TestClient
     # WHEN it is sent through the messages API THEN 422 names it
     resp = client.post("/v1/messages", json={"template": name, "to": f"promo-{unique}@example.com"})
     assert resp.status_code == 422, resp.text
-    assert resp.json()["detail"][0]["field"] == f"{name}/en"
+    assert resp.json()["errors"][0]["field"] == f"{name}/en"
     # and a transactional template needs neither
     ok = client.post("/v1/messages", json={"template": "password_reset", "to": f"tx-{unique}@example.com",
                                            "context": RESET})

@@ -198,7 +198,7 @@ def test_suppression_api(client: TestClient, unique: str) -> None:
     assert client.post("/v1/suppressions", json={"email": email}).json()["reason"] == "manual"
     assert client.get(f"/v1/suppressions/{email}").status_code == 200
     assert email in client.get("/v1/suppressions/export.csv").text
-    assert any(i["email"] == email for i in client.get("/v1/suppressions", params={"search": unique}).json()["items"])
+    assert any(i["email"] == email for i in client.get("/v1/suppressions", params={"search": unique}).json()["data"])
     assert client.post("/v1/suppressions", json={"email": "nope"}).status_code == 422
     assert client.delete(f"/v1/suppressions/{email}").status_code == 204
     assert client.get(f"/v1/suppressions/{email}").status_code == 404

@@ -79,7 +79,7 @@ def test_smtp_failures_are_retried_or_recorded_never_lost_or_doubled(fault_stack
     campaign_rejected = sorted(r for r in rejected if r.startswith("c"))
     journaled = journal_values(faults.iso.settings.nats_url, campaign_id, campaign_rejected)
     listed = client.get(f"/v1/campaigns/{campaign_id}/failures", params={"limit": 500}).json()
-    reasons = {f["email"]: f["reason"] for f in listed["failures"]}
+    reasons = {f["email"]: f["reason"] for f in listed["data"]}
     # recorded twice over: in the batch's journal and in the campaign's failures listing, with the 550
     recorded = [r for r in campaign_rejected
                 if journaled[r].startswith("failed|") and "550" in journaled[r] and "550" in reasons.get(r, "")]

@@ -322,7 +322,7 @@ def test_extending_a_missing_layout_is_refused_with_a_422(client: TestClient, un
     html = '{% extends "no-such-layout" %}{% block content %}x{% endblock %}'
     resp = client.put(f"/v1/templates/orphan-{unique}", json={"subject": "Hi", "html": html})
     assert resp.status_code == 422, resp.text
-    assert resp.json()["detail"] == [
+    assert resp.json()["errors"] == [
         {"field": "html", "line": 1, "message": 'no template "no-such-layout" (locale en) to extend or include'}
     ]
     assert client.get(f"/v1/templates/orphan-{unique}").status_code == 404

@@ -130,8 +130,8 @@ def test_saving_test_renders_the_sample_context_under_the_limits(client: TestCli
     looped = save(client, f"loops-{unique}", NESTED_LOOPS, {"n": 100000})
     # THEN both are refused with the part and the limit, and nothing is stored
     assert repeated.status_code == 422, repeated.text
-    assert repeated.json()["detail"][0]["field"] == "html"
-    assert "exceeds a render limit" in repeated.json()["detail"][0]["message"]
+    assert repeated.json()["errors"][0]["field"] == "html"
+    assert "exceeds a render limit" in repeated.json()["errors"][0]["message"]
     assert looped.status_code == 422 and "iterations" in looped.text
     assert client.get(f"/v1/templates/bomb-{unique}").status_code == 404
     # AND a name the sample leaves out still gets tried (it renders empty), so a bomb behind it is found

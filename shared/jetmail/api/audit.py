@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 
 from jetmail.api.auth import require, services
+from jetmail.api.conventions import Page
 from jetmail.compliance import audit
 from jetmail.compliance.apikeys import ApiKey
-from jetmail.compliance.audit import AuditPage, InvalidAuditQuery
+from jetmail.compliance.audit import AuditEntry
 from jetmail.services import Services
 
 router = APIRouter(prefix="/v1/audit", tags=["audit"])
@@ -29,7 +30,7 @@ async def bind_actor(request: Request) -> None:
     audit.bind_actor(actor)
 
 
-@router.get("", response_model=AuditPage, responses={422: {"description": "invalid time or cursor"}})
+@router.get("", response_model=Page[AuditEntry], responses={422: {"description": "invalid time or cursor"}})
 def list_audit(key: Admin, svc: Svc, since: Annotated[str | None, Query(max_length=64)] = None,
                until: Annotated[str | None, Query(max_length=64)] = None,
                action: Annotated[str | None, Query(max_length=64, description="e.g. `campaign.sent`, or a "
@@ -40,12 +41,10 @@ def list_audit(key: Admin, svc: Svc, since: Annotated[str | None, Query(max_leng
                                                    "`<template>/<locale>`, or an email address (matched "
                                                    "by its pseudonym)")] = None,
                limit: Annotated[int, Query(ge=1, le=500)] = 100,
-               cursor: Annotated[str | None, Query(max_length=512)] = None) -> AuditPage:
+               cursor: Annotated[str | None, Query(max_length=512)] = None) -> Page[AuditEntry]:
     """Management actions, newest first; follow ``next_cursor`` for older ones."""
     if target and "@" in target:
         target = svc.pseudonyms.pseudonym(target)
-    try:
-        return svc.audit.query(since=since, until=until, action=action, actor=actor, target=target, limit=limit,
-                               cursor=cursor)
-    except InvalidAuditQuery as exc:
-        raise HTTPException(422, str(exc)) from None
+    page = svc.audit.query(since=since, until=until, action=action, actor=actor, target=target, limit=limit,
+                           cursor=cursor)
+    return Page(data=page.entries, next_cursor=page.next_cursor)

@@ -7,9 +7,10 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query
 
 from jetmail.api.auth import require, services
+from jetmail.api.conventions import Page
 from jetmail.campaigns.model import (
     CampaignCreate,
-    CampaignFailurePage,
+    CampaignFailure,
     CampaignPublic,
     ScheduleRequest,
     WinnerPick,
@@ -30,10 +31,10 @@ def create_campaign(body: CampaignCreate, key: Admin, svc: Svc) -> CampaignPubli
     return svc.campaigns.create(body)
 
 
-@router.get("", response_model=list[CampaignPublic], response_model_by_alias=True)
-def list_campaigns(key: Admin, svc: Svc) -> list[CampaignPublic]:
-    """Newest first, with state and progress."""
-    return svc.campaigns.list()
+@router.get("", response_model=Page[CampaignPublic], response_model_by_alias=True)
+def list_campaigns(key: Admin, svc: Svc) -> Page[CampaignPublic]:
+    """Newest first, with state and progress; all of them in one page."""
+    return Page(data=svc.campaigns.list(), next_cursor=None)
 
 
 @router.get("/{campaign_id}", response_model=CampaignPublic, response_model_by_alias=True, responses=CONFLICT)
@@ -43,14 +44,15 @@ def get_campaign(campaign_id: str, key: Admin, svc: Svc) -> CampaignPublic:
     return svc.campaigns.get(campaign_id)
 
 
-@router.get("/{campaign_id}/failures", response_model=CampaignFailurePage,
+@router.get("/{campaign_id}/failures", response_model=Page[CampaignFailure],
             responses={404: {"description": "not found"}, 422: {"description": "invalid limit or cursor"}})
 def campaign_failures(campaign_id: str, key: Admin, svc: Svc,
                       limit: Annotated[int, Query(ge=1, le=500)] = 100,
-                      cursor: Annotated[str | None, Query(max_length=1024)] = None) -> CampaignFailurePage:
+                      cursor: Annotated[str | None, Query(max_length=1024)] = None) -> Page[CampaignFailure]:
     """Recipients the campaign failed for good (a provider's 5xx, gave up after the last retry, cannot
     render), with the reason, in batch order; follow ``next_cursor`` until it is null."""
-    return svc.campaigns.failures(campaign_id, limit=limit, cursor=cursor)
+    page = svc.campaigns.failures(campaign_id, limit=limit, cursor=cursor)
+    return Page(data=page.failures, next_cursor=page.next_cursor)
 
 
 @router.post("/{campaign_id}/send", response_model=CampaignPublic, response_model_by_alias=True, responses=CONFLICT)

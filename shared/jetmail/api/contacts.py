@@ -10,14 +10,15 @@ from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from jetmail.api.auth import require, services
+from jetmail.api.conventions import Page
 from jetmail.audience.model import (
     Contact,
     ContactUpsert,
     ImportFormat,
     ImportReport,
     ListCreate,
+    ListMember,
     MailingList,
-    MemberPage,
     SubscriptionStatus,
 )
 from jetmail.audience.segments import SegmentCreate, SegmentPreview, SegmentPublic
@@ -38,10 +39,10 @@ def create_list(body: ListCreate, key: Admin, svc: Svc) -> MailingList:
     return svc.contacts.create_list(body.name)
 
 
-@router.get("/lists", response_model=list[MailingList], tags=["lists"])
-def list_lists(key: Admin, svc: Svc) -> list[MailingList]:
-    """Oldest first."""
-    return svc.contacts.lists()
+@router.get("/lists", response_model=Page[MailingList], tags=["lists"])
+def list_lists(key: Admin, svc: Svc) -> Page[MailingList]:
+    """Oldest first; all of them in one page."""
+    return Page(data=svc.contacts.lists(), next_cursor=None)
 
 
 @router.get("/lists/{list_id}", response_model=MailingList, responses=NOT_FOUND, tags=["lists"])
@@ -57,12 +58,13 @@ def delete_list(list_id: str, key: Admin, svc: Svc) -> Response:
     return Response(status_code=204)
 
 
-@router.get("/lists/{list_id}/members", response_model=MemberPage, responses=NOT_FOUND, tags=["lists"])
+@router.get("/lists/{list_id}/members", response_model=Page[ListMember], responses=NOT_FOUND, tags=["lists"])
 def list_members(list_id: str, key: Admin, svc: Svc, status: SubscriptionStatus | None = None,
                  limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-                 cursor: Annotated[str | None, Query(max_length=2048)] = None) -> MemberPage:
-    """Members in address order, ``limit`` at a time; follow ``next_cursor`` until it is absent."""
-    return svc.contacts.list_members(list_id, status=status, limit=limit, cursor=cursor)
+                 cursor: Annotated[str | None, Query(max_length=2048)] = None) -> Page[ListMember]:
+    """Members in address order, ``limit`` at a time; follow ``next_cursor`` until it is null."""
+    page = svc.contacts.list_members(list_id, status=status, limit=limit, cursor=cursor)
+    return Page(data=page.members, next_cursor=page.next_cursor)
 
 
 @router.post("/lists/{list_id}/import", response_model=ImportReport, responses=NOT_FOUND, tags=["lists"],
@@ -153,9 +155,10 @@ def create_segment(body: SegmentCreate, key: Admin, svc: Svc) -> SegmentPublic:
     return svc.segments.create(body)
 
 
-@router.get("/segments", response_model=list[SegmentPublic], tags=["segments"])
-def list_segments(key: Admin, svc: Svc) -> list[SegmentPublic]:
-    return svc.segments.list()
+@router.get("/segments", response_model=Page[SegmentPublic], tags=["segments"])
+def list_segments(key: Admin, svc: Svc) -> Page[SegmentPublic]:
+    """All of them in one page."""
+    return Page(data=svc.segments.list(), next_cursor=None)
 
 
 @router.get("/segments/{segment_id}", response_model=SegmentPublic, responses=NOT_FOUND, tags=["segments"])

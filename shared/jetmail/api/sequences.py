@@ -8,6 +8,7 @@ from fastapi import APIRouter, Depends, Header, Path, Query, Response
 from pydantic import BaseModel
 
 from jetmail.api.auth import require, services
+from jetmail.api.conventions import Page
 from jetmail.compliance.apikeys import ApiKey
 from jetmail.messaging.sequences import EnrolmentPublic, EnrolRequest, SequenceDefinition
 from jetmail.services import Services
@@ -41,10 +42,10 @@ def cancel_for_recipient(key: Sender, svc: Svc, to: Annotated[str, Query(min_len
     return Cancelled(cancelled_messages=svc.sequences.cancel_for_recipient(to, sequence=sequence))
 
 
-@router.get("/definitions", response_model=list[SequenceDefinition])
-def list_definitions(key: Sender, svc: Svc) -> list[SequenceDefinition]:
-    """Defined sequences (stored ones and the built-in `welcome` and `order`)."""
-    return svc.sequences.definitions()
+@router.get("/definitions", response_model=Page[SequenceDefinition])
+def list_definitions(key: Sender, svc: Svc) -> Page[SequenceDefinition]:
+    """Defined sequences (stored ones and the built-in `welcome` and `order`), all in one page."""
+    return Page(data=svc.sequences.definitions(), next_cursor=None)
 
 
 @router.put("/definitions/{name}", response_model=SequenceDefinition)

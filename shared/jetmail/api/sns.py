@@ -23,7 +23,9 @@ from jetmail.services import Services
 
 router = APIRouter(tags=["sns"])
 
-_ERROR = {"content": {"application/json": {"example": {"error": "forbidden", "detail": "signature: ..."}}}}
+_ERROR = {"content": {"application/problem+json": {"example": {
+    "type": "https://jetmail.dev/problems/sns-verification-error", "title": "Sns verification error",
+    "status": 403, "detail": "signature: ..."}}}}
 RESPONSES: dict[int | str, dict[str, Any]] = {
     400: {"description": "not an SNS message, or not an SES event"},
     403: {"description": "signature, certificate, timestamp or topic not trusted; nothing recorded", **_ERROR},

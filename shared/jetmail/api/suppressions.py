@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import base64
 import csv
 import io
-import json
 from collections.abc import Iterator
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Response
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from jetmail.api.auth import require, services
+from jetmail.api.conventions import Page
 from jetmail.audience.addresses import InvalidAddress, normalise_email
 from jetmail.compliance.apikeys import ApiKey
 from jetmail.deliverability.suppressions import Suppression
@@ -38,36 +37,15 @@ class SuppressionCreate(BaseModel):
             raise ValueError(str(exc)) from None
 
 
-class SuppressionPage(BaseModel):
-    items: list[Suppression]
-    cursor: str | None = None
-
-
-def _encode(key: dict[str, Any] | None) -> str | None:
-    return base64.urlsafe_b64encode(json.dumps(key).encode()).decode() if key else None
-
-
-def _decode(cursor: str | None) -> dict[str, Any] | None:
-    if not cursor:
-        return None
-    try:
-        key = json.loads(base64.urlsafe_b64decode(cursor.encode()))
-    except (ValueError, UnicodeDecodeError):
-        raise HTTPException(422, "invalid cursor") from None
-    if not isinstance(key, dict) or key.get("gsi1pk", {}).get("S") != "SUPPRESSIONS":
-        raise HTTPException(422, "invalid cursor")
-    return key
-
-
-@router.get("", response_model=SuppressionPage)
+@router.get("", response_model=Page[Suppression], responses={422: {"description": "invalid limit or cursor"}})
 def list_suppressions(key: Admin, svc: Svc, limit: Annotated[int, Query(ge=1, le=500)] = 100,
                       cursor: Annotated[str | None, Query(max_length=2000)] = None,
-                      search: Annotated[str | None, Query(max_length=320)] = None) -> SuppressionPage:
-    """Newest first; ``search`` filters by a part of the address (within the page read)."""
-    items, last = svc.suppressions.list(limit=limit, start=_decode(cursor))
-    if search:
-        items = [i for i in items if search.lower() in i.email]
-    return SuppressionPage(items=items, cursor=_encode(last))
+                      search: Annotated[str | None, Query(max_length=320)] = None) -> Page[Suppression]:
+    """Newest first, ``limit`` at a time; follow ``next_cursor`` until it is null. ``search`` filters by a
+    part of the address within the page read (a page may then hold fewer than ``limit``, or none)."""
+    page = svc.suppressions.page(limit=limit, cursor=cursor)
+    items = [i for i in page.items if search.lower() in i.email] if search else page.items
+    return Page(data=items, next_cursor=page.next_cursor)
 
 
 @router.get("/export.csv", response_class=StreamingResponse)

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Depends, Path, Query, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from jetmail.api.auth import require, services
+from jetmail.api.conventions import Page
 from jetmail.compliance.apikeys import ApiKey
 from jetmail.messaging.templating import TemplateContent, TemplateVersion
 from jetmail.messaging.templating.model import Category
@@ -54,10 +55,10 @@ def create_template(body: TemplateContent, key: Admin, svc: Svc) -> TemplateVers
     return svc.templates.save(body)
 
 
-@router.get("", response_model=list[TemplateVersion])
-def list_templates(key: Admin, svc: Svc) -> list[TemplateVersion]:
-    """Latest version of every (template, locale)."""
-    return svc.templates.list()
+@router.get("", response_model=Page[TemplateVersion])
+def list_templates(key: Admin, svc: Svc) -> Page[TemplateVersion]:
+    """Latest version of every (template, locale), all in one page."""
+    return Page(data=svc.templates.list(), next_cursor=None)
 
 
 @router.get("/{name}", response_model=TemplateVersion, responses={404: {"description": "unknown template"}})
@@ -69,14 +70,16 @@ def get_template(name: str, key: Admin, svc: Svc, locale: LocaleQuery = None,
     return svc.templates.get(name, locale=locale or svc.settings.default_locale, version=version)
 
 
-@router.get("/{name}/versions", response_model=list[TemplateVersion])
-def template_versions(name: str, key: Admin, svc: Svc, locale: LocaleQuery = None) -> list[TemplateVersion]:
+@router.get("/{name}/versions", response_model=Page[TemplateVersion],
+            responses={404: {"description": "unknown template"}})
+def template_versions(name: str, key: Admin, svc: Svc, locale: LocaleQuery = None) -> Page[TemplateVersion]:
+    """Every version of the template in one locale, oldest first, all in one page."""
     found = svc.templates.versions(name, locale=locale or svc.settings.default_locale)
     if not found:
         from jetmail.messaging.templates import TemplateNotFound
 
         raise TemplateNotFound(name, locale)
-    return found
+    return Page(data=found, next_cursor=None)
 
 
 @router.put("/{name}", response_model=TemplateVersion)
