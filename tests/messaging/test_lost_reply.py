@@ -29,13 +29,14 @@ def iso(stack: StackState, tmp_path_factory: pytest.TempPathFactory) -> Iterator
 @pytest.mark.parametrize("idempotency_key", [None, "order-7"], ids=["plain", "idempotency-key"])
 def test_a_create_repeated_after_a_lost_reply_is_accepted_and_sent_once(
         iso: Isolated, mailbox: Mailbox, unique: str, idempotency_key: str | None) -> None:
-    # GIVEN the next DynamoDB PutItem is applied but its reply is held past the SDK's read timeout
+    # GIVEN the next DynamoDB write (the idempotency claim's PutItem, else the message's TransactWriteItems) is
+    # applied but its reply is held past the SDK's read timeout
     to = f"lost-{unique}-{'k' if idempotency_key else 'p'}@example.com"
     moto = str(iso.settings.aws_endpoint_url)
     client = TestClient(create_app(iso.settings, services=iso.services),
                         headers={"Authorization": f"Bearer {iso.token}"})
-    moto_faults(moto, {"share": 1, "errors": ["lost_reply"], "operations": ["PutItem"], "stall_seconds": 1.5,
-                       "limit": 1})
+    moto_faults(moto, {"share": 1, "errors": ["lost_reply"], "operations": ["PutItem", "TransactWriteItems"],
+                       "stall_seconds": 1.5, "limit": 1})
     # WHEN a message is submitted
     headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
     try:

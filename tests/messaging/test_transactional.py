@@ -12,6 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from jetmail.api.app import create_app
+from jetmail.api.limits import message_body_limits
 from jetmail.devstack.mailbox import Mailbox
 from jetmail.devstack.stack import wait_until
 from jetmail.services import Services
@@ -123,12 +124,13 @@ def test_bad_requests_get_clear_errors(client: TestClient, services: Services) -
     unknown = client.post("/v1/messages", json={"template": "nope", "to": "a@example.com"})
     assert unknown.status_code == 404 and "nope" in unknown.json()["detail"]
     invalid = client.post("/v1/messages", json={"template": "welcome", "to": "not-an-address"})
-    assert invalid.status_code == 422 and invalid.json()["detail"][0]["field"] == "to"
+    assert invalid.status_code == 422 and invalid.json()["errors"][0]["field"] == "to"
     extra = client.post("/v1/messages", json={"template": "welcome", "to": "a@example.com", "bcc": "x@example.com"})
     assert extra.status_code == 422
     injected = client.post("/v1/messages", json={"template": "welcome", "to": "a@example.com", "name": "A\r\nBcc: x"})
     assert injected.status_code == 422
-    huge = client.post("/v1/messages", content=b"{" + b" " * (services.settings.max_body_bytes + 10) + b"}",
+    limit = message_body_limits(services.settings)["/v1/messages"]  # room for attachments
+    huge = client.post("/v1/messages", content=b"{" + b" " * (limit + 10) + b"}",
                        headers={"Content-Type": "application/json"})
     assert huge.status_code == 413
     not_json = client.post("/v1/messages", content=b"{nope", headers={"Content-Type": "application/json"})
@@ -162,7 +164,7 @@ def test_template_crud_and_preview(client: TestClient, unique: str) -> None:
     updated = client.put(f"/v1/templates/{name}", json={"locale": "en", "subject": "Your receipt {{ number }}",
                                                          "html": "<p>Total: {{ total }}</p>"})
     assert updated.json()["version"] == 2
-    assert [v["version"] for v in client.get(f"/v1/templates/{name}/versions").json()] == [1, 2]
+    assert [v["version"] for v in client.get(f"/v1/templates/{name}/versions").json()["data"]] == [1, 2]
     preview = client.post(f"/v1/templates/{name}/preview", json={"context": {"number": 7, "total": "<b>9</b>"}})
     assert preview.status_code == 200
     assert preview.json()["subject"] == "Your receipt 7"
@@ -170,7 +172,7 @@ def test_template_crud_and_preview(client: TestClient, unique: str) -> None:
     unsafe = client.post("/v1/templates", json={"name": f"x{unique}", "locale": "en", "subject": "s",
                                                 "html": "<p>{{ ''.__class__.__mro__ }}</p><script>x</script>"})
     assert unsafe.status_code == 422
-    assert {p["field"] for p in unsafe.json()["detail"]} == {"html"}
+    assert {p["field"] for p in unsafe.json()["errors"]} == {"html"}
     assert client.delete(f"/v1/templates/{name}").status_code == 204
     assert client.get(f"/v1/templates/{name}").status_code == 404
 

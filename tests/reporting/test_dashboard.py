@@ -46,7 +46,8 @@ HUMAN_UA = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML,
 CONTEXT = {"steps": [{"title": "One", "description": "First."}], "dashboard_url": "https://app.example.com/",
            "docs_url": "https://docs.example.com/"}
 CSP = {"default-src 'none'", "style-src 'self'", "img-src 'self' data:", "form-action 'self'", "frame-ancestors 'none'"}
-PAGES = ["/dashboard", "/dashboard/campaigns", "/dashboard/suppressions", "/dashboard/dlq", "/dashboard/sending"]
+PAGES = ["/dashboard", "/dashboard/campaigns", "/dashboard/messages", "/dashboard/suppressions", "/dashboard/dlq",
+         "/dashboard/sending"]
 
 
 # ---- fixtures and helpers
@@ -140,6 +141,33 @@ def report_campaign(api: TestClient, services: Services, mailbox: Mailbox, email
     wait_until(lambda: services.reports.campaign_report(campaign_id).counts.clicks.human_unique == 2, timeout=30,
                what="clicks counted")
     return {"id": campaign_id, "name": resp.json()["name"], "sent": len(rows)}
+
+
+@pytest.fixture(scope="module")
+def logged_messages(api: TestClient, email_worker: Any) -> dict[str, Any]:
+    """Three messages through the real worker, tagged, one with markup in its metadata; one bounces."""
+    label = os.urandom(4).hex()
+    tag = f"dash-{label}"
+    to = f"success+dash{label}@simulator.amazonses.com"
+    ids = []
+    for order in range(2):
+        resp = api.post("/v1/messages", json={"template": "password_reset", "to": to, "tags": [tag],
+                                              "context": {"reset_url": "https://example.com/r",
+                                                          "expires_in_minutes": 30},
+                                              "metadata": {"note": f'<b>"{order}"</b>'}})
+        assert resp.status_code == 202, resp.text
+        ids.append(resp.json()["id"])
+    bounced = api.post("/v1/messages", json={"template": "password_reset", "tags": [tag],
+                                             "to": f"bounce+dash{label}@simulator.amazonses.com",
+                                             "context": {"reset_url": "https://example.com/r",
+                                                         "expires_in_minutes": 30}}).json()["id"]
+
+    def timeline(message_id: str) -> list[str]:
+        return [e["event"] for e in api.get(f"/v1/messages/{message_id}").json()["timeline"]]
+
+    wait_until(lambda: all("sent" in timeline(m) for m in ids), timeout=30, what="messages sent")
+    wait_until(lambda: "bounced" in timeline(bounced), timeout=30, what="bounce reported")
+    return {"tag": tag, "to": to, "ids": ids, "bounced": bounced}
 
 
 # ---- login, sessions, CSRF
@@ -668,3 +696,73 @@ def test_headless_chromium_logs_in_through_the_form_and_screenshots_a_report(
     if os.environ.get("JETMAIL_UPDATE_SCREENSHOT"):  # refresh the README's picture: docs/dashboard.png
         (repo_root / "docs").mkdir(exist_ok=True)
         shutil.copyfile(shot, repo_root / "docs" / "dashboard.png")
+
+
+# ---- the message log
+def test_the_messages_page_searches_with_a_plain_form(browser: TestClient, api_token: str,
+                                                       logged_messages: dict[str, Any]) -> None:
+    logged_in(browser, api_token)
+    # WHEN the search form is sent (a GET of query parameters) with a tag, then a tag and a status
+    page = browser.get("/dashboard/messages", params={"tag": logged_messages["tag"], "status": ""})
+    # THEN the tag's messages are listed, newest first, each linking to its page
+    assert page.status_code == 200, page.text
+    found = re.findall(r'href="/dashboard/messages/(msg_[0-9a-f]+)"', page.text)
+    assert found == [logged_messages["bounced"], *reversed(logged_messages["ids"])]
+    assert 'name="tag" type="search" value="' + logged_messages["tag"] + '"' in page.text
+    bounced = browser.get("/dashboard/messages", params={"tag": logged_messages["tag"], "status": "bounced"})
+    assert re.findall(r'href="/dashboard/messages/(msg_[0-9a-f]+)"', bounced.text) == [logged_messages["bounced"]]
+    # AND a recipient's search pages with a link that keeps the filters
+    by_to = browser.get("/dashboard/messages", params={"to": logged_messages["to"], "since": "2020-01-01"})
+    assert len(re.findall(r'href="/dashboard/messages/msg_', by_to.text)) == 2
+    # AND bad filters answer a 422 page that keeps the form
+    for params in [{"status": "lost"}, {"since": "yesterday"}, {"tag": "a b"}, {"cursor": "garbage"},
+                   {"campaign_id": "cmp_x", "tag": "x"}]:
+        bad = browser.get("/dashboard/messages", params=params)
+        assert bad.status_code == 422, (params, bad.text)
+        assert 'role="alert"' in bad.text and 'role="search"' in bad.text
+
+
+def test_the_message_page_shows_the_timeline_escaped(browser: TestClient, api_token: str,
+                                                      logged_messages: dict[str, Any]) -> None:
+    logged_in(browser, api_token)
+    page = browser.get(f"/dashboard/messages/{logged_messages['ids'][0]}")
+    assert page.status_code == 200, page.text
+    events = re.findall(r'<li class="event-([a-z_]+)">', page.text)
+    assert events[:3] == ["queued", "sending", "sent"]
+    assert "&lt;b&gt;&#34;0&#34;&lt;/b&gt;" in page.text and '<b>"0"</b>' not in page.text
+    bounce = browser.get(f"/dashboard/messages/{logged_messages['bounced']}")
+    assert "event-bounced" in bounce.text
+    assert browser.get("/dashboard/messages/msg_0000").status_code == 404
+    assert browser.get("/dashboard/messages/cm_nope_r1_0_0").status_code == 404
+
+
+def test_headless_chromium_searches_the_message_log_and_opens_a_timeline(
+        served: str, api_token: str, logged_messages: dict[str, Any], tmp_path: Path) -> None:
+    binary = shutil.which("chromium") or shutil.which("chromium-browser")
+    if binary is None:
+        pytest.skip("headless Chromium is not installed (Debian package `chromium`)")
+    chromium = Chromium(binary, tmp_path / "profile")
+    try:
+        tab = Tab(chromium)
+        tab.load(lambda: tab.call("Page.navigate", {"url": f"{served}/dashboard/messages"}))
+        tab.load(lambda: tab.eval(f"document.getElementById('api_key').value = {json.dumps(api_token)}; "
+                                  "document.querySelector('form.login').submit(); true"))
+        # GIVEN the messages page, reached through the navigation
+        tab.load(lambda: tab.eval("document.querySelector('nav a[href$=\"/messages\"]').click(); true"))
+        assert tab.eval("location.pathname") == "/dashboard/messages"
+        # WHEN a tag and a status are chosen in the form and it is submitted, no script of the page's own
+        tab.load(lambda: tab.eval(
+            f"document.querySelector('input[name=tag]').value = {json.dumps(logged_messages['tag'])}; "
+            "document.querySelector('select[name=status]').value = 'bounced'; "
+            "document.querySelector('form.search').submit(); true"))
+        # THEN the address bar carries the filters and the bounced message is the one listed
+        assert f"tag={logged_messages['tag']}" in tab.eval("location.search")
+        links = tab.eval("[...document.querySelectorAll('table.messages a')].map(a => a.textContent)")
+        assert links == [logged_messages["bounced"]]
+        # WHEN it is opened THEN its timeline runs from queued to bounced
+        tab.load(lambda: tab.eval("document.querySelector('table.messages a').click(); true"))
+        events = tab.eval("[...document.querySelectorAll('ol.timeline li strong')].map(s => s.textContent)")
+        assert events[0] == "queued" and "sent" in events and "bounced" in events
+        assert tab.eval("document.querySelector('ol.timeline').getBoundingClientRect().height") > 0
+    finally:
+        chromium.close()

@@ -9,12 +9,10 @@ Gateway hands Lambda the whole body anyway), so holding one in memory costs noth
 
 from __future__ import annotations
 
-import json
-from typing import Any
-
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from jetmail.api.asgi import HttpMiddleware, send_json
+from jetmail.api.asgi import HttpMiddleware, send_problem
+from jetmail.config import Settings
 
 
 class BodyTooLarge(Exception):
@@ -25,15 +23,18 @@ class BodyTooLarge(Exception):
 
 
 class BodySizeLimit(HttpMiddleware):
-    def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, *, max_bytes: int, route_limits: dict[str, int] | None = None) -> None:
         super().__init__(app)
         self.max_bytes = max_bytes
+        # paths whose bodies may be larger (the message routes, which carry attachments)
+        self.route_limits = route_limits or {}
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        limit = self.route_limits.get(scope.get("path", ""), self.max_bytes)
         headers = dict(scope.get("headers") or [])
         declared = headers.get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await self._reject(send)
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            await self._reject(send, limit)
             return
         chunks: list[bytes] = []
         seen = 0
@@ -45,8 +46,8 @@ class BodySizeLimit(HttpMiddleware):
                 return
             chunk = message.get("body", b"")
             seen += len(chunk)
-            if seen > self.max_bytes:
-                await self._reject(send)
+            if seen > limit:
+                await self._reject(send, limit)
                 return
             chunks.append(chunk)
             if not message.get("more_body", False):
@@ -54,10 +55,16 @@ class BodySizeLimit(HttpMiddleware):
         body = {"type": "http.request", "body": b"".join(chunks), "more_body": False}
         await self.app(scope, _replay([body], receive), send)
 
-    async def _reject(self, send: Send) -> None:
-        body: dict[str, Any] = {"error": "payload_too_large",
-                                "detail": f"request body exceeds {self.max_bytes} bytes"}
-        await send_json(send, 413, json.dumps(body).encode(), headers=[(b"connection", b"close")])
+    async def _reject(self, send: Send, limit: int) -> None:
+        await send_problem(send, 413, f"request body exceeds {limit} bytes",
+                           headers=[(b"connection", b"close")])
+
+
+def message_body_limits(settings: Settings) -> dict[str, int]:
+    """The message routes take attachments: ``max_attachment_bytes`` in base64 on top of the usual limit
+    (a batch shares one such allowance among its messages)."""
+    limit = settings.max_body_bytes + -(-settings.max_attachment_bytes // 3) * 4
+    return {"/v1/messages": limit, "/v1/messages/batch": limit}
 
 
 def _replay(messages: list[Message], receive: Receive) -> Receive:

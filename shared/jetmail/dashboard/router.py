@@ -1,11 +1,13 @@
 """The server-rendered dashboard under ``/dashboard``: log in with an admin API key, then read campaigns
-and their reports (with their permanent failures), the suppression list, dead letters (and replay them)
-and the sending status (and resume marketing after a reputation stop). Plain HTML forms; no JavaScript
-is needed to read or act."""
+and their reports (with their permanent failures), the message log (search, and a message's timeline), the
+suppression list, dead letters (and replay them) and the sending status (and resume marketing after a
+reputation stop). Plain HTML forms; no JavaScript is needed to read or act."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Coroutine
+from datetime import UTC, datetime, timedelta
 from functools import cache
 from pathlib import Path
 from typing import Annotated, Any
@@ -33,6 +35,8 @@ from jetmail.dashboard.session import (
 from jetmail.dashboard.views import NONE, percent, report_view
 from jetmail.deliverability import sending
 from jetmail.deliverability.suppressions import Suppression, SuppressionStore
+from jetmail.messaging.log import InvalidSearch, LogFilter, open_log
+from jetmail.messaging.messages import TAG_PATTERN, MessageNotFound, MessageStatus
 from jetmail.queue import NotFoundError, QueueError
 from jetmail.services import Services
 from jetmail.storage.cursors import InvalidCursor
@@ -51,6 +55,8 @@ FAILURE_PAGE = 50
 SUPPRESSION_PAGE = 100
 SEARCH_SCAN_CAP = 20_000
 MAX_CURSOR = 2048
+MESSAGE_PAGE = 50
+STATUSES = [s.value for s in MessageStatus]
 
 
 class LoginRequired(Exception):
@@ -268,6 +274,66 @@ def suppressions_page(request: Request, session: Auth, svc: Svc, q: str = "", cu
     return render(request, "suppressions.html", session=session, title="Suppressions", items=items, q=q,
                   capped=capped, scan_cap=SEARCH_SCAN_CAP, page=limit, later=bool(cursor) and not q,
                   next_link=f"{_base(request)}/suppressions?{urlencode(more)}" if next_cursor else None)
+
+
+# ---- message log
+def _when(value: str, *, end: bool) -> datetime | None:
+    """A form's date (``yyyy-mm-dd``: the whole day) or RFC 3339 time, as UTC; ValueError for anything else."""
+    value = value.strip()
+    if not value:
+        return None
+    if len(value) == 10:
+        day = datetime.strptime(value, "%Y-%m-%d").replace(tzinfo=UTC)
+        return day + timedelta(days=1, microseconds=-1) if end else day
+    parsed = datetime.fromisoformat(value)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+@router.get("/messages", response_class=HTMLResponse)
+def messages_page(request: Request, session: Auth, svc: Svc,
+                  to: Annotated[str, Query(max_length=320)] = "", tag: Annotated[str, Query(max_length=64)] = "",
+                  status: Annotated[str, Query(max_length=20)] = "",
+                  campaign_id: Annotated[str, Query(max_length=64)] = "",
+                  since: Annotated[str, Query(max_length=40)] = "", until: Annotated[str, Query(max_length=40)] = "",
+                  cursor: Annotated[str, Query(max_length=MAX_CURSOR)] = "") -> Response:
+    """The message log's search (``GET /v1/messages``'s filters as a form), ``MESSAGE_PAGE`` a page."""
+    form = {"to": to.strip(), "tag": tag.strip(), "status": status.strip(), "campaign_id": campaign_id.strip(),
+            "since": since.strip(), "until": until.strip()}
+    try:
+        if form["status"] and form["status"] not in STATUSES:
+            raise InvalidSearch(f"unknown status {form['status']!r}")
+        if form["tag"] and not re.fullmatch(TAG_PATTERN, form["tag"]):
+            raise InvalidSearch("a tag is 1-64 of A-Z a-z 0-9 _ . : -")
+        try:
+            window = _when(form["since"], end=False), _when(form["until"], end=True)
+        except ValueError:
+            raise InvalidSearch("since and until are dates (yyyy-mm-dd) or RFC 3339 times") from None
+        query = LogFilter(to=form["to"] or None, tag=form["tag"] or None, campaign_id=form["campaign_id"] or None,
+                          status=MessageStatus(form["status"]) if form["status"] else None,
+                          since=window[0], until=window[1])
+        items, next_cursor = open_log(svc).search(query, limit=MESSAGE_PAGE, cursor=cursor or None)
+    except (InvalidSearch, InvalidCursor) as exc:
+        return render(request, "messages.html", session=session, status=422, title="Messages", form=form,
+                      statuses=STATUSES, items=[], next_link=None, later=False, error=str(exc))
+    except MessageNotFound as exc:
+        return render(request, "message.html", session=session, status=404, title="Not found", error=str(exc))
+    more = {**{k: v for k, v in form.items() if v}, "cursor": next_cursor}
+    return render(request, "messages.html", session=session, title="Messages", form=form, statuses=STATUSES,
+                  items=items, later=bool(cursor),
+                  next_link=f"{_base(request)}/messages?{urlencode(more)}" if next_cursor else None)
+
+
+@router.get("/messages/{message_id}", response_class=HTMLResponse)
+def message_page(request: Request, message_id: str, session: Auth, svc: Svc) -> Response:
+    """One message and its timeline."""
+    try:
+        if len(message_id) > 200:
+            raise MessageNotFound(message_id[:200])
+        detail = open_log(svc).detail(message_id)
+    except MessageNotFound:
+        return render(request, "message.html", session=session, status=404, title="Not found",
+                      error=f"There is no message {message_id}.")
+    return render(request, "message_detail.html", session=session, title=f"Message {detail.id}", m=detail)
 
 
 # ---- dead letters

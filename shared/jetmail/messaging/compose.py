@@ -8,7 +8,7 @@ tracking for marketing mail, the date in the recipient's time zone, company deta
 from __future__ import annotations
 
 import html as html_escape
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
 from datetime import UTC, datetime
@@ -17,7 +17,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from jetmail.audience.addresses import InvalidAddress
 from jetmail.config import Settings
-from jetmail.messaging.mime import BuiltMessage, build_message, parse_address
+from jetmail.messaging.mime import BuiltMessage, MimeAttachment, build_message, check_custom_headers, parse_address
 from jetmail.messaging.templating import Company, RenderedEmail, Renderer, StandardContext, TemplateVersion
 from jetmail.messaging.templating import Recipient as ContextRecipient
 from jetmail.messaging.templating.errors import ReservedContextKeyError, TemplateRenderError, TemplateValidationError
@@ -205,7 +205,12 @@ class Composer:
 
     def build(self, rendered: RenderedEmail, *, message_id: str, recipient: Recipient, from_addr: str | None = None,
               reply_to: str | None = None, list_unsubscribe: str | None = None,
-              headers: dict[str, str] | None = None) -> BuiltMessage:
+              headers: dict[str, str] | None = None, cc: Sequence[str] = (), bcc: Sequence[str] = (),
+              attachments: Sequence[MimeAttachment] = (), text_only: bool = False) -> BuiltMessage:
+        """``headers``: the caller's own fields (checked at submit with ``check_custom_headers``); jetmail's
+        are written after them and cannot be replaced. ``text_only``: send the text part alone."""
+        if headers:
+            check_custom_headers(headers)
         extra = dict(headers or {})
         if list_unsubscribe:
             # RFC 8058 one-click: mailbox providers POST "List-Unsubscribe=One-Click" to this URL
@@ -217,9 +222,12 @@ class Composer:
             from_addr=from_addr or self.settings.default_from,
             to=to,
             subject=rendered.subject,
-            html=rendered.html,
+            html=None if text_only else rendered.html,
             text=rendered.text,
             message_id=self.message_id_header(message_id),
             reply_to=reply_to,
             headers=extra,
+            cc=cc,
+            bcc=bcc,
+            attachments=attachments,
         )

@@ -21,17 +21,27 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any, Protocol, TypeVar
 
 from jetmail.deliverability.feedback import record_sends
 from jetmail.deliverability.policy import SuppressionPolicy
 from jetmail.messaging.compose import Recipient
-from jetmail.messaging.messages import MessageRepository, MessageStatus, now_iso
+from jetmail.messaging.messages import (
+    MessageRepository,
+    MessageStatus,
+    attachments_ref,
+    decode_attachments,
+    inline_version,
+    now_iso,
+)
+from jetmail.messaging.mime import MimeAttachment
 from jetmail.messaging.pipeline import Draft, SendPipeline, Sent
 from jetmail.messaging.providers import PermanentDeliveryError, TemporaryDeliveryError
 from jetmail.messaging.templates import TemplateNotFound, TemplateStore
 from jetmail.messaging.templating import TemplateRenderError
 from jetmail.storage.table import ConditionFailed, Table
+from jetmail.webhooks import DISABLED, WebhookSink, message_event
 
 logger = logging.getLogger("jetmail.messaging.delivery")
 
@@ -57,7 +67,9 @@ class Deliverer:
     """The transactional wrapper around the send pipeline: the message record's claim and status."""
 
     def __init__(self, *, messages: MessageRepository, templates: TemplateStore, pipeline: SendPipeline,
-                 policy: SuppressionPolicy, stats: Table | None = None, raw_store: RawBodies | None = None) -> None:
+                 policy: SuppressionPolicy, stats: Table | None = None, raw_store: RawBodies | None = None,
+                 webhooks: WebhookSink = DISABLED) -> None:
+        self.webhooks = webhooks  # ``message.sent`` and ``message.failed``, once the outcome is written
         self.stats = stats
         self.raw_store = raw_store
         self.messages = messages
@@ -89,17 +101,16 @@ class Deliverer:
             except ConditionFailed:
                 pass
             return DeliveryOutcome.SKIPPED
+        dropped: list[dict[str, str]] = []
         recipient = Recipient(email=item["to"], name=item.get("to_name"), language=item.get("language"),
                               timezone=item.get("timezone"))
         try:
             if item.get("kind") == "raw":
                 draft = await self._raw_draft(item, recipient, category)
             else:
-                version = await self._blocking(self.templates.resolve, item["template"], item.get("language"))
-                draft = Draft(message_id=message_id, recipient=recipient, version=version,
-                              context=json.loads(item.get("context") or "{}"), category=category,
-                              from_addr=item.get("from_addr") or self.pipeline.composer.settings.default_from,
-                              reply_to=item.get("reply_to"))
+                draft = await self._draft(item, recipient, category)
+                if draft.cc or draft.bcc:
+                    draft, dropped = await self._without_suppressed(draft, item)
             sent = await self.pipeline.send(draft)
         except (TemplateNotFound, TemplateRenderError, ValueError) as exc:
             await self._fail(item, f"cannot render: {exc}")
@@ -115,7 +126,47 @@ class Deliverer:
                                     allowed_from={MessageStatus.SENDING}, detail=f"deferred: {exc.reason}",
                                     fields={"error": exc.reason})
             raise
-        return await self._sent(item, sent)
+        stopped_since = len(dropped) > len(item.get("suppressed_recipients") or [])
+        return await self._sent(item, sent, dropped=dropped if stopped_since else None)
+
+    async def _draft(self, item: dict[str, Any], recipient: Recipient, category: str) -> Draft:
+        """A stored template (its head from the store's cache) or the record's inline content, with the
+        record's copies, headers and attachments (one object-store read, not DynamoDB)."""
+        inline = item.get("inline")
+        if inline:
+            version = inline_version(subject=inline["subject"], html=inline.get("html"), text=inline.get("text"),
+                                     locale=item.get("language"))
+        else:
+            version = await self._blocking(self.templates.resolve, item["template"], item.get("language"))
+        attachments: tuple[MimeAttachment, ...] = ()
+        if item.get("attachments"):
+            blob = await self.raw_store.get(attachments_ref(item["id"])) if self.raw_store is not None else None
+            if blob is None:
+                raise PermanentDeliveryError("its attachments are no longer stored "
+                                             "(JETMAIL_SUBMISSION_RETENTION_HOURS passed)")
+            attachments = tuple(MimeAttachment(filename=a.filename, content_type=a.content_type, data=a.data(),
+                                               content_id=a.content_id) for a in decode_attachments(blob))
+        return Draft(message_id=item["id"], recipient=recipient, version=version,
+                     context=json.loads(item.get("context") or "{}"), category=category,
+                     from_addr=item.get("from_addr") or self.pipeline.composer.settings.default_from,
+                     reply_to=item.get("reply_to"), cc=tuple(item.get("cc") or ()), bcc=tuple(item.get("bcc") or ()),
+                     headers=dict(item.get("headers") or {}), attachments=attachments,
+                     text_only=inline is not None and not inline.get("html"))
+
+    async def _without_suppressed(self, draft: Draft, item: dict[str, Any]) -> tuple[Draft, list[dict[str, str]]]:
+        """The draft without the cc and bcc addresses stopped since the message was accepted (the same
+        in-memory check as its ``to``), and what was dropped, at submit and now."""
+        dropped = list(item.get("suppressed_recipients") or [])
+        kept: dict[str, list[str]] = {"cc": [], "bcc": []}
+        for role in ("cc", "bcc"):
+            for address in getattr(draft, role):
+                reason = await self.policy.at_send(address, category=draft.category,
+                                                   accepted_at=item.get("created_at"))
+                if reason is None:
+                    kept[role].append(address)
+                else:
+                    dropped.append({"address": address, "role": role, "reason": reason})
+        return replace(draft, cc=tuple(kept["cc"]), bcc=tuple(kept["bcc"])), dropped
 
     async def _raw_draft(self, item: dict[str, Any], recipient: Recipient, category: str) -> Draft:
         """A message submitted over SMTP: its MIME from the raw store, sent without a render."""
@@ -126,17 +177,24 @@ class Deliverer:
         return Draft(message_id=item["id"], recipient=recipient, version=None, context={}, category=category,
                      from_addr=item["from_addr"], raw=body)
 
-    async def _sent(self, item: dict[str, Any], sent: Sent) -> str:
+    async def _sent(self, item: dict[str, Any], sent: Sent, *, dropped: list[dict[str, str]] | None = None) -> str:
         fields: dict[str, Any] = {"provider": sent.result.provider, "sent_at": now_iso()}
+        if dropped:
+            # rides with the outcome: copies stopped since submit, in the same write
+            fields["suppressed_recipients"] = dropped
+            fields["cc"] = list(sent.draft.cc)
+            fields["bcc"] = list(sent.draft.bcc)
         if sent.result.provider_message_id:
             fields["provider_message_id"] = sent.result.provider_message_id
         await self._settle(item, MessageStatus.SENT, fields=fields, sent=1)
+        await self._blocking(self.webhooks.emit, [message_event("message.sent", item, at=fields["sent_at"])])
         await self.pipeline.sent([sent])
         return DeliveryOutcome.SENT
 
     async def _fail(self, item: dict[str, Any], reason: str) -> None:
         logger.warning("message %s failed: %s", item["id"], reason)
         await self._settle(item, MessageStatus.FAILED, detail=reason, fields={"error": reason}, failed=1)
+        await self._blocking(self.webhooks.emit, [message_event("message.failed", item, error=reason)])
 
     async def _settle(self, item: dict[str, Any], status: MessageStatus, *, fields: dict[str, Any],
                       detail: str | None = None, sent: int = 0, failed: int = 0) -> None:

@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from email.utils import format_datetime
 from functools import lru_cache
 from typing import NamedTuple
+from urllib.parse import quote
 
 from email_validator import SPECIAL_USE_DOMAIN_NAMES, EmailNotValidError, validate_email
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
@@ -75,6 +76,8 @@ _FOLD_AT = 78
 # Fold only before a space that has text after it: a line of only whitespace is obsolete syntax.
 _FOLD_POINTS = re.compile(r"(?= \S)")
 _FIELD_NAME = re.compile(r"[!-9;-~]+")
+_PARAM_PIECE = 60
+_CONTENT_TYPE = re.compile(r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,62}/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}")
 # Headers the builder writes itself; a second copy from ``headers`` would be ambiguous, and Bcc
 # must never appear in a sent message at all.
 _RESERVED_HEADERS = frozenset(
@@ -311,6 +314,117 @@ _PART_HEADERS = {
 }
 
 
+# --- attachments
+
+#: Fields a caller's ``headers`` may never set: the builder writes them, or they belong to the
+#: transport (Return-Path, Received, DKIM-Signature) or to jetmail (List-Unsubscribe, X-Jetmail-*).
+OWNED_HEADERS = frozenset(
+    (
+        "from to cc bcc reply-to sender subject date message-id mime-version return-path received "
+        "dkim-signature domainkey-signature arc-seal arc-message-signature arc-authentication-results "
+        "authentication-results list-unsubscribe list-unsubscribe-post list-id feedback-id "
+        "resent-from resent-to resent-cc resent-bcc resent-sender resent-date resent-message-id "
+        "errors-to delivered-to x-original-to"
+    ).split()
+)
+OWNED_PREFIXES = ("content-", "x-jetmail-", "x-ses-", "x-amz-")
+MAX_CUSTOM_HEADERS = 20
+MAX_CUSTOM_HEADER_BYTES = 998
+MAX_CUSTOM_HEADERS_TOTAL = 8 * 1024
+
+
+def check_custom_headers(headers: Mapping[str, str]) -> None:
+    """Raise ``ValueError`` (:class:`HeaderInjectionError` for CR, LF or NUL) for caller headers
+    jetmail will not send: a name outside RFC 5322 field-name syntax, a field jetmail owns
+    (:data:`OWNED_HEADERS`, ``Content-*``, ``X-Jetmail-*``), a duplicate name in another case,
+    or past the caps (:data:`MAX_CUSTOM_HEADERS` fields, :data:`MAX_CUSTOM_HEADER_BYTES` a field,
+    :data:`MAX_CUSTOM_HEADERS_TOTAL` in all)."""
+    if len(headers) > MAX_CUSTOM_HEADERS:
+        raise ValueError(f"{len(headers)} headers; at most {MAX_CUSTOM_HEADERS}")
+    seen: set[str] = set()
+    total = 0
+    for name, value in headers.items():
+        _check(name, f"header name {name[:40]!r}")
+        _check(value, f"header {name}")
+        if not _FIELD_NAME.fullmatch(name) or len(name) > 76:
+            raise ValueError(f"invalid header name {name[:40]!r}: 1-76 printable ASCII characters, no colon or space")
+        lowered = name.lower()
+        if lowered in OWNED_HEADERS or lowered.startswith(OWNED_PREFIXES):
+            raise ValueError(f"header {name} is set by jetmail and cannot be overridden")
+        if lowered in seen:
+            raise ValueError(f"header {name} is given twice (header names are case-insensitive)")
+        seen.add(lowered)
+        size = len(name) + 2 + len(value.encode("utf-8"))
+        if size > MAX_CUSTOM_HEADER_BYTES:
+            raise ValueError(f"header {name} is over {MAX_CUSTOM_HEADER_BYTES} bytes")
+        total += size
+    if total > MAX_CUSTOM_HEADERS_TOTAL:
+        raise ValueError(f"headers total over {MAX_CUSTOM_HEADERS_TOTAL} bytes")
+
+
+@dataclass(frozen=True, slots=True)
+class MimeAttachment:
+    """A file to attach; with ``content_id`` it is an inline part the HTML shows through ``cid:``."""
+
+    filename: str
+    content_type: str
+    data: bytes
+    content_id: str | None = None
+
+
+def _param(name: str, value: str) -> str:
+    """A MIME parameter: quoted ASCII when short, else RFC 2231 ``name*=utf-8''...``, split into
+    ``name*0*``, ``name*1*``... on folded lines when long (a lone line may not pass 998 octets)."""
+    if value.isascii() and value.isprintable() and len(value) <= _PARAM_PIECE:
+        return f'{name}="' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    encoded = quote(value, safe="")
+    if len(encoded) <= _PARAM_PIECE:
+        return f"{name}*=utf-8''{encoded}"
+    pieces: list[str] = []
+    start = 0
+    while start < len(encoded):
+        end = min(start + _PARAM_PIECE, len(encoded))
+        # never split a %XX escape
+        percent = encoded.rfind("%", end - 2, end)
+        if percent != -1 and end < len(encoded):
+            end = percent
+        pieces.append(encoded[start:end])
+        start = end
+    charset = "utf-8''"
+    return ";\r\n ".join(f"{name}*{i}*={charset if i == 0 else ''}{piece}" for i, piece in enumerate(pieces))
+
+
+def _attachment_part(attachment: MimeAttachment) -> bytes:
+    _check(attachment.filename, "attachment filename")
+    _check(attachment.content_type, "attachment content type")
+    if not _CONTENT_TYPE.fullmatch(attachment.content_type):
+        raise ValueError(f"invalid content type {attachment.content_type!r}")
+    disposition = "inline" if attachment.content_id else "attachment"
+    head = [
+        f"Content-Type: {attachment.content_type}; {_param('name', attachment.filename)}\r\n",
+        f"Content-Disposition: {disposition}; {_param('filename', attachment.filename)}\r\n",
+        "Content-Transfer-Encoding: base64\r\n",
+    ]
+    if attachment.content_id:
+        _check(attachment.content_id, "content id")
+        head.append(f"Content-ID: <{attachment.content_id}>\r\n")
+    payload = base64.encodebytes(attachment.data).replace(b"\n", b"\r\n")
+    return "".join(head).encode("utf-8") + b"\r\n" + payload
+
+
+def _multipart(subtype: str, parts: Sequence[bytes]) -> tuple[bytes, bytes]:
+    """(Content-Type header, body) of a ``multipart/<subtype>`` entity of ``parts`` (each headers + body)."""
+    boundary = _boundary(parts)
+    delimiter = f"\r\n--{boundary}\r\n".encode("ascii")
+    chunks = [delimiter[2:]]
+    for i, part in enumerate(parts):
+        if i:
+            chunks.append(delimiter)
+        chunks.append(part)
+    chunks.append(f"\r\n--{boundary}--\r\n".encode("ascii"))
+    return f'Content-Type: multipart/{subtype}; boundary="{boundary}"\r\n'.encode("ascii"), b"".join(chunks)
+
+
 # --- the message
 
 
@@ -325,8 +439,15 @@ def build_message(
     date: datetime | None = None,
     reply_to: AddressInput | Sequence[AddressInput] | None = None,
     headers: Mapping[str, str] | None = None,
+    cc: Sequence[AddressInput] = (),
+    bcc: Sequence[AddressInput] = (),
+    attachments: Sequence[MimeAttachment] = (),
 ) -> BuiltMessage:
     """The message as bytes: ``multipart/alternative`` (text, then HTML) when both bodies exist.
+
+    ``cc`` goes into a ``Cc`` header and the envelope; ``bcc`` into the envelope only. Attachments
+    with a ``content_id`` sit beside the HTML in ``multipart/related``, the others after the body
+    in ``multipart/mixed``.
 
     ``message_id`` comes from :func:`make_message_id` (angle brackets optional); ``date``
     must be timezone-aware and defaults to now. ``headers`` adds fields such as
@@ -347,6 +468,8 @@ def build_message(
     recipients = parse_addresses(to)
     if not recipients:
         raise AddressError("no recipient")
+    copies = [parse_address(a) for a in cc]
+    blind = [parse_address(a) for a in bcc]
     replies = parse_addresses(reply_to) if reply_to is not None else []
     if html is None and text is None:
         raise ValueError("a message needs a text or an HTML body")
@@ -363,6 +486,8 @@ def build_message(
         _header("From", _mailbox(sender)),
         _header("To", ", ".join(_mailbox(r) for r in recipients)),
     ]
+    if copies:
+        head.append(_header("Cc", ", ".join(_mailbox(r) for r in copies)))
     if replies:
         head.append(_header("Reply-To", ", ".join(_mailbox(r) for r in replies)))
     head.append(_header("Subject", _unstructured(subject)))
@@ -375,28 +500,35 @@ def build_message(
         for subtype, body in (("plain", text), ("html", html))
         if body is not None
     ]
-    if len(parts) == 1:
+    related = [a for a in attachments if a.content_id]
+    files = [a for a in attachments if not a.content_id]
+    if len(parts) == 1 and not attachments:
         subtype, cte, payload = parts[0]
         data = b"".join(["".join(head).encode("utf-8"), _PART_HEADERS[subtype, cte], b"\r\n", payload])
     else:
-        boundary = _boundary(payload for _, _, payload in parts)
-        head.append(f'Content-Type: multipart/alternative; boundary="{boundary}"\r\n')
-        delimiter = f"\r\n--{boundary}\r\n".encode("ascii")
-        chunks = ["".join(head).encode("utf-8"), b"\r\n", delimiter[2:]]
-        for i, (subtype, cte, payload) in enumerate(parts):
-            if i:
-                chunks.append(delimiter)
-            chunks += (_PART_HEADERS[subtype, cte], b"\r\n", payload)
-        chunks.append(f"\r\n--{boundary}--\r\n".encode("ascii"))
-        data = b"".join(chunks)
+        entities = {subtype: _PART_HEADERS[subtype, cte] + b"\r\n" + payload for subtype, cte, payload in parts}
+        if len(entities) == 2:
+            kind, inner = _multipart("alternative", [entities["plain"], entities["html"]])
+            entity = kind + b"\r\n" + inner
+        else:
+            entity = next(iter(entities.values()))
+        if related:
+            if html is None:
+                raise ValueError("inline attachments (content_id) need an HTML body to show them")
+            kind, inner = _multipart("related", [entity, *(_attachment_part(a) for a in related)])
+            entity = kind + b"\r\n" + inner
+        if files:
+            kind, inner = _multipart("mixed", [entity, *(_attachment_part(a) for a in files)])
+            entity = kind + b"\r\n" + inner
+        data = "".join(head).encode("utf-8") + entity
 
-    addresses = (sender, *recipients, *replies)
+    addresses = (sender, *recipients, *copies, *blind, *replies)
     return BuiltMessage(
         data=data,
         smtputf8=any(a.smtputf8 for a in addresses),
         message_id=message_id,
         sender=sender.addr_spec,
-        recipients=tuple(r.addr_spec for r in recipients),
+        recipients=tuple(r.addr_spec for r in (*recipients, *copies, *blind)),
     )
 
 

@@ -25,7 +25,7 @@ from jetmail.deliverability.ratelimit import RateLimiter
 from jetmail.deliverability.reputation import count_sent
 from jetmail.kv import Kv
 from jetmail.messaging.compose import Composer, Recipient
-from jetmail.messaging.mime import parse_address
+from jetmail.messaging.mime import MimeAttachment, parse_address
 from jetmail.messaging.providers import OutboundMessage, Provider, SendResult
 from jetmail.messaging.simulator import Simulator
 from jetmail.messaging.templating import TemplateVersion
@@ -50,6 +50,11 @@ class Draft:
     lane: str = "transactional"
     # complete MIME submitted over SMTP (jetmail.messaging.submission): sent as is, no render; from_addr is the envelope
     raw: bytes | None = None
+    cc: tuple[str, ...] = ()
+    bcc: tuple[str, ...] = ()  # envelope only
+    headers: Mapping[str, str] = field(default_factory=dict)  # the caller's, checked at submit
+    attachments: tuple[MimeAttachment, ...] = ()
+    text_only: bool = False  # inline text without HTML: the rendered HTML is dropped
 
     @property
     def envelope_from(self) -> str:
@@ -101,7 +106,9 @@ class SendPipeline:
         # marketing mail carries RFC 8058 one-click List-Unsubscribe headers on every path
         built = self.composer.build(rendered, message_id=draft.message_id, recipient=to, from_addr=draft.from_addr,
                                     reply_to=draft.reply_to,
-                                    list_unsubscribe=link if draft.category == "marketing" else None)
+                                    list_unsubscribe=link if draft.category == "marketing" else None,
+                                    headers=dict(draft.headers), cc=draft.cc, bcc=draft.bcc,
+                                    attachments=draft.attachments, text_only=draft.text_only)
         # the envelope takes the built recipient: its domain in ASCII (punycode) form, which an ASCII local
         # part at an IDN domain needs to go without SMTPUTF8
         return OutboundMessage(mail_from=draft.envelope_from, recipients=list(built.recipients), raw=built.data,

@@ -201,3 +201,28 @@ class RawStore:
         except NotFoundError:
             return None
         return bytes(result.data or b"")
+
+
+class BlockingRawStore:
+    """The raw store for synchronous callers (the API, the CLI): each call runs on the job layer client's
+    loop, with that connection's current JetStream context. Messages sent through the API keep their
+    attachments here (``att_<id>``), in the same bucket and with the same TTL as submitted MIME."""
+
+    def __init__(self, client: Any, *, ttl_s: float, replicas: int = 1, bucket: str = BUCKET) -> None:
+        self.client = client  # jetmail.queue.SyncClient
+        self.store = RawStore(None, ttl_s=ttl_s, replicas=replicas, bucket=bucket)
+
+    def _bound(self, operation: Any) -> Any:
+        def bound(queue: Any) -> Any:
+            if self.store.js is not queue.js:  # a reconnect makes a new context
+                self.store.js, self.store._store = queue.js, None
+            return operation()
+
+        return self.client.run(bound)
+
+    def put(self, ref: str, data: bytes) -> None:
+        """One object put (chunked by the object store)."""
+        self._bound(lambda: self.store.put(ref, data))
+
+    def get(self, ref: str) -> bytes | None:
+        return self._bound(lambda: self.store.get(ref))  # type: ignore[no-any-return]
