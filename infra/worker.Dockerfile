@@ -37,4 +37,4 @@ HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
 # or nak its in-flight jobs and exit; give it up to the ECS StopTimeout (120 s).
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["jetmail"]
-CMD ["worker", "--health-port", "8081", "email_transactional", "email_campaign", "email_ab_test", "email_maintenance"]
+CMD ["worker", "--health-port", "8081", "email_transactional", "email_campaign", "email_ab_test", "email_maintenance", "webhooks"]

@@ -73,6 +73,7 @@ async def demo_fail(job: DemoFail, ctx: JobContext) -> None:
 
 # the campaign tasks register themselves on import
 from jetmail.campaigns import jobs as _campaign_jobs  # noqa: E402, F401
+from jetmail.webhooks import jobs as _webhook_jobs  # noqa: E402, F401
 
 
 class ListReview(BaseModel):

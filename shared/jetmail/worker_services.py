@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from jetmail.observability import MeteredProvider, WorkerMetrics
     from jetmail.queue import JobContext, Queue
     from jetmail.services import Services
+    from jetmail.webhooks.dispatch import Dispatcher
 
 KEY = "jetmail"
 
@@ -38,6 +39,7 @@ class WorkerServices:
     stops: LiveStops
     deliverer: Deliverer
     batch_sender: BatchSender
+    webhooks: Dispatcher
     metrics: WorkerMetrics | None = None
     metrics_task: asyncio.Task[None] | None = None
 
@@ -90,24 +92,48 @@ class WorkerServices:
         raw_store = RawStore(queue.js, ttl_s=settings.submission_retention_hours * 3600,
                              replicas=settings.stream_replicas)
         deliverer = Deliverer(messages=services.messages.messages, templates=services.templates, pipeline=pipeline,
-                              policy=policy, stats=services.stats_table, raw_store=raw_store)
+                              policy=policy, stats=services.stats_table, raw_store=raw_store,
+                              webhooks=services.webhooks)
         batch_sender = BatchSender(
             store=services.campaign_store, templates=services.templates, pipeline=pipeline, policy=policy,
             board=StateBoard(kv), leases=Leases(kv, ttl=queue.config.ack_wait), journal=Journal(queue.js),
-            holder=holder, process_concurrency=settings.campaign_sends_per_worker,
+            holder=holder, process_concurrency=settings.campaign_sends_per_worker, webhooks=services.webhooks,
         )
+        webhooks = make_dispatcher(services, queue)
         return cls(services=services, queue=queue, kv=kv, provider=provider, limiter=limiter, stops=stops,
-                   deliverer=deliverer, batch_sender=batch_sender, metrics=metrics, metrics_task=metrics_task)
+                   deliverer=deliverer, batch_sender=batch_sender, webhooks=webhooks, metrics=metrics,
+                   metrics_task=metrics_task)
 
     async def close(self) -> None:
         from jetmail.observability import stop_metrics
 
         await stop_metrics(self.metrics_task, self.metrics)
         await self.provider.close()
+        await self.webhooks.close()
         await self.stops.close()
         await self.batch_sender.board.close()
         await self.limiter.close()  # gives unused reserved tokens back to the shared windows
         await self.queue.close()
+
+
+def make_dispatcher(services: Services, queue: Queue) -> Dispatcher:
+    """The webhook fan-out and delivery of this worker: its HTTP client, the endpoint cache, the log."""
+    from jetmail.webhooks.dispatch import Dispatcher, Policy
+
+    settings = services.settings
+
+    def alert(message: str) -> None:
+        if settings.alerts_topic_arn:
+            from jetmail.aws.clients import aws_client
+
+            aws_client("sns", settings).publish(TopicArn=settings.alerts_topic_arn, Subject="jetmail webhook alert",
+                                                Message=message)
+
+    policy = Policy(allow_private=settings.webhook_allow_private, timeout_s=settings.webhook_timeout_s,
+                    retry_base_s=settings.webhook_retry_base_s, retry_max_s=settings.webhook_retry_max_s,
+                    give_up_s=settings.webhook_give_up_s)
+    return Dispatcher(store=services.webhook_endpoints, cache=services.webhook_cache, log=services.webhook_log,
+                      queue=queue, policy=policy, records=services.messages.messages.find, alert=alert)
 
 
 def worker_services(ctx: JobContext) -> WorkerServices:

@@ -201,7 +201,7 @@ def test_recurring_campaign_fires_on_its_cron(client: TestClient, services: Serv
     # each firing is a run of its own: the three contacts get one email per run
 
     def runs() -> list[dict[str, Any]]:
-        return [c for c in client.get("/v1/campaigns").json() if c.get("parent_id") == campaign_id]
+        return [c for c in client.get("/v1/campaigns").json()["data"] if c.get("parent_id") == campaign_id]
 
     def mailed_twice() -> bool:
         counts = [n for r, n in mailbox.by_recipient().items() if r.endswith(domain)]

@@ -44,6 +44,7 @@ from jetmail.messaging.pipeline import Draft, SendPipeline, Sent
 from jetmail.messaging.providers import PermanentDeliveryError, TemporaryDeliveryError
 from jetmail.messaging.templates import TemplateNotFound, TemplateStore
 from jetmail.messaging.templating import TemplateRenderError, TemplateVersion
+from jetmail.webhooks import DISABLED, WebhookSink, campaign_sent_events
 
 logger = logging.getLogger("jetmail.campaigns")
 
@@ -87,8 +88,9 @@ class Parked(Exception):
 class BatchSender:
     def __init__(self, *, store: CampaignStore, templates: TemplateStore, pipeline: SendPipeline,
                  policy: SuppressionPolicy, board: StateBoard, leases: Leases, journal: Journal, holder: str,
-                 concurrency: int = 8, process_concurrency: int = 32) -> None:
+                 concurrency: int = 8, process_concurrency: int = 32, webhooks: WebhookSink = DISABLED) -> None:
         self.store = store
+        self.webhooks = webhooks  # one emit per batch: its ``message.sent`` events in one job
         self.templates = templates
         self.pipeline = pipeline
         self.policy = policy
@@ -253,6 +255,8 @@ class BatchSender:
         # outcome hooks once the batch (and so each message) is recorded; a batch recorded before counts
         # nothing again towards reputation
         await self.pipeline.sent(sent, count=recorded)
+        await asyncio.to_thread(self.webhooks.emit, campaign_sent_events(
+            job.campaign_id, [(s.draft.message_id, s.draft.recipient.email) for s in sent], variant=job.variant))
         return counts
 
     async def _send(self, campaign: CampaignCreate, variant: Variant | None, recipient: BatchRecipient,

@@ -34,6 +34,7 @@ from jetmail.messaging.templates import TemplateStore
 from jetmail.messaging.templating import TemplateVersion
 from jetmail.storage import keys
 from jetmail.storage.table import ConditionFailed
+from jetmail.webhooks import DISABLED, WebhookSink, campaign_event
 
 T = TypeVar("T")
 
@@ -150,8 +151,9 @@ def next_run_at(item: dict[str, Any], *, now: datetime | None = None) -> str | N
 class CampaignService:
     def __init__(self, *, store: CampaignStore, templates: TemplateStore, queue: CampaignQueue, lists: ListLookup,
                  segments: SegmentLookup, sender_rules: SenderRules, audit: AuditTrail,
-                 suppressions: SuppressionLookup) -> None:
+                 suppressions: SuppressionLookup, webhooks: WebhookSink = DISABLED) -> None:
         self.store = store
+        self.webhooks = webhooks  # campaign.started / paused / finished
         self.templates = templates
         self.queue = queue
         self.lists = lists
@@ -271,6 +273,7 @@ class CampaignService:
             self._enqueue_plan(campaign_id, "main")
         self._record("sent", campaign_id, state=S.SENDING.value, template=definition.template,
                      ab_test=definition.ab_test is not None)
+        self.webhooks.emit([campaign_event("campaign.started", campaign_id, cause="start", at=item.get("started_at"))])
         return self.public(item)
 
     def _enqueue_plan(self, campaign_id: str, run: str, *, winner: str | None = None) -> None:
@@ -382,6 +385,7 @@ class CampaignService:
             item = self.store.transition(campaign_id, S.PAUSED, allowed_from={S.SENDING})
         self._mirror(campaign_id, S.PAUSED)
         self._record("paused", campaign_id, state=S.PAUSED.value)
+        self.webhooks.emit([campaign_event("campaign.paused", campaign_id, cause=item.get("updated_at") or now_iso())])
         return self.public(item)
 
     def resume(self, campaign_id: str) -> CampaignPublic:
@@ -492,10 +496,13 @@ class CampaignService:
         if item.get("ab") and ABResult.model_validate_json(item["ab"]).state != "decided":
             return False
         try:
-            self.store.transition(campaign_id, S.SENT, allowed_from={S.SENDING}, fields={"finished_at": now_iso()})
+            finished = self.store.transition(campaign_id, S.SENT, allowed_from={S.SENDING},
+                                             fields={"finished_at": now_iso()})
         except InvalidTransition:
             return False
         self._mirror(campaign_id, S.SENT)
+        self.webhooks.emit([campaign_event("campaign.finished", campaign_id, cause="finish",
+                                           at=finished.get("finished_at"), sent=finished.get("sent"))])
         return True
 
     def _mirror(self, campaign_id: str, state: CampaignState) -> None:

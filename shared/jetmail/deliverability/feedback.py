@@ -34,6 +34,7 @@ from jetmail.messaging.messages import MessageRepository, MessageStatus
 from jetmail.reporting.counters import Counters
 from jetmail.storage import keys
 from jetmail.storage.table import ConditionFailed, Table, item_fields
+from jetmail.webhooks import DISABLED, WebhookSink, feedback_event
 
 logger = logging.getLogger("jetmail.deliverability.feedback")
 
@@ -165,7 +166,9 @@ class SoftBounces:
 
 class FeedbackProcessor:
     def __init__(self, *, table: Table, stats: Table, messages: MessageRepository, suppressions: SuppressionStore,
-                 sequences: Any, contacts: Any, queue: Any, policy: Policy | None = None) -> None:
+                 sequences: Any, contacts: Any, queue: Any, policy: Policy | None = None,
+                 webhooks: WebhookSink = DISABLED) -> None:
+        self.webhooks = webhooks
         self.table = table
         self.stats = stats
         self.messages = messages
@@ -216,6 +219,9 @@ class FeedbackProcessor:
                 return "ignored"
             event = event.model_copy(update={"machine": self._machine(event, who)})
         recorded = self._record(event, who)
+        # a repeat too (its id is stable): the first processing may have stopped before emitting
+        self.webhooks.emit([feedback_event(event, message_id=who.message_id, recipient=who.recipient,
+                                           category=who.category, campaign_id=who.campaign_id)])
         if not recorded:
             return "duplicate"
         self._apply_status(event, who)

@@ -27,6 +27,7 @@ from jetmail.deliverability.stops import SCOPE_ALL, SCOPE_ERASED, StopChange, St
 from jetmail.storage import keys
 from jetmail.storage.cursors import InvalidCursor, pack, unpack
 from jetmail.storage.table import Table, resume_after
+from jetmail.webhooks import DISABLED, WebhookSink, suppression_event
 
 if TYPE_CHECKING:
     from jetmail.compliance.audit import AuditLog
@@ -77,8 +78,10 @@ class Pseudonymizer:
 
 class SuppressionStore:
     def __init__(self, table: Table, *, recent_ttl_s: float = 2.0, pseudonyms: Pseudonymizer | None = None,
-                 audit: AuditLog | None = None, stops: StopFeed | None = None) -> None:
+                 audit: AuditLog | None = None, stops: StopFeed | None = None,
+                 webhooks: WebhookSink = DISABLED) -> None:
         self.table = table
+        self.webhooks = webhooks
         self.recent_ttl_s = recent_ttl_s
         self.pseudonyms = pseudonyms
         self.audit = audit
@@ -96,6 +99,7 @@ class SuppressionStore:
         if self.audit is not None and _managed(source):
             self.audit.record("suppression.added", target=self._target(entry.email),
                               changes={"reason": reason, "source": source})
+        self.webhooks.emit([suppression_event(entry.email, reason=reason, source=source, at=entry.created_at)])
         return entry
 
     def add_erased(self, email: str, *, source: str = "erasure") -> Suppression:

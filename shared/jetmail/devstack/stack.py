@@ -79,6 +79,8 @@ class StackState:
             "JETMAIL_SIGNING_SECRET": self.signing_secret,
             "JETMAIL_PROVIDER": "smtp",
             "JETMAIL_SES_SIMULATOR": "true",
+            # the local stack's webhook receivers listen on this machine
+            "JETMAIL_WEBHOOK_ALLOW_PRIVATE": "true",
             # no provider quota on the laptop (SES's defaults apply otherwise); set these to try limits
             "JETMAIL_RATE_PER_SECOND": "0",
             "JETMAIL_RATE_PER_DAY": "0",
@@ -284,8 +286,9 @@ class LocalStack:
             ready = http_ready(f"{url}/health")
         elif name.startswith("worker"):
             queues = {"worker-transactional": ["email_transactional"],
-                      "worker-bulk": ["email_campaign", "email_ab_test", "email_maintenance"]}.get(
-                          name, ["email_transactional", "email_campaign", "email_ab_test", "email_maintenance"])
+                      "worker-bulk": ["email_campaign", "email_ab_test", "email_maintenance", "webhooks"]}.get(
+                          name, ["email_transactional", "email_campaign", "email_ab_test", "email_maintenance",
+                                 "webhooks"])
             port = free_port()
             cmd = [sys.executable, "-m", "jetmail.cli", "worker", *queues, "--health-port", str(port)]
             url = f"http://127.0.0.1:{port}/healthz"

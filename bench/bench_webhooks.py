@@ -1,0 +1,133 @@
+"""Does sending slow down when every ``message.sent`` becomes a webhook?
+
+Starts a local stack of its own, two email workers and one ``webhooks`` worker, and a receiver that answers
+each delivery after 200 ms. Sends a campaign of N recipients (default 20,000) without any endpoint, then
+another to a second list of N with an endpoint for ``message.sent``, and prints both rates (from "send"
+until the campaign's counters show every recipient done), their ratio, and how fast the webhooks were
+delivered (until the receiver has one per recipient). A small campaign runs first, unmeasured, so
+first-use costs land in neither figure.
+
+Not a test: nothing here passes or fails. ``python bench/bench_webhooks.py --help`` for sizes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from run import import_list, run_campaign, settings_for
+
+
+class SlowReceiver:
+    """Answers every POST with 204 after ``delay`` seconds, counting them."""
+
+    def __init__(self, delay: float) -> None:
+        self.count = 0
+        self.lock = threading.Lock()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                time.sleep(delay)
+                with outer.lock:
+                    outer.count += 1
+                self.send_response(204)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        ThreadingHTTPServer.daemon_threads = True
+        ThreadingHTTPServer.request_queue_size = 1024
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--recipients", type=int, default=20_000)
+    parser.add_argument("--receiver-ms", type=float, default=200.0)
+    parser.add_argument("--webhook-concurrency", type=int, default=200,
+                        help="jobs the webhooks worker runs at once (each waits on the receiver)")
+    args = parser.parse_args()
+
+    from jetmail.bootstrap import bootstrap
+    from jetmail.config import Settings
+    from jetmail.devstack.stack import LocalStack, free_port, http_ready, stop_process, wait_until
+    from jetmail.messaging.templating import EXAMPLE_TEMPLATES_DIR, load_template_dir
+    from jetmail.services import Services
+    from jetmail.webhooks.endpoints import EndpointCreate
+
+    root = Path(tempfile.mkdtemp(prefix="jetmail-bench-webhooks-"))
+    stack = LocalStack(root)
+    state = stack.up(["nats", "moto", "smtp"])
+    workers: list[subprocess.Popen[bytes]] = []
+    services: Services | None = None
+    try:
+        env = settings_for(state, {"JETMAIL_WEBHOOK_CACHE_S": "1", "JETMAIL_WEBHOOK_ALLOW_PRIVATE": "true"})
+        os.environ.update({k: v for k, v in env.items() if k.startswith(("JETMAIL_", "AWS_"))})
+        settings = Settings(_env_file=None)  # type: ignore[call-arg]
+        list(bootstrap(settings, create_table=True))
+        services = Services(settings)
+        for content in load_template_dir(EXAMPLE_TEMPLATES_DIR):
+            services.templates.save(content)
+        receiver = SlowReceiver(args.receiver_ms / 1000)
+
+        warm = min(args.recipients, 1000)
+        warm_list, _ = import_list(services, "warm", warm, "w")
+        plain_list, _ = import_list(services, "plain", args.recipients, "p")
+        hooked_list, _ = import_list(services, "hooked", args.recipients, "h")
+        commands = [["email_transactional", "email_campaign", "email_ab_test", "email_maintenance",
+                     "--concurrency", "16"]] * 2 + [["webhooks", "--concurrency", str(args.webhook_concurrency)]]
+        for n, queues in enumerate(commands):
+            port = free_port()
+            log = (root / f"worker{n}.log").open("wb")
+            workers.append(subprocess.Popen([sys.executable, "-m", "jetmail.cli", "worker", *queues,
+                                             "--health-port", str(port)], env=env, stdout=log,
+                                            stderr=subprocess.STDOUT, start_new_session=True))
+            wait_until(http_ready(f"http://127.0.0.1:{port}/healthz"), timeout=30, what="worker")
+
+        print(f"warm-up campaign of {warm:,} ...", flush=True)
+        run_campaign(services, warm_list, warm)  # first-use costs (caches, connections) out of the figures
+        print(f"campaign of {args.recipients:,}, no webhooks ...", flush=True)
+        plain = run_campaign(services, plain_list, args.recipients)
+        plain_rate = args.recipients / (plain.end - plain.started)
+
+        services.webhook_service.create(EndpointCreate(url=receiver.url, events=["message.sent"]))
+        time.sleep(1.5)  # the workers' endpoint cache (JETMAIL_WEBHOOK_CACHE_S=1) picks the endpoint up
+        print(f"campaign of {args.recipients:,}, message.sent webhooks to a {args.receiver_ms:.0f} ms receiver ...",
+              flush=True)
+        hooked = run_campaign(services, hooked_list, args.recipients)
+        hooked_rate = args.recipients / (hooked.end - hooked.started)
+        wait_until(lambda: receiver.count >= args.recipients, timeout=7200, what="every webhook delivered")
+        delivered_rate = args.recipients / (time.time() - hooked.started)
+
+        print()
+        print(f"campaign, {args.recipients} recipients, no webhooks          {plain_rate:,.1f} emails/s")
+        print(f"campaign, {args.recipients} recipients, sent webhooks        {hooked_rate:,.1f} emails/s "
+              f"({hooked_rate / plain_rate:.0%} of the rate without)")
+        print(f"webhooks delivered ({args.receiver_ms:.0f} ms receiver, {args.webhook_concurrency} at once)  "
+              f"{delivered_rate:,.1f} /s")
+    finally:
+        for proc in workers:
+            stop_process(proc.pid)
+        if services is not None:
+            services.queue.close()
+        stack.down()
+
+
+if __name__ == "__main__":
+    main()

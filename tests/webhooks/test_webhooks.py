@@ -1,0 +1,314 @@
+"""Outgoing webhooks end to end: a receiver served by the test, registered through the API, fed by a real
+worker on a stack of its own (fast retries, a short endpoint cache), verified with ``standardwebhooks``."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from standardwebhooks import Webhook
+
+from jetmail.api.app import create_app
+from jetmail.devstack.stack import StackState, wait_until
+from jetmail.queue import Queue
+from jetmail.services import queue_config
+from jetmail.webhooks import transport
+from jetmail.webhooks.dispatch import Dispatcher, Policy
+from jetmail.webhooks.events import WebhookEvent, event_id
+from stacktools import Isolated
+
+# no endpoint cache: each test's new endpoint gets the events it causes at once (production caches 10 s)
+WORKER_ENV = {"JETMAIL_WEBHOOK_CACHE_S": "0", "JETMAIL_WEBHOOK_RETRY_BASE_S": "0.3",
+              "JETMAIL_WEBHOOK_RETRY_MAX_S": "1", "JETMAIL_WEBHOOK_TIMEOUT_S": "3",
+              "JETMAIL_WEBHOOK_ALLOW_PRIVATE": "true"}
+
+
+class Receiver:
+    """An HTTP server on a free port: records every POST, answers each path with the status set for it."""
+
+    def __init__(self) -> None:
+        self.received: list[tuple[str, dict[str, str], bytes]] = []
+        self.status: dict[str, int] = {}
+        self.lock = threading.Lock()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                with outer.lock:
+                    outer.received.append((self.path, {k.lower(): v for k, v in self.headers.items()}, body))
+                    code = outer.status.get(self.path, 200)
+                self.send_response(code)
+                self.end_headers()
+                self.wfile.write(f"answer {code} ".encode() * 2000)  # more than the excerpt keeps
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def url(self, path: str, host: str = "127.0.0.1") -> str:
+        return f"http://{host}:{self.port}{path}"
+
+    def on(self, path: str) -> list[tuple[dict[str, str], bytes]]:
+        with self.lock:
+            return [(h, b) for p, h, b in self.received if p == path]
+
+    def events(self, path: str) -> list[dict[str, Any]]:
+        return [json.loads(b) for _, b in self.on(path)]
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture(scope="module")
+def iso(stack: StackState, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Isolated]:
+    own = Isolated(stack, tmp_path_factory.mktemp("webhooks"), webhook_allow_private=True, webhook_cache_s=0)
+    own.env.update(WORKER_ENV)
+    own.start_worker("webhooks")
+    yield own
+    own.close()
+
+
+@pytest.fixture(scope="module")
+def receiver() -> Iterator[Receiver]:
+    made = Receiver()
+    yield made
+    made.close()
+
+
+@pytest.fixture(scope="module")
+def client(iso: Isolated) -> Iterator[TestClient]:
+    app = create_app(iso.settings, services=iso.services)
+    with TestClient(app, headers={"Authorization": f"Bearer {iso.token}"}) as c:
+        yield c
+
+
+def register(client: TestClient, url: str, events: list[str], **extra: Any) -> dict[str, Any]:
+    resp = client.post("/v1/webhooks", json={"url": url, "events": events, **extra})
+    assert resp.status_code == 201, resp.text
+    body: dict[str, Any] = resp.json()
+    assert body["secret"].startswith("whsec_")
+    return body
+
+
+def suppress(client: TestClient, email: str) -> None:
+    resp = client.post("/v1/suppressions", json={"email": email})
+    assert resp.status_code == 201, resp.text
+
+
+def verified(secret: str, headers: dict[str, str], body: bytes) -> dict[str, Any]:
+    payload: dict[str, Any] = Webhook(secret).verify(body, headers)
+    return payload
+
+
+def test_a_message_sends_queued_sent_and_bounced_signed_webhooks(client: TestClient, receiver: Receiver,
+                                                                 unique: str) -> None:
+    # GIVEN an endpoint for three message events
+    endpoint = register(client, receiver.url("/messages"), ["message.queued", "message.sent", "message.bounced"])
+    # WHEN a message goes to the SES simulator's bounce address
+    to = f"bounce+{unique}@simulator.amazonses.com"
+    resp = client.post("/v1/messages", json={"template": "welcome", "to": to,
+                                             "context": {"login_url": "https://app.example.com/login"}})
+    assert resp.status_code == 202, resp.text
+    message_id = resp.json()["id"]
+
+    def kinds() -> set[str]:
+        return {e["type"] for e in receiver.events("/messages") if e["data"].get("message_id") == message_id}
+
+    # THEN queued, sent and bounced arrive (in any order), each signed with the endpoint's secret
+    wait_until(lambda: kinds() == {"message.queued", "message.sent", "message.bounced"}, timeout=30,
+               what="queued, sent and bounced webhooks")
+    by_type: dict[str, dict[str, Any]] = {}
+    for headers, body in receiver.on("/messages"):
+        payload = verified(endpoint["secret"], headers, body)
+        assert headers["webhook-id"] == payload["id"]
+        if payload["data"].get("message_id") == message_id:
+            by_type[payload["type"]] = payload
+    assert by_type["message.sent"]["data"]["to"] == to
+    bounce = by_type["message.bounced"]["data"]
+    assert bounce["bounce_type"] == "Permanent" and bounce["diagnostic"]
+    assert by_type["message.queued"]["id"] == event_id("message.queued", message_id)  # stable: derived
+    # AND every attempt is in the delivery log
+    log = client.get(f"/v1/webhooks/{endpoint['id']}/deliveries").json()
+    assert {a["event_id"] for a in log["data"]} >= {p["id"] for p in by_type.values()}
+    assert all(a["outcome"] == "succeeded" and a["status_code"] == 200 for a in log["data"])
+    assert all(len(a["response"]) <= transport.EXCERPT_BYTES for a in log["data"])
+
+
+def test_a_failing_receiver_is_retried_logged_and_replayed(client: TestClient, receiver: Receiver,
+                                                           unique: str) -> None:
+    # GIVEN a receiver that answers 500
+    receiver.status["/failing"] = 500
+    endpoint = register(client, receiver.url("/failing"), ["suppression.added"])
+    since = datetime.now(UTC) - timedelta(seconds=1)
+    suppress(client, f"failing-{unique}@example.com")
+
+    def attempts() -> list[dict[str, Any]]:
+        return list(client.get(f"/v1/webhooks/{endpoint['id']}/deliveries").json()["data"])
+
+    # THEN the delivery is retried with backoff, every attempt logged with its status and an excerpt
+    wait_until(lambda: len(attempts()) >= 3, timeout=30, what="three failed attempts")
+    logged = attempts()
+    assert {a["outcome"] for a in logged} == {"failed"} and {a["status_code"] for a in logged} == {500}
+    assert sorted(a["attempt"] for a in logged)[:3] == [1, 2, 3]
+    assert logged[0]["response"].startswith("answer 500") and logged[0]["latency_ms"] is not None
+    event = logged[0]["event_id"]
+    # WHEN the receiver recovers and the event is replayed, by id and by time range
+    receiver.status["/failing"] = 200
+    one = client.post(f"/v1/webhooks/{endpoint['id']}/replay", json={"event_id": event})
+    assert one.status_code == 202 and one.json()["replayed"] == [event]
+    wait_until(lambda: any(a["replay"] and a["outcome"] == "succeeded" for a in attempts()), timeout=30,
+               what="a replayed delivery that succeeds")
+    ranged = client.post(f"/v1/webhooks/{endpoint['id']}/replay", json={"since": since.isoformat()})
+    assert ranged.status_code == 202 and event in ranged.json()["replayed"]
+    # AND bad replay requests are 4xx, not 500
+    assert client.post(f"/v1/webhooks/{endpoint['id']}/replay", json={}).status_code == 422
+    assert client.post(f"/v1/webhooks/{endpoint['id']}/replay", json={"event_id": "evt_nope"}).status_code == 404
+    assert client.post("/v1/webhooks/whe_nope/replay", json={"event_id": event}).status_code == 404
+
+
+def test_410_disables_the_endpoint(client: TestClient, receiver: Receiver, unique: str) -> None:
+    receiver.status["/gone"] = 410
+    endpoint = register(client, receiver.url("/gone"), ["suppression.added"])
+    suppress(client, f"gone-{unique}@example.com")
+    wait_until(lambda: not client.get(f"/v1/webhooks/{endpoint['id']}").json()["enabled"], timeout=30,
+               what="endpoint disabled after a 410")
+    assert "410" in client.get(f"/v1/webhooks/{endpoint['id']}").json()["disabled_reason"]
+    # AND it can be turned back on
+    again = client.patch(f"/v1/webhooks/{endpoint['id']}", json={"enabled": True}).json()
+    assert again["enabled"] and again["disabled_reason"] is None
+
+
+def test_rotation_signs_with_both_secrets_during_the_grace(client: TestClient, receiver: Receiver,
+                                                           unique: str) -> None:
+    endpoint = register(client, receiver.url("/rotating"), ["suppression.added"])
+    rotated = client.post(f"/v1/webhooks/{endpoint['id']}/rotate", json={"grace_hours": 1})
+    assert rotated.status_code == 200 and rotated.json()["secret"] != endpoint["secret"]
+    suppress(client, f"rotating-{unique}@example.com")
+    wait_until(lambda: len(receiver.on("/rotating")) >= 1, timeout=30, what="a delivery after rotation")
+    headers, body = receiver.on("/rotating")[0]
+    assert len(headers["webhook-signature"].split(" ")) == 2
+    assert verified(rotated.json()["secret"], headers, body) == verified(endpoint["secret"], headers, body)
+    # without a grace the old secret stops signing at once
+    third = client.post(f"/v1/webhooks/{endpoint['id']}/rotate", json={"grace_hours": 0}).json()
+    secret = client.get(f"/v1/webhooks/{endpoint['id']}/secret").json()
+    assert secret["secret"] == third["secret"] and len(secret["previous_secrets_valid_until"]) == 1
+
+
+def test_a_name_resolving_to_loopback_is_refused(iso: Isolated, client: TestClient, receiver: Receiver) -> None:
+    # GIVEN the safety setting off (production's default) and an endpoint whose name resolves to 127.0.0.1
+    endpoint = register(client, receiver.url("/private", host="localhost"), ["suppression.added"])
+    dispatcher = Dispatcher(store=iso.services.webhook_endpoints, cache=iso.services.webhook_cache,
+                            log=iso.services.webhook_log, queue=Queue(queue_config(iso.settings)),
+                            policy=Policy(allow_private=False))
+    event = WebhookEvent(id="evt_private", type="suppression.added", timestamp=datetime.now(UTC), data={})
+
+    async def attempt() -> float | None:
+        try:
+            return await dispatcher.deliver(endpoint["id"], event, attempt=1, first_at=datetime.now(UTC))
+        finally:
+            await dispatcher.close()
+
+    # WHEN it is delivered THEN nothing is sent, nothing retried, and the refusal is logged
+    assert asyncio.run(attempt()) is None
+    assert receiver.on("/private") == []
+    log = client.get(f"/v1/webhooks/{endpoint['id']}/deliveries").json()["data"]
+    assert log[0]["outcome"] == "refused" and "127.0.0.1" in log[0]["error"]
+    with pytest.raises(transport.UnsafeDestination):
+        asyncio.run(transport.resolve("localhost", 80, allow_private=False))
+
+
+def test_a_day_of_failures_disables_and_alerts(iso: Isolated, client: TestClient, receiver: Receiver,
+                                              caplog: pytest.LogCaptureFixture) -> None:
+    receiver.status["/down"] = 503
+    endpoint = register(client, receiver.url("/down"), ["suppression.added"])
+    dispatcher = Dispatcher(store=iso.services.webhook_endpoints, cache=iso.services.webhook_cache,
+                            log=iso.services.webhook_log, queue=Queue(queue_config(iso.settings)),
+                            policy=Policy(allow_private=True))
+    event = WebhookEvent(id="evt_down", type="suppression.added", timestamp=datetime.now(UTC), data={})
+    alerts: list[str] = []
+    dispatcher.alert = alerts.append
+
+    async def attempt(first_at: datetime) -> float | None:
+        return await dispatcher.deliver(endpoint["id"], event, attempt=2, first_at=first_at)
+
+    async def both() -> tuple[float | None, float | None]:
+        try:
+            return await attempt(datetime.now(UTC)), await attempt(datetime.now(UTC) - timedelta(days=1, seconds=1))
+        finally:
+            await dispatcher.close()
+
+    retry, last = asyncio.run(both())
+    assert retry is not None and 0 < retry <= 2 * 5.0 * 1.25  # the second attempt's backoff, with jitter
+    assert last is None
+    assert not client.get(f"/v1/webhooks/{endpoint['id']}").json()["enabled"]
+    assert len(alerts) == 1 and endpoint["id"] in alerts[0]
+
+
+def test_management_routes_and_cli(iso: Isolated, client: TestClient, receiver: Receiver) -> None:
+    endpoint = register(client, receiver.url("/managed"), ["campaign.started"],
+                        filter={"category": "marketing"}, description="ops")
+    page = client.get("/v1/webhooks", params={"limit": 1})
+    assert page.status_code == 200 and set(page.json()) == {"data", "next_cursor"}
+    assert "secret" not in page.json()["data"][0]
+    assert client.get("/v1/webhooks", params={"cursor": "nonsense"}).status_code == 422
+    assert client.post("/v1/webhooks", json={"url": "ftp://example.com/x"}).status_code == 422
+    assert client.post("/v1/webhooks", json={"url": receiver.url("/x"), "events": ["nope"]}).status_code == 422
+    updated = client.patch(f"/v1/webhooks/{endpoint['id']}", json={"events": ["campaign.paused"]}).json()
+    assert updated["events"] == ["campaign.paused"] and updated["filter"]["category"] == "marketing"
+    listed = subprocess.run([sys.executable, "-m", "jetmail.cli", "webhooks", "list"], env=iso.env,
+                            capture_output=True, text=True, timeout=60, cwd=Path(__file__).parent)
+    assert listed.returncode == 0, listed.stderr
+    assert endpoint["id"] in listed.stdout
+    assert client.delete(f"/v1/webhooks/{endpoint['id']}").status_code == 204
+    assert client.get(f"/v1/webhooks/{endpoint['id']}").status_code == 404
+
+
+def test_a_campaign_emits_its_transitions_and_one_sent_per_recipient(iso: Isolated, client: TestClient,
+                                                                    receiver: Receiver, unique: str) -> None:
+    # GIVEN a list of three and a campaign, and an endpoint filtered on that campaign
+    list_id = client.post("/v1/lists", json={"name": f"hooks-{unique}"}).json()["id"]
+    rows = "\n".join(json.dumps({"email": f"c{i}-{unique}@example.com"}) for i in range(3))
+    assert client.post(f"/v1/lists/{list_id}/import", params={"format": "jsonl"}, content=rows).status_code == 200
+    context = {"steps": [{"title": "One", "description": "First."}], "dashboard_url": "https://app.example.com/",
+               "docs_url": "https://docs.example.com/"}
+    campaign = client.post("/v1/campaigns", json={"name": f"hooks-{unique}", "template": "getting_started",
+                                                  "context": context, "audience": [{"list_id": list_id}]})
+    assert campaign.status_code == 201, campaign.text
+    campaign_id = campaign.json()["id"]
+    endpoint = register(client, receiver.url("/campaign"), ["campaign.started", "campaign.finished", "message.sent"],
+                        filter={"campaign_id": campaign_id})
+    other = register(client, receiver.url("/other-campaign"), ["message.sent"], filter={"campaign_id": "cmp_other"})
+    # WHEN it is sent
+    assert client.post(f"/v1/campaigns/{campaign_id}/send").status_code == 200
+
+    def kinds() -> list[str]:
+        return sorted(e["type"] for e in receiver.events("/campaign"))
+
+    # THEN the endpoint gets started, a sent per recipient and (once the scheduler's tick sees every batch
+    # done) finished; the other campaign's endpoint gets nothing
+    wait_until(lambda: kinds() == ["campaign.started"] + ["message.sent"] * 3, timeout=60, what="started and sent")
+    wait_until(lambda: iso.services.campaigns.finish_if_done(campaign_id), timeout=30, what="campaign finished")
+    wait_until(lambda: kinds() == ["campaign.finished", "campaign.started"] + ["message.sent"] * 3, timeout=60,
+               what="the campaign's webhooks")
+    sent = [e for e in receiver.events("/campaign") if e["type"] == "message.sent"]
+    assert {e["data"]["to"] for e in sent} == {f"c{i}-{unique}@example.com" for i in range(3)}
+    assert all(e["data"]["campaign_id"] == campaign_id and e["data"]["category"] == "marketing" for e in sent)
+    for headers, body in receiver.on("/campaign"):
+        verified(endpoint["secret"], headers, body)
+    assert receiver.on("/other-campaign") == [] and other["id"]
