@@ -10,13 +10,17 @@ import sys
 import threading
 import time
 from functools import wraps
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import click
 
-from jetmail.campaigns.model import CampaignCreate
+from jetmail.campaigns.model import CampaignCreate, CampaignPublic
 from jetmail.commands import domain_errors, load_services
+from jetmail.commands.remote import api_errors, api_url_option, connect
 from jetmail.scheduler import tick
+
+if TYPE_CHECKING:
+    from jetmail.client import Client
 
 
 def _campaign_errors(fn: Any) -> Any:
@@ -29,12 +33,68 @@ def _campaign_errors(fn: Any) -> Any:
         except (CampaignNotFound, InvalidTransition, UnknownAudience, VariantNotFound) as exc:
             raise click.ClickException(str(exc)) from None
 
-    return domain_errors(wrapper)
+    return domain_errors(api_errors(wrapper))
+
+
+class _Backend(Protocol):
+    """What the commands that also run remotely need; the local one is the campaign service itself."""
+
+    def list(self) -> list[CampaignPublic]: ...
+
+    def get(self, campaign_id: str) -> CampaignPublic: ...
+
+    def create(self, body: CampaignCreate) -> CampaignPublic: ...
+
+    def send(self, campaign_id: str) -> CampaignPublic: ...
+
+    def pause(self, campaign_id: str) -> CampaignPublic: ...
+
+    def resume(self, campaign_id: str) -> CampaignPublic: ...
+
+    def cancel(self, campaign_id: str) -> CampaignPublic: ...
+
+
+class _Remote:
+    """Campaigns through the API: one request per call."""
+
+    def __init__(self, client: Client) -> None:
+        self.client = client
+
+    @staticmethod
+    def _public(data: dict[str, Any]) -> CampaignPublic:
+        return CampaignPublic.model_validate({**data, "from_": data.get("from")})
+
+    def list(self) -> list[CampaignPublic]:
+        return [self._public(c) for c in self.client.iter_campaigns()]
+
+    def get(self, campaign_id: str) -> CampaignPublic:
+        return self._public(self.client.get_campaign(campaign_id))
+
+    def create(self, body: CampaignCreate) -> CampaignPublic:
+        return self._public(self.client.create_campaign(body.model_dump(mode="json", by_alias=True,
+                                                                        exclude_none=True)))
+
+    def send(self, campaign_id: str) -> CampaignPublic:
+        return self._public(self.client.send_campaign(campaign_id))
+
+    def pause(self, campaign_id: str) -> CampaignPublic:
+        return self._public(self.client.pause_campaign(campaign_id))
+
+    def resume(self, campaign_id: str) -> CampaignPublic:
+        return self._public(self.client.resume_campaign(campaign_id))
+
+    def cancel(self, campaign_id: str) -> CampaignPublic:
+        return self._public(self.client.cancel_campaign(campaign_id))
+
+
+def _backend(api_url: str | None) -> _Backend:
+    return _Remote(connect(api_url)) if api_url else load_services().campaigns
 
 
 @click.group()
 def campaign() -> None:
-    """Inspect and control campaigns."""
+    """Inspect and control campaigns (list, status, create, send, pause, resume and cancel also through the
+    API, with --api-url)."""
 
 
 def _line(c: Any) -> str:
@@ -44,10 +104,11 @@ def _line(c: Any) -> str:
 
 
 @campaign.command("list")
+@api_url_option
 @_campaign_errors
-def list_campaigns() -> None:
+def list_campaigns(api_url: str | None) -> None:
     """Newest first."""
-    for c in load_services().campaigns.list():
+    for c in _backend(api_url).list():
         click.echo(_line(c))
 
 
@@ -55,11 +116,12 @@ def list_campaigns() -> None:
 @click.argument("campaign_id")
 @click.option("--watch", is_flag=True, help="show a progress bar until the campaign finishes")
 @click.option("--json", "as_json", is_flag=True)
+@api_url_option
 @_campaign_errors
-def status(campaign_id: str, watch: bool, as_json: bool) -> None:
+def status(campaign_id: str, watch: bool, as_json: bool, api_url: str | None) -> None:
     """State and progress of a campaign."""
-    svc = load_services()
-    current = svc.campaigns.get(campaign_id)
+    backend = _backend(api_url)
+    current = backend.get(campaign_id)
     if as_json:
         click.echo(current.model_dump_json(indent=2, by_alias=True))
         return
@@ -81,16 +143,17 @@ def status(campaign_id: str, watch: bool, as_json: bool) -> None:
             if current.state.value in done_states:
                 break
             time.sleep(1)
-            current = svc.campaigns.get(campaign_id)
+            current = backend.get(campaign_id)
     click.echo(_line(current))
 
 
 def _action(name: str, doc: str) -> None:
     @campaign.command(name, help=doc)
     @click.argument("campaign_id")
+    @api_url_option
     @_campaign_errors
-    def command(campaign_id: str) -> None:
-        result = getattr(load_services().campaigns, name)(campaign_id)
+    def command(campaign_id: str, api_url: str | None) -> None:
+        result = getattr(_backend(api_url), name)(campaign_id)
         click.echo(_line(result))
 
 
@@ -194,14 +257,15 @@ def failures(campaign_id: str, limit: int | None, as_csv: bool) -> None:
 
 @campaign.command("create")
 @click.argument("definition", type=click.File("r"))
+@api_url_option
 @_campaign_errors
-def create(definition: Any) -> None:
+def create(definition: Any, api_url: str | None) -> None:
     """Create a draft from a JSON file (the body of POST /v1/campaigns)."""
     try:
         body = CampaignCreate.model_validate(json.load(definition))
     except (ValueError, json.JSONDecodeError) as exc:
         raise click.ClickException(f"invalid campaign definition: {exc}") from None
-    click.echo(_line(load_services().campaigns.create(body)))
+    click.echo(_line(_backend(api_url).create(body)))
 
 
 @click.command()
