@@ -8,11 +8,15 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from jetmail.config import Settings
+import pytest
+from click.testing import CliRunner, Result
+
+from jetmail.config import Settings, get_settings
 from jetmail.devstack.stack import LocalStack, StackState
 
 
@@ -111,3 +115,26 @@ def moto_faults(url: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
     request = urllib.request.Request(f"{url}/_jetmail/faults", data=data)  # noqa: S310 - the moto we started
     with urllib.request.urlopen(request, timeout=10) as resp:  # noqa: S310
         return dict(json.loads(resp.read()))
+
+
+@contextmanager
+def cli_runner(env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[CliRunner]:
+    """A runner for ``jetmail`` commands with exactly ``env``'s settings: the process's own ``JETMAIL_*``
+    variables are removed, and it runs away from the repository so a dev stack's env file fills in nothing."""
+    monkeypatch.chdir(tmp_path)
+    for key in [k for k in os.environ if k.startswith("JETMAIL_")]:
+        monkeypatch.delenv(key)
+    get_settings.cache_clear()
+    yield CliRunner(env=env)
+    get_settings.cache_clear()
+
+
+def run_cli(cli: CliRunner, *args: str, code: int = 0, stdin: str | None = None) -> Result:
+    """One ``jetmail`` command, which must exit with ``code`` and print no traceback."""
+    from jetmail.cli import main
+
+    get_settings.cache_clear()
+    result = cli.invoke(main, list(args), input=stdin)
+    assert result.exit_code == code, (result.output, result.exception)
+    assert "Traceback" not in result.output
+    return result

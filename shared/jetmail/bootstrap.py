@@ -10,9 +10,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from jetmail.config import Settings
+from jetmail.services import QUEUES, queue_config
 from jetmail.storage.table import Table
-
-STANDARD_QUEUES = ("email_transactional", "email_campaign", "email_ab_test", "email_maintenance")
 
 
 def bootstrap(settings: Settings, *, create_table: bool | None = None) -> Iterator[str]:
@@ -24,10 +23,9 @@ def bootstrap(settings: Settings, *, create_table: bool | None = None) -> Iterat
             created = Table(settings, name=name).create()
             yield f"table {name}: {'created' if created else 'exists'}"
     from jetmail.queue import ensure_streams
-    from jetmail.services import queue_config
 
-    ensure_streams(queue_config(settings), list(STANDARD_QUEUES))
-    yield f"streams {settings.jobs_stream}/{settings.dlq_stream} and consumers for {', '.join(STANDARD_QUEUES)}: ready"
+    ensure_streams(queue_config(settings), list(QUEUES))
+    yield f"streams {settings.jobs_stream}/{settings.dlq_stream} and consumers for {', '.join(QUEUES)}: ready"
     from jetmail.deliverability.stops import ensure_stream
     from jetmail.kv import Kv
     from jetmail.queue import SyncClient

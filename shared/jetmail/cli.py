@@ -21,14 +21,16 @@ from typing import Any, NoReturn, TypeVar
 import click
 from pydantic import BaseModel
 
-from jetmail.bootstrap import STANDARD_QUEUES, bootstrap
+from jetmail.bootstrap import bootstrap
 from jetmail.commands.audit import audit
 from jetmail.commands.campaigns import campaign, scheduler
 from jetmail.commands.contacts import contacts, lists
 from jetmail.commands.keys import keys
-from jetmail.commands.sending import sending
+from jetmail.commands.messages import messages
+from jetmail.commands.sending import send, sending
 from jetmail.commands.suppressions import suppressions
 from jetmail.commands.templates import templates
+from jetmail.commands.webhooks import webhooks
 from jetmail.compliance.audit import bind_actor, cli_actor
 from jetmail.config import ConfigError, get_settings
 from jetmail.devstack.cli import dev
@@ -43,7 +45,7 @@ from jetmail.queue import (
     registry,
 )
 from jetmail.queue.subjects import PRIORITIES, check_queue
-from jetmail.services import Services, queue_config
+from jetmail.services import QUEUES, Services, queue_config
 
 T = TypeVar("T")
 M = TypeVar("M", bound=BaseModel)
@@ -116,6 +118,8 @@ def main(ctx: click.Context) -> None:
 main.add_command(dev)
 main.add_command(keys)
 main.add_command(sending)
+main.add_command(send)
+main.add_command(messages)
 main.add_command(suppressions)
 main.add_command(campaign)
 main.add_command(scheduler)
@@ -123,6 +127,7 @@ main.add_command(templates)
 main.add_command(contacts)
 main.add_command(lists)
 main.add_command(audit)
+main.add_command(webhooks)
 
 
 def _config() -> QueueConfig:
@@ -167,7 +172,7 @@ def _import(name: str) -> ModuleType:
 def init(queues: tuple[str, ...]) -> None:
     """Create what jetmail needs (idempotent): the job streams, the schedules bucket and every KV bucket, the
     consumers of the standard queues and of each --queue, and locally the table."""
-    extra = [check_queue(name) for name in dict.fromkeys(queues) if name not in STANDARD_QUEUES]
+    extra = [check_queue(name) for name in dict.fromkeys(queues) if name not in QUEUES]
     settings = get_settings()
     for line in bootstrap(settings):
         click.echo(line)

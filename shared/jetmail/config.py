@@ -258,6 +258,29 @@ class Settings(BaseSettings):
     """Key of the pseudonyms kept for erased addresses; unset: derived from `signing_secret`. Set it
     before rotating `signing_secret`, or erased addresses stop matching."""
 
+    # --- outgoing webhooks (docs/guide/webhooks.md)
+    webhook_allow_private: bool = False
+    """Deliver webhooks to private, loopback, link-local and reserved addresses. Off in production, so an
+    endpoint cannot reach internal services; the local stack and the tests turn it on."""
+    webhook_timeout_s: float = Field(default=5.0, gt=0, le=30)
+    """Seconds a receiver has to answer one delivery (connect and response) before it counts as a failure."""
+    webhook_retry_base_s: float = Field(default=5.0, gt=0)
+    """The first retry's delay; each next one doubles, up to `webhook_retry_max_s`, with +/- 25 % jitter."""
+    webhook_retry_max_s: float = Field(default=7200.0, gt=0)
+    """The longest delay between two attempts of one delivery."""
+    webhook_give_up_s: float = Field(default=86400.0, gt=0)
+    """How long one delivery keeps failing before jetmail disables its endpoint and alerts."""
+    webhook_cache_s: float = Field(default=10.0, ge=0)
+    """Seconds each process caches the list of webhook endpoints (how soon a new endpoint gets events)."""
+    webhook_log_retention_days: int = Field(default=30, ge=1)
+    """Days the webhook delivery log (attempts and the events they sent) is kept (their TTL)."""
+
+    # --- transactional attachments
+    max_attachment_bytes: int = Field(default=10 * 1024 * 1024, ge=0, le=64 * 1024 * 1024)
+    """Attachments of one message, decoded, together (413 above it). The message routes accept a body of
+    this size in base64 plus `max_body_bytes`; on Lambda behind API Gateway a request stops at 6 MB
+    (Lambda's synchronous payload) whatever this says, so about 4 MB of attachments go through there."""
+
     @field_validator("sns_topic_arns", "cors_origins", "allowed_from", "rate_warmup_schedule", mode="before")
     @classmethod
     def _list(cls, value: Any) -> Any:

@@ -39,6 +39,15 @@ if TYPE_CHECKING:
     from jetmail.reporting.counters import Counters
     from jetmail.reporting.reports import Reports
     from jetmail.storage.table import Table
+    from jetmail.webhooks.deliveries import DeliveryLog
+    from jetmail.webhooks.emitter import Emitter
+    from jetmail.webhooks.endpoints import EndpointCache, EndpointStore
+    from jetmail.webhooks.service import WebhookService
+
+
+# every queue jetmail's jobs go to: `jetmail init` makes their consumers, the scheduler publishes their lag
+# (jetmail/QueueLag), `jetmail sending status` shows their backlog, and the worker image consumes them all
+QUEUES = ("email_transactional", "email_campaign", "email_ab_test", "email_maintenance", "webhooks")
 
 
 def queue_config(settings: Settings) -> QueueConfig:
@@ -119,12 +128,19 @@ class Services:
     def messages(self) -> MessageService:
         from jetmail.deliverability.policy import SuppressionPolicy
         from jetmail.messaging.messages import MessageRepository, MessageService
+        from jetmail.messaging.submission import BlockingRawStore
 
         # suppressed recipients are refused when a message is accepted; the worker checks the stop events since
-        return MessageService(table=self.table, templates=self.templates, queue=self.queue,
+        service = MessageService(table=self.table, templates=self.templates, queue=self.queue,
                               repository=MessageRepository(self.table,
                                                            retention_days=self.settings.message_retention_days),
-                              composer=self.composer, policy=SuppressionPolicy(store=self.suppressions))
+                              composer=self.composer, policy=SuppressionPolicy(store=self.suppressions),
+                              blobs=BlockingRawStore(self.queue, ttl_s=self.settings.submission_retention_hours * 3600,
+                                                     replicas=self.settings.stream_replicas),
+                              max_attachment_bytes=self.settings.max_attachment_bytes,
+                              blob_ttl_s=self.settings.submission_retention_hours * 3600)
+        service.webhooks = self.webhooks  # its ``message.queued`` events
+        return service
 
     @cached_property
     def sequences(self) -> SequenceService:
@@ -146,7 +162,8 @@ class Services:
     def suppressions(self) -> SuppressionStore:
         from jetmail.deliverability.suppressions import SuppressionStore
 
-        return SuppressionStore(self.table, pseudonyms=self.pseudonyms, audit=self.audit, stops=self.stop_feed)
+        return SuppressionStore(self.table, pseudonyms=self.pseudonyms, audit=self.audit, stops=self.stop_feed,
+                                webhooks=self.webhooks)
 
     @cached_property
     def stop_feed(self) -> StopFeed:
@@ -175,6 +192,7 @@ class Services:
         return FeedbackProcessor(table=self.table, stats=self.stats_table, messages=self.messages.messages,
                                  suppressions=self.suppressions,
                                  sequences=self.sequences, contacts=self.contacts, queue=self.queue,
+                                 webhooks=self.webhooks,
                                  policy=Policy(soft_bounce_limit=self.settings.soft_bounce_limit,
                                                soft_bounce_window_days=self.settings.soft_bounce_window_days,
                                                event_retention_days=self.settings.event_retention_days))
@@ -203,7 +221,7 @@ class Services:
 
         return CampaignService(store=self.campaign_store, templates=self.templates, queue=self.queue,
                                lists=self.contacts, segments=self.segments, sender_rules=self.composer,
-                               audit=self.audit, suppressions=self.suppressions)
+                               audit=self.audit, suppressions=self.suppressions, webhooks=self.webhooks)
 
     @cached_property
     def reports(self) -> Reports:
@@ -238,3 +256,36 @@ class Services:
         settings = self.settings
         return SesEventIntake(feedback=self.feedback, verifier=self.sns_verifier,
                               confirm=lambda message: confirm_subscription(settings, message))
+
+    # ---- outgoing webhooks
+    @cached_property
+    def webhook_endpoints(self) -> EndpointStore:
+        from jetmail.webhooks.endpoints import EndpointStore
+
+        return EndpointStore(self.table)
+
+    @cached_property
+    def webhook_cache(self) -> EndpointCache:
+        """The endpoint list, re-read at most every ``webhook_cache_s``: what emitting checks."""
+        from jetmail.webhooks.endpoints import EndpointCache
+
+        return EndpointCache(self.webhook_endpoints, ttl_s=self.settings.webhook_cache_s)
+
+    @cached_property
+    def webhook_log(self) -> DeliveryLog:
+        from jetmail.webhooks.deliveries import DeliveryLog
+
+        return DeliveryLog(self.table, retention_days=self.settings.webhook_log_retention_days)
+
+    @cached_property
+    def webhooks(self) -> Emitter:
+        """The one emitter every event source of this process calls (``jetmail.webhooks.emitter``)."""
+        from jetmail.webhooks.emitter import Emitter
+
+        return Emitter(endpoints=self.webhook_cache, queue=self.queue)
+
+    @cached_property
+    def webhook_service(self) -> WebhookService:
+        from jetmail.webhooks.service import WebhookService
+
+        return WebhookService(store=self.webhook_endpoints, log=self.webhook_log, queue=self.queue)

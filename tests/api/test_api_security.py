@@ -31,7 +31,8 @@ PUBLIC = {"/health", "/t/o/{token}", "/t/c/{token}", "/u/{token}", "/sns/ses"}
 DOCS = {"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
 DASHBOARD = "/dashboard"
 # what a `send` key may call: transactional mail and sequence enrolments, nothing that manages the account
-SEND_ROUTES = {("POST", "/v1/messages"), ("GET", "/v1/messages/{message_id}"), ("POST", "/v1/sequences"),
+SEND_ROUTES = {("POST", "/v1/messages"), ("POST", "/v1/messages/batch"), ("GET", "/v1/messages/{message_id}"),
+               ("POST", "/v1/sequences"),
                ("DELETE", "/v1/sequences"), ("GET", "/v1/sequences/definitions"),
                ("GET", "/v1/sequences/{enrolment_id}"), ("DELETE", "/v1/sequences/{enrolment_id}")}
 
@@ -147,7 +148,7 @@ def test_revocation_takes_effect_on_the_next_request(app: FastAPI, services: Ser
         # WHEN it is revoked  THEN the very next request is refused, and it cannot be rotated back to life
         assert services.api_keys.revoke(key.key_id)
         refused = client.get("/v1/templates")
-        assert refused.status_code == 401 and refused.json()["error"] == "unauthorized"
+        assert refused.status_code == 401 and refused.json()["type"] == "https://jetmail.dev/problems/unauthorized"
     with pytest.raises(KeyNotFound):
         services.api_keys.rotate(key.key_id)
 
@@ -198,11 +199,12 @@ def test_a_key_over_its_limit_gets_429_with_retry_after(app: FastAPI, services: 
         # WHEN it makes a fourth request
         statuses = [client.get("/v1/messages/none").status_code for _ in range(3)]
         limited = client.get("/v1/messages/none")
-        # THEN the first three pass and the fourth is 429 with Retry-After in seconds and a JSON body, as documented
+        # THEN the first three pass and the fourth is 429 with Retry-After in seconds and a problem body, as documented
         assert statuses == [404, 404, 404]
         assert limited.status_code == 429
         assert 1 <= int(limited.headers["retry-after"]) <= 60
-        assert limited.json()["error"] == "rate_limited" and "3 requests per minute" in limited.json()["detail"]
+        assert limited.json()["type"] == "https://jetmail.dev/problems/rate-limited"
+        assert "3 requests per minute" in limited.json()["detail"]
         # AND another key is not affected
         assert bystander.get("/v1/messages/none").status_code == 404
     documented = app.openapi()["paths"]["/v1/messages/{message_id}"]["get"]["responses"]["429"]
@@ -258,9 +260,9 @@ def test_body_size_limit_applies_with_and_without_content_length(services: Servi
         # WHEN a too large body comes with a Content-Length, and streamed in chunks without one
         declared = client.post("/v1/suppressions", content=big, headers={"Content-Type": "application/json"})
         streamed = client.post("/v1/suppressions", content=chunked(big), headers={"Content-Type": "application/json"})
-        # THEN both are 413 with a JSON error
+        # THEN both are 413 with a problem body
         for resp in (declared, streamed):
-            assert resp.status_code == 413 and resp.json()["error"] == "payload_too_large"
+            assert resp.status_code == 413 and resp.json()["type"] == "https://jetmail.dev/problems/body-too-large"
         # AND a small chunked body gets through to validation
         ok = client.post("/v1/suppressions", content=chunked(b'{"email": "not-an-address"}'),
                          headers={"Content-Type": "application/json"})
@@ -308,7 +310,7 @@ def test_every_request_model_rejects_unknown_fields(app: FastAPI, api_token: str
     # AND the API answers an unknown field with 422 naming it
     with _client(app, api_token) as client:
         resp = client.post("/v1/suppressions", json={"email": "x@example.com", "admin": True})
-    assert resp.status_code == 422 and resp.json()["detail"][0]["field"] == "admin"
+    assert resp.status_code == 422 and resp.json()["errors"][0]["field"] == "admin"
 
 
 # ---------------------------------------------------------------- CORS and headers

@@ -8,32 +8,19 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner, Result
+from click.testing import CliRunner
 
-from jetmail.cli import main
-from jetmail.config import get_settings
 from jetmail.devstack.stack import StackState, wait_until
 from jetmail.services import Services
-from stacktools import stack_env
+from stacktools import cli_runner, run_cli, stack_env
 
 
 @pytest.fixture
 def cli(stack: StackState, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[CliRunner]:
-    # away from the repo so a running dev stack's env file cannot fill in settings
-    monkeypatch.chdir(tmp_path)
-    for key in [k for k in stack_env(stack) if k.startswith("JETMAIL_")]:
-        monkeypatch.delenv(key, raising=False)
-    get_settings.cache_clear()
-    yield CliRunner(env={**stack_env(stack), "JETMAIL_API_RATE_PER_MINUTE": "120"})
-    get_settings.cache_clear()
+    with cli_runner({**stack_env(stack), "JETMAIL_API_RATE_PER_MINUTE": "120"}, tmp_path, monkeypatch) as runner:
+        yield runner
 
 
-def run(cli: CliRunner, *args: str, code: int = 0) -> Result:
-    get_settings.cache_clear()
-    result = cli.invoke(main, list(args))
-    assert result.exit_code == code, (result.output, result.exception)
-    assert "Traceback" not in result.output
-    return result
 
 
 def table_rows(output: str) -> tuple[list[str], dict[str, str]]:
@@ -50,17 +37,17 @@ def test_keys_list_shows_limits_and_grace_periods(cli: CliRunner, services: Serv
     graced, _ = services.api_keys.create(f"graced-{unique}")
     rotated, _ = services.api_keys.create(f"rotated-{unique}")
     revoked, _ = services.api_keys.create(f"revoked-{unique}")
-    run(cli, "keys", "limit", limited.key_id, "--per-minute", "42")
-    run(cli, "keys", "rotate", graced.key_id, "--grace", "2h")
-    run(cli, "keys", "rotate", rotated.key_id)
-    run(cli, "keys", "rotate", revoked.key_id, "--grace", "2h")
-    run(cli, "keys", "revoke", revoked.key_id)
+    run_cli(cli, "keys", "limit", limited.key_id, "--per-minute", "42")
+    run_cli(cli, "keys", "rotate", graced.key_id, "--grace", "2h")
+    run_cli(cli, "keys", "rotate", rotated.key_id)
+    run_cli(cli, "keys", "rotate", revoked.key_id, "--grace", "2h")
+    run_cli(cli, "keys", "revoke", revoked.key_id)
     ends = services.api_keys.get(graced.key_id).previous_expires_at  # type: ignore[union-attr]
     assert ends is not None
     assert timedelta(hours=1, minutes=59) < datetime.fromisoformat(ends) - datetime.now(UTC) <= timedelta(hours=2)
 
     # WHEN the keys are listed as a table
-    output = run(cli, "keys", "list").output
+    output = run_cli(cli, "keys", "list").output
     lines, rows = table_rows(output)
     # THEN a header names the columns and each row has the limit and the grace period's end
     assert lines[0].split() == ["ID", "NAME", "SCOPES", "CREATED", "(UTC)", "STATE", "LIMIT/MIN", "OLD", "SECRET"]
@@ -75,7 +62,7 @@ def test_keys_list_shows_limits_and_grace_periods(cli: CliRunner, services: Serv
                for k in (limited, plain, graced, rotated, revoked))
 
     # WHEN they are listed as JSON  THEN each line is one key with the same facts, and no secret
-    output = run(cli, "keys", "list", "--json").output
+    output = run_cli(cli, "keys", "list", "--json").output
     listed = {entry["key_id"]: entry for entry in map(json.loads, output.splitlines())}
     assert listed[limited.key_id]["rate_per_minute"] == 42 and listed[limited.key_id]["limit_per_minute"] == 42
     assert listed[plain.key_id]["rate_per_minute"] is None and listed[plain.key_id]["limit_per_minute"] == 120
@@ -88,14 +75,14 @@ def test_keys_list_shows_limits_and_grace_periods(cli: CliRunner, services: Serv
 def test_an_ended_grace_period_is_not_shown(cli: CliRunner, services: Services, unique: str) -> None:
     # GIVEN a key rotated with a one-second grace period
     key, _ = services.api_keys.create(f"short-grace-{unique}")
-    run(cli, "keys", "rotate", key.key_id, "--grace", "1s")
-    shown = json.loads(next(line for line in run(cli, "keys", "list", "--json").output.splitlines()
+    run_cli(cli, "keys", "rotate", key.key_id, "--grace", "1s")
+    shown = json.loads(next(line for line in run_cli(cli, "keys", "list", "--json").output.splitlines()
                             if key.key_id in line))
     assert shown["grace_ends_at"] is not None
     # WHEN the grace period has ended  THEN the list shows no old secret for the key
     ends = datetime.fromisoformat(shown["grace_ends_at"])
     wait_until(lambda: datetime.now(UTC) > ends, timeout=5, what="the grace period's end")
-    _, rows = table_rows(run(cli, "keys", "list").output)
+    _, rows = table_rows(run_cli(cli, "keys", "list").output)
     assert rows[key.key_id].split()[-1] == "-"
 
 
@@ -103,8 +90,8 @@ def test_keys_list_with_no_default_limit(cli: CliRunner, services: Services, uni
     # GIVEN the API's default limit is off (0)  WHEN the keys are listed
     key, _ = services.api_keys.create(f"unlimited-{unique}")
     cli.env["JETMAIL_API_RATE_PER_MINUTE"] = "0"
-    _, rows = table_rows(run(cli, "keys", "list").output)
-    entry = json.loads(next(line for line in run(cli, "keys", "list", "--json").output.splitlines()
+    _, rows = table_rows(run_cli(cli, "keys", "list").output)
+    entry = json.loads(next(line for line in run_cli(cli, "keys", "list", "--json").output.splitlines()
                             if key.key_id in line))
     # THEN a key on the default says there is no limit, in both forms
     assert rows[key.key_id].split()[-3:] == ["none", "(default)", "-"]

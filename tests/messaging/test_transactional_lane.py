@@ -22,7 +22,8 @@ from jetmail.messaging.templating import TemplateContent
 from stacktools import Isolated, settle
 
 RESET = {"reset_url": "https://example.com/r/lane-token", "expires_in_minutes": 30}
-# the worker keeps template heads this long in the tests that measure a send: the warm-up's read stays valid
+# the worker keeps template heads (and the webhook endpoint list) this long in the tests that measure a send:
+# the warm-up's reads stay valid
 LONG_CACHE_S = "120"
 SHORT_CACHE_S = "1"
 
@@ -31,6 +32,8 @@ SHORT_CACHE_S = "1"
 def isolated(stack: StackState, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Isolated]:
     own = Isolated(stack, tmp_path_factory.mktemp("lane"), template_cache_s=float(SHORT_CACHE_S))
     own.env["JETMAIL_TEMPLATE_CACHE_S"] = LONG_CACHE_S
+    # the webhook endpoint list too (one Query per refresh, whatever the traffic): the warm-up reads it
+    own.env["JETMAIL_WEBHOOK_CACHE_S"] = LONG_CACHE_S
     own.start_worker()
     yield own
     own.close()

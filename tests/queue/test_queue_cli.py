@@ -7,60 +7,48 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner, Result
+from click.testing import CliRunner
 
 from jetmail.cli import main
 from jetmail.config import get_settings
 from jetmail.devstack.stack import StackState
 from jetmail.queue import QueueConfig, SyncClient
+from stacktools import cli_runner, run_cli
 
 
 @pytest.fixture
 def cli(stack: StackState, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[CliRunner]:
-    # away from the repo so a running dev stack's env file cannot fill in settings
-    monkeypatch.chdir(tmp_path)
-    for key in ("JETMAIL_NATS_URL", "JETMAIL_TABLE_NAME", "JETMAIL_SIGNING_SECRET"):
-        monkeypatch.delenv(key, raising=False)
-    get_settings.cache_clear()
-    yield CliRunner(env={
-        "JETMAIL_NATS_URL": stack.services["nats"].url,
-        "JETMAIL_TABLE_NAME": "jetmail-test",
-        "JETMAIL_SIGNING_SECRET": "test-signing-secret-0123456789",
-    })
-    get_settings.cache_clear()
+    env = {"JETMAIL_NATS_URL": stack.services["nats"].url, "JETMAIL_TABLE_NAME": "jetmail-test",
+           "JETMAIL_SIGNING_SECRET": "test-signing-secret-0123456789"}
+    with cli_runner(env, tmp_path, monkeypatch) as runner:
+        yield runner
 
 
-def run(cli: CliRunner, *args: str, code: int = 0, stdin: str | None = None) -> Result:
-    get_settings.cache_clear()
-    result = cli.invoke(main, list(args), input=stdin)
-    assert result.exit_code == code, (result.output, result.exception)
-    assert "Traceback" not in result.output
-    return result
 
 
 def test_init_worker_and_dead_letter_commands(cli: CliRunner, qname: str) -> None:
     # GIVEN the streams and a job that always fails
-    assert f"consumers for {qname}: ready" in run(cli, "init", "--queue", qname).stdout
-    out = run(cli, "enqueue", "demo_fail", "-q", qname, "--max-retries", "0", "--job-id", "fail-1").stdout
+    assert f"consumers for {qname}: ready" in run_cli(cli, "init", "--queue", qname).stdout
+    out = run_cli(cli, "enqueue", "demo_fail", "-q", qname, "--max-retries", "0", "--job-id", "fail-1").stdout
     assert out.startswith("fail-1 seq=")
-    assert "duplicate" in run(cli, "enqueue", "demo_fail", "-q", qname, "--job-id", "fail-1").stdout
+    assert "duplicate" in run_cli(cli, "enqueue", "demo_fail", "-q", qname, "--job-id", "fail-1").stdout
     # WHEN a burst worker runs it
-    run(cli, "worker", qname, "--burst")
+    run_cli(cli, "worker", qname, "--burst")
     # THEN it is listed as a dead letter, readable and as JSON
-    listing = run(cli, "dlq", "list", "--queue", qname).stdout
+    listing = run_cli(cli, "dlq", "list", "--queue", qname).stdout
     assert "demo_fail" in listing and "fail-1" in listing and "retries_exhausted" in listing
-    [letter] = json.loads(run(cli, "dlq", "list", "--queue", qname, "--json").stdout)
-    shown = run(cli, "dlq", "show", str(letter["seq"])).stdout
+    [letter] = json.loads(run_cli(cli, "dlq", "list", "--queue", qname, "--json").stdout)
+    shown = run_cli(cli, "dlq", "show", str(letter["seq"])).stdout
     assert "RuntimeError: demo_fail always fails" in shown and '"task": "demo_fail"' in shown
-    assert json.loads(run(cli, "dlq", "show", str(letter["seq"]), "--json").stdout)["job_id"] == "fail-1"
+    assert json.loads(run_cli(cli, "dlq", "show", str(letter["seq"]), "--json").stdout)["job_id"] == "fail-1"
     # AND it can be replayed, one or all, and purged
-    assert f"replayed {letter['seq']}" in run(cli, "dlq", "replay", str(letter["seq"])).stdout
-    run(cli, "worker", qname, "--burst")
-    assert "replayed 1 dead letter(s)" in run(cli, "dlq", "replay", "--all", "--queue", qname).stdout
-    run(cli, "worker", qname, "--burst")
-    assert "aborted" in run(cli, "dlq", "purge", "--queue", qname, code=1, stdin="n\n").stderr
-    assert "purged 1" in run(cli, "dlq", "purge", "--queue", qname, "--yes").stdout
-    assert "no dead letters" in run(cli, "dlq", "list", "--queue", qname).stdout
+    assert f"replayed {letter['seq']}" in run_cli(cli, "dlq", "replay", str(letter["seq"])).stdout
+    run_cli(cli, "worker", qname, "--burst")
+    assert "replayed 1 dead letter(s)" in run_cli(cli, "dlq", "replay", "--all", "--queue", qname).stdout
+    run_cli(cli, "worker", qname, "--burst")
+    assert "aborted" in run_cli(cli, "dlq", "purge", "--queue", qname, code=1, stdin="n\n").stderr
+    assert "purged 1" in run_cli(cli, "dlq", "purge", "--queue", qname, "--yes").stdout
+    assert "no dead letters" in run_cli(cli, "dlq", "list", "--queue", qname).stdout
 
 
 def test_schedule_commands(cli: CliRunner, qconfig: QueueConfig, qname: str, unique: str) -> None:
@@ -69,16 +57,16 @@ def test_schedule_commands(cli: CliRunner, qconfig: QueueConfig, qname: str, uni
         q.ensure_streams([qname])
         q.schedule("demo_hello", queue=qname, schedule_id=schedule_id, cron="0 3 * * *",
                    timezone="Europe/Berlin", name="nightly")
-    assert f"{schedule_id}  active  demo_hello -> {qname}/normal  0 0 3 * * * (Europe/Berlin)" in run(
+    assert f"{schedule_id}  active  demo_hello -> {qname}/normal  0 0 3 * * * (Europe/Berlin)" in run_cli(
         cli, "schedules", "list").stdout
-    assert f"{schedule_id}  paused" in run(cli, "schedules", "pause", schedule_id).stdout
-    listed = json.loads(run(cli, "schedules", "list", "--json").stdout)
+    assert f"{schedule_id}  paused" in run_cli(cli, "schedules", "pause", schedule_id).stdout
+    listed = json.loads(run_cli(cli, "schedules", "list", "--json").stdout)
     assert [s["paused"] for s in listed if s["schedule_id"] == schedule_id] == [True]
-    assert f"{schedule_id}  active" in run(cli, "schedules", "resume", schedule_id).stdout
-    assert f"cancelled {schedule_id}" in run(cli, "schedules", "cancel", schedule_id).stdout
-    missing = run(cli, "schedules", "cancel", schedule_id, code=1)
+    assert f"{schedule_id}  active" in run_cli(cli, "schedules", "resume", schedule_id).stdout
+    assert f"cancelled {schedule_id}" in run_cli(cli, "schedules", "cancel", schedule_id).stdout
+    missing = run_cli(cli, "schedules", "cancel", schedule_id, code=1)
     assert missing.stderr == f"error: no schedule '{schedule_id}'\n"
-    assert "no schedule" in run(cli, "schedules", "pause", schedule_id, code=1).stderr
+    assert "no schedule" in run_cli(cli, "schedules", "pause", schedule_id, code=1).stderr
 
 
 @pytest.mark.parametrize(("args", "message"), [
@@ -93,7 +81,7 @@ def test_schedule_commands(cli: CliRunner, qconfig: QueueConfig, qname: str, uni
     (["dlq", "show", "x"], "error: Invalid value for 'SEQ'"),
 ])
 def test_bad_input_gets_one_error_line(cli: CliRunner, args: list[str], message: str) -> None:
-    result = run(cli, *args, code=2 if "Invalid value" in message else 1)
+    result = run_cli(cli, *args, code=2 if "Invalid value" in message else 1)
     assert result.stderr.startswith(message) and result.stderr.count("\n") == 1
 
 

@@ -14,14 +14,14 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from jetmail.api import audit, errors
 from jetmail.api.asgi import HttpMiddleware
-from jetmail.api.limits import BodySizeLimit
+from jetmail.api.limits import BodySizeLimit, message_body_limits
 from jetmail.api.throttle import ApiThrottle
 from jetmail.config import Settings, get_settings
 from jetmail.services import Services
 
 # Route modules (jetmail.api.<name>) in the order their routes are matched.
 ROUTERS = ("messages", "sns", "templates", "sequences", "campaigns", "tracking", "suppressions", "sending",
-           "contacts", "reports", "audit")
+           "contacts", "reports", "audit", "webhooks")
 
 
 def create_app(settings: Settings | None = None, *, services: Services | None = None,
@@ -41,12 +41,12 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
                                      replicas=settings.stream_replicas)
     errors.install(app)
     # the last one added runs first: security headers go on every answer, 413s and CORS preflights included
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes, route_limits=message_body_limits(settings))
     # inside CORS and SecurityHeaders, so an unexpected error's 500 carries their headers like any answer
     app.add_middleware(errors.UnexpectedErrors)
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_credentials=False,
-                           allow_methods=["GET", "POST", "PUT", "DELETE"],
+                           allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
                            allow_headers=["Authorization", "Content-Type", "Idempotency-Key"],
                            expose_headers=["Retry-After"], max_age=600)
     app.add_middleware(SecurityHeaders)
@@ -99,31 +99,30 @@ class LazyRouters:
         await self.app(scope, receive, send)
 
 
-ERROR_BODY: dict[str, Any] = {
-    "title": "ErrorBody", "type": "object", "required": ["error", "detail"],
-    "properties": {"error": {"type": "string", "description": "a short code: validation_error, not_found, ..."},
-                   "detail": {"description": "a message, or a list of {field, message} for a validation error"}},
-}
 _V1_ERRORS = {401: "missing, invalid or revoked API key", 403: "the API key lacks the scope",
               404: "the resource, or one the request names (a template, list, sequence), does not exist",
               429: "the API key's request limit is reached; see Retry-After"}
 
 
 def _with_error_responses(app: FastAPI) -> Callable[[], dict[str, Any]]:
-    """The OpenAPI document with the error answers the app really gives (jetmail.api.errors): one error
-    body for every 4xx, the 422 included (FastAPI's default declares its own validation shape), and the
-    answers every keyed route can give."""
+    """The OpenAPI document with the error answers the app really gives (jetmail.api.errors): one ``Problem``
+    (RFC 9457, ``application/problem+json``) for every 4xx and 5xx, the 422 included (FastAPI's default
+    declares its own validation shape), and the answers every keyed route can give."""
     build = app.openapi
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is not None:
             return app.openapi_schema
+        from jetmail.api.conventions import PROBLEM_MEDIA_TYPE, Problem
+
         spec = build()
         schemas = spec.setdefault("components", {}).setdefault("schemas", {})
         for name in ("HTTPValidationError", "ValidationError"):
             schemas.pop(name, None)
-        schemas["ErrorBody"] = ERROR_BODY
-        body = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
+        problem = Problem.model_json_schema(ref_template="#/components/schemas/{model}")
+        schemas.update(problem.pop("$defs", {}))
+        schemas["Problem"] = problem
+        body = {PROBLEM_MEDIA_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"}}}
         for path, operations in spec.get("paths", {}).items():
             for operation in operations.values():
                 responses = operation.setdefault("responses", {})
@@ -131,14 +130,20 @@ def _with_error_responses(app: FastAPI) -> Callable[[], dict[str, Any]]:
                 if operation.get("requestBody"):
                     wanted[400] = "the request body cannot be parsed"
                     wanted[413] = "the request body is too large"
+                wanted[500] = "an unexpected error (logged with its stack trace; the body says no more)"
                 for status, description in wanted.items():
                     responses.setdefault(str(status), {"description": description})
                 if "429" in responses:
                     responses["429"]["headers"] = {"Retry-After": {
                         "description": "seconds until the key may call again", "schema": {"type": "integer"}}}
+                if "401" in responses:
+                    responses["401"]["headers"] = {"WWW-Authenticate": {
+                        "description": "`Bearer`", "schema": {"type": "string"}}}
                 for status, response in responses.items():
-                    if status.startswith("4"):
-                        response["content"] = body
+                    if status[0] in "45":
+                        example = response.get("content", {}).get(PROBLEM_MEDIA_TYPE, {}).get("example")
+                        response["content"] = body if example is None else {
+                            PROBLEM_MEDIA_TYPE: {**body[PROBLEM_MEDIA_TYPE], "example": example}}
         return spec
 
     return openapi

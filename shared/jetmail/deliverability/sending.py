@@ -5,15 +5,13 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from jetmail.services import Services
+from jetmail.services import QUEUES, Services
 
 if TYPE_CHECKING:
     from jetmail.queue import Queue
 
 # The rate limiter and the reputation monitor (and through them the providers, boto3 and aiosmtplib) are
 # imported by the calls that need them: the API and the dashboard import this module at every cold start.
-
-QUEUES = ("email_transactional", "email_campaign", "email_ab_test", "email_maintenance")
 
 
 def status(services: Services) -> dict[str, Any]:

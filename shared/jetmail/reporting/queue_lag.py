@@ -12,8 +12,7 @@ from typing import Any
 import nats.js.errors
 
 from jetmail.queue.subjects import PRIORITIES, consumer_name, job_subject
-
-QUEUES = ("email_transactional", "email_campaign", "email_ab_test", "email_maintenance")
+from jetmail.services import QUEUES
 
 
 async def queue_lag(queue: Any, name: str, now: datetime | None = None) -> float:

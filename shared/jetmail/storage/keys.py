@@ -272,6 +272,55 @@ def first_marker(subject: str, marker: str) -> Key:
     return Key(events_partition(subject), f"{FIRST_PREFIX}{marker}")
 
 
+# ---- outgoing webhooks (main table): an endpoint's partition holds it, the events sent to it and every attempt
+
+WEBHOOKS = "WEBHOOKS"  # gsi1 partition of every webhook endpoint
+WEBHOOK_EVENT_PREFIX = "EVT#"
+WEBHOOK_ATTEMPT_PREFIX = "DLV#"
+
+
+def webhook_partition(endpoint_id: str) -> str:
+    return f"WHEP#{endpoint_id}"
+
+
+def webhook_endpoint(endpoint_id: str) -> Key:
+    return Key(webhook_partition(endpoint_id), "WHEP")
+
+
+def webhook_event(endpoint_id: str, event_id: str) -> Key:
+    """The payload of one event as sent to one endpoint: what a replay sends again."""
+    return Key(webhook_partition(endpoint_id), f"{WEBHOOK_EVENT_PREFIX}{event_id}")
+
+
+def webhook_attempt_sk(at: str, event_id: str, attempt: int) -> str:
+    """Delivery attempts sort by time: a range of them is one Query between two times."""
+    return f"{WEBHOOK_ATTEMPT_PREFIX}{at}#{event_id}#{attempt:04d}"
+
+
+def webhook_attempt(endpoint_id: str, at: str, event_id: str, attempt: int) -> Key:
+    return Key(webhook_partition(endpoint_id), webhook_attempt_sk(at, event_id, attempt))
+
+
+# ---- the message log's index rows (main table): one per tag of a message and one per day, written with it
+
+def message_tag_partition(tag: str) -> str:
+    """The messages carrying ``tag``, newest last by ``message_index_sk``."""
+    return f"MSGTAG#{tag}"
+
+
+def message_day_partition(day: str) -> str:
+    """The messages created on ``day`` (``yyyy-mm-dd``, UTC)."""
+    return f"MSGDAY#{day}"
+
+
+def message_index_sk(created: str, message_id: str) -> str:
+    return by_time(created, message_id)
+
+
+def message_index(partition: str, created: str, message_id: str) -> Key:
+    return Key(partition, message_index_sk(created, message_id))
+
+
 # ---- the registry the storage reference is generated from
 
 @dataclass(frozen=True)
@@ -355,4 +404,21 @@ ENTITIES: tuple[Entity, ...] = (
     Entity("account counters", "stats", "STATS", "DAY#<date> | HOUR#<yyyy-mm-ddThh>", "-",
            "jetmail.reporting.counters.Counters",
            "ADD per event and per counted send; Query a range for reports and the reputation monitor"),
+    Entity("webhook endpoint", "main", "WHEP#<id>", "WHEP", "WEBHOOKS / created#id",
+           "jetmail.webhooks.endpoints.EndpointStore",
+           "GetItem; Query gsi1 to list (cached briefly per process by the emitter and the dispatcher)"),
+    Entity("webhook event (per endpoint)", "main", "WHEP#<id>", "EVT#<event id>", "-",
+           "jetmail.webhooks.deliveries.DeliveryLog",
+           "BatchWriteItem per fan-out; GetItem / BatchGetItem to replay"),
+    Entity("webhook delivery attempt", "main", "WHEP#<id>", "DLV#<time>#<event id>#<attempt:04d>", "-",
+           "jetmail.webhooks.deliveries.DeliveryLog",
+           "PutItem per attempt (with a TTL); Query begins_with DLV# newest first, or between two times"),
+    Entity("message by tag", "main", "MSGTAG#<tag>", "<created>#<message id>", "-",
+           "jetmail.messaging.messages.MessageRepository",
+           "PutItem in the message's own transaction (one per tag); Query between two times, newest first, "
+           "then BatchGetItem of the page's messages (the message log's tag search)"),
+    Entity("message by day", "main", "MSGDAY#<yyyy-mm-dd>", "<created>#<message id>", "-",
+           "jetmail.messaging.messages.MessageRepository",
+           "PutItem in the message's own transaction; Query day by day between two times, newest first, then "
+           "BatchGetItem of the page's messages (the message log's search by status or time alone)"),
 )
