@@ -149,6 +149,14 @@ def test_a_message_sends_queued_sent_and_bounced_signed_webhooks(client: TestCli
     assert all(a["outcome"] == "succeeded" and a["status_code"] == 200 for a in log["data"])
     assert all(len(a["response"]) <= transport.EXCERPT_BYTES for a in log["data"])
 
+    # AND the message's timeline shows each delivery
+    def delivered_in_timeline() -> set[str]:
+        timeline = client.get(f"/v1/messages/{message_id}").json()["timeline"]
+        return {e["detail"].split()[0] for e in timeline if e["event"] == "webhook"}
+
+    wait_until(lambda: delivered_in_timeline() == {"message.queued", "message.sent", "message.bounced"},
+               timeout=30, what="the webhook deliveries in the message's timeline")
+
 
 def test_a_failing_receiver_is_retried_logged_and_replayed(client: TestClient, receiver: Receiver,
                                                            unique: str) -> None:

@@ -42,6 +42,7 @@ from jetmail.storage.table import Table, key_values
 
 if TYPE_CHECKING:
     from jetmail.services import Services
+    from jetmail.webhooks.deliveries import DeliveryLog
 
 MAX_QUERIES = 10
 DEFAULT_WINDOW_DAYS = 30
@@ -117,8 +118,7 @@ JournalRead = Callable[[str, str, int], dict[int, dict[str, Any]]]
 
 
 class DeliveriesOf(Protocol):
-    """Webhook deliveries of one message, as timeline entries (``event: webhook``): the extension point the
-    webhook delivery log plugs into once it can list a message's deliveries."""
+    """Webhook deliveries of one message, as timeline entries (``event: webhook``)."""
 
     def of_message(self, message_id: str) -> list[TimelineEntry]: ...
 
@@ -353,7 +353,22 @@ def open_log(svc: Services) -> MessageLog:
         return svc.queue.run(lambda q: Journal(q.js).read(campaign_id, run, batch))
 
     return MessageLog(messages=svc.messages.messages, stats=svc.stats_table, campaigns=svc.campaign_store,
-                      journal=journal)
+                      journal=journal, deliveries=WebhookDeliveries(svc.webhook_log))
+
+
+class WebhookDeliveries:
+    """A message's webhook deliveries from the delivery log, one timeline entry per attempt."""
+
+    def __init__(self, log: DeliveryLog) -> None:
+        self.log = log
+
+    def of_message(self, message_id: str) -> list[TimelineEntry]:
+        """One Query (gsi1 of the delivery log)."""
+        return [TimelineEntry(at=a.at, event="webhook", source=a.endpoint_id,
+                              detail=f"{a.event_type} attempt {a.attempt}: {a.outcome}"
+                                     + (f" ({a.status_code})" if a.status_code is not None else "")
+                                     + (f", {a.error}" if a.error else ""))
+                for a in self.log.of_message(message_id)]
 
 
 def _message_filter(query: LogFilter) -> tuple[dict[str, str], dict[str, Any], str | None]:

@@ -301,6 +301,11 @@ def webhook_attempt(endpoint_id: str, at: str, event_id: str, attempt: int) -> K
     return Key(webhook_partition(endpoint_id), webhook_attempt_sk(at, event_id, attempt))
 
 
+def webhook_message(message_id: str) -> str:
+    """gsi1 partition of the delivery attempts of one message's events: its timeline's webhook entries."""
+    return f"WHMSG#{message_id}"
+
+
 # ---- the message log's index rows (main table): one per tag of a message and one per day, written with it
 
 def message_tag_partition(tag: str) -> str:
@@ -410,9 +415,10 @@ ENTITIES: tuple[Entity, ...] = (
     Entity("webhook event (per endpoint)", "main", "WHEP#<id>", "EVT#<event id>", "-",
            "jetmail.webhooks.deliveries.DeliveryLog",
            "BatchWriteItem per fan-out; GetItem / BatchGetItem to replay"),
-    Entity("webhook delivery attempt", "main", "WHEP#<id>", "DLV#<time>#<event id>#<attempt:04d>", "-",
-           "jetmail.webhooks.deliveries.DeliveryLog",
-           "PutItem per attempt (with a TTL); Query begins_with DLV# newest first, or between two times"),
+    Entity("webhook delivery attempt", "main", "WHEP#<id>", "DLV#<time>#<event id>#<attempt:04d>",
+           "WHMSG#<message id> / <time>", "jetmail.webhooks.deliveries.DeliveryLog",
+           "PutItem per attempt (with a TTL); Query begins_with DLV# newest first, or between two times; "
+           "Query gsi1 for a message's timeline"),
     Entity("message by tag", "main", "MSGTAG#<tag>", "<created>#<message id>", "-",
            "jetmail.messaging.messages.MessageRepository",
            "PutItem in the message's own transaction (one per tag); Query between two times, newest first, "

@@ -21,6 +21,7 @@ class DeliveryAttempt(BaseModel):
     endpoint_id: str
     event_id: str
     event_type: str
+    message_id: str | None = None
     attempt: int
     outcome: Outcome
     status_code: int | None = None
@@ -51,8 +52,15 @@ class DeliveryLog:
         return [WebhookEvent.model_validate_json(item["event"]) for item in self.table.batch_get(wanted)]
 
     def record(self, attempt: DeliveryAttempt) -> None:
+        """One PutItem; an attempt for a message's event is also indexed under the message (gsi1)."""
+        index = {"gsi1pk": keys.webhook_message(attempt.message_id), "gsi1sk": attempt.at} if attempt.message_id else {}
         self.table.put(keys.webhook_attempt(attempt.endpoint_id, attempt.at, attempt.event_id, attempt.attempt)
-                       .item(expires_at=self._expires(), **attempt.model_dump()))
+                       .item(expires_at=self._expires(), **index, **attempt.model_dump()))
+
+    def of_message(self, message_id: str, *, limit: int = 100) -> list[DeliveryAttempt]:
+        """The latest ``limit`` attempts to deliver the events of one message, oldest first: one Query."""
+        items, _ = self.table.query(pk=keys.webhook_message(message_id), index="gsi1", forward=False, limit=limit)
+        return [DeliveryAttempt.model_validate(i) for i in reversed(items)]
 
     def attempts(self, endpoint_id: str, *, limit: int = 100, start: dict[str, Any] | None = None,
                  since: datetime | None = None, until: datetime | None = None

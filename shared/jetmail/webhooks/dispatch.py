@@ -142,8 +142,9 @@ class Dispatcher:
         body = event.model_dump_json().encode()
         headers = signing.headers(endpoint.signing_secrets(), msg_id=event.id, timestamp=int(time.time()), body=body)
         at = datetime.now(UTC).isoformat()
+        message_id = event.data.get("message_id")
         row = {"endpoint_id": endpoint_id, "event_id": event.id, "event_type": event.type, "attempt": attempt,
-               "at": at, "replay": replay}
+               "at": at, "replay": replay, "message_id": message_id if isinstance(message_id, str) else None}
         try:
             answer = await transport.post(self.client, endpoint.url, body=body, headers=headers,
                                           allow_private=self.policy.allow_private)
