@@ -69,6 +69,7 @@ lint: setup
 
 bench: setup ## print throughput and latency figures (not a test)
 	$(BIN)/python bench/run.py
+	$(BIN)/python bench/bench_webhooks.py
 
 faults: setup ## fault injection (docs/RELIABILITY.md): prints lost / duplicated counts per scenario
 	$(BIN)/pytest -q -m slow -s
