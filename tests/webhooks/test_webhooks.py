@@ -20,6 +20,7 @@ from standardwebhooks import Webhook
 
 from jetmail.api.app import create_app
 from jetmail.devstack.stack import StackState, wait_until
+from jetmail.messaging.messages import RawSubmission
 from jetmail.queue import Queue
 from jetmail.services import queue_config
 from jetmail.webhooks import transport
@@ -320,3 +321,32 @@ def test_a_campaign_emits_its_transitions_and_one_sent_per_recipient(iso: Isolat
     for headers, body in receiver.on("/campaign"):
         verified(endpoint["secret"], headers, body)
     assert receiver.on("/other-campaign") == [] and other["id"]
+
+
+def test_a_message_submitted_over_smtp_emits_queued_per_recipient(iso: Isolated, client: TestClient,
+                                                                 receiver: Receiver, unique: str) -> None:
+    # GIVEN an endpoint for queued messages
+    endpoint = register(client, receiver.url("/smtp"), ["message.queued"])
+    # WHEN a message the SMTP server accepted for two recipients is recorded (what `jetmail smtp-server` does)
+    recipients = [f"smtp-a-{unique}@example.com", f"smtp-b-{unique}@example.com"]
+    ids = [f"msg_smtp{unique}{n}" for n in range(2)]
+    iso.services.messages.submit_raw(RawSubmission(message_ids=ids, recipients=recipients,
+                                                   mail_from="app@example.com", raw_ref=f"raw-{unique}",
+                                                   tags=["smtp"], metadata={"ticket": "42"}))
+
+    # THEN each recipient's message sends one signed queued webhook with the submission's tags and metadata
+    def queued() -> dict[str, dict[str, Any]]:
+        found = {}
+        for headers, body in receiver.on("/smtp"):
+            payload = verified(endpoint["secret"], headers, body)
+            if payload["data"].get("message_id") in ids:
+                found[payload["data"]["message_id"]] = payload
+        return found
+
+    def both() -> dict[str, dict[str, Any]] | None:
+        found = queued()
+        return found if len(found) == 2 else None
+
+    got = wait_until(both, timeout=30, what="two queued webhooks")
+    assert {p["data"]["to"] for p in got.values()} == set(recipients)
+    assert all(p["data"]["tags"] == ["smtp"] and p["data"]["metadata"] == {"ticket": "42"} for p in got.values())

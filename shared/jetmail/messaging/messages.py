@@ -812,8 +812,8 @@ class MessageService:
     def submit_raw(self, submission: RawSubmission) -> list[str]:
         """Record and enqueue one message per envelope recipient of a complete MIME message (the SMTP
         submission server); returns their ids, in recipient order. One suppression check, one batch write
-        per 25 rows (each message with its message-log index rows), one batched publish; a suppressed
-        recipient's message is recorded ``suppressed`` and not enqueued."""
+        per 25 rows (each message with its message-log index rows), one batched publish, one webhook emit; a
+        suppressed recipient's message is recorded ``suppressed`` and not enqueued."""
         refused = (self.policy.at_submit_all(submission.recipients, category=submission.category)
                    if self.policy is not None else {})
         records = [self.messages.raw_record(message_id, to=to, submission=submission, refused=refused.get(to))
@@ -823,6 +823,8 @@ class MessageService:
         if due:
             self.queue.enqueue_many(SEND_TASK, [{"message_id": i} for i in due], queue=TRANSACTIONAL_QUEUE,
                                     priority="high", job_ids=due, max_retries=5)
+            self.webhooks.emit([message_event("message.queued", r, at=r.get("created_at"))
+                                for r in records if r["status"] == MessageStatus.QUEUED])
         return [r["id"] for r in records]
 
     def get(self, message_id: str) -> MessagePublic:
