@@ -7,10 +7,8 @@ import base64
 import json
 import os
 import subprocess
-import sys
 import threading
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -35,31 +33,10 @@ from jetmail.client import (
 )
 from jetmail.config import get_settings
 from jetmail.devstack.mailbox import Mailbox
-from jetmail.devstack.stack import free_port, http_ready, stop_process, wait_until
-from stacktools import cli_runner
+from jetmail.devstack.stack import wait_until
 
 if TYPE_CHECKING:
     from jetmail.services import Services
-
-
-@pytest.fixture(scope="module")
-def api_url(app_env: dict[str, str], services: Services, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The API under uvicorn on a free port, as `jetmail dev up` serves it."""
-    port = free_port()
-    log = tmp_path_factory.mktemp("uvicorn") / "uvicorn.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "jetmail.api.app:create_app", "--factory",
-                                 "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
-                                env=app_env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    wait_until(http_ready(f"http://127.0.0.1:{port}/health"), timeout=60, what="uvicorn", proc=proc, log=log)
-    yield f"http://127.0.0.1:{port}"
-    stop_process(proc.pid)
-
-
-@pytest.fixture
-def api(api_url: str, api_token: str) -> Iterator[Client]:
-    with Client(api_url, api_token) as client:
-        yield client
 
 
 def test_send_with_an_attachment_reads_back_and_reaches_the_sink(
@@ -241,13 +218,6 @@ def test_webhook_endpoints_through_the_client(api: Client, unique: str) -> None:
     assert rotated["secret"] != created["secret"]
     assert created["id"] in {e["id"] for e in api.iter_webhooks(limit=1)}
     api.delete_webhook(created["id"])
-
-
-@pytest.fixture
-def cli(api_token: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[CliRunner]:
-    # no local settings at all: remote mode must need only the URL and the key
-    with cli_runner({"JETMAIL_API_KEY": api_token}, tmp_path, monkeypatch) as runner:
-        yield runner
 
 
 def test_jetmail_send_with_api_url_reaches_the_sink(cli: CliRunner, api_url: str, email_worker: subprocess.Popen[bytes],

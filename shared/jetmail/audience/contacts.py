@@ -152,6 +152,20 @@ def _list(item: Mapping[str, Any]) -> MailingList:
     return MailingList(id=item["id"], name=item["name"], created_at=item["created_at"])
 
 
+def pick_list(name: str, every: Sequence[MailingList]) -> MailingList:
+    """The list called ``name`` among ``every`` (the exact name, else ignoring case); a name several
+    lists share is refused with their ids, so no caller picks one of them silently."""
+    for exact in (True, False):
+        found = [lst for lst in every
+                 if (lst.name == name if exact else lst.name.casefold() == name.casefold())]
+        if len(found) == 1:
+            return found[0]
+        if found:
+            ids = ", ".join(lst.id for lst in found)
+            raise ListNotFound(f"{len(found)} lists are named {name!r} ({ids}); give the id")
+    raise ListNotFound(f"no list with the id or name {name!r}")
+
+
 # ---- cursors: the key of the last member returned, checked on the way back in
 def encode_cursor(key: Mapping[str, Any]) -> str:
     plain = {"pk": key["pk"], "sk": key["sk"]} if isinstance(key["pk"], str) else key_values(key)
@@ -215,16 +229,7 @@ class ContactStore:
         """A list by id, or else by its name (exact, then ignoring case); ambiguous names are refused."""
         if LIST_ID.match(ref):
             return self.get_list(ref)
-        every = self.lists()
-        for exact in (True, False):
-            found = [lst for lst in every
-                     if (lst.name == ref if exact else lst.name.casefold() == ref.casefold())]
-            if len(found) == 1:
-                return found[0]
-            if found:
-                ids = ", ".join(lst.id for lst in found)
-                raise ListNotFound(f"{len(found)} lists are named {ref!r} ({ids}); give the id")
-        raise ListNotFound(f"no list with the id or name {ref!r}")
+        return pick_list(ref, self.lists())
 
     def delete_list(self, list_id: str) -> int:
         """Delete the memberships, then the list; returns how many members it had. One Query per

@@ -116,6 +116,11 @@ class Endpoints(ABC, Generic[R, P]):
         return self._call(Call("POST", f"/v1/lists/{_seg(list_id)}/import", params={"format": format, "status": status},
                                content=data, content_type=content_type))
 
+    def export_contact(self, email: str) -> R:
+        """Everything held about the address (GDPR art. 15/20): contact, memberships, messages, events,
+        suppression, sequence enrolments."""
+        return self._call(Call("GET", f"/v1/contacts/{_seg(email)}/export"))
+
     def create_list(self, name: str) -> R:
         return self._call(Call("POST", "/v1/lists", body={"name": name}))
 
@@ -183,6 +188,19 @@ class Endpoints(ABC, Generic[R, P]):
 
     def cancel_campaign(self, campaign_id: str) -> R:
         return self._call(Call("POST", f"/v1/campaigns/{_seg(campaign_id)}/cancel"))
+
+    def campaign_report(self, campaign_id: str) -> R:
+        """Counts, rates, hourly timeline, links, countries, mail clients and A/B variants, as JSON."""
+        return self._call(Call("GET", f"/v1/campaigns/{_seg(campaign_id)}/report"))
+
+    def list_campaign_failures(self, campaign_id: str, *, limit: int | None = None,
+                               cursor: str | None = None) -> R:
+        return self._call(Call("GET", f"/v1/campaigns/{_seg(campaign_id)}/failures",
+                               params={"limit": limit, "cursor": cursor}))
+
+    def iter_campaign_failures(self, campaign_id: str, *, limit: int | None = None) -> P:
+        """Recipients the campaign failed for good, in batch order; ``limit`` is the page size."""
+        return self._pages(Call("GET", f"/v1/campaigns/{_seg(campaign_id)}/failures", params={"limit": limit}))
 
     # ---- templates
     def iter_templates(self) -> P:

@@ -14,13 +14,14 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import click
 
-from jetmail.campaigns.model import CampaignCreate, CampaignPublic
+from jetmail.campaigns.model import CampaignCreate, CampaignFailure, CampaignFailurePage, CampaignPublic
 from jetmail.commands import domain_errors, load_services
 from jetmail.commands.remote import api_errors, api_url_option, connect
 from jetmail.scheduler import tick
 
 if TYPE_CHECKING:
     from jetmail.client import Client
+    from jetmail.reporting.reports import CampaignReport
 
 
 def _campaign_errors(fn: Any) -> Any:
@@ -53,9 +54,17 @@ class _Backend(Protocol):
 
     def cancel(self, campaign_id: str) -> CampaignPublic: ...
 
+    def failures(self, campaign_id: str, *, limit: int, cursor: str | None) -> CampaignFailurePage: ...
+
+
+class _Reports(Protocol):
+    """What ``campaign report`` needs; the local one is the report service itself."""
+
+    def campaign_report(self, campaign_id: str) -> CampaignReport: ...
+
 
 class _Remote:
-    """Campaigns through the API: one request per call."""
+    """Campaigns and their reports through the API: one request per call."""
 
     def __init__(self, client: Client) -> None:
         self.client = client
@@ -86,15 +95,28 @@ class _Remote:
     def cancel(self, campaign_id: str) -> CampaignPublic:
         return self._public(self.client.cancel_campaign(campaign_id))
 
+    def failures(self, campaign_id: str, *, limit: int, cursor: str | None) -> CampaignFailurePage:
+        page = self.client.list_campaign_failures(campaign_id, limit=limit, cursor=cursor)
+        return CampaignFailurePage(failures=[CampaignFailure.model_validate(f) for f in page["data"]],
+                                   next_cursor=page.get("next_cursor"))
+
+    def campaign_report(self, campaign_id: str) -> CampaignReport:
+        from jetmail.reporting.reports import CampaignReport
+
+        return CampaignReport.model_validate(self.client.campaign_report(campaign_id))
+
 
 def _backend(api_url: str | None) -> _Backend:
     return _Remote(connect(api_url)) if api_url else load_services().campaigns
 
 
+def _reports(api_url: str | None) -> _Reports:
+    return _Remote(connect(api_url)) if api_url else load_services().reports
+
+
 @click.group()
 def campaign() -> None:
-    """Inspect and control campaigns (list, status, create, send, pause, resume and cancel also through the
-    API, with --api-url)."""
+    """Inspect and control campaigns (with --api-url, through the API)."""
 
 
 def _line(c: Any) -> str:
@@ -210,12 +232,13 @@ def _report_text(r: Any) -> list[str]:
 @click.argument("campaign_id")
 @click.option("--json", "as_json", is_flag=True, help="the report as JSON (as GET /v1/campaigns/ID/report)")
 @click.option("--csv", "as_csv", is_flag=True, help="the report as CSV rows (section,key,metric,value)")
+@api_url_option
 @_campaign_errors
-def report(campaign_id: str, as_json: bool, as_csv: bool) -> None:
+def report(campaign_id: str, as_json: bool, as_csv: bool, api_url: str | None) -> None:
     """Counts, rates, A/B variants, top links, countries and mail clients of a campaign."""
     from jetmail.reporting.reports import report_csv
 
-    result = load_services().reports.campaign_report(campaign_id)
+    result = _reports(api_url).campaign_report(campaign_id)
     if as_json:
         click.echo(result.model_dump_json(indent=2))
     elif as_csv:
@@ -231,16 +254,17 @@ FAILURE_FIELDS = ("email", "reason", "run", "batch", "position", "message_id", "
 @click.argument("campaign_id")
 @click.option("--limit", type=click.IntRange(1), default=None, help="show at most N failures (default: all)")
 @click.option("--csv", "as_csv", is_flag=True, help="CSV rows (" + ",".join(FAILURE_FIELDS) + ")")
+@api_url_option
 @_campaign_errors
-def failures(campaign_id: str, limit: int | None, as_csv: bool) -> None:
+def failures(campaign_id: str, limit: int | None, as_csv: bool, api_url: str | None) -> None:
     """Recipients a campaign failed for good, with the reason (as GET /v1/campaigns/ID/failures)."""
-    svc = load_services()
+    backend = _backend(api_url)
     writer = csv.writer(sys.stdout, lineterminator="\n") if as_csv else None
     if writer is not None:
         writer.writerow(FAILURE_FIELDS)
     shown, cursor = 0, None
     while limit is None or shown < limit:
-        page = svc.campaigns.failures(campaign_id, limit=min(500, limit - shown) if limit else 500, cursor=cursor)
+        page = backend.failures(campaign_id, limit=min(500, limit - shown) if limit else 500, cursor=cursor)
         for f in page.failures:
             if writer is not None:
                 writer.writerow([getattr(f, name) for name in FAILURE_FIELDS])

@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 import click
 
-from jetmail.client import ApiError, Client, TransportError
+from jetmail.client import ApiError, Client, TransportError, Unauthorized
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -35,17 +35,24 @@ def connect(api_url: str) -> Client:
     return client
 
 
+def describe(exc: ApiError | TransportError) -> str:
+    """What went wrong, for the ``error:`` line: the status and the API's detail with each invalid field of a
+    422, and for a refused key where the key came from."""
+    if isinstance(exc, TransportError):
+        return f"the API did not answer: {exc}"
+    fields = [f"{e.get('field', '?')}: {e.get('message', '')}" for e in exc.errors if isinstance(e, dict)]
+    hint = " (the key in JETMAIL_API_KEY)" if isinstance(exc, Unauthorized) else ""
+    return "\n  ".join([f"{exc.status} {exc.detail}{hint}", *fields])
+
+
 def api_errors(fn: F) -> F:
-    """Turn the API's refusals into ``error: ...`` lines with exit code 1, naming each invalid field."""
+    """Turn the API's refusals and its silence into ``error: ...`` lines with exit code 1."""
 
     @wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except ApiError as exc:
-            fields = [f"{e.get('field', '?')}: {e.get('message', '')}" for e in exc.errors if isinstance(e, dict)]
-            raise click.ClickException("\n  ".join([f"{exc.status} {exc.detail}", *fields])) from None
-        except TransportError as exc:
-            raise click.ClickException(f"the API did not answer: {exc}") from None
+        except (ApiError, TransportError) as exc:
+            raise click.ClickException(describe(exc)) from None
 
     return wrapper  # type: ignore[return-value]
