@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -262,3 +262,49 @@ def test_an_erased_address_cannot_be_added_again_nor_mailed_by_a_campaign(client
     assert progress()["total"] == 1
     assert len(mailbox.for_recipient(kept)) == 1
     assert mailbox.for_recipient(erased) == []
+
+
+def test_an_address_only_ever_copied_is_exported_and_erased(client: TestClient, services: Services,
+                                                            unique: str) -> None:
+    # GIVEN an address that was only ever a cc (sent), a bcc beside another one (scheduled), and a cc
+    # dropped as suppressed, of other people's transactional messages, with an event of its own
+    copied, other_bcc = f"Copied-{unique}@Example.com", f"other-bcc-{unique}@example.com"
+    address = copied.lower()
+    send = {"template": "password_reset", "context": RESET}
+    as_cc = client.post("/v1/messages", json={**send, "to": f"main-{unique}@example.com", "cc": [copied]})
+    later = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    as_bcc = client.post("/v1/messages", json={**send, "to": f"second-{unique}@example.com", "send_at": later,
+                                               "bcc": [other_bcc, copied]})
+    assert as_cc.status_code == as_bcc.status_code == 202, (as_cc.text, as_bcc.text)
+    cc_id, bcc_id = as_cc.json()["id"], as_bcc.json()["id"]
+    wait_until(lambda: status(client, cc_id) == "sent", timeout=20, what="the copied message sent")
+    now = datetime.now(UTC)
+    services.feedback.process(DeliveryEvent(kind=EventKind.DELIVERY, recipient=address, occurred_at=now,
+                                            message_id=cc_id, event_id=event_id(EventKind.DELIVERY, address, cc_id),
+                                            source="simulator"))
+    assert client.post("/v1/suppressions", json={"email": copied, "reason": "hard_bounce"}).status_code == 201
+    dropped = client.post("/v1/messages", json={**send, "to": f"third-{unique}@example.com", "cc": [copied]})
+    assert dropped.status_code == 202 and dropped.json()["suppressed_recipients"][0]["address"].lower() == address
+    dropped_id = dropped.json()["id"]
+    # WHEN the address's data is exported
+    data = client.get(f"/v1/contacts/{copied}/export").json()
+    # THEN the three messages are there, showing of the other blind copies none, and its event too
+    messages = {m["id"]: m for m in data["messages"]}
+    assert set(messages) == {cc_id, bcc_id, dropped_id}
+    assert [a.lower() for a in messages[cc_id]["cc"]] == [address] and messages[cc_id]["context"] == RESET
+    assert [a.lower() for a in messages[bcc_id]["bcc"]] == [address] and other_bcc not in json.dumps(data)
+    assert [(e["kind"], e["message_id"]) for e in data["events"]] == [("delivery", cc_id)]
+    # WHEN it is erased
+    report = client.delete(f"/v1/contacts/{copied}", params={"erase": "true"}).json()
+    # THEN its three messages are scrubbed of it and its event deleted; no item mentions it any more
+    assert report["messages_scrubbed"] == 3 and report["events"] == 1, report
+    assert scan_for(services.table, address) == [] and scan_for(services.stats_table, address) == []
+    # AND the messages keep their own recipients, the other blind copy included
+    kept = {i: client.get(f"/v1/messages/{i}").json() for i in (cc_id, bcc_id, dropped_id)}
+    assert kept[cc_id]["to"] == f"main-{unique}@example.com" and not kept[cc_id].get("cc")
+    assert kept[bcc_id]["bcc"] == [other_bcc] and kept[bcc_id]["status"] == "scheduled"
+    assert not kept[dropped_id].get("suppressed_recipients")
+    # AND the export finds nothing more, and erasing again changes nothing
+    after = client.get(f"/v1/contacts/{copied}/export").json()
+    assert (after["messages"], after["events"]) == ([], [])
+    assert client.delete(f"/v1/contacts/{copied}", params={"erase": "true"}).json()["messages_scrubbed"] == 0

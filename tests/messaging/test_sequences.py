@@ -116,3 +116,26 @@ def test_sequence_errors_are_clear(client: TestClient) -> None:
     missing = client.post("/v1/sequences", json={"sequence": "order", "to": "a@example.com", "context": {}})
     assert missing.status_code == 422 and "estimated_delivery" in missing.json()["detail"]
     assert client.delete("/v1/sequences/seq_missing").status_code == 404
+
+
+def test_a_reused_idempotency_key_with_another_body_is_a_409(client: TestClient, services: Services,
+                                                              unique: str) -> None:
+    # GIVEN an enrolment made with an Idempotency-Key
+    body = {"steps": [{"template": "welcome"}, {"template": "getting_started", "delay": "P1D"}],
+            "to": f"idem-{unique}@example.com", "context": CONTEXT}
+    headers = {"Idempotency-Key": f"sequence-{unique}"}
+    first = client.post("/v1/sequences", json=body, headers=headers)
+    assert first.status_code == 202, first.text
+    # WHEN the same key comes with the same body THEN the same enrolment is answered, replayed
+    again = client.post("/v1/sequences", json=body, headers=headers)
+    assert again.status_code == 202 and again.json()["id"] == first.json()["id"]
+    assert again.headers["idempotent-replayed"] == "true"
+    assert [s["message_id"] for s in again.json()["steps"]] == [s["message_id"] for s in first.json()["steps"]]
+    # WHEN it comes with another recipient or another context THEN 409, as POST /v1/messages answers
+    for other in [{**body, "to": f"other-{unique}@example.com"}, {**body, "context": {**CONTEXT, "x": 1}}]:
+        conflict = client.post("/v1/sequences", json=other, headers=headers)
+        assert conflict.status_code == 409, conflict.text
+        assert conflict.headers["content-type"].startswith("application/problem+json")
+        assert "different request body" in conflict.json()["detail"]
+    # AND nothing was enrolled for the other recipient
+    assert services.sequences.enrolments_of(f"other-{unique}@example.com") == []

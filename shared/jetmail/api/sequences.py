@@ -28,7 +28,9 @@ class Cancelled(BaseModel):
                         409: {"description": "idempotency conflict"}})
 def enrol(body: EnrolRequest, response: Response, key: Sender, svc: Svc,
           idempotency_key: Annotated[str | None, Header(max_length=255)] = None) -> EnrolmentPublic:
-    """Start a sequence for one recipient: step messages are recorded now and sent at their times."""
+    """Start a sequence for one recipient: step messages are recorded now and sent at their times.
+    Same Idempotency-Key + same body → the same enrolment, nothing sent twice; same key + different body → 409,
+    as ``POST /v1/messages``."""
     enrolment, created = svc.sequences.enrol(body, api_key_id=key.key_id, idempotency_key=idempotency_key)
     if not created:
         response.headers["Idempotent-Replayed"] = "true"

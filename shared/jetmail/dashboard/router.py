@@ -1,7 +1,8 @@
 """The server-rendered dashboard under ``/dashboard``: log in with an admin API key, then read campaigns
 and their reports (with their permanent failures), the message log (search, and a message's timeline), the
 suppression list, dead letters (and replay them) and the sending status (and resume marketing after a
-reputation stop). Plain HTML forms; no JavaScript is needed to read or act."""
+reputation stop), and the webhook endpoints (create, enable or disable, delete, rotate a secret, read each one's
+delivery log and replay one delivery or a time range). Plain HTML forms; no JavaScript is needed to read or act."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.routing import APIRoute
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
+from pydantic import ValidationError
 
 from jetmail.api.auth import services as _services
 from jetmail.campaigns.service import CampaignNotFound
@@ -39,7 +41,11 @@ from jetmail.messaging.log import InvalidSearch, LogFilter, open_log
 from jetmail.messaging.messages import TAG_PATTERN, MessageNotFound, MessageStatus
 from jetmail.queue import NotFoundError, QueueError
 from jetmail.services import Services
-from jetmail.storage.cursors import InvalidCursor
+from jetmail.storage import keys
+from jetmail.storage.cursors import InvalidCursor, pack, unpack
+from jetmail.storage.table import key_values, resume_after
+from jetmail.webhooks import EVENT_TYPES
+from jetmail.webhooks.endpoints import EndpointCreate, EndpointFilter, EndpointNotFound, EndpointUpdate
 
 HERE = Path(__file__).parent
 SECURITY_HEADERS = {
@@ -56,6 +62,9 @@ SUPPRESSION_PAGE = 100
 SEARCH_SCAN_CAP = 20_000
 MAX_CURSOR = 2048
 MESSAGE_PAGE = 50
+ENDPOINT_PAGE = 100
+DELIVERY_PAGE = 50
+MAX_GRACE_HOURS = 24 * 7
 STATUSES = [s.value for s in MessageStatus]
 
 
@@ -334,6 +343,211 @@ def message_page(request: Request, message_id: str, session: Auth, svc: Svc) -> 
         return render(request, "message.html", session=session, status=404, title="Not found",
                       error=f"There is no message {message_id}.")
     return render(request, "message_detail.html", session=session, title=f"Message {detail.id}", m=detail)
+
+
+# ---- webhooks
+WEBHOOK_DONE = {
+    "enabled": "The endpoint is enabled again; replay below what it missed while it was off.",
+    "disabled": "The endpoint is disabled: nothing is delivered to it until it is enabled again.",
+    "already-disabled": "The endpoint was disabled already.",
+    "deleted": "The endpoint was deleted; its delivery log expires with its retention.",
+}
+
+
+def _page_start(cursor: str, *, attributes: set[str], partition_ok: Callable[[str], bool]) -> dict[str, Any] | None:
+    """Where the page a "next page" link of this dashboard names starts; InvalidCursor for any other value."""
+    if not cursor:
+        return None
+    value = unpack(cursor)
+    if not isinstance(value, dict) or set(value) != attributes or \
+            not all(isinstance(v, str) for v in value.values()) or not partition_ok(value["pk"]):
+        raise InvalidCursor("that link to the next page is not one this dashboard made")
+    return resume_after(value)
+
+
+def _page_cursor(last: dict[str, Any] | None) -> str | None:
+    return pack(key_values(last)) if last else None
+
+
+def _problems(exc: ValidationError) -> str:
+    return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'form'}: {e['msg']}" for e in exc.errors())
+
+
+def _endpoints_page(request: Request, session: Session, svc: Services, *, cursor: str = "", status: int = 200,
+                    form: dict[str, Any] | None = None, error: str | None = None,
+                    notice: str | None = None) -> Response:
+    try:
+        start = _page_start(cursor, attributes={"pk", "sk", "gsi1pk", "gsi1sk"},
+                            partition_ok=lambda pk: pk.startswith(keys.webhook_partition("")))
+    except InvalidCursor as exc:
+        return render(request, "message.html", session=session, status=422, title="Bad request", error=str(exc))
+    endpoints, last = svc.webhook_service.list_page(limit=ENDPOINT_PAGE, start=start)
+    next_cursor = _page_cursor(last)
+    return render(request, "webhooks.html", session=session, title="Webhooks", status=status, error=error,
+                  notice=notice, endpoints=endpoints, event_types=EVENT_TYPES, later=bool(cursor),
+                  form=form or {"url": "", "events": [], "category": "", "tag": "", "campaign_id": "",
+                                "description": ""},
+                  next_link=f"{_base(request)}/webhooks?{urlencode({'cursor': next_cursor})}" if next_cursor else None)
+
+
+def _endpoint_page(request: Request, session: Session, svc: Services, endpoint_id: str, *, cursor: str = "",
+                   status: int = 200, error: str | None = None, notice: str | None = None,
+                   secret: str | None = None, replay: dict[str, str] | None = None) -> Response:
+    """One endpoint, its actions and its delivery log, ``DELIVERY_PAGE`` attempts a page, newest first.
+    ``secret`` is given only in the answer to the form that made it (create, rotate)."""
+    try:
+        if len(endpoint_id) > 64:
+            raise EndpointNotFound(endpoint_id[:64])
+        start = _page_start(cursor, attributes={"pk", "sk"},
+                            partition_ok=lambda pk: pk == keys.webhook_partition(endpoint_id))
+        endpoint = svc.webhook_service.get(endpoint_id)
+        attempts, last = svc.webhook_service.attempts(endpoint_id, limit=DELIVERY_PAGE, start=start)
+    except EndpointNotFound:
+        return render(request, "message.html", session=session, status=404, title="Not found",
+                      error=f"There is no webhook endpoint {endpoint_id}.")
+    except InvalidCursor as exc:
+        return render(request, "message.html", session=session, status=422, title="Bad request", error=str(exc))
+    next_cursor = _page_cursor(last)
+    more = f"{_base(request)}/webhooks/{endpoint.id}?{urlencode({'cursor': next_cursor})}" if next_cursor else None
+    return render(request, "webhook.html", session=session, title=f"Webhook {endpoint.id}", status=status,
+                  error=error, notice=notice, e=endpoint, attempts=attempts, secret=secret, later=bool(cursor),
+                  next_link=more, replay=replay or {"since": "", "until": ""}, max_grace=MAX_GRACE_HOURS)
+
+
+def _refused(request: Request, session: Session, csrf: str) -> bool:
+    return _cross_site(request) or not csrf_ok(session, csrf)
+
+
+@router.get("/webhooks", response_class=HTMLResponse)
+def webhooks_page(request: Request, session: Auth, svc: Svc, done: Annotated[str, Query(max_length=20)] = "",
+                  cursor: Annotated[str, Query(max_length=MAX_CURSOR)] = "") -> Response:
+    """The endpoints, oldest first, ``ENDPOINT_PAGE`` a page, and the form that registers one."""
+    return _endpoints_page(request, session, svc, cursor=cursor, notice=WEBHOOK_DONE.get(done))
+
+
+@router.post("/webhooks", response_class=HTMLResponse)
+def webhook_create(request: Request, session: Auth, svc: Svc, csrf: Csrf = "",
+                   url: Annotated[str, Form()] = "", events: Annotated[list[str] | None, Form()] = None,
+                   category: Annotated[str, Form()] = "", tag: Annotated[str, Form()] = "",
+                   campaign_id: Annotated[str, Form()] = "", description: Annotated[str, Form()] = "") -> Response:
+    """Register an endpoint; the answer is the only page that shows its signing secret."""
+    if _refused(request, session, csrf):
+        return _forbidden(request, session)
+    form = {"url": url.strip(), "events": events or [], "category": category.strip(), "tag": tag.strip(),
+            "campaign_id": campaign_id.strip(), "description": description.strip()}
+    try:
+        body = EndpointCreate(url=form["url"], events=form["events"], description=form["description"] or None,
+                              filter=EndpointFilter(category=form["category"] or None, tag=form["tag"] or None,
+                                                    campaign_id=form["campaign_id"] or None))
+    except ValidationError as exc:
+        return _endpoints_page(request, session, svc, status=422, form=form,
+                               error=f"The endpoint was not created ({_problems(exc)}).")
+    endpoint = svc.webhook_service.create(body)
+    return _endpoint_page(request, session, svc, endpoint.id, secret=endpoint.secret,
+                          notice="Endpoint created. Copy its signing secret now: no page shows it again.")
+
+
+@router.get("/webhooks/{endpoint_id}", response_class=HTMLResponse)
+def webhook_page(request: Request, endpoint_id: str, session: Auth, svc: Svc,
+                 done: Annotated[str, Query(max_length=20)] = "", replayed: int | None = None,
+                 cursor: Annotated[str, Query(max_length=MAX_CURSOR)] = "") -> Response:
+    notice = WEBHOOK_DONE.get(done)
+    if replayed is not None:
+        notice = f"{replayed} event(s) queued for delivery again; their attempts appear below as they run."
+    return _endpoint_page(request, session, svc, endpoint_id, cursor=cursor, notice=notice)
+
+
+def _done(request: Request, endpoint_id: str, done: str) -> Response:
+    return RedirectResponse(f"{_base(request)}/webhooks/{endpoint_id}?done={done}", status_code=303)
+
+
+def _missing(request: Request, session: Session, endpoint_id: str) -> Response:
+    return render(request, "message.html", session=session, status=404, title="Not found",
+                  error=f"There is no webhook endpoint {endpoint_id[:64]}.")
+
+
+@router.post("/webhooks/{endpoint_id}/enable", response_class=HTMLResponse)
+def webhook_enable(request: Request, endpoint_id: str, session: Auth, svc: Svc, csrf: Csrf = "") -> Response:
+    if _refused(request, session, csrf):
+        return _forbidden(request, session)
+    try:
+        svc.webhook_service.update(endpoint_id, EndpointUpdate(enabled=True))
+    except EndpointNotFound:
+        return _missing(request, session, endpoint_id)
+    return _done(request, endpoint_id, "enabled")
+
+
+@router.post("/webhooks/{endpoint_id}/disable", response_class=HTMLResponse)
+def webhook_disable(request: Request, endpoint_id: str, session: Auth, svc: Svc, csrf: Csrf = "") -> Response:
+    if _refused(request, session, csrf):
+        return _forbidden(request, session)
+    try:
+        svc.webhook_service.get(endpoint_id)
+    except EndpointNotFound:
+        return _missing(request, session, endpoint_id)
+    turned_off = svc.webhook_endpoints.disable(endpoint_id, reason="disabled in the dashboard")
+    return _done(request, endpoint_id, "disabled" if turned_off else "already-disabled")
+
+
+@router.post("/webhooks/{endpoint_id}/delete", response_class=HTMLResponse)
+def webhook_delete(request: Request, endpoint_id: str, session: Auth, svc: Svc, csrf: Csrf = "") -> Response:
+    if _refused(request, session, csrf):
+        return _forbidden(request, session)
+    try:
+        svc.webhook_service.delete(endpoint_id)
+    except EndpointNotFound:
+        return _missing(request, session, endpoint_id)
+    return RedirectResponse(f"{_base(request)}/webhooks?done=deleted", status_code=303)
+
+
+@router.post("/webhooks/{endpoint_id}/rotate", response_class=HTMLResponse)
+def webhook_rotate(request: Request, endpoint_id: str, session: Auth, svc: Svc, csrf: Csrf = "",
+                   grace_hours: Annotated[float, Form(ge=0, le=MAX_GRACE_HOURS)] = 24.0) -> Response:
+    """A new secret, shown in this answer only; the old one keeps signing beside it for ``grace_hours``."""
+    if _refused(request, session, csrf):
+        return _forbidden(request, session)
+    try:
+        endpoint = svc.webhook_service.rotate(endpoint_id, grace=timedelta(hours=grace_hours))
+    except EndpointNotFound:
+        return _missing(request, session, endpoint_id)
+    kept = f"the previous one keeps signing beside it for {grace_hours:g} hour(s)" if grace_hours else \
+        "the previous one no longer signs"
+    return _endpoint_page(request, session, svc, endpoint.id, secret=endpoint.secret,
+                          notice=f"New signing secret made; {kept}. Copy it now: no page shows it again.")
+
+
+@router.post("/webhooks/{endpoint_id}/replay", response_class=HTMLResponse)
+def webhook_replay(request: Request, endpoint_id: str, session: Auth, svc: Svc, csrf: Csrf = "",
+                   event_id: Annotated[str, Form(max_length=64)] = "",
+                   since: Annotated[str, Form(max_length=40)] = "",
+                   until: Annotated[str, Form(max_length=40)] = "") -> Response:
+    """Deliver again one logged event (``event_id``), or every event attempted between ``since`` and ``until``
+    (dates or RFC 3339 times, UTC unless they say otherwise)."""
+    if _refused(request, session, csrf):
+        return _forbidden(request, session)
+    replay = {"since": since.strip(), "until": until.strip()}
+    try:
+        if event_id.strip():
+            ids = svc.webhook_service.replay(endpoint_id, event_id=event_id.strip())
+        else:
+            try:
+                window = _when(replay["since"], end=False), _when(replay["until"], end=True)
+            except ValueError:
+                raise ValueError("since and until are dates (yyyy-mm-dd) or RFC 3339 times") from None
+            if window[0] is None:
+                raise ValueError("give the start of the range (since), or replay one delivery")
+            if window[1] is not None and window[1] < window[0]:
+                raise ValueError("until is before since")
+            ids = svc.webhook_service.replay(endpoint_id, since=window[0], until=window[1])
+    except EndpointNotFound:
+        return _missing(request, session, endpoint_id)
+    except ValueError as exc:  # a bad range, or more than ReplayTooLarge allows
+        return _endpoint_page(request, session, svc, endpoint_id, status=422, replay=replay,
+                              error=f"Nothing was replayed: {exc}.")
+    except LookupError as exc:
+        return _endpoint_page(request, session, svc, endpoint_id, status=404, replay=replay,
+                              error=f"Nothing was replayed: {exc}.")
+    return RedirectResponse(f"{_base(request)}/webhooks/{endpoint_id}?replayed={len(ids)}", status_code=303)
 
 
 # ---- dead letters

@@ -452,9 +452,17 @@ def now_iso() -> str:
     return datetime.now(UTC).isoformat()
 
 
-def request_hash(request: SendRequest) -> str:
+def request_hash(request: BaseModel) -> str:
+    """What an Idempotency-Key's body is compared by: a digest of the request as validated."""
     canonical = json.dumps(request.model_dump(mode="json", by_alias=True), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def copied_addresses(record: dict[str, Any]) -> list[str]:
+    """The cc and bcc addresses of a message record, lower-cased, those dropped as suppressed included."""
+    found = [*(record.get("cc") or ()), *(record.get("bcc") or ()),
+             *(d["address"] for d in record.get("suppressed_recipients") or ())]
+    return list(dict.fromkeys(a.lower() for a in found if a.lower() != str(record.get("to", "")).lower()))
 
 
 class MessageRepository:
@@ -528,12 +536,13 @@ class MessageRepository:
         }
 
     def index_rows(self, record: dict[str, Any]) -> list[dict[str, Any]]:
-        """The message log's rows of a new message: one in its day's partition, one per tag; each names the
-        message and expires with it. Written with the message, never changed after (status lives on the
-        message alone)."""
+        """The message log's rows of a new message: one in its day's partition, one per tag, one per copied
+        address (``copied_addresses``, for export and erasure); each names the message and expires with it.
+        Written with the message, never changed after (status lives on the message alone)."""
         created, message_id = record["created_at"], record["id"]
         partitions = [keys.message_day_partition(created[:10]),
-                      *(keys.message_tag_partition(tag) for tag in record.get("tags") or ())]
+                      *(keys.message_tag_partition(tag) for tag in record.get("tags") or ()),
+                      *(keys.message_copy_partition(a) for a in copied_addresses(record))]
         return [keys.message_index(partition, created, message_id).item(id=message_id,
                                                                         expires_at=record["expires_at"])
                 for partition in partitions]
@@ -545,7 +554,7 @@ class MessageRepository:
                 *(self.table.put_op(row) for row in self.index_rows(record))]
 
     def create(self, record: dict[str, Any]) -> None:
-        """Write a new message with its index rows: one TransactWriteItems of 2 + tags items (twice their
+        """Write a new message with its index rows: one TransactWriteItems of 2 + tags + copies items (twice their
         write units, as every transaction). ConditionFailed when the message exists."""
         self.table.transact(self.create_ops(record))
 

@@ -19,7 +19,14 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator, model_validator
 
-from jetmail.messaging.messages import MessageService, MessageStatus, SendRequest, now_iso
+from jetmail.messaging.messages import (
+    IdempotencyConflict,
+    MessageService,
+    MessageStatus,
+    SendRequest,
+    now_iso,
+    request_hash,
+)
 from jetmail.storage import keys
 from jetmail.storage.table import ConditionFailed, Table, item_fields
 
@@ -141,6 +148,14 @@ def check_horizon(steps: list[Step], horizon: timedelta) -> None:
             raise StepTimeError(f"steps[{index}].at.offset is more than {horizon.days} days either way")
 
 
+def _same_body(enrolment: dict[str, Any], request: EnrolRequest) -> dict[str, Any]:
+    """An enrolment found under a reused Idempotency-Key, if it was made from this very body (as a message's
+    key is checked); IdempotencyConflict otherwise. One made before bodies were recorded passes."""
+    if enrolment.get("body_hash", request_hash(request)) != request_hash(request):
+        raise IdempotencyConflict("this Idempotency-Key was used with a different request body")
+    return enrolment
+
+
 class SequenceService:
     def __init__(self, *, table: Table, messages: MessageService, horizon: timedelta = timedelta(days=3653)) -> None:
         self.table = table
@@ -179,7 +194,7 @@ class SequenceService:
             enrolment_id = f"seq_{digest}"
             existing = self.table.get(*keys.enrolment(enrolment_id), consistent=True)
             if existing is not None:
-                return self._public(existing), False
+                return self._public(_same_body(existing, request)), False
         else:
             enrolment_id = f"seq_{secrets.token_hex(10)}"
         check_horizon(steps, self.horizon)
@@ -212,11 +227,13 @@ class SequenceService:
         created = now_iso()
         item = keys.enrolment(enrolment_id).item(
             gsi1pk=keys.recipient(request.to.lower()), gsi1sk=keys.by_recipient(keys.ENROLMENT_PREFIX, created),
-            id=enrolment_id, sequence=name, to=request.to, status="active", created_at=created, steps=records)
+            id=enrolment_id, sequence=name, to=request.to, status="active", created_at=created, steps=records,
+            **({"body_hash": request_hash(request)} if idempotency_key else {}))
         try:
             self.table.put(item, condition="attribute_not_exists(pk)")
         except ConditionFailed:
-            return self._public(self.table.get(*keys.enrolment(enrolment_id), consistent=True) or item), False
+            raced = self.table.get(*keys.enrolment(enrolment_id), consistent=True) or item
+            return self._public(_same_body(raced, request)), False
         return self._public(item), True
 
     def get(self, enrolment_id: str) -> EnrolmentPublic:

@@ -318,6 +318,11 @@ def message_day_partition(day: str) -> str:
     return f"MSGDAY#{day}"
 
 
+def message_copy_partition(address: str) -> str:
+    """The messages that copied ``address`` (cc or bcc, lower-cased): how erasure and export find them."""
+    return f"MSGCC#{address}"
+
+
 def message_index_sk(created: str, message_id: str) -> str:
     return by_time(created, message_id)
 
@@ -427,4 +432,8 @@ ENTITIES: tuple[Entity, ...] = (
            "jetmail.messaging.messages.MessageRepository",
            "PutItem in the message's own transaction; Query day by day between two times, newest first, then "
            "BatchGetItem of the page's messages (the message log's search by status or time alone)"),
+    Entity("message by copied address", "main", "MSGCC#<email>", "<created>#<message id>", "-",
+           "jetmail.messaging.messages.MessageRepository",
+           "PutItem in the message's own transaction (one per cc and bcc address); Query then BatchGetItem of "
+           "the messages (GDPR export and erasure of an address that was only copied)"),
 )
