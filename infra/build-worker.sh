@@ -6,8 +6,8 @@
 # Why this script and not `sam build`: `sam build` builds container images only for Lambda functions
 # (PackageType: Image); the worker is an ECS Fargate task, which SAM does not build or push. The image
 # installs exactly what uv.lock pins (infra/worker-requirements.txt, --require-hashes). Needs Docker with
-# buildx and the AWS CLI; creates the ECR repository when it is missing. Pass the printed URI as the
-# stack's WorkerImage parameter, then `sam build && sam deploy`.
+# buildx and the AWS CLI; creates the ECR repository when it is missing. `make deploy` (infra/deploy.py) runs it
+# when the image's sources changed and deploys the stack with the printed URI as its WorkerImage parameter.
 set -euo pipefail
 
 image="${1:?usage: infra/build-worker.sh <account>.dkr.ecr.<region>.amazonaws.com/<repo>:<tag> [x86_64|arm64]}"
