@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 
 export SAM_CLI_TELEMETRY := 0
 
-.PHONY: setup browser swaks demo test audit audit-lock lock lint docs bench faults up down clean
+.PHONY: setup browser swaks postfix dovecot demo test audit audit-lock lock lint docs bench faults up down clean deploy
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,10 +33,28 @@ swaks:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq swaks >/dev/null; } || \
 	  echo "note: install Debian's swaks package to run the SMTP submission server's swaks test"
 
+# Debian's postfix, for the test that has a real MTA bounce mail (tests/postfix.py runs a private instance of
+# it): installed the same way, preseeded "No configuration" so the package neither configures nor starts the
+# default instance
+postfix:
+	@[ -x /usr/lib/postfix/sbin/master ] || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	    echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections && \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postfix >/dev/null; } || \
+	  echo "note: install Debian's postfix package to run the real-MTA bounce test"
+
+# Debian's dovecot-imapd, for the bounce mailbox poller's test (tests/dovecot.py runs a private instance of it):
+# installed the same way
+dovecot:
+	@[ -x /usr/sbin/dovecot ] || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dovecot-imapd >/dev/null; } || \
+	  echo "note: install Debian's dovecot-imapd package to run the bounce mailbox test"
+
 demo: setup ## start the local stack, send mail through it, show what arrived, stop
 	$(BIN)/python -m jetmail.demo
 
-test: setup browser swaks audit ## lint the SAM template and the code, type-check, run the tests on a real local stack
+test: setup browser swaks postfix dovecot audit ## lint the SAM template and the code, type-check, run the tests on a real local stack
 	$(BIN)/cfn-lint template.yaml
 	$(BIN)/ruff check shared functions tests bench infra
 	$(BIN)/mypy
@@ -61,6 +79,11 @@ lock: setup
 # `make test` fails until this ran
 docs: setup
 	$(BIN)/python infra/refdocs.py --write
+
+# the whole AWS deploy from samconfig.toml (copy samconfig.example.toml): the worker image, built and pushed
+# only when its sources changed, then `sam build` and `sam deploy` (docs/operations/deploy.md)
+deploy:
+	$(PYTHON) infra/deploy.py
 
 lint: setup
 	$(BIN)/ruff check shared functions tests bench infra

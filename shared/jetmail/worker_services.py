@@ -88,7 +88,7 @@ class WorkerServices:
             raise
         # the one send pipeline; transactional mail and campaign batches only wrap it
         pipeline = SendPipeline(composer=services.composer, provider=provider, limiter=limiter,
-                                simulator=services.simulator, kv=kv)
+                                simulator=services.simulator, kv=kv, feedback=services.feedback)
         raw_store = RawStore(queue.js, ttl_s=settings.submission_retention_hours * 3600,
                              replicas=settings.stream_replicas)
         deliverer = Deliverer(messages=services.messages.messages, templates=services.templates, pipeline=pipeline,
@@ -118,7 +118,7 @@ class WorkerServices:
 
 def make_dispatcher(services: Services, queue: Queue) -> Dispatcher:
     """The webhook fan-out and delivery of this worker: its HTTP client, the endpoint cache, the log."""
-    from jetmail.webhooks.dispatch import Dispatcher, Policy
+    from jetmail.webhooks.dispatch import Dispatcher, Policy, message_records
 
     settings = services.settings
 
@@ -133,7 +133,7 @@ def make_dispatcher(services: Services, queue: Queue) -> Dispatcher:
                     retry_base_s=settings.webhook_retry_base_s, retry_max_s=settings.webhook_retry_max_s,
                     give_up_s=settings.webhook_give_up_s)
     return Dispatcher(store=services.webhook_endpoints, cache=services.webhook_cache, log=services.webhook_log,
-                      queue=queue, policy=policy, records=services.messages.messages.find, alert=alert)
+                      queue=queue, policy=policy, records=message_records(services.table), alert=alert)
 
 
 def worker_services(ctx: JobContext) -> WorkerServices:

@@ -213,6 +213,7 @@ class BatchSender:
                     provider_id = await self._send(campaign, variant, recipient, message_id, job.campaign_id, sent)
                 except PermanentDeliveryError as exc:
                     reason = exc.reason
+                    await self.pipeline.refused(exc, lane="marketing")  # a refused address is a bounce
                 except TemporaryDeliveryError as exc:
                     if not last_attempt:
                         tally.temporary.append(pos)  # not journaled: the retry sends it

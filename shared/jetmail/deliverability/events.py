@@ -39,7 +39,7 @@ class DeliveryEvent(BaseModel):
     provider_message_id: str | None = None
     campaign_id: str | None = None
     variant: str | None = None
-    source: Literal["ses", "tracking", "simulator", "api"] = "ses"
+    source: Literal["ses", "tracking", "simulator", "api", "smtp"] = "ses"
     bounce_type: Literal["Permanent", "Transient", "Undetermined"] | None = None
     bounce_subtype: str | None = None
     diagnostic: str | None = Field(default=None, max_length=1000)

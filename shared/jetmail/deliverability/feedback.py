@@ -11,7 +11,9 @@ campaign batch or message). Policy actions (suppression, cancelling pending mail
 nature.
 
 Policy (settings): a permanent bounce suppresses the address (``hard_bounce``) and cancels every
-pending message and sequence step to it; transient and undetermined bounces are counted, and
+pending message and sequence step to it, except a policy refusal (subtype ``Policy``, a 5.7.x reply to mail
+sent over SMTP), which counts as a bounce for reputation but suppresses nobody; transient and undetermined
+bounces are counted, and
 ``soft_bounce_limit`` of them within ``soft_bounce_window_days`` suppress it; a complaint
 suppresses it (``spam_complaint``); ``OnAccountSuppressionList`` suppresses it. An unsubscribe (from
 all mail or from one list) cancels the recipient's pending marketing sequence steps.
@@ -278,6 +280,9 @@ class FeedbackProcessor:
         if event.kind == EventKind.BOUNCE:
             if event.bounce_subtype == "OnAccountSuppressionList":
                 self._suppress(email, "account_suppression_list", event)
+            elif event.bounce_type == "Permanent" and event.bounce_subtype == "Policy":
+                # the mail, IP or domain was refused (5.7.x), not the address: counted, not suppressed
+                logger.info("policy bounce for %s (%s): counted, not suppressed", email, event.diagnostic)
             elif event.bounce_type == "Permanent":
                 self._suppress(email, "hard_bounce", event)
             else:

@@ -12,7 +12,8 @@ import click
 from jetmail.devstack.mailbox import Mailbox
 from jetmail.devstack.stack import DEFAULT_ROOT, INFRA_SERVICES, LocalStack, StackError, StackState
 
-APP_SERVICES = ("api", "worker-transactional", "worker-bulk", "scheduler", "submission")
+# the bounce server first: the processes started after it send with its return-path domain
+APP_SERVICES = ("api", "bounces", "worker-transactional", "worker-bulk", "scheduler", "submission")
 
 
 def _stack(root: str | None) -> LocalStack:
@@ -28,6 +29,7 @@ def _print_endpoints(state: StackState) -> None:
         ("API", ep["api_url"]),
         ("SMTP submission", ep["submission"] and "127.0.0.1:{port} (STARTTLS), :{tls_port} (TLS)".format(
             **ep["submission"])),
+        ("bounce intake (MX)", ep["bounces"] and "127.0.0.1:{port} for @{domain}".format(**ep["bounces"])),
         ("received mail", ep["maildir"]),
         ("settings file", ep["env_file"]),
     ]

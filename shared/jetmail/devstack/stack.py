@@ -28,7 +28,10 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 DEFAULT_ROOT = Path(".jetmail/dev")
 INFRA_SERVICES = ("nats", "moto", "smtp")
-DEFAULT_PORTS = {"nats": 4222, "moto": 5055, "smtp": 2525, "api": 8000, "nats_monitor": 8222, "submission": 0}
+DEFAULT_PORTS = {"nats": 4222, "moto": 5055, "smtp": 2525, "api": 8000, "nats_monitor": 8222, "submission": 0,
+                 "bounces": 0}
+#: the return-path domain of mail the local stack sends once its bounce server runs (`jetmail bounce-server`)
+DEV_BOUNCE_DOMAIN = "bounces.jetmail.localhost"
 
 
 class StackError(RuntimeError):
@@ -67,6 +70,9 @@ class StackState:
             "submission": {"host": "127.0.0.1", "port": svc["submission"].port, "tls_port": svc["submission"].tls_port,
                            "cert_file": str((Path(self.root) / "tls" / "submission-cert.pem").resolve())}
             if "submission" in svc else None,
+            # `jetmail bounce-server`: the MX of the return-path domain (plain SMTP, no AUTH)
+            "bounces": {"host": "127.0.0.1", "port": svc["bounces"].port, "domain": DEV_BOUNCE_DOMAIN}
+            if "bounces" in svc else None,
             "maildir": str(self.maildir.resolve()),
             "env_file": str((Path(self.root) / "jetmail.env").resolve()),
             "services": {name: {"pid": s.pid, "port": s.port, "alive": pid_alive(s.pid)} for name, s in svc.items()},
@@ -98,6 +104,8 @@ class StackState:
             out["JETMAIL_SMTP_PORT"] = str(self.services["smtp"].port)
         if "api" in self.services:
             out["JETMAIL_PUBLIC_BASE_URL"] = self.services["api"].url
+        if "bounces" in self.services:
+            out["JETMAIL_BOUNCE_DOMAIN"] = DEV_BOUNCE_DOMAIN
         return out
 
 
@@ -303,6 +311,11 @@ class LocalStack:
             env.update(JETMAIL_SUBMISSION_CERT_FILE=cert, JETMAIL_SUBMISSION_KEY_FILE=key)
             url = f"smtp://127.0.0.1:{port}"
             ready = lambda: tcp_ready(port)() and tcp_ready(tls_port)()  # noqa: E731
+        elif name == "bounces":
+            cmd = [sys.executable, "-m", "jetmail.cli", "bounce-server", "--host", "127.0.0.1", "--port", str(port)]
+            env["JETMAIL_BOUNCE_DOMAIN"] = DEV_BOUNCE_DOMAIN
+            url = f"smtp://127.0.0.1:{port}"
+            ready = tcp_ready(port)
         elif name == "scheduler":
             cmd = [sys.executable, "-m", "jetmail.cli", "scheduler", "--interval", "2"]
             url = ""

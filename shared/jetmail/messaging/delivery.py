@@ -117,6 +117,7 @@ class Deliverer:
             return DeliveryOutcome.FAILED
         except PermanentDeliveryError as exc:
             await self._fail(item, exc.reason)
+            await self.pipeline.refused(exc, lane="transactional")  # after the failure: the record stays failed
             return DeliveryOutcome.FAILED
         except TemporaryDeliveryError as exc:
             if attempt >= max_attempts:

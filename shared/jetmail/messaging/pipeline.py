@@ -19,14 +19,15 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
+from jetmail.deliverability.events import DeliveryEvent
 from jetmail.deliverability.ratelimit import RateLimiter
 from jetmail.deliverability.reputation import count_sent
 from jetmail.kv import Kv
 from jetmail.messaging.compose import Composer, Recipient
 from jetmail.messaging.mime import MimeAttachment, parse_address
-from jetmail.messaging.providers import OutboundMessage, Provider, SendResult
+from jetmail.messaging.providers import OutboundMessage, PermanentDeliveryError, Provider, SendResult
 from jetmail.messaging.simulator import Simulator
 from jetmail.messaging.templating import TemplateVersion
 
@@ -63,6 +64,13 @@ class Draft:
 
 T = TypeVar("T")
 
+
+class FeedbackSink(Protocol):
+    """The feedback processor (``jetmail.deliverability.feedback.FeedbackProcessor``)."""
+
+    def process(self, event: DeliveryEvent) -> str: ...
+
+
 #: threads for the transactional lane's blocking calls: enough for a burst of resets to render and record
 #: side by side, few enough that they cannot crowd out the event loop
 LANE_THREADS = 4
@@ -76,7 +84,9 @@ class Sent:
 
 class SendPipeline:
     def __init__(self, *, composer: Composer, provider: Provider, limiter: RateLimiter | None = None,
-                 simulator: Simulator | None = None, kv: Kv | None = None) -> None:
+                 simulator: Simulator | None = None, kv: Kv | None = None,
+                 feedback: FeedbackSink | None = None) -> None:
+        self.feedback = feedback
         self.composer = composer
         self.provider = provider
         self.limiter = limiter
@@ -155,6 +165,14 @@ class SendPipeline:
                                     source=draft.envelope_from, message_id=draft.message_id,
                                     provider_message_id=sent.result.provider_message_id, category=draft.category,
                                     campaign_id=draft.tags.get("campaign_id"), variant=draft.tags.get("variant"))
+
+
+    async def refused(self, error: PermanentDeliveryError, *, lane: str) -> None:
+        """Outcome hook once the wrapper has recorded a permanent failure: a recipient the SMTP server refused
+        with a 5xx is a bounce (``error.bounce``), handed to the feedback processor as a DSN's would be
+        (suppression for 5.1.1, a reputation count for a 5.7.x policy refusal)."""
+        if error.bounce is not None and self.feedback is not None:
+            await self.blocking(lane, self.feedback.process, error.bounce)
 
 
 def sending_slot(limiter: RateLimiter | None, *, category: str, email: str) -> AbstractAsyncContextManager[None]:

@@ -27,6 +27,7 @@ from jetmail.messaging.submission import RawStore, Refused, prepare
 if TYPE_CHECKING:
     from jetmail.api.throttle import ApiThrottle
     from jetmail.compliance.apikeys import ApiKey
+    from jetmail.config import Settings
     from jetmail.services import Services
 
 log = logging.getLogger("jetmail.messaging.smtp_server")
@@ -238,6 +239,36 @@ def tls_context(cert_file: str, key_file: str) -> ssl.SSLContext:
     return context
 
 
+def tls_context_from_pem(cert_pem: str, key_pem: str) -> ssl.SSLContext:
+    """The same context from PEM text (a Secrets Manager secret). ``ssl`` loads a chain only from files, so
+    they live in a private temporary folder for the moment it reads them."""
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory(prefix="jetmail-tls-") as folder:  # mode 0700
+        cert_path, key_path = Path(folder) / "cert.pem", Path(folder) / "key.pem"
+        cert_path.write_text(cert_pem)
+        key_path.touch(mode=0o600)
+        key_path.write_text(key_pem)
+        return tls_context(str(cert_path), str(key_path))
+
+
+def _server_tls(settings: Settings) -> ssl.SSLContext:
+    """The submission ports' TLS context: PEM text when given (AWS), else the files."""
+    from jetmail.config import ConfigError
+
+    try:
+        if settings.submission_cert_pem and settings.submission_key_pem:
+            return tls_context_from_pem(settings.submission_cert_pem,
+                                        settings.submission_key_pem.get_secret_value())
+        if settings.submission_cert_file and settings.submission_key_file:
+            return tls_context(settings.submission_cert_file, settings.submission_key_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"the submission server's TLS certificate or key cannot be used: {exc}") from None
+    raise ConfigError("JETMAIL_SUBMISSION_CERT_FILE and JETMAIL_SUBMISSION_KEY_FILE (or JETMAIL_SUBMISSION_CERT_PEM "
+                      "and JETMAIL_SUBMISSION_KEY_PEM): the submission server needs a TLS certificate and key (PEM)")
+
+
 def self_signed(folder: str, hostname: str = "localhost") -> tuple[str, str]:
     """A fresh self-signed certificate and key for ``hostname`` (the local stack's): (cert path, key path)."""
     from datetime import UTC, datetime, timedelta
@@ -274,12 +305,7 @@ async def serve(services: Services, *, ready: Callable[[list[int]], None] | None
     from jetmail.api.throttle import ApiThrottle
 
     settings = services.settings
-    if not (settings.submission_cert_file and settings.submission_key_file):
-        from jetmail.config import ConfigError
-
-        raise ConfigError("JETMAIL_SUBMISSION_CERT_FILE and JETMAIL_SUBMISSION_KEY_FILE: the submission server "
-                          "needs a TLS certificate and key (PEM)")
-    context = tls_context(settings.submission_cert_file, settings.submission_key_file)
+    context = _server_tls(settings)
     sync = services.queue
     raw_store = RawStore(None, ttl_s=settings.submission_retention_hours * 3600, replicas=settings.stream_replicas)
 

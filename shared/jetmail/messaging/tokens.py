@@ -34,6 +34,10 @@ class Signer:
     def _mac(self, purpose: str, body: str) -> str:
         return _b64(hmac.digest(self._key, f"{purpose}\x00{body}".encode(), "sha256"))[:_SIG_LEN]
 
+    def digest(self, purpose: str, data: bytes) -> bytes:
+        """The raw HMAC-SHA256 of ``data`` for ``purpose``, for compact tokens of their own (VERP return paths)."""
+        return hmac.digest(self._key, purpose.encode() + b"\x00" + data, "sha256")
+
     def sign(self, purpose: str, payload: dict[str, Any]) -> str:
         body = _b64(json.dumps(payload, separators=(",", ":"), sort_keys=True).encode())
         return f"{body}.{self._mac(purpose, body)}"

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from jetmail.deliverability.events import DeliveryEvent
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -59,11 +62,13 @@ class TemporaryDeliveryError(DeliveryError):
 
 
 class PermanentDeliveryError(DeliveryError):
-    """This message will never be accepted as it is; ``code`` is the SMTP reply code or SES error code."""
+    """This message will never be accepted as it is; ``code`` is the SMTP reply code or SES error code.
+    ``bounce``: what a 5xx refusal of a recipient says about the address, for the feedback processor."""
 
-    def __init__(self, reason: str, *, code: int | str | None = None) -> None:
+    def __init__(self, reason: str, *, code: int | str | None = None, bounce: DeliveryEvent | None = None) -> None:
         super().__init__(reason)
         self.code = code
+        self.bounce = bounce
 
 
 @runtime_checkable

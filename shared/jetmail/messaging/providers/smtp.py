@@ -17,6 +17,13 @@ Campaign mail and the transactional lane (the messages API) each hold at most ``
 connections at once: a password reset never queues behind a campaign's sends for a connection. Idle
 connections are shared, so a reset usually reuses one a campaign opened.
 
+With ``JETMAIL_BOUNCE_DOMAIN`` set, the envelope sender is the message's VERP return path
+(``jetmail.deliverability.bounces``), so a bounce names the message it is about; a 5xx refusal of a recipient
+carries the bounce it amounts to (``PermanentDeliveryError.bounce``) for the feedback processor.
+
+With ``JETMAIL_DKIM_DOMAIN`` set, each message is DKIM-signed (``jetmail.messaging.providers.dkim``) once,
+before it takes a connection.
+
 The pool belongs to the event loop that first uses it; many tasks on that loop may send at once.
 """
 
@@ -27,11 +34,12 @@ import re
 import socket
 import ssl
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import aiosmtplib
 
 from jetmail.config import ConfigError, Settings
+from jetmail.deliverability.bounces import reject_event, verp_address
 from jetmail.messaging.providers import pipelining
 from jetmail.messaging.providers.base import (
     DeliveryError,
@@ -40,6 +48,8 @@ from jetmail.messaging.providers.base import (
     SendResult,
     TemporaryDeliveryError,
 )
+from jetmail.messaging.providers.dkim import DkimSigner, DkimSigningError
+from jetmail.messaging.tokens import Signer
 
 # Relays say "slow down" only in words: 421/451/452 replies carry it in the text, e.g.
 # "421 4.7.0 too many messages", "451 4.7.1 rate limit exceeded", "452 4.5.3 too many recipients".
@@ -96,6 +106,10 @@ class SmtpProvider:
         self._max_idle_s = max_idle_s
         self._local_hostname = local_hostname
         self._slots = {lane: asyncio.Semaphore(settings.smtp_pool_size) for lane in ("transactional", "marketing")}
+        # VERP: bounces come back to `bounces+<signed message id>@<bounce domain>` (jetmail bounce-server)
+        self._bounce_domain = settings.bounce_domain
+        self._signer = Signer(settings.signing_secret) if settings.bounce_domain else None
+        self._dkim = DkimSigner.from_settings(settings)
         self._idle: list[_Connection] = []
         self._closed = False
         self.connections_opened = 0
@@ -105,6 +119,9 @@ class SmtpProvider:
             raise RuntimeError("SmtpProvider is closed")
         if not message.recipients:
             raise PermanentDeliveryError("message has no recipients")
+        message = self._with_return_path(message)
+        if self._dkim is not None:
+            message = await self._signed(message, self._dkim)
         async with self._slots["marketing" if message.lane == "marketing" else "transactional"]:
             conn = self._take_idle()
             if conn is not None:
@@ -114,6 +131,22 @@ class SmtpProvider:
                     pass  # nothing was accepted on it: one attempt over a fresh connection
             conn = await self._open()
             return await self._transact(conn, message, reused=False)
+
+    def _with_return_path(self, message: OutboundMessage) -> OutboundMessage:
+        if self._signer is None or self._bounce_domain is None:
+            return message
+        address = verp_address(message.message_id, signer=self._signer, domain=self._bounce_domain)
+        return message if address is None else replace(message, mail_from=address)
+
+    @staticmethod
+    async def _signed(message: OutboundMessage, signer: DkimSigner) -> OutboundMessage:
+        try:
+            # dkimpy's RSA is pure Python, milliseconds of CPU (docs/guide/bounces-smtp.md): off the event loop,
+            # so the other sends' replies are still read meanwhile
+            raw = await asyncio.to_thread(signer.sign, message.raw)
+        except DkimSigningError as exc:
+            raise PermanentDeliveryError(str(exc)) from None
+        return replace(message, raw=raw)
 
     async def close(self) -> None:
         """Quit idle connections; connections still in use are quit when their send finishes."""
@@ -243,7 +276,8 @@ class SmtpProvider:
                 await self._reset_or_discard(conn)
             else:
                 client.close()  # a malformed reply (aiosmtplib's -1): the dialogue may be out of step
-            raise _response_error(exc.code, exc.message, stage=stage) from None
+            raise _response_error(exc.code, exc.message, stage=stage, message=message,
+                                  recipient=getattr(exc, "recipient", None)) from None
         except aiosmtplib.SMTPServerDisconnected as exc:
             client.close()
             stage = getattr(exc, "stage", stage)
@@ -354,10 +388,17 @@ def _is_throttle(code: int, text: str) -> bool:
     return code in _THROTTLE_CODES and _THROTTLE_WORDING.search(text) is not None
 
 
-def _response_error(code: int, text: str, *, stage: str) -> DeliveryError:
+def _response_error(code: int, text: str, *, stage: str, message: OutboundMessage | None = None,
+                    recipient: str | None = None) -> DeliveryError:
     reason = f"{stage} refused: {code} {text}"
     if 500 <= code < 600:
-        return PermanentDeliveryError(reason, code=code)
+        # a refused recipient (or a message refused for its only one) is a bounce, read as a DSN would be;
+        # a refused MAIL FROM is about the sender, not the address
+        if recipient is None and message is not None and stage == "DATA" and len(message.recipients) == 1:
+            recipient = message.recipients[0]
+        bounce = reject_event(message_id=message.message_id, recipient=recipient, code=code, text=text) \
+            if message is not None and recipient and stage in ("RCPT TO", "DATA") else None
+        return PermanentDeliveryError(reason, code=code, bounce=bounce)
     # 4xx, and anything malformed (aiosmtplib reports -1), says nothing final about the message
     return TemporaryDeliveryError(reason, throttled=_is_throttle(code, text), code=code)
 
