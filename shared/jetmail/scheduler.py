@@ -3,13 +3,14 @@
 It runs the sender-reputation monitor (``jetmail.deliverability.reputation``), starts campaigns whose time has
 come (native JetStream schedules normally start them first;
 this is the safety net, and the conditional state change makes the second start a no-op), decides
-A/B tests whose duration is over, and marks campaigns whose batches have all reported as sent.
+A/B tests whose duration is over, marks campaigns whose batches have all reported as sent, and drops double
+opt-in subscriptions left unconfirmed for ``pending_expiry_days``.
 """
 
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from jetmail.campaigns.model import CampaignState
@@ -42,10 +43,15 @@ def tick(services: Services, now: datetime | None = None) -> dict[str, Any]:
         # a NATS leader election or outage: the rest of the tick still runs, the next tick checks again
         logger.warning("reputation check skipped: %s", exc)
         reputation = {"actions": [], "skipped": str(exc)}
+    from jetmail.audience.intake import expire_unconfirmed
     from jetmail.reporting.queue_lag import publish_queue_lag
 
+    # one Query of the due pending rows: unconfirmed double opt-in subscriptions past their time
+    expired = expire_unconfirmed(services.contacts, before=now - timedelta(days=settings.pending_expiry_days),
+                                 audit=services.audit, pseudonym=services.pseudonyms.pseudonym)
     summary = {"at": now.isoformat(), "started": started, "ab_decided": decided, "finished": finished,
-               "reputation_actions": reputation["actions"], "queue_lag_s": publish_queue_lag(services)}
-    if started or decided or finished or reputation["actions"]:
+               "reputation_actions": reputation["actions"], "queue_lag_s": publish_queue_lag(services),
+               "subscriptions_expired": expired}
+    if started or decided or finished or reputation["actions"] or expired:
         logger.info("tick: %s", summary)
     return summary

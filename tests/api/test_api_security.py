@@ -27,7 +27,11 @@ from jetmail.devstack.stack import StackState, free_port, wait_until
 from jetmail.services import Services
 from stacktools import Isolated, make_settings
 
-PUBLIC = {"/health", "/t/o/{token}", "/t/c/{token}", "/u/{token}", "/sns/ses"}
+PUBLIC = {"/health", "/t/o/{token}", "/t/c/{token}", "/u/{token}", "/sns/ses",
+          "/subscribe/{public_id}", "/confirm/{token}"}
+# the preference centre, view in browser and the campaign archive (jetmail.api.pages)
+PUBLIC |= {"/p/{token}", "/v/{token}", "/archive/{public_id}", "/archive/{public_id}/feed.atom",
+           "/archive/{public_id}/{campaign_id}"}
 DOCS = {"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
 DASHBOARD = "/dashboard"
 # what a `send` key may call: transactional mail and sequence enrolments, nothing that manages the account

@@ -550,9 +550,14 @@ EXAMPLE_LAYOUTS = {"layout", "marketing_layout"}
 def test_example_templates_load_validate_and_render_with_their_samples() -> None:
     loaded = load_template_dir(EXAMPLE_TEMPLATES_DIR)
     # layouts come before the templates that extend them, so saving in order always works
-    assert [t.name for t in loaded[:3]] == ["layout", "marketing_layout", "marketing_layout"]
+    layouts = [t for t in loaded if t.name in EXAMPLE_LAYOUTS]
+    assert [t.name for t in layouts] == ["layout", "marketing_layout", "marketing_layout"]
+    names_in_order = [t.name for t in loaded]
+    assert names_in_order.index("layout") == 0
+    assert all(names_in_order.index("marketing_layout") < i for i, t in enumerate(loaded)
+               if t.category == "marketing" and t.name not in EXAMPLE_LAYOUTS)
     store = InMemoryTemplates(loaded)
-    for layout in loaded[:3]:
+    for layout in layouts:
         validate_template(layout, layouts=store.layout)
     templates = [t for t in loaded if t.name not in EXAMPLE_LAYOUTS]
     names = {t.name for t in templates}
@@ -563,6 +568,7 @@ def test_example_templates_load_validate_and_render_with_their_samples() -> None
         "password_reset",
         "order_confirmation",
         "shipping_notification",
+        "confirm_subscription",
     }
     assert {(t.name, t.locale) for t in templates} == {(n, loc) for n in names for loc in ("en", "de")}
     renderer = Renderer(layouts=store.layout)

@@ -12,6 +12,7 @@ from jetmail.campaigns.model import (
     CampaignCreate,
     CampaignFailure,
     CampaignPublic,
+    CampaignUpdate,
     ScheduleRequest,
     WinnerPick,
 )
@@ -42,6 +43,14 @@ def get_campaign(campaign_id: str, key: Admin, svc: Svc) -> CampaignPublic:
     """State and progress (total, queued, sent, failed, skipped), the A/B test's standing, and when a
     scheduled or recurring campaign starts next (``next_run_at``)."""
     return svc.campaigns.get(campaign_id)
+
+
+@router.patch("/{campaign_id}", response_model=CampaignPublic, response_model_by_alias=True,
+              responses={404: {"description": "not found"}})
+def update_campaign(campaign_id: str, body: CampaignUpdate, key: Admin, svc: Svc) -> CampaignPublic:
+    """Change what may change in any state: ``archive`` (show it, once sent, in the public archive of its
+    public lists) and ``archive_context`` (the values the archived copy renders with)."""
+    return svc.campaigns.update(campaign_id, body)
 
 
 @router.get("/{campaign_id}/failures", response_model=Page[CampaignFailure],

@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 import anyio.from_thread
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
+from fastapi.responses import PlainTextResponse
 from starlette.concurrency import run_in_threadpool
 
 from jetmail.api.auth import require, services
@@ -18,6 +19,7 @@ from jetmail.audience.model import (
     ImportReport,
     ListCreate,
     ListMember,
+    ListUpdate,
     MailingList,
     SubscriptionStatus,
 )
@@ -36,7 +38,8 @@ NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "not found"}}
 # ---- lists
 @router.post("/lists", status_code=201, response_model=MailingList, tags=["lists"])
 def create_list(body: ListCreate, key: Admin, svc: Svc) -> MailingList:
-    return svc.contacts.create_list(body.name)
+    """A private, double opt-in list unless the body says otherwise; ``public_id`` is its id on forms."""
+    return svc.contacts.create_list(body)
 
 
 @router.get("/lists", response_model=Page[MailingList], tags=["lists"])
@@ -48,6 +51,25 @@ def list_lists(key: Admin, svc: Svc) -> Page[MailingList]:
 @router.get("/lists/{list_id}", response_model=MailingList, responses=NOT_FOUND, tags=["lists"])
 def get_list(list_id: str, key: Admin, svc: Svc) -> MailingList:
     return svc.contacts.get_list(list_id)
+
+
+@router.patch("/lists/{list_id}", response_model=MailingList, responses=NOT_FOUND, tags=["lists"])
+def update_list(list_id: str, body: ListUpdate, key: Admin, svc: Svc) -> MailingList:
+    """Change the given fields: the name, whether it is public, what subscribers see of it (``title``,
+    ``description``), its opt-in mode and the attributes its form may set (``form_fields``)."""
+    return svc.contacts.update_list(list_id, body)
+
+
+@router.get("/lists/{list_id}/form", response_class=PlainTextResponse, tags=["lists"],
+            responses={**NOT_FOUND, 422: {"description": "the list is not public"},
+                       200: {"content": {"text/html": {"schema": {"type": "string"}}},
+                             "description": "an HTML form to paste into a web page"}})
+def list_form(list_id: str, key: Admin, svc: Svc, request: Request) -> PlainTextResponse:
+    """An HTML form snippet that subscribes to the (public) list through ``POST /subscribe/{public_id}``."""
+    from jetmail.api.intake import intake
+
+    snippet = intake(request).form_snippet(svc.contacts.get_list(list_id))
+    return PlainTextResponse(snippet, media_type="text/html")
 
 
 @router.delete("/lists/{list_id}", status_code=204, response_class=Response, responses=NOT_FOUND, tags=["lists"])

@@ -52,6 +52,7 @@ STATUS_FOR: dict[str, int] = {
     "jetmail.audience.model.UnknownList": 422,
     "jetmail.audience.model.InvalidContact": 422,
     "jetmail.audience.model.ErasedAddress": 422,
+    "jetmail.audience.intake.InvalidSubscription": 422,
     "jetmail.storage.cursors.InvalidCursor": 422,
     "jetmail.audience.model.InvalidImport": 422,
     "jetmail.audience.segments.CriteriaError": 422,

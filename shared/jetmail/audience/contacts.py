@@ -30,9 +30,12 @@ from jetmail.audience.imports import rows as import_rows
 from jetmail.audience.model import (
     LIST_ID,
     MAX_LISTS_PER_CONTACT,
+    PUBLIC_ID,
     SNAPSHOT_FIELDS,
     STATUSES,
     AudienceMember,
+    Consent,
+    ConsentSource,
     Contact,
     ContactConflict,
     ContactFields,
@@ -46,6 +49,7 @@ from jetmail.audience.model import (
     ListCreate,
     ListMember,
     ListNotFound,
+    ListUpdate,
     MailingList,
     MemberPage,
     SubscriptionStatus,
@@ -69,6 +73,8 @@ from jetmail.storage.table import (
     resume_after,
 )
 
+SubscribeOutcome = Literal["pending", "subscribed", "unchanged"]
+LIST_FIELDS = ("public", "public_id", "title", "description", "opt_in", "form_fields")
 IMPORT_CHUNK_ROWS = 100  # one BatchGetItem (its maximum) reads the stored contacts of a chunk
 UPSERT_ATTEMPTS = 5
 
@@ -109,7 +115,7 @@ def _snapshot(state: Mapping[str, Any] | None) -> tuple[Any, ...] | None:
 
 
 def _merged(current: Mapping[str, Any] | None, address: str, patch: ContactFields,
-            lists: Mapping[str, str], now: str) -> dict[str, Any]:
+            lists: Mapping[str, str], now: str, consent: Mapping[str, Consent] | None = None) -> dict[str, Any]:
     """The contact state after applying ``patch`` and ``lists`` to what is stored (without keys)."""
     state: dict[str, Any] = {k: v for k, v in (current or {}).items() if k not in KEY_ATTRIBUTES}
     state.setdefault("created_at", now)
@@ -131,8 +137,18 @@ def _merged(current: Mapping[str, Any] | None, address: str, patch: ContactField
             raise InvalidContact(f"after merging with the stored contact: {exc}") from None
     state["attributes"] = attributes
     state["lists"] = {**(state.get("lists") or {}), **lists}
+    if consent:
+        state["consent"] = {**(state.get("consent") or {}),
+                            **{k: c.model_dump(exclude_none=True) for k, c in consent.items()}}
     state["updated_at"] = now
     return state
+
+
+def _new_consent(before: Mapping[str, str], after: Mapping[str, str], source: ConsentSource,
+                 now: str) -> dict[str, Consent]:
+    """A consent record for each list the contact has just joined by an admin's hand (API, import)."""
+    return {list_id: Consent(source=source, requested_at=now, confirmed_at=now)
+            for list_id, status in after.items() if status == "subscribed" and before.get(list_id) != "subscribed"}
 
 
 def _check_list_count(state: Mapping[str, Any]) -> None:
@@ -149,7 +165,11 @@ def _member(item: Mapping[str, Any]) -> ListMember:
 
 
 def _list(item: Mapping[str, Any]) -> MailingList:
-    return MailingList(id=item["id"], name=item["name"], created_at=item["created_at"])
+    return MailingList.model_validate({k: v for k, v in item.items() if k in MailingList.model_fields})
+
+
+def new_public_id() -> str:
+    return f"pub_{secrets.token_urlsafe(16)}"
 
 
 def pick_list(name: str, every: Sequence[MailingList]) -> MailingList:
@@ -210,12 +230,41 @@ class ContactStore:
         return self.table.requests
 
     # ---- lists
-    def create_list(self, name: str) -> MailingList:
-        """One PutItem."""
-        body = ListCreate(name=name)
+    def create_list(self, name: str | ListCreate) -> MailingList:
+        """One PutItem. A name alone makes a private, double opt-in list."""
+        body = ListCreate(name=name) if isinstance(name, str) else name
         list_id = f"lst_{secrets.token_hex(8)}"
         created = now_iso()
-        return _list(self._lists.add(list_id, created, id=list_id, name=body.name, created_at=created))
+        return _list(self._lists.add(list_id, created, id=list_id, created_at=created, public_id=new_public_id(),
+                                     **body.model_dump(exclude_none=True)))
+
+    def update_list(self, list_id: str, body: ListUpdate) -> MailingList:
+        """Change the given fields: one GetItem and one conditional PutItem. A list made before lists had
+        public ids gets one now."""
+        item = self._lists.get(list_id)
+        item.update(body.model_dump(exclude_unset=True, exclude_none=True))
+        for name in ("title", "description"):  # null clears these two
+            if name in body.model_fields_set and getattr(body, name) is None:
+                item.pop(name, None)
+        item.setdefault("public_id", new_public_id())
+        try:
+            self.table.put(item, condition="attribute_exists(pk)")
+        except ConditionFailed:
+            raise ListNotFound(f"list {list_id!r} not found") from None
+        return _list(item)
+
+    def public_lists(self) -> list[MailingList]:
+        """Every public list, oldest first: one Query per 1 MB of lists."""
+        return [lst for lst in self.lists() if lst.public]
+
+    def public_list(self, public_id: str) -> MailingList:
+        """The public list with this public id: one Query of the lists (none for an id that cannot be one).
+        A private list is not found, like an unknown one."""
+        if PUBLIC_ID.match(public_id):
+            for lst in self.lists():
+                if lst.public and lst.public_id == public_id:
+                    return lst
+        raise ListNotFound("no such public list")
 
     def get_list(self, list_id: str) -> MailingList:
         """One GetItem (none for an id that cannot be a list's)."""
@@ -271,7 +320,8 @@ class ContactStore:
     def _stored(self, key: str) -> dict[str, Any] | None:
         return self.table.get(*keys.contact(key), consistent=True)
 
-    def upsert(self, email: str, body: ContactUpsert) -> tuple[Contact, bool]:
+    def upsert(self, email: str, body: ContactUpsert, *, consent: Mapping[str, Consent] | None = None,
+               ) -> tuple[Contact, bool]:
         """Create or update one contact and the snapshots in its lists; returns (contact, created).
 
         One GetItem, one BatchGetItem (do its lists exist), one BatchWriteItem per 25 memberships
@@ -280,6 +330,8 @@ class ContactStore:
         the conditional put fail and the whole step start over from a fresh read, so the write that
         lands last leaves contact and snapshots in step. (No transaction: it would double the write
         cost, and the emulator copies the whole table per transaction item.)
+        ``consent`` records how the contact joined lists; without it, each list the contact joins here
+        gets a consent record of source ``api``.
         Raises UnknownList, InvalidContact, InvalidAddress, ContactConflict."""
         address = _address(email)
         if self.erased([address]):
@@ -288,7 +340,9 @@ class ContactStore:
         for _ in range(UPSERT_ATTEMPTS):
             current = self._stored(key)
             now = now_iso()
-            state = _merged(current, address, body, body.lists, now)
+            joined = consent if consent is not None else _new_consent(
+                (current or {}).get("lists") or {}, body.lists, "api", now)
+            state = _merged(current, address, body, body.lists, now, joined)
             live = self.existing_lists(state["lists"]) if state["lists"] else set()
             missing = sorted(set(body.lists) - live)
             if missing:
@@ -324,6 +378,100 @@ class ContactStore:
         lists = item.get("lists") or {}
         self.table.batch_delete([keys.contact(key), *(keys.list_member(list_id, key) for list_id in lists)])
         return len(lists)
+
+    # ---- subscriptions by the subscriber (jetmail.audience.intake)
+    def subscribe(self, email: str, *, mailing_list: MailingList, fields: ContactFields, consent: Consent,
+                  ) -> tuple[SubscribeOutcome, Consent]:
+        """A subscriber asks to join ``mailing_list``; returns what became of it and the consent in force.
+
+        ``pending`` (a confirmation is due: double opt-in, or a return after an unsubscribe, which is never
+        taken on an unconfirmed request), ``subscribed`` (single opt-in) or ``unchanged`` (subscribed
+        already). A repeat while pending changes nothing and returns the first request's consent, so
+        its confirmation link stays the same. ``fields`` only fill what the contact lacks: a form never
+        overwrites what is stored. One GetItem, then for a change the writes of ``upsert`` and, when
+        pending, one PutItem of the pending row."""
+        address = _address(email)
+        key = contact_key(address)
+        current = self._stored(key) or {}
+        status = (current.get("lists") or {}).get(mailing_list.id)
+        stored = (current.get("consent") or {}).get(mailing_list.id)
+        if status == "subscribed":
+            return "unchanged", Consent.model_validate(stored) if stored else consent
+        if status == "pending" and stored:
+            return "pending", Consent.model_validate(stored)
+        double = mailing_list.opt_in == "double" or status == "unsubscribed"
+        consent = consent.model_copy(update={"opt_in": "double" if double else "single",
+                                             "confirmed_at": None if double else consent.requested_at})
+        patch = ContactUpsert(lists={mailing_list.id: "pending" if double else "subscribed"},
+                              **{name: value for name, value in _missing(current, fields).items()})
+        self.upsert(address, patch, consent={mailing_list.id: consent})
+        if double:
+            self.table.put(keys.pending_subscription(consent.requested_at, mailing_list.id, key).item(
+                email=address, list_id=mailing_list.id))
+            return "pending", consent
+        return "subscribed", consent
+
+    def confirm(self, email: str, *, list_id: str, requested_at: str) -> Literal["confirmed", "already", "stale"]:
+        """Confirm the pending subscription asked for at ``requested_at``: idempotent (``already`` when it is
+        confirmed), and ``stale`` when that request is not the one in force (expired, unsubscribed since,
+        superseded). One GetItem, then for a change the writes of ``upsert`` and one DeleteItem."""
+        address = _address(email)
+        key = contact_key(address)
+        current = self._stored(key) or {}
+        status = (current.get("lists") or {}).get(list_id)
+        stored = (current.get("consent") or {}).get(list_id)
+        if not stored or stored.get("requested_at") != requested_at:
+            return "stale"
+        if status == "subscribed":
+            return "already"
+        if status != "pending":
+            return "stale"
+        confirmed = Consent.model_validate(stored).model_copy(update={"confirmed_at": now_iso()})
+        self.upsert(address, ContactUpsert(lists={list_id: "subscribed"}), consent={list_id: confirmed})
+        self.table.delete(*keys.pending_subscription(requested_at, list_id, key))
+        return "confirmed"
+
+    def expire_pending(self, before: datetime, *, limit: int = 100) -> list[tuple[str, str]]:
+        """Drop subscriptions asked for before ``before`` and never confirmed: the membership and its consent
+        go, and a contact left in no list that the request made is deleted. Returns (address, list id) of
+        each. One Query of the pending rows (at most ``limit``: the next tick takes the rest), and per
+        expired one a GetItem, a PutItem and a BatchWriteItem."""
+        rows, _ = self.table.query(pk=keys.PENDING, sk_between=("0", before.astimezone(UTC).isoformat()),
+                                   limit=limit)
+        expired: list[tuple[str, str]] = []
+        for row in rows:
+            address, list_id = row["email"], row["list_id"]
+            requested_at = row["sk"].split("#", 1)[0]
+            if self._drop_pending(address, list_id, requested_at):
+                expired.append((address, list_id))
+            self.table.delete(row["pk"], row["sk"])
+        return expired
+
+    def _drop_pending(self, address: str, list_id: str, requested_at: str) -> bool:
+        key = contact_key(address)
+        for _ in range(UPSERT_ATTEMPTS):
+            item = self._stored(key)
+            if item is None:
+                return False
+            lists = dict(item.get("lists") or {})
+            consent = dict(item.get("consent") or {})
+            if lists.get(list_id) != "pending" or (consent.get(list_id) or {}).get("requested_at") != requested_at:
+                return False
+            lists.pop(list_id)
+            consent.pop(list_id, None)
+            version = int(item.get("version", 0))
+            member = keys.list_member(list_id, key)
+            try:
+                self.table.put({**item, "lists": lists, "consent": consent, "version": version + 1,
+                                "updated_at": now_iso()}, condition="version = :v", params={":v": version})
+            except ConditionFailed:
+                continue
+            gone = [member]
+            if not lists and str(item.get("created_at", "")) >= requested_at:
+                gone.append(keys.contact(key))  # made by the unconfirmed request alone
+            self.table.batch_delete(gone)
+            return True
+        raise ContactConflict(f"contact {address!r} changed during {UPSERT_ATTEMPTS} attempts to write it; retry")
 
     def export_of(self, email: str) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
         """What is held about the contact of ``email`` (an export): the contact as stored (without its keys
@@ -496,7 +644,9 @@ class ContactStore:
             previous = ((base or {}).get("lists") or {}).get(list_id)
             keep = previous == "unsubscribed" and status != "unsubscribed"
             try:
-                state = _merged(base, row.email, row, {list_id: "unsubscribed" if keep else status}, now)
+                joined = {list_id: "unsubscribed" if keep else status}
+                state = _merged(base, row.email, row, joined, now,
+                                _new_consent((base or {}).get("lists") or {}, joined, "import", now))
                 state["lists"] = {k: v for k, v in state["lists"].items() if known_lists.get(k)}
                 _check_list_count(state)
             except InvalidContact as exc:
@@ -521,6 +671,19 @@ class ContactStore:
         self.table.batch_put_groups(groups)
         report.imported += imported
         report.kept_unsubscribed += kept
+
+
+def _missing(current: Mapping[str, Any], fields: ContactFields) -> dict[str, Any]:
+    """The given profile fields the stored contact has no value for, attributes key by key."""
+    out: dict[str, Any] = {}
+    for name in ("name", "language", "timezone"):
+        if name in fields.model_fields_set and getattr(fields, name) and not current.get(name):
+            out[name] = getattr(fields, name)
+    stored = current.get("attributes") or {}
+    new = {k: v for k, v in fields.attributes.items() if v is not None and k not in stored}
+    if new:
+        out["attributes"] = new
+    return out
 
 
 def _when(value: Any) -> datetime | None:

@@ -19,6 +19,8 @@ from jetmail.storage import keys
 
 SubscriptionStatus = Literal["subscribed", "unsubscribed", "pending"]
 ImportFormat = Literal["csv", "jsonl"]
+OptIn = Literal["double", "single"]
+ConsentSource = Literal["form", "api", "import", "smtp", "preferences"]
 STATUSES: tuple[str, ...] = get_args(SubscriptionStatus)
 
 MAX_LISTS_PER_CONTACT = 50
@@ -27,6 +29,9 @@ MAX_ATTRIBUTE_DEPTH = 4
 MAX_REPORTED_ERRORS = 100
 # lists are found by id without a request when the id cannot be one
 LIST_ID = re.compile(r"^lst_[0-9a-f]{16}$")
+# a list's id for subscribers (forms, the preference centre, the archive): random, never the internal id
+PUBLIC_ID = re.compile(r"^pub_[A-Za-z0-9_-]{22}$")
+MAX_FORM_FIELDS = 20
 ATTRIBUTE_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$")
 LANGUAGE = r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})*$"
 SNAPSHOT_FIELDS = ("email", "name", "language", "timezone", "attributes")
@@ -135,6 +140,19 @@ class ImportRow(ContactFields):
             raise ValueError(str(exc)) from None
 
 
+class Consent(BaseModel):
+    """How a contact came to be in one list: the proof of consent kept with the contact."""
+
+    source: ConsentSource = Field(description="form, api, import, smtp or preferences")
+    source_url: str | None = Field(default=None, description="the page the form was on (its Referer or "
+                                                             "`source` field)")
+    ip: str | None = Field(default=None, description="the requester's address as JETMAIL_CONSENT_IP keeps it: "
+                                                     "`sha256:<16 hex>`, truncated, or in full")
+    requested_at: str = Field(description="when the subscription was asked for (UTC, ISO 8601)")
+    confirmed_at: str | None = Field(default=None, description="when it was confirmed; single opt-in: at once")
+    opt_in: OptIn = "single"
+
+
 class Contact(BaseModel):
     email: str
     name: str | None = None
@@ -142,21 +160,78 @@ class Contact(BaseModel):
     timezone: str | None = None
     attributes: dict[str, Any] = Field(default_factory=dict)
     lists: dict[str, SubscriptionStatus] = Field(default_factory=dict)
+    consent: dict[str, Consent] = Field(default_factory=dict, description="list id -> how the contact joined it")
     last_opened_at: datetime | None = None
     last_clicked_at: datetime | None = None
     created_at: str
     updated_at: str
 
 
-class ListCreate(BaseModel):
+def _check_form_fields(value: list[str] | None) -> list[str] | None:
+    if value is None:
+        return None
+    for key in value:
+        if not ATTRIBUTE_KEY.match(key):
+            raise ValueError(f"form field {key!r} must be 1-64 letters, digits, '_' or '-'")
+        if key in ("email", "name", "source", "website", "pow"):
+            raise ValueError(f"form field {key!r} is taken by the form itself")
+    return list(dict.fromkeys(value))
+
+
+class ListSettings(BaseModel):
+    """What subscribers see of a list and how they join it."""
+
     model_config = ConfigDict(extra="forbid")
+    public: bool = Field(default=False, description="offered on forms, the preference centre and the archive")
+    title: OneLine | None = Field(default=None, max_length=200, description="the name subscribers see; "
+                                                                           "unset: the list's name")
+    description: str | None = Field(default=None, max_length=1000, description="what subscribers get")
+    opt_in: OptIn = Field(default="double", description="double: a confirmation mail first; single: at once")
+    form_fields: list[str] = Field(default_factory=list, max_length=MAX_FORM_FIELDS,
+                                   description="contact attributes a public form may set")
+
+    @field_validator("form_fields")
+    @classmethod
+    def _fields(cls, value: list[str]) -> list[str]:
+        return _check_form_fields(value) or []
+
+
+class ListCreate(ListSettings):
     name: OneLine = Field(min_length=1, max_length=200)
+
+
+class ListUpdate(BaseModel):
+    """Body of ``PATCH /v1/lists/{id}``: given fields replace the stored ones."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: OneLine | None = Field(default=None, min_length=1, max_length=200)
+    public: bool | None = None
+    title: OneLine | None = Field(default=None, max_length=200)
+    description: str | None = Field(default=None, max_length=1000)
+    opt_in: OptIn | None = None
+    form_fields: list[str] | None = Field(default=None, max_length=MAX_FORM_FIELDS)
+
+    @field_validator("form_fields")
+    @classmethod
+    def _fields(cls, value: list[str] | None) -> list[str] | None:
+        return _check_form_fields(value)
 
 
 class MailingList(BaseModel):
     id: str
     name: str
     created_at: str
+    public: bool = False
+    public_id: str | None = Field(default=None, description="the list's id on forms and public pages")
+    title: str | None = None
+    description: str | None = None
+    opt_in: OptIn = "double"
+    form_fields: list[str] = Field(default_factory=list)
+
+    @property
+    def display_name(self) -> str:
+        """The name subscribers see."""
+        return self.title or self.name
 
 
 class ListMember(BaseModel):

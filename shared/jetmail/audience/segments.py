@@ -489,6 +489,8 @@ class SegmentStore:
         now = datetime.now(UTC)
         if not list_ids:
             for contact in self.contacts.iter_contacts():
+                if contact.lists and all(status == "pending" for status in contact.lists.values()):
+                    continue  # asked to join lists but confirmed none: not mailed until it does
                 member = AudienceMember(email=contact.email, name=contact.name, language=contact.language,
                                         timezone=contact.timezone, attributes=contact.attributes)
                 if evaluate(criteria, Candidate(member, contact.last_opened_at, contact.last_clicked_at), now):

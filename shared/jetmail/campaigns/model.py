@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, Literal
@@ -82,6 +83,45 @@ class CampaignCreate(BaseModel):
     audience: list[AudienceSource] = Field(min_length=1, max_length=20)
     exclusions: list[AudienceSource] = Field(default_factory=list, max_length=20)
     ab_test: ABTest | None = None
+    archive: bool = Field(default=False, description="show it, once sent, in the public archive of each public "
+                                                     "list of its audience")
+    archive_context: dict[str, Any] | None = Field(
+        default=None, description="the archive's copy renders with these values in place of any recipient's "
+                                  "(``attributes`` included); none: the template's sample_context")
+
+
+    @field_validator("archive_context")
+    @classmethod
+    def _archive_context(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        return check_archive_context(value)
+
+
+class CampaignUpdate(BaseModel):
+    """Body of ``PATCH /v1/campaigns/{id}``: what may change in any state, sent campaigns included."""
+
+    model_config = ConfigDict(extra="forbid")
+    archive: bool | None = None
+    archive_context: dict[str, Any] | None = None
+
+    @field_validator("archive_context")
+    @classmethod
+    def _archive_context(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        return check_archive_context(value)
+
+
+def check_archive_context(value: dict[str, Any] | None) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    # on use: the templating package loads Jinja, which the scheduler's cold start never needs
+    from jetmail.messaging.templating.model import STANDARD_NAMES
+
+    reserved = sorted(STANDARD_NAMES.intersection(value))
+    if reserved:
+        raise ValueError(f"{', '.join(reserved)}: filled in by every render, not from archive_context")
+    if len(json.dumps(value, default=str)) > 64 * 1024:
+        raise ValueError("archive_context is over 64 KiB as JSON")
+    return value
+
 
 class ScheduleRequest(BaseModel):
     """``at`` (a local time in ``timezone`` when it has no offset) or a recurring ``cron``."""
@@ -165,6 +205,7 @@ class CampaignPublic(BaseModel):
     progress: Progress
     ab_test: ABTest | None = None
     ab: ABResult | None = None
+    archive: bool = False
 
 
 class CampaignFailure(BaseModel):

@@ -23,6 +23,7 @@ from jetmail.campaigns.model import (
     CampaignFailurePage,
     CampaignPublic,
     CampaignState,
+    CampaignUpdate,
     Progress,
     ScheduleRequest,
     VariantStats,
@@ -218,8 +219,19 @@ class CampaignService:
             exclusions=definition.exclusions, created_at=item["created_at"], started_at=item.get("started_at"),
             finished_at=item.get("finished_at"), scheduled_at=item.get("scheduled_at"), cron=item.get("cron"),
             timezone=item.get("timezone"), parent_id=item.get("parent_id"), progress=progress,
-            ab_test=definition.ab_test, ab=ab, next_run_at=next_run_at(item),
+            ab_test=definition.ab_test, ab=ab, next_run_at=next_run_at(item), archive=definition.archive,
         )
+
+    def update(self, campaign_id: str, body: CampaignUpdate) -> CampaignPublic:
+        """Change what may change in any state: whether the campaign shows in its lists' public archives,
+        and the values its archived copy renders with. Raises CampaignNotFound."""
+        item = self.store.get(campaign_id)
+        changes = body.model_dump(exclude_unset=True)
+        definition = self.store.definition(item).model_copy(update=changes)
+        item = self.store.set_fields(campaign_id, definition=definition.model_dump_json(by_alias=True),
+                                     updated_at=now_iso())
+        self._record("updated", campaign_id, **{k: v for k, v in changes.items() if k != "archive_context"})
+        return self.public(item)
 
     def _variant_stats(self, campaign_id: str, definition: CampaignCreate) -> builtins.list[VariantStats]:
         assert definition.ab_test is not None

@@ -197,6 +197,11 @@ class CampaignStore:
     def batch(self, campaign_id: str, *, run: str, batch: int) -> dict[str, Any] | None:
         return self.table.get(*keys.batch(campaign_id, run, batch))
 
+    def batch_record(self, campaign_id: str, *, run: str, batch: int) -> BatchRecord | None:
+        """A planned batch with its recipients' details (what a view-in-browser copy renders from)."""
+        item = self.batch(campaign_id, run=run, batch=batch)
+        return _batch_record(item) if item is not None else None
+
     # ---- permanent failures
     def _failures_op(self, campaign_id: str, *, run: str, batch: int, failures: dict[int, str]) -> dict[str, Any]:
         """Keep a batch's failed recipients (position -> reason) on its item. A redelivered batch writes

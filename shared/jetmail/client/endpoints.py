@@ -121,8 +121,13 @@ class Endpoints(ABC, Generic[R, P]):
         suppression, sequence enrolments."""
         return self._call(Call("GET", f"/v1/contacts/{_seg(email)}/export"))
 
-    def create_list(self, name: str) -> R:
-        return self._call(Call("POST", "/v1/lists", body={"name": name}))
+    def create_list(self, name: str, **settings: Any) -> R:
+        """``settings``: public, title, description, opt_in, form_fields."""
+        return self._call(Call("POST", "/v1/lists", body={"name": name, **settings}))
+
+    def update_list(self, list_id: str, **fields: Any) -> R:
+        """Change the given fields: name, public, title, description, opt_in, form_fields."""
+        return self._call(Call("PATCH", f"/v1/lists/{_seg(list_id)}", body=fields))
 
     def get_list(self, list_id: str) -> R:
         return self._call(Call("GET", f"/v1/lists/{_seg(list_id)}"))
@@ -172,6 +177,10 @@ class Endpoints(ABC, Generic[R, P]):
     def iter_campaigns(self) -> P:
         """Newest first."""
         return self._pages(Call("GET", "/v1/campaigns"))
+
+    def update_campaign(self, campaign_id: str, **fields: Any) -> R:
+        """Change ``archive`` and ``archive_context`` (in any state)."""
+        return self._call(Call("PATCH", f"/v1/campaigns/{_seg(campaign_id)}", body=fields))
 
     def send_campaign(self, campaign_id: str) -> R:
         return self._call(Call("POST", f"/v1/campaigns/{_seg(campaign_id)}/send"))

@@ -14,7 +14,13 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import click
 
-from jetmail.campaigns.model import CampaignCreate, CampaignFailure, CampaignFailurePage, CampaignPublic
+from jetmail.campaigns.model import (
+    CampaignCreate,
+    CampaignFailure,
+    CampaignFailurePage,
+    CampaignPublic,
+    CampaignUpdate,
+)
 from jetmail.commands import domain_errors, load_services
 from jetmail.commands.remote import api_errors, api_url_option, connect
 from jetmail.scheduler import tick
@@ -47,6 +53,8 @@ class _Backend(Protocol):
     def create(self, body: CampaignCreate) -> CampaignPublic: ...
 
     def send(self, campaign_id: str) -> CampaignPublic: ...
+
+    def update(self, campaign_id: str, body: CampaignUpdate) -> CampaignPublic: ...
 
     def pause(self, campaign_id: str) -> CampaignPublic: ...
 
@@ -85,6 +93,10 @@ class _Remote:
 
     def send(self, campaign_id: str) -> CampaignPublic:
         return self._public(self.client.send_campaign(campaign_id))
+
+    def update(self, campaign_id: str, body: CampaignUpdate) -> CampaignPublic:
+        return self._public(self.client.update_campaign(campaign_id, **body.model_dump(mode="json",
+                                                                                       exclude_unset=True)))
 
     def pause(self, campaign_id: str) -> CampaignPublic:
         return self._public(self.client.pause_campaign(campaign_id))
@@ -281,15 +293,28 @@ def failures(campaign_id: str, limit: int | None, as_csv: bool, api_url: str | N
 
 @campaign.command("create")
 @click.argument("definition", type=click.File("r"))
+@click.option("--archive", is_flag=True, help="show it, once sent, in its public lists' archives")
 @api_url_option
 @_campaign_errors
-def create(definition: Any, api_url: str | None) -> None:
+def create(definition: Any, archive: bool, api_url: str | None) -> None:
     """Create a draft from a JSON file (the body of POST /v1/campaigns)."""
     try:
         body = CampaignCreate.model_validate(json.load(definition))
     except (ValueError, json.JSONDecodeError) as exc:
         raise click.ClickException(f"invalid campaign definition: {exc}") from None
+    if archive:
+        body.archive = True
     click.echo(_line(_backend(api_url).create(body)))
+
+
+@campaign.command("archive")
+@click.argument("campaign_id")
+@click.option("--off", is_flag=True, help="take it out of the archives again")
+@api_url_option
+@_campaign_errors
+def archive(campaign_id: str, off: bool, api_url: str | None) -> None:
+    """Show a campaign, once sent, in the public archive of each public list of its audience (any state)."""
+    click.echo(_line(_backend(api_url).update(campaign_id, CampaignUpdate(archive=not off))))
 
 
 @click.command()

@@ -23,7 +23,9 @@ from jetmail.audience.model import (
     ContactNotFound,
     ImportFormat,
     ImportReport,
+    ListCreate,
     ListNotFound,
+    ListUpdate,
     MailingList,
     SubscriptionStatus,
 )
@@ -53,7 +55,9 @@ class _Backend(Protocol):
 
     def erase(self, email: str) -> ErasureReport: ...
 
-    def create_list(self, name: str) -> MailingList: ...
+    def create_list(self, body: ListCreate) -> MailingList: ...
+
+    def update_list(self, list_id: str, body: ListUpdate) -> MailingList: ...
 
     def lists(self) -> list[MailingList]: ...
 
@@ -81,8 +85,11 @@ class _Local:
     def erase(self, email: str) -> ErasureReport:
         return self.svc.privacy.erase(email)
 
-    def create_list(self, name: str) -> MailingList:
-        return self.svc.contacts.create_list(name)
+    def create_list(self, body: ListCreate) -> MailingList:
+        return self.svc.contacts.create_list(body)
+
+    def update_list(self, list_id: str, body: ListUpdate) -> MailingList:
+        return self.svc.contacts.update_list(list_id, body)
 
     def lists(self) -> list[MailingList]:
         return self.svc.contacts.lists()
@@ -138,8 +145,12 @@ class _Remote:
     def erase(self, email: str) -> ErasureReport:
         return ErasureReport.model_validate(self.client.delete_contact(email, erase=True))
 
-    def create_list(self, name: str) -> MailingList:
-        return MailingList.model_validate(self.client.create_list(name))
+    def create_list(self, body: ListCreate) -> MailingList:
+        settings = body.model_dump(exclude={"name"}, exclude_none=True)
+        return MailingList.model_validate(self.client.create_list(body.name, **settings))
+
+    def update_list(self, list_id: str, body: ListUpdate) -> MailingList:
+        return MailingList.model_validate(self.client.update_list(list_id, **body.model_dump(exclude_unset=True)))
 
     def lists(self) -> list[MailingList]:
         return [MailingList.model_validate(item) for item in self.client.iter_lists()]
@@ -286,15 +297,99 @@ def lists() -> None:
     """Create and list contact lists (with --api-url, through the API)."""
 
 
+def _list_options(fn: Any) -> Any:
+    """What subscribers see of a list and how they join it (create and update)."""
+    for option in reversed([
+        click.option("--public/--private", "public", default=None,
+                     help="offered on subscription forms and the preference centre (default: private)"),
+        click.option("--title", help="the name subscribers see (default: the list's name)"),
+        click.option("--description", help="what subscribers get"),
+        click.option("--opt-in", "opt_in", type=click.Choice(["double", "single"]),
+                     help="double (default): a confirmation mail first; single: subscribed at once"),
+        click.option("--field", "form_fields", multiple=True, metavar="ATTRIBUTE",
+                     help="an attribute the public form may set (repeat for more)"),
+    ]):
+        fn = option(fn)
+    return fn
+
+
+def _list_fields(public: bool | None, title: str | None, description: str | None, opt_in: str | None,
+                 form_fields: tuple[str, ...]) -> dict[str, Any]:
+    given = {"public": public, "title": title, "description": description, "opt_in": opt_in,
+             "form_fields": list(form_fields) or None}
+    return {k: v for k, v in given.items() if v is not None}
+
+
+def _valid(model: Any, values: dict[str, Any]) -> Any:
+    from pydantic import ValidationError
+
+    try:
+        return model.model_validate(values)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise click.ClickException(f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}") from None
+
+
+def _show_list(item: MailingList) -> None:
+    access = f"public {item.public_id}" if item.public else "private"
+    click.echo(f"  {access}, {item.opt_in} opt-in" + (f", form fields: {', '.join(item.form_fields)}"
+                                                      if item.form_fields else ""))
+
+
 @lists.command("create")
 @click.argument("name")
+@_list_options
 @api_url_option
 @_audience_errors
-def create_list(name: str, api_url: str | None) -> None:
-    """Create a list; its id is printed alone on the last line."""
-    created = _backend(api_url).create_list(name)
+def create_list(name: str, public: bool | None, title: str | None, description: str | None, opt_in: str | None,
+                form_fields: tuple[str, ...], api_url: str | None) -> None:
+    """Create a list (private and double opt-in unless told otherwise); its id is printed alone on the
+    last line."""
+    body = _valid(ListCreate, {"name": name, **_list_fields(public, title, description, opt_in, form_fields)})
+    created = _backend(api_url).create_list(body)
     click.echo(f"created list {created.name!r}:")
+    _show_list(created)
     click.echo(created.id)
+
+
+@lists.command("update")
+@click.argument("list_ref", metavar="LIST")
+@click.option("--name", help="a new name")
+@_list_options
+@api_url_option
+@_audience_errors
+def update_list(list_ref: str, name: str | None, public: bool | None, title: str | None, description: str | None,
+                opt_in: str | None, form_fields: tuple[str, ...], api_url: str | None) -> None:
+    """Change a list (id or name): only the options given."""
+    fields = _list_fields(public, title, description, opt_in, form_fields)
+    if name is not None:
+        fields["name"] = name
+    if not fields:
+        raise click.ClickException("nothing to change: give at least one option (see --help)")
+    backend = _backend(api_url)
+    target = backend.find_list(list_ref)
+    updated = backend.update_list(target.id, _valid(ListUpdate, fields))
+    click.echo(f"updated list {updated.name!r} ({updated.id}):")
+    _show_list(updated)
+
+
+@lists.command("form")
+@click.argument("list_ref", metavar="LIST")
+@api_url_option
+@_audience_errors
+def list_form(list_ref: str, api_url: str | None) -> None:
+    """Print an HTML subscription form for a public list, to paste into a web page. It posts to the API
+    (--api-url, else JETMAIL_PUBLIC_BASE_URL)."""
+    from jetmail.audience.intake import InvalidSubscription, form_snippet, make_challenge
+    from jetmail.config import get_settings
+
+    settings = get_settings()
+    target = _backend(api_url).find_list(list_ref)
+    challenge = make_challenge(settings.subscribe_challenge, bits=settings.subscribe_pow_bits, settings=settings)
+    try:
+        click.echo(form_snippet(target, base_url=api_url or settings.public_base_url, challenge=challenge), nl=False)
+    except InvalidSubscription as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 @lists.command("list")
@@ -303,7 +398,8 @@ def create_list(name: str, api_url: str | None) -> None:
 def list_lists(api_url: str | None) -> None:
     """Every list, oldest first."""
     for item in _backend(api_url).lists():
-        click.echo(f"{item.id}  {item.created_at[:19]}  {item.name}")
+        access = f"public {item.public_id}" if item.public else "private"
+        click.echo(f"{item.id}  {item.created_at[:19]}  {item.name}  ({access}, {item.opt_in} opt-in)")
 
 
 @contacts.command("export")

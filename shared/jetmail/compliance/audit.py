@@ -6,7 +6,7 @@ suppressions, erasures), so a single partition is far from DynamoDB's per-partit
 Entries expire through TTL after ``audit_retention_days``.
 
 The actor is whoever the current context acts for: the API binds the request's API key id
-(``jetmail.api.audit.bind_actor``), the CLI binds ``cli:<user>``, and anything else (the scheduler
+(``jetmail.api.actor.bind_actor``), the CLI binds ``cli:<user>``, and anything else (the scheduler
 tick, a worker) records as ``system``. Services record their own actions, so a route or command
 never repeats it. ``changes`` is a small summary; secrets and bodies are never recorded, and people
 are named by their pseudonym (``hmac:…``), never by address.
@@ -51,7 +51,8 @@ class InvalidAuditQuery(ValueError):
 class AuditEntry(BaseModel):
     id: str
     at: str = Field(description="UTC, ISO 8601")
-    actor: str = Field(description="`key:<api key id>`, `cli:<user>` or `system`")
+    actor: str = Field(description="`key:<api key id>`, `cli:<user>`, `subscriber` (a public subscribe form or "
+                                   "confirmation link) or `system`")
     action: str = Field(description="e.g. `campaign.sent`, `template.saved`, `contact.erased`")
     target: str
     changes: dict[str, Any] = Field(default_factory=dict)

@@ -62,6 +62,9 @@ class PersonalData(BaseModel):
     exported_at: str
     contact: dict[str, Any] | None = None
     memberships: list[dict[str, Any]] = Field(default_factory=list)
+    consents: list[dict[str, Any]] = Field(default_factory=list, description="how the address joined each list: "
+                                                                              "source, page, IP as kept, request "
+                                                                              "and confirmation times")
     messages: list[dict[str, Any]] = Field(default_factory=list)
     events: list[dict[str, Any]] = Field(default_factory=list)
     suppression: dict[str, Any] | None = None
@@ -103,6 +106,9 @@ class PrivacyService:
         address = self._address(email)
         data = PersonalData(email=address, exported_at=datetime.now(UTC).isoformat())
         data.contact, data.memberships = self.contacts.export_of(address)
+        names = {m["list_id"]: m.get("list_name") for m in data.memberships}
+        data.consents = [{"list_id": list_id, "list_name": names.get(list_id), **record}
+                         for list_id, record in ((data.contact or {}).get("consent") or {}).items()]
         data.messages = self.messages.export_of(address) + self._export_copies(address)
         data.sequence_enrolments = self.sequences.enrolments_of(address)
         data.events = self.events.of_recipient(address)

@@ -1,8 +1,8 @@
 """Turn a template version and a recipient into the bytes that go to the provider.
 
 Everything a message needs besides the caller's context is added here, once, for every send path
-(transactional, sequence steps, campaigns, preview): unsubscribe URL, tracking pixel and click
-tracking for marketing mail, the date in the recipient's time zone, company details.
+(transactional, sequence steps, campaigns, preview): unsubscribe, preference centre and view-in-browser URLs,
+tracking pixel and click tracking for marketing mail, the date in the recipient's time zone, company details.
 """
 
 from __future__ import annotations
@@ -165,6 +165,17 @@ class Composer:
             payload["l"] = list_id
         return f"{self.base_url}/u/{self.signer.sign(UNSUBSCRIBE_PURPOSE, payload)}"
 
+    def page_urls(self, unsubscribe_url: str) -> tuple[str | None, str | None]:
+        """The preference centre and view-in-browser links of the message whose unsubscribe link is
+        ``unsubscribe_url``. They carry its very token (``/p/<token>``, ``/v/<token>``): no second HMAC per
+        recipient, and whoever holds one of the three links holds the mail they came in. (None, None) for
+        a link not made here."""
+        prefix = f"{self.base_url}/u/"
+        if not unsubscribe_url.startswith(prefix):
+            return None, None
+        token = unsubscribe_url[len(prefix):]
+        return f"{self.base_url}/p/{token}", f"{self.base_url}/v/{token}"
+
     def open_url(self, *, message_id: str) -> str:
         return f"{self.base_url}/t/o/{self.signer.sign(OPEN_PURPOSE, {'m': message_id})}"
 
@@ -180,9 +191,11 @@ class Composer:
         marketing = (version.category or "transactional") == "marketing"
         track = marketing if track is None else track
         zone = _zone(recipient.timezone, self.settings.default_timezone)
+        unsubscribe_url = unsubscribe_url or self.unsubscribe_url(message_id=message_id, email=recipient.email,
+                                                                  list_id=list_id)
+        preferences_url, view_in_browser_url = self.page_urls(unsubscribe_url)
         standard = StandardContext(
-            unsubscribe_url=unsubscribe_url or self.unsubscribe_url(message_id=message_id, email=recipient.email,
-                                                                    list_id=list_id),
+            unsubscribe_url=unsubscribe_url, preferences_url=preferences_url, view_in_browser_url=view_in_browser_url,
             tracking_pixel_url=self.open_url(message_id=message_id) if track else None,
             now=(now or datetime.now(UTC)).astimezone(zone),
             company=self.company,

@@ -14,7 +14,8 @@ TemplateName = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")]
 LocaleTag = Annotated[str, Field(max_length=35), AfterValidator(normalize_locale)]
 
 #: Names every render fills in; a caller context must not use them.
-STANDARD_NAMES = frozenset({"unsubscribe_url", "company", "today", "now", "recipient"})
+STANDARD_NAMES = frozenset({"unsubscribe_url", "preferences_url", "view_in_browser_url", "company", "today", "now",
+                            "recipient"})
 
 
 class TemplateContent(BaseModel):
@@ -69,6 +70,9 @@ class StandardContext(BaseModel):
     company: Company
     recipient: Recipient
     unsubscribe_url: str | None = None
+    #: The preference centre and this recipient's copy in a browser (``/p/...``, ``/v/...``).
+    preferences_url: str | None = None
+    view_in_browser_url: str | None = None
     #: Appended as a 1x1 image to marketing mail only; transactional mail is never tracked.
     tracking_pixel_url: str | None = None
     #: ``strftime`` format of ``today``; numeric by default because month names would
@@ -83,6 +87,8 @@ class StandardContext(BaseModel):
         """The standard names as templates see them."""
         return {
             "unsubscribe_url": self.unsubscribe_url,
+            "preferences_url": self.preferences_url or "",
+            "view_in_browser_url": self.view_in_browser_url or "",
             "company": {"name": self.company.name, "address": self.company.address},
             "recipient": {
                 "email": self.recipient.email,

@@ -216,7 +216,9 @@ class Renderer:
             text = tidy_text(text)
         links: tuple[str, ...] = ()
         if link_rewriter is not None:
-            body, links = rewrite_links(body, link_rewriter, keep=standard.unsubscribe_url)
+            # the recipient's own signed links stay as they are: a click redirect would only hide them
+            kept = {standard.unsubscribe_url, standard.preferences_url, standard.view_in_browser_url}
+            body, links = rewrite_links(body, link_rewriter, keep=frozenset(url for url in kept if url))
         if marketing and standard.tracking_pixel_url:
             body = _append_pixel(body, standard.tracking_pixel_url)
         return RenderedEmail(subject=one_line(subject), html=body, text=text, links=links)
@@ -306,6 +308,8 @@ _SAMPLE_STANDARD = StandardContext(
     company=Company(name="Example", address="1 Example Street"),
     recipient=Recipient(email="recipient@example.com", name="Sample"),
     unsubscribe_url="https://example.com/unsubscribe",
+    preferences_url="https://example.com/preferences",
+    view_in_browser_url="https://example.com/view",
 )
 
 
@@ -329,12 +333,13 @@ def one_line(subject: str) -> str:
 
 
 def rewrite_links(
-    body: str, rewriter: LinkRewriter, *, keep: str | None = None
+    body: str, rewriter: LinkRewriter, *, keep: str | frozenset[str] | None = None
 ) -> tuple[str, tuple[str, ...]]:
-    """Replace each http(s) ``<a href>`` (except ``keep``) by ``rewriter(index, url)``.
+    """Replace each http(s) ``<a href>`` (except ``keep``: a URL or a set of them) by ``rewriter(index, url)``.
 
     Returns the new HTML and the original URLs, position ``i`` holding link ``i``.
     """
+    kept = frozenset({keep}) if isinstance(keep, str) else keep or frozenset()
     pieces: list[str] = []
     links: list[str] = []
     last = 0
@@ -343,7 +348,7 @@ def rewrite_links(
         raw = m.group(group)
         url = (html.unescape(raw) if "&" in raw else raw).strip()
         scheme = url[:8].lower()
-        if not (scheme.startswith("https://") or scheme.startswith("http://")) or url == keep:
+        if not (scheme.startswith("https://") or scheme.startswith("http://")) or url in kept:
             continue
         replacement = html.escape(rewriter(len(links), url), quote=True)
         links.append(url)
