@@ -1,17 +1,27 @@
-"""Cold start of the Lambda handlers: how long each functions/*/app.py takes to load in a fresh interpreter.
+"""Cold start of the Lambda handlers: how long each functions/*/app.py takes to load in a fresh interpreter,
+and, with ``--requests``, how long the API's first requests take after it.
 
 Each run is a new ``python -X importtime`` process that loads the handler module by file, the way the Lambda
 runtime does (its module-level code included: settings, clients, the FastAPI app), with the environment
 template.yaml gives the functions and ``AWS_LAMBDA_FUNCTION_NAME`` set, so Powertools behaves as in Lambda.
-Nothing is contacted while a module loads, so no local stack is needed.
+Nothing is contacted while a module loads, so no local stack is needed. One uncounted run per handler first
+compiles the bytecode (``PYTHONDONTWRITEBYTECODE`` is dropped for the runs), so no run pays for compiling.
 
 Per handler it prints the median over the runs of: the wall time of loading the module (the figure the
 < 300 ms target is about), the process's CPU time (less disturbed by other load on a shared machine), and the
 sum of ``-X importtime``'s top-level imports; then the top-level packages that cost the most (self time
 summed per package, median run).
 
+``--requests`` also measures a whole cold start of the API function: it starts a local stack of its own
+(nats-server and moto, in a temporary folder), makes the tables, streams and an API key, and in each fresh
+process loads the handler and then invokes it with API Gateway (payload v2) events through Mangum, as Lambda
+does: ``POST /v1/messages`` with an invalid body (422, after the key's DynamoDB read and its NATS request
+limit), then ``GET /v1/messages/{id}`` for an unknown id (404). It prints the load, the first request, load +
+first request (the cold start a client waits for), and the second request (a new route on the warm process).
+
     .venv/bin/python bench/bench_imports.py            # 7 runs per handler
     .venv/bin/python bench/bench_imports.py --runs 3 --top 5 --json out.json
+    .venv/bin/python bench/bench_imports.py --handler api --requests
 """
 
 from __future__ import annotations
@@ -23,7 +33,10 @@ import re
 import statistics
 import subprocess
 import sys
+import tempfile
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +78,40 @@ spec.loader.exec_module(module)
 print(f"{(time.perf_counter() - wall) * 1000:.3f} {(time.process_time() - cpu) * 1000:.3f}")
 """
 
+# Loads the API handler by file, then invokes it with each event of the JSON file argv[2], as Lambda would;
+# prints one JSON line: the load and each request, wall and CPU ms, with the answer's status.
+REQUESTS = """
+import importlib.util, json, sys, time
+
+class Context:
+    function_name = "jetmail-bench"
+    memory_limit_in_mb = 512
+    invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:jetmail-bench"
+    aws_request_id = "bench"
+
+    @staticmethod
+    def get_remaining_time_in_millis():
+        return 30_000
+
+def timed(call):
+    cpu, wall = time.process_time(), time.perf_counter()
+    result = call()
+    return result, (time.perf_counter() - wall) * 1000, (time.process_time() - cpu) * 1000
+
+def load():
+    spec = importlib.util.spec_from_file_location("handler", sys.argv[1])
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+module, wall, cpu = timed(load)
+out = [{"wall_ms": wall, "cpu_ms": cpu}]
+for event in json.load(open(sys.argv[2])):
+    answer, wall, cpu = timed(lambda: module.handler(event, Context()))
+    out.append({"wall_ms": wall, "cpu_ms": cpu, "status": answer["statusCode"]})
+print(json.dumps(out))
+"""
+
 LINE = re.compile(r"^import time:\s+(\d+) \|\s+(\d+) \|( *)(\S+)$")
 
 
@@ -91,12 +138,15 @@ def run_once(handler: str, env: dict[str, str]) -> dict[str, Any]:
 
 
 def lambda_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    """Only what a Lambda function would have: none of the calling shell's JETMAIL_*, AWS_* or POWERTOOLS_*."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("JETMAIL_", "AWS_", "POWERTOOLS_"))}
+    """Only what a Lambda function would have: none of the calling shell's JETMAIL_*, AWS_* or POWERTOOLS_*
+    (and bytecode written, as a deployed layer would hold it)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("JETMAIL_", "AWS_", "POWERTOOLS_"))
+           and k != "PYTHONDONTWRITEBYTECODE"}
     return {**env, **LAMBDA_ENV, **(extra or {})}
 
 
 def measure(handler: str, runs: int, env: dict[str, str]) -> dict[str, Any]:
+    run_once(handler, env)  # compiles the bytecode; not counted
     samples = [run_once(handler, env) for _ in range(runs)]
     median_run = sorted(samples, key=lambda s: s["wall_ms"])[len(samples) // 2]
     return {
@@ -109,6 +159,68 @@ def measure(handler: str, runs: int, env: dict[str, str]) -> dict[str, Any]:
     }
 
 
+@contextmanager
+def local_stack() -> Iterator[dict[str, str]]:
+    """nats-server and moto of the bench's own, with the tables, streams and an admin API key: the variables
+    that point the API function at them, the key's token included (``BENCH_API_TOKEN``)."""
+    from jetmail.bootstrap import bootstrap
+    from jetmail.config import Settings
+    from jetmail.devstack.stack import LocalStack
+    from jetmail.services import Services
+
+    with tempfile.TemporaryDirectory(prefix="jetmail-bench-") as root:
+        stack = LocalStack(root)
+        state = stack.up(["nats", "moto"])
+        try:
+            env = {"JETMAIL_NATS_URL": state.services["nats"].url,
+                   "JETMAIL_AWS_ENDPOINT_URL": state.services["moto"].url,
+                   "JETMAIL_AWS_ACCESS_KEY_ID": "local", "JETMAIL_AWS_SECRET_ACCESS_KEY": "local"}
+            os.environ.update({**LAMBDA_ENV, **env})  # this process makes the tables and the key as the function
+            settings = Settings(_env_file=None)
+            for _ in bootstrap(settings, create_table=True):
+                pass
+            _, token = Services(settings).api_keys.create("bench", scopes=["admin"])
+            yield {**env, "BENCH_API_TOKEN": token}
+        finally:
+            stack.down()
+
+
+def api_events(token: str) -> list[dict[str, Any]]:
+    """A POST /v1/messages with an invalid body, then a GET /v1/messages/{id} for an unknown id."""
+    events = []
+    for name, body in (("api_send_message.json", json.dumps({"to": "not an address"})),
+                       ("api_get_message.json", None)):
+        event = json.loads((ROOT / "events" / name).read_text().replace("REPLACE_WITH_API_KEY", token))
+        if body is not None:
+            event["body"] = body
+        events.append(event)
+    return events
+
+
+def measure_requests(runs: int, env: dict[str, str], events_file: Path) -> dict[str, Any]:
+    path = ROOT / "functions" / "api" / "app.py"
+
+    def once() -> list[dict[str, Any]]:
+        done = subprocess.run([sys.executable, "-c", REQUESTS, str(path), str(events_file)], env=env, cwd=ROOT,
+                              capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise SystemExit(f"functions/api/app.py failed:\n{done.stderr[-3000:]}")
+        steps: list[dict[str, Any]] = json.loads(done.stdout.strip().splitlines()[-1])
+        return steps
+
+    once()  # compiles the bytecode; not counted
+    samples = [once() for _ in range(runs)]
+    figures: dict[str, Any] = {"runs": runs, "statuses": [step["status"] for step in samples[0][1:]]}
+    for unit in ("wall_ms", "cpu_ms"):
+        figures[unit] = {
+            "load": statistics.median(s[0][unit] for s in samples),
+            "first_request": statistics.median(s[1][unit] for s in samples),
+            "load_and_first_request": statistics.median(s[0][unit] + s[1][unit] for s in samples),
+            "second_request": statistics.median(s[2][unit] for s in samples),
+        }
+    return figures
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=7, help="fresh processes per handler (median reported)")
@@ -116,10 +228,12 @@ def main() -> None:
     parser.add_argument("--handler", action="append", choices=HANDLERS, help="only this handler (repeatable)")
     parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                         help="a variable for the handlers' environment, e.g. POWERTOOLS_TRACE_DISABLED=false")
+    parser.add_argument("--requests", action="store_true",
+                        help="also time the API's first requests after the load, against a local stack of its own")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
     env = lambda_env(dict(item.partition("=")[::2] for item in args.env))
-    results = {handler: measure(handler, args.runs, env) for handler in args.handler or HANDLERS}
+    results: dict[str, Any] = {handler: measure(handler, args.runs, env) for handler in args.handler or HANDLERS}
 
     print(f"handler module load, median of {args.runs} fresh processes (python -X importtime)")
     print(f"{'handler':<12} {'wall ms':>8} {'min ms':>8} {'cpu ms':>8} {'imports ms':>10}")
@@ -130,6 +244,19 @@ def main() -> None:
         top = list(r["packages_ms"].items())[:args.top]
         print(f"\n{handler}: top packages by import self time (ms)")
         print("  " + ", ".join(f"{name} {ms:.0f}" for name, ms in top))
+    if args.requests:
+        with local_stack() as stack, tempfile.TemporaryDirectory() as scratch:
+            events_file = Path(scratch) / "events.json"
+            events_file.write_text(json.dumps(api_events(stack.pop("BENCH_API_TOKEN"))))
+            requests = measure_requests(args.runs, {**env, **stack}, events_file)
+        results["api_requests"] = requests
+        print(f"\napi cold start with requests, median of {args.runs} fresh processes (answers "
+              f"{', '.join(map(str, requests['statuses']))})")
+        print(f"{'':<8} {'load':>8} {'1st req':>8} {'load+1st':>9} {'2nd req':>8}")
+        for unit in ("wall_ms", "cpu_ms"):
+            r = requests[unit]
+            print(f"{unit[:-3] + ' ms':<8} {r['load']:>8.0f} {r['first_request']:>8.0f} "
+                  f"{r['load_and_first_request']:>9.0f} {r['second_request']:>8.0f}")
     load = os.getloadavg()
     print(f"\nload average {load[0]:.2f}, {os.cpu_count()} cores, Python {sys.version.split()[0]}")
     if args.json:

@@ -10,10 +10,11 @@ from jetmail.observability import CORRELATION_API, count_api_response, observed
 
 asgi = create_app()
 app = Mangum(asgi, lifespan="off")
-# SnapStart: no NATS connection in the snapshot; what requests load on first use is loaded before it
+# SnapStart: no NATS connection in the snapshot; what requests load on first use (the services, every route
+# module and the dashboard) is loaded before it
 install_snapstart(asgi.state.services, properties=("api_keys", "messages", "sequences", "campaigns", "contacts",
                                                    "segments", "reports", "tracker", "privacy"),
-                  modules=("jetmail.dashboard",))
+                  calls=(asgi.include_all,))
 
 
 @observed(correlation_id_path=CORRELATION_API)

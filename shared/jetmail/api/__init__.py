@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
+from typing import Any
 
 
 def _import_fastapi() -> None:
@@ -31,4 +33,37 @@ def _import_fastapi() -> None:
         config_defaults["defer_build"] = False
 
 
+def _skip_pydantic_v1_checks() -> None:
+    """Let FastAPI skip loading ``pydantic.v1`` while it builds routes and encodes answers.
+
+    For each parameter of a route it builds, and each value it encodes, FastAPI asks whether it is a pydantic v1
+    model, and to ask it imports ``pydantic.v1`` (~60 ms of an API cold start, docs/PERFORMANCE.md). Nothing can
+    be a v1 model before ``pydantic.v1`` is loaded, and jetmail defines none; so the check answers False until
+    then and is FastAPI's own afterwards. A FastAPI without these private helpers is left as it is.
+    """
+    names = ("is_pydantic_v1_model_class", "is_pydantic_v1_model_instance")
+    try:
+        from fastapi import _compat, encoders
+        from fastapi._compat import shared
+    except ImportError:  # pragma: no cover - another FastAPI layout
+        return
+    for name in names:
+        original = getattr(shared, name, None)
+        if not callable(original):  # pragma: no cover - another FastAPI layout
+            continue
+        guarded = _unless_v1_unloaded(original)
+        # the helper is also imported by name into these modules
+        for module in (shared, _compat, encoders):
+            if getattr(module, name, None) is original:
+                setattr(module, name, guarded)
+
+
+def _unless_v1_unloaded(check: Callable[[Any], bool]) -> Callable[[Any], bool]:
+    def guarded(value: Any) -> bool:
+        return "pydantic.v1" in sys.modules and check(value)
+
+    return guarded
+
+
 _import_fastapi()
+_skip_pydantic_v1_checks()

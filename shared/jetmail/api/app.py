@@ -1,40 +1,66 @@
-"""FastAPI application factory: ``create_app()`` for uvicorn, ``Mangum(create_app())`` in Lambda."""
+"""FastAPI application factory: ``create_app()`` for uvicorn, ``Mangum(create_app())`` in Lambda.
+
+Each route module is imported and included on the first request under its paths (``ROUTE_PATHS``), so a cold
+start that serves ``/v1/messages`` loads neither the campaigns, the webhooks (httpx) nor the dashboard (Jinja,
+css-inline). Asking the app for its routes (``app.routes``, the OpenAPI document) includes every one first.
+"""
 
 from __future__ import annotations
 
 import importlib
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from fastapi import Depends, FastAPI
+from fastapi import APIRouter, Depends, FastAPI
 from starlette.datastructures import MutableHeaders
 from starlette.middleware.cors import CORSMiddleware
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.routing import BaseRoute, Match
+from starlette.types import Message, Receive, Scope, Send
 
-from jetmail.api import audit, errors
+from jetmail.api import errors
+from jetmail.api.actor import bind_actor
 from jetmail.api.asgi import HttpMiddleware
 from jetmail.api.limits import BodySizeLimit, message_body_limits
 from jetmail.api.throttle import ApiThrottle
 from jetmail.config import Settings, get_settings
 from jetmail.services import Services
 
-# Route modules (jetmail.api.<name>) in the order their routes are matched.
-ROUTERS = ("messages", "sns", "templates", "sequences", "campaigns", "tracking", "suppressions", "sending",
-           "contacts", "reports", "audit", "webhooks")
+# Route modules (jetmail.api.<name>) in the order their routes are matched, each with the path prefixes its
+# routes lie under (tests/api/test_lazy_routes.py checks them). A request under a prefix includes the modules
+# that declare it; a request no included route answers includes all the rest, so a missing prefix costs
+# time, never a route.
+ROUTE_PATHS: dict[str, tuple[str, ...]] = {
+    "messages": ("/v1/messages",),
+    "sns": ("/sns",),
+    "templates": ("/v1/templates",),
+    "sequences": ("/v1/sequences",),
+    "campaigns": ("/v1/campaigns",),
+    "tracking": ("/t", "/u"),
+    "intake": ("/subscribe", "/confirm"),
+    "pages": ("/p", "/v", "/archive"),
+    "suppressions": ("/v1/suppressions",),
+    "sending": ("/v1/sending",),
+    "contacts": ("/v1/lists", "/v1/contacts", "/v1/segments"),
+    "reports": ("/v1/campaigns", "/v1/stats"),
+    "audit": ("/v1/audit",),
+    "webhooks": ("/v1/webhooks",),
+}
+ROUTERS = tuple(ROUTE_PATHS)
+DASHBOARD_PATH = "/dashboard"
 
 
 def create_app(settings: Settings | None = None, *, services: Services | None = None,
-               routers: Sequence[str] = ROUTERS, dashboard: bool = True) -> FastAPI:
+               routers: Sequence[str] = ROUTERS, dashboard: bool = True) -> JetmailApi:
     """The API with the route modules ``routers`` names (every one by default) and the dashboard. The SES
-    events function serves only ``("sns",)`` without the dashboard: a cold start that imports only its routes."""
+    events function serves only ``("sns",)`` without the dashboard."""
     settings = settings or get_settings()
-    app = FastAPI(
+    app = JetmailApi(
         title="jetmail",
         version="0.1.0",
         description="Transactional and campaign email over NATS JetStream. Every /v1 route needs "
                     "`Authorization: Bearer <api key>` (create one with `jetmail keys create --name N`).",
-        dependencies=[Depends(audit.bind_actor)],  # the audit log names each request's API key
+        dependencies=[Depends(bind_actor)],  # the audit log names each request's API key
     )
     svc = app.state.services = services or Services(settings)
     app.state.throttle = ApiThrottle(lambda: svc.queue, per_minute=settings.api_rate_per_minute,
@@ -50,53 +76,95 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
                            allow_headers=["Authorization", "Content-Type", "Idempotency-Key"],
                            expose_headers=["Retry-After"], max_age=600)
     app.add_middleware(SecurityHeaders)
-    if dashboard:
-        # HTML pages, left out of the OpenAPI schema; Jinja, the page code and what it reads load on first use
-        app.add_middleware(LazyRouters, target=app, routers={DASHBOARD_PATH: "jetmail.dashboard:router"})
 
     @app.get("/health", tags=["health"])
     def health() -> dict[str, str]:
         """Liveness: answers without touching any dependency."""
         return {"status": "ok"}
 
-    for name in routers:
-        app.include_router(importlib.import_module(f"jetmail.api.{name}").router)
+    app.defer_routers({f"jetmail.api.{name}:router": ROUTE_PATHS[name] for name in routers})
+    if dashboard:
+        # HTML pages, left out of the OpenAPI schema; Jinja, the page code and what it reads load on first use
+        app.defer_routers({"jetmail.dashboard:router": (DASHBOARD_PATH,)})
     app.openapi = _with_error_responses(app)  # type: ignore[method-assign]
     return app
 
 
-DASHBOARD_PATH = "/dashboard"
+class JetmailApi(FastAPI):
+    """A FastAPI app whose routers are included on the first request under their path prefixes.
 
-
-class LazyRouters:
-    """Includes a router into ``target`` on the first request under its path prefix.
-
-    The dashboard's pages pull in Jinja, css-inline and most of the domain modules; an API cold start that
-    serves ``/v1/messages`` should not pay for them. Starlette matches routes at request time, so a router
-    included here serves this very request and every later one (the prefix is checked once per request).
-    ``routers`` maps a path prefix to ``"module:attribute"``.
+    The route modules and the domain modules whose models they declare are most of an API cold start; a
+    request pays only for the modules under its path. Routes keep the order in which the routers were
+    deferred, whatever order requests include them in. Starlette matches routes at request time, so a router
+    included by a request serves that very request.
     """
 
-    def __init__(self, app: ASGIApp, *, target: FastAPI, routers: dict[str, str]) -> None:
-        self.app = app
-        self.target = target
-        self.pending = dict(routers)
-        self._lock = threading.Lock()
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._pending: dict[str, tuple[str, ...]] = {}  # "module:attribute" -> its path prefixes
+        self._order: dict[str, int] = {}  # each deferred router's place among the routes
+        self._rank: dict[int, int] = {}  # id(route) -> its place; routes there before any deferral: 0
+        self._lock = threading.RLock()
 
-    def include(self, prefix: str) -> None:
+    def defer_routers(self, routers: Mapping[str, tuple[str, ...]]) -> None:
+        """Include each router (``"module:attribute"``) on the first request under one of its path prefixes."""
         with self._lock:
-            where = self.pending.pop(prefix, None)
-            if where is not None:
+            for route in self.router.routes:
+                self._rank.setdefault(id(route), 0)
+            for where, prefixes in routers.items():
+                self._order.setdefault(where, len(self._order) + 1)
+                self._pending[where] = prefixes
+
+    @property
+    def pending(self) -> tuple[str, ...]:
+        """The routers not included yet (``"module:attribute"``)."""
+        return tuple(self._pending)
+
+    @property
+    def routes(self) -> list[BaseRoute]:
+        """Every route, each deferred router included first."""
+        self.include_all()
+        return self.router.routes
+
+    def include_all(self) -> None:
+        """Include every deferred router now (SnapStart does, before its snapshot)."""
+        self.include_routers(list(self._pending))
+
+    def include_routers(self, names: Sequence[str]) -> None:
+        """Include the deferred routers ``names`` (already included ones are skipped), then put every route back
+        in the order of the routers' deferral."""
+        with self._lock:
+            todo = [where for where in names if where in self._pending]
+            for where in todo:
+                before = {id(route) for route in self.router.routes}
                 module, _, attribute = where.partition(":")
-                self.target.include_router(getattr(importlib.import_module(module), attribute))
+                router: APIRouter = getattr(importlib.import_module(module), attribute)
+                self.include_router(router)
+                del self._pending[where]
+                for route in self.router.routes:
+                    if id(route) not in before:
+                        self._rank[id(route)] = self._order[where]
+            if todo:
+                last = len(self._order) + 1  # routes added by hand after the app was made stay after the rest
+                self.router.routes = sorted(self.router.routes, key=lambda route: self._rank.get(id(route), last))
+
+    def include_for(self, scope: Scope) -> None:
+        """Include the routers a request needs: those under its path; then, if no route has its path (whatever
+        the method: a CORS preflight is answered by the middleware), every one."""
+        path: str = scope["path"]
+        root: str = scope.get("root_path", "")
+        if root and path.startswith(root + "/"):  # mounted under a root path: routes see the rest
+            path = path[len(root):]
+        with self._lock:
+            self.include_routers([where for where, prefixes in self._pending.items()
+                                  if any(path == prefix or path.startswith(prefix + "/") for prefix in prefixes)])
+            if self._pending and all(route.matches(scope)[0] is Match.NONE for route in self.router.routes):
+                self.include_all()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if self.pending and scope["type"] == "http":
-            path: str = scope.get("path", "")
-            for prefix in list(self.pending):
-                if path == prefix or path.startswith(prefix + "/"):
-                    self.include(prefix)
-        await self.app(scope, receive, send)
+        if self._pending and scope["type"] == "http":
+            self.include_for(scope)
+        await super().__call__(scope, receive, send)
 
 
 _V1_ERRORS = {401: "missing, invalid or revoked API key", 403: "the API key lacks the scope",

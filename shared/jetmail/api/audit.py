@@ -1,14 +1,14 @@
-"""The audit log (admin scope), and the dependency that names the API key as the actor of a request."""
+"""The audit log (admin scope); the dependency that names a request's API key as its actor is
+``jetmail.api.actor``."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Query
 
 from jetmail.api.auth import require, services
 from jetmail.api.conventions import Page
-from jetmail.compliance import audit
 from jetmail.compliance.apikeys import ApiKey
 from jetmail.compliance.audit import AuditEntry
 from jetmail.services import Services
@@ -16,18 +16,6 @@ from jetmail.services import Services
 router = APIRouter(prefix="/v1/audit", tags=["audit"])
 Admin = Annotated[ApiKey, Depends(require("admin"))]
 Svc = Annotated[Services, Depends(services)]
-
-
-async def bind_actor(request: Request) -> None:
-    """Every action recorded while this request runs names its API key. Async, so the binding is
-    made in the request's own context, which the route's worker thread inherits; the key is read
-    when an action is recorded, after authentication."""
-
-    def actor() -> str | None:
-        key = getattr(request.state, "api_key", None)
-        return f"key:{key.key_id}" if key is not None else None
-
-    audit.bind_actor(actor)
 
 
 @router.get("", response_model=Page[AuditEntry], responses={422: {"description": "invalid time or cursor"}})

@@ -24,10 +24,9 @@ import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from jetmail.compliance.apikeys import ApiKey
-from jetmail.deliverability.ratelimit import RateConfig, RateLimiter, RateLimits
-
 if TYPE_CHECKING:
+    from jetmail.compliance.apikeys import ApiKey
+    from jetmail.deliverability.ratelimit import RateLimiter
     from jetmail.queue import Queue, SyncClient
 
 log = logging.getLogger("jetmail.api")
@@ -53,11 +52,15 @@ class ApiThrottle:
 
     def check(self, key: ApiKey) -> int:
         """Take one request from the key's minute: 0 when allowed, else the seconds until it may retry."""
-        limit = self.limit_for(key)
+        return self.take(key.key_id, self.limit_for(key))
+
+    def take(self, name: str, limit: int) -> int:
+        """Take one request from the minute of the counter ``name`` (an API key's id; the public subscribe
+        form counts per client address and per email address): 0 when allowed, else seconds to wait."""
         if limit <= 0 or self._clock() < self._skip_until:
             return 0
         try:
-            wait = self._queue().run(lambda queue: self._attempt(queue, key.key_id, limit))
+            wait = self._queue().run(lambda queue: self._attempt(queue, name, limit))
         except Exception as exc:  # any failure of the store: fail open, loudly
             self._skip_until = self._clock() + self.retry_s
             log.warning("API rate limit not enforced for %.0fs: the limiter store failed: %s",
@@ -69,6 +72,10 @@ class ApiThrottle:
         return await self._limiter(queue, key_id, limit).try_acquire(category="transactional")
 
     def _limiter(self, queue: Queue, key_id: str, limit: int) -> RateLimiter:
+        # loaded with the first limited request, which connects to NATS anyway: a cold start answering
+        # /health or a request of an unlimited key never loads the limiter
+        from jetmail.deliverability.ratelimit import RateConfig, RateLimiter, RateLimits
+
         js = queue.js
         with self._lock:
             known = self._limiters.get((key_id, limit))

@@ -21,7 +21,7 @@ from __future__ import annotations
 import importlib
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 logger = logging.getLogger("jetmail.aws.snapstart")
@@ -39,16 +39,20 @@ def close_connections(services: Any) -> None:
         queue.close()
 
 
-def prepare(services: Any, *, properties: Iterable[str] = (), modules: Iterable[str] = ()) -> None:
+def prepare(services: Any, *, properties: Iterable[str] = (), modules: Iterable[str] = (),
+            calls: Iterable[Callable[[], object]] = ()) -> None:
     """Load ahead, for the snapshot: ``services``' cached ``properties`` (no network: clients connect on their
-    first call) and ``modules``."""
+    first call), ``modules``, and whatever ``calls`` load (the API's deferred routers)."""
     for name in properties:
         getattr(services, name)
     for module in modules:
         importlib.import_module(module)
+    for call in calls:
+        call()
 
 
-def install(services: Any, *, properties: Iterable[str] = (), modules: Iterable[str] = ()) -> bool:
+def install(services: Any, *, properties: Iterable[str] = (), modules: Iterable[str] = (),
+            calls: Iterable[Callable[[], object]] = ()) -> bool:
     """Register the SnapStart hooks for one function; load ahead when a snapshot is being taken. Returns
     whether the hooks were registered (only inside Lambda's runtime)."""
     try:
@@ -59,7 +63,7 @@ def install(services: Any, *, properties: Iterable[str] = (), modules: Iterable[
     except ImportError:
         return False
     if snapshotting():
-        prepare(services, properties=properties, modules=modules)
+        prepare(services, properties=properties, modules=modules, calls=calls)
 
     @register_before_snapshot
     def before_snapshot() -> None:
