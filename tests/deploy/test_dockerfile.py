@@ -89,9 +89,8 @@ CfnLoader.add_multi_constructor("!", lambda loader, suffix, node: (
 
 def worker_container() -> dict[str, Any]:
     template = yaml.load((ROOT / "template.yaml").read_text(), Loader=CfnLoader)  # noqa: S506 - SafeLoader subclass
-    tasks = [r for r in template["Resources"].values() if r["Type"] == "AWS::ECS::TaskDefinition"]
-    assert len(tasks) == 1
-    [container] = [c for c in tasks[0]["Properties"]["ContainerDefinitions"] if c["Name"] == "worker"]
+    task = template["Resources"]["WorkerTaskDefinition"]  # the SMTP servers' tasks run other commands
+    [container] = [c for c in task["Properties"]["ContainerDefinitions"] if c["Name"] == "worker"]
     return dict(container)
 
 

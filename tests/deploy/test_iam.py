@@ -25,10 +25,10 @@ from fastapi.testclient import TestClient
 from iamcheck import Call, TemplateRoles, record, recorded
 from jetmail.aws.clients import aws_client, reset_aws_clients
 from jetmail.config import Settings, get_settings
-from jetmail.devstack.stack import StackState, free_port, http_ready, wait_until
+from jetmail.devstack.stack import StackState, free_port, http_ready, stop_process, tcp_ready, wait_until
 from jetmail.services import Services
 from lambdas import LambdaContext, event, load_handler
-from stacktools import Isolated
+from stacktools import Isolated, stack_env
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGURATION_SET = "jetmail"  # the template's SesConfigurationSetName default
@@ -83,7 +83,8 @@ def test_the_check_refuses_what_a_role_does_not_grant(roles: TemplateRoles, sett
     assert roles.denied("ApiFunctionRole", [Call("dynamodb:PutItem", table.replace(settings.table_name, "other"))])
     assert roles.denied("ApiFunctionRole", [Call("ses:SendEmail", "*")])
     assert roles.denied("WorkerTaskRole", [Call("cloudwatch:PutMetricData", "*", (("cloudwatch:namespace", "x"),))])
-    assert {"ApiFunctionRole", "SesEventsFunctionRole", "SchedulerFunctionRole", "WorkerTaskRole"} <= set(roles.roles())
+    assert {"ApiFunctionRole", "SesEventsFunctionRole", "SchedulerFunctionRole", "WorkerTaskRole", "SmtpTaskRole",
+            "BounceTaskRole"} <= set(roles.roles())
 
 
 def test_scheduler_role_allows_a_tick_and_an_alert(lambda_env: None, services: Services, roles: TemplateRoles,
@@ -214,3 +215,72 @@ def test_worker_role_allows_start_up_on_ses_a_transactional_send_and_a_campaign_
     # the sends went through the configuration set the template creates
     assert any(c.resource.endswith(f":configuration-set/{CONFIGURATION_SET}") for c in made)
     assert json.loads(json.dumps([c.to_json() for c in made]))
+
+
+@pytest.fixture
+def smtp_server(stack: StackState, tmp_path: Path) -> Iterator[tuple[int, Path, Path]]:
+    """`jetmail smtp-server` as template.yaml runs it: its certificate and key as PEM text (what ECS injects from
+    the secret), recording its AWS calls."""
+    from jetmail.messaging.smtp_server import self_signed
+
+    cert, key = self_signed(str(tmp_path / "tls"))
+    path, log, port = tmp_path / "smtp-calls.jsonl", tmp_path / "smtp.log", free_port()
+    env = stack_env(stack, JETMAIL_SUBMISSION_CERT_PEM=Path(cert).read_text(),
+                    JETMAIL_SUBMISSION_KEY_PEM=Path(key).read_text(),
+                    PYTHONPATH=os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")]))
+    program = (f"import iamcheck; iamcheck.record({str(path)!r}); from jetmail.cli import main; "
+               f"main(['smtp-server', '--host', '127.0.0.1', '--port', '{port}', '--tls-port', '0'])")
+    with log.open("wb") as out:
+        proc = subprocess.Popen([sys.executable, "-c", program], env=env, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    try:
+        wait_until(tcp_ready(port), timeout=30, what="SMTP submission server", proc=proc, log=log)
+        yield port, path, Path(cert)
+    finally:
+        stop_process(proc.pid)
+
+
+def test_smtp_role_allows_a_submission(smtp_server: tuple[int, Path, Path], services: Services, api_token: str,
+                                       roles: TemplateRoles, unique: str) -> None:
+    import smtplib
+    import ssl
+
+    port, path, cert = smtp_server
+    sender = f"app@{services.settings.default_from.rpartition('@')[2].rstrip('>')}"
+    context = ssl.create_default_context(cafile=str(cert))
+    context.check_hostname = False
+    with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
+        client.starttls(context=context)
+        client.login("app", api_token)
+        client.sendmail(sender, [f"iam-smtp-{unique}@example.com"],
+                        f"From: {sender}\r\nTo: iam-smtp-{unique}@example.com\r\nSubject: iam\r\n\r\nhello\r\n")
+    assert_allowed(roles, "SmtpTaskRole", recorded(path), expect={"dynamodb:GetItem", "dynamodb:BatchWriteItem"})
+
+
+def test_bounce_role_allows_a_report(lambda_env: None, services: Services, roles: TemplateRoles, calls: Path,
+                                     monkeypatch: pytest.MonkeyPatch, unique: str) -> None:
+    from jetmail.deliverability.bounces import BounceIntake, verp_address
+    from jetmail.messaging.messages import MessageStatus, SendRequest, new_message_id
+
+    # GIVEN a message jetmail sent over SMTP with its return path at the bounce domain
+    monkeypatch.setenv("JETMAIL_BOUNCE_DOMAIN", "bounces.example.com")
+    get_settings.cache_clear()
+    intake = BounceIntake.from_services(Services(get_settings()))
+    to, message_id = f"iam-bounce-{unique}@example.com", new_message_id()
+    request = SendRequest.model_validate({"template": "password_reset", "to": to,
+                                          "context": {"reset_url": "https://example.com/r", "expires_in_minutes": 5}})
+    repo = services.messages.messages
+    repo.create(repo.record(message_id, request=request, status=MessageStatus.SENT))
+    verp = verp_address(message_id, signer=intake.signer, domain="bounces.example.com")
+    assert verp
+    # WHEN the bounce server (or the mailbox reader) takes its DSN
+    dsn = (f"From: MAILER-DAEMON@mx.example.com\r\nTo: {verp}\r\nSubject: Undelivered Mail\r\nMIME-Version: 1.0\r\n"
+           "Content-Type: multipart/report; report-type=delivery-status; boundary=b\r\n\r\n"
+           "--b\r\nContent-Type: text/plain\r\n\r\nThe mail could not be delivered.\r\n"
+           "--b\r\nContent-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; mx.example.com\r\n\r\n"
+           f"Final-Recipient: rfc822; {to}\r\nAction: failed\r\nStatus: 5.1.1\r\n"
+           "Diagnostic-Code: smtp; 550 5.1.1 user unknown\r\n--b--\r\n").encode()
+    outcome = intake.process(dsn, envelope_to=[verp])
+    # THEN it was applied, with what BounceTaskRole allows
+    assert outcome.message_id == message_id and outcome.kind != "forged", outcome
+    assert_allowed(roles, "BounceTaskRole", recorded(calls), expect={"dynamodb:UpdateItem"})

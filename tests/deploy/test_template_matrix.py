@@ -39,12 +39,20 @@ REQUIRED = {"DefaultFrom": "A <a@mail.example.com>", "PublicBaseUrl": "https://a
             "VpcId": "vpc-1", "SubnetIds": "subnet-1,subnet-2,subnet-3"}
 EXTERNAL_NATS = "tls://nats-1.example.internal:4222,tls://nats-2.example.internal:4222"
 CA_ARN = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:nats-ca-AbCdEf"
-# For each parameter a condition reads, the value that flips it (the other value is its default).
-FLIPS = {"NatsUrl": EXTERNAL_NATS, "SnapStart": "true", "SesDomain": "mail.example.com", "Architecture": "arm64",
-         "XRaySdkTracing": "true", "NatsTlsCaSecretArn": CA_ARN, "NatsInstanceType": "m7g.large",
-         "DomainName": "api.example.com", "CertificateArn": "arn:aws:acm:eu-west-1:123456789012:certificate/1",
-         "DkimDomain": "mail.example.com",
-         "DkimPrivateKeySecretArn": "arn:aws:secretsmanager:eu-west-1:123456789012:secret:dkim-AbCdEf"}
+SMTP_TLS_ARN = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:smtp-tls-AbCdEf"
+IMAP_ARN = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:imap-AbCdEf"
+# For each parameter a condition reads, the value that flips it (the other value is its default), or a tuple of
+# the values besides the default that each decide something.
+FLIPS: dict[str, str | tuple[str, ...]] = {
+    "NatsUrl": EXTERNAL_NATS, "SnapStart": "true", "SesDomain": "mail.example.com", "Architecture": "arm64",
+    "XRaySdkTracing": "true", "NatsTlsCaSecretArn": CA_ARN, "NatsInstanceType": "m7g.large",
+    "DomainName": "api.example.com", "CertificateArn": "arn:aws:acm:eu-west-1:123456789012:certificate/1",
+    "DkimDomain": "mail.example.com",
+    "DkimPrivateKeySecretArn": "arn:aws:secretsmanager:eu-west-1:123456789012:secret:dkim-AbCdEf",
+    "SmtpTlsSecretArn": SMTP_TLS_ARN, "SmtpHostname": "smtp.example.com", "BounceDomain": "bounces.example.com",
+    "BounceIntake": ("mailbox", "both"), "BounceImapHost": "imap.example.com",
+    "BounceImapCredentialsSecretArn": IMAP_ARN, "SmtpRelayHost": "relay.example.com", "SmtpRelayPort": "465"}
+PUBLIC_SUBNETS = {"PublicSubnetIds": "subnet-0a,subnet-0b"}  # what rule LoadBalancerNeedsPublicSubnets asks for
 NATS_RESOURCES = {"NatsSecurityGroup", "NatsRouteIngress", "NatsSysCredentialsSecret", "NatsTlsSecret",
                   "NatsTlsCaSecret", "NatsZone", "NatsNodeRole", "NatsNodeInstanceProfile", "NatsNodeLaunchTemplate",
                   *(f"NatsNode{n}{kind}" for n in (1, 2, 3) for kind in ("Interface", "Record", "Group"))}
@@ -132,22 +140,44 @@ def references(node: Any) -> Iterator[str]:
             yield from references(item)
 
 
+def chosen_by(node: Any) -> Iterator[str]:
+    """The conditions whose outcome chooses a branch somewhere in a node (Fn::If)."""
+    if isinstance(node, dict):
+        for key, arg in node.items():
+            if key == "Fn::If":
+                yield arg[0]
+            yield from chosen_by(arg)
+    elif isinstance(node, list):
+        for item in node:
+            yield from chosen_by(item)
+
+
+# A resource's references depend only on the branches its Fn::Ifs take (parameters become values): the
+# targets of each resource, per outcome of its own conditions, are worked out once for all combinations.
+# Per template (kept here, so its id is not reused).
+_TARGETS: dict[int, tuple[dict[str, Any], dict[tuple[str, tuple[bool, ...]], list[str]]]] = {}
+
+
 def dangling(stack: Stack) -> list[str]:
     """Every reference, in what this combination creates, to a resource it does not create."""
-    resources = stack.resources()
-    serverless = [n for n, r in resources.items() if r["Type"].startswith("AWS::Serverless::")]
-    known = set(resources) | set(PSEUDO) | set(stack.values)
+    created = [n for n, r in stack.doc["Resources"].items() if "Condition" not in r or stack.condition(r["Condition"])]
+    serverless = [n for n in created if stack.doc["Resources"][n]["Type"].startswith("AWS::Serverless::")]
+    known = set(created) | set(PSEUDO) | set(stack.values)
 
     def exists(name: str) -> bool:
         # SAM names what it generates after its resource: HttpApiApiGatewayDefaultStage, ApiFunctionRole, ...
         return name in known or any(name.startswith(s) and name not in stack.doc["Resources"] for s in serverless)
 
     found = []
-    for name, resource in resources.items():
-        depends = resource.get("DependsOn", [])
-        for target in [*references(resource), *([depends] if isinstance(depends, str) else depends)]:
-            if not exists(target):
-                found.append(f"resource {name} -> {target}")
+    targets = _TARGETS.setdefault(id(stack.doc), (stack.doc, {}))[1]
+    for name in created:
+        raw = stack.doc["Resources"][name]
+        key = (name, tuple(stack.condition(c) for c in sorted(set(chosen_by(raw)))))
+        if key not in targets:
+            resource = stack.evaluate(raw)
+            depends = resource.get("DependsOn", [])
+            targets[key] = [*references(resource), *([depends] if isinstance(depends, str) else depends)]
+        found.extend(f"resource {name} -> {target}" for target in targets[key] if not exists(target))
     for name, output in stack.outputs().items():
         found.extend(f"output {name} -> {t}" for t in references(output) if not exists(t))
     return found
@@ -197,22 +227,46 @@ def structural(doc: dict[str, Any]) -> set[str]:
     return found
 
 
+def read_by(doc: dict[str, Any], conditions: set[str]) -> set[str]:
+    """The parameters these conditions read, through the conditions they name."""
+    def named(node: Any) -> Iterator[str]:
+        if isinstance(node, dict):
+            for key, arg in node.items():
+                yield from [arg] if key == "Condition" else named(arg)
+        elif isinstance(node, list):
+            for item in node:
+                yield from named(item)
+
+    found: set[str] = set()
+    todo, done = list(conditions), set()
+    while todo:
+        name = todo.pop()
+        if name not in done:
+            done.add(name)
+            found |= set(references(doc["Conditions"][name])) & set(doc["Parameters"])
+            todo.extend(named(doc["Conditions"][name]))
+    return found
+
+
 def test_no_combination_refers_to_a_resource_it_does_not_create(template: dict[str, Any]) -> None:
-    # GIVEN every combination of the parameters the conditions read (checked once for each outcome of the
-    # conditions that decide what exists)
-    names = sorted(FLIPS)
+    # GIVEN every combination of the values of the parameters that the conditions deciding what exists read
+    # (checked once for each outcome of those conditions; the other parameters only choose values)
     deciding = sorted(structural(template))
-    assert {"CreateNatsCluster", "CreateSesIdentity", "HasNatsTlsCa"} <= set(deciding)
+    assert {"CreateNatsCluster", "CreateSesIdentity", "HasNatsTlsCa", "RunSmtpSubmission", "RunBounceServer",
+            "RunBounceMailbox", "HasSmtpLoadBalancer"} <= set(deciding)
+    names = sorted(read_by(template, set(deciding)))
+    choices = [(None, *(FLIPS[n] if isinstance(FLIPS[n], tuple) else (FLIPS[n],))) for n in names]
     seen, problems = set(), {}
-    for flipped in itertools.product((False, True), repeat=len(names)):
-        stack = Stack(template, {n: FLIPS[n] for n, on in zip(names, flipped, strict=True) if on})
+    for values in itertools.product(*choices):
+        given = {n: str(v) for n, v in zip(names, values, strict=True) if v is not None}
+        stack = Stack(template, {**given, **PUBLIC_SUBNETS})
         outcome = tuple(stack.condition(c) for c in deciding)
         if outcome in seen:
             continue
         seen.add(outcome)
         # THEN each reference (Ref, GetAtt, Sub, DependsOn) in what it creates leads to something it creates
         if found := dangling(stack):
-            problems[", ".join(n for n, on in zip(names, flipped, strict=True) if on) or "defaults"] = found
+            problems[", ".join(f"{n}={v}" for n, v in given.items()) or "defaults"] = found
     assert len(seen) >= 8 and not problems, problems
 
 
@@ -278,6 +332,120 @@ def test_each_combination_creates_what_it_asks_for(template: dict[str, Any], nat
         assert props.get("SnapStart") == ({"ApplyOn": "PublishedVersions"} if snapstart == "true" else None)
     assert ("SesIdentity" in resources) is bool(ses_domain)
     assert ({"SesDnsRecords", "SesDkimRecord1", "SesMailFromRecords"} <= set(stack.outputs())) is bool(ses_domain)
+
+
+SMTP_COMBINATIONS = list(itertools.product((True, False), ("", "server", "mailbox", "both")))
+
+
+@pytest.mark.parametrize(("submission", "bounces"), SMTP_COMBINATIONS,
+                         ids=[f"submission={'on' if s else 'off'}-bounces={b or 'off'}" for s, b in SMTP_COMBINATIONS])
+def test_the_smtp_servers_run_behind_the_load_balancer_as_asked(template: dict[str, Any], submission: bool,
+                                                                bounces: str) -> None:
+    from jetmail.cli import main
+
+    # GIVEN a submission certificate or none, and a bounce domain read by the bounce server, a mailbox, both, or none
+    asked = {"SmtpTlsSecretArn": SMTP_TLS_ARN if submission else "", "SmtpAllowedCidr": "198.51.100.0/24",
+             **PUBLIC_SUBNETS}
+    if bounces:
+        asked.update(BounceDomain="bounces.example.com", BounceIntake=bounces, BounceImapHost="imap.example.com",
+                     BounceImapCredentialsSecretArn=IMAP_ARN)
+    stack = Stack(template, asked)
+    resources, outputs = stack.resources(), stack.outputs()
+    server, mailbox = bounces in ("server", "both"), bounces in ("mailbox", "both")
+    # THEN each service exists exactly when asked for, and the load balancer when one of its servers does
+    assert ("SmtpService" in resources) is submission
+    assert ("BounceServerService" in resources) is server
+    assert ("BounceMailboxService" in resources) is mailbox
+    assert ("SmtpLoadBalancer" in resources) is (submission or server)
+    assert not dangling(stack)
+    # AND every listener forwards, over plain TCP, to a target group whose port a service's container listens on
+    # and the service registers, with the client's address kept (the per-address connection caps need it)
+    listeners = {r["Properties"]["Port"]: r["Properties"] for r in resources.values()
+                 if r["Type"] == "AWS::ElasticLoadBalancingV2::Listener"}
+    assert set(listeners) == {*([587, 465] if submission else []), *([25] if server else [])}
+    wired: dict[int, tuple[str, int]] = {}
+    for name in ("SmtpService", "BounceServerService"):
+        if name in resources:
+            service = resources[name]["Properties"]
+            task = resources[service["TaskDefinition"]["Ref"]]["Properties"]
+            ports = {p["ContainerPort"] for p in task["ContainerDefinitions"][0]["PortMappings"]}
+            for link in service["LoadBalancers"]:
+                group = resources[link["TargetGroupArn"]["Ref"]]["Properties"]
+                assert group["Port"] == link["ContainerPort"] and link["ContainerPort"] in ports
+                assert group["TargetType"] == "ip" and group["HealthCheckProtocol"] == "TCP"
+                assert {"Key": "preserve_client_ip.enabled", "Value": "true"} in group["TargetGroupAttributes"]
+                wired[link["TargetGroupArn"]["Ref"]] = (name, link["ContainerPort"])
+            assert service["DesiredCount"] == stack.values["SmtpDesiredCount"]
+            groups = service["NetworkConfiguration"]["AwsvpcConfiguration"]["SecurityGroups"]
+            assert groups == [{"Ref": "AppSecurityGroup"}, {"Ref": "SmtpTaskSecurityGroup"}]
+    for port, listener in listeners.items():
+        assert listener["Protocol"] == "TCP"
+        name, container_port = wired[listener["DefaultActions"][0]["TargetGroupArn"]["Ref"]]
+        assert (port, name, container_port) in {(587, "SmtpService", 2587), (465, "SmtpService", 2465),
+                                               (25, "BounceServerService", 2525)}
+    if submission or server:
+        ingress = {(r["FromPort"], r["CidrIp"]) for r in
+                   resources["SmtpLoadBalancerSecurityGroup"]["Properties"]["SecurityGroupIngress"]}
+        assert ingress == {(port, "0.0.0.0/0" if port == 25 else "198.51.100.0/24") for port in listeners}
+        task_ingress, = resources["SmtpTaskSecurityGroup"]["Properties"]["SecurityGroupIngress"]
+        assert task_ingress["SourceSecurityGroupId"] == {"Ref": "SmtpLoadBalancerSecurityGroup"}
+        assert all(task_ingress["FromPort"] <= p <= task_ingress["ToPort"] for _, p in wired.values())
+        assert resources["SmtpLoadBalancer"]["Properties"]["Scheme"] == "internet-facing"
+    # AND each container runs a command the CLI takes, as NATS user "api", with its own secrets
+    readable = set()
+    if "SmtpExecutionRole" in resources:
+        statement, = resources["SmtpExecutionRole"]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"]
+        readable = {json.dumps(r) for r in statement["Resource"]}
+    for name, command, own in (("SmtpTaskDefinition", "smtp-server",
+                                {"JETMAIL_SUBMISSION_CERT_PEM", "JETMAIL_SUBMISSION_KEY_PEM"}),
+                               ("BounceServerTaskDefinition", "bounce-server", set()),
+                               ("BounceMailboxTaskDefinition", "bounce-mailbox",
+                                {"JETMAIL_BOUNCE_IMAP_USERNAME", "JETMAIL_BOUNCE_IMAP_PASSWORD"})):
+        if name not in resources:
+            continue
+        container = resources[name]["Properties"]["ContainerDefinitions"][0]
+        assert container["Command"][0] == command
+        main.commands[command].make_context(command, list(container["Command"][1:]))  # a bad option raises
+        injected = {s["Name"]: s["ValueFrom"] for s in container["Secrets"]}
+        assert injected["JETMAIL_NATS_USER"] == {"Fn::Sub": "${NatsApiCredentialsSecret}:user::"}
+        assert own <= set(injected)
+        for value in injected.values():  # "${Secret}:key::" or the secret itself; the execution role reads each
+            named = re.fullmatch(r"\$\{(\w+)\}:\w+::", value["Fn::Sub"])[1] if "Fn::Sub" in value else None
+            arn = value if named is None else stack.values.get(named, {"Ref": named})
+            assert json.dumps(arn) in readable, (name, value)
+        env = {e["Name"]: e["Value"] for e in container["Environment"]}
+        assert env.get("JETMAIL_BOUNCE_DOMAIN") == ("bounces.example.com" if command != "smtp-server" else None)
+    if submission:
+        certificate = {s["Name"]: s["ValueFrom"] for s in
+                       resources["SmtpTaskDefinition"]["Properties"]["ContainerDefinitions"][0]["Secrets"]}
+        assert certificate["JETMAIL_SUBMISSION_CERT_PEM"] == {"Fn::Sub": "${SmtpTlsSecretArn}:cert::"}
+        assert certificate["JETMAIL_SUBMISSION_KEY_PEM"] == {"Fn::Sub": "${SmtpTlsSecretArn}:key::"}
+    # AND the workers send with the bounce domain's return path, and the outputs name the records to create
+    worker_env = {e["Name"]: e["Value"] for e in worker_container(stack)["Environment"]}
+    assert worker_env.get("JETMAIL_BOUNCE_DOMAIN") == ("bounces.example.com" if bounces else None)
+    assert ("SmtpHost" in outputs) is submission
+    assert outputs.get("BounceMxRecord", {}).get("Value") == (
+        {"Fn::Sub": "MX ${BounceDomain} 10 ${SmtpLoadBalancer.DNSName}"} if server else None)
+
+
+@pytest.mark.parametrize(("relay", "port", "expected"), [
+    ("", "587", {"JETMAIL_PROVIDER": "ses"}),
+    ("relay.example.com", "587", {"JETMAIL_PROVIDER": "smtp", "JETMAIL_SMTP_HOST": "relay.example.com",
+                                  "JETMAIL_SMTP_PORT": "587", "JETMAIL_SMTP_STARTTLS": "true"}),
+    ("relay.example.com", "465", {"JETMAIL_PROVIDER": "smtp", "JETMAIL_SMTP_HOST": "relay.example.com",
+                                  "JETMAIL_SMTP_PORT": "465", "JETMAIL_SMTP_USE_TLS": "true"})])
+def test_the_workers_send_through_ses_or_the_relay_asked_for(template: dict[str, Any], relay: str, port: str,
+                                                            expected: dict[str, str]) -> None:
+    from jetmail.config import Settings
+
+    container = worker_container(Stack(template, {"SmtpRelayHost": relay, "SmtpRelayPort": port}))
+    env = {e["Name"]: str(e["Value"]) for e in container["Environment"]}
+    told = {k: v for k, v in env.items() if k == "JETMAIL_PROVIDER" or k.startswith("JETMAIL_SMTP_")}
+    assert told == expected
+    # the settings a worker reads from them are valid (never STARTTLS and implicit TLS together)
+    fields = {k.removeprefix("JETMAIL_").lower(): v for k, v in told.items()}
+    Settings(table_name="jetmail", signing_secret="0123456789abcdef", **fields)  # type: ignore[arg-type]
+    assert {s["Name"] for s in container["Secrets"]} >= {"JETMAIL_SMTP_USERNAME", "JETMAIL_SMTP_PASSWORD"}
 
 
 def test_the_nodes_are_three_zones_rolled_one_at_a_time(template: dict[str, Any]) -> None:
@@ -427,5 +595,9 @@ async def publish(port: int, ca: Path, hostname: str) -> None:
             raise errors[0] from None
         raise
     await connection.publish("jobs.check.0", b"{}")
+    # and the chunks and metadata of the object store that keeps SMTP submissions and API attachments until sent
+    await connection.publish("$O.SUBMISSIONS.C.check", b"x")
+    await connection.publish("$O.SUBMISSIONS.M.check", b"{}")
     await connection.flush()
     await connection.close()
+    assert not errors, errors  # the server answers a publish the user may not make with a permissions violation
