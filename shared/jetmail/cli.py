@@ -104,7 +104,7 @@ def _fail(message: str, code: int) -> NoReturn:
 
 
 # long-running processes act for themselves ("system" in the audit log), not for whoever started them
-_SERVICE_COMMANDS = frozenset({"worker", "scheduler", "dev", "smtp-server"})
+_SERVICE_COMMANDS = frozenset({"worker", "scheduler", "dev", "smtp-server", "bounce-server", "bounce-mailbox"})
 
 
 @click.group(cls=_Cli)
@@ -254,6 +254,76 @@ def smtp_server(host: str | None, port: int | None, tls_port: int | None, log_le
 
     try:
         asyncio.run(run())
+    finally:
+        services.queue.close()
+
+
+@main.command("bounce-server")
+@click.option("--host", help="Address to listen on (default: JETMAIL_BOUNCE_HOST).")
+@click.option("--port", type=click.IntRange(0, 65_535),
+              help="Port to listen on, 0 for any free one (default: JETMAIL_BOUNCE_PORT, 25).")
+@click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+              default="INFO", show_default=True)
+def bounce_server(host: str | None, port: int | None, log_level: str) -> None:
+    """Receive bounces and complaints for JETMAIL_BOUNCE_DOMAIN (its MX) and apply them, until SIGTERM."""
+    from jetmail.deliverability.bounce_server import serve  # aiosmtpd, for this command only
+
+    overrides = {k: v for k, v in {"bounce_host": host, "bounce_port": port}.items() if v is not None}
+    settings = get_settings().model_copy(update=overrides)
+    if not settings.bounce_domain:
+        _fail("JETMAIL_BOUNCE_DOMAIN is not set: the bounce server receives mail for that domain only", 2)
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd's per-command lines
+    services = Services(settings)
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await serve(services, stop=stop, ready=lambda bound: click.echo(f"bounce intake on {bound}", err=True))
+
+    try:
+        asyncio.run(run())
+    finally:
+        services.queue.close()
+
+
+@main.command("bounce-mailbox")
+@click.option("--once", is_flag=True, help="Process the mail waiting now, then exit (for cron).")
+@click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+              default="INFO", show_default=True)
+def bounce_mailbox(once: bool, log_level: str) -> None:
+    """Read bounces and complaints from an IMAP mailbox (JETMAIL_BOUNCE_IMAP_*) and apply them, until SIGTERM."""
+    import threading
+
+    from jetmail.deliverability.bounce_mailbox import (  # imapclient: for this command only
+        BounceMailbox,
+        MailboxConfig,
+        MailboxError,
+    )
+    from jetmail.deliverability.bounces import BounceIntake
+
+    settings = get_settings()
+    try:
+        config = MailboxConfig.from_settings(settings)
+    except ConfigError as exc:
+        _fail(str(exc), 2)
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    services = Services(settings)
+    mailbox = BounceMailbox(config, intake=BounceIntake.from_services(services))
+    try:
+        if once:
+            try:
+                click.echo(f"{mailbox.run_once()} message(s) processed")
+            except MailboxError as exc:
+                _fail(str(exc), 1)
+            return
+        stop = threading.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
+        mailbox.run(stop, ready=lambda: click.echo(f"bounce mailbox {config.host}/{config.folder} watched",
+                                                   err=True))
     finally:
         services.queue.close()
 

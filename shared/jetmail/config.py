@@ -112,6 +112,13 @@ class Settings(BaseSettings):
     smtp_pipelining: bool = True
     """Send MAIL FROM, RCPT TO and DATA in one write when the server offers PIPELINING (RFC 2920);
     `false` for a relay that advertises it but mishandles it."""
+    dkim_domain: str | None = Field(default=None, pattern=r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$")
+    """The `d=` domain of the DKIM signature on SMTP-provider mail (usually the From domain); unset: the
+    SMTP provider does not sign (SES signs its own mail)."""
+    dkim_selector: str = Field(default="jetmail", pattern=r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,62}[A-Za-z0-9])?$")
+    """The DKIM selector: the public key is the TXT record `<selector>._domainkey.<dkim_domain>`."""
+    dkim_private_key: SecretStr | None = None
+    """The RSA private key that signs, in PEM (in AWS: from `JETMAIL_DKIM_PRIVATE_KEY_SECRET_ARN`)."""
     simulator_domain: str | None = "simulator.jetmail.local"
     """The domain whose addresses the local simulator answers for."""
 
@@ -182,6 +189,24 @@ class Settings(BaseSettings):
     country_header: str = "cloudfront-viewer-country"
     """The request header opens and clicks take their country from."""
 
+    # --- public subscription forms (POST /subscribe/{public id}, docs/guide/subscriptions.md)
+    subscribe_rate_per_ip: int = Field(default=10, ge=0)
+    """Subscribe requests per minute from one client address; 0: no limit."""
+    subscribe_rate_per_address: int = Field(default=3, ge=0)
+    """Subscribe requests per minute for one email address; 0: no limit. A pending subscription gets at most
+    one confirmation mail an hour, whatever the requests."""
+    subscribe_challenge: str = Field(default="none", pattern=r"^(none|pow|[A-Za-z_][\w.]*:[A-Za-z_]\w*)$")
+    """A check a form post must pass: `none`, `pow` (a hashcash-style proof of work the form snippet computes
+    in the browser), or `module:Class` of your own (`jetmail.audience.intake.Challenge`)."""
+    subscribe_pow_bits: int = Field(default=16, ge=8, le=28)
+    """Leading zero bits the proof of work needs (each one doubles the browser's work)."""
+    pending_expiry_days: int = Field(default=7, ge=1, le=90)
+    """Days a double opt-in subscription waits for its confirmation; then the scheduler drops it (and its
+    confirmation link stops working)."""
+    consent_ip: Literal["hash", "truncate", "full"] = "hash"
+    """How a subscriber's IP address is kept in the consent record: `hash` (a keyed hash), `truncate` (IPv4
+    /24, IPv6 /48) or `full`."""
+
     # --- SMTP submission server (`jetmail smtp-server`, jetmail.messaging.submission): applications send
     # with an API key
     submission_host: str = "0.0.0.0"  # noqa: S104 - a server for other machines; the NLB fronts it in AWS
@@ -191,10 +216,15 @@ class Settings(BaseSettings):
     submission_tls_port: int = Field(default=465, ge=0, le=65535)
     """Its implicit-TLS port; 0 turns it off."""
     submission_cert_file: str | None = None
-    """Its TLS certificate chain (PEM); unset: `jetmail smtp-server` refuses to start (the local stack
-    makes a self-signed pair)."""
+    """Its TLS certificate chain (PEM); unset, and no `submission_cert_pem` either: `jetmail smtp-server`
+    refuses to start (the local stack makes a self-signed pair)."""
     submission_key_file: str | None = None
     """The key of that certificate (PEM)."""
+    submission_cert_pem: str | None = None
+    """The certificate chain as PEM text instead of a file (in AWS: injected from the secret
+    `JETMAIL_SUBMISSION_TLS_SECRET_ARN` names, `{"cert": ..., "key": ...}`)."""
+    submission_key_pem: SecretStr | None = None
+    """Its key as PEM text."""
     submission_hostname: str = "localhost"
     """The name in its greeting and EHLO reply."""
     submission_max_bytes: int = Field(default=10 * 1024 * 1024, ge=1024, le=64 * 1024 * 1024)
@@ -207,6 +237,35 @@ class Settings(BaseSettings):
     """Open connections per client address (421 at the greeting above it)."""
     submission_retention_hours: int = Field(default=72, ge=1, le=24 * 30)
     """Hours a submitted body is kept for the worker, retries included (the object store's TTL)."""
+
+    # --- bounces without SES (jetmail.deliverability.bounces, `jetmail bounce-server`)
+    bounce_domain: str | None = Field(default=None, pattern=r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$")
+    """The domain of the return path of SMTP-provider mail: its envelope sender becomes
+    `bounces+<signed token>@<bounce_domain>`, whose MX points at `jetmail bounce-server`; unset: the
+    envelope sender is the From address and no bounce comes back to jetmail."""
+    bounce_host: str = "0.0.0.0"  # noqa: S104 - receives mail from other machines' MTAs
+    """The address `jetmail bounce-server` listens on."""
+    bounce_port: int = Field(default=25, ge=0, le=65535)
+    """Its port (an MX is reached on 25)."""
+    bounce_max_bytes: int = Field(default=10 * 1024 * 1024, ge=1024, le=64 * 1024 * 1024)
+    """Bytes of one received report (552 above it)."""
+    bounce_imap_host: str | None = None
+    """The IMAP server of the mailbox bounces and complaints are delivered to (`jetmail bounce-mailbox`),
+    reached over TLS."""
+    bounce_imap_port: int = Field(default=993, ge=1, le=65535)
+    """Its port (IMAP over TLS)."""
+    bounce_imap_username: str | None = None
+    """The mailbox's user."""
+    bounce_imap_password: SecretStr | None = None
+    """Its password (in AWS: from `JETMAIL_BOUNCE_IMAP_CREDENTIALS_SECRET_ARN`)."""
+    bounce_imap_folder: str = "INBOX"
+    """The folder reports arrive in."""
+    bounce_imap_delete: bool = True
+    """Delete each message once processed; `false`: mark it seen and leave it (only unseen ones are read)."""
+    bounce_imap_poll_s: float = Field(default=60.0, ge=1, le=3600)
+    """Seconds between checks of a server without IMAP IDLE (with IDLE, new mail is read on arrival)."""
+    bounce_imap_ca_file: str | None = None
+    """The CA that signed the IMAP server's certificate, as a PEM file; unset: the system's CAs."""
 
     # --- template rendering limits (jetmail.messaging.templating.limits), per render of one message; saving a
     # template test-renders its sample_context under the same limits
@@ -332,6 +391,10 @@ SECRET_ARNS: dict[str, dict[str | None, str]] = {
     "JETMAIL_NATS_CREDENTIALS_SECRET_ARN": {"user": "nats_user", "password": "nats_password"},
     "JETMAIL_NATS_TLS_CA_SECRET_ARN": {None: "nats_tls_ca_pem"},  # NATS TLS CA
     "JETMAIL_SMTP_CREDENTIALS_SECRET_ARN": {"username": "smtp_username", "password": "smtp_password"},
+    "JETMAIL_DKIM_PRIVATE_KEY_SECRET_ARN": {None: "dkim_private_key"},
+    "JETMAIL_SUBMISSION_TLS_SECRET_ARN": {"cert": "submission_cert_pem", "key": "submission_key_pem"},
+    "JETMAIL_BOUNCE_IMAP_CREDENTIALS_SECRET_ARN": {"username": "bounce_imap_username",
+                                                   "password": "bounce_imap_password"},
 }
 
 

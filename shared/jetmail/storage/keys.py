@@ -127,6 +127,13 @@ def list_id_of(pk: str) -> str:
     return pk.removeprefix(LIST_PREFIX)
 
 
+PENDING = "PENDING"  # the partition of subscriptions waiting for their confirmation, oldest first
+
+
+def pending_subscription(requested_at: str, list_id: str, contact_key: str) -> Key:
+    return Key(PENDING, f"{requested_at}#{list_id}#{contact_key}")
+
+
 def segment(segment_id: str) -> Key:
     return Key(f"SEGMENT#{segment_id}", "META")
 
@@ -371,6 +378,10 @@ ENTITIES: tuple[Entity, ...] = (
            "jetmail.audience.contacts.ContactStore",
            "Query the list partition (filter on status): a plan streams it, ~1 MB a page; BatchGetItem of a "
            "contact's memberships for an export"),
+    Entity("pending subscription", "main", "PENDING", "<requested>#<list id>#<email>", "-",
+           "jetmail.audience.contacts.ContactStore",
+           "PutItem when a double opt-in subscription is asked for, DeleteItem on its confirmation; Query the "
+           "partition up to a time on every scheduler tick to expire unconfirmed ones"),
     Entity("segment", "main", "SEGMENT#<id>", "META", "SEGMENTS / created#id", "jetmail.audience.segments.SegmentStore",
            "GetItem; Query gsi1 to list"),
     Entity("campaign", "main", "CAMPAIGN#<id>", "META", "CAMPAIGNS / created#id",
@@ -416,14 +427,14 @@ ENTITIES: tuple[Entity, ...] = (
            "ADD per event and per counted send; Query a range for reports and the reputation monitor"),
     Entity("webhook endpoint", "main", "WHEP#<id>", "WHEP", "WEBHOOKS / created#id",
            "jetmail.webhooks.endpoints.EndpointStore",
-           "GetItem; Query gsi1 to list (cached briefly per process by the emitter and the dispatcher)"),
+           "GetItem; Query gsi1 to list (cached per process, re-read in the background for the emitter)"),
     Entity("webhook event (per endpoint)", "main", "WHEP#<id>", "EVT#<event id>", "-",
            "jetmail.webhooks.deliveries.DeliveryLog",
-           "BatchWriteItem per fan-out; GetItem / BatchGetItem to replay"),
+           "written with the first attempts of its delivery job; BatchGetItem to replay"),
     Entity("webhook delivery attempt", "main", "WHEP#<id>", "DLV#<time>#<event id>#<attempt:04d>",
            "WHMSG#<message id> / <time>", "jetmail.webhooks.deliveries.DeliveryLog",
-           "PutItem per attempt (with a TTL); Query begins_with DLV# newest first, or between two times; "
-           "Query gsi1 for a message's timeline"),
+           "BatchWriteItem, 25 rows, per delivery job (with a TTL); Query begins_with DLV# newest first, or "
+           "between two times; Query gsi1 for a message's timeline"),
     Entity("message by tag", "main", "MSGTAG#<tag>", "<created>#<message id>", "-",
            "jetmail.messaging.messages.MessageRepository",
            "PutItem in the message's own transaction (one per tag); Query between two times, newest first, "
