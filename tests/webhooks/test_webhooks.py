@@ -25,7 +25,9 @@ from jetmail.queue import Queue
 from jetmail.services import queue_config
 from jetmail.webhooks import transport
 from jetmail.webhooks.dispatch import Dispatcher, Policy
+from jetmail.webhooks.endpoints import EndpointCache, EndpointStore
 from jetmail.webhooks.events import WebhookEvent, event_id
+from jetmail.webhooks.jobs import DeliverJob
 from stacktools import Isolated
 
 # no endpoint cache: each test's new endpoint gets the events it causes at once (production caches 10 s)
@@ -40,6 +42,7 @@ class Receiver:
     def __init__(self) -> None:
         self.received: list[tuple[str, dict[str, str], bytes]] = []
         self.status: dict[str, int] = {}
+        self.fail_once: set[str] = set()  # webhook ids answered 500 the first time they come
         self.lock = threading.Lock()
         outer = self
 
@@ -49,6 +52,9 @@ class Receiver:
                 with outer.lock:
                     outer.received.append((self.path, {k.lower(): v for k, v in self.headers.items()}, body))
                     code = outer.status.get(self.path, 200)
+                    if self.headers.get("webhook-id") in outer.fail_once:
+                        outer.fail_once.discard(self.headers["webhook-id"])
+                        code = 500
                 self.send_response(code)
                 self.end_headers()
                 self.wfile.write(f"answer {code} ".encode() * 2000)  # more than the excerpt keeps
@@ -350,3 +356,66 @@ def test_a_message_submitted_over_smtp_emits_queued_per_recipient(iso: Isolated,
     got = wait_until(both, timeout=30, what="two queued webhooks")
     assert {p["data"]["to"] for p in got.values()} == set(recipients)
     assert all(p["data"]["tags"] == ["smtp"] and p["data"]["metadata"] == {"ticket": "42"} for p in got.values())
+
+
+def test_a_fan_out_delivers_an_endpoints_events_in_one_job_and_retries_a_failure_alone(
+        iso: Isolated, client: TestClient, receiver: Receiver, unique: str) -> None:
+    # GIVEN an endpoint, and three events for it of which the receiver answers the second 500 once
+    endpoint = register(client, receiver.url("/batched"), ["message.complained"])
+    now = datetime.now(UTC)
+    events = [WebhookEvent(id=event_id("message.complained", unique, n), type="message.complained", timestamp=now,
+                           data={"message_id": f"msg_batched{unique}{n}", "to": f"batched-{n}-{unique}@example.com"})
+              for n in range(3)]
+    failing = events[1].id
+    receiver.fail_once.add(failing)
+
+    async def fan_out() -> int:
+        async with Queue(queue_config(iso.settings)) as queue:
+            dispatcher = Dispatcher(store=iso.services.webhook_endpoints, cache=iso.services.webhook_cache,
+                                    log=iso.services.webhook_log, queue=queue, policy=Policy(allow_private=True))
+            try:
+                return await dispatcher.fan_out(events)
+            finally:
+                await dispatcher.close()
+
+    # WHEN they are fanned out (what the worker does with an emitted job)
+    assert asyncio.run(fan_out()) == 1  # one delivery job for the endpoint's three events
+
+    def attempts() -> list[dict[str, Any]]:
+        return list(client.get(f"/v1/webhooks/{endpoint['id']}/deliveries").json()["data"])
+
+    # THEN the worker delivers each event, the failed one again alone, until it succeeds
+    wait_until(lambda: len(attempts()) == 4, timeout=30, what="three attempts and one retry")
+    logged = sorted((a["event_id"], a["attempt"], a["outcome"]) for a in attempts())
+    assert logged == sorted([(events[0].id, 1, "succeeded"), (failing, 1, "failed"), (failing, 2, "succeeded"),
+                             (events[2].id, 1, "succeeded")])
+    received = [h["webhook-id"] for h, _ in receiver.on("/batched")]
+    assert sorted(received) == sorted([events[0].id, failing, failing, events[2].id])
+    for headers, body in receiver.on("/batched"):  # each event its own signed POST
+        assert verified(endpoint["secret"], headers, body)["id"] == headers["webhook-id"]
+    # AND every event is kept for a replay, and a repeated fan-out publishes nothing new
+    assert {e.id for e in iso.services.webhook_log.events(endpoint["id"], [e.id for e in events])} == \
+        {e.id for e in events}
+    assert asyncio.run(fan_out()) == 0
+
+
+def test_emitting_reads_no_table_and_knows_endpoints_once_read(iso: Isolated, client: TestClient,
+                                                               receiver: Receiver) -> None:
+    # GIVEN an endpoint list cached for a minute, read for the first time
+    register(client, receiver.url("/cached"), ["message.delivered"])
+    cache = EndpointCache(EndpointStore(iso.services.table), ttl_s=60)
+    assert cache.wanted() is None  # not known yet: the emitter sends everything, the fan-out decides
+    wanted = wait_until(cache.wanted, timeout=10, what="the endpoint list read in the background")
+    assert "message.delivered" in wanted
+    # WHEN the send path asks again and again THEN no request reaches the table
+    before = iso.services.table.requests
+    assert all(cache.wanted() == wanted for _ in range(50))
+    assert iso.services.table.requests == before
+
+
+def test_a_delivery_job_enqueued_with_one_event_still_runs() -> None:
+    # GIVEN a job in the stream from before jobs carried several events WHEN a worker reads it
+    event = WebhookEvent(id="evt_old_shape", type="suppression.added", timestamp=datetime.now(UTC), data={})
+    job = DeliverJob.model_validate({"endpoint_id": "whe_old", "event": event.model_dump(mode="json")})
+    # THEN it is a job of that one event, from its first attempt
+    assert job.events == [event] and job.attempt == 1 and job.first_at is None

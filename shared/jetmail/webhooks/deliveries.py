@@ -40,22 +40,25 @@ class DeliveryLog:
     def _expires(self) -> int:
         return int(time.time() + self.retention_s)
 
-    def keep_events(self, endpoint_id: str, events: Sequence[WebhookEvent]) -> None:
-        """One BatchWriteItem per 25 events."""
-        expires = self._expires()
-        self.table.batch_put([keys.webhook_event(endpoint_id, e.id).item(event=e.model_dump_json(), expires_at=expires)
-                              for e in events])
-
     def events(self, endpoint_id: str, event_ids: Sequence[str]) -> list[WebhookEvent]:
         """BatchGetItem, 100 ids a request; ids no longer kept are left out."""
         wanted = [keys.webhook_event(endpoint_id, i) for i in dict.fromkeys(event_ids)]
         return [WebhookEvent.model_validate_json(item["event"]) for item in self.table.batch_get(wanted)]
 
-    def record(self, attempt: DeliveryAttempt) -> None:
-        """One PutItem; an attempt for a message's event is also indexed under the message (gsi1)."""
-        index = {"gsi1pk": keys.webhook_message(attempt.message_id), "gsi1sk": attempt.at} if attempt.message_id else {}
-        self.table.put(keys.webhook_attempt(attempt.endpoint_id, attempt.at, attempt.event_id, attempt.attempt)
-                       .item(expires_at=self._expires(), **index, **attempt.model_dump()))
+    def record(self, endpoint_id: str, attempts: Sequence[DeliveryAttempt], *,
+               keep: Sequence[WebhookEvent] = ()) -> int:
+        """Log the attempts of one delivery job and keep the events ``keep`` names (what a replay sends
+        again), together in one BatchWriteItem per 25 rows; returns the requests made. An attempt for a
+        message's event is also indexed under the message (gsi1)."""
+        expires = self._expires()
+        rows = [keys.webhook_event(endpoint_id, e.id).item(event=e.model_dump_json(), expires_at=expires)
+                for e in keep]
+        for attempt in attempts:
+            index = ({"gsi1pk": keys.webhook_message(attempt.message_id), "gsi1sk": attempt.at}
+                     if attempt.message_id else {})
+            rows.append(keys.webhook_attempt(endpoint_id, attempt.at, attempt.event_id, attempt.attempt)
+                        .item(expires_at=expires, **index, **attempt.model_dump()))
+        return self.table.batch_put(rows) if rows else 0
 
     def of_message(self, message_id: str, *, limit: int = 100) -> list[DeliveryAttempt]:
         """The latest ``limit`` attempts to deliver the events of one message, oldest first: one Query."""

@@ -1,10 +1,13 @@
 """The one call every source makes: ``emitter.emit(events)``.
 
-It never sends anything and never raises. It drops the events no enabled endpoint subscribes to (from the
-endpoint list cached per process, one Query every ``webhook_cache_s``), and puts the rest on the job layer
-as ONE fan-out job (``webhook_fanout`` on the ``webhooks`` queue), whose id is derived from the event ids so
-a source that runs twice enqueues it once. A worker then fans it out to the matching endpoints. With no
-subscriber, an emit costs nothing but the cache check; with one, a single publish.
+It never sends anything, never raises, and never waits on a table: it is on the send path, and every
+DynamoDB request or CPU millisecond it spent would be taken from sending. It drops the events no enabled
+endpoint subscribes to, judged from the endpoint list this process cached (``EndpointCache.wanted``, which
+a background thread keeps fresh, one Query every ``webhook_cache_s / 2`` while the process emits), and puts
+the rest on the job layer as ONE fan-out job (``webhook_fanout`` on the ``webhooks`` queue), whose id is
+derived from the event ids so a source that runs twice enqueues it once. When the list is not known (the
+first emit of a process, ``webhook_cache_s`` 0, an unreachable table) every event goes, and the worker's
+fan-out decides. With no subscriber, an emit costs nothing but a set lookup; with one, a single publish.
 
 A source made without an emitter (a unit test, a tool with no job layer) holds ``DISABLED``, which emits
 nothing on purpose.
@@ -64,12 +67,8 @@ class Emitter:
             given = [e for e in events if e is not None]
             if not given:
                 return
-            try:
-                wanted = self.endpoints.wanted()
-            except Exception as exc:  # the table is unreachable: let the fan-out job decide later
-                logger.warning("webhook endpoints unreadable (%s); enqueueing the events anyway", exc)
-                wanted = {e.type for e in given}
-            chosen = [e for e in given if e.type in wanted]
+            wanted = self.endpoints.wanted()
+            chosen = given if wanted is None else [e for e in given if e.type in wanted]
             if not chosen:
                 return
             self.queue.enqueue(FANOUT_TASK, queue=WEBHOOK_QUEUE, priority="normal", job_id=fanout_job_id(chosen),

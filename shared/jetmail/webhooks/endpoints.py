@@ -8,6 +8,7 @@ secret for a grace period, during which every delivery carries a signature by ea
 from __future__ import annotations
 
 import base64
+import logging
 import secrets
 import threading
 import time
@@ -20,6 +21,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from jetmail.storage import keys
 from jetmail.storage.table import ConditionFailed, Table
 from jetmail.webhooks.events import EVENT_TYPES, EventType
+
+logger = logging.getLogger("jetmail.webhooks")
 
 SECRET_PREFIX = "whsec_"  # noqa: S105 (the format's prefix, not a secret)
 
@@ -205,7 +208,13 @@ class EndpointStore:
 
 
 class EndpointCache:
-    """The endpoint list, re-read at most every ``ttl_s`` seconds per process (one Query), thread-safe."""
+    """The endpoint list, re-read at most every ``ttl_s`` seconds per process (one Query), thread-safe.
+
+    ``endpoints`` is the worker's view: it reads the table when the list is older than ``ttl_s``. ``wanted``
+    is the send path's: it never waits on the table. It answers from the list while it is younger than
+    ``ttl_s`` and, once half of that has passed, has a background thread read it again; with no list that
+    young (the first call, ``ttl_s`` 0, an unreachable table) it answers None: not known.
+    """
 
     def __init__(self, store: EndpointStore, *, ttl_s: float) -> None:
         self.store = store
@@ -213,14 +222,38 @@ class EndpointCache:
         self._endpoints: list[Endpoint] = []
         self._read_at = -float("inf")
         self._lock = threading.Lock()
+        self._read_lock = threading.Lock()
+        self._refreshing = False
 
     def endpoints(self) -> list[Endpoint]:
-        with self._lock:
+        # one reader at a time (not a Query per caller when the list expires), and never under the lock
+        # ``wanted`` takes, which the send path must get at once
+        with self._read_lock:
             if time.monotonic() - self._read_at >= self.ttl_s:
-                self._endpoints = self.store.list_all()
-                self._read_at = time.monotonic()
+                endpoints = self.store.list_all()
+                with self._lock:
+                    self._endpoints, self._read_at = endpoints, time.monotonic()
             return self._endpoints
 
-    def wanted(self) -> set[str]:
-        """The event types at least one enabled endpoint subscribes to."""
-        return {kind for e in self.endpoints() if e.enabled for kind in e.events}
+    def wanted(self) -> set[str] | None:
+        """The event types at least one enabled endpoint subscribes to, or None when not known; no request."""
+        with self._lock:
+            age = time.monotonic() - self._read_at
+            if age >= self.ttl_s / 2 and not self._refreshing and self.ttl_s > 0:
+                self._refreshing = True
+                threading.Thread(target=self._refresh, name="jetmail-webhook-endpoints", daemon=True).start()
+            if age >= self.ttl_s:
+                return None
+            return {kind for e in self._endpoints if e.enabled for kind in e.events}
+
+    def _refresh(self) -> None:
+        try:
+            endpoints = self.store.list_all()
+        except Exception as exc:  # the next call tries again; until then the list ages into "not known"
+            logger.warning("webhook endpoints not re-read: %s", exc)
+            endpoints = None
+        with self._lock:
+            if endpoints is not None:
+                self._endpoints = endpoints
+                self._read_at = time.monotonic()
+            self._refreshing = False

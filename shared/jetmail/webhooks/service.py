@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from jetmail.webhooks.deliveries import DeliveryAttempt, DeliveryLog
-from jetmail.webhooks.dispatch import DELIVERY_MAX_RETRIES
+from jetmail.webhooks.dispatch import DELIVERY_BATCH, DELIVERY_MAX_RETRIES
 from jetmail.webhooks.emitter import DELIVER_TASK, WEBHOOK_QUEUE
 from jetmail.webhooks.endpoints import Endpoint, EndpointCreate, EndpointStore, EndpointUpdate
 
@@ -77,9 +77,12 @@ class WebhookService:
         return [e.id for e in events]
 
     def _enqueue(self, endpoint_id: str, events: Sequence[dict[str, Any]], stamp: int) -> None:
-        if not events:
+        """One delivery job per ``DELIVERY_BATCH`` events, each event POSTed on its own."""
+        chunks = [events[i:i + DELIVERY_BATCH] for i in range(0, len(events), DELIVERY_BATCH)]
+        if not chunks:
             return
-        self.queue.enqueue_many(DELIVER_TASK, [{"endpoint_id": endpoint_id, "event": e, "replay": True}
-                                               for e in events],
-                                queue=WEBHOOK_QUEUE, job_ids=[f"whr.{endpoint_id}.{e['id']}.{stamp}" for e in events],
+        self.queue.enqueue_many(DELIVER_TASK, [{"endpoint_id": endpoint_id, "events": list(c), "replay": True}
+                                               for c in chunks],
+                                queue=WEBHOOK_QUEUE, job_ids=[f"whr.{endpoint_id}.{c[0]['id']}.{len(c)}.{stamp}"
+                                                              for c in chunks],
                                 max_retries=DELIVERY_MAX_RETRIES)

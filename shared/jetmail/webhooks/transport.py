@@ -55,13 +55,25 @@ async def resolve(host: str, port: int, *, allow_private: bool) -> str:
     return address
 
 
-async def post(client: httpx.AsyncClient, url: str, *, body: bytes, headers: dict[str, str],
-               allow_private: bool) -> Answer:
-    """POST ``body`` to ``url``; raises UnsafeDestination before connecting anywhere it may not."""
+def _host_port(url: str) -> tuple[str, int]:
     parts = urlsplit(url)
-    host = parts.hostname or ""
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    address = await resolve(host, port, allow_private=allow_private)
+    return parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80)
+
+
+async def destination(url: str, *, allow_private: bool) -> str:
+    """The checked address of ``url``'s host (``resolve``), for several POSTs to it in a row."""
+    host, port = _host_port(url)
+    return await resolve(host, port, allow_private=allow_private)
+
+
+async def post(client: httpx.AsyncClient, url: str, *, body: bytes, headers: dict[str, str],
+               allow_private: bool, address: str | None = None) -> Answer:
+    """POST ``body`` to ``url`` (at ``address``, from ``destination``, when given); raises UnsafeDestination
+    before connecting anywhere it may not."""
+    parts = urlsplit(url)
+    host, port = _host_port(url)
+    if address is None:
+        address = await resolve(host, port, allow_private=allow_private)
     literal = f"[{address}]" if ":" in address else address
     target = urlunsplit((parts.scheme, f"{literal}:{port}", parts.path or "/", parts.query, ""))
     host_header = host if parts.port is None else f"{host}:{parts.port}"
