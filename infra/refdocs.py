@@ -49,15 +49,16 @@ def _default(field: Any) -> str:
 
 
 def settings_md() -> str:
-    from jetmail.config import SECRET_ARNS, Settings
+    from jetmail.config import SECRET_ARNS, Settings, descriptions
 
     prefix = str(Settings.model_config.get("env_prefix", "")).upper()
     rows = []
+    documented = descriptions()
     for name, field in Settings.model_fields.items():
         if field.exclude:
             continue
         default = _default(field)
-        description = field.description or ""
+        description = documented.get(name, "")
         rows.append(f"| `{prefix}{name.upper()}` | {default} | {_cell(description)} |")
     secrets = []
     for variable, fields in SECRET_ARNS.items():

@@ -33,7 +33,6 @@ class Settings(BaseSettings):
         env_file=(".env", DEV_ENV_FILE),
         env_file_encoding="utf-8",
         extra="ignore",
-        use_attribute_docstrings=True,  # each field's docstring is its description (docs/reference/settings.md)
     )
 
     # --- NATS / job layer
@@ -437,3 +436,19 @@ def _invalid(exc: ValidationError) -> ConfigError:
         f"JETMAIL_{'_'.join(str(p) for p in err['loc']).upper()}: {err['msg']}" for err in exc.errors()
     )
     return ConfigError(f"invalid settings: {problems}")
+
+
+def descriptions() -> dict[str, str]:
+    """Each setting's docstring, by field name (docs/reference/settings.md). Read from this module's source on
+    demand: pydantic's ``use_attribute_docstrings`` would parse it at every import, a tenth of a cold start."""
+    import ast
+    import inspect
+
+    found: dict[str, str] = {}
+    tree = ast.parse(inspect.getsource(Settings))
+    body = tree.body[0].body if tree.body and isinstance(tree.body[0], ast.ClassDef) else []
+    for field, doc in zip(body, body[1:], strict=False):
+        if (isinstance(field, ast.AnnAssign) and isinstance(field.target, ast.Name) and isinstance(doc, ast.Expr)
+                and isinstance(doc.value, ast.Constant) and isinstance(doc.value.value, str)):
+            found[field.target.id] = inspect.cleandoc(doc.value.value)
+    return found
