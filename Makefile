@@ -58,7 +58,7 @@ test: setup browser swaks postfix dovecot audit ## lint the SAM template and the
 	$(BIN)/cfn-lint template.yaml
 	$(BIN)/ruff check shared functions tests bench infra
 	$(BIN)/mypy
-	$(BIN)/pytest -q -m "not slow"
+	$(BIN)/pytest -q -m "not slow" -n 2 --dist loadfile --durations=25
 
 # known vulnerabilities with a fix in the installed dependencies (infra/audit.py); prints "audit skipped:
 # vulnerability service unreachable" and passes where no advisory service answers

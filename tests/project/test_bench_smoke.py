@@ -59,7 +59,7 @@ def test_run_prints_every_figure_and_saves_them(repo_root: Path, tmp_path: Path)
      r"achieved/configured \d\.\d{3}"),
     ("bench_imports.py", ("--runs", "1", "--top", "3"), rf"\nscheduler\s+{FIGURE}\s+{FIGURE}\s+{FIGURE}"),
     ("bench_plan.py", ("--sizes", "150,300"), r"\n\s+300\s+452\s+\d+ms\s+\d+ms\s+\d+ms\s+\d+ms\s+1\s+\d+ms"),
-    ("bench_webhooks.py", ("--recipients", "100", "--webhook-concurrency", "20"),
+    ("bench_webhooks.py", ("--recipients", "100", "--webhook-concurrency", "20", "--cache-s", "1"),
      rf"campaign, 100 recipients, sent webhooks\s+{FIGURE} emails/s"),
 ], ids=["mime", "queue", "smtp", "ratelimit", "imports", "plan", "webhooks"])
 def test_each_script_prints_its_figures(repo_root: Path, script: str, args: tuple[str, ...], line: str) -> None:
