@@ -443,11 +443,12 @@ def descriptions() -> dict[str, str]:
     demand: pydantic's ``use_attribute_docstrings`` would parse it at every import, a tenth of a cold start."""
     import ast
     import inspect
+    import itertools
 
     found: dict[str, str] = {}
     tree = ast.parse(inspect.getsource(Settings))
     body = tree.body[0].body if tree.body and isinstance(tree.body[0], ast.ClassDef) else []
-    for field, doc in zip(body, body[1:], strict=False):
+    for field, doc in itertools.pairwise(body):
         if (isinstance(field, ast.AnnAssign) and isinstance(field.target, ast.Name) and isinstance(doc, ast.Expr)
                 and isinstance(doc.value, ast.Constant) and isinstance(doc.value.value, str)):
             found[field.target.id] = inspect.cleandoc(doc.value.value)

@@ -16,6 +16,7 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from jetmail.audience.addresses import InvalidAddress
+from jetmail.campaigns.ids import parse_campaign_message_id
 from jetmail.config import Settings
 from jetmail.messaging.mime import BuiltMessage, MimeAttachment, build_message, check_custom_headers, parse_address
 from jetmail.messaging.templating import Company, RenderedEmail, Renderer, StandardContext, TemplateVersion
@@ -165,16 +166,18 @@ class Composer:
             payload["l"] = list_id
         return f"{self.base_url}/u/{self.signer.sign(UNSUBSCRIBE_PURPOSE, payload)}"
 
-    def page_urls(self, unsubscribe_url: str) -> tuple[str | None, str | None]:
+    def page_urls(self, unsubscribe_url: str, *, message_id: str) -> tuple[str | None, str | None]:
         """The preference centre and view-in-browser links of the message whose unsubscribe link is
         ``unsubscribe_url``. They carry its very token (``/p/<token>``, ``/v/<token>``): no second HMAC per
         recipient, and whoever holds one of the three links holds the mail they came in. (None, None) for
-        a link not made here."""
+        a link not made here; no view-in-browser link for a message that is not a campaign's (its copy is
+        rendered from the campaign's batch)."""
         prefix = f"{self.base_url}/u/"
         if not unsubscribe_url.startswith(prefix):
             return None, None
         token = unsubscribe_url[len(prefix):]
-        return f"{self.base_url}/p/{token}", f"{self.base_url}/v/{token}"
+        view = f"{self.base_url}/v/{token}" if parse_campaign_message_id(message_id) else None
+        return f"{self.base_url}/p/{token}", view
 
     def open_url(self, *, message_id: str) -> str:
         return f"{self.base_url}/t/o/{self.signer.sign(OPEN_PURPOSE, {'m': message_id})}"
@@ -193,7 +196,7 @@ class Composer:
         zone = _zone(recipient.timezone, self.settings.default_timezone)
         unsubscribe_url = unsubscribe_url or self.unsubscribe_url(message_id=message_id, email=recipient.email,
                                                                   list_id=list_id)
-        preferences_url, view_in_browser_url = self.page_urls(unsubscribe_url)
+        preferences_url, view_in_browser_url = self.page_urls(unsubscribe_url, message_id=message_id)
         standard = StandardContext(
             unsubscribe_url=unsubscribe_url, preferences_url=preferences_url, view_in_browser_url=view_in_browser_url,
             tracking_pixel_url=self.open_url(message_id=message_id) if track else None,
