@@ -47,7 +47,7 @@ CONTEXT = {"steps": [{"title": "One", "description": "First."}], "dashboard_url"
            "docs_url": "https://docs.example.com/"}
 CSP = {"default-src 'none'", "style-src 'self'", "img-src 'self' data:", "form-action 'self'", "frame-ancestors 'none'"}
 PAGES = ["/dashboard", "/dashboard/campaigns", "/dashboard/messages", "/dashboard/suppressions", "/dashboard/dlq",
-         "/dashboard/sending", "/dashboard/webhooks"]
+         "/dashboard/sending", "/dashboard/webhooks", "/dashboard/lists"]
 
 
 # ---- fixtures and helpers

@@ -1,7 +1,8 @@
 """The server-rendered dashboard under ``/dashboard``: log in with an admin API key, then read campaigns
 and their reports (with their permanent failures), the message log (search, and a message's timeline), the
 suppression list, dead letters (and replay them) and the sending status (and resume marketing after a
-reputation stop), and the webhook endpoints (create, enable or disable, delete, rotate a secret, read each one's
+reputation stop), the lists (make one public, set how people join it, copy its subscribe form), and the webhook
+endpoints (create, enable or disable, delete, rotate a secret, read each one's
 delivery log and replay one delivery or a time range). Plain HTML forms; no JavaScript is needed to read or act."""
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoes
 from pydantic import ValidationError
 
 from jetmail.api.auth import services as _services
+from jetmail.audience.model import ListNotFound, ListUpdate
 from jetmail.campaigns.service import CampaignNotFound
 from jetmail.dashboard.session import (
     COOKIE_PATH,
@@ -548,6 +550,71 @@ def webhook_replay(request: Request, endpoint_id: str, session: Auth, svc: Svc, 
         return _endpoint_page(request, session, svc, endpoint_id, status=404, replay=replay,
                               error=f"Nothing was replayed: {exc}.")
     return RedirectResponse(f"{_base(request)}/webhooks/{endpoint_id}?replayed={len(ids)}", status_code=303)
+
+
+# ---- lists
+def _list_page(request: Request, session: Session, svc: Services, list_id: str, *, status: int = 200,
+               form: dict[str, Any] | None = None, error: str | None = None,
+               notice: str | None = None) -> Response:
+    """One list: its public settings as a form, and the form snippet a web page embeds (public lists)."""
+    from jetmail.api.intake import intake_for
+    from jetmail.audience.intake import InvalidSubscription
+
+    try:
+        if len(list_id) > 64:
+            raise ListNotFound(list_id[:64])
+        mailing_list = svc.contacts.get_list(list_id)
+    except ListNotFound:
+        return render(request, "message.html", session=session, status=404, title="Not found",
+                      error=f"There is no list {list_id[:64]}.")
+    try:  # the snippet GET /v1/lists/{id}/form and `jetmail lists form` give
+        snippet: str | None = intake_for(request.app).form_snippet(mailing_list)
+    except InvalidSubscription:
+        snippet = None
+    shown = form or {"public": mailing_list.public, "title": mailing_list.title or "",
+                     "description": mailing_list.description or "", "opt_in": mailing_list.opt_in,
+                     "form_fields": ", ".join(mailing_list.form_fields)}
+    return render(request, "list.html", session=session, title=f"List {mailing_list.name}", status=status,
+                  error=error, notice=notice, lst=mailing_list, form=shown, snippet=snippet,
+                  archive=f"{svc.settings.public_base_url.rstrip('/')}/archive/{mailing_list.public_id}")
+
+
+@router.get("/lists", response_class=HTMLResponse)
+def lists_page(request: Request, session: Auth, svc: Svc) -> Response:
+    """Every list, oldest first, with whether it is public and how people join it."""
+    return render(request, "lists.html", session=session, title="Lists", lists=svc.contacts.lists())
+
+
+@router.get("/lists/{list_id}", response_class=HTMLResponse)
+def list_page(request: Request, list_id: str, session: Auth, svc: Svc,
+              done: Annotated[str, Query(max_length=20)] = "") -> Response:
+    return _list_page(request, session, svc, list_id,
+                      notice="The list's settings are saved." if done == "saved" else None)
+
+
+@router.post("/lists/{list_id}", response_class=HTMLResponse)
+def list_update(request: Request, list_id: str, session: Auth, svc: Svc, csrf: Csrf = "",
+                public: Annotated[str, Form(max_length=10)] = "", title: Annotated[str, Form()] = "",
+                description: Annotated[str, Form()] = "", opt_in: Annotated[str, Form(max_length=20)] = "double",
+                form_fields: Annotated[str, Form(max_length=2000)] = "") -> Response:
+    """Change what subscribers see of a list and how they join it (``PATCH /v1/lists/{id}``'s fields but the
+    name); an empty title or description clears it."""
+    if _refused(request, session, csrf):
+        return _forbidden(request, session)
+    form: dict[str, Any] = {"public": bool(public), "title": title.strip(), "description": description.strip(),
+                            "opt_in": opt_in.strip(), "form_fields": form_fields.strip()}
+    try:
+        body = ListUpdate(public=form["public"], title=form["title"] or None,
+                          description=form["description"] or None, opt_in=form["opt_in"],
+                          form_fields=[f for f in re.split(r"[\s,]+", form["form_fields"]) if f])
+        svc.contacts.update_list(list_id, body)
+    except ValidationError as exc:
+        return _list_page(request, session, svc, list_id, status=422, form=form,
+                          error=f"The settings were not saved ({_problems(exc)}).")
+    except ListNotFound:
+        return render(request, "message.html", session=session, status=404, title="Not found",
+                      error=f"There is no list {list_id[:64]}.")
+    return RedirectResponse(f"{_base(request)}/lists/{list_id}?done=saved", status_code=303)
 
 
 # ---- dead letters
