@@ -28,14 +28,11 @@ for the totals), takes the address out of the cc, bcc and dropped-recipient list
 that copied it (and deletes the rows that found them), and deletes events, enrolments, the
 soft-bounce log, the contact and its memberships. What stays is the keyed pseudonym in the
 suppression list: the address is never mailed again and cannot be read back, and it cannot become a
-contact again (an upsert or import of it is refused). (The message keeper writes the copy rows;
-this module reads and removes them, since only erasure and export ever ask for them.)
+contact again (an upsert or import of it is refused).
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -49,10 +46,6 @@ from jetmail.deliverability.feedback import EventLog, FeedbackProcessor, SoftBou
 from jetmail.deliverability.suppressions import SuppressionStore
 from jetmail.messaging.messages import MessageRepository
 from jetmail.messaging.sequences import SequenceService
-from jetmail.storage import keys
-from jetmail.storage.table import ConditionFailed, item_fields
-
-COPY_FIELDS = ("cc", "bcc", "suppressed_recipients")  # where a message record names its copied addresses
 
 
 class PersonalData(BaseModel):
@@ -109,7 +102,7 @@ class PrivacyService:
         names = {m["list_id"]: m.get("list_name") for m in data.memberships}
         data.consents = [{"list_id": list_id, "list_name": names.get(list_id), **record}
                          for list_id, record in ((data.contact or {}).get("consent") or {}).items()]
-        data.messages = self.messages.export_of(address) + self._export_copies(address)
+        data.messages = self.messages.export_of(address) + self.messages.copies_export_of(address)
         data.sequence_enrolments = self.sequences.enrolments_of(address)
         data.events = self.events.of_recipient(address)
         entry = self.suppressions.get(address)
@@ -124,7 +117,7 @@ class PrivacyService:
         address = self._address(email)
         entry = self.suppressions.add_erased(address)  # first: nothing can be sent from here on
         cancelled = self.feedback.cancel_pending(address, reason="erased")
-        scrubbed = self.messages.strip_personal(address) + self._strip_copies(address)
+        scrubbed = self.messages.strip_personal(address) + self.messages.strip_copies(address)
         enrolments = self.sequences.forget(address)
         events = self.events.delete_of_recipient(address)
         self.soft_bounces.forget(address)
@@ -139,54 +132,3 @@ class PrivacyService:
             self.audit.record("contact.erased", target=entry.email,
                               changes=report.model_dump(exclude={"pseudonym"}))
         return report
-
-    # ---- messages that copied the address (cc, bcc): found by their copy rows, never by a scan
-    def _copy_rows(self, address: str) -> list[dict[str, Any]]:
-        """One Query per ~1 MB page."""
-        return list(self.messages.table.query_all(pk=keys.message_copy_partition(address)))
-
-    def _copied(self, rows: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
-        """The message records the rows name (one BatchGetItem per 100); a message gone meanwhile is skipped."""
-        yield from self.messages.table.batch_get([keys.message(r["id"]) for r in rows]) if rows else ()
-
-    def _export_copies(self, address: str) -> list[dict[str, Any]]:
-        """The records as held, the context decoded, showing of the bcc and dropped addresses only this one
-        (another blind copy is not this person's data)."""
-        records = []
-        for item in self._copied(self._copy_rows(address)):
-            record = item_fields(item)
-            if isinstance(record.get("context"), str):
-                record["context"] = json.loads(record["context"])
-            if record.get("bcc"):
-                record["bcc"] = [a for a in record["bcc"] if a.lower() == address]
-            if record.get("suppressed_recipients"):
-                record["suppressed_recipients"] = [d for d in record["suppressed_recipients"]
-                                                   if str(d.get("address", "")).lower() == address]
-            records.append(record)
-        return records
-
-    def _strip_copies(self, address: str) -> int:
-        """Take ``address`` out of every message that copied it, then delete the rows that found them;
-        returns how many messages named it. One conditional UpdateItem per message (the lists alone, so a
-        status the worker writes meanwhile stays) and one BatchWriteItem per 25 rows."""
-        rows = self._copy_rows(address)
-        stripped = 0
-        for item in self._copied(rows):
-            kept = {f: [v for v in item[f] if str(v.get("address", "") if isinstance(v, dict) else v).lower()
-                        != address] for f in COPY_FIELDS if item.get(f)}
-            if kept == {f: item[f] for f in kept}:
-                continue  # already taken out (a repeated erasure, or the message's own recipient erased)
-            sets = [f"#{f} = :{f}" for f, v in kept.items() if v]
-            removes = [f"#{f}" for f, v in kept.items() if not v]
-            expression = " ".join(part for part in (f"SET {', '.join(sets)}" if sets else "",
-                                                   f"REMOVE {', '.join(removes)}" if removes else "") if part)
-            try:
-                self.messages.table.update(item["pk"], item["sk"], expression=expression,
-                                           names={f"#{f}": f for f in kept},
-                                           params={f":{f}": v for f, v in kept.items() if v} or None,
-                                           condition="attribute_exists(pk)")
-            except ConditionFailed:
-                continue
-            stripped += 1
-        self.messages.table.batch_delete([(r["pk"], r["sk"]) for r in rows])
-        return stripped

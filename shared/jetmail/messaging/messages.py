@@ -458,6 +458,9 @@ def request_hash(request: BaseModel) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+COPY_FIELDS = ("cc", "bcc", "suppressed_recipients")  # where a message record names its copied addresses
+
+
 def copied_addresses(record: dict[str, Any]) -> list[str]:
     """The cc and bcc addresses of a message record, lower-cased, those dropped as suppressed included."""
     found = [*(record.get("cc") or ()), *(record.get("bcc") or ()),
@@ -620,6 +623,57 @@ class MessageRepository:
             except ConditionFailed:
                 continue
             stripped += 1
+        return stripped
+
+    # ---- messages that copied an address (cc, bcc): found by their copy rows (index_rows), never by a scan
+    def _copy_rows(self, address: str) -> list[dict[str, Any]]:
+        """One Query per ~1 MB page."""
+        return list(self.table.query_all(pk=keys.message_copy_partition(address)))
+
+    def _copied(self, rows: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        """The message records the rows name (one BatchGetItem per 100); a message gone meanwhile is skipped."""
+        yield from self.table.batch_get([keys.message(r["id"]) for r in rows]) if rows else ()
+
+    def copies_export_of(self, address: str) -> list[dict[str, Any]]:
+        """The records of the messages that copied ``address`` as held, the context decoded, showing of the bcc
+        and dropped addresses only this one (another blind copy is not this person's data)."""
+        records = []
+        for item in self._copied(self._copy_rows(address)):
+            record = item_fields(item)
+            if isinstance(record.get("context"), str):
+                record["context"] = json.loads(record["context"])
+            if record.get("bcc"):
+                record["bcc"] = [a for a in record["bcc"] if a.lower() == address]
+            if record.get("suppressed_recipients"):
+                record["suppressed_recipients"] = [d for d in record["suppressed_recipients"]
+                                                   if str(d.get("address", "")).lower() == address]
+            records.append(record)
+        return records
+
+    def strip_copies(self, address: str) -> int:
+        """Take ``address`` out of every message that copied it, then delete the rows that found them;
+        returns how many messages named it. One conditional UpdateItem per message (the lists alone, so a
+        status the worker writes meanwhile stays) and one BatchWriteItem per 25 rows."""
+        rows = self._copy_rows(address)
+        stripped = 0
+        for item in self._copied(rows):
+            kept = {f: [v for v in item[f] if str(v.get("address", "") if isinstance(v, dict) else v).lower()
+                        != address] for f in COPY_FIELDS if item.get(f)}
+            if kept == {f: item[f] for f in kept}:
+                continue  # already taken out (a repeated erasure, or the message's own recipient erased)
+            sets = [f"#{f} = :{f}" for f, v in kept.items() if v]
+            removes = [f"#{f}" for f, v in kept.items() if not v]
+            expression = " ".join(part for part in (f"SET {', '.join(sets)}" if sets else "",
+                                                   f"REMOVE {', '.join(removes)}" if removes else "") if part)
+            try:
+                self.table.update(item["pk"], item["sk"], expression=expression,
+                                           names={f"#{f}": f for f in kept},
+                                           params={f":{f}": v for f, v in kept.items() if v} or None,
+                                           condition="attribute_exists(pk)")
+            except ConditionFailed:
+                continue
+            stripped += 1
+        self.table.batch_delete([(r["pk"], r["sk"]) for r in rows])
         return stripped
 
     def transition(self, message_id: str, status: MessageStatus, *, allowed_from: set[MessageStatus],
