@@ -209,9 +209,13 @@ def _with_error_responses(app: FastAPI) -> Callable[[], dict[str, Any]]:
                         "description": "`Bearer`", "schema": {"type": "string"}}}
                 for status, response in responses.items():
                     if status[0] in "45":
-                        example = response.get("content", {}).get(PROBLEM_MEDIA_TYPE, {}).get("example")
-                        response["content"] = body if example is None else {
-                            PROBLEM_MEDIA_TYPE: {**body[PROBLEM_MEDIA_TYPE], "example": example}}
+                        declared = response.get("content", {})
+                        example = declared.get(PROBLEM_MEDIA_TYPE, {}).get("example")
+                        # a page for a browser's form post stays declared beside the problem
+                        others = {kind: content for kind, content in declared.items()
+                                  if kind not in (PROBLEM_MEDIA_TYPE, "application/json")}
+                        response["content"] = {**(body if example is None else {
+                            PROBLEM_MEDIA_TYPE: {**body[PROBLEM_MEDIA_TYPE], "example": example}}), **others}
         return spec
 
     return openapi

@@ -160,11 +160,21 @@ def _too_many(wait: int, lang: str, as_json: bool) -> Response:
     return page(lang, TEXT[lang]["slow_title"], f"<p>{TEXT[lang]['slow']}</p>", status=429, headers=headers)
 
 
+# a form post is answered with a page, JSON with JSON (problem+json for errors)
+_ERROR_CONTENT: dict[str, Any] = {"application/problem+json": {}, "text/html": {}}
+
+
 @router.post("/subscribe/{public_id}", status_code=200,
-             responses={202: {"description": "accepted (JSON): the same answer whatever became of it"},
-                        404: {"description": "no public list has this id"},
-                        422: {"description": "a bad address or field, or the form's check did not pass"},
-                        429: {"description": "too many requests from this client or for this address"}},
+             response_class=HTMLResponse,
+             responses={200: {"description": "accepted (form post): a page saying what happens next",
+                              "content": {"text/html": {}}},
+                        202: {"description": "accepted (JSON): the same answer whatever became of it",
+                              "content": {"application/json": {}}},
+                        404: {"description": "no public list has this id", "content": _ERROR_CONTENT},
+                        422: {"description": "a bad address or field, or the form's check did not pass",
+                              "content": _ERROR_CONTENT},
+                        429: {"description": "too many requests from this client or for this address",
+                              "content": _ERROR_CONTENT}},
              openapi_extra={"requestBody": {"required": True, "content": {
                  "application/x-www-form-urlencoded": {"schema": {"type": "object"}},
                  "application/json": {"schema": {"type": "object"}}}}})
