@@ -438,7 +438,9 @@ def test_no_secret_appears_in_api_or_worker_logs(stack: StackState, tmp_path: Pa
                 "nats_user": nats_user, "nats_password": SecretStr(nats_password)})
             signing_secret = settings.signing_secret.get_secret_value()
             services = Services(settings)
-            with caplog.at_level(logging.DEBUG), _client(create_app(settings, services=services), iso.token) as c:
+            # every logger at DEBUG, jetmail's too (a command run in this process earlier may have set its level)
+            with caplog.at_level(logging.DEBUG), caplog.at_level(logging.DEBUG, logger="jetmail"), \
+                    _client(create_app(settings, services=services), iso.token) as c:
                 logging.getLogger("jetmail").debug("settings in use: %r", settings)
                 # WHEN a message is sent through the API and the worker delivers it
                 resp = c.post("/v1/messages", json={"template": "password_reset", "to": f"log-{unique}@example.com",
