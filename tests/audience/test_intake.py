@@ -290,3 +290,23 @@ def test_proof_of_work_and_kept_ip_addresses(services: Services) -> None:
     hashed = kept_ip("203.0.113.77", "hash", signer=signer)
     assert hashed is not None and hashed.startswith("sha256:") and "203" not in hashed
     assert kept_ip("not an ip", "hash", signer=signer) is None
+
+
+def test_a_missing_confirmation_template_is_installed_from_the_shipped_one(
+        admin: TestClient, public: TestClient, services: Services, mailbox: Mailbox, email_worker: Any,
+        unique: str) -> None:
+    # GIVEN a stack whose templates were never synced: no confirm_subscription template
+    from jetmail.audience.intake import CONFIRM_TEMPLATE
+
+    services.templates.delete(CONFIRM_TEMPLATE)
+    assert services.templates.head(CONFIRM_TEMPLATE, "en", cached=False) is None
+    made = public_list(admin, f"unsynced-{unique}")
+    address = f"unsynced-{unique}@example.com"
+    # WHEN someone subscribes through the form
+    resp = public.post(f"/subscribe/{made['public_id']}", data={"email": address},
+                       headers={"X-Forwarded-For": client_ip(unique, 7)})
+    # THEN the answer is the usual page, the shipped template is saved, and the confirmation mail goes out
+    assert resp.status_code == 200, resp.text
+    assert services.templates.head(CONFIRM_TEMPLATE, "en", cached=False) is not None
+    _, link = confirm_link(services, mailbox, address)
+    assert link.startswith("/confirm/")

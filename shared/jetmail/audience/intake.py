@@ -43,7 +43,10 @@ class InvalidSubscription(ValueError):
 
 
 class Mailer(Protocol):
-    """What sends the confirmation: the one message service (``MessageService.submit``)."""
+    """What sends the confirmation: the one message service (``MessageService.submit``), and the template
+    store it renders from."""
+
+    templates: Any
 
     def submit(self, request: Any, *, api_key_id: str | None = ..., idempotency_key: str | None = ...,
                extra: dict[str, Any] | None = ...) -> tuple[Any, bool]: ...
@@ -235,7 +238,26 @@ class Intake:
                               tags=["confirm-subscription"])
         # at most one confirmation an hour per pending request, however often the form is sent
         hour = int(self.clock().timestamp() // 3600)
-        self.mailer.submit(request, idempotency_key=f"confirm:{mailing_list.id}:{email}:{consent.requested_at}:{hour}")
+        key = f"confirm:{mailing_list.id}:{email}:{consent.requested_at}:{hour}"
+        from jetmail.messaging.templates import TemplateNotFound
+
+        try:
+            self.mailer.submit(request, idempotency_key=key)
+        except TemplateNotFound:
+            self._install_confirmation()
+            self.mailer.submit(request, idempotency_key=key)
+
+    def _install_confirmation(self) -> None:
+        """Save the shipped confirmation template, and the layout it extends when there is none, the first time
+        a confirmation finds no template: a public list works without ``jetmail templates sync`` first. A
+        template of that name saved by the user is never replaced."""
+        from jetmail.messaging.templating import EXAMPLE_TEMPLATES_DIR, load_template_dir
+
+        store = self.mailer.templates
+        for content in load_template_dir(EXAMPLE_TEMPLATES_DIR):  # layouts first
+            if content.name in (CONFIRM_TEMPLATE, "layout") and store.head(content.name, content.locale,
+                                                                             cached=False) is None:
+                store.save(content)
 
     def _language(self, email: str) -> str | None:
         from jetmail.audience.model import ContactNotFound
