@@ -12,12 +12,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from jetmail.deliverability.bounces import BounceIntake
-from jetmail.messaging.smtp_server import COMMAND_CALL_LIMIT, ConnectionCap
+from jetmail.messaging.smtp_server import COMMAND_CALL_LIMIT, CappedSMTP, ConnectionCap
 
 if TYPE_CHECKING:
     from jetmail.config import Settings
@@ -30,31 +30,8 @@ MAX_CONNECTIONS_PER_IP = 20
 TIMEOUT_S = 300.0  # RFC 5321 4.5.3.2: servers wait at least five minutes for a command or the data
 
 
-class BounceSMTP(SMTP):
-    """aiosmtpd's protocol with a connection cap per client address and a precise size refusal."""
-
-    def __init__(self, handler: BounceHandler, *, cap: ConnectionCap, **kwargs: Any) -> None:
-        super().__init__(handler, **kwargs)
-        self._cap = cap
-        self._peer_ip: str | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        peer = transport.get_extra_info("peername")
-        ip = str(peer[0]) if peer else "?"
-        if not self._cap.take(ip):
-            cast(asyncio.WriteTransport, transport).write(
-                f"421 4.7.0 Too many connections from {ip}; try again later\r\n".encode())
-            transport.close()
-            return
-        self._peer_ip = ip
-        super().connection_made(transport)
-
-    def connection_lost(self, error: Exception | None) -> None:
-        if self._peer_ip is None:
-            return
-        self._cap.give(self._peer_ip)
-        self._peer_ip = None
-        super().connection_lost(error)
+class BounceSMTP(CappedSMTP):
+    """The capped protocol with a precise size refusal."""
 
     async def push(self, status: Any) -> None:
         if isinstance(status, str) and status.startswith("552 Error"):

@@ -71,10 +71,11 @@ class ConnectionCap:
             self.open.pop(peer, None)
 
 
-class SubmissionSMTP(SMTP):
-    """aiosmtpd's protocol with jetmail's limits: a connection cap, a 421 on timeout, precise replies."""
+class CappedSMTP(SMTP):
+    """aiosmtpd's protocol with a cap on open connections per client address: over it, a 421 at greeting
+    (the submission server and the bounce intake)."""
 
-    def __init__(self, handler: SubmissionHandler, *, cap: ConnectionCap, **kwargs: Any) -> None:
+    def __init__(self, handler: Any, *, cap: ConnectionCap, **kwargs: Any) -> None:
         super().__init__(handler, **kwargs)
         self._cap = cap
         self._peer_ip: str | None = None
@@ -99,6 +100,10 @@ class SubmissionSMTP(SMTP):
             self._cap.give(self._peer_ip)
             self._peer_ip = ""  # given back once
         super().connection_lost(error)
+
+
+class SubmissionSMTP(CappedSMTP):
+    """The capped protocol with jetmail's limits: a 421 on timeout, precise replies."""
 
     def _timeout_cb(self) -> None:
         if self.transport is not None and not self.transport.is_closing():
