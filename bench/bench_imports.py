@@ -169,7 +169,7 @@ def local_stack() -> Iterator[dict[str, str]]:
     from jetmail.services import Services
 
     with tempfile.TemporaryDirectory(prefix="jetmail-bench-") as root:
-        stack = LocalStack(root)
+        stack = LocalStack(root, preferred_ports=False)
         state = stack.up(["nats", "moto"])
         try:
             env = {"JETMAIL_NATS_URL": state.services["nats"].url,

@@ -41,7 +41,7 @@ def main() -> None:
     from jetmail.services import Services
 
     with tempfile.TemporaryDirectory(prefix="jetmail-bench-") as tmp:
-        stack = LocalStack(Path(tmp))
+        stack = LocalStack(Path(tmp), preferred_ports=False)
         try:
             state = stack.up(["nats", "moto"])
             os.environ.update({k: v for k, v in state.env().items() if k.startswith(("JETMAIL_", "AWS_"))})

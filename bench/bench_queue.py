@@ -82,7 +82,7 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=20, help="latency samples per priority")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        stack = LocalStack(tmp)
+        stack = LocalStack(tmp, preferred_ports=False)
         state = stack.up(["nats"])
         try:
             asyncio.run(measure(state.services["nats"].url, jobs=args.jobs, single=args.single,

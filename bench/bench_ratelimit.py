@@ -133,7 +133,7 @@ def main() -> None:
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs; {args.workers} workers at {args.rate:g}/s "
           f"for {args.seconds} s")
     with tempfile.TemporaryDirectory(prefix="jetmail-bench-") as tmp:
-        stack = LocalStack(Path(tmp))
+        stack = LocalStack(Path(tmp), preferred_ports=False)
         try:
             state = stack.up(["nats", "smtp"])
             start, completed = spawn_workers(args, nats_url=state.services["nats"].url,

@@ -83,7 +83,7 @@ def main() -> None:
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs")
 
     with tempfile.TemporaryDirectory(prefix="jetmail-bench-") as tmp:
-        stack = LocalStack(Path(tmp))
+        stack = LocalStack(Path(tmp), preferred_ports=False)
         try:
             state = stack.up(["smtp"])
             bench("jetmail sink (aiosmtpd)", state.services["smtp"].port, count=args.messages, size=args.size)

@@ -77,7 +77,7 @@ def main() -> None:
     from jetmail.webhooks.endpoints import EndpointCreate
 
     root = Path(tempfile.mkdtemp(prefix="jetmail-bench-webhooks-"))
-    stack = LocalStack(root)
+    stack = LocalStack(root, preferred_ports=False)
     state = stack.up(["nats", "moto", "smtp"])
     workers: list[subprocess.Popen[bytes]] = []
     services: Services | None = None

@@ -375,7 +375,7 @@ def main() -> None:
     results: dict[str, Any] = {"machine": machine(), "at": datetime.now(UTC).isoformat(), "args": {
         k: v for k, v in vars(args).items() if k not in ("out", "planner_child")}}
     root = Path(tempfile.mkdtemp(prefix="jetmail-bench-"))
-    stack = LocalStack(root)
+    stack = LocalStack(root, preferred_ports=False)
     state = stack.up(["nats", "moto", "smtp"])
     workers: list[subprocess.Popen[bytes]] = []
     postfix: subprocess.Popen[bytes] | None = None

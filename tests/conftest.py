@@ -29,7 +29,7 @@ for _name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackState]:
-    local = LocalStack(tmp_path_factory.mktemp("stack"))
+    local = LocalStack(tmp_path_factory.mktemp("stack"), preferred_ports=False)
     try:
         state = local.up(["nats", "moto", "smtp"])
         yield state

@@ -53,7 +53,7 @@ class Isolated:
     a worker process: for test modules whose data would slow the shared emulator for everyone else."""
 
     def __init__(self, stack: StackState, root: Path, **overrides: object) -> None:
-        self.local = LocalStack(root)
+        self.local = LocalStack(root, preferred_ports=False)
         own = self.local.up(["nats", "moto"])
         self.env = {**stack_env(stack), "JETMAIL_NATS_URL": own.services["nats"].url,
                     "JETMAIL_AWS_ENDPOINT_URL": own.services["moto"].url}

@@ -46,7 +46,7 @@ class ClusterStack:
 @pytest.fixture(scope="module")
 def clustered(stack: StackState, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterStack]:
     root = tmp_path_factory.mktemp("cluster")
-    aws = LocalStack(root / "aws")
+    aws = LocalStack(root / "aws", preferred_ports=False)
     cluster = NatsCluster(root / "nats").start()
     try:
         moto = aws.up(["moto"]).services["moto"].url

@@ -31,7 +31,7 @@ class FaultStack:
 
     def __init__(self, session: StackState, root: Path, *, sink_env: dict[str, str] | None = None,
                  worker_env: dict[str, str] | None = None) -> None:
-        self.sink_stack = LocalStack(root / "sink")
+        self.sink_stack = LocalStack(root / "sink", preferred_ports=False)
         sink = self.sink_stack.up(["smtp"], extra_env=sink_env or {})
         combined = StackState(root=str(root / "sink"), services={**session.services, "smtp": sink.services["smtp"]},
                               signing_secret=session.signing_secret)

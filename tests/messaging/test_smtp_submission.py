@@ -342,7 +342,7 @@ def test_missing_from_header(server: Server, send_key: str, tmp_path: Path) -> N
 def test_dev_up_starts_it_with_a_self_signed_certificate(tmp_path: Path) -> None:
     from jetmail.devstack.stack import LocalStack
 
-    local = LocalStack(tmp_path / "dev")
+    local = LocalStack(tmp_path / "dev", preferred_ports=False)
     try:
         # WHEN the local stack starts the submission server
         local.up(["nats", "moto", "submission"])

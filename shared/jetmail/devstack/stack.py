@@ -211,9 +211,12 @@ def http_ready(url: str) -> Callable[[], bool]:
 class LocalStack:
     """The local stack rooted at a folder (``.jetmail/dev`` by default)."""
 
-    def __init__(self, root: Path | str = DEFAULT_ROOT) -> None:
+    def __init__(self, root: Path | str = DEFAULT_ROOT, *, preferred_ports: bool = True) -> None:
+        """``preferred_ports``: the well-known ports (NATS 4222, moto 5055, ...) when free; off, any free
+        port, so that stacks started at the same moment (test processes) never race for one."""
         self.root = Path(root)
         self.state_file = self.root / "state.json"
+        self.preferred_ports = preferred_ports
 
     # ---- state
     def load(self) -> StackState:
@@ -263,15 +266,18 @@ class LocalStack:
         (self.root / "jetmail.env").unlink(missing_ok=True)
         return stopped
 
+    def _port(self, name: str) -> int:
+        return pick_port(DEFAULT_PORTS.get(name)) if self.preferred_ports else free_port()
+
     def _start(self, name: str, state: StackState, *, extra_env: Mapping[str, str], timeout: float) -> Service:
         logs = self.root / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         log = logs / f"{name}.log"
-        port = pick_port(DEFAULT_PORTS.get(name)) if name in DEFAULT_PORTS else 0
+        port = self._port(name) if name in DEFAULT_PORTS else 0
         env = {**os.environ, **state.env(), **extra_env, "PYTHONUNBUFFERED": "1"}
         ready: Callable[[], bool]
         if name == "nats":
-            monitor = pick_port(DEFAULT_PORTS["nats_monitor"])
+            monitor = self._port("nats_monitor")
             store = (self.root / "nats").resolve()
             cmd = [nats_server_binary(), "-js", "-a", "127.0.0.1", "-p", str(port), "-m", str(monitor),
                    "-sd", str(store), "-n", "jetmail-local"]
