@@ -340,7 +340,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--recipients", type=int, default=20_000)
     parser.add_argument("--raw", type=int, default=3_000)
-    parser.add_argument("--latency-sends", type=int, default=1_000)
+    parser.add_argument("--latency-sends", type=int, default=1_000,
+                        help="transactional sends timed idle and during a busy campaign (0: skip both)")
     parser.add_argument("--latency-rate", type=float, default=20.0, help="transactional sends per second")
     parser.add_argument("--busy-recipients", type=int, default=20_000,
                         help="campaign running while latency is measured again (0: skip)")
@@ -458,40 +459,44 @@ def main() -> None:
         # a 500 is counted as a refused request, not raised: the latency run goes on
         client = TestClient(create_app(settings, services=services), headers={"Authorization": f"Bearer {token}"},
                             raise_server_exceptions=False)
-        print(f"transactional latency, idle ({args.latency_sends} sends) ...", flush=True)
-        results["transactional_api_errors"] = errors = []
-        idle_posts: list[float] = []
-        with dynamodb_probe(services) as results["dynamodb_get_idle_ms"]:
-            sent = paced_sends(client, count=args.latency_sends, rate=args.latency_rate, tag="idle", errors=errors,
-                               posts_ms=idle_posts)
-        results["post_idle_ms"] = percentiles(idle_posts)
-        results["transactional_ms"] = latencies(services, sent)
+        if not args.latency_sends:
+            print("transactional latency: skipped (--latency-sends 0)", flush=True)
+        else:
+            print(f"transactional latency, idle ({args.latency_sends} sends) ...", flush=True)
+            results["transactional_api_errors"] = errors = []
+            idle_posts: list[float] = []
+            with dynamodb_probe(services) as results["dynamodb_get_idle_ms"]:
+                sent = paced_sends(client, count=args.latency_sends, rate=args.latency_rate, tag="idle", errors=errors,
+                                   posts_ms=idle_posts)
+            results["post_idle_ms"] = percentiles(idle_posts)
+            results["transactional_ms"] = latencies(services, sent)
 
-        if args.busy_recipients:
-            print(f"importing {args.busy_recipients:,} contacts ...", flush=True)
-            busy_list, _ = import_list(services, "busy", args.busy_recipients, "b")
-            from jetmail.campaigns.model import AudienceSource, CampaignCreate
+            if args.busy_recipients:
+                print(f"importing {args.busy_recipients:,} contacts ...", flush=True)
+                busy_list, _ = import_list(services, "busy", args.busy_recipients, "b")
+                from jetmail.campaigns.model import AudienceSource, CampaignCreate
 
-            busy = services.campaigns.create(CampaignCreate(name="busy", template="getting_started", context=CONTEXT,
-                                                            audience=[AudienceSource(list_id=busy_list)]))
-            print(f"transactional latency during a campaign of {args.busy_recipients:,} ...", flush=True)
-            busy_posts: list[float] = []
-            busy_done: list[float] = []
-            busy_started = time.time()
-            services.campaigns.send(busy.id)
-            # the campaign's end is watched from its start: it may finish long before the paced sends do
-            watcher = threading.Thread(target=lambda: busy_done.append(wait_done(services, busy.id,
-                                                                                  args.busy_recipients)))
-            watcher.start()
-            with dynamodb_probe(services) as results["dynamodb_get_busy_ms"]:
-                sent = paced_sends(client, count=args.latency_sends, rate=args.latency_rate, tag="busy",
-                                   errors=errors, posts_ms=busy_posts)
-            watcher.join()
-            busy_finished = busy_done[0]
-            results["busy_campaign_per_s"] = args.busy_recipients / (busy_finished - busy_started)
-            results["transactional_during_campaign_ms"] = latencies(services, sent, until=busy_finished)
-            results["worker_peak_rss_busy_mb"] = max(rss_peak_mb(p.pid) for p in workers)
-            results["post_during_campaign_ms"] = percentiles(busy_posts)
+                busy = services.campaigns.create(CampaignCreate(
+                    name="busy", template="getting_started", context=CONTEXT,
+                    audience=[AudienceSource(list_id=busy_list)]))
+                print(f"transactional latency during a campaign of {args.busy_recipients:,} ...", flush=True)
+                busy_posts: list[float] = []
+                busy_done: list[float] = []
+                busy_started = time.time()
+                services.campaigns.send(busy.id)
+                # the campaign's end is watched from its start: it may finish long before the paced sends do
+                watcher = threading.Thread(target=lambda: busy_done.append(wait_done(services, busy.id,
+                                                                                      args.busy_recipients)))
+                watcher.start()
+                with dynamodb_probe(services) as results["dynamodb_get_busy_ms"]:
+                    sent = paced_sends(client, count=args.latency_sends, rate=args.latency_rate, tag="busy",
+                                       errors=errors, posts_ms=busy_posts)
+                watcher.join()
+                busy_finished = busy_done[0]
+                results["busy_campaign_per_s"] = args.busy_recipients / (busy_finished - busy_started)
+                results["transactional_during_campaign_ms"] = latencies(services, sent, until=busy_finished)
+                results["worker_peak_rss_busy_mb"] = max(rss_peak_mb(p.pid) for p in workers)
+                results["post_during_campaign_ms"] = percentiles(busy_posts)
 
         if args.large_recipients:
             print(f"importing {args.large_recipients:,} contacts ...", flush=True)
@@ -543,10 +548,13 @@ def main() -> None:
         ("DynamoDB requests per 100 recipients", f"{results['dynamodb_requests_per_100']:.2f}"),
         ("NATS messages per 100 recipients", f"{results['nats_messages_per_100']:.1f}"),
         (f"worker peak RSS after {args.recipients:,}", f"{results['worker_peak_rss_mb']:.0f} MB"),
-        ("transactional accept→SMTP p50/p95/p99, idle", pct.format(**results["transactional_ms"])),
-        ("one emulated DynamoDB GetItem p50/p95/p99, idle", probe.format(**results["dynamodb_get_idle_ms"])),
-        ("POST /v1/messages p50/p95/p99, idle", probe.format(**results["post_idle_ms"])),
     ]
+    if "transactional_ms" in results:
+        rows += [
+            ("transactional accept→SMTP p50/p95/p99, idle", pct.format(**results["transactional_ms"])),
+            ("one emulated DynamoDB GetItem p50/p95/p99, idle", probe.format(**results["dynamodb_get_idle_ms"])),
+            ("POST /v1/messages p50/p95/p99, idle", probe.format(**results["post_idle_ms"])),
+        ]
     if "transactional_during_campaign_ms" in results:
         rows += [
             (f"campaign, {args.busy_recipients:,} recipients (with latency probe)",
@@ -574,7 +582,8 @@ def main() -> None:
     rows += [(f"plan path peak RSS, {int(size):,} audience (start)",
               f"{r['peak_mb']:.0f} MB ({r['before_mb']:.0f} MB)") for size, r in results["planner_rss_mb"].items()]
     rows += [(f"cold start: functions/{k}", f"{v:.0f} ms") for k, v in results["cold_start_ms"].items()]
-    rows.append(("transactional API requests refused", str(len(results["transactional_api_errors"]))))
+    if "transactional_api_errors" in results:
+        rows.append(("transactional API requests refused", str(len(results["transactional_api_errors"]))))
     width = max(len(r[0]) for r in rows)
     print(f"\n{'measure':<{width}}  value\n{'-' * width}  -----")
     for name, value in rows:
