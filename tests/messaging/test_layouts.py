@@ -154,6 +154,30 @@ def test_a_layout_saved_again_reaches_the_templates_that_extend_it() -> None:
     assert 'style="color: #222222;"' in out.html
 
 
+def test_a_campaign_copy_keeps_the_layouts_it_was_compiled_with_and_stops_looking_them_up() -> None:
+    # GIVEN a campaign's copy of a template, rendered once with fixed layouts
+    store = InMemoryTemplates([template("frame", LAYOUT)])
+    looked_up: list[str] = []
+
+    def layouts(name: str, locale: str) -> TemplateVersion | None:
+        looked_up.append(name)
+        return store.layout(name, locale)
+
+    renderer = Renderer(layouts=layouts)
+    campaign_copy = version(CHILD).model_copy(update={"name": "child~cmp_1.campaign"})
+    renderer.render(campaign_copy, {"code": "1"}, standard=standard(), fixed_layouts=True)
+    compiled_lookups = len(looked_up)
+    # WHEN the layout is saved again and the campaign renders on
+    store.add(template("frame", LAYOUT.replace("#111111", "#222222")))
+    out = renderer.render(campaign_copy, {"code": "2"}, standard=standard(), fixed_layouts=True)
+    # THEN it keeps the layout it was compiled with, without a single lookup more
+    assert 'style="color: #111111;"' in out.html
+    assert renderer.prepared_count == 1
+    assert len(looked_up) == compiled_lookups
+    # AND a render of the stored version itself gets the new layout
+    assert 'style="color: #222222;"' in renderer.render(version(CHILD), {"code": "3"}, standard=standard()).html
+
+
 def test_a_template_refused_for_a_missing_layout_renders_once_the_layout_is_saved() -> None:
     store = InMemoryTemplates()
     renderer = Renderer(layouts=store.layout)

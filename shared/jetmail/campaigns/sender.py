@@ -104,7 +104,7 @@ class BatchSender:
         # too) wait longer for its turn
         self.process_slots = asyncio.Semaphore(process_concurrency)
         self._definitions: dict[str, CampaignCreate] = {}
-        self._versions: dict[tuple[str, str, str | None], TemplateVersion] = {}
+        self._versions: dict[tuple[str, str, str | None], asyncio.Future[TemplateVersion]] = {}
         self._contents: dict[tuple[str, str | None, str | None], TemplateVersion] = {}
 
     async def _definition(self, campaign_id: str) -> CampaignCreate:
@@ -116,22 +116,32 @@ class BatchSender:
 
     async def _version(self, campaign_id: str, template: str, locale: str | None) -> TemplateVersion:
         # a campaign sends the template version it first resolved, whatever is saved meanwhile: one
-        # read per (campaign, template, locale) per process, not one per recipient
+        # read per (campaign, template, locale) per process, not one per recipient (nor one per batch
+        # that starts before the first read has answered)
         key = (campaign_id, template, locale)
-        if key not in self._versions:
-            self._versions[key] = await asyncio.to_thread(self.templates.resolve, template, locale)
-        return self._versions[key]
+        reading = self._versions.get(key)
+        if reading is None:
+            reading = self._versions[key] = asyncio.ensure_future(
+                asyncio.to_thread(self.templates.resolve, template, locale))
+        try:
+            return await asyncio.shield(reading)
+        except Exception:
+            if self._versions.get(key) is reading:
+                del self._versions[key]  # not found yet, or the read failed: the next batch asks again
+            raise
 
     async def _content(self, campaign_id: str, campaign: CampaignCreate, variant: Variant | None,
                        locale: str | None) -> TemplateVersion:
-        """The version a recipient of this variant and locale gets, with the campaign's subject line."""
+        """The version a recipient of this variant and locale gets, with the campaign's subject line: a copy
+        of its own, named for the campaign, so that the renderer keeps its layouts as first compiled."""
         key = (campaign_id, variant.name if variant else None, locale)
         if key not in self._contents:
             template = (variant.template if variant and variant.template else None) or campaign.template
             version = await self._version(campaign_id, template, locale)
             subject = (variant.subject if variant and variant.subject else None) or campaign.subject
-            self._contents[key] = (_with_subject(version, subject, variant.name if variant else "campaign")
-                                   if subject else version)
+            label = f"{campaign_id}.{variant.name if variant else 'campaign'}"
+            self._contents[key] = version.model_copy(update={"name": f"{version.name}~{label}",
+                                                             **({"subject": subject} if subject else {})})
         return self._contents[key]
 
     async def state(self, campaign_id: str) -> str | None:
@@ -274,12 +284,8 @@ class BatchSender:
         draft = Draft(message_id=message_id, recipient=to, version=version,
                       context={**campaign.context, "attributes": recipient.attributes}, from_addr=from_addr,
                       category="marketing", reply_to=campaign.reply_to, list_id=recipient.list_id, track=True,
-                      tags=tags, lane="marketing")
+                      tags=tags, lane="marketing", fixed_layouts=True)
         outcome = await self.pipeline.send(draft)
         sent.append(outcome)
         return outcome.result.provider_message_id
 
-
-def _with_subject(version: TemplateVersion, subject: str, label: str) -> TemplateVersion:
-    # a distinct name keeps the renderer's compiled-template cache apart from the stored template's
-    return version.model_copy(update={"subject": subject, "name": f"{version.name}~{label}"})

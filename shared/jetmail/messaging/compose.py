@@ -189,8 +189,9 @@ class Composer:
     # ---- rendering
     def render(self, version: TemplateVersion, context: dict[str, Any], *, recipient: Recipient, message_id: str,
                list_id: str | None = None, track: bool | None = None, now: datetime | None = None,
-               unsubscribe_url: str | None = None) -> RenderedEmail:
-        """``unsubscribe_url``: this message's link (``unsubscribe_url()``), when the caller has it already."""
+               unsubscribe_url: str | None = None, fixed_layouts: bool = False) -> RenderedEmail:
+        """``unsubscribe_url``: this message's link (``unsubscribe_url()``), when the caller has it already;
+        ``fixed_layouts``: see :meth:`~jetmail.messaging.templating.Renderer.render`."""
         marketing = (version.category or "transactional") == "marketing"
         track = marketing if track is None else track
         zone = _zone(recipient.timezone, self.settings.default_timezone)
@@ -209,7 +210,8 @@ class Composer:
         if track:
             def rewriter(index: int, url: str) -> str:
                 return self.click_url(message_id=message_id, index=index, url=url)
-        return self.renderer.render(version, context, standard=standard, link_rewriter=rewriter)
+        return self.renderer.render(version, context, standard=standard, link_rewriter=rewriter,
+                                    fixed_layouts=fixed_layouts)
 
     def preview(self, version: TemplateVersion, context: dict[str, Any], *, to: str, name: str | None) -> RenderedEmail:
         return self.render(version, context, recipient=Recipient(email=to, name=name), message_id="preview",

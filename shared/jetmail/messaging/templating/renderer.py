@@ -113,12 +113,15 @@ class Renderer:
         """Validate and compile ``version`` now; raises :class:`TemplateValidationError`."""
         self._compiled(version)
 
-    def _compiled(self, version: TemplateVersion) -> _Compiled:
+    def _compiled(self, version: TemplateVersion, *, fixed_layouts: bool = False) -> _Compiled:
         key = version.key
         with self._lock:
             entry = self._cache.get(key)
-        # looking layouts up may read the store: not under the lock every render takes
-        stale = entry if entry is not None and not self._unchanged(entry.layouts, version.locale) else None
+        # looking layouts up may read the store: not under the lock every render takes; with fixed layouts
+        # a version compiled once keeps the layouts it was compiled with
+        stale = None
+        if entry is not None and not (fixed_layouts and entry.version == version):
+            stale = entry if not self._unchanged(entry.layouts, version.locale) else None
         with self._lock:
             entry = self._cache.get(key)
             if entry is None or entry.version != version or entry is stale:
@@ -181,8 +184,13 @@ class Renderer:
         *,
         standard: StandardContext,
         link_rewriter: LinkRewriter | None = None,
+        fixed_layouts: bool = False,
     ) -> RenderedEmail:
         """Subject, HTML and text for one recipient.
+
+        ``fixed_layouts``: once ``version`` is compiled, keep the layouts it was compiled with rather than
+        look them up again on every render (a campaign sends one mail to all its recipients; give each
+        campaign its own copy of the version, so its cache entry is its own).
 
         Raises :class:`ReservedContextKeyError` for a context key that shadows a standard name,
         :class:`TemplateValidationError` for a version that fails the checks, and
@@ -193,7 +201,7 @@ class Renderer:
         reserved = STANDARD_NAMES.intersection(context)
         if reserved:
             raise ReservedContextKeyError(reserved)
-        compiled = self._compiled(version)
+        compiled = self._compiled(version, fixed_layouts=fixed_layouts)
         marketing = version.category == "marketing"
         if marketing and not standard.unsubscribe_url:
             raise TemplateRenderError(
