@@ -73,7 +73,8 @@ async def _plan(job: PlanJob, ctx: JobContext, *, lease: Lease) -> None:
     definition = store.definition(item)
     # before the planner reads the suppression list: its batches replay every stop event from here on
     stops_from = plan_start()
-    planner = Planner(contacts=services.contacts, segments=services.segments, suppressions=services.suppressions)
+    planner = Planner(contacts=services.contacts, segments=services.segments,
+                      suppressions=services.suppressions.for_plan())
     variants = {v.name: v for v in definition.ab_test.variants} if definition.ab_test else {}
     target_queue = AB_QUEUE if job.run == "test" else CAMPAIGN_QUEUE
     total = count = 0

@@ -76,6 +76,10 @@ class Pseudonymizer:
         return PSEUDONYM_PREFIX + self.digest(email)
 
 
+#: Queries a plan may spend reading the whole suppression list before it falls back to asking per address.
+PLAN_LIST_PAGES = 4
+
+
 class SuppressionStore:
     def __init__(self, table: Table, *, recent_ttl_s: float = 2.0, pseudonyms: Pseudonymizer | None = None,
                  audit: AuditLog | None = None, stops: StopFeed | None = None,
@@ -167,6 +171,25 @@ class SuppressionStore:
             found.update({e: "erased" for e in wanted if self.pseudonyms.digest(e) in erased})
         return found
 
+    def listed(self, *, max_pages: int) -> dict[str, str] | None:
+        """{address: reason} of the whole suppression list, from its index in at most ``max_pages`` Queries
+        (~1 MB each: some ten thousand entries); None when the list is longer than that. Erased addresses
+        are not in it (only their pseudonyms are kept): ask :meth:`erased_among`."""
+        found: dict[str, str] = {}
+        start: dict[str, Any] | None = None
+        for _ in range(max_pages):
+            items, start = self.table.query(pk=keys.SUPPRESSIONS, index="gsi1", start=start,
+                                            projection=("email", "reason"))
+            found.update((str(i["email"]).lower(), str(i["reason"])) for i in items
+                         if not str(i["email"]).startswith(PSEUDONYM_PREFIX))
+            if not start:
+                return found
+        return None
+
+    def for_plan(self, *, max_pages: int = PLAN_LIST_PAGES) -> PlanSuppressions:
+        """What a campaign plan checks its audience against (see :class:`PlanSuppressions`)."""
+        return PlanSuppressions(self, max_pages=max_pages)
+
     def erased_among(self, emails: Iterable[str]) -> set[str]:
         """The erased ones among ``emails`` (lower-cased): one Query at most every ``recent_ttl_s``."""
         erased = self.erased_digests()
@@ -225,3 +248,28 @@ def _timestamp(text: str) -> bool:
 def _managed(source: str) -> bool:
     """An operator's action (API key or CLI), not feedback from the provider or a recipient."""
     return source == "cli" or source.startswith("api:")
+
+
+class PlanSuppressions:
+    """The suppression list as one campaign plan reads it: the whole list once, on first use, when it fits
+    in ``max_pages`` Queries, then every chunk of the audience answered from it; otherwise one
+    BatchGetItem per 100 addresses (:meth:`SuppressionStore.suppressed_among`). Either way erased
+    addresses come from their pseudonyms. A plan reads it after the start of the stop events its batches
+    replay, so nothing suppressed after this read reaches anyone."""
+
+    def __init__(self, store: SuppressionStore, *, max_pages: int) -> None:
+        self.store = store
+        self.max_pages = max_pages
+        self._listed: dict[str, str] | None = None
+        self._read = False
+
+    def suppressed_among(self, emails: list[str]) -> dict[str, str]:
+        if not self._read:
+            self._listed = self.store.listed(max_pages=self.max_pages)
+            self._read = True
+        if self._listed is None:
+            return self.store.suppressed_among(emails)
+        wanted = {e.lower() for e in emails}
+        found = {e: self._listed[e] for e in wanted if e in self._listed}
+        found.update(dict.fromkeys(self.store.erased_among(wanted), "erased"))
+        return found
