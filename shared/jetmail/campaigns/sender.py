@@ -184,7 +184,6 @@ class BatchSender:
                      for pos, entry in (await self.journal.read(job.campaign_id, job.run, job.batch)).items()}
         writer = self.journal.writer(job.campaign_id, job.run, job.batch)
         tally = BatchTally()
-        semaphore = asyncio.Semaphore(self.concurrency)
         stop = asyncio.Event()
         lapsed = asyncio.Event()
         errors: list[Exception] = []
@@ -200,7 +199,7 @@ class BatchSender:
             if done is not None and done.email.lower() == email.lower():
                 tally.add(done)
                 return
-            async with semaphore, self.process_slots:
+            async with self.process_slots:
                 if stop.is_set() or lapsed.is_set() or errors:
                     return
                 if not lease.valid:
@@ -246,7 +245,14 @@ class BatchSender:
             except Exception as exc:  # re-raised below once the batch has settled
                 errors.append(exc)
 
-        await asyncio.gather(*(guarded(pos, r) for pos, r in enumerate(job.recipients)))
+        # ``concurrency`` lanes take the recipients in turn: a handful of tasks per batch, not one per recipient
+        queue = iter(enumerate(job.recipients))
+
+        async def lane() -> None:
+            for pos, recipient in queue:
+                await guarded(pos, recipient)
+
+        await asyncio.gather(*(lane() for _ in range(min(self.concurrency, len(job.recipients)))))
         # every outcome acked by the journal before anything else is decided or recorded
         await writer.flush()
         if errors:

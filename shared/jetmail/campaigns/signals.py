@@ -44,6 +44,7 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NoStreamResponseError, ServiceUnavailableError
 
+from jetmail.deliverability.reputation import read_state
 from jetmail.kv import CAMPAIGN_JOURNAL, CAMPAIGN_LEASES, CAMPAIGN_STATE, Bucket, KeyExists, Kv, RevisionMismatch
 
 logger = logging.getLogger("jetmail.campaigns")
@@ -103,8 +104,6 @@ class StateBoard:
 
     async def marketing_stopped(self) -> bool:
         """Whether the reputation monitor has stopped all marketing (re-read at most every ``ttl``)."""
-        from jetmail.deliverability.reputation import read_state
-
         hit = self._cache.get("\x00reputation")
         now = time.monotonic()
         if hit and now - hit[0] < self.ttl:

@@ -116,7 +116,9 @@ async def exchange(client: aiosmtplib.SMTP, payload: bytes, *, replies: int,
                 raise collector.error
             collector.changed.clear()
             try:
-                await asyncio.wait_for(collector.changed.wait(), reply_timeout)
+                # a timeout scope rather than wait_for: no task made per reply awaited
+                async with asyncio.timeout(reply_timeout):
+                    await collector.changed.wait()
             except TimeoutError:
                 raise aiosmtplib.SMTPReadTimeoutError("timed out waiting for the server's replies") from None
         return collector.replies[:replies]
