@@ -144,12 +144,12 @@ class SyntheticAudience:
         self.size = size
 
     def iter_list_members(self, list_id: str, *, status: str = "subscribed", page_size: int | None = None,
-                          first_page: int | None = None) -> Iterator[SyntheticMember]:
+                          first_page: int | None = None, within: Any = None) -> Iterator[SyntheticMember]:
         for i in range(self.size):
             yield SyntheticMember(email=f"c{i}@bench.example.com", name=f"C {i}", attributes={"plan": "pro"})
 
     def iter_members(self, segment_id: str, *, page_size: int | None = None,
-                     first_page: int | None = None) -> Iterator[SyntheticMember]:
+                     first_page: int | None = None, within: Any = None) -> Iterator[SyntheticMember]:
         return iter(())
 
     def suppressed_among(self, emails: list[str]) -> dict[str, str]:

@@ -98,6 +98,12 @@ class Settings(BaseSettings):
     """Seconds one SMTP command may take."""
     campaign_sends_per_worker: int = Field(default=32, ge=1, le=1000)
     """Campaign sends in flight per worker process, across all its batches (8 per batch at most)."""
+    campaign_plan_parts: int = Field(default=8, ge=1, le=64)
+    """Plan jobs one run of a campaign may be split into, each planning a range of the addresses in parallel
+    (1: one job plans every campaign)."""
+    campaign_plan_split_after: int = Field(default=20_000, ge=100)
+    """Recipients a plan job plans before it hands the top half of the rest of its address range to a new
+    plan job (while the run has parts to spare)."""
     smtp_pool_size: int = Field(default=4, ge=1, le=64)
     """SMTP connections per lane: campaigns have this many, and the transactional lane as many of its own."""
     smtp_max_messages_per_connection: int = Field(default=100, ge=1)

@@ -37,6 +37,23 @@ LANGUAGE = r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})*$"
 SNAPSHOT_FIELDS = ("email", "name", "language", "timezone", "attributes")
 
 
+#: Above every address a range can name: U+10FFFF encodes as the highest UTF-8 sequence DynamoDB compares.
+ADDRESS_TOP = "\U0010ffff"
+
+
+@dataclass(slots=True)
+class AddressRange:
+    """Addresses (lower case, as memberships are keyed) in ``[lo, hi)``; ``hi`` None has no upper end.
+    A plan part narrows ``hi`` as it hands the top of its range to another part: readers look at it again
+    before every Query."""
+
+    lo: str = ""
+    hi: str | None = None
+
+    def __contains__(self, key: str) -> bool:
+        return self.lo <= key and (self.hi is None or key < self.hi)
+
+
 class ListNotFound(LookupError):
     pass
 

@@ -54,7 +54,7 @@ from pydantic_core import PydanticCustomError
 
 from jetmail.audience.contacts import ContactStore, contact_key
 from jetmail.audience.fields import OneLine
-from jetmail.audience.model import AudienceMember, UnknownList, audience_member, now_iso
+from jetmail.audience.model import AddressRange, AudienceMember, UnknownList, audience_member, now_iso
 from jetmail.storage import keys
 from jetmail.storage.catalogue import Catalogue
 from jetmail.storage.table import Table
@@ -466,13 +466,14 @@ class SegmentStore:
         self._segments.remove(segment_id)
 
     def iter_members(self, segment_id: str, *, page_size: int | None = None,
-                     first_page: int | None = None) -> Iterator[AudienceMember]:
+                     first_page: int | None = None, within: AddressRange | None = None) -> Iterator[AudienceMember]:
         """The segment's members, lazily: one GetItem now (SegmentNotFound), the rest page by page as
         the iterator is consumed (see the module docstring for the cost). ``first_page`` caps the first
-        Query of each list (``ContactStore.member_pages``)."""
+        Query of each list (``ContactStore.member_pages``); ``within`` reads only that range of each list's
+        members (a segment of every contact is read whole: the caller keeps the range)."""
         segment = self.get(segment_id)
         return self.matching(parse_criteria(segment.criteria), segment.list_ids, page_size=page_size,
-                             first_page=first_page)
+                             first_page=first_page, within=within)
 
     def preview(self, segment_id: str, *, sample_size: int = 10) -> SegmentPreview:
         """Count every member (a full evaluation) and keep the first ``sample_size``."""
@@ -484,8 +485,8 @@ class SegmentStore:
                 sample.append(member)
         return SegmentPreview(count=count, sample=sample)
 
-    def matching(self, criteria: Criteria, list_ids: Sequence[str], *,
-                 page_size: int | None = None, first_page: int | None = None) -> Iterator[AudienceMember]:
+    def matching(self, criteria: Criteria, list_ids: Sequence[str], *, page_size: int | None = None,
+                 first_page: int | None = None, within: AddressRange | None = None) -> Iterator[AudienceMember]:
         now = datetime.now(UTC)
         if not list_ids:
             for contact in self.contacts.iter_contacts():
@@ -500,7 +501,7 @@ class SegmentStore:
         seen: set[int] | None = set() if len(list_ids) > 1 else None
         for list_id in list_ids:
             for page in self.contacts.member_pages(list_id, status="subscribed", page_size=page_size,
-                                                   first_page=first_page):
+                                                   first_page=first_page, within=within):
                 undecided: list[AudienceMember] = []
                 for item in page:
                     member = audience_member(item)

@@ -1,14 +1,17 @@
 """The plan job: stream a campaign's audience page by page and enqueue batches of ~100 recipients.
 
 The audience is never loaded whole: members are read lazily from list memberships or segment
-evaluation, filtered (exclusions, duplicates across sources, the suppression list — one
-BatchGetItem per 100), cut into batches and published as jobs with deterministic ids
-``cmpb.<campaign>.<run>.<n>``. Each batch is recorded in DynamoDB (addresses and job payload) before it
-is enqueued. A second execution of the same plan (a crash, a redelivery) first reads the batches recorded
-before (``already_planned``): they are enqueued again unchanged (JetStream drops the ones it has seen as
-duplicates; the batch's lease and journal make a repeat after the duplicate window harmless), nobody in
-them is planned again, and new batches are numbered after the highest recorded one. So a recipient is in
-one batch of a run even when list membership changed between the two executions.
+evaluation, filtered (exclusions, duplicates across sources, the suppression list), cut into batches and
+published as jobs with deterministic ids ``cmpb.<campaign>.<run>.<n>``. Each batch is recorded in DynamoDB
+(addresses and job payload) before it is enqueued. A second execution of the same plan (a crash, a
+redelivery) first reads the batches recorded before (``already_planned``): they are enqueued again
+unchanged (JetStream drops the ones it has seen as duplicates; the batch's lease and journal make a repeat
+after the duplicate window harmless) and nobody in them is planned again. So a recipient is in one batch of
+a run even when list membership changed between the two executions.
+
+A planner may be given a range of addresses (``within``): it then plans only the members whose address is
+in it, and the range's top may be lowered while it runs (the plan job hands the rest to another part,
+``jetmail.campaigns.jobs``), never below an address it has planned (``last_planned``).
 
 A batch holds at most 100 recipients and at most ``BATCH_BYTES`` of recipient data (attributes can be
 8 KiB each), so its DynamoDB item stays far under the 400 KB item limit.
@@ -28,6 +31,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from jetmail.audience.model import AddressRange
 from jetmail.campaigns.model import ABTest, AudienceSource, BatchRecipient, CampaignCreate
 
 BATCH_SIZE = 100
@@ -51,12 +55,12 @@ class Member(Protocol):
 
 class AudienceReader(Protocol):
     def iter_list_members(self, list_id: str, *, status: str = ..., page_size: int | None = ...,
-                          first_page: int | None = ...) -> Iterator[Member]: ...
+                          first_page: int | None = ..., within: AddressRange | None = ...) -> Iterator[Member]: ...
 
 
 class SegmentReader(Protocol):
     def iter_members(self, segment_id: str, *, page_size: int | None = ...,
-                     first_page: int | None = ...) -> Iterator[Member]: ...
+                     first_page: int | None = ..., within: AddressRange | None = ...) -> Iterator[Member]: ...
 
 
 class SuppressionReader(Protocol):
@@ -92,13 +96,46 @@ def ab_assignment(test: ABTest, email: str) -> str | None:
     return test.variants[index].name
 
 
+# split points are printable ASCII, so they compare the same way as strings here and as UTF-8 in DynamoDB:
+# each character a digit of base 97 (0 for "nothing", 1-95 for " " to "~", 96 for anything above "~")
+_DIGITS = 97
+_WIDTH = 16
+
+
+def _digits(address: str) -> int:
+    value = 0
+    for char in address[:_WIDTH].ljust(_WIDTH, "\x00"):
+        code = ord(char)
+        value = value * _DIGITS + (0 if code < 0x20 else min(code - 0x1F, 96))
+    return value
+
+
+def split_point(after: str, hi: str | None) -> str | None:
+    """An address half-way between ``after`` and ``hi`` (None: the top of the address space), above the
+    one and below the other, or None when there is no room between them."""
+    top = _DIGITS ** _WIDTH if hi is None else _digits(hi)
+    middle = (_digits(after) + top) // 2
+    chars: list[str] = []
+    for _ in range(_WIDTH):
+        middle, digit = divmod(middle, _DIGITS)
+        chars.append("" if digit == 0 else chr(digit + 0x1F))
+    point = "".join(reversed(chars)).rstrip("\x00")
+    if not point or point <= after or (hi is not None and point >= hi):
+        return None
+    return point
+
+
 class Planner:
     def __init__(self, *, contacts: AudienceReader, segments: SegmentReader, suppressions: SuppressionReader,
-                 batch_size: int = BATCH_SIZE) -> None:
+                 batch_size: int = BATCH_SIZE, within: AddressRange | None = None) -> None:
         self.contacts = contacts
         self.segments = segments
         self.suppressions = suppressions
         self.batch_size = batch_size
+        # the part of the address space this planner plans (a plan part's); its top may be lowered while it
+        # runs, above every address planned so far (``last_planned``)
+        self.within = within
+        self.last_planned = ""
         self.excluded_suppressed = 0
         self._count = 0
         self._planned: set[int] = set()
@@ -113,9 +150,10 @@ class Planner:
     def _members(self, source: AudienceSource, *, first_page: int | None = None) -> Iterator[Member]:
         if source.list_id is not None:
             return self.contacts.iter_list_members(source.list_id, status="subscribed", page_size=PAGE_SIZE,
-                                                   first_page=first_page)
+                                                   first_page=first_page, within=self.within)
         assert source.segment_id is not None
-        return self.segments.iter_members(source.segment_id, page_size=PAGE_SIZE, first_page=first_page)
+        return self.segments.iter_members(source.segment_id, page_size=PAGE_SIZE, first_page=first_page,
+                                          within=self.within)
 
     def batches(self, campaign: CampaignCreate, *, run: str, winner: str | None = None) -> Iterator[PlannedBatch]:
         """Batches for one run, numbered from 1: ``main`` (everyone), ``test`` (the A/B test share, by
@@ -131,7 +169,11 @@ class Planner:
             sizes: dict[str | None, int] = {}
             chunk: list[tuple[Member, str | None]] = []
             # a first read of one batch's worth: the first batch leaves before a 1 MB page is read
+            within = self.within
             for member in self._members(source, first_page=self.batch_size):
+                address = member.email.lower()
+                if within is not None and address not in within:
+                    continue  # read past a lowered top, or a source read whole
                 key = _digest(member.email)
                 if key in excluded or key in seen:
                     continue
@@ -144,6 +186,7 @@ class Planner:
                     if run == "winner":
                         variant = winner
                 chunk.append((member, variant))
+                self.last_planned = max(self.last_planned, address)
                 if len(chunk) >= self.batch_size:
                     yield from self._flush(chunk, pending, sizes, source)
                     chunk = []

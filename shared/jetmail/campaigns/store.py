@@ -7,6 +7,7 @@ campaign               ``CAMPAIGN#<id>``        ``META``                        
 planned batch          ``CAMPAIGN#<id>``        ``BATCH#<run>#<n:06d>``         -
 batch failures         ``CAMPAIGN#<id>``        ``BATCH#<run>#<n:06d>``         - (its ``failures`` map)
 parked batch           ``CAMPAIGN#<id>``        ``PARKED#<run>#<n:06d>``        -
+plan part              ``CAMPAIGN#<id>``        ``PLANPART#<run>#<part>``       -
 due start              ``CAMPAIGN#<id>``        ``DUE``                         ``DUE`` / at#id
 =====================  =======================  ==============================  ====================
 
@@ -138,14 +139,72 @@ class CampaignStore:
         return self.table.update(*keys.campaign(campaign_id), expression=expression, names=names,
                                  params=params)
 
-    def plan_finished(self, campaign_id: str, *, run: str, total: int, batches: int) -> dict[str, Any]:
-        """Record a run's plan: its size and how many batches will report back."""
-        return self.table.update(
-            *keys.campaign(campaign_id),
-            expression="ADD #t :total, batches_planned :b SET runs_planned = list_append(runs_planned, :run)",
-            names={"#t": "total"}, params={":total": total, ":b": batches, ":run": [run], ":r": run},
-            condition="NOT contains(runs_planned, :r)",
-        )
+    # ---- a run's plan, in parts
+    def open_plan_part(self, campaign_id: str, *, run: str, part: PlanPart) -> bool:
+        """Record a part of a run's plan before its job is enqueued; False when it was recorded before."""
+        try:
+            self.table.put(keys.plan_part(campaign_id, run, part.id).item(
+                lo=part.lo, hi=part.hi, parent=part.parent, budget=part.budget,
+                expires_at=int(time.time()) + self.retention_s), condition="attribute_not_exists(pk)")
+        except ConditionFailed:
+            return False
+        return True
+
+    def plan_parts(self, campaign_id: str, *, run: str) -> builtins.list[PlanPart]:
+        """Every part of a run's plan recorded so far: one Query."""
+        prefix = keys.plan_parts_prefix(run)
+        return [PlanPart(id=str(i["sk"]).removeprefix(prefix), lo=i["lo"], hi=i.get("hi"), parent=i.get("parent"),
+                         budget=int(i.get("budget", 0)), done=bool(i.get("done")))
+                for i in self.table.query_all(pk=keys.campaign_partition(campaign_id), sk_prefix=prefix)]
+
+    def start_plan_part(self, campaign_id: str, *, run: str, part: str) -> bool:
+        """Mark a part's execution as begun; True when an earlier execution had begun it already (and may
+        have recorded batches)."""
+        try:
+            self.table.update(*keys.plan_part(campaign_id, run, part), expression="SET started = :t",
+                              params={":t": True}, condition="attribute_exists(pk) AND attribute_not_exists(started)")
+        except ConditionFailed:
+            return True
+        return False
+
+    def number_batches(self, campaign_id: str, *, run: str, count: int, after: int = 0) -> int:
+        """Reserve ``count`` batch numbers of a run, unique across all its plan parts; returns the first.
+        ``after``: a number already in use (a batch recorded before numbers were reserved here)."""
+        counter = f"numbered_{run}"
+        if after:
+            try:
+                self.table.update(*keys.campaign(campaign_id), expression="SET #n = :a", names={"#n": counter},
+                                  params={":a": after}, condition="attribute_not_exists(#n) OR #n < :a")
+            except ConditionFailed:
+                pass  # numbered past it already
+        item = self.table.update(*keys.campaign(campaign_id), expression="ADD #n :c", names={"#n": counter},
+                                 params={":c": count})
+        return int(item[counter]) - count + 1
+
+    def finish_plan_part(self, campaign_id: str, *, run: str, part: str, total: int, batches: int) -> bool:
+        """Add a finished part's size and batch count to the campaign, once, and mark the run planned when
+        every part of it has finished. Returns whether the run is now planned."""
+        try:
+            self.table.transact([
+                self.table.update_op(*keys.plan_part(campaign_id, run, part),
+                                     expression="SET done = :t, planned = :total, batches = :b",
+                                     params={":t": True, ":total": total, ":b": batches},
+                                     condition="attribute_exists(pk) AND attribute_not_exists(done)"),
+                self.table.update_op(*keys.campaign(campaign_id), expression="ADD #t :total, batches_planned :b",
+                                     names={"#t": "total"}, params={":total": total, ":b": batches}),
+            ])
+        except ConditionFailed:
+            pass  # an earlier execution of this part finished it
+        # a part is recorded before its job is enqueued, so no part still planning can be missing here
+        if not all(p.done for p in self.plan_parts(campaign_id, run=run)):
+            return False
+        try:
+            self.table.update(*keys.campaign(campaign_id),
+                              expression="SET runs_planned = list_append(runs_planned, :run)",
+                              params={":run": [run], ":r": run}, condition="NOT contains(runs_planned, :r)")
+        except ConditionFailed:
+            pass  # another part saw it first
+        return True
 
     # ---- batches
     def record_batches(self, campaign_id: str, *, run: str, batches: builtins.list[BatchRecord]) -> int:
@@ -287,6 +346,24 @@ class CampaignStore:
 
     def in_state(self, state: CampaignState) -> builtins.list[dict[str, Any]]:
         return [i for i in self.table.query_all(pk=keys.CAMPAIGNS, index="gsi1") if i.get("state") == state.value]
+
+
+#: The part of a run's plan the campaign's own plan job plans: the whole address range, until it hands some over.
+ROOT_PART = "root"
+
+
+@dataclass(frozen=True, slots=True)
+class PlanPart:
+    """A part of a run's plan: the audience members whose address (lower case) is in ``[lo, hi)`` (``hi``
+    None: no upper end). ``parent`` is the part that handed it over; ``budget`` how many further parts it
+    may hand over in turn."""
+
+    id: str
+    lo: str
+    hi: str | None
+    parent: str | None = None
+    budget: int = 0
+    done: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -176,6 +176,17 @@ def parked_batch(campaign_id: str, run: str, number: int) -> Key:
     return Key(campaign_partition(campaign_id), f"{PARKED_PREFIX}{run}#{number:06d}")
 
 
+PLAN_PART_PREFIX = "PLANPART#"
+
+
+def plan_parts_prefix(run: str) -> str:
+    return f"{PLAN_PART_PREFIX}{run}#"
+
+
+def plan_part(campaign_id: str, run: str, part: str) -> Key:
+    return Key(campaign_partition(campaign_id), f"{plan_parts_prefix(run)}{part}")
+
+
 def campaign_due(campaign_id: str) -> Key:
     return Key(campaign_partition(campaign_id), "DUE")
 
@@ -393,6 +404,10 @@ ENTITIES: tuple[Entity, ...] = (
            "failures"),
     Entity("parked batch", "main", "CAMPAIGN#<id>", "PARKED#<run>#<n:06d>", "-",
            "jetmail.campaigns.store.CampaignStore", "Query begins_with PARKED# on resume"),
+    Entity("plan part", "main", "CAMPAIGN#<id>", "PLANPART#<run>#<part>", "-",
+           "jetmail.campaigns.store.CampaignStore",
+           "conditional PutItem when a plan job hands part of its address range to a new one; Query begins_with "
+           "PLANPART#<run># when a part finishes, to see whether the run is planned"),
     Entity("due start", "main", "CAMPAIGN#<id>", "DUE", "DUE / at#id", "jetmail.campaigns.store.CampaignStore",
            "Query the whole gsi1 partition on every tick, keeping those at or before now"),
     Entity("suppression", "main", "SUPP#<email>", "SUPP", "SUPPRESSIONS / at#email",
