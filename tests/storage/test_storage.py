@@ -103,6 +103,22 @@ def test_a_query_between_two_sort_keys_reads_both_ends_and_can_project(table: Ta
     assert filtered == [{"sk": "e"}]
 
 
+def test_a_forward_query_between_two_sort_keys_pages_through_exactly_that_range(table: Table, unique: str) -> None:
+    pk = f"RANGE#{unique}"
+    table.batch_put([{"pk": pk, "sk": f"k{n:03d}"} for n in range(60)])
+    # pages of 7 from k010 to k049 (both included), each starting after the last one read
+    found: list[str] = []
+    start = None
+    while True:
+        items, start = table.query(pk=pk, sk_between=("k010", "k049"), limit=7, start=start)
+        found += [i["sk"] for i in items]
+        if not start:
+            break
+    assert found == [f"k{n:03d}" for n in range(10, 50)]
+    # and without a limit, in one page
+    assert [i["sk"] for i in table.query(pk=pk, sk_between=("k055", "k999"))[0]] == [f"k{n:03d}" for n in range(55, 60)]
+
+
 def test_put_and_update_operations_ride_in_one_transaction(table: Table, unique: str) -> None:
     pk = f"TXOPS#{unique}"
     table.put({"pk": pk, "sk": "counter", "n": 1})

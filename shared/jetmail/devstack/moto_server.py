@@ -259,21 +259,24 @@ def _window(table: Table, hash_key: DynamoType, range_comparison: str | None, ra
     applies the key condition and the limits to these as it would to the whole partition."""
     partition = table.items[hash_key]
     keys, values = _order(table, hash_key)
-    low = 0
+    low, high = 0, len(keys)
     if start and table.range_key_attr in start:
         low = bisect.bisect_right(values, DynamoType(start[table.range_key_attr]).cast_value)
     if range_comparison is None:
         pass
     elif range_comparison.upper() == "BEGINS_WITH":
         low = max(low, bisect.bisect_left(values, range_objs[0].cast_value))
+    elif range_comparison.upper() == "BETWEEN":
+        low = max(low, bisect.bisect_left(values, range_objs[0].cast_value))
+        high = bisect.bisect_right(values, range_objs[1].cast_value)
     else:
         # other comparisons may skip keys before their matches: the rest of the partition, unbounded
         return [partition[k] for k in keys[low:]]
     if limit:
-        return [partition[k] for k in keys[low:low + limit + 1]]
+        return [partition[k] for k in keys[low:min(high, low + limit + 1)]]
     window: list[Item] = []
     size = 0
-    for key in keys[low:]:
+    for key in keys[low:high]:
         item = partition[key]
         window.append(item)
         size += item.size()
