@@ -15,7 +15,8 @@ with apt-get when missing and possible, else jetmail's own Python sink, and says
 * transactional latency: API accept → SMTP accept (the message's ``created_at`` → ``sent_at``,
   both written by jetmail), p50/p95/p99 over 1,000 sends paced at 20/s, idle and while a
   20,000-recipient campaign runs, and how long each ``POST /v1/messages`` took; that campaign's own
-  rate, from "send" until its counters show every recipient done;
+  rate, from "send" until its counters show every recipient done, and which DynamoDB operations held
+  the emulator (which answers one request at a time) how long meanwhile;
 * optionally (``--large-recipients 200000``) a large campaign imported and sent end to end, its rate
   against the N-recipient one;
 * planner memory: peak RSS of the campaign plan path (planner + batch payloads, chunked as the plan
@@ -111,6 +112,18 @@ def raw_loop(smtp_port: int, count: int) -> float:
         return count / elapsed
 
     return asyncio.run(run())
+
+
+def emulator_time(before: dict[str, Any], after: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """Per DynamoDB operation, how long it held the (one-request-at-a-time) emulator between two readings of
+    ``/_jetmail/timings``: requests, total ms, and the slowest one seen so far."""
+    out = {}
+    for op, now in after.items():
+        was = before.get(op, {"count": 0, "total_ms": 0.0})
+        if now["count"] > was["count"]:
+            out[op] = {"count": now["count"] - was["count"], "total_ms": round(now["total_ms"] - was["total_ms"], 1),
+                       "max_ms": now["max_ms"]}
+    return dict(sorted(out.items(), key=lambda kv: -kv[1]["total_ms"]))
 
 
 def cold_starts() -> dict[str, float]:
@@ -482,6 +495,7 @@ def main() -> None:
                 print(f"transactional latency during a campaign of {args.busy_recipients:,} ...", flush=True)
                 busy_posts: list[float] = []
                 busy_done: list[float] = []
+                held_before = fetch_json(f"{moto}/_jetmail/timings")
                 busy_started = time.time()
                 services.campaigns.send(busy.id)
                 # the campaign's end is watched from its start: it may finish long before the paced sends do
@@ -497,6 +511,8 @@ def main() -> None:
                 results["transactional_during_campaign_ms"] = latencies(services, sent, until=busy_finished)
                 results["worker_peak_rss_busy_mb"] = max(rss_peak_mb(p.pid) for p in workers)
                 results["post_during_campaign_ms"] = percentiles(busy_posts)
+                results["emulator_busy_by_operation"] = emulator_time(held_before,
+                                                                      fetch_json(f"{moto}/_jetmail/timings"))
 
         if args.large_recipients:
             print(f"importing {args.large_recipients:,} contacts ...", flush=True)
@@ -566,6 +582,9 @@ def main() -> None:
             (f"one emulated DynamoDB GetItem p50/p95/p99 during {args.busy_recipients:,}",
              probe.format(**results["dynamodb_get_busy_ms"])),
             (f"worker peak RSS after {args.busy_recipients:,}", f"{results['worker_peak_rss_busy_mb']:.0f} MB"),
+            *((f"emulator held by {op} during {args.busy_recipients:,}",
+               f"{t['total_ms'] / 1000:.1f} s over {t['count']:,} requests (slowest {t['max_ms']:.0f} ms)")
+              for op, t in list(results["emulator_busy_by_operation"].items())[:5]),
         ]
     if "large_campaign_per_s" in results:
         rows += [

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import ast
 import importlib
+import json
 import re
+import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from jetmail.compliance.apikeys import ApiKeys
+from jetmail.config import Settings
 from jetmail.messaging.templates import TemplateNotFound, TemplateStore
 from jetmail.messaging.templating import TemplateContent, TemplateValidationError
 from jetmail.storage import keys
@@ -117,6 +121,48 @@ def test_a_forward_query_between_two_sort_keys_pages_through_exactly_that_range(
     assert found == [f"k{n:03d}" for n in range(10, 50)]
     # and without a limit, in one page
     assert [i["sk"] for i in table.query(pk=pk, sk_between=("k055", "k999"))[0]] == [f"k{n:03d}" for n in range(55, 60)]
+
+
+def test_the_local_emulator_reports_how_long_each_operation_held_it(settings: Settings, table: Table,
+                                                                    unique: str) -> None:
+    url = f"{settings.aws_endpoint_url}/_jetmail/timings"
+
+    def timings() -> dict[str, dict[str, float]]:
+        with urllib.request.urlopen(url, timeout=10) as resp:  # noqa: S310 - the local stack's moto server
+            return dict(json.loads(resp.read()))
+
+    before = timings().get("GetItem", {"count": 0, "total_ms": 0.0})
+    table.get(f"TIMED#{unique}", "x")
+    table.get(f"TIMED#{unique}", "y")
+    after = timings()["GetItem"]
+    assert after["count"] >= before["count"] + 2
+    assert after["total_ms"] > before["total_ms"] and after["max_ms"] > 0
+
+
+def test_an_index_query_sees_every_write_delete_move_and_cancelled_transaction(table: Table, unique: str) -> None:
+    a, b = f"IDXA#{unique}", f"IDXB#{unique}"
+
+    def under(gsi: str) -> list[tuple[str, Any]]:
+        return [(i["pk"], i.get("v")) for i in table.query(pk=gsi, index="gsi1")[0]]
+
+    # GIVEN two items under index partition A (the index read once, so later writes must keep it)
+    table.put({"pk": f"{a}#1", "sk": "x", "gsi1pk": a, "gsi1sk": "1", "v": 1})
+    assert under(a) == [(f"{a}#1", 1)]
+    table.put({"pk": f"{a}#2", "sk": "x", "gsi1pk": a, "gsi1sk": "2", "v": 2})
+    # WHEN one is updated in place, the other moved to B by a put, then deleted
+    table.update(f"{a}#1", "x", expression="SET v = :v", params={":v": 10})
+    assert under(a) == [(f"{a}#1", 10), (f"{a}#2", 2)]
+    table.put({"pk": f"{a}#2", "sk": "x", "gsi1pk": b, "gsi1sk": "2", "v": 20})
+    assert under(a) == [(f"{a}#1", 10)] and under(b) == [(f"{a}#2", 20)]
+    table.delete(f"{a}#2", "x")
+    assert under(b) == []
+    # AND a transaction that overwrites the first item, then fails on a condition, is undone in the index too
+    with pytest.raises(ConditionFailed):
+        table.transact([
+            table.put_op({"pk": f"{a}#1", "sk": "x", "gsi1pk": b, "gsi1sk": "1", "v": 99}),
+            table.put_op({"pk": f"{a}#3", "sk": "x", "gsi1pk": a, "gsi1sk": "3"}, condition="attribute_exists(pk)"),
+        ])
+    assert under(a) == [(f"{a}#1", 10)] and under(b) == []
 
 
 def test_put_and_update_operations_ride_in_one_transaction(table: Table, unique: str) -> None:

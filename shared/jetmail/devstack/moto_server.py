@@ -12,8 +12,12 @@ proportion to the table (seconds per transaction, gigabytes of garbage, once a t
 a few campaigns). A Query of the table reads only the partition it names, and a forward one only its
 page: moto sorts every item of the table on each Query, so a page of one list cost time in proportion
 to everything stored; a partition's key order is now kept until a key is added or removed.
-Item reads (GetItem, BatchGetItem, Query, Scan) are answered as plain JSON: moto's generic serializer
-walks the output shape for every attribute of every item, most of what a page of items cost.
+A Query of a global secondary index reads only the index partition it names: moto scans the whole
+table for every such Query (seconds per Query once a test run or a benchmark had stored some 100,000
+items, all of it holding up every other request); each index's partitions are now kept as items are
+written, updated, deleted and restored. Item reads (GetItem, BatchGetItem, Query, Scan) are answered as
+plain JSON: moto's generic serializer walks the output shape for every attribute of every item, most of
+what a page of items cost.
 
 For the reliability suite, a share of DynamoDB requests can be made to fail:
 ``POST /_jetmail/faults {"share": 0.05, "errors": ["ThrottlingException", "stall"], "seed": 1}``.
@@ -158,6 +162,8 @@ class _TouchedItems:
                 cast(dict[DynamoType, Item], table.items)[hash_value] = item
             else:
                 table.items[hash_value][range_value] = item
+            if item is not None:
+                _indexed(table, item)
 
 
 def _transact_write_items(self: DynamoDBBackend, transact_items: list[dict[str, Any]]) -> None:
@@ -219,6 +225,7 @@ _moto_query = Table.query
 _moto_all_items = Table.all_items
 _moto_put_item = Table.put_item
 _moto_delete_item = Table.delete_item
+_moto_update_item = DynamoDBBackend.update_item
 _querying = threading.local()
 # each partition's range keys in order (and their values, to bisect), kept until its key set changes
 _orders: weakref.WeakKeyDictionary[Table, dict[DynamoType, tuple[list[DynamoType], list[Any]]]] = (
@@ -235,12 +242,75 @@ def _put_item(self: Table, item_attrs: dict[str, Any], *args: Any, **kwargs: Any
     item = _moto_put_item(self, item_attrs, *args, **kwargs)
     if self.range_key_attr:
         _forget(self, item.hash_key)
+    _indexed(self, item)
     return item
 
 
 def _delete_item(self: Table, hash_key: DynamoType, range_key: DynamoType | None) -> Item | None:
     _forget(self, hash_key)
+    for index in _indexes.get(self, {}).values():
+        index.drop(_item_key(hash_key, range_key))
     return _moto_delete_item(self, hash_key, range_key)
+
+
+def _item_key(hash_key: DynamoType, range_key: DynamoType | None) -> tuple[Any, Any]:
+    return hash_key.cast_value, None if range_key is None else range_key.cast_value
+
+
+class _IndexPartitions:
+    """The items of one global secondary index, by the value of its hash key."""
+
+    def __init__(self, table: Table, attribute: str) -> None:
+        self.attribute = attribute
+        self.partitions: dict[Any, dict[tuple[Any, Any], Item]] = {}
+        self.where: dict[tuple[Any, Any], Any] = {}
+        for item in _moto_all_items(table):
+            self.place(item)
+
+    def place(self, item: Item) -> None:
+        """File ``item`` (the one now stored under its key) under its current hash value, or nowhere."""
+        key = _item_key(item.hash_key, item.range_key)
+        self.drop(key)
+        value = item.attrs.get(self.attribute)
+        if value is not None:
+            self.partitions.setdefault(value.cast_value, {})[key] = item
+            self.where[key] = value.cast_value
+
+    def drop(self, key: tuple[Any, Any]) -> None:
+        value = self.where.pop(key, None)
+        if value is not None:
+            partition = self.partitions[value]
+            partition.pop(key, None)
+            if not partition:
+                del self.partitions[value]
+
+
+# per table, its global indexes' partitions, built on the index's first Query and kept from then on
+_indexes: weakref.WeakKeyDictionary[Table, dict[str, _IndexPartitions]] = weakref.WeakKeyDictionary()
+
+
+def _index(table: Table, name: str) -> _IndexPartitions | None:
+    """The partitions of the global index ``name`` (None for an index keyed on more than one attribute)."""
+    found = _indexes.setdefault(table, {})
+    if name not in found:
+        index = next((i for i in table.global_indexes if i.name == name), None)
+        hashes = [] if index is None else [k["AttributeName"] for k in index.schema if k["KeyType"] == "HASH"]
+        if len(hashes) != 1:
+            return None
+        found[name] = _IndexPartitions(table, hashes[0])
+    return found[name]
+
+
+def _indexed(table: Table, item: Item) -> None:
+    for index in _indexes.get(table, {}).values():
+        index.place(item)
+
+
+def _update_item(self: DynamoDBBackend, table_name: str, *args: Any, **kwargs: Any) -> Item:
+    # an update changes the stored item in place: file it again (an index key it sets moves it)
+    item = _moto_update_item(self, table_name, *args, **kwargs)
+    _indexed(self.get_table(table_name), item)
+    return item
 
 
 def _order(table: Table, hash_key: DynamoType) -> tuple[list[DynamoType], list[Any]]:
@@ -291,7 +361,11 @@ def _query(self: Table, hash_key: DynamoType | None, range_comparison: str | Non
     """moto's Query, with the candidate items of a base-table Query taken from its partition alone, and
     of a forward one from its page alone: a page costs the same however large the partition is."""
     base = index_name is None and self.range_key_attr is not None and hash_key is not None
-    if hash_key is None or not base or hash_key not in self.items:
+    index = _index(self, index_name) if index_name is not None and hash_key is not None else None
+    if index is not None:
+        assert hash_key is not None
+        _querying.items = list(index.partitions.get(hash_key.cast_value, {}).values())
+    elif hash_key is None or not base or hash_key not in self.items:
         _querying.items = [] if base else None
     elif scan_index_forward and not set(kwargs) - {"hash_key_conditions", "range_key_conditions"}:
         _querying.items = _window(self, hash_key, range_comparison, range_objs, limit, exclusive_start_key)
@@ -313,6 +387,7 @@ def _all_items(self: Table) -> list[Item]:
 
 
 Table.query = _query  # type: ignore[method-assign]
+DynamoDBBackend.update_item = _update_item  # type: ignore[method-assign]
 Table.all_items = _all_items  # type: ignore[method-assign]
 Table.put_item = _put_item  # type: ignore[method-assign]
 Table.delete_item = _delete_item  # type: ignore[method-assign]
@@ -338,12 +413,14 @@ DynamoHandler.serialized = _serialized  # type: ignore[method-assign]
 
 class Serialized:
     """Applies one request at a time, and counts DynamoDB requests by operation for the cost
-    benchmarks (``GET /_jetmail/requests``)."""
+    benchmarks (``GET /_jetmail/requests``), with the time each operation held the emulator
+    (``GET /_jetmail/timings``: count, total and slowest, in ms)."""
 
     def __init__(self, app: Callable[..., Iterable[bytes]]) -> None:
         self.app = app
         self.lock = threading.Lock()
         self.counts: Counter[str] = Counter()
+        self.held: dict[str, list[float]] = {}  # operation -> [count, total s, slowest s]
         self.faults = Faults()
         self.ses_quota = SesQuota()
 
@@ -351,6 +428,10 @@ class Serialized:
         path = environ.get("PATH_INFO")
         if path == "/_jetmail/requests":
             return _json(start_response, "200 OK", dict(self.counts))
+        if path == "/_jetmail/timings":
+            return _json(start_response, "200 OK", {op: {"count": int(n), "total_ms": round(total * 1000, 1),
+                                                         "max_ms": round(most * 1000, 1)}
+                                                    for op, (n, total, most) in self.held.items()})
         if path == "/_jetmail/faults":
             if environ.get("REQUEST_METHOD") == "POST":
                 length = int(environ.get("CONTENT_LENGTH") or 0)
@@ -390,7 +471,16 @@ class Serialized:
                              {"__type": f"com.amazonaws.dynamodb.v20120810#{fault}",
                               "message": f"injected {fault}"}, "application/x-amz-json-1.0")
         with self.lock:
-            return list(self.app(environ, start_response))
+            started = time.perf_counter()
+            try:
+                return list(self.app(environ, start_response))
+            finally:
+                if target.startswith("DynamoDB_"):
+                    took = time.perf_counter() - started
+                    held = self.held.setdefault(target.split(".", 1)[-1], [0, 0.0, 0.0])
+                    held[0] += 1
+                    held[1] += took
+                    held[2] = max(held[2], took)
 
 
 def main() -> None:
