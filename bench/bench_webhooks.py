@@ -106,17 +106,23 @@ def main() -> None:
                                             stderr=subprocess.STDOUT, start_new_session=True))
             wait_until(http_ready(f"http://127.0.0.1:{port}/healthz"), timeout=30, what="worker")
 
-        pids = [p.pid for p in workers] + [s.pid for s in state.services.values()]
+        groups = {"email workers": [p.pid for p in workers[:2]], "webhooks worker": [workers[2].pid],
+                  **{name: [service.pid] for name, service in state.services.items()}}
+
+        def cpu_by_group() -> dict[str, float]:
+            return {name: sum(cpu_seconds(pid) for pid in pids) for name, pids in groups.items()}
 
         def cpu() -> float:
-            return sum(cpu_seconds(pid) for pid in pids)
+            return sum(cpu_by_group().values())
 
         print(f"warm-up campaign of {warm:,} ...", flush=True)
         run_campaign(services, warm_list, warm)  # first-use costs (caches, connections) out of the figures
         print(f"campaign of {args.recipients:,}, no webhooks ...", flush=True)
         cpu_at = cpu()
+        groups_at = cpu_by_group()
         plain = run_campaign(services, plain_list, args.recipients)
         plain_cpu = cpu() - cpu_at
+        plain_groups = {name: seconds - groups_at[name] for name, seconds in cpu_by_group().items()}
         plain_rate = args.recipients / (plain.end - plain.started)
 
         services.webhook_service.create(EndpointCreate(url=receiver.url, events=["message.sent"]))
@@ -124,12 +130,14 @@ def main() -> None:
         print(f"campaign of {args.recipients:,}, message.sent webhooks to a {args.receiver_ms:.0f} ms receiver ...",
               flush=True)
         cpu_at = cpu()
+        groups_at = cpu_by_group()
         hooked = run_campaign(services, hooked_list, args.recipients)
         hooked_cpu = cpu() - cpu_at
         hooked_rate = args.recipients / (hooked.end - hooked.started)
         wait_until(lambda: receiver.count >= args.recipients, timeout=7200, what="every webhook delivered")
         delivered_rate = args.recipients / (time.time() - hooked.started)
         delivered_cpu = cpu() - cpu_at
+        delivered_groups = {name: seconds - groups_at[name] for name, seconds in cpu_by_group().items()}
         per_k = 1000 / args.recipients
 
         print()
@@ -140,6 +148,11 @@ def main() -> None:
               f"{delivered_rate:,.1f} /s")
         print(f"stack CPU per 1,000 emails: {plain_cpu * per_k:.1f} s without webhooks, {hooked_cpu * per_k:.1f} s "
               f"with them while the campaign ran, {delivered_cpu * per_k:.1f} s until every webhook was delivered")
+        print(f"stack CPU per webhook (until delivered, less the campaign without): "
+              f"{(delivered_cpu - plain_cpu) / args.recipients * 1000:.1f} ms")
+        print("  by process, per 1,000 emails with webhooks until delivered (without): " + ", ".join(
+            f"{name} {seconds * per_k:.2f} s ({plain_groups[name] * per_k:.2f} s)"
+            for name, seconds in delivered_groups.items()))
     finally:
         for proc in workers:
             stop_process(proc.pid)

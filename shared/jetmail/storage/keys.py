@@ -306,17 +306,38 @@ def webhook_endpoint(endpoint_id: str) -> Key:
 
 
 def webhook_event(endpoint_id: str, event_id: str) -> Key:
-    """The payload of one event as sent to one endpoint: what a replay sends again."""
+    """One event as sent to one endpoint (what a replay sends again), with its first attempt."""
     return Key(webhook_partition(endpoint_id), f"{WEBHOOK_EVENT_PREFIX}{event_id}")
 
 
+def webhook_event_attempt(endpoint_id: str, event_id: str, at: str, attempt: int) -> Key:
+    """A later attempt (a retry, a replay) at one message's event: its entry in the message's timeline."""
+    return Key(webhook_partition(endpoint_id), f"{WEBHOOK_EVENT_PREFIX}{event_id}#{at}#{attempt:04d}")
+
+
 def webhook_attempt_sk(at: str, event_id: str, attempt: int) -> str:
-    """Delivery attempts sort by time: a range of them is one Query between two times."""
+    """Delivery-log rows sort by time: a range of them is one Query between two times. A row holds the
+    attempts of one delivery job (named by its first), or of one attempt in rows written before jobs did."""
     return f"{WEBHOOK_ATTEMPT_PREFIX}{at}#{event_id}#{attempt:04d}"
 
 
 def webhook_attempt(endpoint_id: str, at: str, event_id: str, attempt: int) -> Key:
     return Key(webhook_partition(endpoint_id), webhook_attempt_sk(at, event_id, attempt))
+
+
+_LOG_POSITION = "~"  # after every character of a row's sort key: a position sorts just above its row
+
+
+def webhook_log_position(sk: str, skip: int) -> str:
+    """A page boundary inside one delivery-log row, after its ``skip`` newest attempts: a sort key that a
+    newest-first Query starting after it reads that row again from, and nothing above it."""
+    return f"{sk}{_LOG_POSITION}{skip}"
+
+
+def webhook_log_position_parts(position: str) -> tuple[str, int]:
+    """The row's sort key and the attempts to skip in it (0 for a plain sort key)."""
+    sk, mark, skip = position.rpartition(_LOG_POSITION)
+    return (sk, int(skip)) if mark and skip.isdigit() else (position, 0)
 
 
 def webhook_message(message_id: str) -> str:
@@ -443,13 +464,18 @@ ENTITIES: tuple[Entity, ...] = (
     Entity("webhook endpoint", "main", "WHEP#<id>", "WHEP", "WEBHOOKS / created#id",
            "jetmail.webhooks.endpoints.EndpointStore",
            "GetItem; Query gsi1 to list (cached per process, re-read in the background for the emitter)"),
-    Entity("webhook event (per endpoint)", "main", "WHEP#<id>", "EVT#<event id>", "-",
+    Entity("webhook event (per endpoint)", "main", "WHEP#<id>", "EVT#<event id>", "WHMSG#<message id> / <time>",
            "jetmail.webhooks.deliveries.DeliveryLog",
-           "written with the first attempts of its delivery job; BatchGetItem to replay"),
-    Entity("webhook delivery attempt", "main", "WHEP#<id>", "DLV#<time>#<event id>#<attempt:04d>",
+           "the event and its first attempt, written with its delivery job's log; BatchGetItem to replay; "
+           "Query gsi1 for a message's timeline"),
+    Entity("webhook later attempt (message events)", "main", "WHEP#<id>", "EVT#<event id>#<time>#<attempt:04d>",
            "WHMSG#<message id> / <time>", "jetmail.webhooks.deliveries.DeliveryLog",
-           "BatchWriteItem, 25 rows, per delivery job (with a TTL); Query begins_with DLV# newest first, or "
-           "between two times; Query gsi1 for a message's timeline"),
+           "a retry's or replay's attempt at a message's event, for its timeline; Query gsi1"),
+    Entity("webhook delivery log (per delivery job)", "main", "WHEP#<id>", "DLV#<time>#<event id>#<attempt:04d>",
+           "-", "jetmail.webhooks.deliveries.DeliveryLog",
+           "every attempt of one delivery job packed in one row (more rows past 300 KB), written with the "
+           "job's event rows, 25 rows a BatchWriteItem (with a TTL); Query begins_with DLV# newest first, or "
+           "between two times"),
     Entity("message by tag", "main", "MSGTAG#<tag>", "<created>#<message id>", "-",
            "jetmail.messaging.messages.MessageRepository",
            "PutItem in the message's own transaction (one per tag); Query between two times, newest first, "

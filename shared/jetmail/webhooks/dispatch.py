@@ -8,10 +8,12 @@ most ``DELIVERY_BATCH`` events each (pipelined, ids derived from the endpoint an
 repeated fan-out publishes nothing twice). The fan-out writes nothing to the table.
 
 Delivery (``webhook_deliver``): one signed POST per event (the Standard Webhooks way: one event a request),
-at most ``POST_CONCURRENCY`` at once, to the address the endpoint's name resolved to once for the job; then
-every attempt, and on a first attempt the events themselves (what a replay sends again), are logged in one
-BatchWriteItem per 25 rows. A 2xx ends an event's delivery; 410 disables the endpoint (the job's other
-events still unsent are dropped); anything else is retried, each failed event alone as a single-event job,
+at most ``POST_CONCURRENCY`` at once, to the address the endpoint's name resolved to once for the job, on
+the worker's one ``transport.Client`` (connections kept per address); then the job's attempts are logged:
+one log row for the job, and per event a row holding the event (what a replay sends again) with its first
+attempt, or a later attempt at a message's event (its timeline), 25 rows a BatchWriteItem (``deliveries``).
+A 2xx ends an event's delivery; 410 disables the endpoint (the job's other events still unsent are
+dropped); anything else is retried, each failed event alone as a single-event job,
 from ``webhook_retry_base_s`` doubling up to ``webhook_retry_max_s`` with +/- 25 % jitter, until the
 delivery has failed for ``webhook_give_up_s`` (a day): then the endpoint is disabled and an alert goes out.
 A destination refused by the address check is logged and not retried.
@@ -20,19 +22,16 @@ A destination refused by the address check is logged and not retried.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import hashlib
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
-
-import httpx
 
 from jetmail.storage import keys
 from jetmail.storage.table import Table
@@ -107,37 +106,14 @@ class Dispatcher:
         self.policy = policy
         self.records = records  # messages' metadata and tags, for the events provider feedback caused
         self.alert = alert
-        # one HTTP client per delivery job in flight, lent to it whole and kept (with its open connections)
-        # for the next: httpx's connection pool does work in proportion to the requests and connections it
-        # holds on every request, so one client shared by hundreds of POSTs spent more CPU in its pool than
-        # in the requests; POST_CONCURRENCY to a client keeps that small. The clients share one TLS context.
-        self._tls = httpx.create_ssl_context(trust_env=False)
-        # httpx logs every request at INFO: a log line per delivery, which the delivery log already records
-        logging.getLogger("httpx").setLevel(logging.WARNING)
-        self._clients: list[httpx.AsyncClient] = []
-        self._idle: list[httpx.AsyncClient] = []
+        # one client for every delivery: it keeps connections per receiver address for the POSTs that follow
+        self._http = transport.Client(timeout_s=policy.timeout_s)
         self._threads = ThreadPoolExecutor(max_workers=TABLE_THREADS, thread_name_prefix="jetmail-webhooks")
         self._log_writers = asyncio.Semaphore(LOG_WRITERS)
 
     async def close(self) -> None:
-        for client in self._clients:
-            await client.aclose()
+        await self._http.aclose()
         self._threads.shutdown(wait=False)
-
-    @contextlib.asynccontextmanager
-    async def _client(self) -> AsyncIterator[httpx.AsyncClient]:
-        if self._idle:
-            client = self._idle.pop()
-        else:
-            client = httpx.AsyncClient(timeout=self.policy.timeout_s, follow_redirects=False, trust_env=False,
-                                       verify=self._tls, limits=httpx.Limits(
-                                           max_connections=POST_CONCURRENCY,
-                                           max_keepalive_connections=POST_CONCURRENCY))
-            self._clients.append(client)
-        try:
-            yield client
-        finally:
-            self._idle.append(client)
 
     async def _blocking(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._threads, functools.partial(fn, *args, **kwargs))
@@ -219,20 +195,19 @@ class Dispatcher:
         gone = asyncio.Event()  # a 410 to one event: the job's events not yet sent stay unsent
         limit = asyncio.Semaphore(POST_CONCURRENCY)
 
-        async def one(client: httpx.AsyncClient, event: WebhookEvent) -> transport.Answer | None:
+        async def one(event: WebhookEvent) -> transport.Answer | None:
             async with limit:
                 if gone.is_set():
                     return None
                 body = event.model_dump_json().encode()
                 headers = signing.headers(secrets, msg_id=event.id, timestamp=int(time.time()), body=body)
-                answer = await transport.post(client, endpoint.url, body=body, headers=headers,
+                answer = await transport.post(self._http, endpoint.url, body=body, headers=headers,
                                               allow_private=self.policy.allow_private, address=address)
                 if answer.status == 410:
                     gone.set()
                 return answer
 
-        async with self._client() as client:
-            answers = await asyncio.gather(*(one(client, e) for e in events))
+        answers = await asyncio.gather(*(one(e) for e in events))
         sent = [(e, a) for e, a in zip(events, answers, strict=True) if a is not None]
         rows = [self._attempt(endpoint_id, e, attempt=attempt, replay=replay,
                               outcome="succeeded" if _ok(a) else "failed", status_code=a.status,
