@@ -41,6 +41,7 @@ import argparse
 import bisect
 import copy
 import json
+import logging
 import os
 import random
 import threading
@@ -51,6 +52,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Any, cast
 
+from moto import backends as moto_backends
 from moto.core.common_types import TYPE_RESPONSE
 from moto.core.responses import ActionResult, BaseResponse
 from moto.dynamodb.comparisons import get_filter_expression
@@ -493,6 +495,10 @@ def main() -> None:
         from moto.server import MotoRequestHandler  # type: ignore[attr-defined]  # not re-exported by moto
     except ImportError:  # older moto
         MotoRequestHandler = None  # type: ignore[assignment,misc]
+    # moto lists its package directory to route every request (one isdir per service): once is enough
+    listed = tuple(moto_backends.list_of_moto_modules())
+    moto_backends.list_of_moto_modules = lambda: listed
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no log line per request
     app = DomainDispatcherApplication(create_backend_app)
     options: dict[str, Any] = {"threaded": True}
     if MotoRequestHandler is not None:
