@@ -3,6 +3,12 @@
 Values come from environment variables prefixed ``JETMAIL_``, then from ``.env`` and from the
 file the local stack writes (``.jetmail/dev/jetmail.env``) while it runs. Nothing below the edge
 reads ``os.environ``.
+
+The sources are read here rather than by pydantic-settings' ``BaseSettings``: importing pydantic-settings
+loads every source it has (cloud secret stores, a CLI parser, TOML, YAML, asyncio), a sixth of a function's
+cold start, for the three jetmail reads. They are read as ``BaseSettings`` read them (``env_prefix``, names
+in any case, later env files win, the environment over the files, arguments over both), and values reach the
+fields as text, so the list settings take a JSON list or comma-separated values alike.
 """
 
 from __future__ import annotations
@@ -10,29 +16,61 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Mapping, Sequence
 from datetime import date
 from functools import lru_cache
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 if TYPE_CHECKING:
     from jetmail.messaging.templating.limits import RenderLimits
 
 DEV_ENV_FILE = ".jetmail/dev/jetmail.env"
+ENV_PREFIX = "JETMAIL_"
+ENV_FILES = (".env", DEV_ENV_FILE)
+
+EnvFiles = str | os.PathLike[str] | Sequence[str | os.PathLike[str]]
 
 
 class ConfigError(RuntimeError):
     """A required setting is missing or invalid; the message names it."""
 
 
-class Settings(BaseSettings):
-    model_config = SettingsConfigDict(
-        env_prefix="JETMAIL_",
-        env_file=(".env", DEV_ENV_FILE),
+class SettingsConfig(ConfigDict, total=False):
+    """pydantic's model config, plus where ``Settings`` reads its values from."""
+
+    env_prefix: str
+    env_file: tuple[str, ...]
+    env_file_encoding: str
+
+
+def read_env_files(files: EnvFiles | None, *, encoding: str = "utf-8") -> dict[str, str | None]:
+    """The variables of the env files that exist (relative to the working directory), names lowercased, a
+    later file's value over an earlier one's."""
+    if files is None:
+        return {}
+    found: dict[str, str | None] = {}
+    for file in [files] if isinstance(files, (str, os.PathLike)) else files:
+        path = Path(file).expanduser()
+        if not (path.is_file() or path.is_fifo()):
+            continue
+        from dotenv import dotenv_values  # only where a file exists: a function's environment has none
+
+        found.update({name.lower(): value for name, value in dotenv_values(path, encoding=encoding).items()})
+    return found
+
+
+class Settings(BaseModel):
+    model_config = SettingsConfig(
+        env_prefix=ENV_PREFIX,
+        env_file=ENV_FILES,
         env_file_encoding="utf-8",
         extra="ignore",
+        # as pydantic-settings: defaults are validated too, and any field type is allowed
+        validate_default=True,
+        arbitrary_types_allowed=True,
     )
 
     # --- NATS / job layer
@@ -137,7 +175,7 @@ class Settings(BaseSettings):
     """Provider messages per hour; 0: no limit."""
     rate_per_day: int = Field(default=50000, ge=0)
     """Provider messages per UTC day; 0: no limit."""
-    rate_domain_limits: Annotated[dict[str, int], NoDecode] = Field(
+    rate_domain_limits: dict[str, int] = Field(
         default_factory=lambda: {"gmail.com": 600, "yahoo.com": 300, "outlook.com": 300})
     """Messages per minute per recipient domain: `gmail.com=600,yahoo.com=300` or a JSON object."""
     rate_transactional_share: float = Field(default=0.2, ge=0, lt=1)
@@ -152,7 +190,7 @@ class Settings(BaseSettings):
     """Then it rises by this share of the configured rate..."""
     rate_recovery_interval_s: float = Field(default=10.0, gt=0)
     """...every this many seconds without throttling."""
-    rate_warmup_schedule: Annotated[list[int], NoDecode] = Field(default_factory=list)
+    rate_warmup_schedule: list[int] = Field(default_factory=list)
     """Daily marketing caps for a new sending domain or IP, from `rate_warmup_start` (UTC days):
     `200,500,1000,…` or a JSON list; empty: no warm-up."""
     rate_warmup_start: date | None = None
@@ -173,7 +211,7 @@ class Settings(BaseSettings):
     """The sender's name in every email's footer."""
     company_address: str = "1 Example Street, 10115 Berlin, Germany"
     """The postal address every marketing email must show (CAN-SPAM)."""
-    allowed_from: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    allowed_from: list[str] = Field(default_factory=list)
     """From addresses mail may be sent from: addresses (`noreply@example.com`) and whole domains
     (`example.com`), comma separated or a JSON list; empty: any address at `default_from`'s domain."""
 
@@ -188,7 +226,7 @@ class Settings(BaseSettings):
     template_cache_s: float = Field(default=5.0, ge=0, le=300)
     """Seconds a process (API, worker) keeps a template's head (its latest version per locale): a saved
     template is used for new sends everywhere within it; 0 reads the head for every message."""
-    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    cors_origins: list[str] = Field(default_factory=list)
     """Browser origins allowed to call the API (CORS), comma separated or a JSON list; empty: no CORS
     headers."""
     country_header: str = "cloudfront-viewer-country"
@@ -284,7 +322,7 @@ class Settings(BaseSettings):
     """Nested blocks in a template source, and nested macro calls while rendering."""
 
     # --- SNS (SES events over an HTTPS subscription; POST /sns/ses)
-    sns_topic_arns: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    sns_topic_arns: list[str] = Field(default_factory=list)
     """Topics whose messages `POST /sns/ses` accepts and whose subscriptions it confirms, comma separated or
     a JSON list; empty: it refuses everything (SNS → Lambda needs none)."""
     sns_cert_host_pattern: str = r"^sns\.[a-z0-9-]+\.amazonaws\.com(\.cn)?$"
@@ -344,6 +382,26 @@ class Settings(BaseSettings):
     """Attachments of one message, decoded, together (413 above it). The message routes accept a body of
     this size in base64 plus `max_body_bytes`; on Lambda behind API Gateway a request stops at 6 MB
     (Lambda's synchronous payload) whatever this says, so about 4 MB of attachments go through there."""
+
+    def __init__(self, *, _env_file: EnvFiles | None = ENV_FILES, **values: Any) -> None:
+        """Arguments, then ``JETMAIL_*`` environment variables, then the env files (``_env_file=None``: none),
+        then the defaults."""
+        super().__init__(**{**self.from_sources(os.environ, read_env_files(_env_file)), **values})
+
+    @classmethod
+    def from_sources(cls, environ: Mapping[str, str], files: Mapping[str, str | None]) -> dict[str, str]:
+        """The fields the environment and the env files set, by field name, as text: the environment's value
+        over the files', a name matched in any case."""
+        env = {name.lower(): value for name, value in environ.items()}
+        prefix = ENV_PREFIX.lower()
+        values: dict[str, str] = {}
+        for field in cls.model_fields:
+            value = env.get(prefix + field)
+            if value is None:
+                value = files.get(prefix + field)
+            if value is not None:
+                values[field] = value
+        return values
 
     @field_validator("sns_topic_arns", "cors_origins", "allowed_from", "rate_warmup_schedule", mode="before")
     @classmethod
@@ -430,7 +488,7 @@ def get_settings() -> Settings:
     try:
         overrides = {k: v for k, v in secrets_from_arns(dict(os.environ)).items()
                      if not os.environ.get(f"JETMAIL_{k.upper()}")}
-        return Settings(**overrides)  # type: ignore[arg-type]
+        return Settings(**overrides)
     except Exception as exc:
         if isinstance(exc, ValidationError):
             raise _invalid(exc) from None

@@ -25,19 +25,14 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.logging.formatter import LambdaPowertoolsFormatter
 from aws_lambda_powertools.metrics import MetricUnit
 
-from jetmail.messaging.providers.base import (
-    DeliveryError,
-    OutboundMessage,
-    PermanentDeliveryError,
-    Provider,
-    SendResult,
-)
+if TYPE_CHECKING:
+    from jetmail.messaging.providers.base import OutboundMessage, Provider, SendResult
 
 SERVICE = "jetmail"
 NAMESPACE = "jetmail"
@@ -217,6 +212,10 @@ class MeteredProvider:
         self.log = logging.getLogger("jetmail.messaging.delivery.provider")
 
     async def send(self, message: OutboundMessage) -> SendResult:
+        # imported here: the functions import this module too, and only the worker sends (no function's cold
+        # start needs the provider package)
+        from jetmail.messaging.providers.base import DeliveryError, PermanentDeliveryError
+
         ids = {key: message.tags[key] for key in ("message_id", "campaign_id") if message.tags.get(key)}
         started = time.perf_counter()
         try:
