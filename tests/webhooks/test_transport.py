@@ -1,6 +1,7 @@
 """The webhook transport against real sockets: the POST goes to the checked address with the URL's name kept
-(``Host``, TLS SNI, certificate), redirects are not followed, only an excerpt of an answer is read, kept
-connections are reused (and replaced when the receiver closed them), a silent receiver times out."""
+(``Host``, TLS SNI, certificate), redirects are not followed, only an excerpt of an answer is read, a
+malformed answer is a failed attempt, kept connections are reused (and replaced when the receiver closed
+them), a silent receiver times out."""
 
 from __future__ import annotations
 
@@ -69,6 +70,10 @@ class Receiver:
                 elif path == "/big-close":
                     self.raw(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n" + b"E" * BIG)
                     self.close_connection = True
+                elif path == "/malformed":  # not an HTTP status line
+                    self.raw(b"HTTP/1.1 abc Nope\r\nContent-Length: 0\r\n\r\n")
+                elif path == "/bad-chunk":  # a chunk size that is not hexadecimal, the connection left open
+                    self.raw(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nhel\r\nzz\r\n")
                 elif path == "/close":  # closes after answering, without saying so
                     self.raw(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
                     self.close_connection = True
@@ -135,6 +140,46 @@ def test_chunked_and_informational_answers_are_read(receiver: Receiver) -> None:
     assert post(f"http://hooks.invalid:{receiver.port}/chunked").excerpt == "hello"
     answer = post(f"http://hooks.invalid:{receiver.port}/early-hints")
     assert (answer.status, answer.excerpt) == (201, "ok")
+
+
+def test_a_malformed_answer_is_a_failed_attempt_and_its_connection_is_not_reused(receiver: Receiver) -> None:
+    # GIVEN one client WHEN a receiver answers with a broken status line, then a broken chunk, then well
+    async def run() -> list[tuple[transport.Answer, int]]:
+        client = transport.Client(timeout_s=3)
+        out = []
+        try:
+            for path in ("/malformed", "/bad-chunk", "/ok"):
+                answer = await transport.post(client, f"http://hooks.invalid:{receiver.port}{path}", body=b"{}",
+                                              headers={}, allow_private=False, address="127.0.0.1")
+                out.append((answer, receiver.seen[-1][2]))
+        finally:
+            await client.aclose()
+        return out
+
+    (malformed, first), (bad_chunk, second), (ok, third) = asyncio.run(run())
+    # THEN a broken status line is no answer, with h11's reason; a broken body keeps its status and what came
+    assert malformed.status is None and malformed.error is not None and "status line" in malformed.error
+    assert (bad_chunk.status, bad_chunk.excerpt) == (200, "hel")
+    assert (ok.status, ok.excerpt) == (200, "hello")
+    # AND neither connection carried another request (the receiver left both open)
+    assert len({first, second, third}) == 3
+
+
+def test_a_header_that_would_leave_its_line_is_refused_before_sending(receiver: Receiver) -> None:
+    before = len(receiver.seen)
+
+    async def run() -> transport.Answer:
+        client = transport.Client(timeout_s=3)
+        try:
+            return await transport.post(client, f"http://hooks.invalid:{receiver.port}/ok", body=b"{}",
+                                        headers={"webhook-id": "evt_t\r\nX-Injected: 1"}, allow_private=False,
+                                        address="127.0.0.1")
+        finally:
+            await client.aclose()
+
+    answer = asyncio.run(run())
+    assert answer.status is None and answer.error is not None and "header" in answer.error.lower()
+    assert len(receiver.seen) == before
 
 
 def test_a_kept_connection_is_reused_and_replaced_once_the_receiver_closed_it(receiver: Receiver) -> None:
