@@ -6,13 +6,18 @@ the service scales back in.
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime
 from typing import Any
 
+import nats.errors
 import nats.js.errors
 
+from jetmail.queue import QueueError
 from jetmail.queue.subjects import PRIORITIES, consumer_name, job_subject
 from jetmail.services import QUEUES
+
+logger = logging.getLogger("jetmail.reporting")
 
 
 async def queue_lag(queue: Any, name: str, now: datetime | None = None) -> float:
@@ -38,10 +43,16 @@ async def queue_lag(queue: Any, name: str, now: datetime | None = None) -> float
 
 
 def publish_queue_lag(services: Any) -> dict[str, float]:
+    """Measure and publish every queue's lag; nothing (an empty dict, a warning logged) when JetStream does
+    not answer (a leader election, an outage): the scaling policy keeps its last value until the next tick."""
     async def measure(q: Any) -> dict[str, float]:
         return {name: await queue_lag(q, name) for name in QUEUES}
 
-    lags: dict[str, float] = services.queue.run(measure)
+    try:
+        lags: dict[str, float] = services.queue.run(measure)
+    except (nats.errors.Error, QueueError, TimeoutError) as exc:
+        logger.warning("queue lag not measured this tick: %s", exc or type(exc).__name__)
+        return {}
     if services.settings.metrics_enabled:
         from jetmail.aws.clients import aws_client
 
