@@ -1,8 +1,8 @@
 """FastAPI application factory: ``create_app()`` for uvicorn, ``Mangum(create_app())`` in Lambda.
 
 Each route module is imported and included on the first request under its paths (``ROUTE_PATHS``), so a cold
-start that serves ``/v1/messages`` loads neither the campaigns, the webhooks (httpx) nor the dashboard (Jinja,
-css-inline). Asking the app for its routes (``app.routes``, the OpenAPI document) includes every one first.
+start that serves ``/v1/messages`` loads neither the campaigns, the webhooks (their HTTP client) nor the dashboard
+(Jinja, css-inline). Asking the app for its routes (``app.routes``, the OpenAPI document) includes every one first.
 """
 
 from __future__ import annotations
