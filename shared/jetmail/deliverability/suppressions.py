@@ -70,7 +70,7 @@ class Pseudonymizer:
         self._key = hmac.new(raw, b"jetmail address pseudonym v1", hashlib.sha256).digest()
 
     def digest(self, email: str) -> str:
-        return hmac.new(self._key, email.strip().lower().encode(), hashlib.sha256).hexdigest()
+        return hmac.digest(self._key, email.strip().lower().encode(), "sha256").hex()
 
     def pseudonym(self, email: str) -> str:
         return PSEUDONYM_PREFIX + self.digest(email)

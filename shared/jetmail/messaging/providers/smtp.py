@@ -37,6 +37,7 @@ import time
 from dataclasses import dataclass, replace
 
 import aiosmtplib
+from aiosmtplib.email import quote_address
 
 from jetmail.config import ConfigError, Settings
 from jetmail.deliverability.bounces import reject_event, verp_address
@@ -68,6 +69,11 @@ _MESSAGE_ID_HEADER = re.compile(rb"^message-id:[ \t]*(?:\r?\n[ \t]+)?<?([^\s>]+)
                                 re.IGNORECASE | re.MULTILINE)
 
 _QUIT_TIMEOUT_S = 2.0
+
+# A bare dot-atom address (what the envelope nearly always is): its SMTP path is the address in angle
+# brackets, without the RFC 5322 parse that aiosmtplib's quote_address makes of every address.
+_DOT_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
+_PLAIN_ADDRESS = re.compile(rf"{_DOT_ATOM}@{_DOT_ATOM}")
 
 
 @dataclass(slots=True)
@@ -309,13 +315,11 @@ class SmtpProvider:
                          encoding: str, reused: bool) -> aiosmtplib.SMTPResponse:
         """MAIL, RCPT... (and DATA for one recipient) in one write, then the body. Raises what the
         unpipelined dialogue raises, with the failed step in the exception's ``stage``."""
-        from aiosmtplib.email import quote_address
-
         with_data = len(message.recipients) == 1
-        group = pipelining.command(b"MAIL", b"FROM:" + quote_address(message.mail_from).encode(encoding),
+        group = pipelining.command(b"MAIL", b"FROM:" + smtp_path(message.mail_from).encode(encoding),
                                    *(o.encode("ascii") for o in options))
         for recipient in message.recipients:
-            group += pipelining.command(b"RCPT", b"TO:" + quote_address(recipient).encode(encoding))
+            group += pipelining.command(b"RCPT", b"TO:" + smtp_path(recipient).encode(encoding))
         if with_data:
             group += b"DATA\r\n"
         count = 1 + len(message.recipients) + with_data
@@ -382,6 +386,14 @@ class SmtpProvider:
                 raise PermanentDeliveryError("the SMTP server lacks SMTPUTF8, which this message needs")
             options.append("SMTPUTF8")
         return options
+
+
+def smtp_path(address: str) -> str:
+    """``<address>`` for MAIL FROM and RCPT TO; anything but a plain ASCII address goes through aiosmtplib's
+    quote_address, which parses it and refuses characters that could break the command line (ValueError)."""
+    if _PLAIN_ADDRESS.fullmatch(address):
+        return f"<{address}>"
+    return quote_address(address)
 
 
 def _is_throttle(code: int, text: str) -> bool:

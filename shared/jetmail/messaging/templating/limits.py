@@ -62,6 +62,14 @@ class _Budget:
     depth: int = 0
     started: float = field(default_factory=time.monotonic)
 
+    def spend(self) -> None:
+        """One unit of work: counted, and the clock checked."""
+        self.iterations += 1
+        if self.iterations > self.limits.max_iterations:
+            raise RenderLimitExceeded(f"more than {self.limits.max_iterations:,} loop iterations and calls")
+        if time.monotonic() > self.deadline:
+            raise RenderLimitExceeded(f"rendering took longer than {self.limits.timeout_s:g} s")
+
 
 _active: ContextVar[_Budget | None] = ContextVar("jetmail_render_budget", default=None)
 
@@ -79,13 +87,8 @@ def render_budget(limits: RenderLimits) -> Iterator[None]:
 def tick() -> None:
     """One unit of work (a loop iteration, a call, a filter, an output piece); checks the clock too."""
     budget = _active.get()
-    if budget is None:
-        return
-    budget.iterations += 1
-    if budget.iterations > budget.limits.max_iterations:
-        raise RenderLimitExceeded(f"more than {budget.limits.max_iterations:,} loop iterations and calls")
-    if time.monotonic() > budget.deadline:
-        raise RenderLimitExceeded(f"rendering took longer than {budget.limits.timeout_s:g} s")
+    if budget is not None:
+        budget.spend()
 
 
 @contextmanager
@@ -329,10 +332,12 @@ def bounded_output(pieces: Iterable[str], limits: RenderLimits) -> str:
     """Joins a template's output as it is produced, refusing it as soon as it gets too long."""
     out: list[str] = []
     size = 0
+    budget = _active.get()  # each piece ticks it, as tick() would, without looking it up per piece
     for piece in pieces:
         size += len(piece)
         if size > limits.max_output:
             raise RenderLimitExceeded(f"output is longer than {limits.max_output:,} characters")
-        tick()
+        if budget is not None:
+            budget.spend()
         out.append(piece)
     return "".join(out)

@@ -96,9 +96,9 @@ def _element_reasons(tag: str, attributes: tuple[tuple[str, str | None], ...], c
 
 
 def _node_problems(element: LexborNode) -> tuple[str, ...]:
-    tag = str(element.tag).lower()
-    attributes = tuple((str(name), value) for name, value in element.attributes.items())
-    return _element_problems(tag, attributes, element.text(deep=True) if tag == "style" else None)
+    tag = (element.tag or "").lower()
+    return _element_problems(tag, tuple(element.attributes.items()),
+                             element.text(deep=True) if tag == "style" else None)
 
 
 def html_problems(document: str, *, fragment: bool = False) -> list[str]:
@@ -110,12 +110,13 @@ def html_problems(document: str, *, fragment: bool = False) -> list[str]:
         return problems
     # from the document node: comments before <html> or after it are its siblings
     document_node = root.parent or root
-    for node in document_node.traverse(include_text=True):
+    # text nodes carry no markup: elements and comments are all there is to check
+    for node in document_node.traverse(include_text=False):
         if node.tag == "-comment":
             # Outlook renders the inside of <!--[if mso]>...<![endif]--> as HTML
             m = _CONDITIONAL.match(node.comment_content or "")
             if m:
                 problems.extend(html_problems(m.group(1), fragment=True))
-        elif not str(node.tag).startswith("-"):
+        elif not (node.tag or "-").startswith("-"):
             problems.extend(_node_problems(node))
     return list(dict.fromkeys(problems))
