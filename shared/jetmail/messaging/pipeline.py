@@ -162,6 +162,8 @@ class SendPipeline:
             return
         for sent in outcomes:
             draft = sent.draft
+            if not self.simulator.simulates(draft.recipient.email):
+                continue  # decided here: a thread hand-off per ordinary address would cost more than the answer
             await asyncio.to_thread(self.simulator.after_send, recipient=draft.recipient.email,
                                     source=draft.envelope_from, message_id=draft.message_id,
                                     provider_message_id=sent.result.provider_message_id, category=draft.category,

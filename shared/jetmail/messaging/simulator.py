@@ -76,6 +76,10 @@ class Simulator:
         self.local_domain = settings.simulator_domain
         self.feedback = feedback
 
+    def simulates(self, recipient: str) -> bool:
+        """Whether a send to ``recipient`` has simulated notifications to feed back (a simulator address)."""
+        return self.enabled and outcome_for(recipient, local_domain=self.local_domain) is not None
+
     def after_send(self, *, recipient: str, source: str, message_id: str, provider_message_id: str | None,
                    category: str, campaign_id: str | None = None, variant: str | None = None) -> int:
         if not self.enabled:

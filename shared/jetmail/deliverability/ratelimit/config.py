@@ -22,6 +22,8 @@ _DOMAIN = re.compile(r"^[a-z0-9-]+(\.[a-z0-9-]+)+$")
 def normalize_domain(domain: str) -> str:
     """Lower case, no trailing dot, IDNA (``bücher.de`` -> ``xn--bcher-kva.de``); an address gives its domain."""
     text = domain.strip().rsplit("@", 1)[-1].rstrip(".").lower()
+    if text.isascii():
+        return text  # what the IDNA codec gives back for it, without its per-label Python work
     try:
         return text.encode("idna").decode("ascii")
     except UnicodeError:

@@ -160,9 +160,9 @@ class Renderer:
             except TemplateSyntaxError as exc:
                 problem = TemplateProblem(field, exc.lineno, exc.message or "")
                 return _Refused(version, TemplateValidationError([problem]), analysis.layouts)
-            templates[field] = self._env.template_class.from_code(
-                self._env, code, self._env.make_globals(None)
-            )
+            # the environment's globals as a plain dict: Jinja copies them into every render's context, which
+            # is quicker from a dict than from its default ChainMap view of them
+            templates[field] = self._env.template_class.from_code(self._env, code, dict(self._env.globals))
         line_maps: dict[TemplateField, LineMap] = {"html": sources.html_lines}
         if sources.text_lines is not None:
             line_maps["text"] = sources.text_lines
