@@ -388,19 +388,37 @@ def _all_items(self: Table) -> list[Item]:
     return _moto_all_items(self) if items is None else items
 
 
+def _sorted_items(self: Table, hash_key_attrs: list[str], range_key_attrs: list[str | None],
+                  items: list[Item]) -> list[Item]:
+    """moto's sort of a Query's candidates, on each key's value: moto compared them as DynamoType objects,
+    which converts both values on every comparison (a global index partition of 2,000 items took ~60 ms)."""
+    attributes = self._generate_attr_to_sort_by(hash_key_attrs, range_key_attrs)
+    items.sort(key=lambda item: tuple(_sort_value(item.attrs[name]) for name in attributes))
+    return items
+
+
+def _sort_value(value: DynamoType) -> Any:
+    # a string is its own cast value, and most keys are strings
+    return value.value if value.type == "S" else value.cast_value
+
+
+Table.sorted_items = _sorted_items  # type: ignore[method-assign]
 Table.query = _query  # type: ignore[method-assign]
 DynamoDBBackend.update_item = _update_item  # type: ignore[method-assign]
 Table.all_items = _all_items  # type: ignore[method-assign]
 Table.put_item = _put_item  # type: ignore[method-assign]
 Table.delete_item = _delete_item  # type: ignore[method-assign]
 
-_ITEM_READS = frozenset({"GetItem", "BatchGetItem", "Query", "Scan"})
+# operations whose result moto already holds in DynamoDB's wire form, keys and all (DeleteItem's carries a
+# member the API does not have, so it keeps moto's serialiser)
+_WIRE_RESULTS = frozenset({"GetItem", "BatchGetItem", "Query", "Scan", "TransactGetItems", "PutItem", "UpdateItem",
+                           "BatchWriteItem", "TransactWriteItems"})
 _moto_serialized = DynamoHandler.serialized
 
 
 def _serialized(self: BaseResponse, action_result: ActionResult) -> TYPE_RESPONSE:
-    """A successful item read as JSON: moto's result is already DynamoDB's wire form of the items."""
-    if self._get_action() in _ITEM_READS and not isinstance(action_result.result, Exception):
+    """A successful item read or write as JSON: moto's shape-walking serialiser would give the same."""
+    if self._get_action() in _WIRE_RESULTS and not isinstance(action_result.result, Exception):
         try:
             body = json.dumps(action_result.result)
         except TypeError:  # a value JSON cannot hold as it is (binary): moto's serializer encodes it
