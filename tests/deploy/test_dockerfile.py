@@ -123,9 +123,12 @@ def test_ecs_task_runs_the_image_command_with_the_same_health_check() -> None:
     cmd = exec_form(next(v for n, v in reversed(steps) if n == "CMD"))
     dockerfile_check = next(v for n, v in reversed(steps) if n == "HEALTHCHECK")
     container = worker_container()
-    # WHEN they are compared THEN the task runs the same command (its ENTRYPOINT stays the image's)
+    # WHEN they are compared THEN the task runs the same command (its ENTRYPOINT stays the image's), the
+    # webhooks queue included unless a service of their own delivers webhooks (WebhookWorkerCount)
     assert "EntryPoint" not in container
-    assert container["Command"] == cmd
+    *command, webhooks = container["Command"]
+    assert webhooks == ["SeparateWebhookWorkers", "AWS::NoValue", "webhooks"]
+    assert [*command, "webhooks"] == cmd
     # and checks the same /healthz port with the same probe
     check = container["HealthCheck"]["Command"]
     assert check[0] == "CMD" and check[1:] == exec_form(dockerfile_check.split("CMD", 1)[1].strip())

@@ -51,7 +51,8 @@ FLIPS: dict[str, str | tuple[str, ...]] = {
     "DkimPrivateKeySecretArn": "arn:aws:secretsmanager:eu-west-1:123456789012:secret:dkim-AbCdEf",
     "SmtpTlsSecretArn": SMTP_TLS_ARN, "SmtpHostname": "smtp.example.com", "BounceDomain": "bounces.example.com",
     "BounceIntake": ("mailbox", "both"), "BounceImapHost": "imap.example.com",
-    "BounceImapCredentialsSecretArn": IMAP_ARN, "SmtpRelayHost": "relay.example.com", "SmtpRelayPort": "465"}
+    "BounceImapCredentialsSecretArn": IMAP_ARN, "SmtpRelayHost": "relay.example.com", "SmtpRelayPort": "465",
+    "WebhookWorkerCount": "0"}
 PUBLIC_SUBNETS = {"PublicSubnetIds": "subnet-0a,subnet-0b"}  # what rule LoadBalancerNeedsPublicSubnets asks for
 NATS_RESOURCES = {"NatsSecurityGroup", "NatsRouteIngress", "NatsSysCredentialsSecret", "NatsTlsSecret",
                   "NatsTlsCaSecret", "NatsZone", "NatsNodeRole", "NatsNodeInstanceProfile", "NatsNodeLaunchTemplate",
@@ -321,7 +322,7 @@ def test_each_combination_creates_what_it_asks_for(template: dict[str, Any], nat
         assert (ca in readable) is nats
     assert injected.get("JETMAIL_NATS_TLS_CA_PEM") == ca
     # AND nothing that connects to NATS is created before the nodes run (and wrote the TLS secrets)
-    for name in (*FUNCTIONS, "WorkerService"):
+    for name in (*FUNCTIONS, "WorkerService", "WebhookWorkerService"):
         depends = resources[name].get("DependsOn", [])
         assert "NatsReady" in ([depends] if isinstance(depends, str) else depends), name
     gate = resources["NatsReady"]["Metadata"]["Cluster"]
@@ -446,6 +447,37 @@ def test_the_workers_send_through_ses_or_the_relay_asked_for(template: dict[str,
     fields = {k.removeprefix("JETMAIL_").lower(): v for k, v in told.items()}
     Settings(table_name="jetmail", signing_secret="0123456789abcdef", **fields)  # type: ignore[arg-type]
     assert {s["Name"] for s in container["Secrets"]} >= {"JETMAIL_SMTP_USERNAME", "JETMAIL_SMTP_PASSWORD"}
+
+
+MAIL_QUEUES = ["email_transactional", "email_campaign", "email_ab_test", "email_maintenance"]
+
+
+@pytest.mark.parametrize(("count", "separate"), [("1", True), ("3", True), ("0", False)])
+def test_webhooks_are_delivered_by_a_service_of_their_own_unless_its_count_is_zero(
+        template: dict[str, Any], count: str, separate: bool) -> None:
+    # GIVEN the number of webhook worker tasks asked for
+    stack = Stack(template, {"WebhookWorkerCount": count})
+    resources = stack.resources()
+    worker = worker_container(stack)
+    # THEN the webhooks queue has exactly one kind of consumer: the service of its own, or the worker tasks
+    assert worker["Command"] == ["worker", "--health-port", "8081", *MAIL_QUEUES, *([] if separate else ["webhooks"])]
+    assert ({"WebhookWorkerTaskDefinition", "WebhookWorkerService"} <= set(resources)) is separate
+    if not separate:
+        assert not {"WebhookWorkerTaskDefinition", "WebhookWorkerService"} & set(resources)
+        return
+    service = resources["WebhookWorkerService"]["Properties"]
+    assert service["DesiredCount"] == count
+    assert service["TaskDefinition"] == {"Ref": "WebhookWorkerTaskDefinition"}
+    task = resources["WebhookWorkerTaskDefinition"]["Properties"]
+    (container,) = task["ContainerDefinitions"]
+    assert container["Command"] == ["worker", "--health-port", "8081", "webhooks"]
+    # AND its tasks are the worker's in all else: image, settings, secrets, roles, health check, size, network
+    same = ("Image", "Environment", "Secrets", "HealthCheck", "PortMappings", "StopTimeout")
+    assert {k: container[k] for k in same} == {k: worker[k] for k in same}
+    worker_task = resources["WorkerTaskDefinition"]["Properties"]
+    for key in ("Cpu", "Memory", "RuntimePlatform", "ExecutionRoleArn", "TaskRoleArn", "NetworkMode"):
+        assert task[key] == worker_task[key], key
+    assert service["NetworkConfiguration"] == resources["WorkerService"]["Properties"]["NetworkConfiguration"]
 
 
 def test_the_nodes_are_three_zones_rolled_one_at_a_time(template: dict[str, Any]) -> None:
