@@ -11,13 +11,30 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from click.testing import CliRunner, Result
 
 from jetmail.config import Settings, get_settings
 from jetmail.devstack.stack import LocalStack, StackState
+
+if TYPE_CHECKING:
+    from fastapi.testclient import TestClient
+
+    from jetmail.services import Services
+
+
+def api_client(services: Services, token: str, *, follow_redirects: bool = True) -> Iterator[TestClient]:
+    """A client of the API app over ``services``, authenticated with ``token``, for the duration of a fixture:
+    ``yield from api_client(services, api_token)``."""
+    from fastapi.testclient import TestClient
+
+    from jetmail.api.app import create_app
+
+    with TestClient(create_app(services.settings, services=services),
+                    headers={"Authorization": f"Bearer {token}"}, follow_redirects=follow_redirects) as client:
+        yield client
 
 
 def make_settings(stack: StackState, **overrides: object) -> Settings:
@@ -84,6 +101,10 @@ class Isolated:
             )
         wait_until(http_ready(f"http://127.0.0.1:{port}/healthz"), timeout=30, what="worker", proc=self.worker,
                    log=log)
+
+    def client(self) -> Iterator[TestClient]:
+        """A client of the API app over this stack with its admin key (``yield from isolated.client()``)."""
+        yield from api_client(self.services, self.token)
 
     def close(self) -> None:
         from jetmail.devstack.stack import stop_process

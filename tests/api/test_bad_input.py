@@ -9,11 +9,11 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from jetmail.api.app import create_app
 from jetmail.devstack.mailbox import Mailbox
 from jetmail.devstack.stack import wait_until
 from jetmail.queue import NotFoundError
 from jetmail.services import Services
+from stacktools import api_client
 
 CONTEXT = {"steps": [{"title": "One", "description": "First."}], "dashboard_url": "https://app.example.com/",
            "docs_url": "https://docs.example.com/"}
@@ -21,9 +21,7 @@ CONTEXT = {"steps": [{"title": "One", "description": "First."}], "dashboard_url"
 
 @pytest.fixture(scope="module")
 def client(services: Services, api_token: str) -> Iterator[TestClient]:
-    with TestClient(create_app(services.settings, services=services),
-                    headers={"Authorization": f"Bearer {api_token}"}) as c:
-        yield c
+    yield from api_client(services, api_token)
 
 
 def _draft_campaign(client: TestClient, unique: str) -> str:

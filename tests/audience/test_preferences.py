@@ -13,11 +13,11 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from jetmail.api.app import create_app
 from jetmail.compliance.preferences import CsrfTokens
 from jetmail.devstack.mailbox import Mailbox
 from jetmail.devstack.stack import wait_until
 from jetmail.services import Services
+from stacktools import api_client
 
 HTML = ('<p>Hello {{ recipient.name }}</p>'
         '<p><a href="{{ preferences_url }}">Preferences</a> · <a href="{{ view_in_browser_url }}">View online</a> · '
@@ -35,9 +35,7 @@ class Mailed:
 
 @pytest.fixture(scope="module")
 def client(services: Services, email_worker: subprocess.Popen[bytes], api_token: str) -> Iterator[TestClient]:
-    with TestClient(create_app(services.settings, services=services),
-                    headers={"Authorization": f"Bearer {api_token}"}, follow_redirects=False) as c:
-        yield c
+    yield from api_client(services, api_token, follow_redirects=False)
 
 
 @pytest.fixture(scope="module")

@@ -13,20 +13,18 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from jetmail.api.app import create_app
 from jetmail.audience.contacts import ContactStore
 from jetmail.audience.model import ContactUpsert
 from jetmail.audience.segments import SegmentCreate, SegmentNotFound, SegmentStore, parse_criteria
 from jetmail.config import Settings
 from jetmail.services import Services
 from jetmail.storage.table import Table
+from stacktools import api_client
 
 
 @pytest.fixture(scope="module")
 def client(services: Services, api_token: str) -> Iterator[TestClient]:
-    with TestClient(create_app(services.settings, services=services),
-                    headers={"Authorization": f"Bearer {api_token}"}) as c:
-        yield c
+    yield from api_client(services, api_token)
 
 
 @dataclass

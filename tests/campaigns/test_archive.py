@@ -14,12 +14,11 @@ from xml.etree import ElementTree
 import pytest
 from fastapi.testclient import TestClient
 
-from jetmail.api.app import create_app
 from jetmail.devstack.mailbox import Mailbox
 from jetmail.devstack.stack import wait_until
 from jetmail.scheduler import tick
 from jetmail.services import Services
-from stacktools import cli_runner, run_cli
+from stacktools import api_client, cli_runner, run_cli
 
 HTML = ('<p>Hello {{ recipient.name }}, your code is {{ attributes.code }}.</p>'
         '<p><a href="{{ view_in_browser_url }}">View in your browser</a> · '
@@ -41,9 +40,7 @@ class Sent:
 
 @pytest.fixture(scope="module")
 def client(services: Services, email_worker: subprocess.Popen[bytes], api_token: str) -> Iterator[TestClient]:
-    with TestClient(create_app(services.settings, services=services),
-                    headers={"Authorization": f"Bearer {api_token}"}, follow_redirects=False) as c:
-        yield c
+    yield from api_client(services, api_token, follow_redirects=False)
 
 
 def links(html: str) -> list[str]:

@@ -17,7 +17,6 @@ import pytest
 from fastapi.testclient import TestClient
 from nats.js.errors import KeyNotFoundError
 
-from jetmail.api.app import create_app
 from jetmail.campaigns.model import BatchCounts, BatchRecipient, RecipientOutcome
 from jetmail.campaigns.planner import Planner
 from jetmail.campaigns.sender import BatchJob
@@ -62,9 +61,7 @@ def services(isolated: Isolated) -> Services:
 
 @pytest.fixture(scope="module")
 def client(isolated: Isolated) -> Iterator[TestClient]:
-    with TestClient(create_app(isolated.settings, services=isolated.services),
-                    headers={"Authorization": f"Bearer {isolated.token}"}) as c:
-        yield c
+    yield from isolated.client()
 
 
 def in_worker(isolated: Isolated, step: Callable[[WorkerServices], Awaitable[Any]]) -> Any:

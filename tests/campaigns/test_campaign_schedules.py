@@ -12,12 +12,11 @@ from zoneinfo import ZoneInfo
 import pytest
 from fastapi.testclient import TestClient
 
-from jetmail.api.app import create_app
 from jetmail.devstack.mailbox import Mailbox
 from jetmail.devstack.stack import wait_until
 from jetmail.scheduler import tick
 from jetmail.services import Services
-from stacktools import settle
+from stacktools import api_client, settle
 
 CONTEXT = {"steps": [{"title": "One", "description": "First."}], "dashboard_url": "https://app.example.com/",
            "docs_url": "https://docs.example.com/"}
@@ -25,9 +24,7 @@ CONTEXT = {"steps": [{"title": "One", "description": "First."}], "dashboard_url"
 
 @pytest.fixture(scope="module")
 def client(services: Services, email_worker: subprocess.Popen[bytes], api_token: str) -> Iterator[TestClient]:
-    with TestClient(create_app(services.settings, services=services),
-                    headers={"Authorization": f"Bearer {api_token}"}) as c:
-        yield c
+    yield from api_client(services, api_token)
 
 
 def new_campaign(client: TestClient, name: str, emails: list[str]) -> str:

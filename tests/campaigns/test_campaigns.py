@@ -11,7 +11,6 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from jetmail.api.app import create_app
 from jetmail.campaigns.model import ABTest, Variant
 from jetmail.campaigns.planner import ab_assignment
 from jetmail.campaigns.service import z_test
@@ -42,9 +41,7 @@ def services(isolated: Isolated) -> Services:
 
 @pytest.fixture(scope="module")
 def client(isolated: Isolated) -> Iterator[TestClient]:
-    with TestClient(create_app(isolated.settings, services=isolated.services),
-                    headers={"Authorization": f"Bearer {isolated.token}"}) as c:
-        yield c
+    yield from isolated.client()
 
 
 def make_list(client: TestClient, name: str, rows: list[dict[str, Any]]) -> str:

@@ -11,7 +11,6 @@ from collections.abc import Iterator
 import pytest
 from fastapi.testclient import TestClient
 
-from jetmail.api.app import create_app
 from jetmail.campaigns.planner import split_point
 from jetmail.campaigns.store import ROOT_PART
 from jetmail.devstack.mailbox import Mailbox
@@ -35,9 +34,7 @@ def isolated(stack: StackState, tmp_path_factory: pytest.TempPathFactory) -> Ite
 
 @pytest.fixture(scope="module")
 def client(isolated: Isolated) -> Iterator[TestClient]:
-    with TestClient(create_app(isolated.settings, services=isolated.services),
-                    headers={"Authorization": f"Bearer {isolated.token}"}) as c:
-        yield c
+    yield from isolated.client()
 
 
 def make_list(client: TestClient, name: str, emails: list[str]) -> str:

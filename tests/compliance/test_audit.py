@@ -13,7 +13,6 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from jetmail.api.app import create_app
 from jetmail.deliverability.events import DeliveryEvent, EventKind, event_id
 from jetmail.devstack.stack import StackState
 from jetmail.services import Services
@@ -33,9 +32,7 @@ def isolated(stack: StackState, tmp_path_factory: pytest.TempPathFactory) -> Ite
 
 @pytest.fixture(scope="module")
 def client(isolated: Isolated) -> Iterator[TestClient]:
-    with TestClient(create_app(isolated.settings, services=isolated.services),
-                    headers={"Authorization": f"Bearer {isolated.token}"}) as c:
-        yield c
+    yield from isolated.client()
 
 
 def key_actor(token: str) -> str:

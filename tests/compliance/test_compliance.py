@@ -9,7 +9,6 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from jetmail.api.app import create_app
 from jetmail.devstack.mailbox import Mailbox
 from jetmail.devstack.stack import StackState, wait_until
 from jetmail.messaging.compose import Composer, SenderNotAllowed
@@ -21,7 +20,7 @@ from jetmail.messaging.templating import (
     load_template_dir,
 )
 from jetmail.services import Services
-from stacktools import make_settings
+from stacktools import api_client, make_settings
 
 WELCOME_CONTEXT = {"login_url": "https://app.example.com/login"}
 RESET = {"reset_url": "https://example.com/r", "expires_in_minutes": 30}
@@ -31,9 +30,7 @@ ADDRESS = "<p>{{ company.name }} · {{ company.address }}</p>"
 
 @pytest.fixture(scope="module")
 def client(services: Services, email_worker: subprocess.Popen[bytes], api_token: str) -> Iterator[TestClient]:
-    with TestClient(create_app(services.settings, services=services),
-                    headers={"Authorization": f"Bearer {api_token}"}, follow_redirects=False) as c:
-        yield c
+    yield from api_client(services, api_token, follow_redirects=False)
 
 
 def template(client: TestClient, name: str, locale: str, html: str, category: str = "marketing") -> None:

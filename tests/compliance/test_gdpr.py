@@ -16,12 +16,12 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from jetmail.api.app import create_app
 from jetmail.deliverability.events import DeliveryEvent, EventKind, event_id
 from jetmail.devstack.mailbox import Mailbox
 from jetmail.devstack.stack import wait_until
 from jetmail.services import Services
 from jetmail.storage.table import Table, from_item
+from stacktools import api_client
 
 WELCOME_CONTEXT = {"login_url": "https://app.example.com/login", "dashboard_url": "https://app.example.com/",
                    "docs_url": "https://docs.example.com/", "steps": [], "tips": [],
@@ -31,9 +31,7 @@ RESET = {"reset_url": "https://example.com/r/secret-reset-token", "expires_in_mi
 
 @pytest.fixture(scope="module")
 def client(services: Services, email_worker: subprocess.Popen[bytes], api_token: str) -> Iterator[TestClient]:
-    with TestClient(create_app(services.settings, services=services),
-                    headers={"Authorization": f"Bearer {api_token}"}, follow_redirects=False) as c:
-        yield c
+    yield from api_client(services, api_token, follow_redirects=False)
 
 
 def status(client: TestClient, message_id: str) -> str:

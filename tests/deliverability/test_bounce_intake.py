@@ -15,7 +15,6 @@ import pytest
 from bounce_reports import DOMAIN, sample
 from fastapi.testclient import TestClient
 
-from jetmail.api.app import create_app
 from jetmail.campaigns.ids import campaign_message_id
 from jetmail.config import Settings
 from jetmail.deliverability.bounces import BounceIntake, verp_address
@@ -27,7 +26,7 @@ from jetmail.messaging.pipeline import Draft, SendPipeline
 from jetmail.messaging.providers.smtp import SmtpProvider
 from jetmail.services import Services
 from jetmail.storage import keys
-from stacktools import stack_env
+from stacktools import api_client, stack_env
 
 RESET = {"reset_url": "https://example.com/r", "expires_in_minutes": 30}
 REPORT_MAX_BYTES = 64 * 1024
@@ -181,9 +180,7 @@ def test_complaints_and_policy_bounces_through_the_intake(services: Services, un
 
 @pytest.fixture(scope="module")
 def client(services: Services, email_worker: subprocess.Popen[bytes], api_token: str) -> Iterator[TestClient]:
-    app = create_app(services.settings, services=services)
-    with TestClient(app, headers={"Authorization": f"Bearer {api_token}"}) as c:
-        yield c
+    yield from api_client(services, api_token)
 
 
 def test_a_synchronous_550_user_unknown_suppresses(client: TestClient, services: Services, unique: str) -> None:

@@ -12,11 +12,11 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from jetmail.api.app import create_app
 from jetmail.deliverability.events import DeliveryEvent, EventKind, event_id
 from jetmail.devstack.mailbox import Mailbox
 from jetmail.devstack.stack import wait_until
 from jetmail.services import Services
+from stacktools import api_client
 
 WELCOME_CONTEXT = {"login_url": "https://app.example.com/login", "dashboard_url": "https://app.example.com/",
                    "docs_url": "https://docs.example.com/", "steps": [], "tips": [],
@@ -27,9 +27,7 @@ HUMAN_UA = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML,
 
 @pytest.fixture(scope="module")
 def client(services: Services, email_worker: subprocess.Popen[bytes], api_token: str) -> Iterator[TestClient]:
-    with TestClient(create_app(services.settings, services=services),
-                    headers={"Authorization": f"Bearer {api_token}"}, follow_redirects=False) as c:
-        yield c
+    yield from api_client(services, api_token, follow_redirects=False)
 
 
 def bounce(email: str, *, kind: str = "Permanent", message_id: str | None = None, n: int = 0,

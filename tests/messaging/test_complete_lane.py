@@ -14,7 +14,6 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from jetmail.api.app import create_app
 from jetmail.devstack.mailbox import Mailbox
 from jetmail.devstack.stack import StackState, wait_until
 from stacktools import Isolated, settle
@@ -30,9 +29,7 @@ def isolated(stack: StackState, tmp_path_factory: pytest.TempPathFactory) -> Ite
 
 @pytest.fixture(scope="module")
 def client(isolated: Isolated) -> Iterator[TestClient]:
-    with TestClient(create_app(isolated.settings, services=isolated.services),
-                    headers={"Authorization": f"Bearer {isolated.token}"}) as c:
-        yield c
+    yield from isolated.client()
 
 
 def complete(to: str, unique: str) -> dict[str, Any]:

@@ -14,12 +14,12 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from jetmail.api.app import create_app
 from jetmail.devstack.mailbox import Mailbox
 from jetmail.devstack.stack import wait_until
 from jetmail.messaging.messages import AttachmentIn, sanitise_filename
 from jetmail.messaging.mime import HeaderInjectionError, MimeAttachment, build_message, check_custom_headers
 from jetmail.services import Services
+from stacktools import api_client
 
 PDF = b"%PDF-1.4\n" + bytes(range(256)) * 40 + b"\n%%EOF\n"
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64
@@ -31,9 +31,7 @@ def b64(data: bytes) -> str:
 
 @pytest.fixture(scope="module")
 def client(services: Services, email_worker: subprocess.Popen[bytes], api_token: str) -> Iterator[TestClient]:
-    app = create_app(services.settings, services=services)
-    with TestClient(app, headers={"Authorization": f"Bearer {api_token}"}) as c:
-        yield c
+    yield from api_client(services, api_token)
 
 
 def wait_status(client: TestClient, message_id: str, status: str, timeout: float = 20) -> dict[str, Any]:

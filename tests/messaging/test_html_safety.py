@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from jetmail.api.app import create_app
 from jetmail.devstack.stack import wait_until
 from jetmail.messaging.templating import TemplateContent, TemplateValidationError, check_template
 from jetmail.services import Services
+from stacktools import api_client
 
 BYPASSES = {
     "svg style": "<p><svg><style><img src=x onerror=alert(1)></style></svg></p>",
@@ -90,9 +90,7 @@ def test_safe_mail_markup_passes() -> None:
 
 @pytest.fixture(scope="module")
 def client(services: Services, email_worker: subprocess.Popen[bytes], api_token: str) -> Iterator[TestClient]:
-    app = create_app(services.settings, services=services)
-    with TestClient(app, headers={"Authorization": f"Bearer {api_token}"}) as c:
-        yield c
+    yield from api_client(services, api_token)
 
 
 @pytest.mark.parametrize("html", list(BYPASSES.values()), ids=list(BYPASSES))

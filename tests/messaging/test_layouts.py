@@ -9,7 +9,6 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from jetmail.api.app import create_app
 from jetmail.messaging.templates import TemplateStore
 from jetmail.messaging.templating import (
     Company,
@@ -26,6 +25,7 @@ from jetmail.messaging.templating import (
 from jetmail.messaging.templating.environment import new_environment
 from jetmail.services import Services
 from jetmail.storage.table import Table
+from stacktools import api_client
 
 UNSUBSCRIBE = "https://mail.example.com/u/abc"
 
@@ -322,9 +322,7 @@ def test_the_template_store_serves_layouts_and_a_new_version_takes_effect(table:
 
 @pytest.fixture(scope="module")
 def client(services: Services, api_token: str) -> Iterator[TestClient]:
-    app = create_app(services.settings, services=services)
-    with TestClient(app, headers={"Authorization": f"Bearer {api_token}"}) as c:
-        yield c
+    yield from api_client(services, api_token)
 
 
 def test_a_user_uploads_a_layout_and_a_template_extending_it(client: TestClient, unique: str) -> None:

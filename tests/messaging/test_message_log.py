@@ -15,11 +15,10 @@ import pytest
 from click.testing import CliRunner
 from fastapi.testclient import TestClient
 
-from jetmail.api.app import create_app
 from jetmail.devstack.stack import StackState, wait_until
 from jetmail.scheduler import tick
 from jetmail.services import Services
-from stacktools import cli_runner, run_cli, stack_env
+from stacktools import api_client, cli_runner, run_cli, stack_env
 
 SIMULATOR = "simulator.amazonses.com"
 RESET = {"reset_url": "https://example.com/r", "expires_in_minutes": 30}
@@ -29,9 +28,7 @@ CAMPAIGN_CONTEXT = {"steps": [{"title": "One", "description": "First."}],
 
 @pytest.fixture(scope="module")
 def client(services: Services, email_worker: subprocess.Popen[bytes], api_token: str) -> Iterator[TestClient]:
-    app = create_app(services.settings, services=services)
-    with TestClient(app, headers={"Authorization": f"Bearer {api_token}"}) as c:
-        yield c
+    yield from api_client(services, api_token)
 
 
 def send(client: TestClient, to: str, **extra: Any) -> str:

@@ -14,7 +14,6 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from jetmail.api.app import create_app
 from jetmail.devstack.mailbox import Mailbox
 from jetmail.devstack.stack import free_port, http_ready, stop_process, wait_until
 from jetmail.messaging.templating import (
@@ -30,6 +29,7 @@ from jetmail.messaging.templating import (
     check_template,
 )
 from jetmail.services import Services
+from stacktools import api_client
 
 STANDARD = StandardContext(now=datetime(2025, 3, 14, tzinfo=UTC), company=Company(name="Ex", address="1 Road"),
                            recipient=Recipient(email="ann@example.com", name="Ann"),
@@ -114,9 +114,7 @@ def test_deeply_nested_blocks_are_refused_on_save() -> None:
 
 @pytest.fixture(scope="module")
 def client(services: Services, api_token: str) -> Iterator[TestClient]:
-    app = create_app(services.settings, services=services)
-    with TestClient(app, headers={"Authorization": f"Bearer {api_token}"}) as c:
-        yield c
+    yield from api_client(services, api_token)
 
 
 def save(client: TestClient, name: str, html: str, sample: dict[str, Any] | None = None) -> httpx.Response:
@@ -199,9 +197,7 @@ def test_gigabyte_render_is_refused_and_api_memory_stays_flat(api_process: tuple
 
 @pytest.fixture(scope="module")
 def sending(services: Services, email_worker: subprocess.Popen[bytes], api_token: str) -> Iterator[TestClient]:
-    app = create_app(services.settings, services=services)
-    with TestClient(app, headers={"Authorization": f"Bearer {api_token}"}) as c:
-        yield c
+    yield from api_client(services, api_token)
 
 
 def _message(client: TestClient, message_id: str) -> dict[str, Any]:

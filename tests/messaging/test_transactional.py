@@ -16,13 +16,12 @@ from jetmail.api.limits import message_body_limits
 from jetmail.devstack.mailbox import Mailbox
 from jetmail.devstack.stack import wait_until
 from jetmail.services import Services
+from stacktools import api_client
 
 
 @pytest.fixture(scope="module")
 def client(services: Services, email_worker: subprocess.Popen[bytes], api_token: str) -> Iterator[TestClient]:
-    app = create_app(services.settings, services=services)
-    with TestClient(app, headers={"Authorization": f"Bearer {api_token}"}) as c:
-        yield c
+    yield from api_client(services, api_token)
 
 
 RESET = {"reset_url": "https://example.com/r", "expires_in_minutes": 30}

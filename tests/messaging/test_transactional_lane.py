@@ -14,7 +14,6 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from jetmail.api.app import create_app
 from jetmail.devstack.mailbox import Mailbox
 from jetmail.devstack.stack import StackState, stop_process, wait_until
 from jetmail.messaging.messages import SEND_TASK, TRANSACTIONAL_QUEUE
@@ -41,9 +40,7 @@ def isolated(stack: StackState, tmp_path_factory: pytest.TempPathFactory) -> Ite
 
 @pytest.fixture(scope="module")
 def client(isolated: Isolated) -> Iterator[TestClient]:
-    with TestClient(create_app(isolated.settings, services=isolated.services),
-                    headers={"Authorization": f"Bearer {isolated.token}"}) as c:
-        yield c
+    yield from isolated.client()
 
 
 def worker_with(isolated: Isolated, *, template_cache_s: str) -> None:

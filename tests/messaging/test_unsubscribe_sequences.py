@@ -9,12 +9,12 @@ from datetime import UTC, datetime
 import pytest
 from fastapi.testclient import TestClient
 
-from jetmail.api.app import create_app
 from jetmail.deliverability.events import DeliveryEvent, EventKind, event_id
 from jetmail.deliverability.tracking import Unsubscribe
 from jetmail.devstack.mailbox import Mailbox
 from jetmail.devstack.stack import wait_until
 from jetmail.services import Services
+from stacktools import api_client
 
 CONTEXT = {"login_url": "https://app.example.com/login", "dashboard_url": "https://app.example.com/",
            "docs_url": "https://docs.example.com/", "steps": [], "tips": [], "blog_url": "https://example.com/blog",
@@ -26,9 +26,7 @@ STEPS = [{"template": "welcome"}, {"template": "getting_started", "delay": 3600}
 
 @pytest.fixture(scope="module")
 def client(services: Services, email_worker: subprocess.Popen[bytes], api_token: str) -> Iterator[TestClient]:
-    with TestClient(create_app(services.settings, services=services),
-                    headers={"Authorization": f"Bearer {api_token}"}) as c:
-        yield c
+    yield from api_client(services, api_token)
 
 
 @pytest.mark.parametrize("how", ["page", "one_click", "list"])

@@ -19,7 +19,6 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from jetmail.api.app import create_app
 from jetmail.campaigns.ids import campaign_message_id
 from jetmail.campaigns.service import z_test
 from jetmail.deliverability.feedback import record_sends
@@ -29,6 +28,7 @@ from jetmail.devstack.stack import wait_until
 from jetmail.reporting.reports import Counts, Engagement, rates_from
 from jetmail.scheduler import tick
 from jetmail.services import Services
+from stacktools import api_client
 
 ROOT = Path(__file__).resolve().parents[2]
 CONTEXT = {"steps": [{"title": "One", "description": "First."}], "dashboard_url": "https://app.example.com/",
@@ -44,9 +44,7 @@ SES_MESSAGE_ID = "0100019ac5e7d1a4-3f6b2c1e-7a8d-4e5f-9b0c-1d2e3f4a5b6c-000000"
 
 @pytest.fixture(scope="module")
 def client(services: Services, email_worker: subprocess.Popen[bytes], api_token: str) -> Iterator[TestClient]:
-    with TestClient(create_app(services.settings, services=services),
-                    headers={"Authorization": f"Bearer {api_token}"}, follow_redirects=False) as c:
-        yield c
+    yield from api_client(services, api_token, follow_redirects=False)
 
 
 def ses_notification(sample: str, *, message_id: str, recipient: str, n: int) -> str:

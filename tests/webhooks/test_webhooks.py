@@ -18,7 +18,6 @@ import pytest
 from fastapi.testclient import TestClient
 from standardwebhooks import Webhook
 
-from jetmail.api.app import create_app
 from jetmail.devstack.stack import StackState, wait_until
 from jetmail.messaging.messages import RawSubmission
 from jetmail.queue import Queue
@@ -100,9 +99,7 @@ def receiver() -> Iterator[Receiver]:
 
 @pytest.fixture(scope="module")
 def client(iso: Isolated) -> Iterator[TestClient]:
-    app = create_app(iso.settings, services=iso.services)
-    with TestClient(app, headers={"Authorization": f"Bearer {iso.token}"}) as c:
-        yield c
+    yield from iso.client()
 
 
 def register(client: TestClient, url: str, events: list[str], **extra: Any) -> dict[str, Any]:
