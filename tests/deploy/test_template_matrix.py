@@ -462,9 +462,20 @@ def test_webhooks_are_delivered_by_a_service_of_their_own_unless_its_count_is_ze
     # THEN the webhooks queue has exactly one kind of consumer: the service of its own, or the worker tasks
     assert worker["Command"] == ["worker", "--health-port", "8081", *MAIL_QUEUES, *([] if separate else ["webhooks"])]
     assert ({"WebhookWorkerTaskDefinition", "WebhookWorkerService"} <= set(resources)) is separate
+    webhook_resources = {"WebhookWorkerTaskDefinition", "WebhookWorkerService", "WebhookWorkerScalableTarget",
+                         "WebhookLagScalingPolicy"}
     if not separate:
-        assert not {"WebhookWorkerTaskDefinition", "WebhookWorkerService"} & set(resources)
+        assert not webhook_resources & set(resources)
         return
+    assert webhook_resources <= set(resources)
+    # AND the service scales between its count and its maximum on the webhooks queue's lag
+    target = resources["WebhookWorkerScalableTarget"]["Properties"]
+    assert "WebhookWorkerService.Name" in str(target["ResourceId"])
+    assert (target["MinCapacity"], target["MaxCapacity"]) == (count, "4")
+    policy = resources["WebhookLagScalingPolicy"]["Properties"]
+    assert policy["ScalingTargetId"] == {"Ref": "WebhookWorkerScalableTarget"}
+    metric = policy["TargetTrackingScalingPolicyConfiguration"]["CustomizedMetricSpecification"]
+    assert (metric["MetricName"], metric["Dimensions"]) == ("QueueLag", [{"Name": "Queue", "Value": "webhooks"}])
     service = resources["WebhookWorkerService"]["Properties"]
     assert service["DesiredCount"] == count
     assert service["TaskDefinition"] == {"Ref": "WebhookWorkerTaskDefinition"}
