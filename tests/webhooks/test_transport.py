@@ -114,6 +114,23 @@ def post(url: str, *, client: transport.Client | None = None, timeout_s: float =
     return asyncio.run(run())
 
 
+def posts_in_turn(receiver: Receiver, paths: tuple[str, ...]) -> list[tuple[transport.Answer, int]]:
+    """POSTs to each path in turn over one client: each answer with the client port the receiver saw."""
+    async def run() -> list[tuple[transport.Answer, int]]:
+        client = transport.Client(timeout_s=3)
+        out = []
+        try:
+            for path in paths:
+                answer = await transport.post(client, f"http://hooks.invalid:{receiver.port}{path}", body=b"{}",
+                                              headers={}, allow_private=False, address="127.0.0.1")
+                out.append((answer, receiver.seen[-1][2]))
+        finally:
+            await client.aclose()
+        return out
+
+    return asyncio.run(run())
+
+
 def test_a_post_goes_to_the_checked_address_and_keeps_the_name(receiver: Receiver) -> None:
     # GIVEN a URL whose name never resolves (.invalid) and the address it was checked to have
     # WHEN it is POSTed THEN the request reached that address, with the name (and port) in Host
@@ -144,19 +161,7 @@ def test_chunked_and_informational_answers_are_read(receiver: Receiver) -> None:
 
 def test_a_malformed_answer_is_a_failed_attempt_and_its_connection_is_not_reused(receiver: Receiver) -> None:
     # GIVEN one client WHEN a receiver answers with a broken status line, then a broken chunk, then well
-    async def run() -> list[tuple[transport.Answer, int]]:
-        client = transport.Client(timeout_s=3)
-        out = []
-        try:
-            for path in ("/malformed", "/bad-chunk", "/ok"):
-                answer = await transport.post(client, f"http://hooks.invalid:{receiver.port}{path}", body=b"{}",
-                                              headers={}, allow_private=False, address="127.0.0.1")
-                out.append((answer, receiver.seen[-1][2]))
-        finally:
-            await client.aclose()
-        return out
-
-    (malformed, first), (bad_chunk, second), (ok, third) = asyncio.run(run())
+    (malformed, first), (bad_chunk, second), (ok, third) = posts_in_turn(receiver, ("/malformed", "/bad-chunk", "/ok"))
     # THEN a broken status line is no answer, with h11's reason; a broken body keeps its status and what came
     assert malformed.status is None and malformed.error is not None and "status line" in malformed.error
     assert (bad_chunk.status, bad_chunk.excerpt) == (200, "hel")
@@ -183,19 +188,7 @@ def test_a_header_that_would_leave_its_line_is_refused_before_sending(receiver: 
 
 
 def test_a_kept_connection_is_reused_and_replaced_once_the_receiver_closed_it(receiver: Receiver) -> None:
-    async def run() -> list[tuple[transport.Answer, int]]:
-        client = transport.Client(timeout_s=3)
-        out = []
-        try:
-            for path in ("/ok", "/chunked", "/close", "/ok", "/ok"):
-                answer = await transport.post(client, f"http://hooks.invalid:{receiver.port}{path}", body=b"{}",
-                                              headers={}, allow_private=False, address="127.0.0.1")
-                out.append((answer, receiver.seen[-1][2]))
-        finally:
-            await client.aclose()
-        return out
-
-    results = asyncio.run(run())
+    results = posts_in_turn(receiver, ("/ok", "/chunked", "/close", "/ok", "/ok"))
     assert [a.status for a, _ in results] == [200] * 5
     ports = [port for _, port in results]
     # the first three share a connection, which the receiver then closed: the last two share a new one
