@@ -5,17 +5,21 @@ under the base64-decoded secret (after its ``whsec_`` prefix), one per secret, s
 from __future__ import annotations
 
 import base64
-import hashlib
+import functools
 import hmac
 from collections.abc import Sequence
 
 from jetmail.webhooks.endpoints import SECRET_PREFIX
 
 
+@functools.lru_cache(maxsize=256)
+def _key(secret: str) -> bytes:
+    return base64.b64decode(secret.removeprefix(SECRET_PREFIX))
+
+
 def signature(secret: str, *, msg_id: str, timestamp: int, body: bytes) -> str:
-    key = base64.b64decode(secret.removeprefix(SECRET_PREFIX))
     signed = f"{msg_id}.{timestamp}.".encode() + body
-    return "v1," + base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
+    return "v1," + base64.b64encode(hmac.digest(_key(secret), signed, "sha256")).decode()
 
 
 def headers(secrets: Sequence[str], *, msg_id: str, timestamp: int, body: bytes) -> dict[str, str]:
