@@ -18,6 +18,7 @@ meanwhile costs one new connection, not a failed attempt.
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import socket
 import ssl
@@ -257,8 +258,10 @@ async def _next(connection: _Connection, *, read: bool = True) -> h11.Event | No
         http.receive_data(data)
 
 
-def _request(url: str, *, address: str, body: bytes, headers: Mapping[str, str]) -> tuple[_Origin, _Request]:
-    """Where ``url``'s POST goes (its checked ``address``) and the request: ``Host`` keeps the URL's name."""
+@functools.lru_cache(maxsize=1024)
+def _parts(url: str) -> tuple[str, str, int, str, str, tuple[tuple[bytes, bytes], ...]]:
+    """What every POST to ``url`` shares, worked out once per URL: scheme, host, port, the name for SNI and
+    certificate checks, the request target, and the headers that do not change (``Host`` keeps the URL's name)."""
     parts = urlsplit(url)
     host, port = _host_port(url)
     name = host if host.isascii() else host.encode("idna").decode("ascii")
@@ -267,20 +270,27 @@ def _request(url: str, *, address: str, body: bytes, headers: Mapping[str, str])
     target = quote(parts.path or "/", safe=_TARGET_SAFE)
     if parts.query:
         target += "?" + quote(parts.query, safe=_TARGET_SAFE)
-    fields = [("Host", host_header), ("Content-Type", "application/json"), ("User-Agent", "jetmail-webhooks"),
-              ("Content-Length", str(len(body))), *headers.items()]
+    fixed = ((b"Host", host_header.encode("latin-1")), (b"Content-Type", b"application/json"),
+             (b"User-Agent", b"jetmail-webhooks"))
+    return parts.scheme, host, port, name, target, fixed
+
+
+def _request(url: str, *, address: str, body: bytes, headers: Mapping[str, str]) -> tuple[_Origin, _Request]:
+    """Where ``url``'s POST goes (its checked ``address``) and the request."""
+    scheme, _, port, name, target, fixed = _parts(url)
     # h11 refuses a header that would not stay on its line (LocalProtocolError)
     head = h11.Request(method="POST", target=target,
-                       headers=[(k.encode("latin-1"), v.encode("latin-1")) for k, v in fields])
-    return (parts.scheme, address, port, name), _Request(head, body)
+                       headers=[*fixed, (b"Content-Length", str(len(body)).encode()),
+                                *((k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items())])
+    return (scheme, address, port, name), _Request(head, body)
 
 
 async def post(client: Client, url: str, *, body: bytes, headers: dict[str, str],
                allow_private: bool, address: str | None = None) -> Answer:
     """POST ``body`` to ``url`` (at ``address``, from ``destination``, when given); raises UnsafeDestination
     before connecting anywhere it may not. The whole exchange (connecting included) has ``client.timeout_s``."""
-    host, port = _host_port(url)
     if address is None:
+        host, port = _host_port(url)
         address = await resolve(host, port, allow_private=allow_private)
     started = time.perf_counter()
     try:
