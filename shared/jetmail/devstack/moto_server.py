@@ -40,6 +40,7 @@ from __future__ import annotations
 import argparse
 import bisect
 import copy
+import functools
 import json
 import logging
 import os
@@ -67,6 +68,7 @@ from moto.dynamodb.exceptions import (
 from moto.dynamodb.models import DynamoDBBackend
 from moto.dynamodb.models.dynamo_type import DynamoType, Item
 from moto.dynamodb.models.table import RESULT_SIZE_LIMIT, Table
+from moto.dynamodb.parsing.expressions import UpdateExpressionParser  # type: ignore[attr-defined]
 from moto.dynamodb.responses import DynamoHandler
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
 from pydantic import BaseModel, Field, ValidationError
@@ -406,6 +408,18 @@ def _sort_value(value: DynamoType) -> Any:
     return value.value if value.type == "S" else value.cast_value
 
 
+_moto_parse_update = UpdateExpressionParser.make
+
+
+@functools.lru_cache(maxsize=1024)
+def _parsed_update(expression: str) -> Any:
+    """moto's parse of an UpdateExpression, once per distinct expression. moto parsed it twice per UpdateItem
+    (the handler, then the backend) and once per update of a TransactWriteItems, for the same few expressions
+    each time; its validator works on a deep copy of the tree, so one parsed tree serves every request."""
+    return _moto_parse_update(expression)
+
+
+UpdateExpressionParser.make = staticmethod(_parsed_update)
 Table.sorted_items = _sorted_items  # type: ignore[method-assign]
 Table.query = _query  # type: ignore[method-assign]
 DynamoDBBackend.update_item = _update_item  # type: ignore[method-assign]
