@@ -139,6 +139,23 @@ def test_the_local_emulator_reports_how_long_each_operation_held_it(settings: Se
     assert after["total_ms"] > before["total_ms"] and after["max_ms"] > 0
 
 
+def test_the_local_emulator_refuses_an_item_over_400_kb_however_it_is_written(table: Table, unique: str) -> None:
+    from botocore.exceptions import ClientError
+
+    # GIVEN an item of ~300 KB over several attributes (the emulator checks the whole item's size once)
+    part = "x" * 100_000
+    table.put({"pk": f"BIG#{unique}", "sk": "ok", "a": part, "b": part, "c": part})
+    assert table.get(f"BIG#{unique}", "ok")["c"] == part
+    # WHEN one more attribute takes it past 400 KB: refused as DynamoDB refuses it, by PutItem and BatchWriteItem
+    too_big = {"pk": f"BIG#{unique}", "sk": "over", "a": part, "b": part, "c": part, "d": part, "e": "y" * 10_000}
+    with pytest.raises(ClientError, match=r"(?i)item size"):
+        table.put(too_big)
+    with pytest.raises(ClientError, match=r"(?i)item size"):
+        table.batch_put([too_big])
+    # THEN nothing of it was stored
+    assert table.get(f"BIG#{unique}", "over") is None
+
+
 def test_an_index_query_sees_every_write_delete_move_and_cancelled_transaction(table: Table, unique: str) -> None:
     a, b = f"IDXA#{unique}", f"IDXB#{unique}"
 

@@ -59,6 +59,7 @@ from moto.core.responses import ActionResult, BaseResponse
 from moto.dynamodb.comparisons import get_filter_expression
 from moto.dynamodb.exceptions import (
     ConditionalCheckFailed,
+    ItemSizeTooLarge,
     MockValidationException,
     MultipleTransactionsException,
     TooManyTransactionsException,
@@ -66,7 +67,7 @@ from moto.dynamodb.exceptions import (
     TransactWriteSingleOpException,
 )
 from moto.dynamodb.models import DynamoDBBackend
-from moto.dynamodb.models.dynamo_type import DynamoType, Item
+from moto.dynamodb.models.dynamo_type import DynamoType, Item, LimitedSizeDict
 from moto.dynamodb.models.table import RESULT_SIZE_LIMIT, Table
 from moto.dynamodb.parsing.expressions import UpdateExpressionParser  # type: ignore[attr-defined]
 from moto.dynamodb.responses import DynamoHandler
@@ -408,6 +409,18 @@ def _sort_value(value: DynamoType) -> Any:
     return value.value if value.type == "S" else value.cast_value
 
 
+def _item_init(self: Item, hash_key: DynamoType, range_key: DynamoType | None, attrs: dict[str, Any]) -> None:
+    """moto's Item, with its size checked once: moto added the attributes one by one, each addition summing the
+    size of every attribute already there (a quadratic cost, half of a 25-row BatchWriteItem). The sizes only
+    grow, so the last of those checks, the whole item's size, is the one that can fail."""
+    self.hash_key = hash_key
+    self.range_key = range_key
+    self.attrs = LimitedSizeDict()
+    dict.update(self.attrs, {key: DynamoType(value) for key, value in attrs.items()})
+    if self.size() > 405000:  # moto's limit: DynamoDB's 400 KB, as moto measures an item
+        raise ItemSizeTooLarge
+
+
 _moto_parse_update = UpdateExpressionParser.make
 
 
@@ -420,6 +433,7 @@ def _parsed_update(expression: str) -> Any:
 
 
 UpdateExpressionParser.make = staticmethod(_parsed_update)
+Item.__init__ = _item_init  # type: ignore[method-assign]
 Table.sorted_items = _sorted_items  # type: ignore[method-assign]
 Table.query = _query  # type: ignore[method-assign]
 DynamoDBBackend.update_item = _update_item  # type: ignore[method-assign]
