@@ -14,8 +14,10 @@ page: moto sorts every item of the table on each Query, so a page of one list co
 to everything stored; a partition's key order is now kept until a key is added or removed.
 A Query of a global secondary index reads only the index partition it names: moto scans the whole
 table for every such Query (seconds per Query once a test run or a benchmark had stored some 100,000
-items, all of it holding up every other request); each index's partitions are now kept as items are
-written, updated, deleted and restored. Item reads (GetItem, BatchGetItem, Query, Scan) are answered as
+items, all of it holding up every other request); each index's partitions are kept from the table's
+first write on, as items are written, updated, deleted and restored. An item's size is checked once per
+item (moto summed every attribute's size as it added each one), and each distinct UpdateExpression is
+parsed once (moto parsed it again for every request). Item reads (GetItem, BatchGetItem, Query, Scan) are answered as
 plain JSON: moto's generic serializer walks the output shape for every attribute of every item, most of
 what a page of items cost.
 
