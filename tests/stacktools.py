@@ -10,6 +10,7 @@ import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -159,3 +160,16 @@ def run_cli(cli: CliRunner, *args: str, code: int = 0, stdin: str | None = None)
     assert result.exit_code == code, (result.output, result.exception)
     assert "Traceback" not in result.output
     return result
+
+
+class ReceiverServer(ThreadingHTTPServer):
+    """``http.server`` for the tests' stand-in receivers (webhook endpoints, SNS, a flaky API...): a client that
+    resets a kept-alive connection while the server waits for its next request is a client going away, not an
+    error to print a traceback for; any other error is still reported."""
+
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return
+        super().handle_error(request, client_address)

@@ -15,7 +15,7 @@ import threading
 import urllib.request
 from collections.abc import Iterator
 from email.message import EmailMessage
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -28,6 +28,7 @@ from jetmail.devstack.mailbox import Mailbox
 from jetmail.devstack.stack import free_port, http_ready, stop_process, wait_until
 from jetmail.scheduler import tick
 from jetmail.services import Services
+from stacktools import ReceiverServer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "reporting"))
 from test_dashboard import Chromium, Tab  # the dashboard tests' DevTools driver
@@ -72,7 +73,7 @@ def web_page() -> Iterator[dict[str, str]]:
         def log_message(self, *args: Any) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server = ReceiverServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     content["url"] = f"http://127.0.0.1:{server.server_address[1]}/signup"
     yield content

@@ -10,7 +10,7 @@ import subprocess
 import threading
 import time
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,6 +34,7 @@ from jetmail.client import (
 from jetmail.config import get_settings
 from jetmail.devstack.mailbox import Mailbox
 from jetmail.devstack.stack import wait_until
+from stacktools import ReceiverServer
 
 if TYPE_CHECKING:
     from jetmail.services import Services
@@ -173,7 +174,7 @@ class _Flaky(BaseHTTPRequestHandler):
 
 
 def test_a_429_is_retried_after_the_servers_retry_after() -> None:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Flaky)
+    server = ReceiverServer(("127.0.0.1", 0), _Flaky)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         with Client(f"http://127.0.0.1:{server.server_port}", "jm_test") as api:

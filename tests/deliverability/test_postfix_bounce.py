@@ -14,7 +14,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from email.message import EmailMessage
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,7 @@ from jetmail.api.app import create_app
 from jetmail.deliverability.bounces import verp_address
 from jetmail.devstack.stack import StackState, free_port, stop_process, tcp_ready, wait_until
 from postfix import LOCAL_DOMAIN, PostfixInstance, private_postfix, skip_reason
-from stacktools import Isolated
+from stacktools import Isolated, ReceiverServer
 
 BOUNCE_DOMAIN = "bounces.example.net"
 
@@ -104,7 +104,7 @@ class _Webhooks:
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = ReceiverServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hooks"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 

@@ -41,6 +41,7 @@ from jetmail.config import Settings, get_settings
 from jetmail.devstack.stack import wait_until
 from jetmail.messaging.messages import MessageStatus, SendRequest, new_message_id
 from jetmail.services import Services
+from stacktools import ReceiverServer
 
 ROOT = Path(__file__).resolve().parents[2]
 TOPIC = "arn:aws:sns:us-east-1:123456789012:jetmail-ses-events"
@@ -468,7 +469,7 @@ def test_a_notification_signed_by_moto_verifies(settings: Settings, sns_services
     # GIVEN an HTTP endpoint subscribed to the allowed topic in moto, which signs what it delivers
     bodies: list[bytes] = []
     handler = type("Capture", (_Capture,), {"bodies": bodies})
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server = ReceiverServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         sns = aws_client("sns", settings)

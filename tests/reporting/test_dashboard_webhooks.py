@@ -9,7 +9,7 @@ import re
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import pytest
@@ -18,7 +18,7 @@ from fastapi.testclient import TestClient
 from jetmail.api.app import create_app
 from jetmail.devstack.stack import StackState, wait_until
 from jetmail.webhooks.endpoints import EndpointNotFound
-from stacktools import Isolated
+from stacktools import Isolated, ReceiverServer
 
 # fast retries and no endpoint cache, so a new endpoint gets the event a test causes at once
 WORKER_ENV = {"JETMAIL_WEBHOOK_CACHE_S": "0", "JETMAIL_WEBHOOK_RETRY_BASE_S": "0.3",
@@ -45,7 +45,7 @@ class Receiver:
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = ReceiverServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hooks"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 

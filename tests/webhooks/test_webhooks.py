@@ -10,7 +10,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,7 @@ from jetmail.webhooks.dispatch import Dispatcher, Policy
 from jetmail.webhooks.endpoints import EndpointCache, EndpointStore
 from jetmail.webhooks.events import WebhookEvent, event_id
 from jetmail.webhooks.jobs import DeliverJob
-from stacktools import Isolated
+from stacktools import Isolated, ReceiverServer
 
 # no endpoint cache: each test's new endpoint gets the events it causes at once (production caches 10 s)
 WORKER_ENV = {"JETMAIL_WEBHOOK_CACHE_S": "0", "JETMAIL_WEBHOOK_RETRY_BASE_S": "0.3",
@@ -61,7 +61,7 @@ class Receiver:
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = ReceiverServer(("127.0.0.1", 0), Handler)
         self.port = self.server.server_address[1]
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
