@@ -85,7 +85,6 @@ class Receiver:
                 pass
 
         self.server = ReceiverServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
         if tls is not None:
             self.server.socket = tls.wrap_socket(self.server.socket, server_side=True)
         self.port = self.server.server_address[1]

@@ -17,9 +17,9 @@ table for every such Query (seconds per Query once a test run or a benchmark had
 items, all of it holding up every other request); each index's partitions are kept from the table's
 first write on, as items are written, updated, deleted and restored. An item's size is checked once per
 item (moto summed every attribute's size as it added each one), and each distinct UpdateExpression is
-parsed once (moto parsed it again for every request). Item reads (GetItem, BatchGetItem, Query, Scan) are answered as
-plain JSON: moto's generic serializer walks the output shape for every attribute of every item, most of
-what a page of items cost.
+parsed once (moto parsed it again for every request). Item reads (GetItem, BatchGetItem, Query, Scan)
+are answered as plain JSON: moto's generic serializer walks the output shape for every attribute of
+every item, most of what a page of items cost.
 
 For the reliability suite, a share of DynamoDB requests can be made to fail:
 ``POST /_jetmail/faults {"share": 0.05, "errors": ["ThrottlingException", "stall"], "seed": 1}``.
