@@ -279,10 +279,17 @@ def dynamodb_probe(services: Any, every: float = 0.1) -> Iterator[dict[str, floa
 
 
 def rss_peak_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
+    """The largest peak RSS of a process and the processes it started (each its own figure, not a sum)."""
+    from jetmail.devstack.stack import child_pids
+
+    peak = 0.0
+    for one in (pid, *child_pids(pid)):
+        try:
+            lines = Path(f"/proc/{one}/status").read_text().splitlines()
+        except OSError:
+            continue
+        peak = max([peak, *(int(line.split()[1]) / 1024 for line in lines if line.startswith("VmHWM:"))])
+    return peak
 
 
 def import_list(services: Any, name: str, size: int, prefix: str) -> tuple[str, float]:
@@ -328,9 +335,18 @@ def run_campaign(services: Any, list_id: str, size: int, *, clock: SinkClock | N
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU time so far of a process and the processes it started (a worker's transactional
+    child process: `jetmail worker --transactional-process`)."""
+    from jetmail.devstack.stack import child_pids
+
+    total = 0.0
+    for one in (pid, *child_pids(pid)):
+        try:
+            fields = Path(f"/proc/{one}/stat").read_text().rpartition(")")[2].split()
+        except OSError:  # it ended meanwhile
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
 
 
 def own_requests(services: Any) -> int:

@@ -199,15 +199,33 @@ def init(queues: tuple[str, ...]) -> None:
               help=f"Extra module registering tasks (besides {TASKS_MODULE}).")
 @click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
               default="INFO", show_default=True)
+@click.option("--transactional-process/--no-transactional-process", default=True, show_default=True,
+              help="When QUEUES include email_transactional and other queues, run email_transactional in a child "
+                   "process of its own (same --concurrency), so campaign work never shares an event loop or the "
+                   "interpreter lock with a password reset. The worker restarts the child when it fails and "
+                   "stops it when it stops.")
+@click.option("--parent-pid", type=int, hidden=True,
+              help="Stop when this process is no longer the parent (the child process of --transactional-process).")
 def worker(queues: tuple[str, ...], concurrency: int, reserve_high: int | None, burst: bool, health_port: int | None,
-           health_host: str, grace_period: float, imports: tuple[str, ...], log_level: str) -> None:
+           health_host: str, grace_period: float, imports: tuple[str, ...], log_level: str,
+           transactional_process: bool, parent_pid: int | None) -> None:
     """Run the jobs of QUEUES until SIGTERM (or, with --burst, until they are empty)."""
+    from jetmail.messaging.messages import TRANSACTIONAL_QUEUE
+    from jetmail.queue.child import ChildWorker, watch_parent
+
     for name in queues:
         check_queue(name)
+    queues = tuple(dict.fromkeys(queues))
+    child: ChildWorker | None = None
+    if transactional_process and TRANSACTIONAL_QUEUE in queues and len(queues) > 1:
+        queues = tuple(q for q in queues if q != TRANSACTIONAL_QUEUE)
+        argv = [sys.executable, "-m", "jetmail.cli", "worker", TRANSACTIONAL_QUEUE, "--concurrency", str(concurrency),
+                "--grace-period", str(grace_period), "--log-level", log_level, "--parent-pid", str(os.getpid()),
+                *(arg for name in imports for arg in ("--import", name)), *(["--burst"] if burst else [])]
+        child = ChildWorker(argv, name=TRANSACTIONAL_QUEUE, burst=burst,
+                            on_clean_exit=lambda: os.kill(os.getpid(), signal.SIGTERM))
     if reserve_high is None:
-        from jetmail.messaging.messages import TRANSACTIONAL_QUEUE
-
-        shared = TRANSACTIONAL_QUEUE in queues and len(set(queues)) > 1 and concurrency > 1
+        shared = TRANSACTIONAL_QUEUE in queues and len(queues) > 1 and concurrency > 1
         reserve_high = max(1, concurrency // 4) if shared else 0
     elif reserve_high >= concurrency:
         raise CliError(f"--reserve-high must be below --concurrency ({concurrency}), got {reserve_high}")
@@ -221,8 +239,22 @@ def worker(queues: tuple[str, ...], concurrency: int, reserve_high: int | None, 
     runner = Worker(config, queues, registry=registry, concurrency=concurrency, reserve_high=reserve_high, burst=burst,
                     on_startup=getattr(tasks_module, "startup", None),
                     on_shutdown=getattr(tasks_module, "shutdown", None),
-                    health_port=health_port, health_host=health_host, grace_period=grace_period)
-    asyncio.run(runner.run())
+                    health_port=health_port, health_host=health_host, grace_period=grace_period,
+                    health_check=child.alive if child else None, on_stop=child.terminate if child else None)
+    if parent_pid is not None:
+        watch_parent(parent_pid)
+    if child is None:
+        asyncio.run(runner.run())
+        return
+    child.start()
+    try:
+        asyncio.run(runner.run())
+    finally:
+        # with --burst the child ends when its queue is empty, as this worker did; once stopped, it got SIGTERM
+        # when this worker began to stop and has the same grace period for its running jobs
+        if burst and not child.stopping:
+            child.wait(timeout=None, terminate=False)
+        child.wait(timeout=grace_period + 10)
 
 
 @main.command("smtp-server")

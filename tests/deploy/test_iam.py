@@ -170,7 +170,10 @@ def ses_worker(stack: StackState, tmp_path: Path) -> Iterator[tuple[Path, Path, 
            "JETMAIL_METRICS_ENABLED": "true",
            "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")])}
     program = (f"import iamcheck; iamcheck.record({str(path)!r}); from jetmail.cli import main; "
-               f"main(['worker', 'email_transactional', 'email_campaign', '--health-port', '{port}'])")
+               # one process, so the recorder sees the transactional lane's calls too (a child process started
+               # by --transactional-process makes the same calls, unrecorded)
+               f"main(['worker', 'email_transactional', 'email_campaign', '--health-port', '{port}', "
+               f"'--no-transactional-process'])")
     with log.open("wb") as out:
         proc = subprocess.Popen([sys.executable, "-c", program], env=env, stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True)

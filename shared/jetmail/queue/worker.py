@@ -155,7 +155,8 @@ class Worker:
                  on_shutdown: Hook | None = None, health_port: int | None = None,
                  health_host: str = "127.0.0.1", heartbeat_interval: float | None = None,
                  grace_period: float = 25.0, poll_interval: float = 0.1, handle_signals: bool = True,
-                 reserve_high: int = 0) -> None:
+                 reserve_high: int = 0, health_check: Callable[[], bool] | None = None,
+                 on_stop: Callable[[], None] | None = None) -> None:
         self.config = config
         self.queues = [check_queue(q) for q in dict.fromkeys(queues)]
         if not self.queues:
@@ -185,6 +186,9 @@ class Worker:
         self.grace_period = grace_period
         self.poll_interval = poll_interval
         self.handle_signals = handle_signals
+        # what else /healthz requires (e.g. the worker's child process running), and what to tell when it stops
+        self.health_check = health_check
+        self.on_stop = on_stop
         self.resources: dict[str, Any] = {}
         self.stats: Counter[str] = Counter()
         self._queue = Queue(config, registry=self.registry)
@@ -250,14 +254,18 @@ class Worker:
 
     def stop(self) -> None:
         """Stop fetching, let running jobs finish (up to the grace period), then return from ``run``."""
+        first = not self._stopping.is_set()
         self._stopping.set()
         self._wake.set()
+        if first and self.on_stop is not None:
+            self.on_stop()
 
     @property
     def healthy(self) -> bool:
         nc = self._queue._nc
         return (nc is not None and nc.is_connected and self._fetch_task is not None
-                and not self._fetch_task.done() and not self._stopping.is_set())
+                and not self._fetch_task.done() and not self._stopping.is_set()
+                and (self.health_check is None or self.health_check()))
 
     @property
     def running(self) -> int:
