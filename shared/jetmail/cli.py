@@ -216,6 +216,12 @@ def worker(queues: tuple[str, ...], concurrency: int, reserve_high: int | None, 
     for name in queues:
         check_queue(name)
     queues = tuple(dict.fromkeys(queues))
+    if reserve_high is None:
+        # kept for campaign starts too when the transactional queue moves to the child below
+        shared = TRANSACTIONAL_QUEUE in queues and len(queues) > 1 and concurrency > 1
+        reserve_high = max(1, concurrency // 4) if shared else 0
+    elif reserve_high >= concurrency:
+        raise CliError(f"--reserve-high must be below --concurrency ({concurrency}), got {reserve_high}")
     child: ChildWorker | None = None
     if transactional_process and TRANSACTIONAL_QUEUE in queues and len(queues) > 1:
         queues = tuple(q for q in queues if q != TRANSACTIONAL_QUEUE)
@@ -224,11 +230,6 @@ def worker(queues: tuple[str, ...], concurrency: int, reserve_high: int | None, 
                 *(arg for name in imports for arg in ("--import", name)), *(["--burst"] if burst else [])]
         child = ChildWorker(argv, name=TRANSACTIONAL_QUEUE, burst=burst,
                             on_clean_exit=lambda: os.kill(os.getpid(), signal.SIGTERM))
-    if reserve_high is None:
-        shared = TRANSACTIONAL_QUEUE in queues and len(queues) > 1 and concurrency > 1
-        reserve_high = max(1, concurrency // 4) if shared else 0
-    elif reserve_high >= concurrency:
-        raise CliError(f"--reserve-high must be below --concurrency ({concurrency}), got {reserve_high}")
     config = _config()
     from jetmail.observability import configure_worker_logging
 
