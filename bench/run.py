@@ -278,15 +278,16 @@ def dynamodb_probe(services: Any, every: float = 0.1) -> Iterator[dict[str, floa
         figures.update(percentiles(timings))
 
 
-def rss_peak_mb(pid: int) -> float:
-    """The largest peak RSS of a process and the processes it started (each its own figure, not a sum)."""
+def rss_peak_mb(pid: int, *, children: bool = False) -> float:
+    """A process's peak RSS, or with ``children`` the largest of the processes it started (a worker's
+    transactional child: `jetmail worker --transactional-process`), 0 when it started none."""
     from jetmail.devstack.stack import child_pids
 
     peak = 0.0
-    for one in (pid, *child_pids(pid)):
+    for one in child_pids(pid) if children else [pid]:
         try:
             lines = Path(f"/proc/{one}/status").read_text().splitlines()
-        except OSError:
+        except OSError:  # it ended meanwhile
             continue
         peak = max([peak, *(int(line.split()[1]) / 1024 for line in lines if line.startswith("VmHWM:"))])
     return peak
@@ -526,6 +527,7 @@ def main() -> None:
                 results["busy_campaign_per_s"] = args.busy_recipients / (busy_finished - busy_started)
                 results["transactional_during_campaign_ms"] = latencies(services, sent, until=busy_finished)
                 results["worker_peak_rss_busy_mb"] = max(rss_peak_mb(p.pid) for p in workers)
+                results["worker_child_peak_rss_mb"] = max(rss_peak_mb(p.pid, children=True) for p in workers)
                 results["post_during_campaign_ms"] = percentiles(busy_posts)
                 results["emulator_busy_by_operation"] = emulator_time(held_before,
                                                                       fetch_json(f"{moto}/_jetmail/timings"))
@@ -598,6 +600,8 @@ def main() -> None:
             (f"one emulated DynamoDB GetItem p50/p95/p99 during {args.busy_recipients:,}",
              probe.format(**results["dynamodb_get_busy_ms"])),
             (f"worker peak RSS after {args.busy_recipients:,}", f"{results['worker_peak_rss_busy_mb']:.0f} MB"),
+            ("worker's transactional child process peak RSS, then",
+             f"{results['worker_child_peak_rss_mb']:.0f} MB"),
             *((f"emulator held by {op} during {args.busy_recipients:,}",
                f"{t['total_ms'] / 1000:.1f} s over {t['count']:,} requests (slowest {t['max_ms']:.0f} ms)")
               for op, t in list(results["emulator_busy_by_operation"].items())[:5]),

@@ -114,7 +114,9 @@ def test_the_transactional_queue_runs_in_a_child_that_is_restarted_and_stops_wit
 
     # WHEN the child is killed
     os.kill(first, signal.SIGKILL)
-    # THEN the worker starts another, which sends the next reset
+    # THEN the worker reports itself unhealthy until it has started another (after a second), which sends the
+    # next reset
+    wait_until(lambda: not worker.healthy(), timeout=10, what="/healthz failing while no child runs")
     wait_until(lambda: [pid for pid in worker.children() if pid != first], timeout=30, what="a new child")
     second = worker.children()[0]
     wait_until(lambda: len(started_lines(worker.log)) == 3, timeout=30, what="the new child started")
