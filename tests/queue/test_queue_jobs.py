@@ -246,6 +246,20 @@ async def test_normal_and_low_jobs_start_promptly_on_an_idle_worker(qconfig: Que
             assert record["t"] - record["enqueued_at"] < 0.5
 
 
+async def test_a_job_on_one_of_several_idle_queues_starts_before_the_others_polls_run_out(
+        qconfig: QueueConfig, qname: str, joblog: Path) -> None:
+    queues = [qname, *(f"{qname}_{i}" for i in range(3))]
+    async with Queue(qconfig) as q:
+        await q.ensure_streams(queues)
+        # GIVEN an idle worker of four queues whose long-polls last 5 s
+        async with running_worker(qconfig, queues, poll_interval=5.0):
+            # WHEN a high-priority job arrives on one of them
+            await q.enqueue("test_record", queue=queues[2], priority="high", log=str(joblog), label="one")
+            [record] = await wait_until_async(lambda: done(joblog), timeout=15, what="the job")
+    # THEN it started when its own poll returned, not when the other three polls ran out 5 s after they began
+    assert record["t"] - record["enqueued_at"] < 2.5
+
+
 async def test_sync_handlers_run_in_a_thread(qconfig: QueueConfig, qname: str, joblog: Path) -> None:
     async with Queue(qconfig) as q:
         await q.ensure_streams([qname])

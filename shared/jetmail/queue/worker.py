@@ -378,23 +378,19 @@ class Worker:
 
     async def _idle_wait(self, free: int) -> list[Msg]:
         """Nothing anywhere: long-poll the high consumers briefly, so high work starts at once when it comes
-        and normal/low work waits at most one poll interval."""
+        and normal/low work waits at most one poll interval. A job that arrives starts as soon as its own
+        pull returns, not when the other queues' polls have run out (up to a poll interval later)."""
+
+        async def poll(queue: str) -> None:
+            for msg in await self._pullers[(queue, "high")].pull(1, wait=self.poll_interval):
+                self._start(msg)
+
         order = self._queue_order()[:free]
-        results = await asyncio.gather(
-            *(self._pullers[(queue, "high")].pull(1, wait=self.poll_interval) for queue in order),
-            return_exceptions=True)
-        msgs: list[Msg] = []
-        error: BaseException | None = None
+        results = await asyncio.gather(*(poll(queue) for queue in order), return_exceptions=True)
         for result in results:
             if isinstance(result, BaseException):
-                error = error or result
-            else:
-                msgs.extend(result)
-        for msg in msgs if error else ():
-            self._start(msg)  # keep what arrived before reporting the failure
-        if error:
-            raise error
-        return msgs
+                raise result  # what arrived before the failure is running already
+        return []
 
     def _free_for_others(self) -> int:
         others = sum(1 for running in self._inflight.values() if not running.high)
