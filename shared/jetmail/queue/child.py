@@ -42,16 +42,10 @@ class ChildWorker:
         self.name = name
         self.burst = burst
         self.on_clean_exit = on_clean_exit
-        self.starts = 0
         self._proc: subprocess.Popen[bytes] | None = None
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._supervise, name=f"child-{name}", daemon=True)
-
-    @property
-    def pid(self) -> int | None:
-        proc = self._proc
-        return proc.pid if proc is not None else None
 
     @property
     def stopping(self) -> bool:
@@ -99,7 +93,6 @@ class ChildWorker:
             # killpg) reaches the child once, forwarded by the worker, instead of twice (a second SIGTERM
             # would end its running jobs without waiting for them)
             self._proc = subprocess.Popen(self.argv, start_new_session=True)
-            self.starts += 1
         log.info("started the %s process (pid %d)", self.name, self._proc.pid)
         return True
 
