@@ -33,7 +33,7 @@ from jetmail.client import (
 )
 from jetmail.config import get_settings
 from jetmail.devstack.mailbox import Mailbox
-from jetmail.devstack.stack import wait_until
+from jetmail.devstack.stack import wait_until, wait_until_async
 from stacktools import ReceiverServer
 
 if TYPE_CHECKING:
@@ -137,16 +137,23 @@ def test_contacts_lists_templates_and_campaigns(api: Client, unique: str) -> Non
         api.get_contact(email)
 
 
-def test_the_async_client_sends_and_pages(api_url: str, api_token: str, unique: str) -> None:
+def test_the_async_client_sends_and_pages(api_url: str, api_token: str, email_worker: subprocess.Popen[bytes],
+                                          unique: str) -> None:
     async def run() -> tuple[dict[str, Any], list[str]]:
         async with AsyncClient(api_url, api_token) as api:
-            sent = await api.send(f"sdk-async-{unique}@example.com", template="welcome")
-            got = await api.get_message(sent["id"])
+            sent = await api.send(f"sdk-async-{unique}@example.com", template="password_reset",
+                                  context={"reset_url": "https://example.com/r/sdk", "expires_in_minutes": 5})
+
+            async def delivered() -> dict[str, Any] | None:
+                got = await api.get_message(sent["id"])
+                return got if got["status"] == "sent" else None
+
+            got = await wait_until_async(delivered, timeout=30, what="the async client's message sent")
             names = [t["name"] async for t in api.iter_templates()]
             return got, names
 
     got, names = asyncio.run(run())
-    assert got["status"] in {"queued", "sending", "sent"} and "welcome" in names
+    assert got["to"] == f"sdk-async-{unique}@example.com" and "password_reset" in names
 
 
 class _Flaky(BaseHTTPRequestHandler):
