@@ -244,18 +244,17 @@ def worker(queues: tuple[str, ...], concurrency: int, reserve_high: int | None, 
                     health_check=child.alive if child else None, on_stop=child.terminate if child else None)
     if parent_pid is not None:
         watch_parent(parent_pid)
-    if child is None:
-        asyncio.run(runner.run())
-        return
-    child.start()
+    if child is not None:
+        child.start()
     try:
         asyncio.run(runner.run())
     finally:
         # with --burst the child ends when its queue is empty, as this worker did; once stopped, it got SIGTERM
         # when this worker began to stop and has the same grace period for its running jobs
-        if burst and not child.stopping:
+        if child is not None and burst and not child.stopping:
             child.wait(timeout=None, terminate=False)
-        child.wait(timeout=grace_period + 10)
+        if child is not None:
+            child.wait(timeout=grace_period + 10)
 
 
 @main.command("smtp-server")

@@ -15,7 +15,15 @@ import pytest
 from fastapi.testclient import TestClient
 
 from jetmail.devstack.mailbox import Mailbox
-from jetmail.devstack.stack import StackState, child_pids, free_port, http_ready, stop_process, wait_until
+from jetmail.devstack.stack import (
+    StackState,
+    child_pids,
+    free_port,
+    http_ready,
+    pid_alive,
+    stop_process,
+    wait_until,
+)
 from stacktools import Isolated
 
 MAIL_QUEUES = ["email_transactional", "email_campaign", "email_ab_test", "email_maintenance"]
@@ -87,15 +95,6 @@ def send_reset(client: TestClient, mailbox: Mailbox, to: str) -> None:
     wait_until(lambda: len(mailbox.for_recipient(to)) == 1, timeout=15, what=f"{to} at the sink")
 
 
-def running(pid: int) -> bool:
-    """The process exists and has not exited (a zombie nobody reaped yet has)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state not in ("Z", "X")
-
-
 def started_lines(log: Path) -> list[str]:
     return [line for line in log.read_text().splitlines() if "worker started: queues=" in line]
 
@@ -128,7 +127,7 @@ def test_the_transactional_queue_runs_in_a_child_that_is_restarted_and_stops_wit
     os.kill(worker.proc.pid, signal.SIGTERM)
     # THEN both stop, cleanly
     assert worker.proc.wait(timeout=60) == 0
-    wait_until(lambda: not running(second), timeout=30, what="the child stopped")
+    wait_until(lambda: not pid_alive(second), timeout=30, what="the child stopped")
     assert "stopping the email_transactional process" in worker.log.read_text()
 
 
@@ -141,7 +140,7 @@ def test_a_killed_worker_s_child_stops_by_itself(start_worker: Callable[..., Wor
     worker.proc.kill()
     worker.proc.wait(timeout=10)
     # THEN the child notices and stops as on SIGTERM
-    wait_until(lambda: not running(child), timeout=40, what="the orphaned child stopped")
+    wait_until(lambda: not pid_alive(child), timeout=40, what="the orphaned child stopped")
     assert "is gone; stopping" in worker.log.read_text()
 
 

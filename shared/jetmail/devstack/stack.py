@@ -129,11 +129,16 @@ def pid_alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    # a zombie child still answers kill(0); reap it if it is ours
+    # a zombie still answers kill(0): reap it if it is ours, else ask /proc whether it has exited (a process
+    # that outlived its parent, waiting for init to reap it)
     try:
         done, _ = os.waitpid(pid, os.WNOHANG)
     except ChildProcessError:
-        return True
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+        except (OSError, IndexError):
+            return True  # no /proc to ask
+        return state not in ("Z", "X")
     return done == 0
 
 
