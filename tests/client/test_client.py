@@ -39,6 +39,8 @@ from stacktools import ReceiverServer
 if TYPE_CHECKING:
     from jetmail.services import Services
 
+WELCOME = {"login_url": "https://app.example.com/login"}
+
 
 def test_send_with_an_attachment_reads_back_and_reaches_the_sink(
         api: Client, email_worker: subprocess.Popen[bytes], mailbox: Mailbox, tmp_path: Path, unique: str) -> None:
@@ -65,25 +67,27 @@ def test_send_with_an_attachment_reads_back_and_reaches_the_sink(
 def test_every_send_carries_an_idempotency_key_and_a_given_one_replays(api: Client, unique: str) -> None:
     to = f"sdk-idem-{unique}@example.com"
     # GIVEN two sends of the same body without a key: each gets its own, so both are new messages
-    first = api.send(to, template="welcome", context={"name": "A"})
-    second = api.send(to, template="welcome", context={"name": "A"})
+    first = api.send(to, template="welcome", context={**WELCOME, "name": "A"})
+    second = api.send(to, template="welcome", context={**WELCOME, "name": "A"})
     assert first["id"] != second["id"]
     # WHEN the caller gives the key, the same body again is the same message
     key = f"order-{unique}"
-    assert api.send(to, template="welcome", idempotency_key=key)["id"] == \
-        api.send(to, template="welcome", idempotency_key=key)["id"]
+    assert api.send(to, template="welcome", context=WELCOME, idempotency_key=key)["id"] == \
+        api.send(to, template="welcome", context=WELCOME, idempotency_key=key)["id"]
     # AND a different body under the key is a 409 problem
     with pytest.raises(ApiError) as refused:
-        api.send(to, template="welcome", context={"name": "B"}, idempotency_key=key)
+        api.send(to, template="welcome", context={**WELCOME, "name": "B"}, idempotency_key=key)
     assert refused.value.status == 409 and refused.value.slug == "idempotency-conflict"
 
 
 def test_send_batch_gives_one_result_per_message(api: Client, unique: str) -> None:
     from jetmail.client import message
 
-    result = api.send_batch([message(f"sdk-b1-{unique}@example.com", template="welcome"),
-                             message(f"sdk-b2-{unique}@example.com", template="no-such-template")])
-    assert result["accepted"] == 1 and [item["status"] for item in result["data"]] == [202, 404]
+    result = api.send_batch([message(f"sdk-b1-{unique}@example.com", template="welcome", context=WELCOME),
+                             message(f"sdk-b2-{unique}@example.com", template="no-such-template"),
+                             message(f"sdk-b3-{unique}@example.com", template="welcome")])
+    assert result["accepted"] == 1 and [item["status"] for item in result["data"]] == [202, 404, 422]
+    assert "login_url" in result["data"][2]["problem"]["detail"]
 
 
 def test_problems_are_raised_as_typed_errors(api: Client, api_url: str) -> None:

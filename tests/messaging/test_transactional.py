@@ -5,6 +5,7 @@ from __future__ import annotations
 import email.policy
 import subprocess
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from email import message_from_bytes
 from typing import Any
 
@@ -112,11 +113,57 @@ def test_permanent_failure_is_recorded_with_reason(client: TestClient, mailbox: 
     assert mailbox.for_recipient(to) == []
 
 
-def test_missing_template_variable_fails_the_message_not_the_worker(client: TestClient, unique: str) -> None:
-    resp = client.post("/v1/messages", json={"template": "password_reset", "to": f"novar-{unique}@example.com",
+def sent_to(client: TestClient, to: str) -> list[dict[str, Any]]:
+    return list(client.get("/v1/messages", params={"to": to}).json()["data"])
+
+
+def test_a_send_missing_a_template_variable_is_refused_and_nothing_is_recorded(client: TestClient,
+                                                                             unique: str) -> None:
+    # WHEN a password reset is sent without the reset_url its template prints
+    to = f"novar-{unique}@example.com"
+    resp = client.post("/v1/messages", json={"template": "password_reset", "to": to,
                                              "context": {"expires_in_minutes": 5}})
-    record = wait_status(client, resp.json()["id"], "failed")
-    assert "reset_url" in record["error"]
+    # THEN it is a 422 naming the template and the variable, and no message was recorded or queued
+    assert resp.status_code == 422, resp.text
+    assert resp.headers["content-type"].startswith("application/problem+json")
+    assert "password_reset" in resp.json()["detail"] and "'reset_url' is undefined" in resp.json()["detail"]
+    # AND a marketing template is held to the same rule (the template's sample context does not fill in)
+    welcome = client.post("/v1/messages", json={"template": "welcome", "to": to})
+    assert welcome.status_code == 422 and "login_url" in welcome.json()["detail"]
+    # AND a sequence whose later step needs a variable the context lacks is refused before any step is accepted
+    steps = [{"template": "welcome"}, {"template": "password_reset", "delay": "P1D"}]
+    enrol = client.post("/v1/sequences", json={"steps": steps, "to": to, "context": WELCOME})
+    assert enrol.status_code == 422 and "reset_url" in enrol.json()["detail"]
+    assert sent_to(client, to) == []
+    # AND a variable the template only uses when it is defined may be left out
+    name = f"optional-{unique}"
+    html = "<p>Hi{% if coupon is defined %}, use {{ coupon }}{% endif %}</p>"
+    assert client.post("/v1/templates", json={"name": name, "locale": "en", "subject": "Hi", "html": html,
+                                              "sample_context": {"coupon": "X1"}}).status_code == 201
+    assert client.post("/v1/messages", json={"template": name, "to": to}).status_code == 202
+    assert len(sent_to(client, to)) == 1
+
+
+def test_a_template_changed_before_a_scheduled_send_fails_the_message_not_the_worker(
+        client: TestClient, mailbox: Mailbox, unique: str) -> None:
+    # GIVEN a message scheduled on a template that renders with its context
+    name = f"changed-{unique}"
+    body = {"name": name, "locale": "en", "subject": "Hi", "html": "<p>{{ a }}</p>", "sample_context": {"a": "x"}}
+    assert client.post("/v1/templates", json=body).status_code == 201
+    send_at = datetime.now(UTC) + timedelta(seconds=2)
+    resp = client.post("/v1/messages", json={"template": name, "to": f"changed-{unique}@example.com",
+                                             "send_at": send_at.isoformat(), "context": {"a": "1"}})
+    assert resp.status_code == 202, resp.text
+    # WHEN a new version that needs another variable is saved before it is due
+    changed = {**body, "html": "<p>{{ a }} {{ b }}</p>", "sample_context": {"a": "x", "b": "y"}}
+    assert client.post("/v1/templates", json=changed).status_code == 201
+    # THEN the message fails with the reason when it is due, and the worker goes on sending
+    record = wait_status(client, resp.json()["id"], "failed", timeout=30)
+    assert "'b' is undefined" in record["error"]
+    to = f"after-{unique}@example.com"
+    reset = client.post("/v1/messages", json={"template": "password_reset", "to": to, "context": RESET})
+    wait_status(client, reset.json()["id"], "sent")
+    assert len(mailbox.for_recipient(to)) == 1
 
 
 def test_bad_requests_get_clear_errors(client: TestClient, services: Services) -> None:
@@ -177,8 +224,6 @@ def test_template_crud_and_preview(client: TestClient, unique: str) -> None:
 
 
 def test_scheduled_send_waits_for_its_time(client: TestClient, mailbox: Mailbox, unique: str) -> None:
-    from datetime import UTC, datetime, timedelta
-
     to = f"later-{unique}@example.com"
     send_at = datetime.now(UTC) + timedelta(seconds=2)
     resp = client.post("/v1/messages", json={"template": "password_reset", "to": to, "send_at": send_at.isoformat(),

@@ -21,7 +21,12 @@ from jetmail.config import Settings
 from jetmail.messaging.mime import BuiltMessage, MimeAttachment, build_message, check_custom_headers, parse_address
 from jetmail.messaging.templating import Company, RenderedEmail, Renderer, StandardContext, TemplateVersion
 from jetmail.messaging.templating import Recipient as ContextRecipient
-from jetmail.messaging.templating.errors import ReservedContextKeyError, TemplateRenderError, TemplateValidationError
+from jetmail.messaging.templating.errors import (
+    ReservedContextKeyError,
+    TemplateRenderError,
+    TemplateTimeoutError,
+    TemplateValidationError,
+)
 from jetmail.messaging.tokens import Signer
 
 UNSUBSCRIBE_PURPOSE = "unsubscribe"
@@ -29,6 +34,9 @@ OPEN_PURPOSE = "open"
 CLICK_PURPOSE = "click"
 SAMPLE_RECIPIENT = "recipient@example.com"
 CHECK_MESSAGE_ID = "compliance-check"
+#: seconds the check of a send may render for (:meth:`Composer.require_sendable`); a render that needs longer
+#: is left to the worker and its full budget (``JETMAIL_RENDER_TIMEOUT_S``), so a request never waits for it
+SUBMIT_RENDER_TIMEOUT_S = 0.1
 
 
 class SenderNotAllowed(InvalidAddress):
@@ -135,23 +143,49 @@ class Composer:
                 message=f"cannot be checked: it does not render with its sample_context and the given "
                         f"context ({exc})"))
         else:
-            body = rendered.html + "\n" + (rendered.text or "")
-            missing = []
-            link = self.unsubscribe_url(message_id=CHECK_MESSAGE_ID, email=SAMPLE_RECIPIENT)
-            if link not in body:
-                missing.append("unsubscribe link ({{ unsubscribe_url }})")
-            address = self.settings.company_address.strip()
-            if not address or (address not in body and html_escape.escape(address) not in body):
-                missing.append("postal address ({{ company.address }})" if address else
-                               "postal address (JETMAIL_COMPANY_ADDRESS is empty)")
+            missing = self._lacks(rendered, email=SAMPLE_RECIPIENT)
             if missing:
-                problems.append(ComplianceProblem(
-                    field=label, template=name, locale=version.locale, missing=missing,
-                    message=f"marketing template lacks the {' and the '.join(missing)}"))
+                problems.append(self._lacking(version, missing))
         result = tuple(problems)
         if context is None:
             self._checked[cache_key] = result
         return result
+
+    def require_sendable(self, version: TemplateVersion, context: dict[str, Any], *, to: str, name: str | None = None,
+                         language: str | None = None, timezone: str | None = None) -> None:
+        """Render ``version`` for ``to`` (``name``, ``language``, ``timezone``: the recipient's) with exactly
+        ``context``, as the worker will send it, so that a send the worker could only fail is refused when it is
+        made. Raises TemplateRenderError (a variable the context lacks, a render limit, unsafe HTML),
+        ReservedContextKeyError, TemplateValidationError, and for a marketing version NotCompliant. One render:
+        ~0.3 ms for the shipped templates; one still running after SUBMIT_RENDER_TIMEOUT_S passes unchecked."""
+        recipient = Recipient(email=to, name=name, language=language, timezone=timezone)
+        try:
+            rendered = self.render(version, context, recipient=recipient, message_id=CHECK_MESSAGE_ID, track=False,
+                                   timeout_s=min(SUBMIT_RENDER_TIMEOUT_S, self.renderer.limits.timeout_s))
+        except TemplateTimeoutError:
+            return
+        if (version.category or "transactional") == "marketing":
+            missing = self._lacks(rendered, email=to)
+            if missing:
+                raise NotCompliant([self._lacking(version, missing)])
+
+    def _lacks(self, rendered: RenderedEmail, *, email: str) -> list[str]:
+        """What of the unsubscribe link and the postal address a rendered marketing message lacks."""
+        body = rendered.html + "\n" + (rendered.text or "")
+        missing = []
+        if self.unsubscribe_url(message_id=CHECK_MESSAGE_ID, email=email) not in body:
+            missing.append("unsubscribe link ({{ unsubscribe_url }})")
+        address = self.settings.company_address.strip()
+        if not address or (address not in body and html_escape.escape(address) not in body):
+            missing.append("postal address ({{ company.address }})" if address else
+                           "postal address (JETMAIL_COMPANY_ADDRESS is empty)")
+        return missing
+
+    @staticmethod
+    def _lacking(version: TemplateVersion, missing: list[str]) -> ComplianceProblem:
+        name = version.name.split("~", 1)[0]  # a campaign's copy of a version carries a suffix
+        return ComplianceProblem(field=f"{name}/{version.locale}", template=name, locale=version.locale,
+                                 missing=missing, message=f"marketing template lacks the {' and the '.join(missing)}")
 
     def require_compliant(self, versions: Iterable[TemplateVersion], context: dict[str, Any] | None = None) -> None:
         """Raise NotCompliant listing every version (template and locale) that lacks something."""
@@ -189,9 +223,10 @@ class Composer:
     # ---- rendering
     def render(self, version: TemplateVersion, context: dict[str, Any], *, recipient: Recipient, message_id: str,
                list_id: str | None = None, track: bool | None = None, now: datetime | None = None,
-               unsubscribe_url: str | None = None, fixed_layouts: bool = False) -> RenderedEmail:
+               unsubscribe_url: str | None = None, fixed_layouts: bool = False,
+               timeout_s: float | None = None) -> RenderedEmail:
         """``unsubscribe_url``: this message's link (``unsubscribe_url()``), when the caller has it already;
-        ``fixed_layouts``: see :meth:`~jetmail.messaging.templating.Renderer.render`."""
+        ``fixed_layouts``, ``timeout_s``: see :meth:`~jetmail.messaging.templating.Renderer.render`."""
         marketing = (version.category or "transactional") == "marketing"
         track = marketing if track is None else track
         zone = _zone(recipient.timezone, self.settings.default_timezone)
@@ -211,7 +246,7 @@ class Composer:
             def rewriter(index: int, url: str) -> str:
                 return self.click_url(message_id=message_id, index=index, url=url)
         return self.renderer.render(version, context, standard=standard, link_rewriter=rewriter,
-                                    fixed_layouts=fixed_layouts)
+                                    fixed_layouts=fixed_layouts, timeout_s=timeout_s)
 
     def preview(self, version: TemplateVersion, context: dict[str, Any], *, to: str, name: str | None) -> RenderedEmail:
         return self.render(version, context, recipient=Recipient(email=to, name=name), message_id="preview",

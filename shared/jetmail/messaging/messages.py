@@ -745,15 +745,8 @@ class MessageService:
         self.max_attachment_bytes = max_attachment_bytes
         self.blob_ttl_s = blob_ttl_s
 
-    def submit(self, request: SendRequest, *, api_key_id: str | None = None, idempotency_key: str | None = None,
-               extra: dict[str, Any] | None = None) -> tuple[MessagePublic, bool]:
-        """Record and enqueue one message; returns (message, created). Raises TemplateNotFound,
-        TemplateValidationError (inline content the checks refuse), IdempotencyConflict, SenderNotAllowed,
-        NotCompliant (a marketing template without an unsubscribe link or postal address), InvalidMessage
-        and AttachmentsTooLarge. A suppressed ``to`` makes the message ``suppressed``, not enqueued; a
-        suppressed cc or bcc address is dropped and listed in ``suppressed_recipients``. Costs the template
-        head (cached), one suppression read per 100 addresses, the idempotency writes, one TransactWriteItems
-        (the message and its message-log index rows), and for attachments one object-store put."""
+    def check(self, request: SendRequest) -> TemplateVersion:
+        """What :meth:`submit` refuses, without recording anything; returns the version that will be sent."""
         self.check_attachments(request)
         if request.template is not None:
             template = self.templates.resolve(request.template, request.language)
@@ -761,8 +754,23 @@ class MessageService:
             template = self.check_inline(request)
         if self.composer is not None:
             self.composer.check_from(request.from_)
-            # rendered with this request's context over the template's samples: what will be sent
-            self.composer.require_compliant([template], request.context or None)
+            # rendered with this request's context alone, as the worker will: a missing variable is the
+            # sender's error now, not a failed message later
+            self.composer.require_sendable(template, dict(request.context), to=request.to, name=request.name,
+                                          language=request.language, timezone=request.timezone)
+        return template
+
+    def submit(self, request: SendRequest, *, api_key_id: str | None = None, idempotency_key: str | None = None,
+               extra: dict[str, Any] | None = None) -> tuple[MessagePublic, bool]:
+        """Record and enqueue one message; returns (message, created). Raises TemplateNotFound,
+        TemplateValidationError (inline content the checks refuse), IdempotencyConflict, SenderNotAllowed,
+        TemplateRenderError (the template does not render with this context, as a variable it lacks),
+        NotCompliant (a marketing template without an unsubscribe link or postal address), InvalidMessage
+        and AttachmentsTooLarge. A suppressed ``to`` makes the message ``suppressed``, not enqueued; a
+        suppressed cc or bcc address is dropped and listed in ``suppressed_recipients``. Costs the template
+        head (cached), one suppression read per 100 addresses, the idempotency writes, one TransactWriteItems
+        (the message and its message-log index rows), and for attachments one object-store put."""
+        template = self.check(request)
         category = template.category or "transactional"
         refused: str | None = None
         dropped: list[dict[str, str]] = []

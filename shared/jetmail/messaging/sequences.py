@@ -214,11 +214,13 @@ class SequenceService:
                 raise StepTimeError(f"step {step.template!r} would be sent on {when:%Y-%m-%d}, more than "
                                     f"{self.horizon.days} days ahead")
             planned.append((step, max(when, now)))
+        sends = [SendRequest(template=step.template, to=request.to, name=request.name, context=request.context,
+                             language=request.language, timezone=request.timezone,
+                             send_at=when if when > now else None, from_=request.from_) for step, when in planned]
+        for send in sends:  # every step renders with this context before any is accepted
+            self.messages.check(send)
         records = []
-        for index, (step, when) in enumerate(planned):
-            send = SendRequest(template=step.template, to=request.to, name=request.name, context=request.context,
-                               language=request.language, timezone=request.timezone,
-                               send_at=when if when > now else None, from_=request.from_)
+        for index, ((step, when), send) in enumerate(zip(planned, sends, strict=True)):
             step_key = f"{idempotency_key}#step{index}" if idempotency_key else None
             message, _ = self.messages.submit(send, api_key_id=api_key_id, idempotency_key=step_key,
                                               extra={"sequence_id": enrolment_id, "sequence_step": index})

@@ -12,6 +12,7 @@ from jetmail.messaging.templating.errors import (
     TemplateNotFoundError,
     TemplateProblem,
     TemplateRenderError,
+    TemplateTimeoutError,
     TemplateValidationError,
     UnsafeHtmlError,
 )
@@ -62,6 +63,7 @@ __all__ = [
     "TemplateProblem",
     "TemplateRenderError",
     "TemplateStore",
+    "TemplateTimeoutError",
     "TemplateValidationError",
     "TemplateVersion",
     "UnsafeHtmlError",

@@ -63,6 +63,10 @@ class TemplateLimitError(TemplateRenderError):
     """The render would exceed a :class:`~jetmail.messaging.templating.limits.RenderLimits` bound."""
 
 
+class TemplateTimeoutError(TemplateLimitError):
+    """The render ran past its time budget (``RenderLimits.timeout_s``, or the one the caller gave)."""
+
+
 class UnsafeHtmlError(TemplateRenderError):
     """The rendered HTML holds script, an event handler or a URL scheme that is not allowed."""
 

@@ -54,6 +54,10 @@ class RenderLimitExceeded(Exception):
     """Raised inside a template when it would exceed a limit; the renderer names field and line."""
 
 
+class RenderTimedOut(RenderLimitExceeded):
+    """The render ran past its time budget: the one limit a faster or less busy machine might meet."""
+
+
 @dataclass(slots=True)
 class _Budget:
     limits: RenderLimits
@@ -68,7 +72,7 @@ class _Budget:
         if self.iterations > self.limits.max_iterations:
             raise RenderLimitExceeded(f"more than {self.limits.max_iterations:,} loop iterations and calls")
         if time.monotonic() > self.deadline:
-            raise RenderLimitExceeded(f"rendering took longer than {self.limits.timeout_s:g} s")
+            raise RenderTimedOut(f"rendering took longer than {self.limits.timeout_s:g} s")
 
 
 _active: ContextVar[_Budget | None] = ContextVar("jetmail_render_budget", default=None)

@@ -7,7 +7,7 @@ import re
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from functools import lru_cache
 from types import TracebackType
@@ -22,12 +22,19 @@ from jetmail.messaging.templating.errors import (
     TemplateLimitError,
     TemplateProblem,
     TemplateRenderError,
+    TemplateTimeoutError,
     TemplateValidationError,
     UnsafeHtmlError,
 )
 from jetmail.messaging.templating.inlining import Inliner, default_inliner
 from jetmail.messaging.templating.layouts import LayoutLoader, LayoutsUsed, Origins
-from jetmail.messaging.templating.limits import RenderLimitExceeded, RenderLimits, bounded_output, render_budget
+from jetmail.messaging.templating.limits import (
+    RenderLimitExceeded,
+    RenderLimits,
+    RenderTimedOut,
+    bounded_output,
+    render_budget,
+)
 from jetmail.messaging.templating.markup import LineMap
 from jetmail.messaging.templating.model import (
     STANDARD_NAMES,
@@ -185,12 +192,14 @@ class Renderer:
         standard: StandardContext,
         link_rewriter: LinkRewriter | None = None,
         fixed_layouts: bool = False,
+        timeout_s: float | None = None,
     ) -> RenderedEmail:
         """Subject, HTML and text for one recipient.
 
         ``fixed_layouts``: once ``version`` is compiled, keep the layouts it was compiled with rather than
         look them up again on every render (a campaign sends one mail to all its recipients; give each
-        campaign its own copy of the version, so its cache entry is its own).
+        campaign its own copy of the version, so its cache entry is its own). ``timeout_s``: this render's time
+        budget instead of ``limits.timeout_s``.
 
         Raises :class:`ReservedContextKeyError` for a context key that shadows a standard name,
         :class:`TemplateValidationError` for a version that fails the checks, and
@@ -211,7 +220,8 @@ class Renderer:
                 line=None,
             )
         variables = {**context, **standard.variables()}
-        with render_budget(self.limits):
+        limits = self.limits if timeout_s is None else replace(self.limits, timeout_s=timeout_s)
+        with render_budget(limits):
             subject = self._run(compiled, "subject", compiled.subject, variables)
             body = self._run(compiled, "html", compiled.html, variables)
             text = self._run(compiled, "text", compiled.text, variables)
@@ -248,7 +258,8 @@ class Renderer:
             if origins is not None:
                 placed = origins.relocate(TemplateProblem(field, line, message))
                 line, message = placed.line, placed.message
-            error = TemplateLimitError if isinstance(exc, RenderLimitExceeded) else TemplateRenderError
+            error = (TemplateTimeoutError if isinstance(exc, RenderTimedOut) else
+                     TemplateLimitError if isinstance(exc, RenderLimitExceeded) else TemplateRenderError)
             raise error(message, template=_label(compiled.version), field=field, line=line) from exc
 
     def sample_problems(
