@@ -70,6 +70,7 @@ def test_scheduler_handler_runs_the_tick_for_the_sample_event(lambda_env: None, 
 
     lst = services.contacts.create_list("handler-tick")
     campaign = services.campaigns.create(CampaignCreate(name="due", template="welcome",
+                                                        context={"login_url": "https://app.example.com/login"},
                                                         audience=[AudienceSource(list_id=lst.id)]))
     services.campaigns.schedule(campaign.id, ScheduleRequest(at=datetime.now(UTC) + timedelta(hours=1)))
     # WHEN EventBridge's tick arrives (its time two hours ahead), twice in a row on a warm container

@@ -95,6 +95,29 @@ def test_every_ab_variant_template_is_checked(client: TestClient, unique: str) -
     assert [(p["template"], p["locale"]) for p in resp.json()["errors"]] == [(bare, "en")]
 
 
+def test_a_campaign_whose_context_lacks_a_variable_is_refused_and_attributes_may_vary(client: TestClient,
+                                                                                      unique: str) -> None:
+    # GIVEN a campaign on welcome without the login_url its template prints (its sample_context has one)
+    bare = campaign(client, unique, template="welcome")
+    assert bare.status_code == 201, bare.text
+    cid = bare.json()["id"]
+    # WHEN it is sent or scheduled THEN 422 names each locale and the variable, and it stays a draft
+    for resp in (client.post(f"/v1/campaigns/{cid}/send"),
+                 client.post(f"/v1/campaigns/{cid}/schedule", json={"at": "2030-01-01T09:00:00Z"})):
+        assert resp.status_code == 422, resp.text
+        assert sorted(p["locale"] for p in resp.json()["errors"]) == ["de", "en"]
+        assert all("'login_url' is undefined" in p["message"] for p in resp.json()["errors"])
+    assert client.get(f"/v1/campaigns/{cid}").json()["state"] == "draft"
+    # AND a template that prints a contact attribute is checked without one contact's attributes
+    name = f"attrs-{unique}"
+    template(client, name, "en", f"<p>Hi {{{{ attributes.first_name }}}}, {{{{ offer }}}}</p>{UNSUBSCRIBE}{ADDRESS}")
+    refused = client.post(f"/v1/campaigns/{campaign(client, unique, template=name).json()['id']}/send")
+    assert refused.status_code == 422 and "'offer' is undefined" in refused.text
+    sent = client.post(f"/v1/campaigns/{campaign(client, unique, template=name, context={'offer': 'x'}).json()['id']}"
+                       "/send")
+    assert sent.status_code == 200, sent.text
+
+
 def test_marketing_template_sent_as_a_message_must_comply_too(client: TestClient, unique: str) -> None:
     # GIVEN a marketing template without the postal address
     name = f"promo-{unique}"

@@ -15,6 +15,8 @@ from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from jinja2 import ChainableUndefined
+
 from jetmail.audience.addresses import InvalidAddress
 from jetmail.campaigns.ids import parse_campaign_message_id
 from jetmail.config import Settings
@@ -80,6 +82,13 @@ def _zone(name: str | None, default: str) -> ZoneInfo:
     return ZoneInfo("UTC")
 
 
+class _AnyAttributes(dict[str, Any]):
+    """The ``attributes`` of a check that is not about one contact: every name renders empty."""
+
+    def __missing__(self, key: str) -> Any:
+        return ChainableUndefined(name=key)
+
+
 class Composer:
     def __init__(self, settings: Settings, *, renderer: Renderer | None = None, signer: Signer | None = None) -> None:
         self.settings = settings
@@ -118,14 +127,20 @@ class Composer:
         """Render a marketing version for a sample recipient and report what the law and the mailbox
         providers require but the output lacks: the unsubscribe link (``{{ unsubscribe_url }}``) and
         the sender's postal address (``{{ company.address }}``). Transactional versions need neither.
-        With no ``context`` the result is cached per version."""
+        ``context``: a campaign's, rendered alone as the campaign's sends are (a variable it lacks is a
+        problem) with any contact attribute rendering empty; with none, the version's ``sample_context``,
+        and the result is cached per version."""
         if (version.category or "transactional") != "marketing":
             return ()
         cache_key = (*version.key, version.category)
         if context is None and cache_key in self._checked:
             return self._checked[cache_key]
-        values: dict[str, Any] = {**version.sample_context, **(context or {})}
-        values.setdefault("attributes", {})
+        if context is None:
+            values: dict[str, Any] = {"attributes": {}, **version.sample_context}
+            source = "its sample_context"
+        else:
+            values = {**context, "attributes": _AnyAttributes()}
+            source = "the campaign's context"
         name = version.name.split("~", 1)[0]  # a campaign's copy of a version carries a suffix
         label = f"{name}/{version.locale}"
         problems: list[ComplianceProblem] = []
@@ -138,10 +153,12 @@ class Composer:
                 field=label, template=name, locale=version.locale, missing=[lacks],
                 message=f"marketing template is invalid: {exc}"))
         except (TemplateRenderError, ReservedContextKeyError) as exc:
+            where = "" if not isinstance(exc, TemplateRenderError) else \
+                f"{exc.field}: " if exc.line is None else f"{exc.field} line {exc.line}: "
+            reason = exc.reason if isinstance(exc, TemplateRenderError) else str(exc)
             problems.append(ComplianceProblem(
-                field=label, template=name, locale=version.locale, missing=["sample_context"],
-                message=f"cannot be checked: it does not render with its sample_context and the given "
-                        f"context ({exc})"))
+                field=label, template=name, locale=version.locale, missing=["context"],
+                message=f"does not render with {source}: {where}{reason}"))
         else:
             missing = self._lacks(rendered, email=SAMPLE_RECIPIENT)
             if missing:
