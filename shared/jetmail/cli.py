@@ -204,14 +204,18 @@ def init(queues: tuple[str, ...]) -> None:
                    "process of its own (same --concurrency), so campaign work never shares an event loop or the "
                    "interpreter lock with a password reset. The worker restarts the child when it fails and "
                    "stops it when it stops.")
+@click.option("--nice", type=click.IntRange(0, 19), envvar="JETMAIL_WORKER_NICE", metavar="N",
+              help="Lower the CPU priority of this worker's own jobs by N (Linux nice), so that on a busy machine "
+                   "the transactional process and everything else gets the CPU first. Default: 10 when "
+                   "email_transactional runs in a child process (which keeps the priority it had), else 0.")
 @click.option("--parent-pid", type=int, hidden=True,
               help="Stop when this process is no longer the parent (the child process of --transactional-process).")
 def worker(queues: tuple[str, ...], concurrency: int, reserve_high: int | None, burst: bool, health_port: int | None,
            health_host: str, grace_period: float, imports: tuple[str, ...], log_level: str,
-           transactional_process: bool, parent_pid: int | None) -> None:
+           transactional_process: bool, nice: int | None, parent_pid: int | None) -> None:
     """Run the jobs of QUEUES until SIGTERM (or, with --burst, until they are empty)."""
     from jetmail.messaging.messages import TRANSACTIONAL_QUEUE
-    from jetmail.queue.child import ChildWorker, watch_parent
+    from jetmail.queue.child import ChildWorker, lower_priority, watch_parent
 
     for name in queues:
         check_queue(name)
@@ -246,6 +250,7 @@ def worker(queues: tuple[str, ...], concurrency: int, reserve_high: int | None, 
         watch_parent(parent_pid)
     if child is not None:
         child.start()
+    lower_priority(nice if nice is not None else 10 if child is not None else 0)
     try:
         asyncio.run(runner.run())
     finally:

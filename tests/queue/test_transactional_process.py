@@ -95,6 +95,14 @@ def send_reset(client: TestClient, mailbox: Mailbox, to: str) -> None:
     wait_until(lambda: len(mailbox.for_recipient(to)) == 1, timeout=15, what=f"{to} at the sink")
 
 
+def nice(pid: int) -> int:
+    """The nice value of the process's main thread (Linux keeps one per thread)."""
+    return os.getpriority(os.PRIO_PROCESS, pid)
+
+
+BASE_NICE = nice(0)
+
+
 def started_lines(log: Path) -> list[str]:
     return [line for line in log.read_text().splitlines() if "worker started: queues=" in line]
 
@@ -110,6 +118,8 @@ def test_the_transactional_queue_runs_in_a_child_that_is_restarted_and_stops_wit
     queues = sorted(line.split("queues=")[1].split()[0] for line in started_lines(worker.log))
     assert queues == ["email_campaign,email_ab_test,email_maintenance", "email_transactional"]
     send_reset(client, mailbox, f"child-a-{unique}@example.com")
+    # AND the worker runs its jobs at a lower CPU priority than the child's
+    assert (nice(worker.proc.pid), nice(first)) == (min(BASE_NICE + 10, 19), BASE_NICE)
 
     # WHEN the child is killed
     os.kill(first, signal.SIGKILL)
@@ -122,6 +132,7 @@ def test_the_transactional_queue_runs_in_a_child_that_is_restarted_and_stops_wit
     assert f"ended with signal {int(signal.SIGKILL)}" in worker.log.read_text()
     wait_until(worker.healthy, timeout=30, what="the worker healthy again")
     send_reset(client, mailbox, f"child-b-{unique}@example.com")
+    assert nice(second) == BASE_NICE  # started again at the priority the first one had
 
     # WHEN the worker alone gets SIGTERM (not its process group)
     os.kill(worker.proc.pid, signal.SIGTERM)
@@ -150,3 +161,10 @@ def test_no_transactional_process_keeps_every_queue_in_one_process(
     send_reset(client, mailbox, f"child-c-{unique}@example.com")
     assert worker.children() == []
     assert [line.split("queues=")[1].split()[0] for line in started_lines(worker.log)] == [",".join(MAIL_QUEUES)]
+    assert nice(worker.proc.pid) == BASE_NICE  # its own transactional jobs keep the priority they had
+
+
+def test_nice_sets_how_far_the_worker_lowers_its_priority(start_worker: Callable[..., Worker]) -> None:
+    worker = start_worker("--nice", "3")
+    wait_until(lambda: len(worker.children()) == 1, timeout=30, what="the transactional child process")
+    assert (nice(worker.proc.pid), nice(worker.children()[0])) == (min(BASE_NICE + 3, 19), BASE_NICE)

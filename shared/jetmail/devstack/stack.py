@@ -322,7 +322,10 @@ class LocalStack:
                           name, ["email_transactional", "email_campaign", "email_ab_test", "email_maintenance",
                                  "webhooks"])
             port = free_port()
-            cmd = [sys.executable, "-m", "jetmail.cli", "worker", *queues, "--health-port", str(port)]
+            # the bulk worker yields the CPU to the transactional one, the API and the emulators, as a worker
+            # with a transactional child process does by default
+            nice = ["--nice", "10"] if name == "worker-bulk" else []
+            cmd = [sys.executable, "-m", "jetmail.cli", "worker", *queues, "--health-port", str(port), *nice]
             url = f"http://127.0.0.1:{port}/healthz"
             ready = http_ready(url)
         elif name == "submission":

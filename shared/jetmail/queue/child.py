@@ -12,7 +12,9 @@ same process (docs/PERFORMANCE.md). The child is an ordinary ``jetmail worker`` 
 - when it stops cleanly on its own (someone stopped it), the worker stops too, so the orchestrator replaces
   both;
 - when the worker itself dies without stopping it (SIGKILL, OOM), the child notices within a second
-  (``watch_parent``) and stops as on SIGTERM.
+  (``watch_parent``) and stops as on SIGTERM;
+- the worker then lowers its own CPU priority (``lower_priority``, ``jetmail worker --nice``), the child's
+  stays, so on a busy machine the scheduler runs a reset's work before a campaign's.
 """
 
 from __future__ import annotations
@@ -120,6 +122,15 @@ class ChildWorker:
             if self._stopping.wait(delay) or not self._spawn():
                 return
             delay = min(delay * 2, _MAX_DELAY_S)
+
+
+def lower_priority(nice: int) -> None:
+    """Raise the calling thread's nice value by ``nice``; the threads and processes it starts from now on inherit
+    it. Linux keeps a nice value per thread, so a :class:`ChildWorker` started before keeps its priority, as do
+    the children its supervising thread starts again (elsewhere the whole process is lowered)."""
+    if nice:
+        os.nice(nice)
+        log.info("worker CPU priority lowered by %d (nice)", nice)
 
 
 def watch_parent(parent_pid: int, *, interval: float = _PARENT_POLL_S) -> threading.Thread:
