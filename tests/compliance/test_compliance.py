@@ -113,6 +113,11 @@ def test_a_campaign_whose_context_lacks_a_variable_is_refused_and_attributes_may
     template(client, name, "en", f"<p>Hi {{{{ attributes.first_name }}}}, {{{{ offer }}}}</p>{UNSUBSCRIBE}{ADDRESS}")
     refused = client.post(f"/v1/campaigns/{campaign(client, unique, template=name).json()['id']}/send")
     assert refused.status_code == 422 and "'offer' is undefined" in refused.text
+    # AND so is a subject the campaign, or one of its A/B variants, sets instead of the template's
+    variant = {"test_percentage": 20, "variants": [{"name": "a"}, {"name": "b", "subject": "{{ headline }}"}]}
+    tested = campaign(client, unique, template=name, context={"offer": "x"}, ab_test=variant).json()["id"]
+    refused = client.post(f"/v1/campaigns/{tested}/send")
+    assert refused.status_code == 422 and "subject" in refused.text and "'headline' is undefined" in refused.text
     sent = client.post(f"/v1/campaigns/{campaign(client, unique, template=name, context={'offer': 'x'}).json()['id']}"
                        "/send")
     assert sent.status_code == 200, sent.text

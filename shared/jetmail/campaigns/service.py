@@ -252,16 +252,20 @@ class CampaignService:
         render an unsubscribe link and the postal address, and the From address must be allowed.
         Raises NotCompliant (naming each template/locale and what it lacks), SenderNotAllowed."""
         self.sender_rules.check_from(definition.from_)
-        names = [definition.template]
+        # each (template, subject) a send may use: the campaign's, and each A/B variant's, whose unset fields
+        # fall back to the campaign's as the sender's do
+        uses = [(definition.template, definition.subject)]
         if definition.ab_test:
-            names += [v.template for v in definition.ab_test.variants if v.template]
+            uses += [(v.template or definition.template, v.subject or definition.subject)
+                     for v in definition.ab_test.variants]
         versions = []
-        for name in dict.fromkeys(names):
+        for name, subject in dict.fromkeys(uses):
             for locale in sorted(self.templates.locales(name)):
                 # a campaign is marketing mail whatever its template's category says (the renamed
                 # copy keeps the renderer's cache of the stored version apart)
                 version = self.templates.get(name, locale=locale)
-                versions.append(version.model_copy(update={"category": "marketing", "name": f"{name}~campaign"}))
+                versions.append(version.model_copy(update={"category": "marketing", "name": f"{name}~campaign",
+                                                           **({"subject": subject} if subject else {})}))
         self.sender_rules.require_compliant(versions, definition.context)
 
     def _record(self, action: str, campaign_id: str, **changes: Any) -> None:
