@@ -350,7 +350,8 @@ class Worker:
             return msgs
         if self.burst and not self._inflight and await self._drained():
             return None
-        return await self._idle_wait(free)
+        await self._idle_wait(free)  # starts what it takes itself
+        return []
 
     async def _wait_stopping(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
@@ -376,7 +377,7 @@ class Worker:
             raise
         return got
 
-    async def _idle_wait(self, free: int) -> list[Msg]:
+    async def _idle_wait(self, free: int) -> None:
         """Nothing anywhere: long-poll the high consumers briefly, so high work starts at once when it comes
         and normal/low work waits at most one poll interval. A job that arrives starts as soon as its own
         pull returns, not when the other queues' polls have run out (up to a poll interval later)."""
@@ -390,7 +391,6 @@ class Worker:
         for result in results:
             if isinstance(result, BaseException):
                 raise result  # what arrived before the failure is running already
-        return []
 
     def _free_for_others(self) -> int:
         others = sum(1 for running in self._inflight.values() if not running.high)
