@@ -97,6 +97,9 @@ def main() -> None:
     parser.add_argument("--serve-receiver", type=float, help=argparse.SUPPRESS)
     parser.add_argument("--webhook-concurrency", type=int, default=20,
                         help="jobs the webhooks worker runs at once (each POSTs up to 100 events, 16 at a time)")
+    parser.add_argument("--webhook-nice", type=int, metavar="N",
+                        help="the webhooks worker's --nice (default 0; the email workers run their campaign "
+                             "jobs at 10)")
     args = parser.parse_args()
     if args.serve_receiver is not None:
         serve_receiver(args.serve_receiver)
@@ -131,7 +134,9 @@ def main() -> None:
         plain_list, _ = import_list(services, "plain", args.recipients, "p")
         hooked_list, _ = import_list(services, "hooked", args.recipients, "h")
         commands = [["email_transactional", "email_campaign", "email_ab_test", "email_maintenance",
-                     "--concurrency", "16"]] * 2 + [["webhooks", "--concurrency", str(args.webhook_concurrency)]]
+                     "--concurrency", "16"]] * 2 + [["webhooks", "--concurrency", str(args.webhook_concurrency),
+                                                     *(["--nice", str(args.webhook_nice)]
+                                                       if args.webhook_nice is not None else [])]]
         for n, queues in enumerate(commands):
             port = free_port()
             log = (root / f"worker{n}.log").open("wb")
