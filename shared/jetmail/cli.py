@@ -80,7 +80,10 @@ class _Cli(click.Group):
             raise CliError(str(exc)) from None
         except Exception as exc:
             logging.getLogger("jetmail.cli").debug("command failed", exc_info=True)
-            raise CliError(f"{type(exc).__name__}: {exc}") from None
+            # jetmail's own errors say what is wrong in their message (the API's problem detail); others are
+            # named by their type as well
+            own = type(exc).__module__.startswith("jetmail.")
+            raise CliError(str(exc) if own and str(exc) else f"{type(exc).__name__}: {exc}") from None
 
     def main(self, args: Sequence[str] | None = None, prog_name: str | None = None,
              complete_var: str | None = None, standalone_mode: bool = True, **extra: Any) -> Any:

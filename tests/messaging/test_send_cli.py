@@ -55,3 +55,13 @@ def test_send_refusals_are_one_clear_error(cli: CliRunner, tmp_path: Path, uniqu
     both = run_cli(cli, "send", "--to", f"cli-bad-{unique}@example.com", "--template", "welcome", "--subject", "x",
                code=1)
     assert "not both" in both.output
+
+
+def test_send_whose_context_does_not_render_is_one_clear_error(cli: CliRunner, unique: str) -> None:
+    # WHEN a local send lacks a variable its template prints
+    result = run_cli(cli, "send", "--to", f"cli-ctx-{unique}@example.com", "--template", "password_reset",
+                     "--var", "name=Ada", code=1)
+    # THEN the error line is the template's problem, as the API's 422 states it, without an exception's name
+    line = result.output.strip()
+    assert line.startswith("error: template password_reset") and "'reset_url' is undefined" in line
+    assert "Error:" not in line and "Traceback" not in result.output
