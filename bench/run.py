@@ -44,6 +44,7 @@ import tempfile
 import threading
 import time
 import urllib.request
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -394,6 +395,8 @@ def main() -> None:
         planner_child(args.planner_child)
         return
 
+    # the in-process client times the API's own work; Starlette's notice about its httpx transport is not a figure
+    warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient`")
     from fastapi.testclient import TestClient
 
     from jetmail.api.app import create_app
