@@ -23,7 +23,15 @@ import time
 import urllib.request
 from pathlib import Path
 
-from run import cpu_seconds, import_list, run_campaign, settings_for
+from run import cpu_seconds, emulator_time, fetch_json, import_list, run_campaign, settings_for
+
+FULL_GC = "gc generation 2"  # how the emulator's /_jetmail/timings names its full collections
+
+
+def collections(held: dict[str, float] | None) -> str:
+    if not held:
+        return "none"
+    return f"{held['count']:.0f} of {held['total_ms']:,.0f} ms in all (the longest so far {held['max_ms']:,.0f} ms)"
 
 
 class SlowReceiver:
@@ -156,10 +164,13 @@ def main() -> None:
 
         print(f"warm-up campaign of {warm:,} ...", flush=True)
         run_campaign(services, warm_list, warm)  # first-use costs (caches, connections) out of the figures
+        timings = f"{state.services['moto'].url}/_jetmail/timings"
         print(f"campaign of {args.recipients:,}, no webhooks ...", flush=True)
         cpu_at = cpu()
         groups_at = cpu_by_group()
+        held_at = fetch_json(timings)
         plain = run_campaign(services, plain_list, args.recipients)
+        plain_gc = emulator_time(held_at, fetch_json(timings)).get(FULL_GC)
         plain_cpu = cpu() - cpu_at
         plain_groups = {name: seconds - groups_at[name] for name, seconds in cpu_by_group().items()}
         plain_rate = args.recipients / (plain.end - plain.started)
@@ -171,7 +182,9 @@ def main() -> None:
         cpu_at = cpu()
         groups_at = cpu_by_group()
         receiver_at = cpu_seconds(receiver.pid)
+        held_at = fetch_json(timings)
         hooked = run_campaign(services, hooked_list, args.recipients)
+        hooked_gc = emulator_time(held_at, fetch_json(timings)).get(FULL_GC)
         hooked_cpu = cpu() - cpu_at
         hooked_rate = args.recipients / (hooked.end - hooked.started)
         wait_until(lambda: receiver.count >= args.recipients, timeout=7200, what="every webhook delivered")
@@ -194,6 +207,8 @@ def main() -> None:
         print("  by process, per 1,000 emails with webhooks until delivered (without): " + ", ".join(
             f"{name} {seconds * per_k:.2f} s ({plain_groups[name] * per_k:.2f} s)"
             for name, seconds in delivered_groups.items()))
+        print(f"the emulator's full garbage collections (every request waits for each): {collections(plain_gc)} "
+              f"during the campaign without webhooks, {collections(hooked_gc)} during the one with them")
         print(f"the receiver's own CPU per webhook (not the stack's; it shares the cores): "
               f"{receiver_cpu / args.recipients * 1000:.2f} ms")
     finally:
