@@ -15,10 +15,12 @@ from jetmail.campaigns.model import (
     CampaignUpdate,
     ScheduleRequest,
     WinnerPick,
+    build_models,
 )
 from jetmail.compliance.apikeys import ApiKey
 from jetmail.services import Services
 
+build_models()  # declared below; they build on first use elsewhere
 router = APIRouter(prefix="/v1/campaigns", tags=["campaigns"])
 Admin = Annotated[ApiKey, Depends(require("admin"))]
 Svc = Annotated[Services, Depends(services)]

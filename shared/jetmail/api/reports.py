@@ -8,10 +8,12 @@ from fastapi import APIRouter, Depends, Query
 from fastapi.responses import Response
 
 from jetmail.api.auth import require, services
+from jetmail.campaigns.model import build_models
 from jetmail.compliance.apikeys import ApiKey
 from jetmail.reporting.reports import AccountStats, CampaignReport, report_csv
 from jetmail.services import Services
 
+build_models()  # the reports declare the campaign progress and A/B models, which build on first use elsewhere
 router = APIRouter(prefix="/v1", tags=["reports"])
 Admin = Annotated[ApiKey, Depends(require("admin"))]
 Svc = Annotated[Services, Depends(services)]

@@ -288,3 +288,16 @@ class BatchCounts(_Model):
     sent: int = 0
     failed: int = 0
     skipped: int = 0
+
+
+def build_models() -> None:
+    """Build every model's validator now, and no longer defer the validators built from them. The API's route
+    modules call this when they load, before declaring the routes: FastAPI wraps each body and answer model in
+    a validator of its own (a ``TypeAdapter``, with the parameter's name as alias), which pydantic defers too
+    while the model says ``defer_build``, and then builds on the first request with a warning that the alias
+    has no effect there."""
+    for model in (AudienceSource, Variant, ABTest, CampaignCreate, CampaignUpdate, ScheduleRequest, WinnerPick,
+                  Progress, VariantStats, ABResult, CampaignPublic, CampaignFailure, CampaignFailurePage,
+                  BatchRecipient, RecipientOutcome, BatchCounts):
+        model.model_rebuild()
+        model.model_config["defer_build"] = False
