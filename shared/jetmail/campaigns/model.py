@@ -16,9 +16,8 @@ SLUG = r"^[a-z0-9][a-z0-9_-]*$"
 
 
 class _Model(BaseModel):
-    """Builds its validator on first use: a scheduler tick or an SES event imports these models without
-    validating most of them (the API's request and answer models), and building every one cost ~30 ms of
-    each cold start."""
+    """Builds its validator on first use: a scheduler tick imports these models without validating any of them
+    unless a campaign is due, and building every one cost ~30 ms of each of its cold starts."""
 
     model_config = ConfigDict(defer_build=True)
 
@@ -296,8 +295,9 @@ def build_models() -> None:
     a validator of its own (a ``TypeAdapter``, with the parameter's name as alias), which pydantic defers too
     while the model says ``defer_build``, and then builds on the first request with a warning that the alias
     has no effect there."""
-    for model in (AudienceSource, Variant, ABTest, CampaignCreate, CampaignUpdate, ScheduleRequest, WinnerPick,
-                  Progress, VariantStats, ABResult, CampaignPublic, CampaignFailure, CampaignFailurePage,
-                  BatchRecipient, RecipientOutcome, BatchCounts):
+    pending: list[type[_Model]] = list(_Model.__subclasses__())
+    while pending:
+        model = pending.pop()
+        pending.extend(model.__subclasses__())
         model.model_rebuild()
         model.model_config["defer_build"] = False
