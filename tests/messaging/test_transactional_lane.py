@@ -127,6 +127,82 @@ def test_a_recipient_suppressed_at_submit_is_refused_at_once(
     assert mailbox.for_recipient(to) == []
 
 
+class Calls:
+    """The DynamoDB calls this process's services make, with the parameters they are given."""
+
+    def __init__(self, isolated: Isolated) -> None:
+        self.events = isolated.services.table.client.meta.events
+        self.made: list[tuple[str, dict[str, Any]]] = []
+
+    def __enter__(self) -> Calls:
+        self.events.register("provide-client-params.dynamodb.*", self._note)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.events.unregister("provide-client-params.dynamodb.*", self._note)
+
+    def _note(self, model: Any, params: dict[str, Any], **_: Any) -> None:
+        self.made.append((model.name, params))
+
+    def touching(self, prefix: str) -> list[str]:
+        """The operations (a transaction's actions by kind) that name a key whose pk starts with ``prefix``."""
+        found = []
+        for name, params in self.made:
+            if name == "TransactWriteItems":
+                found += [f"{name}.{kind}" for action in params["TransactItems"] for kind, op in action.items()
+                          if names_key(op, prefix)]
+            elif names_key(params, prefix):
+                found.append(name)
+        return found
+
+
+def names_key(value: Any, prefix: str) -> bool:
+    """Whether a request's parameters hold a key or item whose pk starts with ``prefix`` anywhere."""
+    if isinstance(value, dict):
+        pk = value.get("pk")
+        if isinstance(pk, dict) and str(pk.get("S", "")).startswith(prefix):
+            return True
+        return any(names_key(v, prefix) for v in value.values())
+    if isinstance(value, list):
+        return any(names_key(v, prefix) for v in value)
+    return False
+
+
+def test_a_reset_is_checked_against_the_suppression_list_inside_its_own_write(
+        isolated: Isolated, client: TestClient, mailbox: Mailbox, unique: str) -> None:
+    # GIVEN an address on no suppression list
+    worker_with(isolated, template_cache_s=LONG_CACHE_S)
+    to = f"clean-{unique}@example.com"
+    # WHEN a password reset is sent to it
+    with Calls(isolated) as calls:
+        message = send(client, to)
+    # THEN the API read no suppression entry: the checks that the address and its erased pseudonym have none
+    # were part of the message's one transaction
+    assert calls.touching("SUPP#") == ["TransactWriteItems.ConditionCheck"] * 2, calls.touching("SUPP#")
+    assert message["status"] == "queued"
+    wait_until(lambda: status(client, message["id"]) == "sent", timeout=30, what="sent")
+    assert len(mailbox.for_recipient(to)) == 1
+
+
+def test_an_address_unsubscribed_from_marketing_still_gets_its_reset(
+        isolated: Isolated, client: TestClient, mailbox: Mailbox, unique: str) -> None:
+    # GIVEN an address on the suppression list for an unsubscribe, which stops marketing mail only
+    worker_with(isolated, template_cache_s=LONG_CACHE_S)
+    to = f"unsub-{unique}@example.com"
+    assert client.post("/v1/suppressions", json={"email": to, "reason": "unsubscribed"}).status_code == 201
+    # WHEN a password reset is sent to it
+    with Calls(isolated) as calls:
+        message = send(client, to)
+    # THEN the entry failed the write's check, was read, and did not refuse the reset: it is queued and sent
+    assert "TransactWriteItems.ConditionCheck" in calls.touching("SUPP#")
+    assert {"BatchGetItem", "GetItem"} & set(calls.touching("SUPP#"))
+    assert message["status"] == "queued"
+    wait_until(lambda: status(client, message["id"]) == "sent", timeout=30, what="sent")
+    assert len(mailbox.for_recipient(to)) == 1
+    assert [h["status"] for h in client.get(f"/v1/messages/{message['id']}").json()["history"]] \
+        == ["queued", "sending", "sent"]
+
+
 def test_a_scheduled_message_whose_recipient_is_suppressed_after_submit_is_not_sent(
         isolated: Isolated, client: TestClient, mailbox: Mailbox, unique: str) -> None:
     # GIVEN a password reset scheduled for a few seconds from now

@@ -3,8 +3,9 @@
 The rule lives in ``refusal`` alone; only where its facts come from differs by path:
 
 - every transactional message, sequence step and SMTP submission is checked against the suppression
-  list when it is accepted (``at_submit``, one request); a refused one is recorded ``suppressed`` and
-  never enqueued;
+  list when it is accepted (``at_submit``, one request; for an API message to one address, no request of
+  its own: ``unlisted_checks`` in the message's write, ``at_submit`` only where they fail); a refused one
+  is recorded ``suppressed`` and never enqueued;
 - at send time, transactional mail and sequence steps read the stop events their worker follows
   (``at_send``), in memory: the stream keeps the latest event of every address and scope, and a replay
   from a margin before the message was accepted holds every change since the submit-time check, so a
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from datetime import datetime
+from typing import Any
 
 from jetmail.deliverability.stops import PLAN_MARGIN, SCOPE_ALL, SCOPE_ERASED, LiveStops
 from jetmail.deliverability.suppressions import SuppressionStore, blocks
@@ -61,6 +63,12 @@ class SuppressionPolicy:
         """A message being accepted: the suppression list as it is now (one request)."""
         entry = self.store.get(email)
         return refusal(_listed(entry.reason if entry else None), category=category)
+
+    def unlisted_checks(self, email: str) -> list[dict[str, Any]]:
+        """``at_submit`` made part of a message's own write: ConditionChecks that hold while the address is on
+        no suppression list (no request of their own). Where one fails the address has an entry, and
+        ``at_submit`` says whether it refuses the message's category."""
+        return self.store.unlisted_checks(email)
 
     def at_submit_all(self, emails: Iterable[str], *, category: str) -> dict[str, str]:
         """{address: refusal} for the refused ones among ``emails`` (one SMTP submission's recipients): one

@@ -133,6 +133,14 @@ class SuppressionStore:
         item = items.get(keys.ERASED) or items.get(own.pk)
         return Suppression.model_validate(item) if item else None
 
+    def unlisted_checks(self, email: str) -> list[dict[str, Any]]:
+        """TransactWriteItems ConditionChecks that hold while the address has neither of the entries ``get``
+        reads (its own, its pseudonym's erased one): a write made with them is the read and the write at once."""
+        wanted = [keys.suppression(email.lower())]
+        if self.pseudonyms is not None:
+            wanted.append(keys.erased(self.pseudonyms.digest(email)))
+        return [self.table.check_op(*key, condition="attribute_not_exists(pk)") for key in wanted]
+
     def remove(self, email: str) -> bool:
         """Lift the address's own entry; an erasure is never lifted (it is not the address's to lift)."""
         if self.table.get(*keys.suppression(email.lower())) is None:

@@ -18,7 +18,7 @@ import json
 import re
 import secrets
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -73,6 +73,8 @@ class SubmitCheck(Protocol):
     address may not get this category of mail (``suppressed: <reason>``), or None."""
 
     def at_submit(self, email: str, *, category: str) -> str | None: ...
+
+    def unlisted_checks(self, email: str) -> list[dict[str, Any]]: ...
 
     def at_submit_all(self, emails: Iterable[str], *, category: str) -> dict[str, str]: ...
 
@@ -556,10 +558,19 @@ class MessageRepository:
         return [self.table.put_op(record, condition="attribute_not_exists(pk)"),
                 *(self.table.put_op(row) for row in self.index_rows(record))]
 
-    def create(self, record: dict[str, Any]) -> None:
+    def create(self, record: dict[str, Any], *, checks: Sequence[dict[str, Any]] = ()) -> bool:
         """Write a new message with its index rows: one TransactWriteItems of 2 + tags + copies items (twice their
-        write units, as every transaction). ConditionFailed when the message exists."""
-        self.table.transact(self.create_ops(record))
+        write units, as every transaction). ConditionFailed when the message exists. With ``checks``
+        (ConditionCheck operations, ``SubmitCheck.unlisted_checks``) the write is conditional on them too:
+        False, and nothing written, when one of them fails."""
+        ops = self.create_ops(record)
+        try:
+            self.table.transact([*ops, *checks])
+        except ConditionFailed as exc:
+            if any(i >= len(ops) for i in exc.failed):
+                return False
+            raise
+        return True
 
     def page_of_recipient(self, address: str, *, since: str | None, until: str | None,
                           filter: str | None, names: dict[str, str], params: dict[str, Any], limit: int,
@@ -768,12 +779,15 @@ class MessageService:
         NotCompliant (a marketing template without an unsubscribe link or postal address), InvalidMessage
         and AttachmentsTooLarge. A suppressed ``to`` makes the message ``suppressed``, not enqueued; a
         suppressed cc or bcc address is dropped and listed in ``suppressed_recipients``. Costs the template
-        head (cached), one suppression read per 100 addresses, the idempotency writes, one TransactWriteItems
-        (the message and its message-log index rows), and for attachments one object-store put."""
+        head (cached), the idempotency writes, one TransactWriteItems (the message and its message-log index
+        rows; for a message to one address, also the check that the address is on no suppression list), and
+        for attachments one object-store put; with cc or bcc, one suppression read per 100 addresses before,
+        and for a listed address one read after."""
         template = self.check(request)
         category = template.category or "transactional"
         refused: str | None = None
         dropped: list[dict[str, str]] = []
+        checks: list[dict[str, Any]] = []
         if self.policy is not None:
             copies = [*request.cc, *request.bcc]
             if copies:
@@ -782,7 +796,8 @@ class MessageService:
                 dropped = [{"address": a, "role": role, "reason": found[a]}
                            for role in ("cc", "bcc") for a in getattr(request, role) if a in found]
             else:
-                refused = self.policy.at_submit(request.to, category=category)
+                # no read: the message's own write holds while the address is on no suppression list
+                checks = self.policy.unlisted_checks(request.to)
         message_id = new_message_id()
         due = request.send_at is not None and request.send_at > datetime.now(UTC)
         status = MessageStatus.SUPPRESSED if refused else MessageStatus.SCHEDULED if due else MessageStatus.QUEUED
@@ -803,7 +818,7 @@ class MessageService:
                 if existing is None:  # expired between the two reads: treat as new
                     return self.submit(request, api_key_id=api_key_id, idempotency_key=idempotency_key, extra=extra)
                 if existing["message_id"] == message_id:  # our own claim, repeated by the SDK after a lost reply
-                    return self._create(record, request), True
+                    return self._create(record, request, checks), True
                 if existing["body_hash"] != body_hash:
                     raise IdempotencyConflict(
                         "this Idempotency-Key was used with a different request body"
@@ -816,7 +831,7 @@ class MessageService:
                         assert self.blobs is not None
                         self.blobs.put(attachments_ref(record["id"]), encode_attachments(request.attachments))
                     try:
-                        self.messages.create(record)
+                        self._write(record, checks)
                     except ConditionFailed:
                         pass  # a concurrent retry completed it
                     item = self.messages.get(existing["message_id"])
@@ -824,7 +839,7 @@ class MessageService:
                     # the first attempt may have died before enqueueing; the job id de-duplicates
                     self._enqueue(item["id"], request)
                 return public(item), False
-        return self._create(record, request), True
+        return self._create(record, request, checks), True
 
     def check_inline(self, request: SendRequest) -> TemplateVersion:
         """Inline content as a template version, through the checks a stored template passes on save
@@ -856,13 +871,31 @@ class MessageService:
                                      "(JETMAIL_SUBMISSION_RETENTION_HOURS); send_at must be within that, "
                                      "less an hour")
 
-    def _create(self, record: dict[str, Any], request: SendRequest) -> MessagePublic:
+    def _write(self, record: dict[str, Any], checks: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        """Create the message, with ``checks`` in its transaction when the submit-time suppression check is left
+        to them; when one fails the address has an entry, and ``at_submit`` says whether it refuses this
+        message (recorded ``suppressed``, with why) or not (recorded as it was). Returns the record written;
+        ConditionFailed when the message exists."""
+        if self.messages.create(record, checks=checks):
+            return record
+        assert self.policy is not None
+        refused = self.policy.at_submit(record["to"], category=record["category"])
+        if refused:
+            status = MessageStatus.SUPPRESSED.value
+            record = {**record, "status": status,
+                      "history": [{"status": status, "at": record["created_at"], "detail": refused}]}
+        self.messages.create(record)
+        return record
+
+    def _create(self, record: dict[str, Any], request: SendRequest,
+                checks: Sequence[dict[str, Any]] = ()) -> MessagePublic:
         if request.attachments and record["status"] != MessageStatus.SUPPRESSED:
-            # before the record: a worker that finds the record finds its attachments
+            # before the record: a worker that finds the record finds its attachments (a message refused by
+            # its ``checks`` leaves them to the store's TTL)
             assert self.blobs is not None
             self.blobs.put(attachments_ref(record["id"]), encode_attachments(request.attachments))
         try:
-            self.messages.create(record)
+            record = self._write(record, checks)
         except ConditionFailed:
             # the id was made by this call, so the item can only be our own write: the SDK repeated a
             # transaction whose reply was lost (a timeout after DynamoDB applied it)

@@ -216,6 +216,13 @@ class Table:
         return _with_expressions({"TableName": self.name, "Key": _key(pk, sk), "UpdateExpression": expression},
                                  **expressions)
 
+    def check_op(self, pk: str, sk: str, *, condition: str, names: Mapping[str, str] | None = None,
+                 params: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """A TransactWriteItems ConditionCheck: the transaction applies only while the item under (pk, sk)
+        (present or not) meets ``condition``; it writes nothing itself."""
+        return {"ConditionCheck": _with_expressions({"TableName": self.name, "Key": _key(pk, sk)},
+                                                    condition=condition, names=names, params=params)}
+
     def delete(self, pk: str, sk: str, *, condition: str | None = None) -> None:
         request = _with_expressions({"TableName": self.name, "Key": _key(pk, sk)}, condition=condition)
         try:
