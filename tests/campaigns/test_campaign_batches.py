@@ -156,6 +156,27 @@ def test_a_batch_run_again_mails_nobody_twice_and_reports_the_first_outcomes(
     # and the campaign counted the batch once
     item = services.campaign_store.get(campaign_id)
     assert (item["sent"], item["failed"], item["skipped"], item["batches_done"]) == (3, 1, 1, 1)
+    # with its mark an item of its own: the campaign item does not grow by a batch
+    assert "done_batches" not in item
+
+
+def test_a_batch_whose_recipients_were_all_skipped_is_counted_once(
+        isolated: Isolated, client: TestClient, services: Services, mailbox: Mailbox, unique: str) -> None:
+    # GIVEN a batch of two suppressed addresses
+    domain = f"s{unique}.example.com"
+    campaign_id = draft_campaign(client, f"skipped-{unique}")
+    gone = [f"gone-{i}@{domain}" for i in range(2)]
+    for address in gone:
+        services.suppressions.add(address, reason="hard_bounce", source="test")
+    job = BatchJob(campaign_id=campaign_id, run="main", batch=1, recipients=[BatchRecipient(email=e) for e in gone])
+    # WHEN it runs, and then runs again as a redelivery would
+    first = run_batch(isolated, job)
+    again = run_batch(isolated, job, attempt=2)
+    # THEN both runs report the two skipped, nobody was mailed, and the campaign counted the batch once
+    assert first == again == BatchCounts(sent=0, failed=0, skipped=2), (first, again)
+    assert mailed(mailbox, domain) == {}
+    item = services.campaign_store.get(campaign_id)
+    assert (item["sent"], item["skipped"], item["batches_done"]) == (0, 2, 1)
 
 
 def test_a_batch_job_written_with_one_letter_keys_validates_and_goes_out_as_it_came() -> None:

@@ -20,8 +20,8 @@ the recipient of a message is one GetItem; its send outcome is in its batch's jo
 (``campaigns.signals``) and its later events are in the stats table. A batch item also keeps the rest of
 its job's payload (``job``: priority, stop-event replay start, names and attributes), so a plan
 re-executed after a crash enqueues it again unchanged. A finished batch adds its
-counts to the campaign item in one conditional UpdateItem that also adds the batch's mark to the
-``done_batches`` set, so a redelivered batch can never count twice.
+counts to the campaign item in the same TransactWriteItems that writes the batch's ``SENT#`` mark in the
+stats table (conditional on its absence), so a redelivered batch can never count twice.
 
 Permanent failures (a provider's 5xx, ``gave up: ...`` after the last retry, ``cannot render: ...``)
 are kept on their planned batch item as ``failures``: a map of position -> {reason, at}, written by
@@ -235,23 +235,26 @@ class CampaignStore:
     def finish_batch(self, campaign_id: str, *, run: str, batch: int, counts: BatchCounts,
                      variant: str | None = None, failures: dict[int, str] | None = None) -> bool:
         """Add a batch's counts to the campaign and the send counters once, in one TransactWriteItems:
-        the batch's mark on the campaign and its ``SENT#`` mark in the stats table ride in it, so a
-        redelivered batch can never count twice. False when it was counted before.
+        the batch's ``SENT#`` mark in the stats table rides in it (written even when every recipient was
+        skipped), so a redelivered batch can never count twice. The mark is an item of its own, not a
+        member of a set on the campaign item: the campaign item, updated once per batch, stays the same
+        size however many batches the campaign has (DynamoDB bills and throttles a write by the item's
+        size). False when it was counted before.
 
         ``failures`` (position -> reason) are kept on the batch item in the same transaction, so a
         ``failed`` count on the campaign always has its rows to show."""
         mark = f"{run}#{batch}"
         ops = [self.table.update_op(
             *keys.campaign(campaign_id),
-            expression="ADD sent :s, failed :f, skipped :k, batches_done :one, done_batches :mark",
-            params={":s": counts.sent, ":f": counts.failed, ":k": counts.skipped,
-                    ":one": 1, ":mark": {mark}, ":m": mark},
+            expression="ADD sent :s, failed :f, skipped :k, batches_done :one",
+            params={":s": counts.sent, ":f": counts.failed, ":k": counts.skipped, ":one": 1, ":m": mark},
+            # a batch counted while marks were kept in this set on the campaign item
             condition="NOT contains(done_batches, :m)",
         )]
         if failures:
             ops.append(self._failures_op(campaign_id, run=run, batch=batch, failures=failures))
         return self.counters.record_sends(f"{campaign_id}#{mark}", sent=counts.sent, failed=counts.failed,
-                                          campaign_id=campaign_id, variant=variant, with_ops=ops)
+                                          campaign_id=campaign_id, variant=variant, with_ops=ops, once=True)
 
     def batch(self, campaign_id: str, *, run: str, batch: int) -> dict[str, Any] | None:
         return self.table.get(*keys.batch(campaign_id, run, batch))

@@ -61,15 +61,18 @@ class Counters:
 
     def record_sends(self, key: str, *, sent: int, failed: int = 0, campaign_id: str | None = None,
                      variant: str | None = None, at: datetime | None = None,
-                     with_ops: Sequence[dict[str, Any]] = ()) -> bool:
+                     with_ops: Sequence[dict[str, Any]] = (), once: bool = False) -> bool:
         """Add the sends and failures of one campaign batch or one message, once per ``key``: a
         ``SENT#<key>`` mark rides in the same TransactWriteItems. False when it was counted before.
+        ``once``: the mark is written even when nothing is sent or failed, so ``with_ops`` apply once per
+        ``key`` too (a campaign batch whose recipients were all skipped still counts once).
 
         Account-wide days and hours, and for a campaign its totals, its hour and its variant, so a
         report's timeline shows sends per hour next to the events. ``with_ops`` (``put_op`` /
         ``update_op`` operations, on any table) ride in the same transaction: the caller's own record of
         the outcome, so outcome and counters are written together or not at all, in one request."""
-        if sent <= 0 and failed <= 0:
+        counted = sent > 0 or failed > 0
+        if not counted and not once:
             if not with_ops:
                 return False
             try:
@@ -80,8 +83,10 @@ class Counters:
         at = (at or datetime.now(UTC)).astimezone(UTC)
         mark = keys.send_mark(key).item(expires_at=int(at.timestamp()) + SEND_MARK_DAYS * 86400)
         ops = [self.stats.put_op(mark, condition="attribute_not_exists(pk)")]
-        ops += [self.stats.update_op(*row, expression="ADD sent :s, failed :f", params={":s": sent, ":f": failed})
-                for row in self._rows(at, campaign_id, variant)]
+        if counted:
+            ops += [self.stats.update_op(*row, expression="ADD sent :s, failed :f",
+                                         params={":s": sent, ":f": failed})
+                    for row in self._rows(at, campaign_id, variant)]
         ops += with_ops
         try:
             self.stats.transact(ops)
