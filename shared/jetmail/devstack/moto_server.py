@@ -21,6 +21,9 @@ parsed once (moto parsed it again for every request). Item reads (GetItem, Batch
 are answered as plain JSON: moto's generic serializer walks the output shape for every attribute of
 every item, most of what a page of items cost. What survives a full garbage collection is frozen
 (``GcPauses``): a full collection walked every stored item, holding up every request for 1.3 s at a time.
+The server is waitress, which keeps a client's connection for its next request: moto's own (werkzeug's
+development server) closes every connection after one answer, so each DynamoDB call of the local stack
+opened a connection and started a thread.
 
 For the reliability suite, a share of DynamoDB requests can be made to fail:
 ``POST /_jetmail/faults {"share": 0.05, "errors": ["ThrottlingException", "stall"], "seed": 1}``.
@@ -57,6 +60,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Any, cast
 
+import waitress  # type: ignore[import-untyped]
 from moto import backends as moto_backends
 from moto.core.common_types import TYPE_RESPONSE
 from moto.core.responses import ActionResult, BaseResponse
@@ -77,7 +81,6 @@ from moto.dynamodb.parsing.expressions import UpdateExpressionParser  # type: ig
 from moto.dynamodb.responses import DynamoHandler
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
 from pydantic import BaseModel, Field, ValidationError
-from werkzeug.serving import run_simple
 
 STALL = "stall"
 LOST_REPLY = "lost_reply"
@@ -577,26 +580,27 @@ class Serialized:
                     held[2] = max(held[2], took)
 
 
+# threads applying requests (one at a time, ``Serialized``) or holding an injected stall or lost reply
+SERVER_THREADS = 48
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="moto server with isolated requests (jetmail local stack)")
     parser.add_argument("-H", "--host", default="127.0.0.1")
     parser.add_argument("-p", "--port", type=int, default=5055)
     args = parser.parse_args()
     os.environ.setdefault("MOTO_PORT", str(args.port))
-    try:
-        from moto.server import MotoRequestHandler  # type: ignore[attr-defined]  # not re-exported by moto
-    except ImportError:  # older moto
-        MotoRequestHandler = None  # type: ignore[assignment,misc]
     # moto lists its package directory to route every request (one isdir per service): once is enough
     listed = tuple(moto_backends.list_of_moto_modules())
     moto_backends.list_of_moto_modules = lambda: listed
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no log line per request
     app = DomainDispatcherApplication(create_backend_app)
     gc.freeze()  # moto's modules and backends: nothing a collection could free
-    options: dict[str, Any] = {"threaded": True}
-    if MotoRequestHandler is not None:
-        options["request_handler"] = MotoRequestHandler
-    run_simple(args.host, args.port, Serialized(app), **options)
+    logging.getLogger("waitress.queue").setLevel(logging.ERROR)  # requests waiting for a thread are the norm
+    # waitress keeps a client's connection for its next request; werkzeug's server, moto's own, answers every
+    # request with ``Connection: close``, so each DynamoDB call of the stack opened a connection and the
+    # emulator started a thread for it
+    waitress.serve(Serialized(app), host=args.host, port=args.port, threads=SERVER_THREADS,
+                   connection_limit=2000, asyncore_use_poll=True, ident="jetmail-moto")
 
 
 if __name__ == "__main__":
