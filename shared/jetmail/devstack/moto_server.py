@@ -48,6 +48,7 @@ import bisect
 import copy
 import functools
 import gc
+import io
 import json
 import logging
 import os
@@ -507,7 +508,9 @@ class GcPauses:
 class Serialized:
     """Applies one request at a time, and counts DynamoDB requests by operation for the cost
     benchmarks (``GET /_jetmail/requests``), with the time each operation held the emulator
-    (``GET /_jetmail/timings``: count, total and slowest, in ms; with the garbage collections' pauses)."""
+    (``GET /_jetmail/timings``: count, total and slowest, in ms, and what the slowest request was; with the
+    garbage collections' pauses). ``POST /_jetmail/timings`` starts the slowest afresh (a benchmark's
+    phase of its own)."""
 
     def __init__(self, app: Callable[..., Iterable[bytes]]) -> None:
         self.app = app
@@ -515,6 +518,7 @@ class Serialized:
         self.gc = GcPauses()
         self.counts: Counter[str] = Counter()
         self.held: dict[str, list[float]] = {}  # operation -> [count, total s, slowest s]
+        self.slowest: dict[str, str] = {}  # operation -> what its slowest request was (``_described``)
         self.faults = Faults()
         self.ses_quota = SesQuota()
 
@@ -524,9 +528,15 @@ class Serialized:
             return _json(start_response, "200 OK", dict(self.counts))
         if path == "/_jetmail/timings":
             # garbage collections run inside the requests that trigger them: their time is counted there too
+            if environ.get("REQUEST_METHOD") == "POST":
+                for row in (*self.held.values(), *self.gc.by_generation.values()):
+                    row[2] = 0.0
+                self.slowest.clear()
             rows = {**self.held, **{f"gc generation {gen}": row for gen, row in self.gc.by_generation.items()}}
             return _json(start_response, "200 OK", {op: {"count": int(n), "total_ms": round(total * 1000, 1),
-                                                         "max_ms": round(most * 1000, 1)}
+                                                         "max_ms": round(most * 1000, 1),
+                                                         **({"slowest": self.slowest[op]} if op in self.slowest
+                                                            else {})}
                                                     for op, (n, total, most) in rows.items()})
         if path == "/_jetmail/faults":
             if environ.get("REQUEST_METHOD") == "POST":
@@ -566,18 +576,51 @@ class Serialized:
                 return _json(start_response, "400 Bad Request",
                              {"__type": f"com.amazonaws.dynamodb.v20120810#{fault}",
                               "message": f"injected {fault}"}, "application/x-amz-json-1.0")
+        body = b""
+        if target.startswith("DynamoDB_"):
+            body = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
+            environ["wsgi.input"] = io.BytesIO(body)
         with self.lock:
             started = time.perf_counter()
+            answer: list[bytes] = []
             try:
-                return list(self.app(environ, start_response))
+                answer = list(self.app(environ, start_response))
+                return answer
             finally:
                 self.gc.freeze_survivors()
                 if target.startswith("DynamoDB_"):
                     took = time.perf_counter() - started
-                    held = self.held.setdefault(target.split(".", 1)[-1], [0, 0.0, 0.0])
+                    operation = target.split(".", 1)[-1]
+                    held = self.held.setdefault(operation, [0, 0.0, 0.0])
                     held[0] += 1
                     held[1] += took
-                    held[2] = max(held[2], took)
+                    if took > held[2]:
+                        held[2] = took
+                        self.slowest[operation] = _described(body, sum(map(len, answer)))
+
+
+def _described(body: bytes, answered: int) -> str:
+    """A DynamoDB request in a few words, for the slowest of its kind: the table and index, the partition a
+    Query reads (its first key value) and its Limit, a transaction's or batch's actions, the answer's size."""
+    try:
+        request = json.loads(body)
+    except ValueError:
+        return f"{len(body)} B, answered {answered} B"
+    parts = [str(request.get("TableName", ""))]
+    if request.get("IndexName"):
+        parts.append(f"index {request['IndexName']}")
+    values = request.get("ExpressionAttributeValues") or {}
+    if "KeyConditionExpression" in request and values:
+        first = next(iter(values.values()))
+        parts.append(f"first value {str(next(iter(first.values())))[:40]}")
+    if "Limit" in request:
+        parts.append(f"limit {request['Limit']}")
+    if "TransactItems" in request:
+        kinds = Counter(kind for action in request["TransactItems"] for kind in action)
+        parts.append(", ".join(f"{n} {kind}" for kind, n in kinds.items()))
+    for table, wanted in (request.get("RequestItems") or {}).items():
+        parts.append(f"{table}: {len(wanted if isinstance(wanted, list) else wanted.get('Keys', []))} items")
+    return f"{' '.join(p for p in parts if p)}; {len(body)} B asked, {answered} B answered"
 
 
 # threads applying requests (one at a time, ``Serialized``) or holding an injected stall or lost reply
