@@ -11,7 +11,8 @@ from jetmail.storage.table import Table
 
 
 def timings(stack: StackState, *, post: bool = False) -> dict[str, Any]:
-    request = urllib.request.Request(f"{stack.services['moto'].url}/_jetmail/timings", data=b"" if post else None)
+    url = f"{stack.services['moto'].url}/_jetmail/timings"
+    request = urllib.request.Request(url, data=b"" if post else None)  # noqa: S310 - the stack's own moto server
     with urllib.request.urlopen(request, timeout=10) as resp:  # noqa: S310 - the stack's own moto server
         return dict(json.loads(resp.read()))
 
