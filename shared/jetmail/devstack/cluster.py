@@ -170,12 +170,15 @@ class NatsCluster:
             node.config.write_text(own)
 
     def start(self, *, timeout: float = 60.0) -> NatsCluster:
-        """Start every node and wait until each reports JetStream ready (which needs a meta-leader)."""
+        """Start every node and wait until each reports JetStream ready (which needs a meta-leader) and the
+        meta-leader counts every other node as a current peer (before that, a stream of three replicas
+        cannot be placed: "no suitable peers for placement, peer offline")."""
         self.write_configs()
         for name in self.nodes:
             self._spawn(name)
         for name in self.nodes:
             self._wait_ready(name, timeout=timeout)
+        wait_until(self._every_peer_current, timeout=timeout, what="every node a current peer of the meta-leader")
         return self
 
     def kill(self, name: str, sig: signal.Signals = signal.SIGKILL) -> None:
@@ -266,6 +269,18 @@ class NatsCluster:
         # /healthz with js-enabled-only answers before the cluster has a meta-leader; wait for that too
         wait_until(lambda: self._has_meta_leader(name), timeout=timeout, what=f"{name} joining the cluster",
                    proc=node.proc, log=node.log)
+
+    def _every_peer_current(self) -> bool:
+        for name in self.nodes:
+            try:
+                meta = self.jsz(name).get("meta_cluster") or {}
+            except OSError:
+                continue
+            if meta.get("leader") == name:
+                peers = meta.get("replicas") or []
+                return len(peers) == len(self.nodes) - 1 and all(p.get("current") and not p.get("offline")
+                                                                 for p in peers)
+        return False
 
     def _has_meta_leader(self, name: str) -> bool:
         try:
