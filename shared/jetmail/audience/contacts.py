@@ -2,7 +2,7 @@
 
 A membership row carries a snapshot of what sending needs (address, name, language, time zone,
 attributes), packed in one JSON attribute, so a campaign reads its audience with one Query per page
-(1,000 members in a plan) and no per-contact reads. The contact item keeps a ``lists`` map
+(300 members in a plan) and no per-contact reads. The contact item keeps a ``lists`` map
 {list id: status}; every write of a contact rewrites the snapshots of the lists it names, so they stay
 in step with the contact.
 

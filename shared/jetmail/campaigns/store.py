@@ -55,6 +55,9 @@ from jetmail.storage.cursors import InvalidCursor, pack, unpack
 from jetmail.storage.table import ConditionFailed, Table, key_values, resume_after
 
 COUNTERS = ("total", "sent", "failed", "skipped")
+# planned batch items per BatchWriteItem: each holds up to 100 recipients with their details (~9 KB here), and
+# a request of 25 (~220 KB) held the local emulator for ~130 ms, every other request of the stack waiting
+RECORDED_PER_REQUEST = 8
 
 
 def now_iso() -> str:
@@ -213,7 +216,7 @@ class CampaignStore:
         its batch job carries (each recipient's compact form without its address), so a re-executed plan
         can enqueue it again unchanged."""
         expires_at = int(time.time()) + self.retention_s
-        return self.table.batch_put([
+        return self.table.batch_put(per_request=RECORDED_PER_REQUEST, items=[
             keys.batch(campaign_id, run, b.number).item(
                 variant=b.variant, recipients=[r.email for r in b.recipients], expires_at=expires_at,
                 job=json.dumps({"priority": b.priority, "stops_from": b.stops_from,

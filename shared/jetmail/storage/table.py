@@ -315,11 +315,13 @@ class Table:
                     time.sleep(delay)  # back off on throttling as the SDK guide asks
                     delay = min(delay * 2, 2.0)
 
-    def batch_put(self, items: Sequence[Mapping[str, Any]]) -> int:
-        """Write items 25 per request, retrying unprocessed ones; returns the number of requests made."""
+    def batch_put(self, items: Sequence[Mapping[str, Any]], *, per_request: int = BATCH_WRITE_MAX) -> int:
+        """Write items 25 (or ``per_request``, fewer) per request, retrying unprocessed ones; returns the number
+        of requests made."""
         requests = 0
-        for offset in range(0, len(items), BATCH_WRITE_MAX):
-            pending = [{"PutRequest": {"Item": to_item(i)}} for i in items[offset : offset + BATCH_WRITE_MAX]]
+        per_request = min(per_request, BATCH_WRITE_MAX)
+        for offset in range(0, len(items), per_request):
+            pending = [{"PutRequest": {"Item": to_item(i)}} for i in items[offset : offset + per_request]]
             delay = 0.05
             while pending:
                 resp = self.client.batch_write_item(RequestItems={self.name: pending})
