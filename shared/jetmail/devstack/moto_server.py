@@ -578,7 +578,8 @@ class Serialized:
                               "message": f"injected {fault}"}, "application/x-amz-json-1.0")
         body = b""
         if target.startswith("DynamoDB_"):
-            body = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
+            length = environ.get("CONTENT_LENGTH")
+            body = environ["wsgi.input"].read(int(length)) if length else environ["wsgi.input"].read()
             environ["wsgi.input"] = io.BytesIO(body)
         with self.lock:
             started = time.perf_counter()
