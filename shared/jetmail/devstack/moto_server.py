@@ -578,8 +578,8 @@ class Serialized:
                               "message": f"injected {fault}"}, "application/x-amz-json-1.0")
         body = b""
         if target.startswith("DynamoDB_"):
-            length = environ.get("CONTENT_LENGTH")
-            body = environ["wsgi.input"].read(int(length)) if length else environ["wsgi.input"].read()
+            declared = environ.get("CONTENT_LENGTH")
+            body = environ["wsgi.input"].read(int(declared)) if declared else environ["wsgi.input"].read()
             environ["wsgi.input"] = io.BytesIO(body)
         with self.lock:
             started = time.perf_counter()
