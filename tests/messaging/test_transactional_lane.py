@@ -64,6 +64,12 @@ def status(client: TestClient, message_id: str) -> str:
     return str(client.get(f"/v1/messages/{message_id}").json()["status"])
 
 
+def sent_once(client: TestClient, mailbox: Mailbox, message_id: str, to: str) -> None:
+    """Wait until the message is ``sent``, then check it reached the sink once."""
+    wait_until(lambda: status(client, message_id) == "sent", timeout=60, what="sent")
+    assert len(mailbox.for_recipient(to)) == 1
+
+
 def moto_requests(isolated: Isolated) -> dict[str, int]:
     """DynamoDB requests the module's moto server has answered, by operation."""
     url = f"{isolated.settings.aws_endpoint_url}/_jetmail/requests"
@@ -180,8 +186,7 @@ def test_a_reset_is_checked_against_the_suppression_list_inside_its_own_write(
     # were part of the message's one transaction
     assert calls.touching("SUPP#") == ["TransactWriteItems.ConditionCheck"] * 2, calls.touching("SUPP#")
     assert message["status"] == "queued"
-    wait_until(lambda: status(client, message["id"]) == "sent", timeout=30, what="sent")
-    assert len(mailbox.for_recipient(to)) == 1
+    sent_once(client, mailbox, message["id"], to)
 
 
 def test_an_address_unsubscribed_from_marketing_still_gets_its_reset(
@@ -197,8 +202,7 @@ def test_an_address_unsubscribed_from_marketing_still_gets_its_reset(
     assert "TransactWriteItems.ConditionCheck" in calls.touching("SUPP#")
     assert {"BatchGetItem", "GetItem"} & set(calls.touching("SUPP#"))
     assert message["status"] == "queued"
-    wait_until(lambda: status(client, message["id"]) == "sent", timeout=30, what="sent")
-    assert len(mailbox.for_recipient(to)) == 1
+    sent_once(client, mailbox, message["id"], to)
     assert [h["status"] for h in client.get(f"/v1/messages/{message['id']}").json()["history"]] \
         == ["queued", "sending", "sent"]
 
@@ -245,8 +249,7 @@ def test_a_suppression_lifted_before_the_send_lets_the_message_go(
     # WHEN the suppression is lifted before the message is due
     assert isolated.services.suppressions.remove(to)
     # THEN the latest word on the address counts: it is sent
-    wait_until(lambda: status(client, message["id"]) == "sent", timeout=60, what="sent")
-    assert len(mailbox.for_recipient(to)) == 1
+    sent_once(client, mailbox, message["id"], to)
 
 
 def test_a_saved_template_takes_effect_after_the_cache_time(
