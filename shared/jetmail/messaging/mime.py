@@ -16,6 +16,7 @@ import base64
 import binascii
 import re
 import secrets
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -477,9 +478,7 @@ def build_message(
         message_id = f"<{message_id}>"
     if not _MESSAGE_ID.fullmatch(message_id):
         raise ValueError(f"invalid message id {message_id!r}")
-    if date is None:
-        date = datetime.now(UTC)
-    elif date.tzinfo is None:
+    if date is not None and date.tzinfo is None:
         raise ValueError("date must be timezone-aware")
 
     head = [
@@ -491,7 +490,8 @@ def build_message(
     if replies:
         head.append(_header("Reply-To", ", ".join(_mailbox(r) for r in replies)))
     head.append(_header("Subject", _unstructured(subject)))
-    head.append(f"Date: {format_datetime(date)}\r\nMessage-ID: {message_id}\r\nMIME-Version: 1.0\r\n")
+    stamp = _date_now(int(time.time())) if date is None else format_datetime(date)
+    head.append(f"Date: {stamp}\r\nMessage-ID: {message_id}\r\nMIME-Version: 1.0\r\n")
     for name, value in extra.items():
         head.append(_header(name, _unstructured(value)))
 
@@ -530,6 +530,12 @@ def build_message(
         sender=sender.addr_spec,
         recipients=tuple(r.addr_spec for r in (*recipients, *copies, *blind)),
     )
+
+
+@lru_cache(maxsize=2)
+def _date_now(second: int) -> str:
+    """The Date field of mail built in this second: the same for every message of it, worked out once."""
+    return format_datetime(datetime.fromtimestamp(second, UTC))
 
 
 def _boundary(payloads: Iterable[bytes]) -> str:
