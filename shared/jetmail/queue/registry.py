@@ -29,7 +29,10 @@ class TaskDef:
         return self.model.model_validate(payload)
 
     def normalise(self, payload: Mapping[str, Any] | BaseModel) -> dict[str, Any]:
-        """Validate a payload for enqueueing and return the JSON-ready dict that goes on the wire."""
+        """Validate a payload for enqueueing and return the JSON-ready dict that goes on the wire. An instance
+        of the task's own model was validated when it was made: it is dumped, not validated again."""
+        if self.model is not None and type(payload) is self.model:
+            return payload.model_dump(mode="json")
         if isinstance(payload, BaseModel):
             payload = payload.model_dump(mode="json")
         if self.model is None:

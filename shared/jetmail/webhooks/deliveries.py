@@ -92,10 +92,12 @@ class DeliveryLog:
                 for item in self.table.batch_get(wanted, projection=("event",)) if item.get("event")]
 
     def record(self, endpoint_id: str, attempts: Sequence[DeliveryAttempt], *,
-               keep: Sequence[WebhookEvent] = ()) -> int:
+               keep: Sequence[WebhookEvent] = (), bodies: Mapping[str, str] | None = None) -> int:
         """Log the attempts of one delivery job, and keep the events ``keep`` names (what a replay sends again)
-        each with its attempt: one BatchWriteItem per 25 rows; returns the requests made."""
+        each with its attempt: one BatchWriteItem per 25 rows; returns the requests made. ``bodies``: events'
+        JSON by id, as the job POSTed them (else each is dumped here)."""
         expires = self._expires()
+        made = bodies or {}
         packed = [a.model_dump_json() for a in attempts]
         rows: list[dict[str, Any]] = []
         for first, array in _packed_rows(packed):
@@ -110,12 +112,14 @@ class DeliveryLog:
             event = kept.pop(attempt.event_id, None)
             if event is not None:
                 rows.append(keys.webhook_event(endpoint_id, event.id)
-                            .item(event=event.model_dump_json(), attempt=one, expires_at=expires, **index))
+                            .item(event=made.get(event.id) or event.model_dump_json(), attempt=one,
+                                  expires_at=expires, **index))
             elif index and (attempt.event_id, attempt.at, attempt.attempt) not in indexed:
                 indexed.add((attempt.event_id, attempt.at, attempt.attempt))
                 rows.append(keys.webhook_event_attempt(endpoint_id, attempt.event_id, attempt.at, attempt.attempt)
                             .item(attempt=one, expires_at=expires, **index))
-        rows.extend(keys.webhook_event(endpoint_id, e.id).item(event=e.model_dump_json(), expires_at=expires)
+        rows.extend(keys.webhook_event(endpoint_id, e.id).item(event=made.get(e.id) or e.model_dump_json(),
+                                                               expires_at=expires)
                     for e in kept.values())  # kept without an attempt of this job
         return self.table.batch_put(rows) if rows else 0
 

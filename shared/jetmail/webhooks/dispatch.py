@@ -37,7 +37,7 @@ from jetmail.storage import keys
 from jetmail.storage.table import Table
 from jetmail.webhooks import signing, transport
 from jetmail.webhooks.deliveries import DeliveryAttempt, DeliveryLog
-from jetmail.webhooks.emitter import DELIVER_TASK, WEBHOOK_QUEUE
+from jetmail.webhooks.emitter import DELIVER_TASK, DELIVERY_BATCH, WEBHOOK_QUEUE, DeliverJob
 from jetmail.webhooks.endpoints import Endpoint, EndpointCache, EndpointNotFound, EndpointStore
 from jetmail.webhooks.events import WebhookEvent
 
@@ -47,7 +47,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger("jetmail.webhooks")
 
 DELIVERY_MAX_RETRIES = 1000  # the give-up time ends a delivery long before this count
-DELIVERY_BATCH = 100  # events in one delivery job, at most (a campaign batch's sends fit one)
 POST_CONCURRENCY = 16  # requests one delivery job has in flight to its endpoint, at most
 # the events whose source built them from the message record, metadata and tags included
 _FROM_RECORD = frozenset({"message.queued", "message.sent", "message.failed"})
@@ -136,8 +135,7 @@ class Dispatcher:
                 continue
             chunks = list(_chunks(matching, DELIVERY_BATCH))
             refs = await self.queue.enqueue_many(
-                DELIVER_TASK, [{"endpoint_id": endpoint.id, "events": [e.model_dump(mode="json") for e in chunk]}
-                               for chunk in chunks],
+                DELIVER_TASK, [DeliverJob(endpoint_id=endpoint.id, events=list(chunk)) for chunk in chunks],
                 queue=WEBHOOK_QUEUE, job_ids=[delivery_job_id(endpoint.id, chunk) for chunk in chunks],
                 max_retries=DELIVERY_MAX_RETRIES)
             published += sum(not ref.duplicate for ref in refs)
@@ -194,12 +192,14 @@ class Dispatcher:
             return []
         gone = asyncio.Event()  # a 410 to one event: the job's events not yet sent stay unsent
         limit = asyncio.Semaphore(POST_CONCURRENCY)
+        bodies: dict[str, str] = {}  # each event's JSON as POSTed, kept in the log as it went
 
         async def one(event: WebhookEvent) -> transport.Answer | None:
             async with limit:
                 if gone.is_set():
                     return None
-                body = event.model_dump_json().encode()
+                text = bodies[event.id] = event.model_dump_json()
+                body = text.encode()
                 headers = signing.headers(secrets, msg_id=event.id, timestamp=int(time.time()), body=body)
                 answer = await transport.post(self._http, endpoint.url, body=body, headers=headers,
                                               allow_private=self.policy.allow_private, address=address)
@@ -212,7 +212,8 @@ class Dispatcher:
         rows = [self._attempt(endpoint_id, e, attempt=attempt, replay=replay,
                               outcome="succeeded" if _ok(a) else "failed", status_code=a.status,
                               latency_ms=a.latency_ms, response=a.excerpt, error=a.error) for e, a in sent]
-        await self._record(endpoint_id, rows, keep=() if replay or attempt > 1 else [e for e, _ in sent])
+        await self._record(endpoint_id, rows, keep=() if replay or attempt > 1 else [e for e, _ in sent],
+                           bodies=bodies)
         failures = [(e, a) for e, a in sent if not _ok(a)]
         if not failures:
             return []
@@ -228,13 +229,13 @@ class Dispatcher:
         return [Failed(event=e, delay=self.policy.delay(attempt)) for e, _ in failures]
 
     async def _record(self, endpoint_id: str, rows: Sequence[DeliveryAttempt], *,
-                      keep: Sequence[WebhookEvent]) -> None:
+                      keep: Sequence[WebhookEvent], bodies: Mapping[str, str] | None = None) -> None:
         """Log a job's attempts, at most ``LOG_WRITERS`` jobs at a time, so the bookkeeping of many deliveries
         never crowds the table the send path uses. A write that still fails is a gap in the log, not a reason
         to POST the job's events again: they were delivered (or are retried) all the same."""
         async with self._log_writers:
             try:
-                await self._blocking(self.log.record, endpoint_id, rows, keep=keep)
+                await self._blocking(self.log.record, endpoint_id, rows, keep=keep, bodies=bodies)
             except Exception as exc:
                 logger.warning("%d webhook attempt(s) to %s not logged: %s", len(rows), endpoint_id, exc)
 

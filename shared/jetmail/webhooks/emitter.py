@@ -20,6 +20,8 @@ import logging
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Protocol
 
+from pydantic import AwareDatetime, BaseModel, Field, model_validator
+
 from jetmail.webhooks.events import WebhookEvent
 
 if TYPE_CHECKING:
@@ -30,6 +32,31 @@ logger = logging.getLogger("jetmail.webhooks")
 WEBHOOK_QUEUE = "webhooks"
 FANOUT_TASK = "webhook_fanout"
 DELIVER_TASK = "webhook_deliver"
+DELIVERY_BATCH = 100  # events in one delivery job, at most (a campaign batch's sends fit one)
+
+
+# The two tasks' payloads. Sources build them as models: the job layer then dumps them once, where a dict
+# of dumped events would be validated into models and dumped again.
+class FanoutJob(BaseModel):
+    events: list[WebhookEvent] = Field(min_length=1, max_length=1000)
+
+
+class DeliverJob(BaseModel):
+    endpoint_id: str = Field(min_length=1, max_length=64)
+    events: list[WebhookEvent] = Field(min_length=1, max_length=DELIVERY_BATCH)
+    replay: bool = False
+    attempt: int = Field(default=1, ge=1, description="the number of this job's first attempt at its events")
+    first_at: AwareDatetime | None = Field(default=None, description="when the events' first attempt was "
+                                                                     "enqueued (default: this job's enqueue)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_event(cls, data: Any) -> Any:
+        # a job enqueued before jobs carried several events (a worker upgraded with jobs in the stream)
+        if isinstance(data, dict) and "event" in data and "events" not in data:
+            data = {**data, "events": [data["event"]]}
+            del data["event"]
+        return data
 
 
 class WebhookSink(Protocol):
@@ -72,7 +99,7 @@ class Emitter:
             if not chosen:
                 return
             self.queue.enqueue(FANOUT_TASK, queue=WEBHOOK_QUEUE, priority="normal", job_id=fanout_job_id(chosen),
-                               max_retries=10, payload={"events": [e.model_dump(mode="json") for e in chosen]})
+                               max_retries=10, payload=FanoutJob(events=chosen))
         except Exception as exc:
             # a webhook must never fail (or undo) what caused it: the send or the bounce is recorded already
             logger.warning("webhook events not enqueued: %s", exc)

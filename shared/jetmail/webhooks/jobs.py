@@ -3,39 +3,12 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
-
-from pydantic import AwareDatetime, BaseModel, Field, model_validator
 
 from jetmail.queue import JobContext, Retry, task
-from jetmail.webhooks.dispatch import DELIVERY_BATCH
-from jetmail.webhooks.emitter import DELIVER_TASK, FANOUT_TASK
-from jetmail.webhooks.events import WebhookEvent
+from jetmail.webhooks.emitter import DELIVER_TASK, FANOUT_TASK, DeliverJob, FanoutJob
 from jetmail.worker_services import worker_services
 
 logger = logging.getLogger("jetmail.webhooks")
-
-
-class FanoutJob(BaseModel):
-    events: list[WebhookEvent] = Field(min_length=1, max_length=1000)
-
-
-class DeliverJob(BaseModel):
-    endpoint_id: str = Field(min_length=1, max_length=64)
-    events: list[WebhookEvent] = Field(min_length=1, max_length=DELIVERY_BATCH)
-    replay: bool = False
-    attempt: int = Field(default=1, ge=1, description="the number of this job's first attempt at its events")
-    first_at: AwareDatetime | None = Field(default=None, description="when the events' first attempt was "
-                                                                     "enqueued (default: this job's enqueue)")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _one_event(cls, data: Any) -> Any:
-        # a job enqueued before jobs carried several events (a worker upgraded with jobs in the stream)
-        if isinstance(data, dict) and "event" in data and "events" not in data:
-            data = {**data, "events": [data["event"]]}
-            del data["event"]
-        return data
 
 
 @task(FANOUT_TASK, model=FanoutJob)

@@ -8,8 +8,8 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from jetmail.webhooks.deliveries import DeliveryAttempt, DeliveryLog
-from jetmail.webhooks.dispatch import DELIVERY_BATCH, DELIVERY_MAX_RETRIES
-from jetmail.webhooks.emitter import DELIVER_TASK, WEBHOOK_QUEUE
+from jetmail.webhooks.dispatch import DELIVERY_MAX_RETRIES
+from jetmail.webhooks.emitter import DELIVER_TASK, DELIVERY_BATCH, WEBHOOK_QUEUE
 from jetmail.webhooks.endpoints import Endpoint, EndpointCreate, EndpointStore, EndpointUpdate
 
 REPLAY_LIMIT = 1000  # events one replay request sends again, at most
