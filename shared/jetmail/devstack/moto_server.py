@@ -20,9 +20,10 @@ item (moto summed every attribute's size as it added each one), and each distinc
 parsed once (moto parsed it again for every request), its validator's copy of the tree unpickled rather than
 deep-copied; a condition is parsed once per expression and the names and values it refers to (moto parsed it
 twice per request), and moto's per-request and per-node lookups of its own methods and processors are made
-once (together a third of an UpdateItem's time). Item reads (GetItem, BatchGetItem, Query, Scan)
-are answered as plain JSON: moto's generic serializer walks the output shape for every attribute of
-every item, most of what a page of items cost. What survives a full garbage collection is frozen
+once (together a third of an UpdateItem's time). A Query's page is not deep-copied (nothing after changes
+it) and each item's size is summed once per Query (a third of a Query's time). Item reads (GetItem,
+BatchGetItem, Query, Scan) are answered as plain JSON: moto's generic serializer walks the output shape for
+every attribute of every item, most of what a page of items cost. What survives a full garbage collection is frozen
 (``GcPauses``): a full collection walked every stored item, holding up every request for 1.3 s at a time.
 The server is waitress, which keeps a client's connection for its next request: moto's own (werkzeug's
 development server) closes every connection after one answer, so each DynamoDB call of the local stack
@@ -82,6 +83,7 @@ from moto.dynamodb.exceptions import (
     TransactWriteSingleOpException,
 )
 from moto.dynamodb.models import DynamoDBBackend
+from moto.dynamodb.models import table as moto_table
 from moto.dynamodb.models.dynamo_type import DynamoType, Item, LimitedSizeDict
 from moto.dynamodb.models.table import RESULT_SIZE_LIMIT, Table
 from moto.dynamodb.parsing import validators as moto_validators
@@ -244,6 +246,7 @@ DynamoDBBackend.transact_write_items = _transact_write_items  # type: ignore[met
 
 _moto_query = Table.query
 _moto_all_items = Table.all_items
+_moto_item_size = Item.size
 _moto_put_item = Table.put_item
 _moto_delete_item = Table.delete_item
 _moto_update_item = DynamoDBBackend.update_item
@@ -396,13 +399,40 @@ def _query(self: Table, hash_key: DynamoType | None, range_comparison: str | Non
         _querying.items = _window(self, hash_key, range_comparison, range_objs, limit, exclusive_start_key)
     else:
         _querying.items = list(self.items[hash_key].values())
+    _querying.sizes = {}
     try:
         # moto's Table.query says int and dict, yet its backend hands on the request's None for both
         return _moto_query(self, hash_key, range_comparison, range_objs,
                            limit, exclusive_start_key,  # type: ignore[arg-type]
                            scan_index_forward, projection_expressions, index_name, *args, **kwargs)
     finally:
-        _querying.items = None
+        _querying.items = _querying.sizes = None
+
+
+def _item_size(self: Item) -> int:
+    """An item's size, worked out once per Query: moto's Query asked each candidate's twice (its 1 MB page
+    limit), summing every attribute each time. Outside a Query (writes check the 400 KB limit) as moto does."""
+    sizes: dict[int, int] | None = getattr(_querying, "sizes", None)
+    if sizes is None:
+        return _moto_item_size(self)
+    size = sizes.get(id(self))
+    if size is None:
+        size = sizes[id(self)] = _moto_item_size(self)
+    return size
+
+
+class _TableCopy:
+    """The ``copy`` module as moto's table code sees it, except that a Query's page is not deep-copied: moto
+    copied every item of it, though nothing after changes them (an index's or the request's projection
+    makes new items; the filter and the answer only read them), a quarter of a Query's time."""
+
+    copy = staticmethod(copy.copy)
+
+    @staticmethod
+    def deepcopy(value: Any, memo: dict[int, Any] | None = None) -> Any:
+        if getattr(_querying, "sizes", None) is not None and isinstance(value, list) and memo is None:
+            return list(value)
+        return copy.deepcopy(value, memo)
 
 
 def _all_items(self: Table) -> list[Item]:
@@ -529,6 +559,8 @@ moto_responses.method_names_from_class = _method_names  # type: ignore[attr-defi
 Item.__init__ = _item_init  # type: ignore[method-assign]
 Table.sorted_items = _sorted_items  # type: ignore[method-assign]
 Table.query = _query  # type: ignore[method-assign]
+Item.size = _item_size  # type: ignore[method-assign]
+moto_table.copy = _TableCopy  # type: ignore[attr-defined,assignment]
 DynamoDBBackend.update_item = _update_item  # type: ignore[method-assign]
 Table.all_items = _all_items  # type: ignore[method-assign]
 Table.put_item = _put_item  # type: ignore[method-assign]
