@@ -131,12 +131,19 @@ def settle(count: Callable[[], int], *, quiet: float = 1.0, timeout: float = 20.
     raise AssertionError("count kept changing")
 
 
-def moto_faults(url: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Set (with ``body``) or read the DynamoDB faults of the moto server at ``url`` (jetmail.devstack.moto_server)."""
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(f"{url}/_jetmail/faults", data=data)  # noqa: S310 - the moto we started
+def emulator(url: str, what: str, body: dict[str, Any] | None = None, *, post: bool = False) -> dict[str, Any]:
+    """GET (POST with ``body`` or ``post``) ``/_jetmail/<what>`` of the moto server at ``url``
+    (jetmail.devstack.moto_server): ``requests``, ``timings``, ``faults``, ``ses-quota``."""
+    data = json.dumps(body).encode() if body is not None else b"" if post else None
+    request = urllib.request.Request(f"{url}/_jetmail/{what}", data=data,  # noqa: S310 - the moto we started
+                                     headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=10) as resp:  # noqa: S310
         return dict(json.loads(resp.read()))
+
+
+def moto_faults(url: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Set (with ``body``) or read the DynamoDB faults of the moto server at ``url``."""
+    return emulator(url, "faults", body)
 
 
 @contextmanager

@@ -11,6 +11,7 @@ from jetmail.config import Settings
 from jetmail.devstack.mailbox import Mailbox
 from jetmail.devstack.stack import StackState, wait_until
 from jetmail.storage.table import ConditionFailed, Table, to_item
+from stacktools import emulator
 
 
 def test_smtp_sink_stores_messages_and_indexes_recipients(stack: StackState, mailbox: Mailbox, unique: str) -> None:
@@ -51,26 +52,17 @@ def test_moto_and_nats_answer(stack: StackState) -> None:
 
 def test_local_ses_answers_get_account_with_the_quota_it_is_given(stack: StackState, settings: Settings) -> None:
     # GIVEN the local moto server, told the account may send 200/s and 100,000 a day
-    import json
-
     from jetmail.aws.clients import aws_client
     from jetmail.deliverability.ratelimit import limits_from_ses
 
-    url = f"{stack.services['moto'].url}/_jetmail/ses-quota"
-    quota = json.dumps({"max_send_rate": 200, "max_24_hour_send": 100000}).encode()
-    request = urllib.request.Request(url, data=quota, method="POST",  # noqa: S310 - the local stack's URL
-                                     headers={"Content-Type": "application/json"})
     try:
-        with urllib.request.urlopen(request, timeout=5) as answer:  # noqa: S310 - the local stack's URL
-            assert answer.status == 200
+        emulator(stack.services["moto"].url, "ses-quota", {"max_send_rate": 200, "max_24_hour_send": 100000})
         # WHEN a worker reads its limits from SES, as it does at start on the SES provider
         limits = limits_from_ses(aws_client("sesv2", settings))
         # THEN they are the account's quota
         assert limits.per_second == 200 and limits.per_day == 100000
     finally:
-        reset = urllib.request.Request(url, data=b"{}", method="POST",  # noqa: S310
-                                       headers={"Content-Type": "application/json"})
-        urllib.request.urlopen(reset, timeout=5).close()  # noqa: S310
+        emulator(stack.services["moto"].url, "ses-quota", {})
 
 
 def test_a_cancelled_transaction_leaves_every_item_as_it_was(table: Table, unique: str) -> None:

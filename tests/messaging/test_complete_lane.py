@@ -6,8 +6,6 @@ module's alone."""
 from __future__ import annotations
 
 import base64
-import json
-import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,7 +14,7 @@ from fastapi.testclient import TestClient
 
 from jetmail.devstack.mailbox import Mailbox
 from jetmail.devstack.stack import StackState, wait_until
-from stacktools import Isolated, settle
+from stacktools import Isolated, emulator, settle
 
 
 @pytest.fixture(scope="module")
@@ -49,9 +47,7 @@ def status(client: TestClient, message_id: str) -> str:
 def test_a_complete_message_costs_the_worker_two_dynamodb_requests(
         isolated: Isolated, client: TestClient, mailbox: Mailbox, unique: str) -> None:
     def moto_total() -> int:
-        url = f"{isolated.settings.aws_endpoint_url}/_jetmail/requests"
-        with urllib.request.urlopen(url, timeout=10) as resp:  # noqa: S310 - the moto server the test started
-            return sum(int(v) for v in json.loads(resp.read()).values())
+        return sum(int(v) for v in emulator(str(isolated.settings.aws_endpoint_url), "requests").values())
 
     def worker_requests() -> int:
         return moto_total() - isolated.services.table.requests - isolated.services.stats_table.requests

@@ -5,8 +5,6 @@ its moto server are this module's alone."""
 
 from __future__ import annotations
 
-import json
-import urllib.request
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -18,7 +16,7 @@ from jetmail.devstack.mailbox import Mailbox
 from jetmail.devstack.stack import StackState, stop_process, wait_until
 from jetmail.messaging.messages import SEND_TASK, TRANSACTIONAL_QUEUE
 from jetmail.messaging.templating import TemplateContent
-from stacktools import Isolated, settle
+from stacktools import Isolated, emulator, settle
 
 RESET = {"reset_url": "https://example.com/r/lane-token", "expires_in_minutes": 30}
 # the worker keeps template heads (and the webhook endpoint list) this long in the tests that measure a send:
@@ -72,9 +70,7 @@ def sent_once(client: TestClient, mailbox: Mailbox, message_id: str, to: str) ->
 
 def moto_requests(isolated: Isolated) -> dict[str, int]:
     """DynamoDB requests the module's moto server has answered, by operation."""
-    url = f"{isolated.settings.aws_endpoint_url}/_jetmail/requests"
-    with urllib.request.urlopen(url, timeout=10) as resp:  # noqa: S310 - the moto server the test started
-        return {k: int(v) for k, v in json.loads(resp.read()).items()}
+    return {k: int(v) for k, v in emulator(str(isolated.settings.aws_endpoint_url), "requests").items()}
 
 
 def own_requests(isolated: Isolated) -> int:

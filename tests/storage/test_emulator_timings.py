@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import json
-import urllib.request
 from typing import Any
 
 from jetmail.devstack.stack import StackState
 from jetmail.storage.table import Table
+from stacktools import emulator
 
 
 def timings(stack: StackState, *, post: bool = False) -> dict[str, Any]:
-    url = f"{stack.services['moto'].url}/_jetmail/timings"
-    request = urllib.request.Request(url, data=b"" if post else None)  # noqa: S310 - the stack's own moto server
-    with urllib.request.urlopen(request, timeout=10) as resp:  # noqa: S310 - the stack's own moto server
-        return dict(json.loads(resp.read()))
+    return emulator(stack.services["moto"].url, "timings", post=post)
 
 
 def test_the_slowest_request_of_each_operation_is_described_and_starts_afresh_on_a_post(

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import ast
 import importlib
-import json
 import re
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +17,7 @@ from jetmail.messaging.templating import TemplateContent, TemplateValidationErro
 from jetmail.storage import keys
 from jetmail.storage.catalogue import Catalogue
 from jetmail.storage.table import ConditionFailed, Table
+from stacktools import emulator
 
 
 def content(name: str, locale: str = "en", subject: str = "Hi {{ first }}") -> TemplateContent:
@@ -125,11 +124,8 @@ def test_a_forward_query_between_two_sort_keys_pages_through_exactly_that_range(
 
 def test_the_local_emulator_reports_how_long_each_operation_held_it(settings: Settings, table: Table,
                                                                     unique: str) -> None:
-    url = f"{settings.aws_endpoint_url}/_jetmail/timings"
-
     def timings() -> dict[str, dict[str, float]]:
-        with urllib.request.urlopen(url, timeout=10) as resp:  # noqa: S310 - the local stack's moto server
-            return dict(json.loads(resp.read()))
+        return emulator(str(settings.aws_endpoint_url), "timings")
 
     before = timings().get("GetItem", {"count": 0, "total_ms": 0.0})
     table.get(f"TIMED#{unique}", "x")
