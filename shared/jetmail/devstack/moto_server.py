@@ -19,9 +19,10 @@ first write on, as items are written, updated, deleted and restored. An item's s
 item (moto summed every attribute's size as it added each one), and each distinct UpdateExpression is
 parsed once (moto parsed it again for every request), its validator's copy of the tree unpickled rather than
 deep-copied; a condition is parsed once per expression and the names and values it refers to (moto parsed it
-twice per request), and moto's per-request and per-node lookups of its own methods and processors are made
-once (together a third of an UpdateItem's time). A Query's page is not deep-copied (nothing after changes
-it) and each item's size is summed once per Query (a third of a Query's time). Item reads (GetItem,
+twice per request), and moto's per-request and per-node lookups of its own methods and processors (and
+which processor a node's type goes to) are made once (together a third of an UpdateItem's time). A
+Query's page is not deep-copied (nothing after changes it) and each item's size is summed once per Query (a
+third of a Query's time). Item reads (GetItem,
 BatchGetItem, Query, Scan) are answered as plain JSON: moto's generic serializer walks the output shape for
 every attribute of every item, most of what a page of items cost. What survives a full garbage collection is frozen
 (``GcPauses``): a full collection walked every stored item, holding up every request for 1.3 s at a time.
@@ -87,7 +88,7 @@ from moto.dynamodb.models import table as moto_table
 from moto.dynamodb.models.dynamo_type import DynamoType, Item, LimitedSizeDict
 from moto.dynamodb.models.table import RESULT_SIZE_LIMIT, Table
 from moto.dynamodb.parsing import validators as moto_validators
-from moto.dynamodb.parsing.ast_nodes import DepthFirstTraverser  # type: ignore[attr-defined]
+from moto.dynamodb.parsing.ast_nodes import DepthFirstTraverser, Node  # type: ignore[attr-defined]
 from moto.dynamodb.parsing.expressions import UpdateExpressionParser  # type: ignore[attr-defined]
 from moto.dynamodb.responses import DynamoHandler
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
@@ -510,6 +511,40 @@ def _process(self: DepthFirstTraverser, node: Any) -> Any:
     return None
 
 
+# which of a traverser class's node types (by position in its map) a node class is processed as, -1 for none;
+# moto asked ``isinstance`` against each (abstract) node class for every node and traverser
+_processed_as: dict[tuple[type, type], int] = {}
+
+
+@functools.lru_cache(maxsize=256)
+def _is_node(kind: type) -> bool:
+    return issubclass(kind, Node)
+
+
+def _traverse_node_recursively(self: DepthFirstTraverser, node: Any, child_id: int = -1) -> Any:
+    """moto's depth-first walk, bottom up, each node given to the first processor its type matches, as moto's
+    is; what a node type matches is worked out once per traverser class and node class."""
+    kind: type = type(node)
+    if not _is_node(kind):
+        return node
+    parent_node = node.parent
+    if node.children is not None:
+        for i, child_node in enumerate(node.children):
+            self.pre_processing_of_child(node, i)
+            self.traverse_node_recursively(child_node, i)
+    mapping, kinds = _processing(self)
+    key = (type(self), kind)
+    position = _processed_as.get(key)
+    if position is None:
+        position = _processed_as[key] = next((n for n, k in enumerate(kinds) if issubclass(kind, k)), -1)
+    if position >= 0:
+        node = mapping[kinds[position]](node)
+        node.parent = parent_node
+        if parent_node:
+            parent_node.children[child_id] = node
+    return node
+
+
 _moto_condition_parse = ConditionExpressionParser.parse
 _conditions: dict[tuple[str, str, str], tuple[Any, tuple[str, ...], tuple[str, ...]]] = {}
 CONDITIONS_KEPT = 4096
@@ -554,6 +589,7 @@ UpdateExpressionParser.make = staticmethod(_parsed_update)
 moto_validators.deepcopy = _validator_copy  # type: ignore[attr-defined,assignment]
 DepthFirstTraverser.nodes_to_be_processed = _nodes_to_be_processed
 DepthFirstTraverser.process = _process
+DepthFirstTraverser.traverse_node_recursively = _traverse_node_recursively
 ConditionExpressionParser.parse = _condition_parse  # type: ignore[method-assign]
 moto_responses.method_names_from_class = _method_names  # type: ignore[attr-defined,assignment]
 Item.__init__ = _item_init  # type: ignore[method-assign]
