@@ -500,17 +500,6 @@ def _processing(self: DepthFirstTraverser) -> tuple[dict[type, Callable[..., Any
     return found
 
 
-def _nodes_to_be_processed(self: DepthFirstTraverser) -> tuple[type, ...]:
-    return _processing(self)[1]
-
-
-def _process(self: DepthFirstTraverser, node: Any) -> Any:
-    for class_key, processor in _processing(self)[0].items():
-        if isinstance(node, class_key):
-            return processor(node)
-    return None
-
-
 # which of a traverser class's node types (by position in its map) a node class is processed as, -1 for none;
 # moto asked ``isinstance`` against each (abstract) node class for every node and traverser
 _processed_as: dict[tuple[type, type], int] = {}
@@ -587,8 +576,6 @@ _moto_method_names = moto_responses.method_names_from_class  # type: ignore[attr
 
 UpdateExpressionParser.make = staticmethod(_parsed_update)
 moto_validators.deepcopy = _validator_copy  # type: ignore[attr-defined,assignment]
-DepthFirstTraverser.nodes_to_be_processed = _nodes_to_be_processed
-DepthFirstTraverser.process = _process
 DepthFirstTraverser.traverse_node_recursively = _traverse_node_recursively
 ConditionExpressionParser.parse = _condition_parse  # type: ignore[method-assign]
 moto_responses.method_names_from_class = _method_names  # type: ignore[attr-defined,assignment]

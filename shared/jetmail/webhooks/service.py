@@ -9,8 +9,9 @@ from typing import Any
 
 from jetmail.webhooks.deliveries import DeliveryAttempt, DeliveryLog
 from jetmail.webhooks.dispatch import DELIVERY_MAX_RETRIES
-from jetmail.webhooks.emitter import DELIVER_TASK, DELIVERY_BATCH, WEBHOOK_QUEUE
+from jetmail.webhooks.emitter import DELIVER_TASK, DELIVERY_BATCH, WEBHOOK_QUEUE, DeliverJob
 from jetmail.webhooks.endpoints import Endpoint, EndpointCreate, EndpointStore, EndpointUpdate
+from jetmail.webhooks.events import WebhookEvent
 
 REPLAY_LIMIT = 1000  # events one replay request sends again, at most
 
@@ -73,16 +74,16 @@ class WebhookService:
         if event_id is not None and not events:
             raise LookupError(f"event {event_id!r} is not in the delivery log of {endpoint_id}")
         stamp = int(time.time() * 1000)
-        self._enqueue(endpoint_id, [e.model_dump(mode="json") for e in events], stamp)
+        self._enqueue(endpoint_id, events, stamp)
         return [e.id for e in events]
 
-    def _enqueue(self, endpoint_id: str, events: Sequence[dict[str, Any]], stamp: int) -> None:
+    def _enqueue(self, endpoint_id: str, events: Sequence[WebhookEvent], stamp: int) -> None:
         """One delivery job per ``DELIVERY_BATCH`` events, each event POSTed on its own."""
         chunks = [events[i:i + DELIVERY_BATCH] for i in range(0, len(events), DELIVERY_BATCH)]
         if not chunks:
             return
-        self.queue.enqueue_many(DELIVER_TASK, [{"endpoint_id": endpoint_id, "events": list(c), "replay": True}
+        self.queue.enqueue_many(DELIVER_TASK, [DeliverJob(endpoint_id=endpoint_id, events=list(c), replay=True)
                                                for c in chunks],
-                                queue=WEBHOOK_QUEUE, job_ids=[f"whr.{endpoint_id}.{c[0]['id']}.{len(c)}.{stamp}"
+                                queue=WEBHOOK_QUEUE, job_ids=[f"whr.{endpoint_id}.{c[0].id}.{len(c)}.{stamp}"
                                                               for c in chunks],
                                 max_retries=DELIVERY_MAX_RETRIES)
