@@ -290,7 +290,7 @@ def test_cache_is_bounded() -> None:
     renderer = Renderer(cache_size=2)
     for n in range(1, 5):
         renderer.render(version("<p>x</p>", version=n), {}, standard=standard())
-    assert renderer.cache_info() == {"size": 2, "max_size": 2, "prepared": 4}
+    assert renderer.cache_info() == {"size": 2, "max_size": 2, "prepared": 4, "stencils": 0, "stencil_renders": 0}
 
 
 def test_text_body_is_derived_once_and_rendered_per_recipient() -> None:

@@ -48,6 +48,9 @@ from jetmail.webhooks import DISABLED, WebhookSink, campaign_sent_events
 
 logger = logging.getLogger("jetmail.campaigns")
 
+#: what differs between a campaign's recipients in its context: the rest is the campaign's own, the same for all
+RECIPIENT_CONTEXT = frozenset({"attributes"})
+
 
 class BatchJob(BaseModel):
     """A batch job's payload, validated when the worker reads it. Its recipients are in their compact
@@ -290,7 +293,7 @@ class BatchSender:
         draft = Draft(message_id=message_id, recipient=to, version=version,
                       context={**campaign.context, "attributes": recipient.attributes}, from_addr=from_addr,
                       category="marketing", reply_to=campaign.reply_to, list_id=recipient.list_id, track=True,
-                      tags=tags, lane="marketing", fixed_layouts=True)
+                      tags=tags, lane="marketing", fixed_layouts=True, varying=RECIPIENT_CONTEXT)
         outcome = await self.pipeline.send(draft)
         sent.append(outcome)
         return outcome.result.provider_message_id

@@ -57,6 +57,9 @@ class Draft:
     attachments: tuple[MimeAttachment, ...] = ()
     text_only: bool = False  # inline text without HTML: the rendered HTML is dropped
     fixed_layouts: bool = False  # a campaign's copy of a version: its layouts as first compiled
+    # the context's names that differ between the drafts of this version (a campaign's ``attributes``; every
+    # other name the same in each): the renderer may fill in a stencil of the version instead of rendering it
+    varying: frozenset[str] | None = None
 
     @property
     def envelope_from(self) -> str:
@@ -113,7 +116,8 @@ class SendPipeline:
         link = self.composer.unsubscribe_url(message_id=draft.message_id, email=to.email, list_id=draft.list_id)
         rendered = self.composer.render(draft.version, dict(draft.context), recipient=to,
                                         message_id=draft.message_id, list_id=draft.list_id, track=draft.track,
-                                        unsubscribe_url=link, fixed_layouts=draft.fixed_layouts)
+                                        unsubscribe_url=link, fixed_layouts=draft.fixed_layouts,
+                                        varying=draft.varying)
         # marketing mail carries RFC 8058 one-click List-Unsubscribe headers on every path
         built = self.composer.build(rendered, message_id=draft.message_id, recipient=to, from_addr=draft.from_addr,
                                     reply_to=draft.reply_to,

@@ -26,6 +26,7 @@ from jetmail.messaging.templating.library import (
     resolve_template,
 )
 from jetmail.messaging.templating.limits import RenderLimits
+from jetmail.messaging.templating.links import LinkRewriter, rewrite_links
 from jetmail.messaging.templating.locales import locale_chain, normalize_locale, pick_locale
 from jetmail.messaging.templating.model import (
     STANDARD_NAMES,
@@ -38,7 +39,7 @@ from jetmail.messaging.templating.model import (
     TemplateVersion,
 )
 from jetmail.messaging.templating.plaintext import html_to_text
-from jetmail.messaging.templating.renderer import LinkRewriter, Renderer, check_template, rewrite_links
+from jetmail.messaging.templating.renderer import Renderer, check_template
 from jetmail.messaging.templating.validation import template_variables, validate_template
 
 __all__ = [

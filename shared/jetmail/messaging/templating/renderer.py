@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import html
-import re
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -15,6 +14,7 @@ from typing import Any
 
 from jinja2 import ChainableUndefined, Template, TemplateSyntaxError
 
+from jetmail.messaging.templating import stencil as stencils
 from jetmail.messaging.templating.environment import new_environment
 from jetmail.messaging.templating.errors import (
     ReservedContextKeyError,
@@ -35,6 +35,7 @@ from jetmail.messaging.templating.limits import (
     bounded_output,
     render_budget,
 )
+from jetmail.messaging.templating.links import LinkRewriter, append_pixel, rewrite_links
 from jetmail.messaging.templating.markup import LineMap
 from jetmail.messaging.templating.model import (
     STANDARD_NAMES,
@@ -47,16 +48,9 @@ from jetmail.messaging.templating.model import (
 )
 from jetmail.messaging.templating.plaintext import tidy_text
 from jetmail.messaging.templating.safety import html_problems
+from jetmail.messaging.templating.stencil import STANDARD_VARYING, Stencil, Unfit, Uses, recipient_uses, truth_key
 from jetmail.messaging.templating.validation import analyse_template, template_variables, validate_template
 
-#: ``(index, original_url) -> tracked_url``; index counts rewritten links in document order.
-LinkRewriter = Callable[[int, str], str]
-
-# An <a> start tag up to its href value; quoted attribute values may contain ">".
-_ANCHOR_HREF = re.compile(
-    r"""<a\b(?:[^>"']|"[^"]*"|'[^']*')*?\shref\s*=\s*(?:"([^"]*)"|'([^']*)'|([^\s"'>]+))""",
-    re.IGNORECASE,
-)
 _CONTROL_CHARS = dict.fromkeys([*range(32), 127])
 
 
@@ -70,6 +64,7 @@ class _Compiled:
     line_maps: Mapping[TemplateField, LineMap]
     origins: Mapping[TemplateField, Origins]
     layouts: LayoutsUsed
+    sources: tuple[str, str, str]  # subject, HTML, text as compiled
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +110,12 @@ class Renderer:
         self._lock = threading.Lock()
         #: Versions prepared so far (cache misses); a metric, and how tests see the cache work.
         self.prepared_count = 0
+        # per compiled version and names that vary: where the template uses them (None: not stencillable)
+        self._uses: dict[tuple[tuple[str, int, str], frozenset[str]], tuple[_Compiled, Uses | None]] = {}
+        # per compiled version, names that vary and pattern of tested values: its stencil (None: render in full)
+        self._stencils: OrderedDict[tuple[Any, ...], tuple[_Compiled, Stencil | None]] = OrderedDict()
+        #: Renders made by filling in a stencil; a metric, and how tests see that stencils are used.
+        self.stencil_renders = 0
 
     def prepare(self, version: TemplateVersion) -> None:
         """Validate and compile ``version`` now; raises :class:`TemplateValidationError`."""
@@ -182,6 +183,7 @@ class Renderer:
             line_maps=line_maps,
             origins=sources.origins,
             layouts=analysis.layouts,
+            sources=(sources.subject, sources.html, sources.text),
         )
 
     def render(
@@ -193,13 +195,17 @@ class Renderer:
         link_rewriter: LinkRewriter | None = None,
         fixed_layouts: bool = False,
         timeout_s: float | None = None,
+        varying: frozenset[str] | None = None,
     ) -> RenderedEmail:
         """Subject, HTML and text for one recipient.
 
         ``fixed_layouts``: once ``version`` is compiled, keep the layouts it was compiled with rather than
         look them up again on every render (a campaign sends one mail to all its recipients; give each
         campaign its own copy of the version, so its cache entry is its own). ``timeout_s``: this render's time
-        budget instead of ``limits.timeout_s``.
+        budget instead of ``limits.timeout_s``. ``varying``: the context's names that differ between the renders
+        of this version (a campaign's ``attributes``); every other name must have the same value in each of
+        them. The render then fills in a stencil of the version when it can
+        (:mod:`~jetmail.messaging.templating.stencil`), with the same result as rendering in full.
 
         Raises :class:`ReservedContextKeyError` for a context key that shadows a standard name,
         :class:`TemplateValidationError` for a version that fails the checks, and
@@ -221,6 +227,11 @@ class Renderer:
             )
         variables = {**context, **standard.variables()}
         limits = self.limits if timeout_s is None else replace(self.limits, timeout_s=timeout_s)
+        if varying is not None:
+            stencilled = self._stencilled(compiled, variables, standard, varying | STANDARD_VARYING, link_rewriter,
+                                          limits)
+            if stencilled is not None:
+                return stencilled
         with render_budget(limits):
             subject = self._run(compiled, "subject", compiled.subject, variables)
             body = self._run(compiled, "html", compiled.html, variables)
@@ -238,8 +249,93 @@ class Renderer:
             kept = {standard.unsubscribe_url, standard.preferences_url, standard.view_in_browser_url}
             body, links = rewrite_links(body, link_rewriter, keep=frozenset(url for url in kept if url))
         if marketing and standard.tracking_pixel_url:
-            body = _append_pixel(body, standard.tracking_pixel_url)
+            body = append_pixel(body, standard.tracking_pixel_url)
         return RenderedEmail(subject=one_line(subject), html=body, text=text, links=links)
+
+    def _stencilled(self, compiled: _Compiled, variables: dict[str, Any], standard: StandardContext,
+                    varying: frozenset[str], link_rewriter: LinkRewriter | None,
+                    limits: RenderLimits) -> RenderedEmail | None:
+        """The render filled in from the version's stencil; None when there is none for these values."""
+        uses = self._recipient_uses(compiled, varying)
+        if uses is None:
+            return None
+        pixel = compiled.version.category == "marketing" and bool(standard.tracking_pixel_url)
+        try:
+            tested = {path: path.value(variables, self._env) for path in uses.tests}
+            key = (compiled.version.key, varying, link_rewriter is not None, pixel,
+                   tuple(truth_key(value) for value in tested.values()))
+            values = [path.value(variables, self._env) for path in uses.outputs]
+        except Exception:  # an undefined value, a lookup the sandbox refuses: the full render reports it
+            return None
+        with self._lock:
+            entry = self._stencils.get(key)
+            if entry is not None:
+                self._stencils.move_to_end(key)
+        if entry is None or entry[0] is not compiled:
+            try:
+                stencil = self._stencil(compiled, variables, uses, tested, varying, link_rewriter is not None, pixel,
+                                        limits)
+            except TemplateTimeoutError:
+                return None  # a slow machine, not the template: try again with the next recipient
+            except Exception:
+                stencil = None  # the full render reports the failure
+            with self._lock:
+                self._stencils[key] = (compiled, stencil)
+                while len(self._stencils) > self._cache_size:
+                    self._stencils.popitem(last=False)
+        else:
+            stencil = entry[1]
+        if stencil is None:
+            return None
+        try:
+            html_values, text_values = stencils.fill_values(values)
+        except Unfit:
+            return None
+        for hole in stencil.trusted:
+            link = text_values[hole]
+            if link and not link.startswith(("https://", "http://")):
+                return None
+        if stencil.links:
+            assert link_rewriter is not None
+            html_values += [html.escape(link_rewriter(index, url), quote=True)
+                            for index, url in enumerate(stencil.links)]
+        if pixel:
+            assert standard.tracking_pixel_url
+            html_values.append(html.escape(standard.tracking_pixel_url, quote=True))
+        subject, body, text = (stencil.subject.fill(text_values), stencil.html.fill(html_values),
+                               stencil.text.fill(text_values))
+        if max(len(subject), len(body), len(text)) > limits.max_output:
+            return None  # the full render refuses it
+        if compiled.text_derived:
+            text = tidy_text(text)
+        with self._lock:
+            self.stencil_renders += 1
+        return RenderedEmail(subject=one_line(subject), html=body, text=text, links=stencil.links)
+
+    def _recipient_uses(self, compiled: _Compiled, varying: frozenset[str]) -> Uses | None:
+        key = (compiled.version.key, varying)
+        with self._lock:
+            entry = self._uses.get(key)
+        if entry is not None and entry[0] is compiled:
+            return entry[1]
+        uses = recipient_uses([self._env.parse(source) for source in compiled.sources], varying)
+        with self._lock:
+            self._uses[key] = (compiled, uses)
+            while len(self._uses) > self._cache_size:
+                del self._uses[next(iter(self._uses))]
+        return uses
+
+    def _stencil(self, compiled: _Compiled, variables: dict[str, Any], uses: Uses, tested: dict[Any, Any],
+                 varying: frozenset[str], rewrite: bool, pixel: bool, limits: RenderLimits) -> Stencil | None:
+        def render(values: Mapping[str, Any]) -> tuple[str, str, str]:
+            with render_budget(limits):
+                return (self._run(compiled, "subject", compiled.subject, dict(values)),
+                        self._run(compiled, "html", compiled.html, dict(values)),
+                        self._run(compiled, "text", compiled.text, dict(values)))
+
+        shared = {name: value for name, value in variables.items() if name not in varying}
+        return stencils.build(render, variables, uses, tested, shared_text="\n".join((*compiled.sources, repr(shared))),
+                              rewrite=rewrite, pixel=append_pixel if pixel else None)
 
     def _run(
         self, compiled: _Compiled, field: TemplateField, template: Template, variables: dict[str, Any]
@@ -302,7 +398,9 @@ class Renderer:
 
     def cache_info(self) -> dict[str, int]:
         with self._lock:
-            return {"size": len(self._cache), "max_size": self._cache_size, "prepared": self.prepared_count}
+            return {"size": len(self._cache), "max_size": self._cache_size, "prepared": self.prepared_count,
+                    "stencils": sum(1 for _, stencil in self._stencils.values() if stencil is not None),
+                    "stencil_renders": self.stencil_renders}
 
 
 @lru_cache(maxsize=4)
@@ -349,40 +447,3 @@ def _template_line(tb: TracebackType | None, filename: str | None) -> int | None
 def one_line(subject: str) -> str:
     """A subject can never carry CR or LF: all whitespace runs collapse, control characters go."""
     return " ".join(subject.split()).translate(_CONTROL_CHARS)
-
-
-def rewrite_links(
-    body: str, rewriter: LinkRewriter, *, keep: str | frozenset[str] | None = None
-) -> tuple[str, tuple[str, ...]]:
-    """Replace each http(s) ``<a href>`` (except ``keep``: a URL or a set of them) by ``rewriter(index, url)``.
-
-    Returns the new HTML and the original URLs, position ``i`` holding link ``i``.
-    """
-    kept = frozenset({keep}) if isinstance(keep, str) else keep or frozenset()
-    pieces: list[str] = []
-    links: list[str] = []
-    last = 0
-    for m in _ANCHOR_HREF.finditer(body):
-        group = 1 if m.start(1) >= 0 else 2 if m.start(2) >= 0 else 3
-        raw = m.group(group)
-        url = (html.unescape(raw) if "&" in raw else raw).strip()
-        scheme = url[:8].lower()
-        if not (scheme.startswith("https://") or scheme.startswith("http://")) or url in kept:
-            continue
-        replacement = html.escape(rewriter(len(links), url), quote=True)
-        links.append(url)
-        pieces.append(body[last : m.start(group)])
-        pieces.append(replacement if group != 3 else f'"{replacement}"')
-        last = m.end(group)
-    if not links:
-        return body, ()
-    pieces.append(body[last:])
-    return "".join(pieces), tuple(links)
-
-
-def _append_pixel(body: str, url: str) -> str:
-    pixel = f'<img src="{html.escape(url, quote=True)}" width="1" height="1" alt="">'
-    end = body.rfind("</body>")
-    if end < 0:
-        return body + pixel
-    return f"{body[:end]}{pixel}{body[end:]}"
