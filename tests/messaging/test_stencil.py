@@ -20,6 +20,7 @@ from jetmail.messaging.templating import (
 )
 from jetmail.messaging.templating.errors import TemplateLimitError, TemplateRenderError, UnsafeHtmlError
 from jetmail.messaging.templating.limits import RenderLimits
+from jetmail.messaging.templating.stencil import NoStencil
 
 CAMPAIGN = frozenset({"attributes"})
 LAYOUTS = {"layout", "marketing_layout"}
@@ -85,8 +86,8 @@ def test_shipped_templates_from_stencils_are_their_renders_in_full() -> None:
 
 
 def version(html: str, *, subject: str = "Hello {{ recipient.name }}", text: str | None = None,
-            category: str = "marketing") -> TemplateVersion:
-    return TemplateVersion(name="t", locale="en", version=1, subject=subject, html=html, text=text,
+            category: str = "marketing", name: str = "t") -> TemplateVersion:
+    return TemplateVersion(name=name, locale="en", version=1, subject=subject, html=html, text=text,
                            category=category)  # type: ignore[arg-type]
 
 
@@ -166,3 +167,28 @@ def test_the_shared_context_is_the_stencils_own() -> None:
     assert "10 % off for Ann" in first.html and "10 % off for Bob" in second.html
     assert renderer.stencil_renders == 2
     assert renderer.cache_info()["stencils"] == 1
+
+
+def test_stencil_only_fills_in_a_stencil_made_before_and_never_runs_jinja() -> None:
+    template = version("<p>Hi{% if recipient.name %} {{ recipient.name }}{% endif %}</p>" + FOOTER,
+                       subject="Hello")
+    outside = version("<p>Hi {{ recipient.name|upper }}</p>" + FOOTER, name="u")
+    renderer, full = Renderer(), Renderer()
+    values = {"attributes": {}}
+    for candidate in (template, outside):  # neither compiled yet
+        with pytest.raises(NoStencil):
+            renderer.render(candidate, values, standard=standard(1, "Ann"), varying=CAMPAIGN, fixed_layouts=True,
+                            stencil_only=True)
+    assert renderer.cache_info()["prepared"] == 0
+    renderer.render(template, values, standard=standard(1, "Ann"), varying=CAMPAIGN, fixed_layouts=True)
+    renderer.render(outside, values, standard=standard(1, "Ann"), varying=CAMPAIGN, fixed_layouts=True)
+    filled = renderer.render(template, values, standard=standard(2, "Bob"), varying=CAMPAIGN, fixed_layouts=True,
+                             stencil_only=True)
+    assert filled == full.render(template, values, standard=standard(2, "Bob"))
+    with pytest.raises(NoStencil):  # a pattern of tested values without a stencil yet
+        renderer.render(template, values, standard=standard(3, None), varying=CAMPAIGN, fixed_layouts=True,
+                        stencil_only=True)
+    with pytest.raises(NoStencil):  # outside what a stencil holds
+        renderer.render(outside, values, standard=standard(2, "Bob"), varying=CAMPAIGN, fixed_layouts=True,
+                        stencil_only=True)
+    assert renderer.stencil_renders == 2

@@ -241,9 +241,11 @@ class Composer:
     def render(self, version: TemplateVersion, context: dict[str, Any], *, recipient: Recipient, message_id: str,
                list_id: str | None = None, track: bool | None = None, now: datetime | None = None,
                unsubscribe_url: str | None = None, fixed_layouts: bool = False,
-               timeout_s: float | None = None, varying: frozenset[str] | None = None) -> RenderedEmail:
+               timeout_s: float | None = None, varying: frozenset[str] | None = None,
+               stencil_only: bool = False) -> RenderedEmail:
         """``unsubscribe_url``: this message's link (``unsubscribe_url()``), when the caller has it already;
-        ``fixed_layouts``, ``timeout_s``, ``varying``: see :meth:`~jetmail.messaging.templating.Renderer.render`."""
+        ``fixed_layouts``, ``timeout_s``, ``varying``, ``stencil_only``: see
+        :meth:`~jetmail.messaging.templating.Renderer.render`."""
         marketing = (version.category or "transactional") == "marketing"
         track = marketing if track is None else track
         zone = _zone(recipient.timezone, self.settings.default_timezone)
@@ -263,7 +265,8 @@ class Composer:
             def rewriter(index: int, url: str) -> str:
                 return self.click_url(message_id=message_id, index=index, url=url)
         return self.renderer.render(version, context, standard=standard, link_rewriter=rewriter,
-                                    fixed_layouts=fixed_layouts, timeout_s=timeout_s, varying=varying)
+                                    fixed_layouts=fixed_layouts, timeout_s=timeout_s, varying=varying,
+                                    stencil_only=stencil_only)
 
     def preview(self, version: TemplateVersion, context: dict[str, Any], *, to: str, name: str | None) -> RenderedEmail:
         return self.render(version, context, recipient=Recipient(email=to, name=name), message_id="preview",

@@ -48,7 +48,15 @@ from jetmail.messaging.templating.model import (
 )
 from jetmail.messaging.templating.plaintext import tidy_text
 from jetmail.messaging.templating.safety import html_problems
-from jetmail.messaging.templating.stencil import STANDARD_VARYING, Stencil, Unfit, Uses, recipient_uses, truth_key
+from jetmail.messaging.templating.stencil import (
+    STANDARD_VARYING,
+    NoStencil,
+    Stencil,
+    Unfit,
+    Uses,
+    recipient_uses,
+    truth_key,
+)
 from jetmail.messaging.templating.validation import analyse_template, template_variables, validate_template
 
 _CONTROL_CHARS = dict.fromkeys([*range(32), 127])
@@ -196,6 +204,7 @@ class Renderer:
         fixed_layouts: bool = False,
         timeout_s: float | None = None,
         varying: frozenset[str] | None = None,
+        stencil_only: bool = False,
     ) -> RenderedEmail:
         """Subject, HTML and text for one recipient.
 
@@ -206,6 +215,9 @@ class Renderer:
         of this version (a campaign's ``attributes``); every other name must have the same value in each of
         them. The render then fills in a stencil of the version when it can
         (:mod:`~jetmail.messaging.templating.stencil`), with the same result as rendering in full.
+        ``stencil_only``: fill in a stencil made before for a version compiled before with ``fixed_layouts``, or
+        raise :class:`~jetmail.messaging.templating.stencil.NoStencil`; no Jinja runs, so the caller may do it on
+        its event loop and leave the rest to a thread.
 
         Raises :class:`ReservedContextKeyError` for a context key that shadows a standard name,
         :class:`TemplateValidationError` for a version that fails the checks, and
@@ -216,7 +228,14 @@ class Renderer:
         reserved = STANDARD_NAMES.intersection(context)
         if reserved:
             raise ReservedContextKeyError(reserved)
-        compiled = self._compiled(version, fixed_layouts=fixed_layouts)
+        if stencil_only:
+            with self._lock:
+                cached = self._cache.get(version.key)
+            if varying is None or not fixed_layouts or not isinstance(cached, _Compiled) or cached.version != version:
+                raise NoStencil(version.key)
+            compiled = cached
+        else:
+            compiled = self._compiled(version, fixed_layouts=fixed_layouts)
         marketing = version.category == "marketing"
         if marketing and not standard.unsubscribe_url:
             raise TemplateRenderError(
@@ -229,9 +248,11 @@ class Renderer:
         limits = self.limits if timeout_s is None else replace(self.limits, timeout_s=timeout_s)
         if varying is not None:
             stencilled = self._stencilled(compiled, variables, standard, varying | STANDARD_VARYING, link_rewriter,
-                                          limits)
+                                          limits, make=not stencil_only)
             if stencilled is not None:
                 return stencilled
+        if stencil_only:
+            raise NoStencil(version.key)
         with render_budget(limits):
             subject = self._run(compiled, "subject", compiled.subject, variables)
             body = self._run(compiled, "html", compiled.html, variables)
@@ -254,8 +275,9 @@ class Renderer:
 
     def _stencilled(self, compiled: _Compiled, variables: dict[str, Any], standard: StandardContext,
                     varying: frozenset[str], link_rewriter: LinkRewriter | None,
-                    limits: RenderLimits) -> RenderedEmail | None:
-        """The render filled in from the version's stencil; None when there is none for these values."""
+                    limits: RenderLimits, *, make: bool) -> RenderedEmail | None:
+        """The render filled in from the version's stencil (``make``: made now if there is none yet); None when
+        there is none for these values."""
         uses = self._recipient_uses(compiled, varying)
         if uses is None:
             return None
@@ -272,6 +294,8 @@ class Renderer:
             if entry is not None:
                 self._stencils.move_to_end(key)
         if entry is None or entry[0] is not compiled:
+            if not make:
+                return None
             try:
                 stencil = self._stencil(compiled, variables, uses, tested, varying, link_rewriter is not None, pixel,
                                         limits)

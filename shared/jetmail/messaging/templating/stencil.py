@@ -125,6 +125,10 @@ def recipient_uses(trees: list[nodes.Template], varying: frozenset[str]) -> Uses
     return Uses(tuple(sorted(outputs)), tuple(sorted(tests)))
 
 
+class NoStencil(Exception):
+    """A render asked only of a stencil (``Renderer.render(stencil_only=True)``) that needs Jinja."""
+
+
 class Unfit(Exception):
     """This recipient's values (or the template) are outside what a stencil vouches for: render in full."""
 
