@@ -278,7 +278,7 @@ class Renderer:
                     limits: RenderLimits, *, make: bool) -> RenderedEmail | None:
         """The render filled in from the version's stencil (``make``: made now if there is none yet); None when
         there is none for these values."""
-        uses = self._recipient_uses(compiled, varying)
+        uses = self._recipient_uses(compiled, varying, make=make)
         if uses is None:
             return None
         pixel = compiled.version.category == "marketing" and bool(standard.tracking_pixel_url)
@@ -336,12 +336,15 @@ class Renderer:
             self.stencil_renders += 1
         return RenderedEmail(subject=one_line(subject), html=body, text=text, links=stencil.links)
 
-    def _recipient_uses(self, compiled: _Compiled, varying: frozenset[str]) -> Uses | None:
+    def _recipient_uses(self, compiled: _Compiled, varying: frozenset[str], *, make: bool) -> Uses | None:
+        """Where the version uses the varying names (``make``: parse its sources now if that is not known yet)."""
         key = (compiled.version.key, varying)
         with self._lock:
             entry = self._uses.get(key)
         if entry is not None and entry[0] is compiled:
             return entry[1]
+        if not make:
+            return None
         uses = recipient_uses([self._env.parse(source) for source in compiled.sources], varying)
         with self._lock:
             self._uses[key] = (compiled, uses)

@@ -7,18 +7,22 @@ render is any other's with the values put in, escaped as Jinja escapes them. A s
 once per version and per pattern of what the tests found (which tested values were empty), with the HTML
 safety walk, the click-link rewriting and the tracking pixel done on it: filling it in is joining strings.
 
-A stencil vouches only for what it can show:
+A stencil is made only where it can show that filling it in gives what the full render gives, safety checks
+included; otherwise there is none (``build`` returns None) and every recipient's mail is rendered in full:
 
-- the values a recipient fills in are escaped text, so they cannot add an element or leave an attribute; the
-  second render with a probe after every hole shows that no hole stands in an unquoted attribute, a tag or
-  attribute name, a comment or a ``<style>`` block (``None`` then: the render falls back to the full one);
-- a hole in an attribute whose value the safety walk reads (URLs before their scheme, ``style``, ``srcset``,
-  ``http-equiv``) leaves the walk to each recipient's filled-in HTML, except the standard links standing alone;
-- a hole inside an ``<a href>`` leaves the click-link rewriting to each recipient's HTML, as the URL differs.
+- the values a recipient fills in are escaped text, so they cannot add an element or leave a quoted attribute;
+  a second render, with other markers and a probe after each, shows that the template wrote no marker of its own
+  and that no hole stands in an unquoted attribute; the first shows that none stands in a tag or attribute name,
+  a comment or a ``<style>`` block;
+- no hole stands where the safety walk reads a value (a URL before its scheme is settled, ``style``, ``srcset``,
+  ``http-equiv``, an event handler), except a standard link standing alone as a URL attribute's value, which is
+  checked to be http(s) as each recipient's is filled in;
+- with click tracking, no hole stands inside an ``<a href>`` (the tracked URL would differ per recipient), except
+  such a standard link, which the renderer never rewrites.
 
-``Renderer.render(varying=...)`` uses it and falls back to rendering in full whenever the template, the
-context or a recipient's values are outside this (a filter on a recipient value, a value a template tests in
-a way other than truth, a value that is not there).
+``Renderer.render(varying=...)`` uses it, and renders in full whenever the template, the context or a recipient's
+values are outside it (a filter on a recipient value, a value tested in a way other than truth, a value that is
+not there, output longer than the render limit).
 """
 
 from __future__ import annotations
