@@ -7,6 +7,8 @@ endpoint) for the life of the process (module scope in Lambda, worker start-up i
 
 from __future__ import annotations
 
+import base64
+import json
 import threading
 from typing import Any
 
@@ -42,6 +44,47 @@ def _config(service: str, settings: Settings) -> Config:
                   read_timeout=settings.aws_read_timeout_s, parameter_validation=service not in _UNVALIDATED,
                   **_TIMEOUTS)
 
+# A Query page of 300 list members took botocore 9.9 ms to parse, walking the output shape for every attribute of
+# every item, against 1.2 ms for json.loads: ~30 µs of a campaign worker's CPU per recipient it plans. DynamoDB's
+# JSON already is the AttributeValue form botocore returns, but for binary values, which it sends as base64.
+_READ_DIRECTLY = ("Query",)
+
+
+def _read_page(response_dict: dict[str, Any], customized_response_dict: dict[str, Any], **_: Any) -> None:
+    """botocore's ``before-parse`` hook for a DynamoDB read: a successful answer is read with ``json.loads`` and
+    its binary values decoded, and botocore is left an empty body to parse (its response metadata, headers and
+    errors are as before)."""
+    if response_dict.get("status_code") != 200 or not response_dict.get("body"):
+        return
+    try:
+        page = json.loads(response_dict["body"])
+    except ValueError:
+        return  # botocore reports what it makes of it
+    if not isinstance(page, dict):
+        return
+    for item in page.get("Items", ()):
+        _decode_binary(item)  # LastEvaluatedKey holds key attributes, strings in every jetmail table
+    customized_response_dict.update(page)
+    response_dict["body"] = b"{}"
+
+
+def _decode_binary(item: dict[str, Any]) -> None:
+    for value in item.values():
+        _decode_value(value)
+
+
+def _decode_value(value: dict[str, Any]) -> None:
+    if "M" in value:
+        _decode_binary(value["M"])
+    elif "L" in value:
+        for element in value["L"]:
+            _decode_value(element)
+    elif "B" in value:
+        value["B"] = base64.b64decode(value["B"])
+    elif "BS" in value:
+        value["BS"] = [base64.b64decode(element) for element in value["BS"]]
+
+
 _lock = threading.Lock()
 _session: boto3.session.Session | None = None
 _clients: dict[tuple[str, str, str | None, float, str | None], Any] = {}
@@ -64,6 +107,9 @@ def aws_client(service: str, settings: Settings) -> Any:
                 config=_config(service, settings),
                 **_credentials(settings),
             )
+            if service == "dynamodb":
+                for operation in _READ_DIRECTLY:
+                    client.meta.events.register(f"before-parse.dynamodb.{operation}", _read_page)
             _clients[key] = client
     return client
 
