@@ -77,8 +77,8 @@ class StandardContext(BaseModel):
     view_in_browser_url: str | None = None
     #: Appended as a 1x1 image to marketing mail only; transactional mail is never tracked.
     tracking_pixel_url: str | None = None
-    #: ``strftime`` format of ``today``; numeric by default because month names would
-    #: follow the process locale, not the recipient's.
+    #: ``strftime`` format of ``today``, the recipient's date (time directives read midnight); numeric by
+    #: default because month names would follow the process locale, not the recipient's.
     date_format: str = "%Y-%m-%d"
 
     @property
