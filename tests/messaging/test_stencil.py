@@ -31,6 +31,7 @@ PEOPLE: list[tuple[str | None, dict[str, Any]]] = [
     (None, {"first_name": None, "plan": None, "vip": None}),
     ("", {"first_name": "", "plan": 0, "vip": []}),
     ("Zoë", {"first_name": "Zoë", "plan": "free", "vip": [1]}),
+    (" Zed\t", {"first_name": "two\n\n\nlines ", "plan": "\u00a0pro", "vip": True}),  # what tidying would trim
 ]
 
 

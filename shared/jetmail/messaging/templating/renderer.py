@@ -327,11 +327,9 @@ class Renderer:
             assert standard.tracking_pixel_url
             html_values.append(html.escape(standard.tracking_pixel_url, quote=True))
         subject, body, text = (stencil.subject.fill(text_values), stencil.html.fill(html_values),
-                               stencil.text.fill(text_values))
-        if max(len(subject), len(body), len(text)) > limits.max_output:
-            return None  # the full render refuses it
-        if compiled.text_derived:
-            text = tidy_text(text)
+                               stencil.text_for(text_values, tidy_text if compiled.text_derived else None))
+        if max(len(subject), len(body), stencil.text.length(text_values)) > limits.max_output:
+            return None  # the full render refuses it (its bound is on the text before tidying)
         with self._lock:
             self.stencil_renders += 1
         return RenderedEmail(subject=one_line(subject), html=body, text=text, links=stencil.links)
@@ -362,7 +360,8 @@ class Renderer:
 
         shared = {name: value for name, value in variables.items() if name not in varying}
         return stencils.build(render, variables, uses, tested, shared_text="\n".join((*compiled.sources, repr(shared))),
-                              rewrite=rewrite, pixel=append_pixel if pixel else None)
+                              rewrite=rewrite, pixel=append_pixel if pixel else None,
+                              tidy=tidy_text if compiled.text_derived else None)
 
     def _run(
         self, compiled: _Compiled, field: TemplateField, template: Template, variables: dict[str, Any]

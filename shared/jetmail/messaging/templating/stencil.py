@@ -155,6 +155,10 @@ class Field:
     literals: tuple[str, ...]
     holes: tuple[int, ...]
 
+    def length(self, values: list[str]) -> int:
+        """How long ``fill(values)`` is."""
+        return sum(map(len, self.literals)) + sum(len(values[hole]) for hole in self.holes)
+
     def fill(self, values: list[str]) -> str:
         if not self.holes:
             return self.literals[0]
@@ -176,17 +180,37 @@ class Stencil:
     links: tuple[str, ...]
     #: holes standing alone in a URL attribute: a standard link, to be checked as one (http, https or empty)
     trusted: frozenset[int]
+    #: the text tidied with its markers (``tidy``): as good as tidying each recipient's text while every value
+    #: in it is ``tidy_safe``; None when the text is not tidied
+    tidied: Field | None = None
+
+    def text_for(self, values: list[str], tidy: Callable[[str], str] | None) -> str:
+        """The text part for these values, tidied when ``tidy`` is given."""
+        if tidy is None:
+            return self.text.fill(values)
+        if self.tidied is not None and all(tidy_safe(values[hole]) for hole in self.text.holes):
+            return self.tidied.fill(values)
+        return tidy(self.text.fill(values))
+
+
+def tidy_safe(value: str) -> bool:
+    """A value that cannot change what tidying a text does around it: not empty, no line break, no white space at
+    either end. Tidying only trims spaces and tabs around line breaks, shortens runs of blank lines and strips the
+    ends, so such a value in a marker's place leaves every one of those where it was."""
+    return bool(value) and "\n" not in value and value == value.strip()
 
 
 Render = Callable[[Mapping[str, Any]], tuple[str, str, str]]
 
 
 def build(render: Render, variables: Mapping[str, Any], uses: Uses, tested: Mapping[Path, Any], *,
-          shared_text: str, rewrite: bool, pixel: Callable[[str, str], str] | None) -> Stencil | None:
+          shared_text: str, rewrite: bool, pixel: Callable[[str, str], str] | None,
+          tidy: Callable[[str], str] | None = None) -> Stencil | None:
     """Render with a marker for each written-out path and the ``tested`` values (a truthy one as a stand-in),
     check the result, and cut it at the markers. ``shared_text``: the sources and everything else the render
     may write, so that no marker can be mistaken for text. ``rewrite``: track the links; ``pixel``: how the
-    tracking pixel is appended. None: the template or the values are outside what a stencil vouches for.
+    tracking pixel is appended; ``tidy``: how the text is tidied, when it is. None: the template or the values are
+    outside what a stencil vouches for.
     Raises what the render raises."""
     prefix = token_prefix(shared_text)
     probe = token_prefix(f"{shared_text}\n{prefix}")
@@ -220,7 +244,8 @@ def build(render: Render, variables: Mapping[str, Any], uses: Uses, tested: Mapp
     if pixel is not None:
         body = pixel(body, f"{prefix}{count + len(links)}z")
     subject, _, text = fields
-    return Stencil(subject=subject, html=_cut(body, pattern), text=text, links=links, trusted=frozenset(alone))
+    return Stencil(subject=subject, html=_cut(body, pattern), text=text, links=links, trusted=frozenset(alone),
+                   tidied=_cut(tidy(first[2]), pattern) if tidy is not None else None)
 
 
 def _marked(render: Render, variables: Mapping[str, Any], uses: Uses, tested: Mapping[Path, Any],
