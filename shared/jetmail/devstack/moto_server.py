@@ -22,9 +22,9 @@ deep-copied; a condition is parsed once per expression and the names and values 
 twice per request), and moto's per-request and per-node lookups of its own methods and processors (and
 which processor a node's type goes to) are made once (together a third of an UpdateItem's time). A
 Query's page is not deep-copied (nothing after changes it) and each item's size is summed once per Query (a
-third of a Query's time). Item reads (GetItem,
-BatchGetItem, Query, Scan) are answered as plain JSON: moto's generic serializer walks the output shape for
-every attribute of every item, most of what a page of items cost. What survives a full garbage collection is frozen
+third of a Query's time). Item reads (GetItem, BatchGetItem, Query, Scan) are answered as plain JSON: moto's
+generic serializer walks the output shape for every attribute of every item, most of what a page of items cost.
+What survives a full garbage collection is frozen
 (``GcPauses``): a full collection walked every stored item, holding up every request for 1.3 s at a time.
 The server is waitress, which keeps a client's connection for its next request: moto's own (werkzeug's
 development server) closes every connection after one answer, so each DynamoDB call of the local stack
@@ -565,13 +565,13 @@ def _condition_parse(self: ConditionExpressionParser) -> Any:
     return found[0]
 
 
+_moto_method_names = moto_responses.method_names_from_class  # type: ignore[attr-defined]
+
+
 @functools.lru_cache(maxsize=64)
 def _method_names(clazz: type) -> tuple[str, ...]:
     """A response class's method names, once per class: moto listed them (``inspect.getmembers``) per request."""
     return tuple(_moto_method_names(clazz))
-
-
-_moto_method_names = moto_responses.method_names_from_class  # type: ignore[attr-defined]
 
 
 UpdateExpressionParser.make = staticmethod(_parsed_update)

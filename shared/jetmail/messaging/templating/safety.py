@@ -101,17 +101,20 @@ def _node_problems(element: LexborNode) -> tuple[str, ...]:
                              element.text(deep=True) if tag == "style" else None)
 
 
+def markup_nodes(document: str) -> Iterator[LexborNode]:
+    """The elements and comments of ``document`` as a mail client parses it, in document order (text nodes carry
+    no markup)."""
+    root = LexborHTMLParser(document).root
+    if root is None:
+        return iter(())
+    # from the document node: comments before <html> or after it are its siblings
+    return (root.parent or root).traverse(include_text=False)
+
+
 def html_problems(document: str, *, fragment: bool = False) -> list[str]:
     """Every reason the HTML is unsafe to send, in document order; empty when it is fine."""
-    tree = LexborHTMLParser(document)
     problems: list[str] = []
-    root = tree.root
-    if root is None:
-        return problems
-    # from the document node: comments before <html> or after it are its siblings
-    document_node = root.parent or root
-    # text nodes carry no markup: elements and comments are all there is to check
-    for node in document_node.traverse(include_text=False):
+    for node in markup_nodes(document):
         if node.tag == "-comment":
             # Outlook renders the inside of <!--[if mso]>...<![endif]--> as HTML
             m = _CONDITIONAL.match(node.comment_content or "")

@@ -34,11 +34,10 @@ from typing import Any
 
 from jinja2 import Undefined, nodes
 from markupsafe import escape
-from selectolax.lexbor import LexborHTMLParser
 
 from jetmail.messaging.templating.links import anchor_hrefs, href_url, rewrite_links, tracked
 from jetmail.messaging.templating.markup import token_prefix
-from jetmail.messaging.templating.safety import URL_ATTRIBUTES, html_problems, url_scheme
+from jetmail.messaging.templating.safety import URL_ATTRIBUTES, html_problems, markup_nodes, url_scheme
 
 #: Names every render fills in per recipient (``StandardContext.variables``); ``company`` is the same for all.
 STANDARD_VARYING = frozenset({"recipient", "unsubscribe_url", "preferences_url", "view_in_browser_url", "now",
@@ -279,13 +278,13 @@ def _cut(text: str, pattern: re.Pattern[str]) -> Field:
 def _hole_positions(body: str, probed: str, prefix: str, probe: str) -> tuple[bool, set[int]] | None:
     """Whether a hole stands where the safety walk reads a value (True), and the holes that stand alone as a
     URL attribute's value (trusted when they are standard links); None for a hole no stencil may have."""
-    for element in _elements(probed):
+    for element in markup_nodes(probed):
         if any((name or "").lower().startswith(probe) for name in element.attributes):
             return None  # the probe became an attribute: a hole in an unquoted attribute value
     risky = False
     alone: set[int] = set()
     whole = re.compile(rf"{prefix}(\d+)z")
-    for element in _elements(body, comments=True):
+    for element in markup_nodes(body):
         tag = (element.tag or "").lower()
         if tag == "-comment":
             if prefix in (element.comment_content or "").lower():
@@ -310,15 +309,6 @@ def _hole_positions(body: str, probed: str, prefix: str, probe: str) -> tuple[bo
                 elif url_scheme(value.partition(prefix)[0]) is None:
                     risky = True  # the hole comes before the URL's scheme is settled
     return risky, alone
-
-
-def _elements(document: str, *, comments: bool = False) -> list[Any]:
-    tree = LexborHTMLParser(document)
-    root = tree.root
-    if root is None:
-        return []
-    return [node for node in (root.parent or root).traverse(include_text=False)
-            if comments or not (node.tag or "-").startswith("-")]
 
 
 def _tracked_links(body: str, prefix: str) -> tuple[str, ...] | None:
