@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import binascii
 import email
 import email.policy
 from datetime import UTC, datetime, timedelta, timezone
@@ -7,7 +8,10 @@ from email.message import EmailMessage
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
+from jetmail.messaging import mime
 from jetmail.messaging.mime import (
     Address,
     AddressError,
@@ -110,6 +114,21 @@ def test_bodies_pick_a_transfer_encoding_and_decode_exactly(body: str, encoding:
     assert message["Content-Transfer-Encoding"] == encoding
     normalised = body.replace("\r\n", "\n").replace("\r", "\n").replace("\n", "\r\n")
     assert message.get_content() == normalised
+
+
+# CRLF text made of what quoted-printable treats apart: "=", non-ASCII, white space before a line end, long lines
+qp_texts = st.lists(st.sampled_from([b"a", b" ", b"\t", b"=", "·".encode(), b".", b"\r\n", b"x" * 80, b"y" * 30]),
+                    max_size=30).map(b"".join)
+
+
+@given(qp_texts)
+def test_quoted_printable_is_what_the_stdlib_encodes(data: bytes) -> None:
+    expected = binascii.b2a_qp(data, istext=True)
+    if b"\r\n" not in data:
+        expected = expected.replace(b"=\n", b"=\r\n")  # b2a_qp breaks a lone line with a bare LF
+    assert mime._quoted_printable(data) == expected
+    assert mime._quoted_printable(data) == expected  # again, from the lines kept the first time
+    assert binascii.a2b_qp(expected) == data
 
 
 def test_single_part_when_only_html() -> None:

@@ -130,7 +130,7 @@ class SendPipeline:
         # the envelope takes the built recipient: its domain in ASCII (punycode) form, which an ASCII local
         # part at an IDN domain needs to go without SMTPUTF8
         return OutboundMessage(mail_from=draft.envelope_from, recipients=list(built.recipients), raw=built.data,
-                               smtputf8=built.smtputf8, message_id=draft.message_id, lane=draft.lane,
+                               smtputf8=built.smtputf8, message_id=draft.message_id, lane=draft.lane, crlf=True,
                                tags={"message_id": draft.message_id, "category": draft.category, **draft.tags})
 
     def _build_raw(self, draft: Draft) -> OutboundMessage:

@@ -42,3 +42,13 @@ def test_examples() -> None:
     assert dot_stuffed(b"a\n.b\r.\r\n") == b"a\r\n..b\r\n..\r\n.\r\n"
     assert dot_stuffed(b".") == b"..\r\n.\r\n"
     assert dot_stuffed(b"") == b"\r\n.\r\n"
+
+
+# messages whose every line ends in CRLF, as jetmail.messaging.mime builds them
+built = st.lists(st.sampled_from([b"", b".", b"..", b"a", b"x y", b". z"]), max_size=20).map(
+    lambda lines: b"".join(line + b"\r\n" for line in lines))
+
+
+@given(built)
+def test_a_built_message_is_stuffed_as_any_other(raw: bytes) -> None:
+    assert dot_stuffed(raw, crlf=True) == dot_stuffed(raw)

@@ -28,6 +28,8 @@ class OutboundMessage:
     tags: Mapping[str, str] = field(default_factory=dict)
     # whose connections it takes: the transactional lane's (the messages API) or the campaigns' ("marketing")
     lane: str = "transactional"
+    # every line of ``raw`` ends in CRLF, as jetmail.messaging.mime builds a message: SMTP sends it as it is
+    crlf: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

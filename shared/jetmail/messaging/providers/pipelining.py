@@ -38,13 +38,17 @@ def command(*parts: bytes) -> bytes:
     return b" ".join(parts) + b"\r\n"
 
 
-def dot_stuffed(raw: bytes) -> bytes:
-    """The message as DATA sends it: CRLF line endings, leading periods doubled, the final ``.``."""
-    # every CR, LF and CRLF becomes CRLF (a CR before a CRLF is a line of its own, as a lone CR is)
-    body = raw.replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", b"\r\n")
+def dot_stuffed(raw: bytes, *, crlf: bool = False) -> bytes:
+    """The message as DATA sends it: CRLF line endings, leading periods doubled, the final ``.``.
+    ``crlf``: every line of ``raw`` already ends in CRLF (as ``jetmail.messaging.mime`` builds them)."""
+    body = raw
+    if not crlf:
+        # every CR, LF and CRLF becomes CRLF (a CR before a CRLF is a line of its own, as a lone CR is)
+        body = raw.replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", b"\r\n")
     if not body.endswith(b"\r\n"):
         body += b"\r\n"
-    body = body.replace(b"\r\n.", b"\r\n..")
+    if b"\r\n." in body:
+        body = body.replace(b"\r\n.", b"\r\n..")
     return (b"." + body if body.startswith(b".") else body) + b".\r\n"
 
 
