@@ -361,8 +361,8 @@ class SmtpProvider:
         try:
             if not with_data:
                 return await client.data(message.raw)
-            data = pipelining.dot_stuffed(message.raw, crlf=message.crlf)
-            (response,) = await pipelining.exchange(client, data, replies=1, reply_timeout=self._timeout)
+            stuffed = pipelining.dot_stuffed(message.raw, crlf=message.crlf)
+            (response,) = await pipelining.exchange(client, stuffed, replies=1, reply_timeout=self._timeout)
         except aiosmtplib.SMTPException as exc:
             # the body may have reached the server: never the "nothing accepted" stage of a stale session
             exc.stage = "DATA"  # type: ignore[attr-defined]
