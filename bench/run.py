@@ -56,8 +56,13 @@ import bench_imports
 from postfix_sink import SinkClock, find_smtp_sink, install_smtp_sink, start_smtp_sink
 
 ROOT = Path(__file__).resolve().parents[1]
-CONTEXT = {"steps": [{"title": "One", "description": "First."}], "dashboard_url": "https://a.example.com/",
-           "docs_url": "https://d.example.com/"}
+# the shipped template the campaigns send, with a context of its own shape: two tips, each with a link, and the blog
+TEMPLATE = "tips_and_tricks"
+CONTEXT = {"tips": [{"title": "Use a preheader", "body": "The line after the subject sells the open.",
+                     "url": "https://example.com/blog/preheaders"},
+                    {"title": "Send at the recipient's morning", "body": "Schedules follow each recipient's timezone.",
+                     "url": "https://example.com/blog/timezones"}],
+           "blog_url": "https://example.com/blog"}
 
 
 def fetch_json(url: str, *, post: bool = False) -> Any:
@@ -90,7 +95,7 @@ def raw_loop(smtp_port: int, count: int) -> float:
     settings = Settings(_env_file=None, table_name="unused", signing_secret="x" * 32,  # type: ignore[call-arg]
                         smtp_port=smtp_port, smtp_pool_size=4)
     examples = load_template_dir(EXAMPLE_TEMPLATES_DIR)
-    content = next(c for c in examples if c.name == "getting_started" and c.locale == "en")
+    content = next(c for c in examples if c.name == TEMPLATE and c.locale == "en")
     version = TemplateVersion(**content.model_dump(), version=1)
     renderer = Renderer(limits=settings.render_limits, layouts=InMemoryTemplates(examples).layout)
     composer = Composer(settings, renderer=renderer)
@@ -179,7 +184,7 @@ def planner_child(size: int) -> None:
     from jetmail.campaigns.planner import Planner
 
     audience = SyntheticAudience(size)
-    campaign = CampaignCreate(name="rss", template="getting_started",
+    campaign = CampaignCreate(name="rss", template=TEMPLATE,
                               audience=[AudienceSource(list_id="lst_synthetic")])
     before = rss_peak_mb(os.getpid())
     batches = Planner(contacts=audience, segments=audience, suppressions=audience).batches(campaign, run="main")
@@ -324,7 +329,7 @@ def run_campaign(services: Any, list_id: str, size: int, *, clock: SinkClock | N
     """Send a campaign of ``size`` to the list and time it from ``send`` to the last message at the sink."""
     from jetmail.campaigns.model import AudienceSource, CampaignCreate
 
-    campaign = services.campaigns.create(CampaignCreate(name=f"bench-{size}", template="getting_started",
+    campaign = services.campaigns.create(CampaignCreate(name=f"bench-{size}", template=TEMPLATE,
                                                         context=CONTEXT, audience=[AudienceSource(list_id=list_id)]))
     base = clock.count if clock else 0
     cpu = sum(cpu_seconds(p.pid) for p in workers)
@@ -514,7 +519,7 @@ def main() -> None:
                 from jetmail.campaigns.model import AudienceSource, CampaignCreate
 
                 busy = services.campaigns.create(CampaignCreate(
-                    name="busy", template="getting_started", context=CONTEXT,
+                    name="busy", template=TEMPLATE, context=CONTEXT,
                     audience=[AudienceSource(list_id=busy_list)]))
                 print(f"transactional latency during a campaign of {args.busy_recipients:,} ...", flush=True)
                 busy_posts: list[float] = []
