@@ -315,6 +315,32 @@ def test_the_journal_stream_keeps_entries_as_long_as_the_leases_bucket(isolated:
     assert journal_subject("cmp_1", "main", 2) == f"{JOURNAL_PREFIX}.cmp_1.main.2"
 
 
+def test_outcomes_of_one_turn_are_journaled_as_one_message_and_read_back_by_position(
+        isolated: Isolated, unique: str) -> None:
+    campaign_id = f"cmp_turn{unique}"
+    prefix = journal_subject(campaign_id, "main", 1)
+
+    async def step(js: Any) -> Any:
+        journal = Journal(js)
+        writer = journal.writer(campaign_id, "main", 1)
+        # GIVEN three sends answered in the same turn of the event loop, then one on its own
+        await asyncio.gather(*(writer.append({"p": p, "e": f"r{p}@turn.example.com", "s": "sent", "m": f"id-{p}"})
+                               for p in (0, 1, 2)))
+        await writer.append({"p": 3, "e": "r3@turn.example.com", "s": "failed", "r": "550 5.1.1 no such user"})
+        await writer.flush()
+        info = await js.stream_info(JOURNAL_STREAM, subjects_filter=f"{prefix}.*")
+        alone = await js.get_last_msg(JOURNAL_STREAM, f"{prefix}.3")
+        return info.state.subjects, json.loads(alone.data), await journal.read(campaign_id, "main", 1)
+
+    subjects, alone, read = with_js(isolated, step)
+    # THEN the three are one message under the first one's position, the lone one an entry as before
+    assert subjects == {f"{prefix}.0": 1, f"{prefix}.3": 1}
+    assert alone == {"p": 3, "e": "r3@turn.example.com", "s": "failed", "r": "550 5.1.1 no such user"}
+    # and reading the journal gives every position its own outcome
+    assert {p: (e["s"], e.get("m")) for p, e in read.items()} == {
+        0: ("sent", "id-0"), 1: ("sent", "id-1"), 2: ("sent", "id-2"), 3: ("failed", None)}
+
+
 def test_a_released_lease_lets_the_next_attempt_in_at_once(isolated: Isolated, unique: str) -> None:
     async def step(js: Any) -> None:
         leases = Leases(js, ttl=30)

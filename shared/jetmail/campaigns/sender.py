@@ -1,18 +1,18 @@
 """The batch job: send up to ~100 campaign messages, then record them in one DynamoDB transaction.
 
 The campaign wrapper around the one send pipeline (``jetmail.messaging.pipeline``): lease, journal, tally and
-batch bookkeeping. Per batch: one KV create for the batch's lease (refreshed with the job's heartbeat,
-deleted at the end), one stream-info request to read the batch's journal (and one consumer read when an
-earlier attempt wrote to it), one TransactWriteItems (batch outcome and counters), one UpdateItem keeping
-the reasons when some recipients failed for good, and one stream-info request to catch up on stop
-events. Per recipient: one pipelined journal publish (its ack awaited with the others before the batch
-records its result) and the provider. Before every send the campaign's state is looked up on the state
-board, which watches the KV state bucket, so pause and cancel take effect within milliseconds even for
-batches already queued: a paused batch is parked (its payload kept in DynamoDB) and re-enqueued on
-resume, where its journal skips whoever it had already mailed. Before every send the suppression policy
-answers from the stop events the worker follows (``jetmail.deliverability.stops``): every suppression, list unsubscribe
-and erasure since the campaign's plan began, however long ago and whenever this worker started.
-"""
+batch bookkeeping. Per batch: one KV create for the batch's lease (refreshed with the job's heartbeat, deleted
+at the end), one stream-info request to read the batch's journal (and one consumer read when an earlier
+attempt wrote to it), one TransactWriteItems (batch outcome and counters), one UpdateItem keeping the reasons
+when some recipients failed for good, and one stream-info request to catch up on stop events. Per recipient: a
+journal entry (pipelined publishes, one per turn of the event loop for the entries that came in together,
+their acks awaited before the batch records its result) and the provider. Before every send the campaign's
+state is looked up on the state board, which watches the KV state bucket, so pause and cancel take effect
+within milliseconds even for batches already queued: a paused batch is parked (its payload kept in DynamoDB)
+and re-enqueued on resume, where its journal skips whoever it had already mailed. Before every send the
+suppression policy answers from the stop events the worker follows (``jetmail.deliverability.stops``): every
+suppression, list unsubscribe and erasure since the campaign's plan began, however long ago and whenever this
+worker started."""
 
 from __future__ import annotations
 
