@@ -154,6 +154,7 @@ def _unquote(name: str) -> str:
     return name
 
 
+@lru_cache(maxsize=1024)  # a campaign's sender is parsed for every message: once is enough
 def parse_address(value: AddressInput) -> Address:
     """An :class:`Address` from ``"Name <addr>"``, a bare ``"addr"`` or ``(name, addr)``.
 
