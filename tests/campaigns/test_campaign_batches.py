@@ -341,6 +341,28 @@ def test_outcomes_of_one_turn_are_journaled_as_one_message_and_read_back_by_posi
         0: ("sent", "id-0"), 1: ("sent", "id-1"), 2: ("sent", "id-2"), 3: ("failed", None)}
 
 
+def test_entries_that_joined_a_cancelled_publisher_are_published_by_flush(isolated: Isolated, unique: str) -> None:
+    campaign_id = f"cmp_cancel{unique}"
+
+    async def step(js: Any) -> Any:
+        journal = Journal(js)
+        writer = journal.writer(campaign_id, "main", 1)
+        # GIVEN an outcome that opened this turn's message, and a second one that joined it
+        opener = asyncio.create_task(writer.append({"p": 0, "e": "a@cancel.example.com", "s": "sent"}))
+        await asyncio.sleep(0)
+        await writer.append({"p": 1, "e": "b@cancel.example.com", "s": "sent"})
+        # WHEN the opener is cancelled before it publishes, and the batch then flushes its journal
+        opener.cancel()
+        await asyncio.gather(opener, return_exceptions=True)
+        await writer.flush()
+        return opener.cancelled(), await journal.read(campaign_id, "main", 1)
+
+    cancelled, read = with_js(isolated, step)
+    # THEN both outcomes are in the journal
+    assert cancelled
+    assert sorted(read) == [0, 1]
+
+
 def test_a_released_lease_lets_the_next_attempt_in_at_once(isolated: Isolated, unique: str) -> None:
     async def step(js: Any) -> None:
         leases = Leases(js, ttl=30)

@@ -271,17 +271,22 @@ class JournalWriter:
             self._joining.append(entry)  # published by the entry that opened this turn's message
             return
         entries = self._joining = [entry]
-        await asyncio.sleep(0)
-        self._joining = None
-        payload = json.dumps(entries if len(entries) > 1 else entry, separators=(",", ":")).encode()
-        subject = f"{self.subject}.{entry['p']}"
-        headers = {"Nats-Msg-Id": subject}
+        try:
+            await asyncio.sleep(0)
+        finally:
+            # closed even when cancelled here: the entries that joined are flush's to publish then
+            self._joining = None
+            payload = json.dumps(entries if len(entries) > 1 else entry, separators=(",", ":")).encode()
+            subject = f"{self.subject}.{entry['p']}"
+            headers = {"Nats-Msg-Id": subject}
+            pending, slot = self._pending, len(self._pending)
+            pending.append((subject, payload, headers, None))
         try:
             future = await self.journal.js.publish_async(subject, payload, headers=dict(headers))
         except Exception as exc:  # not even sent: flush publishes it again
             logger.warning("journal publish to %s failed: %s", self.subject, exc or type(exc).__name__)
-            future = None
-        self._pending.append((subject, payload, headers, future))
+            return
+        pending[slot] = (subject, payload, headers, future)
 
     async def flush(self, *, patience: float = SETTLE_PATIENCE_S) -> None:
         """Wait for every entry's ack; re-publish (same Nats-Msg-Id, so stored once) any that failed or went
