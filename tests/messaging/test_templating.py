@@ -241,6 +241,29 @@ STYLED = """<!DOCTYPE html>
 """
 
 
+def test_character_references_of_a_7bit_template_stay_references_after_inlining() -> None:
+    # GIVEN a template written in ASCII with character references in text and an attribute, styles to inline,
+    # and one written with the characters themselves
+    referenced = version('<html><head><style>p { color: #333333; }</style></head><body>'
+                         '<p title="&copy; 2026">Example &middot; {{ recipient.name }} &rarr; next</p></body></html>')
+    literal = version('<html><head><style>p { color: #333333; }</style></head><body>'
+                      '<p>Example \u00b7 {{ recipient.name }}</p></body></html>')
+    renderer = Renderer()
+    # WHEN both are rendered for an ASCII name and a non-ASCII one
+    ann = renderer.render(referenced, {}, standard=standard(name="Ann"))
+    jorg = renderer.render(referenced, {}, standard=standard(name="J\u00f6rg"))
+    kept = renderer.render(literal, {}, standard=standard(name="Ann"))
+    # THEN the referenced template's HTML is ASCII, its references numeric and the styles inlined
+    assert ann.html.isascii(), ann.html
+    assert '<p title="&#169; 2026" style="color: #333333;">Example &#183; Ann &#8594; next</p>' in ann.html
+    # and a value is written as it was (escaped, not turned into a reference)
+    assert "Example &#183; J\u00f6rg &#8594; next" in jorg.html
+    # and the text part reads the characters
+    assert "Example \u00b7 Ann \u2192 next" in ann.text
+    # and a template written with the characters keeps them
+    assert "Example \u00b7 Ann" in kept.html
+
+
 def test_css_is_inlined_once_per_version_and_placeholders_survive() -> None:
     # GIVEN a renderer that counts inliner calls and a template with a <style> block
     inliner = CountingInliner()

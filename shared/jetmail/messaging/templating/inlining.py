@@ -42,7 +42,13 @@ def inline_template(
             token = f"{prefix}{len(constructs)}z"
             constructs.append(segment)
             parts.append(f"<!--{token}-->" if context == "data" else token)
-    inlined = inline("".join(parts))
+    source = "".join(parts)
+    inlined = inline(source)
+    if source.isascii() and not inlined.isascii():
+        # the parser decoded the template's character references (``&middot;``): they go back as numeric ones, so
+        # the HTML stays 7-bit as written, and a mail is sent without quoted-printable. Only references can have
+        # become non-ASCII here, in text and attribute values, where ``&#183;`` means what ``&middot;`` did.
+        inlined = inlined.encode("ascii", "xmlcharrefreplace").decode("ascii")
     p = re.escape(prefix)
     pattern = re.compile(rf'<!--{p}(\d+)z-->|{p}(\d+)z(?:="")?')
     return restore(inlined, pattern, constructs)
