@@ -309,7 +309,8 @@ def _encode_body(text: str) -> tuple[str, bytes]:
 
 # Quoted-printable encodes each line on its own, and the messages of one campaign share most of their lines:
 # a line's encoding is kept for the next message (lines up to _QP_LINE_BYTES, _QP_LINES of them at most).
-# A 3.6 KB HTML body: 26 µs through b2a_qp whole, 8 µs from kept lines.
+# A 3.6 KB HTML body through b2a_qp whole: 26 µs; from kept lines: 8 µs when every line was seen before, 19 µs
+# for a campaign's mail, whose lines with the recipient's own links are new each time.
 _QP_LINES = 2048
 _QP_LINE_BYTES = 1024
 _qp_lines: dict[bytes, bytes] = {}
