@@ -219,6 +219,7 @@ def worker(queues: tuple[str, ...], concurrency: int, reserve_high: int | None, 
     """Run the jobs of QUEUES until SIGTERM (or, with --burst, until they are empty)."""
     from jetmail.messaging.messages import TRANSACTIONAL_QUEUE
     from jetmail.queue.child import ChildWorker, lower_priority, watch_parent
+    from jetmail.queue.worker import tune_collector
 
     for name in queues:
         check_queue(name)
@@ -254,6 +255,7 @@ def worker(queues: tuple[str, ...], concurrency: int, reserve_high: int | None, 
     if child is not None:
         child.start()
     lower_priority(nice if nice is not None else 10 if child is not None else 0)
+    tune_collector()
     try:
         asyncio.run(runner.run())
     finally:

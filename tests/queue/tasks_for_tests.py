@@ -6,6 +6,7 @@ Each run appends JSON lines to the file named in its payload, which tests read a
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import os
 import time
@@ -30,7 +31,8 @@ class Record(BaseModel):
 def write(path: str, event: str, ctx: JobContext, label: str, **extra: Any) -> None:
     line = {"event": event, "job_id": ctx.job_id, "attempt": ctx.attempt, "label": label, "pid": os.getpid(),
             "t": time.time(), "enqueued_at": ctx.enqueued_at.timestamp(), "queue": ctx.queue,
-            "priority": ctx.priority, "schedule_id": ctx.schedule_id, **extra}
+            "priority": ctx.priority, "schedule_id": ctx.schedule_id,
+            "gc_threshold": gc.get_threshold(), "gc_frozen": gc.get_freeze_count(), **extra}
     with open(path, "a") as out:
         out.write(json.dumps(line) + "\n")
 

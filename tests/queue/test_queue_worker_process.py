@@ -15,6 +15,7 @@ from queue_helpers import done, read_log
 
 from jetmail.devstack.stack import free_port, wait_until
 from jetmail.queue import QueueConfig, SyncClient
+from jetmail.queue.worker import YOUNG_COLLECTION_AFTER
 
 
 def test_sigterm_mid_batch_finishes_running_jobs_and_loses_nothing(
@@ -88,3 +89,18 @@ def _healthy(port: int) -> bool:
             return bool(resp.status == 200)
     except (urllib.error.URLError, OSError):
         return False
+
+
+def test_a_worker_process_collects_garbage_in_fewer_larger_sweeps(
+        qconfig: QueueConfig, qname: str, joblog: Path, spawn_worker: Callable[..., Any]) -> None:
+    # GIVEN a job for a `jetmail worker` process
+    with SyncClient(qconfig) as q:
+        q.ensure_streams([qname])
+        q.enqueue("test_record", queue=qname, payload={"log": str(joblog), "label": "gc"})
+    # WHEN the process runs it
+    worker = spawn_worker(qname, "--burst")
+    assert worker.wait(timeout=30) == 0, worker.log_path.read_text()
+    # THEN the job ran with the worker's collector: what was loaded at start frozen, young collections far apart
+    (record,) = done(joblog)
+    assert record["gc_threshold"][0] == YOUNG_COLLECTION_AFTER
+    assert record["gc_frozen"] > 10_000

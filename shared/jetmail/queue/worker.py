@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import inspect
 import itertools
 import logging
@@ -144,6 +145,21 @@ class _Running:
     started: float
     last_beat: float
     high: bool
+
+
+#: allocations of container objects between two young collections of a worker process (Python's default: 700)
+YOUNG_COLLECTION_AFTER = 20_000
+
+
+def tune_collector() -> None:
+    """The garbage collector for a worker process. Sending one email allocates a few hundred short-lived containers
+    (models, dicts, coroutines, futures): at the default threshold a young collection ran every few emails and
+    collections took ~7 % of a campaign worker's CPU (1.1 s of 15 s in a 20,000 campaign). What is loaded by now
+    (modules, compiled code) is moved out of the collector's reach, and a young collection waits for
+    :data:`YOUNG_COLLECTION_AFTER` allocations; cyclic garbage is found as before, only in fewer, larger sweeps."""
+    gc.freeze()
+    _, middle, old = gc.get_threshold()
+    gc.set_threshold(YOUNG_COLLECTION_AFTER, middle, old)
 
 
 class Worker:
