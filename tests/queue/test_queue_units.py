@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 from datetime import UTC, datetime, timedelta, timezone
 
+import nats.js.errors
 import pytest
 from pydantic import BaseModel
 
@@ -18,6 +20,7 @@ from jetmail.queue import (
     Registry,
     Retry,
 )
+from jetmail.queue.client import placed
 from jetmail.queue.patterns import at_pattern, cron_pattern, every_pattern
 from jetmail.queue.subjects import check_job_id, check_queue, delayed_subject, job_token
 from jetmail.queue.worker import DeadOnArrival, decide
@@ -127,3 +130,38 @@ def test_registry_rejects_a_second_handler_for_a_name() -> None:
         reg.register("a", print)
     with pytest.raises(ValueError, match="invalid task name"):
         reg.register("bad name", print)
+
+
+def no_peers() -> nats.js.errors.APIError:
+    """What a JetStream cluster answers when it cannot place a stream's replicas (a node restarting)."""
+    return nats.js.errors.APIError(code=500, err_code=10005,
+                                   description="no suitable peers for placement, peer offline")
+
+
+def test_making_a_stream_waits_while_the_cluster_cannot_place_its_replicas() -> None:
+    answers: list[Exception | str] = [no_peers(), no_peers(), "made"]
+
+    async def make() -> str:
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    # a placement failure is tried again; the stream is made once the cluster can place it
+    assert asyncio.run(placed(make, patience=5)) == "made"
+    assert answers == []
+
+
+def test_making_a_stream_gives_up_after_its_patience_and_on_any_other_error() -> None:
+    async def never() -> None:
+        raise no_peers()
+
+    async def refused() -> None:
+        raise nats.js.errors.APIError(code=400, err_code=10058, description="stream name already in use")
+
+    with pytest.raises(nats.js.errors.APIError) as placement:
+        asyncio.run(placed(never, patience=0.5))
+    assert placement.value.err_code == 10005
+    with pytest.raises(nats.js.errors.APIError) as other:
+        asyncio.run(placed(refused, patience=5))
+    assert other.value.err_code == 10058

@@ -20,6 +20,7 @@ from nats.js.kv import KeyValue
 
 from jetmail.kv.buckets import BUCKETS, BucketSpec
 from jetmail.kv.errors import Contended, KeyExists, KvError, KvUnavailable, RevisionMismatch
+from jetmail.queue.client import placed
 
 _EXPECTED_REVISION = "Nats-Expected-Last-Subject-Sequence"
 # JSStreamWrongLastSequenceErrF, JSStreamWrongLastSequenceConstantErr
@@ -210,9 +211,9 @@ class Kv:
             info = await self.js.stream_info(f"KV_{spec.name}")
         except nats.js.errors.NotFoundError:
             # made concurrently by another process with the same config, this is a no-op
-            await self.js.create_key_value(KeyValueConfig(
+            await placed(lambda: self.js.create_key_value(KeyValueConfig(
                 bucket=spec.name, ttl=spec.ttl, history=spec.history, replicas=self.replicas,
-                storage=StorageType.FILE if spec.storage == "file" else StorageType.MEMORY))
+                storage=StorageType.FILE if spec.storage == "file" else StorageType.MEMORY)))
             return False
         if spec.key_ttl and not info.config.allow_msg_ttl:
             info.config.allow_msg_ttl = True

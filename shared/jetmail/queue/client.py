@@ -6,11 +6,12 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 import uuid
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from datetime import timedelta
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import nats.errors
 import nats.js.errors
@@ -54,6 +55,28 @@ from .subjects import (
 log = logging.getLogger("jetmail.queue")
 
 _STREAM_NAME_IN_USE = 10058
+# "no suitable peers for placement": a cluster with a node (re)starting cannot place a stream's replicas yet
+_NO_SUITABLE_PEERS = 10005
+#: how long making a stream waits for a cluster to be able to place its replicas (a node restarting)
+PLACEMENT_PATIENCE_S = 30.0
+
+T = TypeVar("T")
+
+
+async def placed(make: Callable[[], Awaitable[T]], *, patience: float = PLACEMENT_PATIENCE_S) -> T:
+    """``make()``, a stream's creation or update, tried again while the cluster cannot place the stream's replicas
+    (a node restarting, or just started and not yet seen by the others), for up to ``patience`` seconds."""
+    deadline = time.monotonic() + patience
+    delay = 0.25
+    while True:
+        try:
+            return await make()
+        except nats.js.errors.APIError as exc:
+            if exc.err_code != _NO_SUITABLE_PEERS or time.monotonic() + delay > deadline:
+                raise
+            log.info("cannot place a stream's replicas yet (%s); trying again in %.2fs", exc.description, delay)
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 2.0)
 _SCHEDULE_PATTERN_INVALID = 10189
 _SCHEDULE_TARGET_INVALID = 10190
 
@@ -151,9 +174,9 @@ class Queue:
         try:
             self._kv = await self.js.key_value(cfg.schedules_bucket)
         except nats.js.errors.BucketNotFoundError:
-            self._kv = await self.js.create_key_value(
+            self._kv = await placed(lambda: self.js.create_key_value(
                 bucket=cfg.schedules_bucket, description="jetmail recurring schedules", history=1,
-                replicas=cfg.replicas, storage=api.StorageType.FILE)
+                replicas=cfg.replicas, storage=api.StorageType.FILE))
         for queue in dict.fromkeys(queues):
             await self.ensure_consumers(queue)
 
@@ -181,12 +204,12 @@ class Queue:
 
     async def _ensure_stream(self, config: api.StreamConfig) -> None:
         try:
-            await self.js.add_stream(config)
+            await placed(lambda: self.js.add_stream(config))
         except nats.js.errors.APIError as exc:
             if exc.err_code != _STREAM_NAME_IN_USE:
                 raise QueueError(f"cannot create stream {config.name}: {exc.description}") from None
             try:
-                await self.js.update_stream(config)
+                await placed(lambda: self.js.update_stream(config))
             except nats.js.errors.APIError as exc2:
                 raise QueueError(f"cannot update stream {config.name}: {exc2.description}") from None
 
