@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -163,3 +164,21 @@ def test_passwords_that_look_like_numbers_dates_or_sizes_still_work(tmp_path: Pa
             asyncio.run(connect("worker"))
     finally:
         cluster.stop()
+
+
+def test_a_cluster_whose_port_was_taken_starts_again_on_new_ports(tmp_path: Path) -> None:
+    # GIVEN a cluster whose second node's route port another process took after it was picked
+    cluster = NatsCluster(tmp_path / "nats")
+    taken = cluster.nodes["nats-2"].cluster_port
+    squatter = socket.socket()
+    squatter.bind(("127.0.0.1", taken))
+    squatter.listen()
+    try:
+        # WHEN it starts
+        with cluster:
+            # THEN it runs, every node on ports of its own, and the node that lost its port says so in its log
+            assert all(node.alive for node in cluster.nodes.values())
+            assert cluster.nodes["nats-2"].cluster_port != taken
+            assert "address already in use" in cluster.nodes["nats-2"].log.read_text()
+    finally:
+        squatter.close()

@@ -20,9 +20,11 @@ and ``start_worker(env, log=...)`` runs a real ``jetmail worker`` against it.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -45,6 +47,7 @@ from jetmail.devstack.stack import (
 INFRA_NATS_DIR = Path(__file__).resolve().parents[3] / "infra" / "nats"
 # the password variables common.conf reads from the environment (user "admin" is the system account's)
 PASSWORD_VARS = {"api": "NATS_API_PASSWORD", "worker": "NATS_WORKER_PASSWORD", "admin": "NATS_SYS_PASSWORD"}
+log = logging.getLogger("jetmail.devstack")
 _PRODUCTION_DNS = re.compile(r'"nats-route://(nats-\d+)\.jetmail\.internal:6222"')
 
 
@@ -127,6 +130,11 @@ def nats_string(value: str) -> str:
     return json.dumps(value)
 
 
+def _port_taken(log_file: Path) -> bool:
+    """Whether a node's log says it could not bind a port another process had taken."""
+    return log_file.exists() and "address already in use" in log_file.read_text(errors="replace")
+
+
 class NatsCluster:
     """Three (or ``size``) nats-server processes forming the ``jetmail`` JetStream cluster on loopback."""
 
@@ -169,17 +177,38 @@ class NatsCluster:
                 raise StackError(f"{name}.conf no longer includes ./common.conf; update devstack/cluster.py")
             node.config.write_text(own)
 
-    def start(self, *, timeout: float = 60.0) -> NatsCluster:
+    def start(self, *, timeout: float = 60.0, attempts: int = 3) -> NatsCluster:
         """Start every node and wait until each reports JetStream ready (which needs a meta-leader) and the
         meta-leader counts every other node as a current peer (before that, a stream of three replicas
-        cannot be placed: "no suitable peers for placement, peer offline")."""
-        self.write_configs()
-        for name in self.nodes:
-            self._spawn(name)
-        for name in self.nodes:
-            self._wait_ready(name, timeout=timeout)
-        wait_until(self._every_peer_current, timeout=timeout, what="every node a current peer of the meta-leader")
-        return self
+        cannot be placed: "no suitable peers for placement, peer offline"). A port picked free and taken by
+        another process before its node bound it ends that node at once: the cluster then starts again on new
+        ports, up to ``attempts`` times."""
+        for attempt in range(1, attempts + 1):
+            self.write_configs()
+            for name in self.nodes:
+                self._spawn(name)
+            try:
+                for name in self.nodes:
+                    self._wait_ready(name, timeout=timeout)
+                wait_until(self._every_peer_current, timeout=timeout,
+                           what="every node a current peer of the meta-leader")
+                return self
+            except StackError:
+                lost = [n.name for n in self.nodes.values() if not n.alive and _port_taken(n.log)]
+                if not lost or attempt == attempts:
+                    raise
+                log.warning("NATS cluster: a port of %s was taken before it was bound; starting again on new ports",
+                            ", ".join(lost))
+                self.stop()
+                self._new_ports()
+        raise AssertionError("unreachable")
+
+    def _new_ports(self) -> None:
+        """Every node on newly picked ports, with an empty store (the failed start's peers are forgotten)."""
+        for node in self.nodes.values():
+            node.client_port, node.cluster_port, node.monitor_port = free_port(), free_port(), free_port()
+            node.proc = None
+            shutil.rmtree(node.store, ignore_errors=True)
 
     def kill(self, name: str, sig: signal.Signals = signal.SIGKILL) -> None:
         """Signal one node (SIGKILL by default: no lame duck, no goodbye to the routes) and reap it."""
@@ -266,9 +295,17 @@ class NatsCluster:
         node = self.nodes[name]
         wait_until(http_ready(f"http://127.0.0.1:{node.monitor_port}/healthz?js-enabled-only=true"),
                    timeout=timeout, what=name, proc=node.proc, log=node.log)
-        # /healthz with js-enabled-only answers before the cluster has a meta-leader; wait for that too
-        wait_until(lambda: self._has_meta_leader(name), timeout=timeout, what=f"{name} joining the cluster",
-                   proc=node.proc, log=node.log)
+        # /healthz with js-enabled-only answers before the cluster has a meta-leader; wait for that too, and stop
+        # waiting as soon as another node has ended (no meta-leader would come)
+        wait_until(lambda: self._others_running(name) and self._has_meta_leader(name), timeout=timeout,
+                   what=f"{name} joining the cluster", proc=node.proc, log=node.log)
+
+    def _others_running(self, name: str) -> bool:
+        for other in self.nodes.values():
+            if other.name != name and other.proc is not None and other.proc.poll() is not None:
+                tail = other.log.read_text(errors="replace")[-2000:] if other.log.exists() else ""
+                raise StackError(f"{other.name} exited with code {other.proc.returncode}\n{tail}")
+        return True
 
     def _every_peer_current(self) -> bool:
         for name in self.nodes:
