@@ -55,6 +55,8 @@ from .subjects import (
 log = logging.getLogger("jetmail.queue")
 
 _STREAM_NAME_IN_USE = 10058
+_SCHEDULE_PATTERN_INVALID = 10189
+_SCHEDULE_TARGET_INVALID = 10190
 # "no suitable peers for placement": a cluster with a node (re)starting cannot place a stream's replicas yet
 _NO_SUITABLE_PEERS = 10005
 #: how long making a stream waits for a cluster to be able to place its replicas (a node restarting)
@@ -77,8 +79,6 @@ async def placed(make: Callable[[], Awaitable[T]], *, patience: float = PLACEMEN
             log.info("cannot place a stream's replicas yet (%s); trying again in %.2fs", exc.description, delay)
         await asyncio.sleep(delay)
         delay = min(delay * 2, 2.0)
-_SCHEDULE_PATTERN_INVALID = 10189
-_SCHEDULE_TARGET_INVALID = 10190
 
 
 class Queue:
