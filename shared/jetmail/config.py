@@ -153,8 +153,9 @@ class Settings(BaseModel):
     """The local SES mailbox simulator (on in the local stack): what SES would report for its simulator
     addresses, without SES."""
     smtp_pipelining: bool = True
-    """Send MAIL FROM, RCPT TO and DATA in one write when the server offers PIPELINING (RFC 2920);
-    `false` for a relay that advertises it but mishandles it."""
+    """Send MAIL FROM, RCPT TO and DATA in one write when the server offers PIPELINING (RFC 2920), and a campaign
+    message's right after the previous one's body, before its reply; `false` for a relay that advertises it but
+    mishandles it."""
     dkim_domain: str | None = Field(default=None, pattern=r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$")
     """The `d=` domain of the DKIM signature on SMTP-provider mail (usually the From domain); unset: the
     SMTP provider does not sign (SES signs its own mail)."""

@@ -404,12 +404,21 @@ class _ScriptedServer(asyncio.Protocol):
         self.in_data = False
         self.messages: list[bytes] = []
         self.batched_commands = 0
+        self.bodies_followed = 0  # bodies whose end came in one read with the next transaction's MAIL
+        self.connections = 0
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
+        self.buffer, self.held, self.in_data = b"", [], False
+        self.connections += 1
         transport.write(b"220 scripted ESMTP\r\n")
+
+    def body_received(self, body: bytes) -> bool:
+        """Keep a body; False to drop the connection without a reply instead."""
+        self.messages.append(body)
+        return True
 
     def data_received(self, data: bytes) -> None:
         assert self.transport is not None
@@ -418,8 +427,11 @@ class _ScriptedServer(asyncio.Protocol):
             if b"\r\n.\r\n" not in self.buffer:
                 return
             body, _, self.buffer = self.buffer.partition(b"\r\n.\r\n")
-            self.messages.append(body + b"\r\n")
+            self.bodies_followed += self.buffer.startswith(b"MAIL")
             self.in_data = False
+            if not self.body_received(body + b"\r\n"):
+                self.transport.close()
+                return
             self.transport.write(b"250 2.0.0 Ok: queued as SCRIPTED1\r\n")
         lines = self.buffer.split(b"\r\n")
         self.buffer = lines.pop()
@@ -605,6 +617,163 @@ def test_pipelined_refused_recipient_among_several(settings_with: SettingsWith, 
     for address in recipients:
         assert sink.mailbox.for_recipient(address) == []
     assert provider.connections_opened == 1
+
+
+def test_the_next_transaction_follows_a_body_in_its_write(settings_with: SettingsWith, unique: str,
+                                                           outbound: Outbound) -> None:
+    # GIVEN a pipelining server, a pool of one connection, and campaign messages
+    server = _ScriptedServer(pipelining=True)
+
+    def campaign(address: str) -> OutboundMessage:
+        return dataclasses.replace(outbound(address), lane="marketing")
+
+    async def scenario() -> tuple[list[SendResult], int]:
+        listener, port = await _serve(server)
+        provider = SmtpProvider(settings_with(smtp_port=port, smtp_pool_size=1, smtp_timeout_s=2))
+        try:
+            results = await asyncio.gather(*(provider.send(campaign(f"follow{i}-{unique}@example.com"))
+                                             for i in range(5)))
+            return list(results), provider.connections_opened
+        finally:
+            await provider.close()
+            listener.close()
+
+    # WHEN five messages are sent at once
+    results, opened = run(scenario())
+    # THEN each arrived once over one session, and a message's MAIL, RCPT and DATA went in the write of the
+    # body before it (RFC 2920 3.2), without waiting for that body's reply
+    assert [r.provider_message_id for r in results] == ["SCRIPTED1"] * 5
+    assert len(server.messages) == 5 and opened == 1
+    assert server.bodies_followed >= 1
+
+
+def test_a_refused_body_does_not_touch_the_transaction_after_it(settings_with: SettingsWith, unique: str,
+                                                               outbound: Outbound,
+                                                               local_sink: Callable[..., Any]) -> None:
+    # GIVEN the sink refusing one campaign message's data, one connection, and a message sent right behind it
+    sink = local_sink(handler=_Refuses)
+    provider = SmtpProvider(settings_with(smtp_port=sink.port, smtp_pool_size=1))
+
+    async def scenario() -> list[Any]:
+        try:
+            return await asyncio.gather(*(provider.send(dataclasses.replace(outbound(address), lane="marketing"))
+                                          for address in (f"data554-{unique}@example.com",
+                                                          f"behind-{unique}@example.com")),
+                                        return_exceptions=True)
+        finally:
+            await provider.close()
+
+    # WHEN both are sent at once
+    refused, behind = run(scenario())
+    # THEN the first fails with its own reply, the second arrives, on the same session
+    assert isinstance(refused, PermanentDeliveryError) and refused.code == 554
+    assert isinstance(behind, SendResult)
+    arrived(sink.mailbox, f"behind-{unique}@example.com")
+    assert sink.mailbox.for_recipient(f"data554-{unique}@example.com") == []
+    assert provider.connections_opened == 1
+
+
+class _DropsAfterFirstBody(_ScriptedServer):
+    """Closes its first session on the first body, unanswered; later sessions are served as usual."""
+
+    def body_received(self, body: bytes) -> bool:
+        if self.connections == 1:
+            return False
+        return super().body_received(body)
+
+
+def test_connection_lost_after_a_body_sends_the_next_message_on_a_fresh_one(settings_with: SettingsWith,
+                                                                           unique: str, outbound: Outbound) -> None:
+    # GIVEN a server that drops the session with a body unanswered, after the next MAIL, RCPT and DATA came
+    server = _DropsAfterFirstBody(pipelining=True)
+
+    async def scenario() -> tuple[list[Any], int]:
+        listener, port = await _serve(server)
+        provider = SmtpProvider(settings_with(smtp_port=port, smtp_pool_size=1, smtp_timeout_s=2))
+        try:
+            results = await asyncio.gather(*(provider.send(dataclasses.replace(outbound(address), lane="marketing"))
+                                             for address in (f"lost-{unique}@example.com",
+                                                             f"next-{unique}@example.com")),
+                                           return_exceptions=True)
+            return list(results), provider.connections_opened
+        finally:
+            await provider.close()
+            listener.close()
+
+    # WHEN two messages are sent at once
+    (lost, after), opened = run(scenario())
+    # THEN the first is temporary (its body may have been taken), and the second, of which no body was sent,
+    # went once over a new session
+    assert server.bodies_followed == 1
+    assert isinstance(lost, TemporaryDeliveryError) and "DATA" in str(lost)
+    assert isinstance(after, SendResult)
+    assert len(server.messages) == 1 and server.connections == 2 and opened == 2
+    assert f"next-{unique}@example.com".encode() in server.messages[0]
+
+
+class _HoldsUntilTold(SinkHandler):
+    """The sink, holding the end of data of ``slow-`` recipients until ``release``; ``holding`` once it does."""
+
+    holding = threading.Event()
+    release = threading.Event()
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        if envelope.rcpt_tos[0].startswith("slow-"):
+            self.holding.set()
+            await asyncio.get_running_loop().run_in_executor(None, self.release.wait, 30)
+        return await super().handle_DATA(server, session, envelope)
+
+
+@pytest.mark.parametrize("lane", ["marketing", "transactional"])
+def test_a_body_awaiting_its_reply_and_the_next_send(lane: str, settings_with: SettingsWith, unique: str,
+                                                    outbound: Outbound, local_sink: Callable[..., Any]) -> None:
+    # GIVEN a campaign message whose end of data the server holds, on the one marketing connection
+    sink = local_sink(handler=_HoldsUntilTold)
+    _HoldsUntilTold.holding.clear()
+    _HoldsUntilTold.release.clear()
+    provider = SmtpProvider(settings_with(smtp_port=sink.port, smtp_pool_size=1))
+    slow = dataclasses.replace(outbound(f"slow-{lane}-{unique}@example.com"), lane="marketing")
+    other = dataclasses.replace(outbound(f"other-{lane}-{unique}@example.com"), lane=lane)
+
+    async def scenario() -> bool:
+        held = asyncio.create_task(provider.send(slow))
+        await asyncio.to_thread(_HoldsUntilTold.holding.wait, 10)
+        # WHEN its sender gives up waiting (cancelled), and another message is sent
+        held.cancel()
+        await asyncio.gather(held, return_exceptions=True)
+        sending = asyncio.create_task(provider.send(other))
+        done, _ = await asyncio.wait([sending], timeout=1)
+        _HoldsUntilTold.release.set()
+        await sending
+        await provider.close()
+        return bool(done)
+
+    finished_while_held = run(scenario())
+    # THEN the session stays in step: both arrive once. A campaign message takes the connection and goes right
+    # after the held one; a transactional one never waits behind it, on a session of its own
+    arrived(sink.mailbox, slow.recipients[0])
+    arrived(sink.mailbox, other.recipients[0])
+    if lane == "marketing":
+        assert provider.connections_opened == 1 and not finished_while_held
+    else:
+        assert provider.connections_opened == 2 and finished_while_held
+
+
+def test_a_connection_is_retired_once_its_last_reply_came(settings_with: SettingsWith, mailbox: Mailbox,
+                                                          unique: str, outbound: Outbound) -> None:
+    # GIVEN one connection of at most 2 messages, and campaign messages
+    provider = SmtpProvider(settings_with(smtp_pool_size=1, smtp_max_messages_per_connection=2))
+
+    async def scenario() -> None:
+        await asyncio.gather(*(provider.send(dataclasses.replace(outbound(f"retire{i}-{unique}@example.com"),
+                                                                 lane="marketing")) for i in range(5)))
+        await provider.close()
+
+    # WHEN five are sent at once THEN each arrives once, over three sessions (2 + 2 + 1)
+    run(scenario())
+    for i in range(5):
+        arrived(mailbox, f"retire{i}-{unique}@example.com")
+    assert provider.connections_opened == 3
 
 
 def test_sink_offers_pipelining(settings: Settings) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections import deque
 
 import aiosmtplib
 from aiosmtplib import SMTPResponse
@@ -52,42 +53,80 @@ def dot_stuffed(raw: bytes, *, crlf: bool = False) -> bytes:
     return (b"." + body if body.startswith(b".") else body) + b".\r\n"
 
 
-class _Collector(asyncio.Protocol):
-    """Parses every complete reply that arrives, in order, for the exchange waiting on them."""
+class _Pending:
+    """A write's replies as they come; ``done`` when ``count`` have (or the connection failed)."""
 
-    def __init__(self, inner: asyncio.BaseProtocol) -> None:
-        self.inner = inner
+    __slots__ = ("count", "done", "replies")
+
+    def __init__(self, count: int, done: asyncio.Future[list[SMTPResponse]]) -> None:
+        self.count = count
+        self.done = done
         self.replies: list[SMTPResponse] = []
+
+
+class _Collector(asyncio.Protocol):
+    """Parses every complete reply that arrives and hands them, in order, to the writes waiting on them."""
+
+    def __init__(self, inner: asyncio.BaseProtocol, channel: Channel) -> None:
+        self.inner = inner
+        self.channel = channel
+        self.pending: deque[_Pending] = deque()
         self.error: Exception | None = None
-        self.changed = asyncio.Event()
         self._buffer = bytearray()
         self._lines: list[bytes] = []
 
     def data_received(self, data: bytes) -> None:
         self._buffer.extend(data)
-        while (end := self._buffer.find(b"\n")) >= 0:
+        while self.error is None and (end := self._buffer.find(b"\n")) >= 0:
             line = bytes(self._buffer[:end + 1]).rstrip(b"\r\n")
             del self._buffer[:end + 1]
             if len(line) < 3 or not line[:3].isdigit():
-                self.error = aiosmtplib.SMTPResponseException(-1, f"malformed SMTP reply line: {line[:80]!r}")
-                break
+                self._fail(aiosmtplib.SMTPResponseException(-1, f"malformed SMTP reply line: {line[:80]!r}"))
+                return
             self._lines.append(line)
             if line[3:4] != b"-":
                 text = b"\n".join(part[4:].strip() for part in self._lines)
-                self.replies.append(SMTPResponse(int(line[:3]), text.decode("utf-8", "surrogateescape")))
                 self._lines = []
-        if len(self._buffer) > _MAX_REPLY_BYTES and self.error is None:
-            self.error = aiosmtplib.SMTPResponseException(-1, "SMTP reply too long")
-        self.changed.set()
+                self._reply(SMTPResponse(int(line[:3]), text.decode("utf-8", "surrogateescape")))
+        if len(self._buffer) > _MAX_REPLY_BYTES:
+            self._fail(aiosmtplib.SMTPResponseException(-1, "SMTP reply too long"))
+
+    def _reply(self, reply: SMTPResponse) -> None:
+        if not self.pending:
+            # a reply nobody asked for: the dialogue is out of step
+            self._fail(aiosmtplib.SMTPResponseException(-1, f"unexpected SMTP reply: {reply.code}"))
+            return
+        head = self.pending[0]
+        head.replies.append(reply)
+        if len(head.replies) < head.count:
+            return
+        self.pending.popleft()
+        if not head.done.done():  # its waiter may have been cancelled
+            head.done.set_result(head.replies)
+        if not self.pending:
+            if self._buffer or self._lines:
+                self._fail(aiosmtplib.SMTPResponseException(-1, "unexpected SMTP reply"))
+                return
+            self.channel.settled()
+
+    def _fail(self, error: Exception) -> None:
+        self.error = self.error or error
+        self.channel.ended()
+        while self.pending:
+            head = self.pending.popleft()
+            if head.done.done():
+                continue
+            if isinstance(self.error, aiosmtplib.SMTPServerDisconnected):
+                head.done.set_exception(Interrupted(str(self.error), head.replies))
+            else:
+                head.done.set_exception(self.error)
 
     def eof_received(self) -> bool:
-        self.error = self.error or aiosmtplib.SMTPServerDisconnected("connection closed by the server")
-        self.changed.set()
+        self._fail(aiosmtplib.SMTPServerDisconnected("connection closed by the server"))
         return False  # close the transport: connection_lost follows
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.error = self.error or aiosmtplib.SMTPServerDisconnected(f"connection lost: {exc or 'closed'}")
-        self.changed.set()
+        self._fail(aiosmtplib.SMTPServerDisconnected(f"connection lost: {exc or 'closed'}"))
         self.inner.connection_lost(exc)
 
     def pause_writing(self) -> None:
@@ -97,35 +136,94 @@ class _Collector(asyncio.Protocol):
         self.inner.resume_writing()
 
 
-async def exchange(client: aiosmtplib.SMTP, payload: bytes, *, replies: int,
-                   reply_timeout: float | None) -> list[SMTPResponse]:
-    """Write ``payload`` (one or more commands) at once and return the first ``replies`` replies.
+class Channel:
+    """Pipelined writes on one open connection. Each write's replies are the next ones after those of the writes
+    before it, so a write need not wait for earlier ones' replies: the next transaction's MAIL, RCPT and DATA can
+    follow a message's body before that body's reply has come (RFC 2920 section 3.2's example does just this).
+    Writes made in the same turns of the event loop go out together, in one segment.
 
-    Raises Interrupted (an SMTPServerDisconnected) when the connection ends first, SMTPReadTimeoutError when a reply
-    is late, SMTPResponseException(-1) for a malformed reply; in those cases the connection's state
-    is unknown and the caller closes it."""
-    transport = client.transport
-    protocol = client.protocol
-    if transport is None or protocol is None or transport.is_closing():
-        raise aiosmtplib.SMTPServerDisconnected("connection lost")
-    collector = _Collector(protocol)
-    transport.set_protocol(collector)
-    try:
-        assert isinstance(transport, asyncio.WriteTransport)
-        transport.write(payload)
-        while len(collector.replies) < replies:
-            if isinstance(collector.error, aiosmtplib.SMTPServerDisconnected):
-                raise Interrupted(str(collector.error), collector.replies)
-            if collector.error is not None:
-                raise collector.error
-            collector.changed.clear()
+    While replies are outstanding the collector reads the connection; once none are, aiosmtplib's protocol is
+    back, and the client's own commands (RSET, QUIT, the unpipelined dialogue) may be used again: ``quiet()``
+    waits for that. A write's replies are waited for with ``replies()``."""
+
+    def __init__(self, client: aiosmtplib.SMTP) -> None:
+        self.client = client
+        self._collector: _Collector | None = None
+        self._outgoing: list[bytes] = []
+        self._quiet: asyncio.Future[None] | None = None  # made when someone waits for quiet()
+
+    @property
+    def busy(self) -> bool:
+        """Replies are outstanding."""
+        return self._collector is not None
+
+    def write(self, payload: bytes, *, replies: int) -> _Pending:
+        """Write ``payload`` (one or more commands, or a body); its ``replies`` replies come to ``replies()``."""
+        transport = self.client.transport
+        protocol = self.client.protocol
+        if transport is None or protocol is None or transport.is_closing():
+            raise aiosmtplib.SMTPServerDisconnected("connection lost")
+        collector = self._collector
+        if collector is None:
+            collector = self._collector = _Collector(protocol, self)
+            transport.set_protocol(collector)
+        elif collector.error is not None:
+            raise collector.error
+        loop = asyncio.get_running_loop()
+        pending = _Pending(replies, loop.create_future())
+        collector.pending.append(pending)
+        if not self._outgoing:
+            # two turns later: a send handed this connection after a body wakes in the next turn, and its MAIL,
+            # RCPT and DATA join the body
+            loop.call_soon(loop.call_soon, self._flush)
+        self._outgoing.append(payload)
+        return pending
+
+    def _flush(self) -> None:
+        outgoing, self._outgoing = b"".join(self._outgoing), []
+        transport = self.client.transport
+        if transport is not None and not transport.is_closing():
+            assert isinstance(transport, asyncio.WriteTransport)
+            transport.write(outgoing)
+
+    async def replies(self, pending: _Pending, *, reply_timeout: float | None) -> list[SMTPResponse]:
+        """A write's replies. Raises Interrupted (an SMTPServerDisconnected) when the connection ends first,
+        SMTPReadTimeoutError when they are late, SMTPResponseException(-1) for a malformed reply; in those
+        cases the connection's state is unknown and the caller closes it."""
+        try:
+            # a timeout scope rather than wait_for: no task made per reply awaited
+            async with asyncio.timeout(reply_timeout):
+                return await pending.done
+        except TimeoutError:
+            raise aiosmtplib.SMTPReadTimeoutError("timed out waiting for the server's replies") from None
+
+    def settled(self) -> None:
+        """Every reply came: aiosmtplib reads the connection again."""
+        collector, self._collector = self._collector, None
+        transport = self.client.transport
+        if collector is not None and transport is not None and not transport.is_closing():
+            transport.set_protocol(collector.inner)
+        self.ended()
+
+    def ended(self) -> None:
+        """No reply is outstanding any more: every one came, or the connection failed."""
+        if self._quiet is not None and not self._quiet.done():
+            self._quiet.set_result(None)
+        self._quiet = None
+
+    async def quiet(self, *, reply_timeout: float | None) -> None:
+        """Wait until no reply is outstanding (raises as ``replies`` does)."""
+        collector = self._collector
+        if collector is None:
+            return
+        if collector.error is None:
+            if self._quiet is None:
+                self._quiet = asyncio.get_running_loop().create_future()
             try:
-                # a timeout scope rather than wait_for: no task made per reply awaited
+                # shielded: one waiter timing out must not end the others' wait
                 async with asyncio.timeout(reply_timeout):
-                    await collector.changed.wait()
+                    await asyncio.shield(self._quiet)
             except TimeoutError:
                 raise aiosmtplib.SMTPReadTimeoutError("timed out waiting for the server's replies") from None
-        return collector.replies[:replies]
-    finally:
-        if not transport.is_closing():
-            transport.set_protocol(protocol)
+        if collector.error is not None:
+            raise collector.error

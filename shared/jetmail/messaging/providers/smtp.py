@@ -11,7 +11,15 @@ When the server offers PIPELINING (RFC 2920; Postfix, Exim and jetmail's sink do
 and DATA go out in one write and their replies are read together (``jetmail.messaging.providers.pipelining``):
 one round trip before the message body instead of three. A message with several recipients
 pipelines MAIL and RCPT only and sends DATA after reading them, so a refused recipient never leaves
-the server waiting for a body it will not get. ``smtp_pipelining=false`` turns it off.
+the server waiting for a body it will not get. A campaign message hands its connection (and its place in
+the pool) on as soon as its body is written: the next campaign message's MAIL, RCPT and DATA go out in the
+same write as that body, before its reply (as RFC 2920's own example does), so a connection carries a
+message per round trip, not per two. Replies come back in order, each to its own transaction; a body's
+reply ends its transaction whatever it says, so a refused body leaves the next transaction alone, and a
+connection lost then fails the body (temporary: it may have been taken) while the message behind it, whose
+body was never sent, goes again over a fresh connection. A transactional message never queues behind a
+campaign message's reply: it takes a connection with none outstanding, or opens one.
+``smtp_pipelining=false`` turns it off.
 
 Campaign mail and the transactional lane (the messages API) each hold at most ``smtp_pool_size``
 connections at once: a password reset never queues behind a campaign's sends for a connection. Idle
@@ -34,6 +42,7 @@ import re
 import socket
 import ssl
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import aiosmtplib
@@ -79,8 +88,29 @@ _PLAIN_ADDRESS = re.compile(rf"{_DOT_ATOM}@{_DOT_ATOM}")
 @dataclass(slots=True)
 class _Connection:
     client: aiosmtplib.SMTP
+    channel: pipelining.Channel
     transactions: int = 0
     last_used: float = 0.0
+
+
+class _Slot:
+    """A send's place among its lane's connections, given back once: when its body is handed over with the
+    connection, or when the send ends."""
+
+    __slots__ = ("_held", "_semaphore")
+
+    def __init__(self, semaphore: asyncio.Semaphore) -> None:
+        self._semaphore = semaphore
+        self._held = False
+
+    async def take(self) -> None:
+        await self._semaphore.acquire()
+        self._held = True
+
+    def give_back(self) -> None:
+        if self._held:
+            self._held = False
+            self._semaphore.release()
 
 
 class _StaleConnection(Exception):
@@ -128,15 +158,20 @@ class SmtpProvider:
         message = self._with_return_path(message)
         if self._dkim is not None:
             message = await self._signed(message, self._dkim)
-        async with self._slots["marketing" if message.lane == "marketing" else "transactional"]:
-            conn = self._take_idle()
+        lane = "marketing" if message.lane == "marketing" else "transactional"
+        slot = _Slot(self._slots[lane])
+        await slot.take()
+        try:
+            conn = self._take_idle(lane)
             if conn is not None:
                 try:
-                    return await self._transact(conn, message, reused=True)
+                    return await self._transact(conn, message, reused=True, slot=slot)
                 except _StaleConnection:
                     pass  # nothing was accepted on it: one attempt over a fresh connection
             conn = await self._open()
-            return await self._transact(conn, message, reused=False)
+            return await self._transact(conn, message, reused=False, slot=slot)
+        finally:
+            slot.give_back()
 
     def _with_return_path(self, message: OutboundMessage) -> OutboundMessage:
         if self._signer is None or self._bounce_domain is None:
@@ -161,14 +196,23 @@ class SmtpProvider:
         await asyncio.gather(*(self._retire(conn) for conn in idle), return_exceptions=True)
 
     # ---- connections
-    def _take_idle(self) -> _Connection | None:
+    def _take_idle(self, lane: str) -> _Connection | None:
+        """Most recently used first: it is the least likely to have been dropped by the server. A transactional
+        send never takes a connection whose campaign message still waits for its reply: it would wait behind it."""
         now = time.monotonic()
-        while self._idle:
-            # most recently used first: it is the least likely to have been dropped by the server
-            conn = self._idle.pop()
-            if conn.client.is_connected and now - conn.last_used < self._max_idle_s:
-                return conn
-            conn.client.close()
+        for index in range(len(self._idle) - 1, -1, -1):
+            conn = self._idle[index]
+            if not conn.client.is_connected:
+                del self._idle[index]
+            elif conn.channel.busy:
+                if lane == "marketing":
+                    del self._idle[index]
+                    return conn
+            else:
+                del self._idle[index]
+                if now - conn.last_used < self._max_idle_s:
+                    return conn
+                conn.client.close()
         return None
 
     async def _open(self) -> _Connection:
@@ -211,7 +255,7 @@ class SmtpProvider:
             client.close()
             raise
         self.connections_opened += 1
-        return _Connection(client=client)
+        return _Connection(client=client, channel=pipelining.Channel(client))
 
     async def _release(self, conn: _Connection) -> None:
         conn.last_used = time.monotonic()
@@ -221,9 +265,22 @@ class SmtpProvider:
         else:
             self._idle.append(conn)
 
+    def _hand_over(self, conn: _Connection, slot: _Slot, lane: str) -> bool:
+        """Once a campaign message's body is written, its connection (and its slot) may carry the next transaction
+        while the body's reply is still on its way; not when the connection is due to be retired. A transactional
+        message keeps its connection until its reply, as the next one would not take it before (``_take_idle``)."""
+        if lane != "marketing" or self._closed or conn.transactions >= self._max_transactions:
+            return False
+        conn.last_used = time.monotonic()
+        self._idle.append(conn)
+        slot.give_back()
+        return True
+
     async def _retire(self, conn: _Connection) -> None:
         try:
             if conn.client.is_connected:
+                # a body handed over with its connection may still be waiting for its reply
+                await conn.channel.quiet(reply_timeout=self._timeout)
                 await conn.client.quit(timeout=_QUIT_TIMEOUT_S)
         except (aiosmtplib.SMTPException, OSError):
             pass  # the server is not owed a clean goodbye
@@ -243,17 +300,25 @@ class SmtpProvider:
         conn.client.close()
 
     # ---- one transaction
-    async def _transact(self, conn: _Connection, message: OutboundMessage, *, reused: bool) -> SendResult:
+    async def _transact(self, conn: _Connection, message: OutboundMessage, *, reused: bool,
+                        slot: _Slot) -> SendResult:
         client = conn.client
         conn.transactions += 1
         stage = "MAIL FROM"
+        handed_over = False
+
+        def hand_over() -> None:
+            nonlocal handed_over
+            handed_over = self._hand_over(conn, slot, message.lane)
+
         try:
             options = self._mail_options(client, message)
             encoding = "utf-8" if message.smtputf8 else "ascii"
             if self._pipelining and client.supports_extension("pipelining"):
-                response = await self._pipelined(client, message, options=options, encoding=encoding,
-                                                 reused=reused)
-                await self._release(conn)
+                response = await self._pipelined(conn, message, options=options, encoding=encoding,
+                                                 hand_over=hand_over)
+                if not handed_over:
+                    await self._release(conn)
                 return self._result(message, response)
             await client.mail(message.mail_from, options=options, encoding=encoding)
             stage = "RCPT TO"
@@ -278,7 +343,9 @@ class SmtpProvider:
             if reused and stage == "MAIL FROM" and exc.code == 421:
                 client.close()
                 raise _StaleConnection from None
-            if 400 <= exc.code < 600:
+            if handed_over and exc.code > 0:
+                pass  # the reply to the body ended the transaction; the connection carries the next one already
+            elif 400 <= exc.code < 600:
                 await self._reset_or_discard(conn)
             else:
                 client.close()  # a malformed reply (aiosmtplib's -1): the dialogue may be out of step
@@ -299,7 +366,10 @@ class SmtpProvider:
             await self._reset_or_discard(conn)
             raise PermanentDeliveryError(f"address cannot be sent over SMTP: {exc}") from None
         except BaseException:
-            client.close()  # cancelled mid-dialogue: the server's state is unknown
+            # cancelled mid-dialogue: the server's state is unknown. Once the body was handed over, its reply
+            # comes, and is passed over, in turn: the dialogue stays in step for the next transaction
+            if not handed_over:
+                client.close()
             raise
         await self._release(conn)
         return self._result(message, response)
@@ -311,10 +381,12 @@ class SmtpProvider:
             accepted=tuple(message.recipients),
         )
 
-    async def _pipelined(self, client: aiosmtplib.SMTP, message: OutboundMessage, *, options: list[str],
-                         encoding: str, reused: bool) -> aiosmtplib.SMTPResponse:
-        """MAIL, RCPT... (and DATA for one recipient) in one write, then the body. Raises what the
-        unpipelined dialogue raises, with the failed step in the exception's ``stage``."""
+    async def _pipelined(self, conn: _Connection, message: OutboundMessage, *, options: list[str],
+                         encoding: str, hand_over: Callable[[], None]) -> aiosmtplib.SMTPResponse:
+        """MAIL, RCPT... (and DATA for one recipient) in one write, then the body; ``hand_over`` is called once the
+        body is written, before its reply. Raises what the unpipelined dialogue raises, with the failed step in
+        the exception's ``stage``."""
+        client, channel = conn.client, conn.channel
         with_data = len(message.recipients) == 1
         group = pipelining.command(b"MAIL", b"FROM:" + smtp_path(message.mail_from).encode(encoding),
                                    *(o.encode("ascii") for o in options))
@@ -325,7 +397,7 @@ class SmtpProvider:
         count = 1 + len(message.recipients) + with_data
         lost: pipelining.Interrupted | None = None
         try:
-            replies = await pipelining.exchange(client, group, replies=count, reply_timeout=self._timeout)
+            replies = await channel.replies(channel.write(group, replies=count), reply_timeout=self._timeout)
         except pipelining.Interrupted as exc:
             # no body was sent, so nothing was accepted; a refusal that came first is the better reason
             exc.stage = "MAIL FROM"  # type: ignore[attr-defined]
@@ -362,7 +434,9 @@ class SmtpProvider:
             if not with_data:
                 return await client.data(message.raw)
             stuffed = pipelining.dot_stuffed(message.raw, crlf=message.crlf)
-            (response,) = await pipelining.exchange(client, stuffed, replies=1, reply_timeout=self._timeout)
+            body = channel.write(stuffed, replies=1)
+            hand_over()
+            (response,) = await channel.replies(body, reply_timeout=self._timeout)
         except aiosmtplib.SMTPException as exc:
             # the body may have reached the server: never the "nothing accepted" stage of a stale session
             exc.stage = "DATA"  # type: ignore[attr-defined]
