@@ -363,6 +363,28 @@ def test_entries_that_joined_a_cancelled_publisher_are_published_by_flush(isolat
     assert sorted(read) == [0, 1]
 
 
+def test_a_journal_message_published_again_is_kept_once(isolated: Isolated, unique: str) -> None:
+    campaign_id = f"cmp_again{unique}"
+    prefix = journal_subject(campaign_id, "main", 1)
+
+    async def step(js: Any) -> Any:
+        journal = Journal(js)
+        writer = journal.writer(campaign_id, "main", 1)
+        # GIVEN two outcomes journaled as one message
+        await asyncio.gather(*(writer.append({"p": p, "e": f"r{p}@again.example.com", "s": "sent"}) for p in (0, 1)))
+        await writer.flush()
+        stored = await js.get_last_msg(JOURNAL_STREAM, f"{prefix}.0")
+        # WHEN the same message is published again, as flush does when its ack did not come back
+        await journal.publish(f"{prefix}.0", stored.data)
+        info = await js.stream_info(JOURNAL_STREAM, subjects_filter=f"{prefix}.*")
+        return info.state.subjects, await journal.read(campaign_id, "main", 1)
+
+    subjects, read = with_js(isolated, step)
+    # THEN the stream holds it once, and each position reads back once
+    assert subjects == {f"{prefix}.0": 1}
+    assert sorted(read) == [0, 1]
+
+
 def test_a_released_lease_lets_the_next_attempt_in_at_once(isolated: Isolated, unique: str) -> None:
     async def step(js: Any) -> None:
         leases = Leases(js, ttl=30)

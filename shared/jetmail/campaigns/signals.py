@@ -263,7 +263,7 @@ class JournalWriter:
     def __init__(self, journal: Journal, subject: str) -> None:
         self.journal = journal
         self.subject = subject
-        self._pending: list[tuple[str, bytes, dict[str, str], asyncio.Future[Any] | None]] = []
+        self._pending: list[tuple[str, bytes, asyncio.Future[Any] | None]] = []
         self._joining: list[dict[str, Any]] | None = None
 
     async def append(self, entry: dict[str, Any]) -> None:
@@ -278,34 +278,35 @@ class JournalWriter:
             self._joining = None
             payload = json.dumps(entries if len(entries) > 1 else entry, separators=(",", ":")).encode()
             subject = f"{self.subject}.{entry['p']}"
-            headers = {"Nats-Msg-Id": subject}
             pending, slot = self._pending, len(self._pending)
-            pending.append((subject, payload, headers, None))
+            pending.append((subject, payload, None))
         try:
-            future = await self.journal.js.publish_async(subject, payload, headers=dict(headers))
+            future = await self.journal.js.publish_async(subject, payload)
         except Exception as exc:  # not even sent: flush publishes it again
             logger.warning("journal publish to %s failed: %s", self.subject, exc or type(exc).__name__)
             return
-        pending[slot] = (subject, payload, headers, future)
+        pending[slot] = (subject, payload, future)
 
     async def flush(self, *, patience: float = SETTLE_PATIENCE_S) -> None:
-        """Wait for every entry's ack; re-publish (same Nats-Msg-Id, so stored once) any that failed or went
-        unanswered. The mails have gone: giving up here would make a retry send them again, so a cluster in
-        the middle of a leader election is waited out."""
+        """Wait for every entry's ack; re-publish any that failed or went unanswered. The bucket keeps one message
+        per subject and a message is the same each time it is published, so one stored after all is replaced
+        by its copy: no ``Nats-Msg-Id``, and no de-duplication record per message on the server. The mails have
+        gone: giving up here would make a retry send them again, so a cluster in the middle of a leader election
+        is waited out."""
         pending, self._pending = self._pending, []
         futures = [f for *_, f in pending if f is not None]
         if futures:
             await asyncio.wait(futures, timeout=self.journal.js._timeout)
-        again: list[tuple[str, bytes, dict[str, str]]] = []
-        for subject, payload, headers, future in pending:
+        again: list[tuple[str, bytes]] = []
+        for subject, payload, future in pending:
             if future is None or not future.done():
                 if future is not None:
                     future.cancel()  # frees its slot among the client's pending publishes
-                again.append((subject, payload, headers))
+                again.append((subject, payload))
             elif future.cancelled() or future.exception() is not None:
-                again.append((subject, payload, headers))
-        for subject, payload, headers in again:
-            await self.journal.publish(subject, payload, headers, patience=patience)
+                again.append((subject, payload))
+        for subject, payload in again:
+            await self.journal.publish(subject, payload, patience=patience)
 
 
 class Journal:
@@ -317,13 +318,12 @@ class Journal:
     def writer(self, campaign_id: str, run: str, batch: int) -> JournalWriter:
         return JournalWriter(self, journal_subject(campaign_id, run, batch))
 
-    async def publish(self, subject: str, payload: bytes, headers: dict[str, str], *,
-                      patience: float = SETTLE_PATIENCE_S) -> None:
+    async def publish(self, subject: str, payload: bytes, *, patience: float = SETTLE_PATIENCE_S) -> None:
         deadline = time.monotonic() + patience
         delay = 0.1
         while True:
             try:
-                await self.js.publish(subject, payload, headers=dict(headers))
+                await self.js.publish(subject, payload)
                 return
             except CLUSTER_HICCUPS:
                 if time.monotonic() + delay > deadline:
