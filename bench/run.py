@@ -466,7 +466,7 @@ def main() -> None:
             port = free_port()
             log = (root / f"worker{n}.log").open("wb")
             proc = subprocess.Popen([sys.executable, "-m", "jetmail.cli", "worker", "email_transactional",
-                                     "email_campaign", "email_ab_test", "email_maintenance", "--concurrency", "16",
+                                     "email_campaign", "email_ab_test", "email_maintenance",
                                      "--health-port", str(port)], env={**env, **worker_env}, stdout=log,
                                     stderr=subprocess.STDOUT, start_new_session=True)
             workers.append(proc)
