@@ -4,7 +4,8 @@
 
 The local sink is Python (aiosmtpd) and writes every message to disk, so it is usually the
 bottleneck; Postfix's ``smtp-sink`` discards mail and shows what the client side can do. Each pool
-size runs twice: one command per round trip (``lockstep``) and with RFC 2920 PIPELINING.
+size runs twice: one command per round trip (``lockstep``) and with RFC 2920 PIPELINING. The messages are
+campaign mail (the ``marketing`` lane), whose next transaction follows a body before its reply when pipelining.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ def build(index: int, size: int) -> OutboundMessage:
     msg.set_content(("lorem ipsum dolor sit amet " * (size // 27 + 1))[:size])
     raw = msg.as_bytes(policy=msg.policy.clone(linesep="\r\n"))
     return OutboundMessage(mail_from="bench@example.com", recipients=[f"r{index}@example.com"], raw=raw,
-                           message_id=f"msg_bench{index}")
+                           message_id=f"msg_bench{index}", lane="marketing")
 
 
 async def run_once(settings: Settings, messages: list[OutboundMessage], *,
