@@ -13,6 +13,7 @@ from typing import Any
 
 import aiosmtplib
 import pytest
+from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from jetmail.config import ConfigError, Settings
@@ -27,6 +28,7 @@ from jetmail.messaging.providers import (
     TemporaryDeliveryError,
     make_provider,
 )
+from postfix import private_postfix
 
 SettingsWith = Callable[..., Settings]
 Outbound = Callable[..., OutboundMessage]
@@ -774,6 +776,45 @@ def test_a_connection_is_retired_once_its_last_reply_came(settings_with: Setting
     for i in range(5):
         arrived(mailbox, f"retire{i}-{unique}@example.com")
     assert provider.connections_opened == 3
+
+
+def test_campaign_mail_pipelined_through_a_real_postfix_arrives_once_each(settings_with: SettingsWith, unique: str,
+                                                                         outbound: Outbound) -> None:
+    # GIVEN a private Postfix (its smtpd offers PIPELINING) relaying a domain to an SMTP receiver, and one connection
+    relay_domain = "relay.jetmail-test.example.net"
+    received: list[str] = []
+
+    class Keep:
+        async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+            received.extend(envelope.rcpt_tos)
+            return "250 OK"
+
+    port = free_port()
+    controller = Controller(Keep(), hostname="127.0.0.1", port=port)
+    controller.start()
+    addresses = [f"pf{i}-{unique}@{relay_domain}" for i in range(20)]
+    try:
+        with private_postfix(relay_domain=relay_domain, relay_to=("127.0.0.1", port)) as postfix:
+            provider = SmtpProvider(settings_with(smtp_host="127.0.0.1", smtp_port=postfix.port, smtp_pool_size=1))
+
+            async def scenario() -> list[SendResult]:
+                try:
+                    return list(await asyncio.gather(*(
+                        provider.send(dataclasses.replace(outbound(a), lane="marketing")) for a in addresses)))
+                finally:
+                    await provider.close()
+
+            # WHEN 20 campaign messages are sent at once, each one's commands behind the previous one's body
+            results = run(scenario())
+            wait_until(lambda: len(received) >= len(addresses), timeout=60, what="mail relayed by Postfix")
+            log = postfix.log()
+    finally:
+        controller.stop()
+    # THEN Postfix queued each one (a queue id each) over one session, without complaint, and relayed each once
+    assert len({r.provider_message_id for r in results}) == len(addresses)
+    assert provider.connections_opened == 1
+    assert "pipelining" not in log.lower()
+    assert sorted(received) == sorted(addresses)
 
 
 def test_sink_offers_pipelining(settings: Settings) -> None:
