@@ -142,8 +142,9 @@ class Settings(BaseModel):
     campaign_plan_split_after: int = Field(default=20_000, ge=100)
     """Recipients a plan job plans before it hands the top half of the rest of its address range to a new
     plan job (while the run has parts to spare)."""
-    smtp_pool_size: int = Field(default=4, ge=1, le=64)
-    """SMTP connections per lane: campaigns have this many, and the transactional lane as many of its own."""
+    smtp_pool_size: int = Field(default=8, ge=1, le=64)
+    """SMTP connections per lane and worker: campaigns have this many, and the transactional lane as many of its
+    own."""
     smtp_max_messages_per_connection: int = Field(default=100, ge=1)
     """Messages sent on one SMTP connection before it is replaced."""
     ses_configuration_set: str | None = None
