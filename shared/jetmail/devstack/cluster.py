@@ -36,6 +36,7 @@ from typing import Any
 
 from jetmail.devstack.stack import (
     StackError,
+    exited,
     free_port,
     http_ready,
     nats_server_binary,
@@ -303,8 +304,7 @@ class NatsCluster:
     def _others_running(self, name: str) -> bool:
         for other in self.nodes.values():
             if other.name != name and other.proc is not None and other.proc.poll() is not None:
-                tail = other.log.read_text(errors="replace")[-2000:] if other.log.exists() else ""
-                raise StackError(f"{other.name} exited with code {other.proc.returncode}\n{tail}")
+                raise exited(other.name, other.proc, other.log)
         return True
 
     def _every_peer_current(self) -> bool:

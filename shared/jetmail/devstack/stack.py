@@ -173,6 +173,12 @@ def nats_server_binary() -> str:
     return found
 
 
+def exited(what: str, proc: subprocess.Popen[bytes], log: Path | None) -> StackError:
+    """The error for a process that ended while it was waited for: its exit code and the end of its log."""
+    tail = log.read_text(errors="replace")[-2000:] if log and log.exists() else ""
+    return StackError(f"{what} exited with code {proc.returncode}\n{tail}")
+
+
 def wait_until(check: Callable[[], T | None], *, timeout: float = 10.0, what: str = "condition",
                proc: subprocess.Popen[bytes] | None = None, log: Path | None = None) -> T:
     """Poll ``check`` until it returns something truthy, and return that; StackError naming ``what`` after
@@ -181,8 +187,7 @@ def wait_until(check: Callable[[], T | None], *, timeout: float = 10.0, what: st
     delay = 0.02
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
-            tail = log.read_text(errors="replace")[-2000:] if log and log.exists() else ""
-            raise StackError(f"{what} exited with code {proc.returncode}\n{tail}")
+            raise exited(what, proc, log)
         if result := check():
             return result
         time.sleep(delay)

@@ -13,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import re
 from collections import deque
+from collections.abc import Awaitable
+from typing import TypeVar
 
 import aiosmtplib
 from aiosmtplib import SMTPResponse
@@ -20,6 +22,7 @@ from aiosmtplib import SMTPResponse
 # What aiosmtplib itself refuses in a command argument (C0 controls and DEL allow command injection)
 _CONTROL = re.compile(rb"[\x00-\x1f\x7f]")
 _MAX_REPLY_BYTES = 64 * 1024
+T = TypeVar("T")
 
 
 class Interrupted(aiosmtplib.SMTPServerDisconnected):
@@ -190,12 +193,7 @@ class Channel:
         """A write's replies. Raises Interrupted (an SMTPServerDisconnected) when the connection ends first,
         SMTPReadTimeoutError when they are late, SMTPResponseException(-1) for a malformed reply; in those
         cases the connection's state is unknown and the caller closes it."""
-        try:
-            # a timeout scope rather than wait_for: no task made per reply awaited
-            async with asyncio.timeout(reply_timeout):
-                return await pending.done
-        except TimeoutError:
-            raise aiosmtplib.SMTPReadTimeoutError("timed out waiting for the server's replies") from None
+        return await _in_time(pending.done, reply_timeout)
 
     def settled(self) -> None:
         """Every reply came: aiosmtplib reads the connection again."""
@@ -219,11 +217,17 @@ class Channel:
         if collector.error is None:
             if self._quiet is None:
                 self._quiet = asyncio.get_running_loop().create_future()
-            try:
-                # shielded: one waiter timing out must not end the others' wait
-                async with asyncio.timeout(reply_timeout):
-                    await asyncio.shield(self._quiet)
-            except TimeoutError:
-                raise aiosmtplib.SMTPReadTimeoutError("timed out waiting for the server's replies") from None
+            # shielded: one waiter timing out must not end the others' wait
+            await _in_time(asyncio.shield(self._quiet), reply_timeout)
         if collector.error is not None:
             raise collector.error
+
+
+async def _in_time(reply: Awaitable[T], reply_timeout: float | None) -> T:
+    """``reply``, or SMTPReadTimeoutError after ``reply_timeout`` seconds (a timeout scope rather than wait_for:
+    no task made per reply awaited)."""
+    try:
+        async with asyncio.timeout(reply_timeout):
+            return await reply
+    except TimeoutError:
+        raise aiosmtplib.SMTPReadTimeoutError("timed out waiting for the server's replies") from None
